@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean bench-lenet5
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test,runtime]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/mobileprune demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench-lenet5: $(STAMP)
+	$(PY) benchmarks/lenet5_admm.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
