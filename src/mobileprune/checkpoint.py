@@ -1,0 +1,159 @@
+"""Checkpoints readable with plain ``torch.load(path, weights_only=True)``.
+
+A checkpoint is a dict of tensors, numbers, strings, lists and dicts only (no pickled
+classes), so it loads in the safe ``weights_only`` mode of PyTorch::
+
+    {
+      "format": "mobileprune.checkpoint", "format_version": 1,
+      "kind": "dense" | "pruned" | "run-state",
+      "model": {"name": "lenet5", "kwargs": {...}},   # built-in zoo entry, or name None
+      "architecture": {"fc1.weight": [500, 800], ...},  # parameter shapes
+      "state_dict": {...}, "masks": {...},             # bool masks of pruned weights
+      "config": {...}, "metrics": {...}, "extra": {...}
+    }
+
+Writes are atomic: the file is written beside the target under a temporary name and
+renamed over it only once complete, so an interrupted or failed run never leaves a
+truncated file nor destroys the previous one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .errors import CheckpointError
+
+FORMAT = "mobileprune.checkpoint"
+FORMAT_VERSION = 1
+KINDS = ("dense", "pruned", "run-state")
+
+
+def atomic_write(path: str | Path, write) -> Path:
+    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def architecture_of(model: nn.Module) -> dict[str, list[int]]:
+    """Parameter and buffer shapes of ``model``, used to recognise foreign checkpoints."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
+                    model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                    masks: Mapping[str, Tensor] | None = None,
+                    config: Mapping[str, Any] | None = None,
+                    metrics: Mapping[str, Any] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Save ``model`` and its pruning metadata atomically to ``path``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model": {"name": model_name, "kwargs": dict(model_kwargs or {})},
+        "architecture": architecture_of(model),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "masks": {k: v.detach().cpu().bool() for k, v in (masks or {}).items()},
+        "config": dict(config or {}),
+        "metrics": dict(metrics or {}),
+        "extra": dict(extra or {}),
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a mobileprune checkpoint (``weights_only=True``).
+
+    Raises :class:`CheckpointError` for a missing, corrupt, truncated or foreign file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: the file is corrupt, truncated or not a "
+            f"safe PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a mobileprune checkpoint (no 'format': {FORMAT!r} field); "
+            "a plain state_dict can be loaded with model.load_state_dict(torch.load(...))"
+        )
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {ckpt.get('format_version')!r}; "
+            f"this mobileprune reads version {FORMAT_VERSION}"
+        )
+    for key in ("state_dict", "architecture", "masks", "model"):
+        if not isinstance(ckpt.get(key), dict):
+            raise CheckpointError(f"{path} is damaged: field {key!r} missing or malformed")
+    return ckpt
+
+
+def check_architecture(ckpt: Mapping[str, Any], model: nn.Module, source: str = "checkpoint") -> None:
+    """Raise :class:`CheckpointError` if ``ckpt`` was not saved from ``model``'s architecture."""
+    want = ckpt["architecture"]
+    have = architecture_of(model)
+    missing = sorted(set(want) - set(have))
+    unexpected = sorted(set(have) - set(want))
+    shapes = sorted(k for k in set(want) & set(have) if list(want[k]) != list(have[k]))
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"keys missing from the model: {missing[:5]}")
+        if unexpected:
+            parts.append(f"model keys absent from the checkpoint: {unexpected[:5]}")
+        if shapes:
+            parts.append("shape mismatches: " + ", ".join(
+                f"{k} {tuple(want[k])} vs {tuple(have[k])}" for k in shapes[:5]))
+        raise CheckpointError(
+            f"{source} was saved from a different architecture than {type(model).__name__}: "
+            + "; ".join(parts)
+        )
+
+
+def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
+                  source: str = "checkpoint") -> nn.Module:
+    """Rebuild the model of ``ckpt`` (from the zoo, or into the given ``model``).
+
+    The architecture is checked before any weight is copied.
+    """
+    if model is None:
+        from .models import build_model
+
+        name = ckpt["model"].get("name")
+        if not name:
+            raise CheckpointError(
+                f"{source} holds a custom model: pass the model instance to restore it into"
+            )
+        model = build_model(name, **ckpt["model"].get("kwargs", {}))
+    check_architecture(ckpt, model, source)
+    model.load_state_dict(ckpt["state_dict"])
+    return model

@@ -1,0 +1,290 @@
+"""One-call ADMM pruning pipeline: ADMM -> masked mapping -> masked retraining.
+
+Seed ``003_7028caa2f3347c85`` (section 2.3, Algorithm 1): for every stage of a
+progressive schedule (e.g. 90% -> 98% -> 99.5%, each stage starting from the last):
+
+1. ADMM regularisation (Eqs. 5-7) for ``admm.epochs`` epochs, with the rho schedule;
+   weights pruned by an earlier stage stay at zero;
+2. masked mapping: hard projection onto each layer's target set;
+3. masked retraining for ``retrain.epochs`` epochs; pruned weights stay exactly 0.0.
+
+With a ``run_dir`` the pipeline writes its state after every epoch (atomically) and
+a pruned checkpoint after every stage; calling it again with the same ``run_dir`` and
+config resumes after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .admm import ADMMPruner
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import CheckpointError, ConfigError
+from .masks import MaskEnforcer
+from .report import layer_report
+from .targets import PruneConfig, resolve_targets
+from .train import cosine_lr, evaluate, make_optimizer, train_epoch
+
+
+@dataclass
+class ADMMSettings:
+    """Settings of the ADMM phase of each stage."""
+
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    rho: float = 1e-3
+    rho_multiplier: float = 1.3
+    rho_max: float = 1.0
+    update_every: int | None = None  # optimizer steps between Z/U updates; None: once per epoch
+
+
+@dataclass
+class RetrainSettings:
+    """Settings of masked retraining after each stage's masked mapping."""
+
+    epochs: int = 10
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    cosine: bool = True
+
+
+def _settings(cls, raw: Mapping[str, Any] | None, section: str):
+    raw = dict(raw or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(names)}")
+    obj = cls(**raw)
+    if not isinstance(obj.epochs, int) or obj.epochs < 0:
+        raise ConfigError(f"'{section}.epochs' must be a non-negative integer, got {obj.epochs!r}")
+    return obj
+
+
+@dataclass
+class PipelineConfig:
+    """Stages of pruning targets plus the ADMM and retraining settings.
+
+    From a dict/YAML: ``{"stages": [<prune config>, ...], "admm": {...},
+    "retrain": {...}}``, or a single stage given by the prune-config keys at top level
+    (``default``, ``layers``...).
+    """
+
+    stages: list[PruneConfig]
+    admm: ADMMSettings = field(default_factory=ADMMSettings)
+    retrain: RetrainSettings = field(default_factory=RetrainSettings)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "PipelineConfig":
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a pipeline config must be a mapping, got {type(raw).__name__}")
+        raw = dict(raw)
+        admm = _settings(ADMMSettings, raw.pop("admm", None), "admm")
+        retrain = _settings(RetrainSettings, raw.pop("retrain", None), "retrain")
+        raw.pop("model", None)
+        raw.pop("dataset", None)
+        if "stages" in raw:
+            stages_raw = raw.pop("stages")
+            if raw:
+                raise ConfigError(f"keys {sorted(raw)} are not allowed beside 'stages'; put them in a stage")
+            if not isinstance(stages_raw, list) or not stages_raw:
+                raise ConfigError("'stages' must be a non-empty list of pruning configs")
+            stages = [PruneConfig.from_dict(s) for s in stages_raw]
+        else:
+            stages = [PruneConfig.from_dict(raw)]
+        return cls(stages=stages, admm=admm, retrain=retrain)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        from .targets import load_yaml
+
+        return cls.from_dict(load_yaml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stages": [s.to_dict() for s in self.stages],
+                "admm": dataclasses.asdict(self.admm),
+                "retrain": dataclasses.asdict(self.retrain)}
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PipelineResult:
+    model: nn.Module
+    masks: dict[str, Tensor]
+    report: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+STATE_FILE = "state.pt"
+
+
+def _stage_label(i: int, cfg: PruneConfig) -> str:
+    return f"stage{i + 1}" + (f"-{cfg.name}" if cfg.name else "")
+
+
+def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfig | Mapping[str, Any],
+               *, eval_loader: DataLoader | None = None, run_dir: str | Path | None = None,
+               resume: bool = True, progress: bool | None = None,
+               model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+               log: Callable[[str], None] = print) -> PipelineResult:
+    """Run every stage of ``config`` on ``model`` (modified in place) and report.
+
+    Args:
+        model: the (usually pre-trained dense) model.
+        train_loader: training data for ADMM and retraining.
+        config: a :class:`PipelineConfig` or its dict form.
+        eval_loader: test data; accuracy is measured before pruning and after every
+            epoch.
+        run_dir: directory for the resumable state and per-stage checkpoints.
+        resume: continue from ``run_dir/state.pt`` if it exists (the config must be the
+            same; otherwise :class:`CheckpointError`).
+        model_name, model_kwargs: zoo name of the model, stored in checkpoints.
+    """
+    cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(config)
+    # Validate every stage against the model before any training.
+    stage_targets = [resolve_targets(model, s) for s in cfg.stages]
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ev = (lambda: evaluate(model, eval_loader)) if eval_loader is not None else (lambda: None)
+
+    pos = {"stage": 0, "phase": "admm", "epoch": 0}
+    history: list[dict[str, Any]] = []
+    masks: dict[str, Tensor] = {}
+    admm_state = opt_state = sched_state = None
+    acc_before = None
+    state_path = run_dir / STATE_FILE if run_dir else None
+    if state_path is not None and resume and state_path.exists():
+        st = load_checkpoint(state_path)
+        extra = st["extra"]
+        if extra.get("fingerprint") != cfg.fingerprint():
+            raise CheckpointError(
+                f"{state_path} belongs to a run with a different config; use another run "
+                "directory or pass resume=False (--no-resume) to start over")
+        from .checkpoint import restore_model
+
+        restore_model(st, model, str(state_path))
+        pos = dict(extra["position"])
+        history = list(extra["history"])
+        masks = {k: v.bool() for k, v in st["masks"].items()}
+        admm_state, opt_state, sched_state = extra.get("admm"), extra.get("optimizer"), extra.get("scheduler")
+        acc_before = extra.get("accuracy_before")
+        if "rng" in extra:
+            torch.set_rng_state(extra["rng"])
+        log(f"resuming from {state_path}: {_stage_label(pos['stage'], cfg.stages[pos['stage']]) if pos['stage'] < len(cfg.stages) else 'done'}, "
+            f"{pos['phase']} epoch {pos['epoch']}")
+    elif eval_loader is not None:
+        acc_before = ev()
+        log(f"accuracy before pruning: {100 * acc_before:.2f}%")
+
+    def save_state(pruner=None, opt=None, sched=None):
+        if state_path is None:
+            return
+        save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
+                        model_kwargs=model_kwargs, masks=masks, config=cfg.to_dict(),
+                        extra={"fingerprint": cfg.fingerprint(), "position": pos, "history": history,
+                               "admm": pruner.state_dict() if pruner else None,
+                               "optimizer": opt.state_dict() if opt else None,
+                               "scheduler": sched.state_dict() if sched else None,
+                               "accuracy_before": acc_before, "rng": torch.get_rng_state()})
+
+    while pos["stage"] < len(cfg.stages):
+        si = pos["stage"]
+        stage = cfg.stages[si]
+        label = _stage_label(si, stage)
+        targets = stage_targets[si]
+        if pos["phase"] == "admm":
+            a = cfg.admm
+            pruner = ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
+                                rho_max=max(a.rho_max, a.rho),
+                                update_every=a.update_every, allowed=masks or None)
+            opt = make_optimizer(a.optimizer, model.parameters(), a.lr, momentum=a.momentum,
+                                 weight_decay=a.weight_decay)
+            if admm_state is not None:
+                pruner.load_state_dict(admm_state)
+                opt.load_state_dict(opt_state)
+                admm_state = opt_state = None
+            enforcer = MaskEnforcer(model, masks, opt) if masks else None
+            t0 = time.perf_counter()
+            while pos["epoch"] < a.epochs:
+                ep = pos["epoch"]
+                stats = train_epoch(model, train_loader, opt, penalty=pruner.penalty,
+                                    after_step=pruner.step, progress=progress,
+                                    desc=f"{label} admm {ep + 1}/{a.epochs}")
+                if a.update_every is None:
+                    stats.update(pruner.update())
+                stats.update({"stage": label, "phase": "admm", "epoch": ep + 1,
+                              "test_accuracy": ev(), "seconds": time.perf_counter() - t0})
+                history.append(stats)
+                log(_fmt_epoch(stats))
+                pos["epoch"] += 1
+                save_state(pruner, opt)
+            if enforcer is not None:
+                enforcer.remove()
+            masks = pruner.finalize()
+            acc_mapped = ev()
+            history.append({"stage": label, "phase": "masked-mapping", "test_accuracy": acc_mapped})
+            if acc_mapped is not None:
+                log(f"{label}: accuracy right after masked mapping: {100 * acc_mapped:.2f}%")
+            pos.update(phase="retrain", epoch=0)
+            save_state()
+        if pos["phase"] == "retrain":
+            r = cfg.retrain
+            opt = make_optimizer(r.optimizer, model.parameters(), r.lr, momentum=r.momentum,
+                                 weight_decay=r.weight_decay)
+            sched = cosine_lr(opt, r.epochs * len(train_loader)) if r.cosine else None
+            if opt_state is not None:
+                opt.load_state_dict(opt_state)
+                if sched is not None and sched_state is not None:
+                    sched.load_state_dict(sched_state)
+                opt_state = sched_state = None
+            t0 = time.perf_counter()
+            with MaskEnforcer(model, masks, opt):
+                while pos["epoch"] < r.epochs:
+                    ep = pos["epoch"]
+                    stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
+                                        desc=f"{label} retrain {ep + 1}/{r.epochs}")
+                    stats.update({"stage": label, "phase": "retrain", "epoch": ep + 1,
+                                  "test_accuracy": ev(), "seconds": time.perf_counter() - t0})
+                    history.append(stats)
+                    log(_fmt_epoch(stats))
+                    pos["epoch"] += 1
+                    save_state(None, opt, sched)
+            rep = layer_report(model, targets, metrics={"accuracy_before": acc_before,
+                                                        "accuracy_after": ev()})
+            history.append({"stage": label, "phase": "done", "report": rep["totals"],
+                            "test_accuracy": rep["metrics"]["accuracy_after"]})
+            if run_dir is not None:
+                save_checkpoint(run_dir / f"{label}.pt", model, kind="pruned", model_name=model_name,
+                                model_kwargs=model_kwargs, masks=masks,
+                                config=stage.to_dict(), metrics=rep["metrics"])
+            pos.update(stage=si + 1, phase="admm", epoch=0)
+            save_state()
+    final_targets = stage_targets[-1]
+    report = layer_report(model, final_targets,
+                          metrics={"accuracy_before": acc_before, "accuracy_after": ev()})
+    return PipelineResult(model=model, masks=masks, report=report, history=history)
+
+
+def _fmt_epoch(s: Mapping[str, Any]) -> str:
+    parts = [f"{s['stage']} {s['phase']} epoch {s['epoch']}", f"loss {s['loss']:.4f}"]
+    if s.get("test_accuracy") is not None:
+        parts.append(f"test acc {100 * s['test_accuracy']:.2f}%")
+    if "primal_residual" in s:
+        parts.append(f"||W-Z|| {s['primal_residual']:.3g} rho {s['rho']:.3g}")
+    return " | ".join(parts)

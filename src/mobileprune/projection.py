@@ -1,0 +1,90 @@
+"""Euclidean projections onto the ADMM constraint sets (seed 003, Eq. 6).
+
+These are small pure tensor functions: they never modify their input and return new
+tensors. The ADMM Z-step (seed ``003_7028caa2f3347c85``, Algorithm 1, Eq. 6) is
+``Z = Proj_S(W + U)``; masked mapping (section 2.3) is ``W = Proj_S(W)``.
+
+* Unstructured set ``S = {W : nnz(W) <= k}``: the projection keeps the ``k`` entries
+  of largest magnitude and zeros the rest (:func:`topk_mask`, :func:`project_topk`).
+* Structured sets (seed 003, section 2.4): with the weight viewed as groups (rows of a
+  2-D tensor, e.g. filters or GEMM columns), ``S = {at most k nonzero groups}``; the
+  projection keeps the ``k`` groups of largest l2 norm (:func:`project_top_groups`).
+
+Ties are broken deterministically in favour of the lower flat index, so the result has
+exactly ``min(k, allowed)`` selected entries and never more than ``k`` nonzeros.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _check_k(k: int, n: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise TypeError(f"k must be an int, got {type(k).__name__}")
+    if k < 0 or k > n:
+        raise ValueError(f"k must be in [0, {n}], got {k}")
+    return k
+
+
+def topk_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
+    """Boolean mask of the ``k`` largest entries of ``scores`` (any shape).
+
+    Args:
+        scores: non-negative scores (e.g. ``|W|``); NaN is not allowed.
+        k: number of entries to select, ``0 <= k <= scores.numel()``.
+        allowed: optional boolean mask of the same shape; entries outside it are
+            never selected (at most ``allowed.sum()`` entries are then selected).
+
+    Ties are broken by lower flat index (a stable sort), so the result is reproducible.
+    """
+    k = _check_k(k, scores.numel())
+    flat = scores.detach().reshape(-1)
+    if torch.isnan(flat).any():
+        raise ValueError("scores contain NaN: cannot project a tensor with NaN values")
+    if allowed is not None:
+        if allowed.shape != scores.shape:
+            raise ValueError(
+                f"allowed mask shape {tuple(allowed.shape)} != scores shape {tuple(scores.shape)}"
+            )
+        allowed_flat = allowed.reshape(-1).bool()
+        flat = torch.where(allowed_flat, flat, torch.full_like(flat, -1.0))
+        k = min(k, int(allowed_flat.sum()))
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    if k > 0:
+        order = torch.argsort(flat, descending=True, stable=True)
+        mask[order[:k]] = True
+    return mask.reshape(scores.shape)
+
+
+def project_topk(w: Tensor, k: int, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Project ``w`` onto ``{X : nnz(X) <= k}`` (seed 003, Eq. 6, unstructured).
+
+    Returns ``(projection, mask)`` where ``mask`` marks the ``k`` kept positions (its
+    entries may include positions whose value is already zero) and
+    ``projection = w * mask``. This is the exact Euclidean projection: no other
+    ``k``-sparse tensor is closer to ``w``.
+    """
+    mask = topk_mask(w.detach().abs(), k, allowed)
+    return w * mask, mask
+
+
+def project_top_groups(
+    groups: Tensor, k: int, allowed: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Project a grouped tensor onto ``{at most k nonzero rows}`` (seed 003, sec. 2.4).
+
+    Args:
+        groups: a 2-D tensor with one group per row (see :mod:`mobileprune.groups`).
+        k: number of groups to keep.
+        allowed: optional 1-D boolean mask of rows that may be kept.
+
+    Returns ``(projection, row_mask)``: the ``k`` rows of largest l2 norm kept intact,
+    the others zeroed. Exact Euclidean projection onto the group-sparse set.
+    """
+    if groups.dim() != 2:
+        raise ValueError(f"groups must be 2-D (one group per row), got shape {tuple(groups.shape)}")
+    norms = torch.linalg.vector_norm(groups.detach(), dim=1)
+    row_mask = topk_mask(norms, k, allowed)
+    return groups * row_mask[:, None], row_mask

@@ -1,0 +1,100 @@
+"""Minimal training utilities shared by the pipelines and the CLI.
+
+Nothing here is required to use mobileprune: every algorithm also works inside your
+own loop. These helpers exist so the one-command pipeline has one well-tested loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from .errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, *,
+                   momentum: float = 0.9, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """``sgd`` (with momentum), ``adam`` or ``adamw``."""
+    name = name.lower()
+    if not lr > 0:
+        raise ConfigError(f"learning rate must be positive, got {lr!r}")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def _progress(iterable, progress: bool | None, desc: str, total: int | None = None):
+    if progress is False:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False,
+                disable=None if progress is None else False, dynamic_ncols=True)
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
+                loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+                penalty: Callable[[], Tensor] | None = None,
+                after_step: Callable[[], object] | None = None,
+                scheduler=None, progress: bool | None = None, desc: str = "train") -> dict[str, float]:
+    """One epoch of minibatch training.
+
+    ``penalty()`` is added to the loss (e.g. :meth:`ADMMPruner.penalty`, seed 003 Eq. 5)
+    and ``after_step()`` runs after each optimizer step (e.g. :meth:`ADMMPruner.step`).
+    Raises ``FloatingPointError`` when the loss becomes NaN or infinite.
+    """
+    model.train()
+    total, n, correct = 0.0, 0, 0
+    bar = _progress(loader, progress, desc, total=len(loader))
+    for x, y in bar:
+        out = model(x)
+        loss = loss_fn(out, y)
+        full = loss + penalty() if penalty is not None else loss
+        if not torch.isfinite(full):
+            raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or rho")
+        optimizer.zero_grad(set_to_none=True)
+        full.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        if after_step is not None:
+            after_step()
+        b = y.shape[0]
+        total += loss.item() * b
+        n += b
+        correct += int((out.argmax(1) == y).sum())
+        if hasattr(bar, "set_postfix") and n:
+            bar.set_postfix(loss=f"{total / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
+    return {"loss": total / max(n, 1), "train_accuracy": correct / max(n, 1)}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, *, progress: bool | None = False) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` (eval mode, no grad)."""
+    was_training = model.training
+    model.eval()
+    correct = n = 0
+    for x, y in _progress(loader, progress, "eval"):
+        correct += int((model(x).argmax(1) == y).sum())
+        n += y.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation data is empty")
+    return correct / n
+
+
+def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int):
+    """Cosine decay of the learning rate to 0 over ``total_steps`` steps."""
+    total_steps = max(1, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
