@@ -1,0 +1,65 @@
+"""Data sets addressed by name from the CLI and the pipelines.
+
+* ``mnist-sample``: the small real MNIST sample shipped in the package (offline).
+* ``mnist``: full MNIST from the directory named by ``--data-dir`` or
+  ``$MOBILEPRUNE_DATA`` (unpacked, or the ``mnist.tgz`` archive).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from .errors import ConfigError
+
+
+@dataclass
+class DataBundle:
+    train: TensorDataset
+    test: TensorDataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+
+def _mnist(arrays) -> DataBundle:
+    from .data import to_tensor_dataset
+
+    return DataBundle(train=to_tensor_dataset(arrays.train_x, arrays.train_y),
+                      test=to_tensor_dataset(arrays.test_x, arrays.test_y),
+                      num_classes=10, input_shape=(1, 28, 28))
+
+
+def _mnist_full(data_dir):
+    from .data import load_mnist
+
+    return _mnist(load_mnist(data_dir))
+
+
+def _mnist_sample(data_dir):
+    from .data import load_mnist_sample
+
+    return _mnist(load_mnist_sample())
+
+
+DATASETS: dict[str, Callable[..., DataBundle]] = {
+    "mnist": _mnist_full,
+    "mnist-sample": _mnist_sample,
+}
+
+
+def load_dataset(name: str, data_dir=None) -> DataBundle:
+    """Load data set ``name`` (see :data:`DATASETS`)."""
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data set {name!r}; available: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](data_dir)
+
+
+def make_loaders(bundle: DataBundle, batch_size: int = 128, eval_batch_size: int = 1000,
+                 seed: int = 0) -> tuple[DataLoader, DataLoader]:
+    """Shuffled training loader (seeded) and sequential test loader."""
+    g = torch.Generator().manual_seed(seed)
+    return (DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g),
+            DataLoader(bundle.test, batch_size=eval_batch_size))
