@@ -42,6 +42,9 @@ def atomic_write(path: str | Path, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -99,7 +102,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # torch raises many types for bad files
         raise CheckpointError(
             f"cannot read checkpoint {path}: the file is corrupt, truncated or not a "
-            f"safe PyTorch checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+            f"safe PyTorch checkpoint ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(

@@ -186,6 +186,9 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         acc_before = extra.get("accuracy_before")
         if "rng" in extra:
             torch.set_rng_state(extra["rng"])
+        gen = getattr(train_loader, "generator", None)
+        if gen is not None and extra.get("loader_rng") is not None:
+            gen.set_state(extra["loader_rng"])
         log(f"resuming from {state_path}: {_stage_label(pos['stage'], cfg.stages[pos['stage']]) if pos['stage'] < len(cfg.stages) else 'done'}, "
             f"{pos['phase']} epoch {pos['epoch']}")
     elif eval_loader is not None:
@@ -201,7 +204,10 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                                "admm": pruner.state_dict() if pruner else None,
                                "optimizer": opt.state_dict() if opt else None,
                                "scheduler": sched.state_dict() if sched else None,
-                               "accuracy_before": acc_before, "rng": torch.get_rng_state()})
+                               "accuracy_before": acc_before, "rng": torch.get_rng_state(),
+                               "loader_rng": (train_loader.generator.get_state()
+                                              if getattr(train_loader, "generator", None) is not None
+                                              else None)})
 
     while pos["stage"] < len(cfg.stages):
         si = pos["stage"]

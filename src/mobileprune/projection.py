@@ -41,8 +41,8 @@ def topk_mask(scores: Tensor, k: int, allowed: Tensor | None = None) -> Tensor:
     """
     k = _check_k(k, scores.numel())
     flat = scores.detach().reshape(-1)
-    if torch.isnan(flat).any():
-        raise ValueError("scores contain NaN: cannot project a tensor with NaN values")
+    if not torch.isfinite(flat).all():
+        raise ValueError("scores contain NaN or inf: cannot project a tensor with non-finite values")
     if allowed is not None:
         if allowed.shape != scores.shape:
             raise ValueError(
@@ -67,7 +67,7 @@ def project_topk(w: Tensor, k: int, allowed: Tensor | None = None) -> tuple[Tens
     ``k``-sparse tensor is closer to ``w``.
     """
     mask = topk_mask(w.detach().abs(), k, allowed)
-    return w * mask, mask
+    return torch.where(mask, w, torch.zeros_like(w)), mask
 
 
 def project_top_groups(
@@ -87,4 +87,4 @@ def project_top_groups(
         raise ValueError(f"groups must be 2-D (one group per row), got shape {tuple(groups.shape)}")
     norms = torch.linalg.vector_norm(groups.detach(), dim=1)
     row_mask = topk_mask(norms, k, allowed)
-    return groups * row_mask[:, None], row_mask
+    return torch.where(row_mask[:, None], groups, torch.zeros_like(groups)), row_mask

@@ -43,7 +43,7 @@ from .errors import ConfigError
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _TYPE_NAMES = {t.__name__: t for t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)}
 STRUCTURES = ("unstructured",)
-_KNOWN_TOP = {"default", "types", "exclude", "layers", "name", "structure"}
+_KNOWN_TOP = {"default", "types", "exclude", "layers", "name"}
 _KNOWN_LAYER = {"sparsity", "keep", "structure"}
 
 
@@ -105,7 +105,9 @@ class PruneConfig:
         else:
             if isinstance(types_raw, str):
                 types_raw = [types_raw]
-            bad = [t for t in types_raw if t not in _TYPE_NAMES]
+            if not isinstance(types_raw, (list, tuple)):
+                raise ConfigError(f"'types' must be a list of layer type names, got {types_raw!r}")
+            bad = [t for t in types_raw if not isinstance(t, str) or t not in _TYPE_NAMES]
             if bad:
                 raise ConfigError(
                     f"unknown layer type(s) {bad} in 'types'; supported: {sorted(_TYPE_NAMES)}"
@@ -114,6 +116,8 @@ class PruneConfig:
         exclude = cfg.get("exclude") or ()
         if isinstance(exclude, str):
             exclude = (exclude,)
+        if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
+            raise ConfigError(f"'exclude' must be a list of layer names or patterns, got {exclude!r}")
         layers_raw = cfg.get("layers") or {}
         if not isinstance(layers_raw, Mapping):
             raise ConfigError("'layers' must be a mapping of layer name/pattern -> target")

@@ -1,0 +1,285 @@
+"""The ``mobileprune`` command line: a thin layer over the library.
+
+Sub-commands: ``train``, ``prune``, ``eval``, ``report``, ``demo``. Every library error
+(:class:`~mobileprune.errors.MobilePruneError`) is printed as ``error: ...`` and exits
+with status 2; outputs are written atomically, so a failed run never overwrites an
+existing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError, MobilePruneError
+
+
+def _builtin_config(name: str) -> Path | None:
+    ref = resources.files("mobileprune") / "configs" / f"{name}.yaml"
+    return Path(str(ref)) if ref.is_file() else None
+
+
+def _config_path(arg: str) -> Path:
+    p = Path(arg)
+    if p.is_file():
+        return p
+    builtin = _builtin_config(arg)
+    if builtin is not None:
+        return builtin
+    names = sorted(x.name[:-5] for x in (resources.files("mobileprune") / "configs").iterdir()
+                   if x.name.endswith(".yaml"))
+    raise ConfigError(f"config {arg!r} is neither a file nor a built-in config ({', '.join(names)})")
+
+
+def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None = "mnist-sample") -> None:
+    p.add_argument("--dataset", default=default_dataset,
+                   help="data set name: mnist-sample (embedded, offline) or mnist "
+                        "(default: %(default)s, or the one recorded in the checkpoint)")
+    p.add_argument("--data-dir", default=None,
+                   help="directory holding the data sets, unpacked or as archives "
+                        "(default: $MOBILEPRUNE_DATA)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _no_progress(args) -> bool | None:
+    return False if getattr(args, "quiet", False) else None
+
+
+def _loaders(args, dataset: str):
+    from .datasets import load_dataset, make_loaders
+
+    bundle = load_dataset(dataset, args.data_dir)
+    return make_loaders(bundle, batch_size=args.batch_size, seed=args.seed)
+
+
+# -- train -------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .models import build_model
+    from .train import cosine_lr, evaluate, make_optimizer, train_epoch
+
+    torch.manual_seed(args.seed)
+    train_loader, test_loader = _loaders(args, args.dataset)
+    model = build_model(args.model)
+    opt = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
+    sched = cosine_lr(opt, args.epochs * len(train_loader))
+    t0 = time.perf_counter()
+    acc = None
+    for ep in range(args.epochs):
+        stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=_no_progress(args),
+                            desc=f"train {ep + 1}/{args.epochs}")
+        acc = evaluate(model, test_loader)
+        print(f"epoch {ep + 1}/{args.epochs} | loss {stats['loss']:.4f} | test acc {100 * acc:.2f}%")
+    save_checkpoint(args.out, model, kind="dense", model_name=args.model,
+                    metrics={"test_accuracy": acc, "epochs": args.epochs,
+                             "train_seconds": time.perf_counter() - t0},
+                    extra={"dataset": args.dataset})
+    print(f"saved dense model to {args.out}")
+    return 0
+
+
+# -- prune -------------------------------------------------------------------------------
+def _load_model(path: str):
+    from .checkpoint import load_checkpoint, restore_model
+
+    ckpt = load_checkpoint(path)
+    return ckpt, restore_model(ckpt, source=str(path))
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from .checkpoint import atomic_write_text, save_checkpoint
+    from .pipeline import PipelineConfig, admm_prune
+    from .report import to_json, to_markdown
+    from .targets import load_yaml
+
+    if args.config is None and args.sparsity is None:
+        raise ConfigError("give --config FILE|NAME or --sparsity S")
+    if args.config is not None:
+        raw = load_yaml(_config_path(args.config))
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {args.config} must be a mapping")
+    else:
+        raw = {"default": args.sparsity}
+    if args.sparsity is not None and args.config is not None:
+        raise ConfigError("--sparsity and --config are exclusive")
+    for key in ("admm_epochs", "retrain_epochs"):
+        val = getattr(args, key)
+        if val is not None:
+            section = key.split("_")[0]
+            raw.setdefault(section, {})["epochs"] = val
+    cfg = PipelineConfig.from_dict(raw)
+    ckpt, model = _load_model(args.checkpoint)
+    dataset = args.dataset or ckpt["extra"].get("dataset") or raw.get("dataset") or "mnist-sample"
+    torch.manual_seed(args.seed)
+    train_loader, test_loader = _loaders(args, dataset)
+    out = Path(args.out)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
+    res = admm_prune(model, train_loader, cfg, eval_loader=test_loader, run_dir=run_dir,
+                     resume=not args.no_resume, progress=_no_progress(args),
+                     model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
+    save_checkpoint(out, model, kind="pruned", model_name=ckpt["model"]["name"],
+                    model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=cfg.to_dict(),
+                    metrics=res.report["metrics"],
+                    extra={"dataset": dataset, "history": res.history, "targets":
+                           {r["layer"]: r["target_keep"] for r in res.report["layers"]}})
+    md = to_markdown(res.report, title=f"{ckpt['model']['name']} pruned with ADMM")
+    atomic_write_text(out.with_suffix(".md"), md)
+    atomic_write_text(out.with_suffix(".json"), to_json(res.report))
+    print(md)
+    print(f"saved pruned model to {out} (report: {out.with_suffix('.md')}, {out.with_suffix('.json')})")
+    return 0
+
+
+# -- eval / report -----------------------------------------------------------------------
+def cmd_eval(args) -> int:
+    from .train import evaluate
+
+    ckpt, model = _load_model(args.checkpoint)
+    dataset = args.dataset or ckpt["extra"].get("dataset") or "mnist-sample"
+    _, test_loader = _loaders(args, dataset)
+    acc = evaluate(model, test_loader)
+    import torch
+
+    nz = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    result = {"checkpoint": str(args.checkpoint), "dataset": dataset, "test_accuracy": acc,
+              "parameters": total, "nonzero_parameters": nz}
+    print(json.dumps(result, indent=2) if args.json else
+          f"{args.checkpoint}: test accuracy {100 * acc:.2f}% on {dataset}; "
+          f"{nz:,} of {total:,} parameters nonzero")
+    return 0
+
+
+def _targets_from(ckpt, model):
+    from .targets import LayerTarget, prunable_layers
+
+    keeps = (ckpt.get("extra") or {}).get("targets") or {}
+    layers = prunable_layers(model)
+    return [LayerTarget(name=n, param_name=f"{n}.weight", shape=tuple(layers[n].weight.shape), keep=k)
+            for n, k in keeps.items() if k is not None and n in layers]
+
+
+def cmd_report(args) -> int:
+    from .checkpoint import atomic_write_text
+    from .report import layer_report, to_json, to_markdown
+
+    ckpt, model = _load_model(args.checkpoint)
+    rep = layer_report(model, _targets_from(ckpt, model), metrics=ckpt.get("metrics"))
+    text = to_json(rep) if args.format == "json" else to_markdown(rep, title=str(args.checkpoint))
+    if args.out:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# -- demo --------------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    out_dir = Path(args.out_dir)
+    dense = out_dir / "lenet5-dense.pt"
+    print("mobileprune demo: LeNet-5 on the embedded MNIST sample (5,000 train / 1,000 test "
+          "images), ADMM pruning to 71x fewer weights, masked retraining, report.\n")
+    t0 = time.perf_counter()
+    common = ["--dataset", "mnist-sample", "--seed", str(args.seed)] + (["--quiet"] if args.quiet else [])
+    if not dense.exists() or args.fresh:
+        print("== 1/2 train dense LeNet-5 ==")
+        main(["train", "--model", "lenet5", "--epochs", str(args.epochs), "--out", str(dense)] + common)
+    else:
+        print(f"== 1/2 reuse dense model {dense} (--fresh to retrain) ==")
+    print("\n== 2/2 ADMM prune + masked retrain ==")
+    prune_args = ["prune", str(dense), "--config", "demo", "--out", str(out_dir / "lenet5-admm.pt")] + common
+    if args.fresh:
+        prune_args.append("--no-resume")
+    main(prune_args)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out_dir}/")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="mobileprune", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"mobileprune {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a dense built-in model and save a checkpoint",
+                       description="Train a dense built-in model and save a mobileprune checkpoint.")
+    p.add_argument("--model", default="lenet5", help="built-in model (lenet5, lenet300100)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--out", required=True, help="output checkpoint (.pt)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="ADMM-prune a checkpoint to per-layer targets",
+                       description="ADMM regularisation, masked mapping and masked retraining "
+                                   "(seed 003, Algorithm 1) of a checkpoint, with a per-layer report. "
+                                   "Resumable: rerun the same command after an interruption.")
+    p.add_argument("checkpoint", help="dense (or previously pruned) checkpoint")
+    p.add_argument("--config", help="YAML pipeline config, or a built-in name "
+                                    "(demo, lenet5-71x, lenet5-246x)")
+    p.add_argument("--sparsity", type=float, help="prune every Linear/Conv layer to this fraction")
+    p.add_argument("--admm-epochs", type=int, help="override admm.epochs of the config")
+    p.add_argument("--retrain-epochs", type=int, help="override retrain.epochs of the config")
+    p.add_argument("--out", required=True, help="output pruned checkpoint (.pt); the report goes "
+                                                "next to it as .md and .json")
+    p.add_argument("--run-dir", help="directory for resumable state (default: OUT.run/)")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing state in the run dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_args(p, default_dataset=None)
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("eval", help="test accuracy and nonzeros of a checkpoint",
+                       description="Evaluate a checkpoint's test accuracy.")
+    p.add_argument("checkpoint")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_data_args(p, default_dataset=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("report", help="per-layer sparsity report of a checkpoint",
+                       description="Per-layer weights, nonzeros, sparsity and compression of a checkpoint.")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=["md", "json"], default="md")
+    p.add_argument("--out", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="offline end-to-end demo on the embedded MNIST sample",
+                       description="Train LeNet-5 on the embedded MNIST sample, ADMM-prune it, "
+                                   "retrain with masks, evaluate and print the per-layer report.")
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=8, help="dense training epochs")
+    p.add_argument("--fresh", action="store_true", help="start over even if outputs exist")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MobilePruneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except FloatingPointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
