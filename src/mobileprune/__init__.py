@@ -1,3 +1,28 @@
-"""mobileprune: compress PyTorch networks so they run fast on phones and edge devices."""
+"""mobileprune: compress PyTorch networks so they run fast on phones and edge devices.
+
+Public API (import from here):
+
+* :class:`ADMMPruner`, :func:`admm_prune` -- ADMM weight pruning (seed 003).
+* :class:`MaskEnforcer`, :func:`apply_masks` -- keep pruned weights exactly zero.
+* :class:`PruneConfig`, :func:`resolve_targets` -- per-layer targets.
+* :func:`layer_report` -- per-layer report.
+* :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`restore_model`.
+* :mod:`mobileprune.prox`, :mod:`mobileprune.groups` -- proximal operators (seed 000).
+"""
+
+from .admm import ADMMPruner
+from .checkpoint import load_checkpoint, restore_model, save_checkpoint
+from .errors import CheckpointError, ConfigError, DataError, MobilePruneError, UnsupportedModelError
+from .masks import MaskEnforcer, apply_masks
+from .pipeline import PipelineConfig, admm_prune
+from .report import layer_report
+from .targets import LayerTarget, PruneConfig, resolve_targets
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ADMMPruner", "admm_prune", "PipelineConfig", "MaskEnforcer", "apply_masks",
+    "PruneConfig", "LayerTarget", "resolve_targets", "layer_report",
+    "save_checkpoint", "load_checkpoint", "restore_model",
+    "MobilePruneError", "ConfigError", "CheckpointError", "DataError", "UnsupportedModelError",
+]

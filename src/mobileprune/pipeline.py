@@ -38,14 +38,18 @@ from .train import cosine_lr, evaluate, make_optimizer, train_epoch
 
 
 @dataclass
-class ADMMSettings:
-    """Settings of the ADMM phase of each stage."""
-
+class _TrainSettings:
     epochs: int = 10
     optimizer: str = "adam"
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+
+
+@dataclass
+class ADMMSettings(_TrainSettings):
+    """Settings of the ADMM phase of each stage (optimizer of the W-step, Eq. 5)."""
+
     rho: float = 1e-3
     rho_multiplier: float = 1.3
     rho_max: float = 1.0
@@ -53,14 +57,9 @@ class ADMMSettings:
 
 
 @dataclass
-class RetrainSettings:
+class RetrainSettings(_TrainSettings):
     """Settings of masked retraining after each stage's masked mapping."""
 
-    epochs: int = 10
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    momentum: float = 0.9
     cosine: bool = True
 
 

@@ -1,0 +1,125 @@
+"""The command line: every sub-command end to end on the embedded sample, and every
+bad input giving a clear message and a non-zero exit without touching outputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobileprune.checkpoint import load_checkpoint, save_checkpoint
+from mobileprune.cli import main
+from mobileprune.models import LeNet300100
+
+
+def run(*argv: str) -> int:
+    try:
+        return main(list(argv))
+    except SystemExit as exc:  # argparse and error exits
+        return int(exc.code or 0)
+
+
+@pytest.fixture(scope="module")
+def dense(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "dense.pt"
+    assert run("train", "--model", "lenet5", "--epochs", "1", "--out", str(out), "--quiet") == 0
+    return out
+
+
+def test_help_of_every_command():
+    for cmd in ("train", "prune", "eval", "report", "demo"):
+        r = subprocess.run([sys.executable, "-m", "mobileprune.cli", cmd, "--help"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "usage: mobileprune" in r.stdout
+
+
+def test_train_eval_prune_report(dense, tmp_path, capsys):
+    ck = load_checkpoint(dense)
+    assert ck["kind"] == "dense" and ck["model"]["name"] == "lenet5"
+    assert ck["metrics"]["test_accuracy"] > 0.8  # one epoch on 5,000 real MNIST images
+
+    assert run("eval", str(dense), "--json") == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["dataset"] == "mnist-sample" and abs(ev["test_accuracy"] - ck["metrics"]["test_accuracy"]) < 1e-9
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("admm: {epochs: 1, update_every: 10}\nretrain: {epochs: 1}\n"
+                   "default: 0.9\nlayers: {conv1: 0.5, fc1: {keep: 2000}}\n")
+    out = tmp_path / "pruned.pt"
+    assert run("prune", str(dense), "--config", str(cfg), "--out", str(out), "--quiet") == 0
+    pruned = load_checkpoint(out)
+    sd = pruned["state_dict"]
+    assert int((sd["conv1.weight"] != 0).sum()) <= 250
+    assert int((sd["conv2.weight"] != 0).sum()) <= 2500
+    assert int((sd["fc1.weight"] != 0).sum()) <= 2000
+    assert int((sd["fc2.weight"] != 0).sum()) <= 500
+    for name, mask in pruned["masks"].items():
+        assert not bool((sd[name][~mask] != 0).any())
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["totals"]["all_targets_met"] is True
+    assert rep["totals"]["nonzero"] == sum(int((sd[f"{n}.weight"] != 0).sum())
+                                           for n in ("conv1", "conv2", "fc1", "fc2"))
+    assert "| fc1 |" in out.with_suffix(".md").read_text()
+
+    capsys.readouterr()
+    assert run("report", str(out), "--format", "json") == 0
+    rep2 = json.loads(capsys.readouterr().out)
+    assert rep2["totals"]["nonzero"] == rep["totals"]["nonzero"]
+    assert [r["target_keep"] for r in rep2["layers"]] == [250, 2500, 2000, 500]
+
+
+@pytest.mark.parametrize("cfg_text, message", [
+    ("layers: {conv9: 0.5}", "unknown layer 'conv9'"),
+    ("default: 1.0", "[0, 1)"),
+    ("default: -0.2", "[0, 1)"),
+    ("layers: {conv1: {keep: 501}}", "has 500 weights but the config keeps 501"),
+    ("layers: [1, 2", "malformed YAML"),
+])
+def test_bad_config_exits_nonzero_and_keeps_output(dense, tmp_path, capsys, cfg_text, message):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(cfg_text)
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"previous result")
+    assert run("prune", str(dense), "--config", str(cfg), "--out", str(out), "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+    assert out.read_bytes() == b"previous result"
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 10)
+    assert run("eval", str(bad)) == 2
+    assert "corrupt" in capsys.readouterr().err
+    plain = tmp_path / "plain.pt"
+    torch.save(LeNet300100().state_dict(), plain)
+    assert run("report", str(plain)) == 2
+    assert "not a mobileprune checkpoint" in capsys.readouterr().err
+    # A LeNet-300-100 checkpoint pruned with a LeNet-5 layer name.
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, LeNet300100(), model_name="lenet300100")
+    assert run("prune", str(other), "--config", "demo", "--out", str(tmp_path / "o.pt"), "--quiet") == 2
+    assert "unknown layer 'conv1'" in capsys.readouterr().err
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_missing_data_dir(dense, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MOBILEPRUNE_DATA", raising=False)
+    assert run("eval", str(dense), "--dataset", "mnist", "--data-dir", str(tmp_path / "nope")) == 2
+    assert "nope" in capsys.readouterr().err
+    assert run("eval", str(dense), "--dataset", "mnist") == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "MOBILEPRUNE_DATA" in err
+
+
+def test_missing_checkpoint_and_unknown_config(tmp_path, capsys):
+    assert run("eval", str(tmp_path / "none.pt")) == 2
+    assert "not found" in capsys.readouterr().err
+    assert run("prune", str(tmp_path / "none.pt"), "--config", "no-such-config",
+               "--out", str(tmp_path / "x.pt")) == 2
+    assert "no-such-config" in capsys.readouterr().err
