@@ -280,10 +280,18 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                                 config=stage.to_dict(), metrics=rep["metrics"])
             pos.update(stage=si + 1, phase="admm", epoch=0)
             save_state()
-    final_targets = stage_targets[-1]
-    report = layer_report(model, final_targets,
+    report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before, "accuracy_after": ev()})
     return PipelineResult(model=model, masks=masks, report=report, history=history)
+
+
+def _example_input(loader: DataLoader):
+    """One training sample with a batch dimension, read without touching any RNG."""
+    try:
+        x = loader.dataset[0][0]
+    except Exception:  # iterable datasets etc.: no MAC columns
+        return None
+    return x.unsqueeze(0) if isinstance(x, Tensor) else None
 
 
 def _fmt_epoch(s: Mapping[str, Any]) -> str:

@@ -8,6 +8,14 @@ config, so the report shows what the model really holds.
   (the ratio seed 003 reports, e.g. 246x for LeNet-5).
 * ``param_compression``: all parameters of the model (biases and any other tensor
   included) / nonzero parameters: the stricter number.
+* ``active_out`` / ``active_in``: output units (conv filters, Linear rows) and input
+  units (conv input channels, Linear columns) with at least one nonzero weight, the
+  "active units" of MobilePrune (seed 000; e.g. 14-8-82-39 for LeNet-5 is conv1 and
+  conv2 ``active_out``, fc1 and fc2 ``active_in``).
+* with an ``example_input`` (one sample, batch dimension included): per-sample
+  multiply-accumulates of the dense layer (``macs``), of a sparse kernel that skips
+  zero weights (``nonzero_macs`` = nonzeros x output positions) and of the layer with
+  its inactive units removed (``active_macs``, within the layer).
 """
 
 from __future__ import annotations
@@ -18,21 +26,64 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from .groups import count_nonzero_groups
 from .targets import DEFAULT_TYPES, LayerTarget, prunable_layers
+
+
+@torch.no_grad()
+def output_positions(model: nn.Module, example_input: Any, names: Iterable[str]) -> dict[str, int]:
+    """Number of output positions per sample of each named layer (1 for a Linear on a
+    2-D input, ``H_out * W_out`` for a Conv2d...), found by running ``example_input``."""
+    modules = dict(model.named_modules())
+    out: dict[str, int] = {}
+    handles = []
+    for n in names:
+        def hook(mod, inp, res, n=n):
+            # positions = elements per sample / output channels (or features)
+            per_sample = res[0].numel() if res.dim() > 1 else res.numel()
+            ch = mod.weight.shape[0]
+            out[n] = per_sample // ch
+        handles.append(modules[n].register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(*example_input) if isinstance(example_input, tuple) else model(example_input)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return out
 
 
 def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
                  metrics: Mapping[str, Any] | None = None,
-                 types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> dict[str, Any]:
-    """Build the report of ``model``; ``targets`` adds each pruned layer's target."""
+                 types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
+                 example_input: Any = None) -> dict[str, Any]:
+    """Build the report of ``model``; ``targets`` adds each pruned layer's target.
+
+    ``example_input`` (a tensor or tuple of tensors of batch size 1) enables the MAC
+    columns.
+    """
     by_name = {t.name: t for t in targets}
+    layers = prunable_layers(model, types)
+    positions = output_positions(model, example_input, layers) if example_input is not None else {}
     rows = []
-    for name, m in prunable_layers(model, types).items():
+    for name, m in layers.items():
         w = m.weight.detach()
         n = w.numel()
         nz = int(torch.count_nonzero(w))
         t = by_name.get(name)
-        rows.append({
+        active_out = count_nonzero_groups(w, "filter")
+        active_in = count_nonzero_groups(w, "channel")
+        groups = getattr(m, "groups", 1)
+        k = n // (w.shape[0] * w.shape[1])
+        extra: dict[str, Any] = {"units_out": w.shape[0], "units_in": w.shape[1] * groups,
+                                 "active_out": active_out, "active_in": active_in}
+        if name in positions:
+            pos = positions[name]
+            extra.update(macs=n * pos, nonzero_macs=nz * pos,
+                         active_macs=active_out * active_in * k * pos // max(groups, 1))
+        rows.append({**extra, 
             "layer": name,
             "type": type(m).__name__,
             "shape": list(w.shape),
@@ -58,6 +109,9 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
         "param_compression": total_p / nz_p if nz_p else float("inf"),
         "all_targets_met": all(r["meets_target"] for r in rows if r["meets_target"] is not None),
     }
+    if positions:
+        for key in ("macs", "nonzero_macs", "active_macs"):
+            totals[key] = sum(r[key] for r in rows)
     return {"layers": rows, "totals": totals, "metrics": dict(metrics or {})}
 
 
@@ -70,17 +124,22 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
     lines = []
     if title:
         lines += [f"## {title}", ""]
-    lines += ["| layer | type | shape | weights | nonzero | sparsity | target sparsity | meets target |",
-              "|---|---|---|---:|---:|---:|---:|:---:|"]
+    t = report["totals"]
+    macs = "macs" in t
+    lines += ["| layer | type | shape | weights | nonzero | sparsity | target sparsity | meets target "
+              "| active out/in units |" + (" MACs | nonzero MACs |" if macs else ""),
+              "|---|---|---|---:|---:|---:|---:|:---:|---:|" + ("---:|---:|" if macs else "")]
     for r in report["layers"]:
         met = "" if r["meets_target"] is None else ("yes" if r["meets_target"] else "NO")
         lines.append(
             f"| {r['layer']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['weights']:,} | "
-            f"{r['nonzero']:,} | {_fmt_pct(r['sparsity'])} | {_fmt_pct(r['target_sparsity'])} | {met} |"
+            f"{r['nonzero']:,} | {_fmt_pct(r['sparsity'])} | {_fmt_pct(r['target_sparsity'])} | {met} "
+            f"| {r['active_out']}/{r['units_out']} out, {r['active_in']}/{r['units_in']} in |"
+            + (f" {r['macs']:,} | {r['nonzero_macs']:,} |" if macs else "")
         )
-    t = report["totals"]
     lines.append(f"| **total** | | | {t['weights']:,} | {t['nonzero']:,} | {_fmt_pct(t['sparsity'])} | | "
-                 f"{'yes' if t['all_targets_met'] else 'NO'} |")
+                 f"{'yes' if t['all_targets_met'] else 'NO'} | |"
+                 + (f" {t['macs']:,} | {t['nonzero_macs']:,} |" if macs else ""))
     lines += ["",
               f"- weight compression: **{t['weight_compression']:.1f}x** "
               f"({t['weights']:,} weights -> {t['nonzero']:,} nonzero)",

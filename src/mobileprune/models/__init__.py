@@ -7,11 +7,13 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ConfigError
+from .har import HARCNN
 from .lenet import LeNet5, LeNet300100
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "lenet300100": LeNet300100,
+    "harcnn": HARCNN,
 }
 
 

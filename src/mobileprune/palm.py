@@ -1,0 +1,623 @@
+"""MobilePrune optimisation: PALM and the practical proximal variant (seed ``000_659fe8f6b4e48b5b``).
+
+Problem (``docs/methods.md`` section 2)::
+
+    min_W  F(W) = H(W) + sum_i r_i(W_i),   r_i = lam ||.||_{2,groups} + eta ||.||_0 (+ ...)
+
+with ``H`` the training loss and ``r_i`` the :class:`~mobileprune.regularizers.Regularizer`
+of layer ``i``'s weight (biases and unselected layers are not regularised).
+
+Two ways to optimise it:
+
+* :func:`palm_step` / :func:`palm_epoch` -- PALM (methods.md section 2.3): the blocks
+  (one per module owning parameters: a layer's weight *and* bias) are visited in order
+  on the same minibatch (Gauss-Seidel); for each block the gradient ``g`` of the loss at
+  the current point, a Lipschitz estimate ``L`` by backtracking and the step
+  ``s = 1 / (gamma L)`` give ``x+ = prox_{s r}(x - s g)``.  No momentum.  Full-batch
+  PALM decreases ``F`` monotonically; with minibatches it is a heuristic.
+* :meth:`ProximalPruner.prox_step` / :func:`proximal_epoch` -- the *practical proximal
+  variant*: an ordinary optimizer step (SGD, Adam...) on the loss, then
+  ``W_i <- prox_{lr r_i}(W_i)`` with the optimizer's learning rate as the step.
+
+:func:`run_rounds` chains them into the round schedule of the public MobilePrune code:
+prox epochs, masked retraining with Adam (:class:`~mobileprune.masks.MaskEnforcer`), and
+``lam`` / ``eta`` raised every few rounds.
+
+Use it inside your own training loop::
+
+    pruner = ProximalPruner(model, {"method": "l0_group_lasso", "lam": 1e-4, "eta": 1e-6})
+    for x, y in loader:
+        loss = criterion(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        pruner.prox_step(optimizer=opt)          # or pruner.prox_step(lr)
+    masks = pruner.masks()                      # for MaskEnforcer during retraining
+
+Config of :class:`ProximalPruner` (a dict or a YAML file)::
+
+    method: l0_group_lasso     # regulariser of every prunable layer (omit: only `layers`)
+    lam: 1.0e-4                # group-norm weight
+    eta: 1.0e-6                # l0 weight
+    beta: 0.0                  # l1 weight (l1, sparse_group_lasso, l0_l1_group_lasso)
+    grouping: null             # default: linear_in for Linear, filter for conv
+    types: [Linear, Conv2d]    # prunable layer types (default Linear, Conv1d, Conv2d)
+    exclude: [fc3]             # names / "re:" / "type:" patterns never regularised
+    layers:                    # per-layer overrides, exact names first, then patterns
+      fc1: {lam: 2.0e-4}       # no 'method': overrides the top-level values
+      "re:conv.*": {method: tree_l0_group_lasso, lam: 1.0e-4, eta: 1.0e-6}
+                               # own 'method': a complete spec, inherits nothing
+
+Layer keys follow :mod:`mobileprune.targets`: exact module names, ``re:<regex>``
+(full match) or ``type:<ClassName>``; an unknown exact name, an exclude name that is not
+a prunable layer, or a pattern matching nothing raises
+:class:`~mobileprune.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .masks import MaskEnforcer
+from .regularizers import Regularizer, _check_weight_param
+from .targets import _TYPE_NAMES, DEFAULT_TYPES, _matches, load_yaml, prunable_layers
+from .train import _progress, evaluate, make_optimizer, train_epoch
+
+__all__ = [
+    "ProximalPruner",
+    "palm_step",
+    "palm_epoch",
+    "proximal_epoch",
+    "run_rounds",
+    "check_finite",
+]
+
+_REG_KEYS = frozenset({"method", "lam", "eta", "beta", "lam_root", "grouping"})
+_TOP_KEYS = _REG_KEYS | {"types", "exclude", "layers", "name"}
+
+
+# ----------------------------------------------------------------------- helpers
+def check_finite(model: nn.Module, where: str = "") -> None:
+    """Raise ``FloatingPointError`` naming the first parameter with NaN / inf entries."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise FloatingPointError(
+                    f"parameter {name!r} has NaN/inf values{' ' + where if where else ''}; "
+                    "training diverged (lower the learning rate, or raise L0 / gamma for PALM)"
+                )
+
+
+def _positive(value: Any, name: str, *, strict: bool = True, above: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    x = float(value)
+    if (x <= above) if strict else (x < above):
+        raise ConfigError(f"{name} must be {'>' if strict else '>='} {above:g}, got {x}")
+    return x
+
+
+def _nonneg_int(value: Any, name: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _parse_config(config: Any) -> dict[str, Any]:
+    if isinstance(config, Regularizer):
+        config = config.to_dict()
+    if isinstance(config, (str, Path)):
+        config = load_yaml(config)
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"a proximal pruning config must be a mapping, got {type(config).__name__}")
+    unknown = set(config) - _TOP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in proximal pruning config; allowed: {sorted(_TOP_KEYS)}")
+    return dict(config)
+
+
+def _parse_types(raw: Any) -> tuple[type[nn.Module], ...]:
+    if raw is None:
+        return DEFAULT_TYPES
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"'types' must be a list of layer type names, got {raw!r}")
+    bad = [t for t in raw if not isinstance(t, str) or t not in _TYPE_NAMES]
+    if bad:
+        raise ConfigError(f"unknown layer type(s) {bad} in 'types'; supported: {sorted(_TYPE_NAMES)}")
+    return tuple(_TYPE_NAMES[t] for t in raw)
+
+
+def _check_keys(keys: Iterable[str], candidates: Mapping[str, nn.Module], what: str) -> None:
+    import re
+
+    names = ", ".join(candidates)
+    for key in keys:
+        if key.startswith("re:"):
+            try:
+                re.compile(key[3:])
+            except re.error as exc:
+                raise ConfigError(f"invalid regular expression in {key!r} ({what}): {exc}") from None
+            if not any(_matches(key, n, m) for n, m in candidates.items()):
+                raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
+        elif key.startswith("type:"):
+            if key[5:] not in _TYPE_NAMES:
+                raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(_TYPE_NAMES)}")
+            if not any(_matches(key, n, m) for n, m in candidates.items()):
+                raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
+        elif key not in candidates:
+            raise ConfigError(f"unknown layer {key!r} in {what}; prunable layers are: {names}")
+
+
+# ------------------------------------------------------------------------ pruner
+class ProximalPruner:
+    """Layer selection + one :class:`Regularizer` per selected weight (methods.md 2, seed 000).
+
+    Args:
+        model: any ``nn.Module``.
+        config: dict, YAML path, or a single :class:`Regularizer` (applied to every
+            prunable layer); see the module docstring.
+        optimizer: optional default optimizer whose learning rates :meth:`prox_step`
+            uses as steps when called without ``step``.
+
+    Attributes:
+        regularizers: ``{weight parameter name: Regularizer}`` in model order.
+        lipschitz: ``{block (module) name: last accepted L}`` kept by :func:`palm_step`.
+    """
+
+    def __init__(self, model: nn.Module, config: Mapping[str, Any] | Regularizer | str | Path,
+                 *, optimizer: torch.optim.Optimizer | None = None) -> None:
+        cfg = _parse_config(config)
+        types = _parse_types(cfg.get("types"))
+        candidates = prunable_layers(model, types)
+        if not candidates:
+            raise ConfigError(
+                f"model {type(model).__name__} has no prunable layer of types {[t.__name__ for t in types]}"
+            )
+        exclude = cfg.get("exclude") or ()
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
+            raise ConfigError(f"'exclude' must be a list of layer names or patterns, got {exclude!r}")
+        layers = cfg.get("layers") or {}
+        if not isinstance(layers, Mapping):
+            raise ConfigError("'layers' must be a mapping of layer name/pattern -> regulariser spec")
+        for key, spec in layers.items():
+            if not isinstance(spec, Mapping):
+                raise ConfigError(f"spec of layer {key!r} must be a mapping, got {spec!r}")
+            bad = set(spec) - _REG_KEYS
+            if bad:
+                raise ConfigError(f"unknown key(s) {sorted(bad)} for layer {key!r}; allowed: {sorted(_REG_KEYS)}")
+        _check_keys([str(k) for k in layers], candidates, "'layers'")
+        _check_keys(exclude, candidates, "'exclude'")
+        base = {k: cfg[k] for k in _REG_KEYS if k in cfg and cfg[k] is not None}
+        if "method" in base:
+            Regularizer.from_dict(base)  # validate the top-level spec once, without a layer name
+        else:  # parameters without a method: validate their values now for a clear message
+            for k in ("lam", "eta", "beta", "lam_root"):
+                if k in base:
+                    _check_weight_param(base[k], k)
+
+        self.model = model
+        self.regularizers: dict[str, Regularizer] = {}
+        self.layer_names: dict[str, str] = {}  # param name -> module name
+        self._params: dict[str, nn.Parameter] = {}
+        for name, module in candidates.items():
+            if any(_matches(p, name, module) for p in exclude):
+                continue
+            spec = layers.get(name)
+            if spec is None:
+                for key, val in layers.items():
+                    if str(key).startswith(("re:", "type:")) and _matches(str(key), name, module):
+                        spec = val
+                        break
+            if spec is None:
+                if "method" not in base:
+                    continue
+                merged = dict(base)
+            elif "method" in spec:
+                merged = dict(spec)
+            else:
+                merged = {**base, **spec}
+            if "method" not in merged:
+                raise ConfigError(
+                    f"layer {name!r} has no regulariser 'method' (give one at the top level or in its entry)"
+                )
+            try:
+                reg = Regularizer.from_dict(merged)
+                reg.check(module.weight)
+            except ConfigError as exc:
+                raise ConfigError(f"layer {name!r} (weight shape {tuple(module.weight.shape)}): {exc}") from None
+            pname = f"{name}.weight" if name else "weight"
+            self.regularizers[pname] = reg
+            self.layer_names[pname] = name
+            self._params[pname] = module.weight
+        if not self.regularizers:
+            raise ConfigError("the proximal pruning config selects no layer of this model")
+        self.optimizer = optimizer
+        self.lipschitz: dict[str, float] = {}
+        self.steps = 0
+        self.increases = 0
+
+    # -------------------------------------------------------------- penalties
+    def penalty_value(self) -> Tensor:
+        """``sum_i r_i(W_i)`` over the selected weights (a detached 0-d tensor, float64)."""
+        total = torch.zeros((), dtype=torch.float64)
+        for pname, reg in self.regularizers.items():
+            total = total + reg.value(self._params[pname]).detach().to("cpu", torch.float64)
+        return total
+
+    def _lr_map(self, optimizer: torch.optim.Optimizer) -> dict[int, float]:
+        out = {}
+        for group in optimizer.param_groups:
+            lr = group["lr"]
+            lr = float(lr.item() if isinstance(lr, Tensor) else lr)
+            for p in group["params"]:
+                out[id(p)] = lr
+        return out
+
+    @torch.no_grad()
+    def prox_step(self, step: float | None = None, *, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """The practical proximal variant: ``W_i <- prox_{s r_i}(W_i)`` in place.
+
+        Call after ``optimizer.step()``.  ``s`` is ``step`` if given, else the current
+        learning rate of the parameter group holding ``W_i`` in ``optimizer`` (or in the
+        optimizer given at construction).  With Adam this is a heuristic (Adam's
+        effective step is per coordinate).  Raises ``FloatingPointError`` if a weight
+        holds NaN/inf before the prox (which would otherwise hide it).
+        """
+        lrs = None
+        if step is None:
+            opt = optimizer if optimizer is not None else self.optimizer
+            if opt is None:
+                raise ConfigError("prox_step needs a step (learning rate) or an optimizer")
+            lrs = self._lr_map(opt)
+        for pname, reg in self.regularizers.items():
+            p = self._params[pname]
+            if not bool(torch.isfinite(p).all()):
+                raise FloatingPointError(
+                    f"weight {pname!r} has NaN/inf values before the proximal step; training "
+                    "diverged (lower the learning rate)"
+                )
+            if lrs is not None:
+                if id(p) not in lrs:
+                    raise ConfigError(f"weight {pname!r} is not optimised by the given optimizer")
+                s = lrs[id(p)]
+            else:
+                s = step
+            p.copy_(reg.prox(p, s))
+        self.steps += 1
+
+    # ------------------------------------------------------------------ masks
+    @torch.no_grad()
+    def masks(self) -> dict[str, Tensor]:
+        """``{weight name: W != 0}`` for the selected weights (for :class:`MaskEnforcer`)."""
+        return {pname: self._params[pname].detach() != 0 for pname in self.regularizers}
+
+    @torch.no_grad()
+    def nonzero(self) -> dict[str, int]:
+        """Number of nonzero entries of every selected weight."""
+        return {pname: int((self._params[pname] != 0).sum()) for pname in self.regularizers}
+
+    # --------------------------------------------------------------- schedule
+    def increase(self, lam_factor: float = 1.0, eta_factor: float = 1.0,
+                 beta_factor: float | None = None) -> None:
+        """Multiply every layer's ``lam`` (and ``lam_root``) by ``lam_factor``, ``eta`` by
+        ``eta_factor`` and ``beta`` by ``beta_factor`` (default ``lam_factor``)."""
+        new = {k: r.scaled(lam_factor, eta_factor, beta_factor) for k, r in self.regularizers.items()}
+        self.regularizers = new
+        self.increases += 1
+
+    def hyperparameters(self) -> dict[str, dict[str, Any]]:
+        """``{weight name: regulariser spec}`` (plain dicts)."""
+        return {k: r.to_dict() for k, r in self.regularizers.items()}
+
+    # --------------------------------------------------------------- state io
+    def state_dict(self) -> dict[str, Any]:
+        """Regularisers (after any :meth:`increase`), PALM Lipschitz estimates, counters."""
+        return {"regularizers": self.hyperparameters(), "lipschitz": dict(self.lipschitz),
+                "steps": self.steps, "increases": self.increases}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` output; the selected weights must be the same."""
+        try:
+            regs = state["regularizers"]
+        except (KeyError, TypeError):
+            raise ConfigError("proximal pruner state has no 'regularizers'") from None
+        if set(regs) != set(self.regularizers):
+            raise ConfigError(
+                f"proximal pruner state names {sorted(regs)}, this pruner has {sorted(self.regularizers)}"
+            )
+        new = {}
+        for pname in self.regularizers:  # keep model order
+            reg = Regularizer.from_dict(regs[pname])
+            reg.check(self._params[pname])
+            new[pname] = reg
+        self.regularizers = new
+        self.lipschitz = {str(k): float(v) for k, v in dict(state.get("lipschitz", {})).items()}
+        self.steps = int(state.get("steps", 0))
+        self.increases = int(state.get("increases", 0))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}: {r!r}" for k, r in self.regularizers.items())
+        return f"ProximalPruner({inner})"
+
+
+# -------------------------------------------------------------------------- PALM
+def _blocks(model: nn.Module, pruner: ProximalPruner):
+    """PALM blocks: one per module owning trainable parameters, in module order.
+
+    Each block is ``(module name, [(param name, param, Regularizer or None), ...])``.
+    """
+    reg_by_id = {id(pruner._params[k]): r for k, r in pruner.regularizers.items()}
+    seen: set[int] = set()
+    blocks = []
+    for mname, module in model.named_modules():
+        items = []
+        for lname, p in module.named_parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            items.append((f"{mname}.{lname}" if mname else lname, p, reg_by_id.get(id(p))))
+        if items:
+            blocks.append((mname, items))
+    missing = set(reg_by_id) - seen
+    if missing:
+        raise ConfigError("the pruner's weights are not trainable parameters of this model "
+                          "(was the pruner built for another model, or are weights frozen?)")
+    return blocks
+
+
+def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], batch: Sequence[Any],
+              pruner: ProximalPruner, gamma: float = 1.1, L0: float = 1.0, eta_L: float = 1.1,
+              max_backtracks: int = 50, *, L_min: float = 1e-12) -> dict[str, Any]:
+    """One PALM pass over all blocks on one minibatch (methods.md section 2.3, seed 000).
+
+    ``batch = (x, y)`` and the loss is ``f = loss_fn(model(x), y)``.  Blocks are the
+    modules owning trainable parameters (a layer's weight and bias together), visited
+    in ``model.named_modules()`` order, each at the current point (Gauss-Seidel).  For a
+    block ``x`` with gradient ``g = grad_x f``:
+
+    * ``L`` starts at ``L0`` (first visit) or at the block's last accepted ``L``
+      divided by ``eta_L`` (at least ``L_min``), and is multiplied by ``eta_L`` until
+      ``f(x+) <= f(x) + <g, x+ - x> + L/2 ||x+ - x||^2`` (plus a rounding allowance of
+      ``8 eps max(1, |f(x)|)``; a NaN/inf ``f(x+)`` counts as a failure);
+    * ``s = 1 / (gamma L)`` and ``x+ = prox_{s r}(x - s g)``: the regularised weight
+      uses its :class:`Regularizer`'s prox, every other parameter (biases, unselected
+      layers, BatchNorm...) the plain gradient step ``x - s g``.  No momentum.
+
+    With ``gamma > 1`` each accepted block update decreases ``F = f + sum r`` by at
+    least ``(gamma - 1) L / 2 ||x+ - x||^2`` (prox optimality + the backtracking
+    inequality), so full-batch PALM is monotone.  If ``max_backtracks`` increases of
+    ``L`` do not satisfy the inequality, the block is left unchanged (listed in
+    ``failed``) and its raised ``L`` is kept for the next call.
+
+    Every evaluation of ``f`` in one call uses the same RNG seed (identical dropout
+    masks), and buffers (BatchNorm running statistics) are updated by the first forward
+    only, so ``f`` is one deterministic function during the backtracking.
+
+    Returns ``{"loss": f before, "loss_after": f after, "L": {block: L}, "step":
+    {block: s}, "backtracks": total increases of L, "failed": [blocks]}``; the accepted
+    ``L`` are also stored in ``pruner.lipschitz``.  Raises ``FloatingPointError`` when a
+    parameter or the loss at the starting point is NaN/inf.
+    """
+    gamma = _positive(gamma, "gamma", above=1.0)
+    L0 = _positive(L0, "L0")
+    eta_L = _positive(eta_L, "eta_L", above=1.0)
+    L_min = _positive(L_min, "L_min")
+    max_backtracks = _nonneg_int(max_backtracks, "max_backtracks")
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ConfigError("batch must be a pair (inputs, targets)")
+    x_in, y = batch
+    check_finite(model, "at the start of a PALM step")
+    blocks = _blocks(model, pruner)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    cuda_dev = [x_in.device] if isinstance(x_in, Tensor) and x_in.device.type == "cuda" else []
+    buffers = list(model.buffers())
+    snapshot: list[Tensor] | None = None
+
+    def f(need_grad: bool) -> Tensor:
+        nonlocal snapshot
+        with torch.random.fork_rng(devices=cuda_dev), torch.set_grad_enabled(need_grad):
+            torch.manual_seed(seed)
+            loss = loss_fn(model(x_in), y)
+        if buffers:
+            with torch.no_grad():
+                if snapshot is None:  # first forward: keep its buffer update
+                    snapshot = [b.detach().clone() for b in buffers]
+                else:
+                    for b, s in zip(buffers, snapshot):
+                        b.copy_(s)
+        return loss
+
+    loss = f(True)
+    f_start = float(loss.detach())
+    if not math.isfinite(f_start):
+        raise FloatingPointError(f"loss is {f_start} at the start of a PALM step; training diverged")
+    eps = torch.finfo(loss.dtype).eps if loss.is_floating_point() else 1e-7
+    stats: dict[str, Any] = {"loss": f_start, "L": {}, "step": {}, "backtracks": 0, "failed": []}
+    n_blocks = len(blocks)
+    for i, (bname, items) in enumerate(blocks):
+        params = [p for _, p, _ in items]
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+        f_x = float(loss.detach())
+        x0 = [p.detach().clone() for p in params]
+        last = pruner.lipschitz.get(bname)
+        L = L0 if last is None else max(last / eta_L, L_min)
+        tol = 8.0 * eps * max(1.0, abs(f_x))
+        need_grad = i < n_blocks - 1
+        accepted = False
+        new_loss = None
+        for k in range(max_backtracks + 1):
+            s = 1.0 / (gamma * L)
+            lin = 0.0
+            quad = 0.0
+            with torch.no_grad():
+                for (pname, p, reg), x, g in zip(items, x0, grads):
+                    v = x - s * g
+                    new = reg.prox(v, s) if reg is not None else v
+                    p.copy_(new)
+                    d = new - x
+                    lin += float((g * d).sum())
+                    quad += float((d * d).sum())
+            new_loss = f(need_grad)
+            fn = float(new_loss.detach())
+            if math.isfinite(fn) and fn <= f_x + lin + 0.5 * L * quad + tol:
+                accepted = True
+                break
+            if k < max_backtracks:
+                L *= eta_L
+                stats["backtracks"] += 1
+        if not accepted:
+            with torch.no_grad():
+                for p, x in zip(params, x0):
+                    p.copy_(x)
+            stats["failed"].append(bname)
+            new_loss = f(need_grad) if need_grad else loss.detach()
+        pruner.lipschitz[bname] = L
+        stats["L"][bname] = L
+        stats["step"][bname] = 1.0 / (gamma * L)
+        loss = new_loss
+    stats["loss_after"] = float(loss.detach())
+    return stats
+
+
+def palm_epoch(model: nn.Module, loader: Iterable, pruner: ProximalPruner, *,
+               loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+               gamma: float = 1.1, L0: float = 1.0, eta_L: float = 1.1, max_backtracks: int = 50,
+               progress: bool | None = None, desc: str = "palm") -> dict[str, Any]:
+    """One epoch of minibatch PALM (:func:`palm_step` on every batch; methods.md 2.3).
+
+    Puts the model in train mode.  Returns the mean loss before the steps (weighted by
+    batch size), the penalty ``sum r`` and the objective at the end, the total number
+    of backtracks, failed block updates, and the last ``L`` per block.
+    """
+    model.train()
+    total, n, backtracks, failed, steps = 0.0, 0, 0, 0, 0
+    last: dict[str, Any] = {}
+    for batch in _progress(loader, progress, desc, total=len(loader) if hasattr(loader, "__len__") else None):
+        last = palm_step(model, loss_fn, batch, pruner, gamma, L0, eta_L, max_backtracks)
+        b = int(batch[1].shape[0]) if isinstance(batch[1], Tensor) and batch[1].dim() else 1
+        total += last["loss"] * b
+        n += b
+        backtracks += last["backtracks"]
+        failed += len(last["failed"])
+        steps += 1
+    if steps == 0:
+        raise ValueError("training data is empty")
+    penalty = float(pruner.penalty_value())
+    loss = total / max(n, 1)
+    return {"loss": loss, "penalty": penalty, "objective": loss + penalty, "backtracks": backtracks,
+            "failed_blocks": failed, "steps": steps, "L": dict(last.get("L", {}))}
+
+
+def proximal_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
+                   pruner: ProximalPruner, *,
+                   loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+                   step: float | None = None, scheduler=None, progress: bool | None = None,
+                   desc: str = "prox") -> dict[str, Any]:
+    """One epoch of the practical proximal variant (methods.md 2.3): after every
+    ``optimizer.step()``, :meth:`ProximalPruner.prox_step` with ``step`` (default: the
+    optimizer's current learning rate).  Returns :func:`mobileprune.train.train_epoch`'s
+    stats plus ``penalty`` and ``objective``; raises ``FloatingPointError`` on NaN/inf."""
+    stats = train_epoch(model, loader, optimizer, loss_fn=loss_fn,
+                        after_step=lambda: pruner.prox_step(step, optimizer=optimizer),
+                        scheduler=scheduler, progress=progress, desc=desc)
+    penalty = float(pruner.penalty_value())
+    return {**stats, "penalty": penalty, "objective": stats["loss"] + penalty}
+
+
+# ------------------------------------------------------------------------ rounds
+def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner, rounds: int,
+               prox_epochs: int, retrain_epochs: int, lam_factor: float = 1.0, eta_factor: float = 1.0,
+               increase_every: int | None = 1, retrain_lr: float = 1e-3, retrain_weight_decay: float = 1e-5,
+               mode: str = "palm", eval_loader: Iterable | None = None,
+               log: Callable[[str], object] | None = print, *,
+               loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+               prox_optimizer: str = "adam", prox_lr: float = 1e-3,
+               palm_options: Mapping[str, Any] | None = None,
+               progress: bool | None = False) -> list[dict[str, Any]]:
+    """The round schedule of the public MobilePrune code (methods.md end of 2.3, seed 000).
+
+    Every round: ``prox_epochs`` epochs of :func:`palm_epoch` (``mode="palm"``, options
+    ``palm_options`` such as ``gamma``) or :func:`proximal_epoch` (``mode="proximal"``,
+    a fresh ``prox_optimizer`` with ``prox_lr`` each round); then ``retrain_epochs``
+    epochs of masked retraining with a fresh Adam (``retrain_lr``,
+    ``retrain_weight_decay``) under :class:`MaskEnforcer` with :meth:`ProximalPruner.masks`
+    (pruned weights stay exactly zero); then, after rounds ``increase_every``,
+    ``2 increase_every``, ... (``None``: never), :meth:`ProximalPruner.increase` with
+    ``lam_factor`` / ``eta_factor``.  (The public code used 10 prox + 30 retrain epochs
+    and raised ``lam``/``eta`` additively every ``stride`` rounds.)
+
+    Returns one dict per round: hyper-parameters used, prox / retrain stats, nonzero
+    counts after each phase, the penalty, and the accuracy on ``eval_loader`` after each
+    phase (when given).  ``log`` receives one line per round (``None``: silent).
+    Raises ``FloatingPointError`` when the loss or the weights become NaN/inf.
+    """
+    rounds = _nonneg_int(rounds, "rounds", 1)
+    prox_epochs = _nonneg_int(prox_epochs, "prox_epochs")
+    retrain_epochs = _nonneg_int(retrain_epochs, "retrain_epochs")
+    if increase_every is not None:
+        increase_every = _nonneg_int(increase_every, "increase_every", 1)
+    _positive(lam_factor, "lam_factor")
+    _positive(eta_factor, "eta_factor")
+    _positive(retrain_lr, "retrain_lr")
+    _positive(retrain_weight_decay, "retrain_weight_decay", strict=False)
+    if mode not in ("palm", "proximal"):
+        raise ConfigError(f"mode must be 'palm' or 'proximal', got {mode!r}")
+    opts = dict(palm_options or {})
+    bad = set(opts) - {"gamma", "L0", "eta_L", "max_backtracks"}
+    if bad:
+        raise ConfigError(f"unknown palm_options {sorted(bad)}; allowed: gamma, L0, eta_L, max_backtracks")
+
+    history: list[dict[str, Any]] = []
+    for r in range(rounds):
+        rec: dict[str, Any] = {"round": r + 1, "regularizers": pruner.hyperparameters()}
+        prox_stats: dict[str, Any] = {}
+        if prox_epochs:
+            opt = None if mode == "palm" else make_optimizer(prox_optimizer, model.parameters(), prox_lr)
+            for e in range(prox_epochs):
+                desc = f"round {r + 1} {mode} {e + 1}/{prox_epochs}"
+                if mode == "palm":
+                    prox_stats = palm_epoch(model, train_loader, pruner, loss_fn=loss_fn,
+                                            progress=progress, desc=desc, **opts)
+                else:
+                    prox_stats = proximal_epoch(model, train_loader, opt, pruner, loss_fn=loss_fn,
+                                                progress=progress, desc=desc)
+                check_finite(model, f"after {desc}")
+        rec["prox"] = prox_stats
+        rec["nonzero_after_prox"] = sum(pruner.nonzero().values())
+        if eval_loader is not None:
+            rec["accuracy_after_prox"] = evaluate(model, eval_loader)
+        retrain_stats: dict[str, Any] = {}
+        if retrain_epochs:
+            opt = torch.optim.Adam(model.parameters(), lr=retrain_lr, weight_decay=retrain_weight_decay)
+            with MaskEnforcer(model, pruner.masks(), opt):
+                for e in range(retrain_epochs):
+                    desc = f"round {r + 1} retrain {e + 1}/{retrain_epochs}"
+                    retrain_stats = train_epoch(model, train_loader, opt, loss_fn=loss_fn,
+                                                progress=progress, desc=desc)
+                    check_finite(model, f"after {desc}")
+        rec["retrain"] = retrain_stats
+        rec["nonzero"] = pruner.nonzero()
+        rec["nonzero_total"] = sum(rec["nonzero"].values())
+        rec["penalty"] = float(pruner.penalty_value())
+        if eval_loader is not None:
+            rec["accuracy"] = evaluate(model, eval_loader)
+        rec["increased"] = bool(increase_every) and (r + 1) % increase_every == 0
+        if rec["increased"]:
+            pruner.increase(lam_factor, eta_factor)
+        history.append(rec)
+        if log is not None:
+            acc = f", accuracy {rec['accuracy']:.4f}" if "accuracy" in rec else ""
+            loss = prox_stats.get("loss", retrain_stats.get("loss", float("nan")))
+            log(f"round {r + 1}/{rounds}: loss {loss:.4f}, penalty {rec['penalty']:.4g}, "
+                f"nonzero {rec['nonzero_total']}{acc}" + (" (lam/eta raised)" if rec["increased"] else ""))
+    return history
