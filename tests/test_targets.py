@@ -83,7 +83,8 @@ def test_sparsity_string_and_bool():
     raises(Net(), {"layers": {"conv1": True}}, "'conv1'", "number or a mapping", "True")
     raises(Net(), {"layers": {"conv1": {"sparsity": True}}}, "sparsity", "True")
     raises(Net(), {"default": True}, "'default'", "True")
-    raises(Net(), {"default": [0.5]}, "'default'", "number or a mapping")
+    raises(Net(), {"default": [[0.5]]}, "'default'", "number or a mapping")
+    raises(Net(), {"default": []}, "'default'", "empty")
 
 
 @pytest.mark.parametrize("keep", [0, -3, 2.5, "4", True])

@@ -39,15 +39,28 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .projection import project_topk
+from .groups import from_groups, to_groups
+from .projection import project_top_groups, project_topk
 from .targets import LayerTarget, PruneConfig, resolve_targets
 
 
 def project_layer(target: LayerTarget, w: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Project ``w`` onto the constraint set of ``target`` (seed 003, Eq. 6)."""
+    """Project ``w`` onto the constraint set of ``target`` (seed 003, Eq. 6).
+
+    Unstructured: keep the ``keep`` largest magnitudes. Structured (section 2.4): keep
+    the ``keep`` groups (filters, channels or GEMM columns) of largest l2 norm. Returns
+    ``(projection, element mask)``. ``allowed`` (element mask) restricts the choice;
+    for structured sets a group is allowed when any of its elements is.
+    """
     if target.structure == "unstructured":
         return project_topk(w, target.keep, allowed)
-    raise ConfigError(f"unsupported structure {target.structure!r} for layer {target.name!r}")
+    g = to_groups(w, target.structure)
+    allowed_rows = None
+    if allowed is not None:
+        allowed_rows = to_groups(allowed, target.structure).any(dim=1)
+    proj, rows = project_top_groups(g, target.keep, allowed_rows)
+    mask = from_groups(rows[:, None].expand_as(g), target.structure, w.shape)
+    return from_groups(proj, target.structure, w.shape), mask
 
 
 class ADMMPruner:
@@ -87,22 +100,30 @@ class ADMMPruner:
         self.update_every = update_every
         params = dict(model.named_parameters())
         self._params = {t.param_name: params[t.param_name] for t in self.targets}
+        # One (Z, U) pair per constraint set; a layer with several sets (e.g. filter and
+        # channel) has several pairs, keyed by the parameter name for unstructured sets
+        # and "param_name:structure" for structured ones.
+        self._keys = {self._key(t): t for t in self.targets}
         self.allowed = {k: v.bool() for k, v in (allowed or {}).items() if k in self._params}
         self.steps = 0
         self.updates = 0
         self.Z: dict[str, Tensor] = {}
         self.U: dict[str, Tensor] = {}
         with torch.no_grad():
-            for t in self.targets:
+            for key, t in self._keys.items():
                 w = self._params[t.param_name].detach()
-                self.Z[t.param_name] = project_layer(t, w, self.allowed.get(t.param_name))[0].clone()
-                self.U[t.param_name] = torch.zeros_like(w)
+                self.Z[key] = project_layer(t, w, self.allowed.get(t.param_name))[0].clone()
+                self.U[key] = torch.zeros_like(w)
+
+    @staticmethod
+    def _key(t: LayerTarget) -> str:
+        return t.param_name if t.structure == "unstructured" else f"{t.param_name}:{t.structure}"
 
     def penalty(self) -> Tensor:
         """``sum_i rho / 2 * ||W_i - Z_i + U_i||_F^2``, the ADMM term of Eq. 5."""
         total = None
-        for name, p in self._params.items():
-            term = (p - self.Z[name] + self.U[name]).pow(2).sum()
+        for key, t in self._keys.items():
+            term = (self._params[t.param_name] - self.Z[key] + self.U[key]).pow(2).sum()
             total = term if total is None else total + term
         return 0.5 * self.rho * total
 
@@ -126,10 +147,9 @@ class ADMMPruner:
         """
         primal = 0.0
         dual = 0.0
-        for t in self.targets:
-            name = t.param_name
-            w = self._params[name].detach()
-            z_new = project_layer(t, w + self.U[name], self.allowed.get(name))[0]
+        for name, t in self._keys.items():
+            w = self._params[t.param_name].detach()
+            z_new = project_layer(t, w + self.U[name], self.allowed.get(t.param_name))[0]
             dual += float((z_new - self.Z[name]).pow(2).sum())
             self.Z[name] = z_new
             self.U[name] = self.U[name] + w - z_new
@@ -147,15 +167,19 @@ class ADMMPruner:
     def finalize(self) -> dict[str, Tensor]:
         """Masked mapping: ``W_i = Proj_{S_i}(W_i)`` in place; returns the masks.
 
-        Each mask marks the ``keep`` positions that may stay nonzero during masked
-        retraining; afterwards every layer has at most ``keep`` nonzero weights.
+        Each mask marks the positions that may stay nonzero during masked retraining;
+        afterwards every layer has at most ``keep`` nonzero weights (or groups). A layer
+        with several sets is projected onto each in turn (structured first): zeroing
+        more entries never adds a nonzero group, so the result satisfies every set.
         """
-        masks = {}
-        for t in self.targets:
+        masks: dict[str, Tensor] = {}
+        order = sorted(self.targets, key=lambda t: t.structure == "unstructured")
+        for t in order:
             p = self._params[t.param_name]
-            proj, mask = project_layer(t, p.detach(), self.allowed.get(t.param_name))
+            allowed = masks.get(t.param_name, self.allowed.get(t.param_name))
+            proj, mask = project_layer(t, p.detach(), allowed)
             p.copy_(proj)
-            masks[t.param_name] = mask
+            masks[t.param_name] = mask if t.param_name not in masks else mask & masks[t.param_name]
         return masks
 
     def state_dict(self) -> dict[str, Any]:
@@ -168,13 +192,14 @@ class ADMMPruner:
         """Restore the state saved by :meth:`state_dict` (names and shapes checked)."""
         for key in ("Z", "U"):
             got = set(state[key])
-            if got != set(self._params):
-                raise ConfigError(f"ADMM state {key} names {sorted(got)}, pruner has {sorted(self._params)}")
+            if got != set(self._keys):
+                raise ConfigError(f"ADMM state {key} names {sorted(got)}, pruner has {sorted(self._keys)}")
             for name, v in state[key].items():
-                if v.shape != self._params[name].shape:
+                want = self._params[self._keys[name].param_name].shape
+                if v.shape != want:
                     raise ConfigError(f"ADMM state {key}[{name!r}] has shape {tuple(v.shape)}, "
-                                      f"expected {tuple(self._params[name].shape)}")
-        dev = {n: p.device for n, p in self._params.items()}
+                                      f"expected {tuple(want)}")
+        dev = {k: self._params[t.param_name].device for k, t in self._keys.items()}
         self.Z = {k: v.to(dev[k]).clone() for k, v in state["Z"].items()}
         self.U = {k: v.to(dev[k]).clone() for k, v in state["U"].items()}
         self.rho = float(state["rho"])

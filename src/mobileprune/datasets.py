@@ -44,9 +44,31 @@ def _mnist_sample(data_dir):
     return _mnist(load_mnist_sample())
 
 
+def _har(name: str) -> Callable[..., DataBundle]:
+    """HAR data set ``name`` (see :mod:`mobileprune.data.har`), standardised per
+    channel (or feature) with training statistics."""
+
+    def load(data_dir) -> DataBundle:
+        from .data.har import load_har_dataset, normalize
+
+        d = normalize(load_har_dataset(name, data_dir))
+        return DataBundle(train=TensorDataset(torch.from_numpy(d.train_x), torch.from_numpy(d.train_y)),
+                          test=TensorDataset(torch.from_numpy(d.test_x), torch.from_numpy(d.test_y)),
+                          num_classes=len(d.classes), input_shape=tuple(d.train_x.shape[1:]))
+
+    return load
+
+
 DATASETS: dict[str, Callable[..., DataBundle]] = {
     "mnist": _mnist_full,
     "mnist-sample": _mnist_sample,
+    # HAR (mobileprune.data.har): ucihar = UCI-HAR rebuilt from hapt.tgz, 9x128.
+    "ucihar": _har("ucihar"),
+    "ucihar-official": _har("ucihar-official"),
+    "wisdm-raw": _har("wisdm-raw"),
+    "wisdm-arff": _har("wisdm-arff"),
+    "wisdm2019": _har("wisdm2019"),
+    "pamap2": _har("pamap2"),
 }
 
 

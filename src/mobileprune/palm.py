@@ -422,18 +422,22 @@ def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     buffers = list(model.buffers())
     snapshot: list[Tensor] | None = None
 
+    def restore_buffers() -> None:
+        # Before a forward (never between a forward and the backward of its graph, which
+        # may have saved the buffers): undo the update of the previous forward.
+        if snapshot is not None:
+            with torch.no_grad():
+                for b, s in zip(buffers, snapshot):
+                    b.copy_(s)
+
     def f(need_grad: bool) -> Tensor:
         nonlocal snapshot
+        restore_buffers()
         with torch.random.fork_rng(devices=cuda_dev), torch.set_grad_enabled(need_grad):
             torch.manual_seed(seed)
             loss = loss_fn(model(x_in), y)
-        if buffers:
-            with torch.no_grad():
-                if snapshot is None:  # first forward: keep its buffer update
-                    snapshot = [b.detach().clone() for b in buffers]
-                else:
-                    for b, s in zip(buffers, snapshot):
-                        b.copy_(s)
+        if buffers and snapshot is None:  # first forward: keep its buffer update
+            snapshot = [b.detach().clone() for b in buffers]
         return loss
 
     loss = f(True)
@@ -485,6 +489,7 @@ def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         stats["L"][bname] = L
         stats["step"][bname] = 1.0 / (gamma * L)
         loss = new_loss
+    restore_buffers()
     stats["loss_after"] = float(loss.detach())
     return stats
 

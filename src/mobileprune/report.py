@@ -64,7 +64,9 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     ``example_input`` (a tensor or tuple of tensors of batch size 1) enables the MAC
     columns.
     """
-    by_name = {t.name: t for t in targets}
+    by_name: dict[str, list[LayerTarget]] = {}
+    for t in targets:
+        by_name.setdefault(t.name, []).append(t)
     layers = prunable_layers(model, types)
     positions = output_positions(model, example_input, layers) if example_input is not None else {}
     rows = []
@@ -72,7 +74,10 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
         w = m.weight.detach()
         n = w.numel()
         nz = int(torch.count_nonzero(w))
-        t = by_name.get(name)
+        ts = by_name.get(name, [])
+        t = next((x for x in ts if x.structure == "unstructured"), None)
+        structured = {x.structure: {"keep": x.keep, "groups": x.units, "nonzero_groups": x.count(w)}
+                      for x in ts if x.structure != "unstructured"}
         active_out = count_nonzero_groups(w, "filter")
         active_in = count_nonzero_groups(w, "channel")
         groups = getattr(m, "groups", 1)
@@ -92,7 +97,8 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
             "sparsity": 1.0 - nz / n if n else 0.0,
             "target_keep": t.keep if t else None,
             "target_sparsity": t.sparsity if t else None,
-            "meets_target": (nz <= t.keep) if t else None,
+            "structured_targets": structured,
+            "meets_target": all(x.count(w) <= x.keep for x in ts) if ts else None,
         })
     total_w = sum(r["weights"] for r in rows)
     nz_w = sum(r["nonzero"] for r in rows)
@@ -134,7 +140,9 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
         lines.append(
             f"| {r['layer']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['weights']:,} | "
             f"{r['nonzero']:,} | {_fmt_pct(r['sparsity'])} | {_fmt_pct(r['target_sparsity'])} | {met} "
-            f"| {r['active_out']}/{r['units_out']} out, {r['active_in']}/{r['units_in']} in |"
+            f"| {r['active_out']}/{r['units_out']} out, {r['active_in']}/{r['units_in']} in"
+            + "".join(f"; {k} {v['nonzero_groups']}/{v['groups']} (target {v['keep']})"
+                      for k, v in r.get("structured_targets", {}).items()) + " |"
             + (f" {r['macs']:,} | {r['nonzero_macs']:,} |" if macs else "")
         )
     lines.append(f"| **total** | | | {t['weights']:,} | {t['nonzero']:,} | {_fmt_pct(t['sparsity'])} | | "

@@ -13,6 +13,17 @@ YAML file holding one)::
       fc1: {keep: 4000}       # or the number of weights kept
       "re:conv[2-9]": {sparsity: 0.95}
       "type:Linear": 0.97
+      conv2: {structure: filter, sparsity: 0.5}      # structured: half the filters
+      conv3: [{structure: filter, keep: 40},          # several sets at once
+              {structure: channel, keep: 30}]
+
+Structures (seed 003, section 2.4; the GEMM view of a conv weight ``(F, C, *k)`` is
+``F`` rows by ``C*K`` columns): ``unstructured`` (single weights, the default),
+``filter`` (whole filters / Linear rows = output neurons), ``channel`` (whole input
+channels / Linear columns = input neurons) and ``shape`` (one ``(c, kh, kw)`` position
+across all filters = a GEMM column). For structured sets ``sparsity`` is the fraction
+of *groups* pruned and ``keep`` the number of groups kept. A list of targets puts
+several constraint sets on one layer; each gets its own ADMM variables.
 
 Keys of ``layers`` are an exact module name (``model.named_modules()``), ``re:<regex>``
 (matched with :func:`re.fullmatch` against the module name) or ``type:<ClassName>``.
@@ -42,7 +53,8 @@ from .errors import ConfigError
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _TYPE_NAMES = {t.__name__: t for t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)}
-STRUCTURES = ("unstructured",)
+STRUCTURES = ("unstructured", "filter", "channel", "shape")
+_STRUCTURE_ALIASES = {"row": "filter", "neuron": "filter", "column": "channel", "input": "channel"}
 _KNOWN_TOP = {"default", "types", "exclude", "layers", "name"}
 _KNOWN_LAYER = {"sparsity", "keep", "structure"}
 
@@ -56,7 +68,10 @@ class LayerTarget:
         param_name: qualified parameter name, e.g. ``"features.0.weight"``.
         shape: shape of the weight tensor.
         keep: number of weights allowed to be nonzero (``alpha_i`` of seed 003).
-        structure: ``"unstructured"`` (more sets are added by the structured pruner).
+        keep: number of weights (unstructured) or groups (structured) allowed to be
+            nonzero.
+        structure: ``"unstructured"``, ``"filter"``, ``"channel"`` or ``"shape"``; for
+            the structured ones ``keep`` counts groups of :mod:`mobileprune.groups`.
     """
 
     name: str
@@ -70,18 +85,35 @@ class LayerTarget:
         return math.prod(self.shape)
 
     @property
+    def units(self) -> int:
+        """Number of weights (unstructured) or groups (structured) the target counts."""
+        if self.structure == "unstructured":
+            return self.numel
+        from .groups import group_shape
+
+        return group_shape(self.shape, self.structure)[0]
+
+    @property
     def sparsity(self) -> float:
-        return 1.0 - self.keep / self.numel
+        return 1.0 - self.keep / self.units
+
+    def count(self, w: torch.Tensor) -> int:
+        """Nonzero weights (unstructured) or nonzero groups (structured) of ``w``."""
+        if self.structure == "unstructured":
+            return int(torch.count_nonzero(w))
+        from .groups import count_nonzero_groups
+
+        return count_nonzero_groups(w, self.structure)
 
 
 @dataclass
 class PruneConfig:
     """A validated, model-independent pruning config (see the module docstring)."""
 
-    default: dict[str, Any] | None = None
+    default: list[dict[str, Any]] | None = None
     types: tuple[type[nn.Module], ...] = DEFAULT_TYPES
     exclude: tuple[str, ...] = ()
-    layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    layers: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     name: str | None = None
 
     @classmethod
@@ -98,7 +130,7 @@ class PruneConfig:
                 f"allowed keys are {sorted(_KNOWN_TOP)}"
             )
         default = cfg.get("default")
-        default = None if default is None else _parse_target("default", default)
+        default = None if default is None else _parse_targets("default", default)
         types_raw = cfg.get("types")
         if types_raw is None:
             types = DEFAULT_TYPES
@@ -121,7 +153,7 @@ class PruneConfig:
         layers_raw = cfg.get("layers") or {}
         if not isinstance(layers_raw, Mapping):
             raise ConfigError("'layers' must be a mapping of layer name/pattern -> target")
-        layers = {str(k): _parse_target(str(k), v) for k, v in layers_raw.items()}
+        layers = {str(k): _parse_targets(str(k), v) for k, v in layers_raw.items()}
         for key in list(layers) + list(exclude):
             if key.startswith("re:"):
                 try:
@@ -143,10 +175,10 @@ class PruneConfig:
     def to_dict(self) -> dict[str, Any]:
         """A plain, YAML/JSON-serialisable form that :meth:`from_dict` reads back."""
         out: dict[str, Any] = {
-            "default": None if self.default is None else dict(self.default),
+            "default": None if self.default is None else [dict(d) for d in self.default],
             "types": [t.__name__ for t in self.types],
             "exclude": list(self.exclude),
-            "layers": {k: dict(v) for k, v in self.layers.items()},
+            "layers": {k: [dict(d) for d in v] for k, v in self.layers.items()},
         }
         if self.name is not None:
             out["name"] = self.name
@@ -164,6 +196,19 @@ def load_yaml(path: str | Path) -> Any:
         return yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed YAML in {p}: {exc}") from None
+
+
+def _parse_targets(key: str, value: Any) -> list[dict[str, Any]]:
+    """One target or a list of targets (several constraint sets on one layer)."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ConfigError(f"target list of {key!r} is empty")
+        specs = [_parse_target(key, v) for v in value]
+        structures = [s["structure"] for s in specs]
+        if len(set(structures)) != len(structures):
+            raise ConfigError(f"target list of {key!r} repeats a structure: {structures}")
+        return specs
+    return [_parse_target(key, value)]
 
 
 def _parse_target(key: str, value: Any) -> dict[str, Any]:
@@ -192,6 +237,7 @@ def _parse_target(key: str, value: Any) -> dict[str, Any]:
             raise ConfigError(f"'keep' of {key!r} must be a positive integer count, got {k!r}")
         out["keep"] = k
     structure = value.get("structure", "unstructured")
+    structure = _STRUCTURE_ALIASES.get(structure, structure)
     if structure not in STRUCTURES:
         raise ConfigError(f"unknown structure {structure!r} for {key!r}; supported: {list(STRUCTURES)}")
     out["structure"] = structure
@@ -263,7 +309,7 @@ def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | 
             spec = cfg.default
         if spec is None:
             continue
-        out.append(_make_target(name, module, spec))
+        out.extend(_make_target(name, module, sp) for sp in spec)
     for key in cfg.layers:
         if key.startswith(("re:", "type:")) and key not in used:
             if not any(_matches(key, n, m) for n, m in candidates.items()):
@@ -278,19 +324,27 @@ def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | 
 
 def _make_target(name: str, module: nn.Module, spec: Mapping[str, Any]) -> LayerTarget:
     shape = tuple(module.weight.shape)
-    n = math.prod(shape)
+    structure = spec.get("structure", "unstructured")
+    if structure == "unstructured":
+        n, unit = math.prod(shape), "weights"
+    else:
+        from .groups import group_shape
+
+        if len(shape) < 2:
+            raise ConfigError(f"structure {structure!r} needs a weight of >= 2 dims; {name!r} has {shape}")
+        n, unit = group_shape(shape, structure)[0], f"{structure} groups"
     if "keep" in spec:
         keep = spec["keep"]
         if keep > n:
             raise ConfigError(
-                f"layer {name!r} has {n} weights but the config keeps {keep}"
+                f"layer {name!r} has {n} {unit} but the config keeps {keep}"
             )
     else:
         keep = math.floor(n * (1.0 - spec["sparsity"]) + 1e-9)
         if keep < 1:
             raise ConfigError(
-                f"sparsity {spec['sparsity']} on layer {name!r} ({n} weights) keeps no weight; "
+                f"sparsity {spec['sparsity']} on layer {name!r} ({n} {unit}) keeps no {unit[:-1]}; "
                 "give a smaller sparsity or a 'keep' count"
             )
     return LayerTarget(name=name, param_name=f"{name}.weight" if name else "weight",
-                       shape=shape, keep=int(keep), structure=spec.get("structure", "unstructured"))
+                       shape=shape, keep=int(keep), structure=structure)

@@ -1,0 +1,102 @@
+"""Structured ADMM sets (seed 003, section 2.4): group projections and pruner."""
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from mobileprune.admm import ADMMPruner, project_layer
+from mobileprune.errors import ConfigError
+from mobileprune.report import layer_report
+from mobileprune.targets import resolve_targets
+
+
+def _brute_groups(groups: torch.Tensor, k: int) -> float:
+    """Smallest ||G - P||^2 over every choice of k kept rows."""
+    best = float("inf")
+    for keep in itertools.combinations(range(groups.shape[0]), k):
+        p = torch.zeros_like(groups)
+        p[list(keep)] = groups[list(keep)]
+        best = min(best, float((groups - p).pow(2).sum()))
+    return best
+
+
+@pytest.mark.parametrize("structure, view", [
+    ("filter", lambda w: w.reshape(w.shape[0], -1)),
+    ("channel", lambda w: w.transpose(0, 1).reshape(w.shape[1], -1)),
+    ("shape", lambda w: w.reshape(w.shape[0], -1).t()),
+])
+def test_group_projection_matches_brute_force(structure, view):
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        w = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
+        net = nn.Sequential(nn.Conv2d(3, 4, 2, bias=False))
+        net[0].weight.data = w.clone()
+        n_groups = view(w).shape[0]
+        for k in range(0, n_groups + 1):
+            if k == 0:
+                continue  # configs require keep >= 1; k=0 is covered by test_projection
+            (t,) = resolve_targets(net, {"layers": {"0": {"structure": structure, "keep": k}}})
+            proj, mask = project_layer(t, w)
+            rows = view(proj)
+            assert int((rows.abs().sum(1) > 0).sum()) <= k
+            assert float((w - proj).pow(2).sum()) == pytest.approx(_brute_groups(view(w), k), rel=1e-12)
+            # The mask covers whole groups and the projection is w on the mask.
+            assert torch.equal(proj, torch.where(mask, w, torch.zeros_like(w)))
+            assert set(view(mask.double()).sum(1).tolist()) <= {0.0, float(view(w).shape[1])}
+
+
+def test_linear_rows_and_columns():
+    net = nn.Sequential(nn.Linear(5, 4))
+    (t,) = resolve_targets(net, {"layers": {"0": {"structure": "column", "keep": 2}}})
+    assert t.structure == "channel" and t.units == 5
+    w = torch.arange(20.0).reshape(4, 5)
+    proj, _ = project_layer(t, w)
+    assert torch.equal(proj[:, :3], torch.zeros(4, 3)) and torch.equal(proj[:, 3:], w[:, 3:])
+    (t,) = resolve_targets(net, {"layers": {"0": {"structure": "row", "sparsity": 0.5}}})
+    assert t.structure == "filter" and t.keep == 2
+    proj, _ = project_layer(t, w)
+    assert torch.equal(proj[:2], torch.zeros(2, 5)) and torch.equal(proj[2:], w[2:])
+
+
+def test_combined_sets_pruner_meets_every_target():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 6, 3), nn.Flatten(), nn.Linear(6 * 4 * 4, 5))
+    cfg = {"layers": {"0": {"structure": "filter", "keep": 5},
+                      "2": [{"structure": "filter", "keep": 4}, {"structure": "channel", "keep": 3},
+                            {"sparsity": 0.8}],
+                      "4": {"structure": "column", "sparsity": 0.5}}}
+    pruner = ADMMPruner(net, cfg, rho=0.1, rho_multiplier=1.5, update_every=5)
+    assert sorted(pruner.Z) == ["0.weight:filter", "2.weight", "2.weight:channel", "2.weight:filter",
+                                "4.weight:channel"]
+    opt = torch.optim.SGD(net.parameters(), lr=0.01)
+    x = torch.randn(16, 3, 8, 8)
+    for _ in range(20):
+        loss = net(x).pow(2).mean() + pruner.penalty()
+        opt.zero_grad(); loss.backward(); opt.step(); pruner.step()
+    masks = pruner.finalize()
+    w0, w2, w4 = net[0].weight, net[2].weight, net[4].weight
+    assert int((w0.abs().sum((1, 2, 3)) > 0).sum()) <= 5
+    assert int((w2.abs().sum((1, 2, 3)) > 0).sum()) <= 4
+    assert int((w2.abs().sum((0, 2, 3)) > 0).sum()) <= 3
+    assert int((w2 != 0).sum()) <= int(6 * 8 * 9 * 0.2)
+    assert int((w4.abs().sum(0) > 0).sum()) <= 48
+    for name, p in net.named_parameters():
+        if name in masks:
+            assert not bool((p[~masks[name]] != 0).any())
+    rep = layer_report(net, pruner.targets)
+    assert rep["totals"]["all_targets_met"]
+    row = {r["layer"]: r for r in rep["layers"]}["2"]
+    assert row["structured_targets"]["channel"]["keep"] == 3
+
+
+def test_structured_config_errors():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3))
+    with pytest.raises(ConfigError, match="8 filter groups but the config keeps 9"):
+        resolve_targets(net, {"layers": {"0": {"structure": "filter", "keep": 9}}})
+    with pytest.raises(ConfigError, match="unknown structure 'diagonal'"):
+        resolve_targets(net, {"layers": {"0": {"structure": "diagonal", "keep": 1}}})
+    with pytest.raises(ConfigError, match="repeats a structure"):
+        resolve_targets(net, {"layers": {"0": [{"structure": "filter", "keep": 1},
+                                               {"structure": "row", "keep": 2}]}})
