@@ -27,6 +27,15 @@ f64 = torch.float64
 CE = nn.functional.cross_entropy
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: OpenMP wake-ups of a second thread cost more than the work itself."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def T(rows):
     return torch.tensor(rows, dtype=f64)
 
@@ -264,7 +273,7 @@ def test_backtracking_condition_holds_for_accepted_L():
         w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
         loss = CE(model(X), y)
         gw, gb = torch.autograd.grad(loss, [model.weight, model.bias])
-        f0 = float(loss)
+        f0 = float(loss.detach())
         st = palm_step(model, CE, (X, y), pruner, gamma=gamma, L0=0.02 if it == 0 else 1.0, eta_L=eta_L)
         (block,) = st["L"]
         L = st["L"][block]
@@ -315,8 +324,13 @@ def test_palm_batchnorm_updated_once_and_dropout_fixed():
                           nn.ReLU(), nn.Linear(8, 3, dtype=f64))
     pruner = ProximalPruner(model, {"method": "l0_group_lasso", "lam": 1e-2, "eta": 1e-4})
     model.train()
+    with torch.no_grad():
+        h = model[0](X)
     st = palm_step(model, CE, (X, y), pruner)
+    # one BatchNorm update, from the first forward at the starting point
     assert int(model[1].num_batches_tracked) == 1
+    torch.testing.assert_close(model[1].running_mean, 0.1 * h.mean(0))
+    torch.testing.assert_close(model[1].running_var, 0.9 + 0.1 * h.var(0, unbiased=True))
     assert set(st["L"]) == {"0", "1", "4"}  # BatchNorm affine params form their own block
     assert not st["failed"]
 

@@ -52,8 +52,24 @@ def _har(name: str) -> Callable[..., DataBundle]:
         from .data.har import load_har_dataset, normalize
 
         d = normalize(load_har_dataset(name, data_dir))
-        return DataBundle(train=TensorDataset(torch.from_numpy(d.train_x), torch.from_numpy(d.train_y)),
-                          test=TensorDataset(torch.from_numpy(d.test_x), torch.from_numpy(d.test_y)),
+        tensors = [torch.from_numpy(a) for a in (d.train_x, d.train_y, d.test_x, d.test_y)]
+        return DataBundle(train=TensorDataset(*tensors[:2]), test=TensorDataset(*tensors[2:]),
+                          num_classes=len(d.classes), input_shape=tuple(d.train_x.shape[1:]))
+
+    return load
+
+
+def _images(loader_name: str) -> Callable[..., DataBundle]:
+    """Image data set from :mod:`mobileprune.data.images`, standardised per channel
+    with the mean and standard deviation of its training split."""
+
+    def load(data_dir) -> DataBundle:
+        from .data import images
+
+        d = getattr(images, loader_name)(data_dir)
+        mean, std = images.channel_stats(d.train_x)
+        return DataBundle(train=images.to_normalized_dataset(d.train_x, d.train_y, mean, std),
+                          test=images.to_normalized_dataset(d.test_x, d.test_y, mean, std),
                           num_classes=len(d.classes), input_shape=tuple(d.train_x.shape[1:]))
 
     return load
@@ -69,6 +85,11 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "wisdm-arff": _har("wisdm-arff"),
     "wisdm2019": _har("wisdm2019"),
     "pamap2": _har("pamap2"),
+    # Images (mobileprune.data.images): CIFAR-10 (python batches or cifar10-jpg.tgz),
+    # its lossless ConvNetJS subset (4k train / 1k test), FER-2013 (6 classes).
+    "cifar10": _images("load_cifar10"),
+    "cifar10-convnetjs": _images("load_cifar10_convnetjs"),
+    "fer2013": _images("load_fer2013"),
 }
 
 

@@ -434,7 +434,9 @@ def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         nonlocal snapshot
         restore_buffers()
         with torch.random.fork_rng(devices=cuda_dev), torch.set_grad_enabled(need_grad):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # (torch.manual_seed is slow: lazy CUDA seeding)
+            if cuda_dev:
+                torch.cuda.manual_seed(seed)
             loss = loss_fn(model(x_in), y)
         if buffers and snapshot is None:  # first forward: keep its buffer update
             snapshot = [b.detach().clone() for b in buffers]
@@ -490,6 +492,7 @@ def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
         stats["step"][bname] = 1.0 / (gamma * L)
         loss = new_loss
     restore_buffers()
+    pruner.steps += 1
     stats["loss_after"] = float(loss.detach())
     return stats
 

@@ -16,18 +16,17 @@ A method accepts only the weights of its own terms; a nonzero weight it does not
 raises :class:`~mobileprune.errors.ConfigError` (so ``Regularizer("l1", lam=1e-4)`` is an
 error rather than a silent no-op):
 
-=======================  ==========================================================  =================
-method                   ``r(W)``                                                    prox (methods.md)
-=======================  ==========================================================  =================
-``l0``                   ``eta ||W||_0``                                             hard threshold at ``sqrt(2 eta s)`` (2.3)
-``l1``                   ``beta ||W||_1``                                            soft threshold (2.3)
-``l2``                   ``lam ||W||_2`` (whole layer, Frobenius)                    ``W (1 - lam s/||W||)_+`` (2.3)
-``group_lasso``          ``lam sum_g ||W_g||_2``                                     group shrink (2.3)
-``sparse_group_lasso``   ``lam sum_g ||W_g||_2 + beta ||W||_1``                      soft threshold, then group shrink (2.3)
-``l0_group_lasso``       ``lam sum_g ||W_g||_2 + eta ||W||_0``                       exact closed form (2.1)
-``l0_l1_group_lasso``    ``lam sum_g ||W_g||_2 + eta ||W||_0 + beta ||W||_1``        soft threshold, then 2.1 (end of 2.1)
-``tree_l0_group_lasso``  ``lam_root sum_r ||W_r|| + lam sum_{r,c} ||W_rc|| + eta ||W||_0``  exact tree DP (2.2)
-=======================  ==========================================================  =================
+* ``l0``: ``eta ||W||_0``; prox = hard threshold at ``sqrt(2 eta s)`` (2.3).
+* ``l1``: ``beta ||W||_1``; soft threshold (2.3).
+* ``l2``: ``lam ||W||_2`` on the whole layer (Frobenius); ``W (1 - lam s/||W||)_+`` (2.3).
+* ``group_lasso``: ``lam sum_g ||W_g||_2``; group shrink (2.3).
+* ``sparse_group_lasso``: ``lam sum_g ||W_g||_2 + beta ||W||_1``; soft threshold, then
+  group shrink (2.3).
+* ``l0_group_lasso``: ``lam sum_g ||W_g||_2 + eta ||W||_0``; exact closed form (2.1).
+* ``l0_l1_group_lasso``: ``lam sum_g ||W_g||_2 + eta ||W||_0 + beta ||W||_1``; soft
+  threshold, then the closed form of 2.1 (end of 2.1).
+* ``tree_l0_group_lasso``: ``lam_root sum_r ||W_r||_2 + lam sum_{r,c} ||W_rc||_2 + eta
+  ||W||_0`` (roots ``r``, child columns ``c``); exact tree dynamic programme (2.2).
 
 Groupings (``grouping=None`` picks the default of the public MobilePrune code): a 2-D
 (Linear ``(out, in)``) weight uses ``"linear_in"`` (one group per column = all outgoing
