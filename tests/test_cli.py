@@ -123,3 +123,26 @@ def test_missing_checkpoint_and_unknown_config(tmp_path, capsys):
     assert run("prune", str(tmp_path / "none.pt"), "--config", "no-such-config",
                "--out", str(tmp_path / "x.pt")) == 2
     assert "no-such-config" in capsys.readouterr().err
+
+
+def test_prune_with_mobileprune_method(dense, tmp_path, capsys):
+    out = tmp_path / "l0gl.pt"
+    # Huge lam: every group of fc1 (columns) but a few must die; 1 round, 1 prox epoch.
+    assert run("prune", str(dense), "--method", "l0_group_lasso", "--lam", "50", "--eta", "1e-4",
+               "--rounds", "1", "--prox-epochs", "1", "--retrain-epochs", "0",
+               "--out", str(out), "--quiet") == 0
+    ck = load_checkpoint(out)
+    sd = ck["state_dict"]
+    assert ck["config"]["method"] == "l0_group_lasso" and ck["config"]["lam"] == 50
+    fc1_cols = int((sd["fc1.weight"].abs().sum(0) > 0).sum())
+    rep = json.loads(out.with_suffix(".json").read_text())
+    row = {r["layer"]: r for r in rep["layers"]}["fc1"]
+    assert row["active_in"] == fc1_cols < 800
+    assert rep["totals"]["nonzero"] == sum(int((sd[f"{n}.weight"] != 0).sum())
+                                           for n in ("conv1", "conv2", "fc1", "fc2"))
+    assert run("prune", str(dense), "--method", "l1", "--lam", "1", "--out", str(tmp_path / "x.pt")) == 2
+    assert "lam" in capsys.readouterr().err
+    assert run("prune", str(dense), "--method", "l0", "--sparsity", "0.5", "--out", str(tmp_path / "x.pt")) == 2
+    assert "--sparsity is for --method admm" in capsys.readouterr().err
+    assert run("prune", str(dense), "--lam", "0.5", "--config", "demo", "--out", str(tmp_path / "x.pt")) == 2
+    assert "--lam is for the proximal methods" in capsys.readouterr().err

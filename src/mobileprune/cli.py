@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError, MobilePruneError
+from .regularizers import METHODS as PROX_METHODS
 
 
 def _builtin_config(name: str) -> Path | None:
@@ -102,6 +103,8 @@ def cmd_prune(args) -> int:
     from .report import to_json, to_markdown
     from .targets import load_yaml
 
+    if args.method != "admm":
+        return _cmd_prune_prox(args)
     if args.config is None and args.sparsity is None:
         raise ConfigError("give --config FILE|NAME or --sparsity S")
     if args.config is not None:
@@ -117,6 +120,9 @@ def cmd_prune(args) -> int:
         if val is not None:
             section = key.split("_")[0]
             raw.setdefault(section, {})["epochs"] = val
+    for key in ("lam", "eta", "beta", "rounds", "prox_epochs"):
+        if getattr(args, key) is not None:
+            raise ConfigError(f"--{key.replace('_', '-')} is for the proximal methods, not --method admm")
     cfg = PipelineConfig.from_dict(raw)
     ckpt, model = _load_model(args.checkpoint)
     dataset = args.dataset or ckpt["extra"].get("dataset") or raw.get("dataset") or "mnist-sample"
@@ -127,12 +133,55 @@ def cmd_prune(args) -> int:
     res = admm_prune(model, train_loader, cfg, eval_loader=test_loader, run_dir=run_dir,
                      resume=not args.no_resume, progress=_no_progress(args),
                      model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
+    return _finish_prune(args, ckpt, model, res, cfg.to_dict(), dataset, "pruned with ADMM")
+
+
+def _cmd_prune_prox(args) -> int:
+    import torch
+
+    from .pipeline import proximal_prune
+    from .targets import load_yaml
+
+    if args.sparsity is not None:
+        raise ConfigError("--sparsity is for --method admm; proximal methods take --lam/--eta")
+    raw: dict[str, Any] = {}
+    if args.config is not None:
+        raw = load_yaml(_config_path(args.config))
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {args.config} must be a mapping")
+    if raw.get("method") not in (None, args.method):
+        raise ConfigError(f"--method {args.method} disagrees with method {raw['method']!r} in the config")
+    raw["method"] = args.method
+    for key in ("lam", "eta", "beta"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    sched = raw.setdefault("schedule", {})
+    for key in ("rounds", "prox_epochs", "retrain_epochs"):
+        if getattr(args, key) is not None:
+            sched[key] = getattr(args, key)
+    ckpt, model = _load_model(args.checkpoint)
+    dataset = args.dataset or ckpt["extra"].get("dataset") or raw.get("dataset") or "mnist-sample"
+    torch.manual_seed(args.seed)
+    train_loader, test_loader = _loaders(args, dataset)
+    out = Path(args.out)
+    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
+    res = proximal_prune(model, train_loader, raw, eval_loader=test_loader, run_dir=run_dir,
+                         resume=not args.no_resume, progress=_no_progress(args),
+                         model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
+    return _finish_prune(args, ckpt, model, res, raw, dataset, f"pruned with {args.method}")
+
+
+def _finish_prune(args, ckpt, model, res, config, dataset, what) -> int:
+    from .checkpoint import atomic_write_text, save_checkpoint
+    from .report import to_json, to_markdown
+
+    out = Path(args.out)
     save_checkpoint(out, model, kind="pruned", model_name=ckpt["model"]["name"],
-                    model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=cfg.to_dict(),
+                    model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=config,
                     metrics=res.report["metrics"],
                     extra={"dataset": dataset, "history": res.history, "targets":
                            {r["layer"]: r["target_keep"] for r in res.report["layers"]}})
-    md = to_markdown(res.report, title=f"{ckpt['model']['name']} pruned with ADMM")
+    md = to_markdown(res.report, title=f"{ckpt['model']['name']} {what}")
     atomic_write_text(out.with_suffix(".md"), md)
     atomic_write_text(out.with_suffix(".json"), to_json(res.report))
     print(md)
@@ -232,9 +281,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="dense (or previously pruned) checkpoint")
     p.add_argument("--config", help="YAML pipeline config, or a built-in name "
                                     "(demo, lenet5-71x, lenet5-246x)")
-    p.add_argument("--sparsity", type=float, help="prune every Linear/Conv layer to this fraction")
+    p.add_argument("--method", default="admm", choices=["admm", *PROX_METHODS],
+                   help="admm (seed 003, default) or a MobilePrune proximal method (seed 000): "
+                        "l0_group_lasso is MobilePrune; l0, l1, l2, group_lasso, "
+                        "sparse_group_lasso are the baselines")
+    p.add_argument("--sparsity", type=float, help="ADMM: prune every Linear/Conv layer to this fraction")
+    p.add_argument("--lam", type=float, help="proximal methods: group-norm weight")
+    p.add_argument("--eta", type=float, help="proximal methods: l0 weight")
+    p.add_argument("--beta", type=float, help="proximal methods: l1 weight")
+    p.add_argument("--rounds", type=int, help="proximal methods: number of rounds")
+    p.add_argument("--prox-epochs", type=int, help="proximal methods: prox epochs per round")
     p.add_argument("--admm-epochs", type=int, help="override admm.epochs of the config")
-    p.add_argument("--retrain-epochs", type=int, help="override retrain.epochs of the config")
+    p.add_argument("--retrain-epochs", type=int, help="override the retraining epochs of the config")
     p.add_argument("--out", required=True, help="output pruned checkpoint (.pt); the report goes "
                                                 "next to it as .md and .json")
     p.add_argument("--run-dir", help="directory for resumable state (default: OUT.run/)")

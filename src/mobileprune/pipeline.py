@@ -301,3 +301,108 @@ def _fmt_epoch(s: Mapping[str, Any]) -> str:
     if "primal_residual" in s:
         parts.append(f"||W-Z|| {s['primal_residual']:.3g} rho {s['rho']:.3g}")
     return " | ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# MobilePrune (seed 000): proximal pruning with the round schedule
+# ---------------------------------------------------------------------------------------
+@dataclass
+class ProxSchedule:
+    """Round schedule of MobilePrune (methods.md 2.3): ``rounds`` of (``prox_epochs`` of
+    PALM or proximal steps, then ``retrain_epochs`` of masked retraining), lam/eta
+    multiplied by ``lam_factor``/``eta_factor`` after every ``increase_every`` rounds."""
+
+    rounds: int = 3
+    prox_epochs: int = 2
+    retrain_epochs: int = 2
+    lam_factor: float = 1.0
+    eta_factor: float = 1.0
+    increase_every: int = 1
+    mode: str = "proximal"           # "palm" (exact PALM, backtracking) or "proximal"
+    prox_optimizer: str = "adam"
+    prox_lr: float = 1e-3
+    retrain_lr: float = 1e-3
+    retrain_weight_decay: float = 1e-5
+
+
+def split_prox_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], ProxSchedule]:
+    """Split a proximal-pruning config into the :class:`ProximalPruner` part and the
+    ``schedule:`` part (``model``/``dataset`` keys are ignored)."""
+    raw = dict(raw)
+    sched = raw.pop("schedule", None) or {}
+    if not isinstance(sched, Mapping):
+        raise ConfigError("'schedule' must be a mapping")
+    names = {f.name for f in dataclasses.fields(ProxSchedule)}
+    unknown = set(sched) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) {sorted(unknown)} in 'schedule'; allowed: {sorted(names)}")
+    raw.pop("model", None)
+    raw.pop("dataset", None)
+    return raw, ProxSchedule(**sched)
+
+
+def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[str, Any], *,
+                   eval_loader: DataLoader | None = None, run_dir: str | Path | None = None,
+                   resume: bool = True, progress: bool | None = None,
+                   model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                   log: Callable[[str], None] = print) -> PipelineResult:
+    """MobilePrune pruning (seed 000): a regulariser's exact prox inside training.
+
+    ``config`` holds the :class:`~mobileprune.palm.ProximalPruner` keys (``method``,
+    ``lam``, ``eta``, ``beta``, ``layers``...) and a ``schedule:`` mapping
+    (:class:`ProxSchedule`). With ``run_dir`` the state is saved after every round and
+    an interrupted run resumes from the last finished round.
+    """
+    from .palm import ProximalPruner, run_rounds
+
+    pruner_cfg, sched = split_prox_config(config)
+    pruner = ProximalPruner(model, pruner_cfg)
+    fingerprint = hashlib.sha256(json.dumps({"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
+                                            sort_keys=True, default=str).encode()).hexdigest()[:16]
+    run_dir = Path(run_dir) if run_dir is not None else None
+    state_path = run_dir / STATE_FILE if run_dir else None
+    history: list[dict[str, Any]] = []
+    done = 0
+    acc_before = None
+    if state_path is not None and resume and state_path.exists():
+        from .checkpoint import restore_model
+
+        st = load_checkpoint(state_path)
+        if st["extra"].get("fingerprint") != fingerprint:
+            raise CheckpointError(f"{state_path} belongs to a run with a different config; use another "
+                                  "run directory or pass resume=False (--no-resume)")
+        restore_model(st, model, str(state_path))
+        pruner.load_state_dict(st["extra"]["pruner"])
+        history, done = list(st["extra"]["history"]), int(st["extra"]["rounds_done"])
+        acc_before = st["extra"].get("accuracy_before")
+        log(f"resuming from {state_path}: {done} of {sched.rounds} rounds done")
+    elif eval_loader is not None:
+        acc_before = evaluate(model, eval_loader)
+        log(f"accuracy before pruning: {100 * acc_before:.2f}%")
+    t0 = time.perf_counter()
+    while done < sched.rounds:
+        rec = run_rounds(model, train_loader, pruner, 1, sched.prox_epochs, sched.retrain_epochs,
+                         increase_every=None, retrain_lr=sched.retrain_lr,
+                         retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
+                         eval_loader=eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
+                         prox_lr=sched.prox_lr, progress=progress)[0]
+        done += 1
+        rec.update(round=done, seconds=time.perf_counter() - t0)
+        if sched.increase_every and done % sched.increase_every == 0 and done < sched.rounds:
+            pruner.increase(sched.lam_factor, sched.eta_factor)
+            rec["increased"] = True
+        history.append(rec)
+        acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
+        log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
+        if state_path is not None:
+            save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
+                            model_kwargs=model_kwargs, masks=pruner.masks(),
+                            config={"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
+                            extra={"fingerprint": fingerprint, "pruner": pruner.state_dict(),
+                                   "history": history, "rounds_done": done,
+                                   "accuracy_before": acc_before})
+    report = layer_report(model, example_input=_example_input(train_loader),
+                          metrics={"accuracy_before": acc_before,
+                                   "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
+                                   "method": pruner_cfg.get("method")})
+    return PipelineResult(model=model, masks=pruner.masks(), report=report, history=history)
