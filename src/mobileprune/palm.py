@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .masks import MaskEnforcer
 from .regularizers import Regularizer, _check_weight_param
-from .targets import _TYPE_NAMES, DEFAULT_TYPES, _matches, load_yaml, prunable_layers
+from .targets import DEFAULT_TYPES, TYPE_NAMES, load_yaml, matches, parse_types, prunable_layers
 from .train import _progress, evaluate, make_optimizer, train_epoch
 
 __all__ = [
@@ -121,19 +121,6 @@ def _parse_config(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
-def _parse_types(raw: Any) -> tuple[type[nn.Module], ...]:
-    if raw is None:
-        return DEFAULT_TYPES
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, (list, tuple)):
-        raise ConfigError(f"'types' must be a list of layer type names, got {raw!r}")
-    bad = [t for t in raw if not isinstance(t, str) or t not in _TYPE_NAMES]
-    if bad:
-        raise ConfigError(f"unknown layer type(s) {bad} in 'types'; supported: {sorted(_TYPE_NAMES)}")
-    return tuple(_TYPE_NAMES[t] for t in raw)
-
-
 def _check_keys(keys: Iterable[str], candidates: Mapping[str, nn.Module], what: str) -> None:
     import re
 
@@ -144,12 +131,12 @@ def _check_keys(keys: Iterable[str], candidates: Mapping[str, nn.Module], what: 
                 re.compile(key[3:])
             except re.error as exc:
                 raise ConfigError(f"invalid regular expression in {key!r} ({what}): {exc}") from None
-            if not any(_matches(key, n, m) for n, m in candidates.items()):
+            if not any(matches(key, n, m) for n, m in candidates.items()):
                 raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
         elif key.startswith("type:"):
-            if key[5:] not in _TYPE_NAMES:
-                raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(_TYPE_NAMES)}")
-            if not any(_matches(key, n, m) for n, m in candidates.items()):
+            if key[5:] not in TYPE_NAMES:
+                raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
+            if not any(matches(key, n, m) for n, m in candidates.items()):
                 raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
         elif key not in candidates:
             raise ConfigError(f"unknown layer {key!r} in {what}; prunable layers are: {names}")
@@ -174,7 +161,7 @@ class ProximalPruner:
     def __init__(self, model: nn.Module, config: Mapping[str, Any] | Regularizer | str | Path,
                  *, optimizer: torch.optim.Optimizer | None = None) -> None:
         cfg = _parse_config(config)
-        types = _parse_types(cfg.get("types"))
+        types = parse_types(cfg.get("types"))
         candidates = prunable_layers(model, types)
         if not candidates:
             raise ConfigError(
@@ -209,12 +196,12 @@ class ProximalPruner:
         self.layer_names: dict[str, str] = {}  # param name -> module name
         self._params: dict[str, nn.Parameter] = {}
         for name, module in candidates.items():
-            if any(_matches(p, name, module) for p in exclude):
+            if any(matches(p, name, module) for p in exclude):
                 continue
             spec = layers.get(name)
             if spec is None:
                 for key, val in layers.items():
-                    if str(key).startswith(("re:", "type:")) and _matches(str(key), name, module):
+                    if str(key).startswith(("re:", "type:")) and matches(str(key), name, module):
                         spec = val
                         break
             if spec is None:

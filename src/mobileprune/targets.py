@@ -52,7 +52,7 @@ from torch import nn
 from .errors import ConfigError
 
 DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
-_TYPE_NAMES = {t.__name__: t for t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)}
+TYPE_NAMES = {t.__name__: t for t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)}
 STRUCTURES = ("unstructured", "filter", "channel", "shape")
 _STRUCTURE_ALIASES = {"row": "filter", "neuron": "filter", "column": "channel", "input": "channel"}
 _KNOWN_TOP = {"default", "types", "exclude", "layers", "name"}
@@ -131,20 +131,7 @@ class PruneConfig:
             )
         default = cfg.get("default")
         default = None if default is None else _parse_targets("default", default)
-        types_raw = cfg.get("types")
-        if types_raw is None:
-            types = DEFAULT_TYPES
-        else:
-            if isinstance(types_raw, str):
-                types_raw = [types_raw]
-            if not isinstance(types_raw, (list, tuple)):
-                raise ConfigError(f"'types' must be a list of layer type names, got {types_raw!r}")
-            bad = [t for t in types_raw if not isinstance(t, str) or t not in _TYPE_NAMES]
-            if bad:
-                raise ConfigError(
-                    f"unknown layer type(s) {bad} in 'types'; supported: {sorted(_TYPE_NAMES)}"
-                )
-            types = tuple(_TYPE_NAMES[t] for t in types_raw)
+        types = parse_types(cfg.get("types"))
         exclude = cfg.get("exclude") or ()
         if isinstance(exclude, str):
             exclude = (exclude,)
@@ -160,8 +147,8 @@ class PruneConfig:
                     re.compile(key[3:])
                 except re.error as exc:
                     raise ConfigError(f"invalid regular expression in {key!r}: {exc}") from None
-            if key.startswith("type:") and key[5:] not in _TYPE_NAMES:
-                raise ConfigError(f"unknown layer type in {key!r}; supported: {sorted(_TYPE_NAMES)}")
+            if key.startswith("type:") and key[5:] not in TYPE_NAMES:
+                raise ConfigError(f"unknown layer type in {key!r}; supported: {sorted(TYPE_NAMES)}")
         if default is None and not layers:
             raise ConfigError("the pruning config prunes nothing: give 'default' or 'layers'")
         return cls(default=default, types=types, exclude=tuple(exclude), layers=layers,
@@ -244,7 +231,23 @@ def _parse_target(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
-def _matches(key: str, name: str, module: nn.Module) -> bool:
+def parse_types(raw: Any) -> tuple[type[nn.Module], ...]:
+    """Validate a ``types:`` entry (a type name or a list of them); ``None``: the defaults."""
+    if raw is None:
+        return DEFAULT_TYPES
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"'types' must be a list of layer type names, got {raw!r}")
+    bad = [t for t in raw if not isinstance(t, str) or t not in TYPE_NAMES]
+    if bad:
+        raise ConfigError(f"unknown layer type(s) {bad} in 'types'; supported: {sorted(TYPE_NAMES)}")
+    return tuple(TYPE_NAMES[t] for t in raw)
+
+
+def matches(key: str, name: str, module: nn.Module) -> bool:
+    """Whether config key ``key`` (exact name, ``re:<regex>`` or ``type:<Class>``)
+    selects module ``module`` named ``name``."""
     if key.startswith("re:"):
         return re.fullmatch(key[3:], name) is not None
     if key.startswith("type:"):
@@ -273,7 +276,7 @@ def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | 
         cfg = PruneConfig.from_dict(config)
     candidates = prunable_layers(model, cfg.types)
     if not candidates:
-        all_prunable = prunable_layers(model, tuple(_TYPE_NAMES.values()))
+        all_prunable = prunable_layers(model, tuple(TYPE_NAMES.values()))
         raise ConfigError(
             f"model {type(model).__name__} has no prunable layer of types "
             f"{[t.__name__ for t in cfg.types]}"
@@ -294,14 +297,14 @@ def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | 
     used: set[str] = set()
     out: list[LayerTarget] = []
     for name, module in candidates.items():
-        if any(_matches(p, name, module) for p in cfg.exclude):
+        if any(matches(p, name, module) for p in cfg.exclude):
             continue
         spec = cfg.layers.get(name)
         if spec is not None:
             used.add(name)
         else:
             for key, val in cfg.layers.items():
-                if key.startswith(("re:", "type:")) and _matches(key, name, module):
+                if key.startswith(("re:", "type:")) and matches(key, name, module):
                     spec = val
                     used.add(key)
                     break
@@ -312,7 +315,7 @@ def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | 
         out.extend(_make_target(name, module, sp) for sp in spec)
     for key in cfg.layers:
         if key.startswith(("re:", "type:")) and key not in used:
-            if not any(_matches(key, n, m) for n, m in candidates.items()):
+            if not any(matches(key, n, m) for n, m in candidates.items()):
                 raise ConfigError(
                     f"pattern {key!r} in pruning config matches no prunable layer; "
                     f"prunable layers are: {', '.join(candidates)}"

@@ -61,7 +61,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         loss = loss_fn(out, y)
         full = loss + penalty() if penalty is not None else loss
         if not torch.isfinite(full):
-            raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or rho")
+            raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or the regularisation strength (rho, lam)")
         optimizer.zero_grad(set_to_none=True)
         full.backward()
         optimizer.step()

@@ -7,13 +7,19 @@ from typing import Any, Callable
 from torch import nn
 
 from ..errors import ConfigError
+from .fer import FERNet
 from .har import HARCNN
 from .lenet import LeNet5, LeNet300100
+from .resnet_cifar import resnet20, resnet56, vgg_cifar
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet5": LeNet5,
     "lenet300100": LeNet300100,
     "harcnn": HARCNN,
+    "fernet": FERNet,  # FER-2013 CNN of seed 003, Table 3 (6 classes, 1x48x48)
+    "resnet20": resnet20,  # CIFAR ResNets (option-B shortcuts), 3x32x32
+    "resnet56": resnet56,
+    "vggcifar": vgg_cifar,  # VGG-11 for CIFAR by default (cfg="vgg16", ...)
 }
 
 
@@ -27,4 +33,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS[key](**kwargs)
 
 
-__all__ = ["MODELS", "build_model", "LeNet5", "LeNet300100"]
+__all__ = ["MODELS", "build_model", "LeNet5", "LeNet300100", "FERNet", "resnet20", "resnet56",
+           "vgg_cifar"]
