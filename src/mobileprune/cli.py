@@ -95,60 +95,43 @@ def _load_model(path: str):
     return ckpt, restore_model(ckpt, source=str(path))
 
 
-def cmd_prune(args) -> int:
-    import torch
-
-    from .checkpoint import atomic_write_text, save_checkpoint
-    from .pipeline import PipelineConfig, admm_prune
-    from .report import to_json, to_markdown
+def _read_config(arg: str | None) -> dict[str, Any]:
     from .targets import load_yaml
 
-    if args.method != "admm":
-        return _cmd_prune_prox(args)
+    if arg is None:
+        return {}
+    raw = load_yaml(_config_path(arg))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {arg} must be a mapping")
+    return raw
+
+
+def _admm_config(args) -> tuple[dict[str, Any], Any]:
+    """The pipeline config of ``--method admm`` from the file and the flags."""
+    from .pipeline import PipelineConfig
+
     if args.config is None and args.sparsity is None:
         raise ConfigError("give --config FILE|NAME or --sparsity S")
-    if args.config is not None:
-        raw = load_yaml(_config_path(args.config))
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config {args.config} must be a mapping")
-    else:
-        raw = {"default": args.sparsity}
     if args.sparsity is not None and args.config is not None:
         raise ConfigError("--sparsity and --config are exclusive")
-    for key in ("admm_epochs", "retrain_epochs"):
-        val = getattr(args, key)
-        if val is not None:
-            section = key.split("_")[0]
-            raw.setdefault(section, {})["epochs"] = val
     for key in ("lam", "eta", "beta", "rounds", "prox_epochs"):
         if getattr(args, key) is not None:
             raise ConfigError(f"--{key.replace('_', '-')} is for the proximal methods, not --method admm")
+    raw = _read_config(args.config) if args.config else {"default": args.sparsity}
+    for key, section in (("admm_epochs", "admm"), ("retrain_epochs", "retrain")):
+        if getattr(args, key) is not None:
+            raw.setdefault(section, {})["epochs"] = getattr(args, key)
     cfg = PipelineConfig.from_dict(raw)
-    ckpt, model = _load_model(args.checkpoint)
-    dataset = args.dataset or ckpt["extra"].get("dataset") or raw.get("dataset") or "mnist-sample"
-    torch.manual_seed(args.seed)
-    train_loader, test_loader = _loaders(args, dataset)
-    out = Path(args.out)
-    run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
-    res = admm_prune(model, train_loader, cfg, eval_loader=test_loader, run_dir=run_dir,
-                     resume=not args.no_resume, progress=_no_progress(args),
-                     model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
-    return _finish_prune(args, ckpt, model, res, cfg.to_dict(), dataset, "pruned with ADMM")
+    return raw, cfg
 
 
-def _cmd_prune_prox(args) -> int:
-    import torch
-
-    from .pipeline import proximal_prune
-    from .targets import load_yaml
-
+def _prox_config(args) -> dict[str, Any]:
+    """The config of a proximal method (seed 000) from the file and the flags."""
     if args.sparsity is not None:
         raise ConfigError("--sparsity is for --method admm; proximal methods take --lam/--eta")
-    raw: dict[str, Any] = {}
-    if args.config is not None:
-        raw = load_yaml(_config_path(args.config))
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config {args.config} must be a mapping")
+    if args.admm_epochs is not None:
+        raise ConfigError("--admm-epochs is for --method admm")
+    raw = _read_config(args.config)
     if raw.get("method") not in (None, args.method):
         raise ConfigError(f"--method {args.method} disagrees with method {raw['method']!r} in the config")
     raw["method"] = args.method
@@ -159,16 +142,30 @@ def _cmd_prune_prox(args) -> int:
     for key in ("rounds", "prox_epochs", "retrain_epochs"):
         if getattr(args, key) is not None:
             sched[key] = getattr(args, key)
+    return raw
+
+
+def cmd_prune(args) -> int:
+    import torch
+
+    from .pipeline import admm_prune, proximal_prune
+
+    if args.method == "admm":
+        raw, cfg = _admm_config(args)
+        run, saved_cfg, what = admm_prune, cfg.to_dict(), "pruned with ADMM"
+    else:
+        raw = cfg = _prox_config(args)
+        run, saved_cfg, what = proximal_prune, raw, f"pruned with {args.method}"
     ckpt, model = _load_model(args.checkpoint)
     dataset = args.dataset or ckpt["extra"].get("dataset") or raw.get("dataset") or "mnist-sample"
     torch.manual_seed(args.seed)
     train_loader, test_loader = _loaders(args, dataset)
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
-    res = proximal_prune(model, train_loader, raw, eval_loader=test_loader, run_dir=run_dir,
-                         resume=not args.no_resume, progress=_no_progress(args),
-                         model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
-    return _finish_prune(args, ckpt, model, res, raw, dataset, f"pruned with {args.method}")
+    res = run(model, train_loader, cfg, eval_loader=test_loader, run_dir=run_dir,
+              resume=not args.no_resume, progress=_no_progress(args),
+              model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
+    return _finish_prune(args, ckpt, model, res, saved_cfg, dataset, what)
 
 
 def _finish_prune(args, ckpt, model, res, config, dataset, what) -> int:
