@@ -59,9 +59,10 @@ A slot is **removed** when, at every place it is used, dropping it is exact:
   it is always exact: the same slot is removed on the other side too.
 * never when it reaches a graph output (the model's output size never changes), a graph
   input (the input signature never changes), a ``get_attr`` tensor, or any op that is not
-  recognised (transpose, softmax over channels, LayerNorm/GroupNorm, grouped conv with
-  ``groups`` not in ``{1, in_channels}``, a layer called at several places, a view that is
-  not a flatten, ...): all channels of that op's inputs are kept intact, so its inputs and
+  recognised (transpose, softmax over channels, LayerNorm/GroupNorm, ConvTranspose,
+  grouped conv with ``groups`` not in ``{1, in_channels}``, Linear on a 3-D input, a layer
+  called at several places, a view that is not a flatten, an in-place op on a tensor that
+  has other users, ...): all channels of that op's inputs are kept intact, so its inputs and
   outputs are bit-for-bit what they were (conservative, never a wrong model). With
   ``strict=True`` an :class:`~mobileprune.errors.UnsupportedModelError` naming the op is
   raised instead when it keeps a channel that would otherwise be removed.
@@ -105,10 +106,11 @@ silently returns a wrong model).
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -116,13 +118,9 @@ from torch import Tensor, fx, nn
 from torch.fx.node import Node, map_arg
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from .errors import ConfigError, MobilePruneError, UnsupportedModelError
+from .errors import CompactionError, ConfigError, UnsupportedModelError
 
 __all__ = ["compact", "dead_units", "CompactionError"]
-
-
-class CompactionError(MobilePruneError, RuntimeError):
-    """The compacted model does not reproduce the original's outputs (internal error)."""
 
 
 # --------------------------------------------------------------------------- op tables
@@ -303,8 +301,7 @@ class _Block:
 class _Decision:
     removed_root: Tensor  # bool over slot ids (meaningful at roots)
     root: Tensor  # slot id -> root id
-    iterations: int = 1
-    notes: dict = field(default_factory=dict)
+    iterations: int = 1  # -1: no fixed point, the first (full-column) decision is used
 
 
 # --------------------------------------------------------------------------- analysis
@@ -382,10 +379,31 @@ class _Analysis:
             self._fresh(node, "attr")
         elif node.op == "output":
             self._block_inputs(node, "output")
-        elif not self._handle(node):
+        elif self._aliased_inplace(node) or not self._handle(node):
             self.unknown.append(node)
             self._block_inputs(node, "unknown_in")
             self._fresh(node, "unknown_out")
+
+    def _aliased_inplace(self, node: Node) -> bool:
+        """An in-place op on a tensor that is used elsewhere too: the other users may see
+        the mutated values, so the op is treated as unknown (its channels are kept)."""
+        x = node.args[0] if node.args else None
+        if not isinstance(x, Node) or len(x.users) <= 1:
+            return False
+        t = node.target
+        if node.op == "call_module":
+            return bool(getattr(self.modules.get(t), "inplace", False))
+        if node.op == "call_method":
+            return t.endswith("_") and not t.endswith("__")
+        if t in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
+            return True
+        if getattr(t, "__name__", "").endswith("_") or node.kwargs.get("inplace"):
+            return True
+        try:
+            bound = inspect.signature(t).bind(*node.args, **node.kwargs)
+        except (TypeError, ValueError):
+            return False
+        return bool(bound.arguments.get("inplace", False))
 
     def _same(self, node: Node, inp: Node, const: Tensor) -> bool:
         """``node`` keeps the channel positions of ``inp`` (per-channel op)."""
@@ -443,7 +461,8 @@ class _Analysis:
         if t in _BN:
             return self._bn(node, m, inp)
         if t in _ELEMENTWISE_MODULES:
-            return self._same(node, inp, _map_const(m, c_in, self._dtype(node)))
+            # m.forward, not m(...): the user's forward hooks must not see constants
+            return self._same(node, inp, _map_const(m.forward, c_in, self._dtype(node)))
         if t in _KEEP_CONST_MODULES:
             return self._same(node, inp, c_in.clone())
         if t in _AVG_POOL_MODULES:

@@ -27,3 +27,8 @@ class DataError(MobilePruneError, ValueError):
 
 class UnsupportedModelError(MobilePruneError, TypeError):
     """The model has no prunable layer, or a layer/op mobileprune cannot handle."""
+
+
+class CompactionError(MobilePruneError, RuntimeError):
+    """A compacted model does not reproduce the original's outputs (an internal error:
+    :func:`mobileprune.compact.compact` never returns such a model)."""
