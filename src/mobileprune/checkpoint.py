@@ -5,7 +5,7 @@ classes), so it loads in the safe ``weights_only`` mode of PyTorch::
 
     {
       "format": "mobileprune.checkpoint", "format_version": 1,
-      "kind": "dense" | "pruned" | "run-state",
+      "kind": "dense" | "pruned" | "compacted" | "run-state",
       "model": {"name": "lenet5", "kwargs": {...}},   # built-in zoo entry, or name None
       "architecture": {"fc1.weight": [500, 800], ...},  # parameter shapes
       "state_dict": {...}, "masks": {...},             # bool masks of pruned weights
@@ -31,7 +31,52 @@ from .errors import CheckpointError
 
 FORMAT = "mobileprune.checkpoint"
 FORMAT_VERSION = 1
-KINDS = ("dense", "pruned", "run-state")
+KINDS = ("dense", "pruned", "compacted", "run-state")
+_SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
+_RESIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Sizes of the resizable layers (Conv, Linear, BatchNorm) of ``model``.
+
+    Stored in checkpoints of compacted models (``kind="compacted"``) so that
+    :func:`restore_model` can rebuild the smaller layers into a fresh instance of the
+    model's class before loading the weights.
+    """
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, _RESIZABLE):
+            d = {a: getattr(m, a) for a in _SIZE_ATTRS if hasattr(m, a)}
+            d["bias"] = getattr(m, "bias", None) is not None
+            out[name] = d
+    return out
+
+
+def _resize_layers(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Replace every listed layer of ``model`` by one of the recorded sizes (new weights,
+    same type/dtype/device; values come from the following ``load_state_dict``)."""
+    modules = dict(model.named_modules())
+    for name, d in sizes.items():
+        old = modules.get(name)
+        if old is None or not isinstance(old, _RESIZABLE):
+            raise CheckpointError(f"checkpoint resizes layer {name!r}, which the model does not have")
+        cur = {a: getattr(old, a) for a in _SIZE_ATTRS if hasattr(old, a)}
+        if cur == {a: d[a] for a in cur} and (getattr(old, "bias", None) is not None) == d["bias"]:
+            continue
+        ref = old.weight if getattr(old, "weight", None) is not None else None
+        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
+        if isinstance(old, nn.Linear):
+            new = type(old)(d["in_features"], d["out_features"], bias=d["bias"], **kw)
+        elif isinstance(old, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            new = type(old)(d["in_channels"], d["out_channels"], old.kernel_size, stride=old.stride,
+                            padding=old.padding, dilation=old.dilation, groups=d["groups"],
+                            bias=d["bias"], padding_mode=old.padding_mode, **kw)
+        else:
+            new = type(old)(d["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
+                            track_running_stats=old.track_running_stats, **kw)
+        new.train(old.training)
+        parent_name, _, attr = name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, attr, new)
 
 
 def atomic_write(path: str | Path, write) -> Path:
@@ -71,9 +116,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
                     config: Mapping[str, Any] | None = None,
                     metrics: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None) -> Path:
-    """Save ``model`` and its pruning metadata atomically to ``path``."""
+    """Save ``model`` and its pruning metadata atomically to ``path``.
+
+    For ``kind="compacted"`` the layer sizes are recorded too (:func:`layer_sizes`).
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    extra = dict(extra or {})
+    if kind == "compacted":
+        extra["layer_sizes"] = layer_sizes(model)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -84,7 +135,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
         "masks": {k: v.detach().cpu().bool() for k, v in (masks or {}).items()},
         "config": dict(config or {}),
         "metrics": dict(metrics or {}),
-        "extra": dict(extra or {}),
+        "extra": extra,
     }
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
@@ -157,6 +208,9 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
                 f"{source} holds a custom model: pass the model instance to restore it into"
             )
         model = build_model(name, **ckpt["model"].get("kwargs", {}))
+    sizes = (ckpt.get("extra") or {}).get("layer_sizes")
+    if ckpt.get("kind") == "compacted" and sizes:
+        _resize_layers(model, sizes)
     check_architecture(ckpt, model, source)
     model.load_state_dict(ckpt["state_dict"])
     return model

@@ -82,7 +82,7 @@ def cmd_train(args) -> int:
     save_checkpoint(args.out, model, kind="dense", model_name=args.model,
                     metrics={"test_accuracy": acc, "epochs": args.epochs,
                              "train_seconds": time.perf_counter() - t0},
-                    extra={"dataset": args.dataset})
+                    extra={"dataset": args.dataset, "input_shape": list(train_loader.dataset[0][0].shape)})
     print(f"saved dense model to {args.out}")
     return 0
 
@@ -165,10 +165,11 @@ def cmd_prune(args) -> int:
     res = run(model, train_loader, cfg, eval_loader=test_loader, run_dir=run_dir,
               resume=not args.no_resume, progress=_no_progress(args),
               model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
-    return _finish_prune(args, ckpt, model, res, saved_cfg, dataset, what)
+    return _finish_prune(args, ckpt, model, res, saved_cfg, dataset, what,
+                         train_loader.dataset[0][0].shape)
 
 
-def _finish_prune(args, ckpt, model, res, config, dataset, what) -> int:
+def _finish_prune(args, ckpt, model, res, config, dataset, what, input_shape) -> int:
     from .checkpoint import atomic_write_text, save_checkpoint
     from .report import to_json, to_markdown
 
@@ -176,13 +177,73 @@ def _finish_prune(args, ckpt, model, res, config, dataset, what) -> int:
     save_checkpoint(out, model, kind="pruned", model_name=ckpt["model"]["name"],
                     model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=config,
                     metrics=res.report["metrics"],
-                    extra={"dataset": dataset, "history": res.history, "targets":
+                    extra={"dataset": dataset, "input_shape": list(input_shape),
+                           "history": res.history, "targets":
                            {r["layer"]: r["target_keep"] for r in res.report["layers"]}})
     md = to_markdown(res.report, title=f"{ckpt['model']['name']} {what}")
     atomic_write_text(out.with_suffix(".md"), md)
     atomic_write_text(out.with_suffix(".json"), to_json(res.report))
     print(md)
     print(f"saved pruned model to {out} (report: {out.with_suffix('.md')}, {out.with_suffix('.json')})")
+    return 0
+
+
+# -- compact -----------------------------------------------------------------------------
+def _input_shape(args, ckpt) -> tuple[int, ...]:
+    if args.input_shape:
+        try:
+            return tuple(int(x) for x in args.input_shape.split(","))
+        except ValueError:
+            raise ConfigError(f"--input-shape must be comma-separated integers like 1,28,28, "
+                              f"got {args.input_shape!r}") from None
+    shape = (ckpt.get("extra") or {}).get("input_shape")
+    if not shape:
+        raise ConfigError("the checkpoint does not record its input shape: pass --input-shape C,H,W")
+    return tuple(shape)
+
+
+def cmd_compact(args) -> int:
+    import torch
+
+    from .checkpoint import atomic_write_text, save_checkpoint
+    from .compact import compact
+    from .latency import compare_latency
+    from .report import layer_report
+
+    ckpt, model = _load_model(args.checkpoint)
+    model.eval()
+    example = torch.randn(1, *_input_shape(args, ckpt))
+    small = compact(model, example)
+    x = torch.randn(8, *example.shape[1:])
+    with torch.no_grad():
+        diff = float((small(x) - model(x)).abs().max())
+    reps = {k: layer_report(m, example_input=example)["totals"] for k, m in (("pruned", model), ("compacted", small))}
+    lat = compare_latency({"pruned": model, "compacted": small}, example, repeats=args.repeats,
+                          threads=args.threads)
+    result = {"checkpoint": str(args.checkpoint), "max_abs_diff": diff, "threads": args.threads,
+              "parameters": {k: v["parameters"] for k, v in reps.items()},
+              "macs": {k: v["macs"] for k, v in reps.items()},
+              "latency_batch1_ms": {k: v["median_ms"] for k, v in lat.items()},
+              "latency_detail": lat}
+    result["speedup"] = lat["pruned"]["median_ms"] / lat["compacted"]["median_ms"]
+    out = Path(args.out)
+    save_checkpoint(out, small, kind="compacted", model_name=ckpt["model"]["name"],
+                    model_kwargs=ckpt["model"]["kwargs"], metrics=ckpt.get("metrics"),
+                    extra={**(ckpt.get("extra") or {}), "compaction": result})
+    p, m, l = result["parameters"], result["macs"], result["latency_batch1_ms"]
+    md = "\n".join([
+        f"## {ckpt['model']['name']}: compacted vs pruned ({args.checkpoint})", "",
+        "| model | parameters | MACs / sample | batch-1 latency (median, ms) |",
+        "|---|---:|---:|---:|",
+        f"| pruned (masked, dense layers) | {p['pruned']:,} | {m['pruned']:,} | {l['pruned']:.3f} |",
+        f"| compacted | {p['compacted']:,} | {m['compacted']:,} | {l['compacted']:.3f} |", "",
+        f"- parameters {p['pruned'] / p['compacted']:.2f}x fewer, MACs {m['pruned'] / m['compacted']:.2f}x "
+        f"fewer, latency {result['speedup']:.2f}x ({args.repeats} interleaved runs, {args.threads} thread(s))",
+        f"- max |compacted - pruned| on random inputs: {diff:.2e}", ""])
+    atomic_write_text(out.with_suffix(".md"), md)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    print(md)
+    print(f"saved compacted model to {out}")
     return 0
 
 
@@ -297,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_args(p, default_dataset=None)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("compact", help="physically remove zero filters/channels/neurons",
+                       description="Build a smaller dense model without the pruned units (graph traced "
+                                   "with torch.fx), check it gives the same outputs, and compare "
+                                   "parameters, MACs and batch-1 latency.")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="output checkpoint of the compacted model")
+    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28 (default: recorded)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs per model")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("eval", help="test accuracy and nonzeros of a checkpoint",
                        description="Evaluate a checkpoint's test accuracy.")
