@@ -30,12 +30,14 @@ def dense(tmp_path_factory) -> Path:
     return out
 
 
-def test_help_of_every_command():
-    for cmd in ("train", "prune", "eval", "report", "demo"):
-        r = subprocess.run([sys.executable, "-m", "mobileprune.cli", cmd, "--help"],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        assert "usage: mobileprune" in r.stdout
+def test_help_of_every_command(capsys):
+    for cmd in ("train", "prune", "eval", "report", "demo", "compact"):
+        assert run(cmd, "--help") == 0
+        assert f"usage: mobileprune {cmd}" in capsys.readouterr().out
+    # The installed entry point and `python -m mobileprune` work too.
+    r = subprocess.run([sys.executable, "-m", "mobileprune", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "usage: mobileprune" in r.stdout
+    assert "train" in r.stdout and "compact" in r.stdout
 
 
 def test_train_eval_prune_report(dense, tmp_path, capsys):
