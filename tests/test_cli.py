@@ -148,3 +148,41 @@ def test_prune_with_mobileprune_method(dense, tmp_path, capsys):
     assert "--sparsity is for --method admm" in capsys.readouterr().err
     assert run("prune", str(dense), "--lam", "0.5", "--config", "demo", "--out", str(tmp_path / "x.pt")) == 2
     assert "--lam is for the proximal methods" in capsys.readouterr().err
+
+
+def test_compact_command_roundtrip(tmp_path, capsys):
+    torch.manual_seed(0)
+    from mobileprune.checkpoint import restore_model
+    from mobileprune.models import LeNet5
+
+    m = LeNet5().eval()
+    with torch.no_grad():
+        m.conv1.weight[12:] = 0
+        m.conv1.bias[12:] = 0
+        m.conv2.weight[30:] = 0            # dead filters with nonzero bias: folded into fc1
+        m.fc1.weight[:, 400:] = 0          # channels 25..49 of conv2 feed only zero weights
+        m.fc1.weight[350:] = 0
+    src = tmp_path / "pruned.pt"
+    save_checkpoint(src, m, kind="pruned", model_name="lenet5", extra={"input_shape": [1, 28, 28]})
+    out = tmp_path / "small.pt"
+    assert run("compact", str(src), "--out", str(out), "--repeats", "5") == 0
+    ck = torch.load(out, weights_only=True)
+    assert ck["kind"] == "compacted"
+    small = restore_model(load_checkpoint(out)).eval()
+    assert (small.conv1.out_channels, small.conv2.in_channels) == (12, 12)
+    assert small.conv2.out_channels == 25 and small.fc1.in_features == 25 * 16
+    assert small.fc1.out_features == 350 and small.fc2.in_features == 350
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert float((small(x) - m(x)).abs().max()) <= 1e-5
+    res = json.loads(out.with_suffix(".json").read_text())
+    hand = (12 * 25 + 12) + (25 * 12 * 25 + 25) + (350 * 400 + 350) + (10 * 350 + 10)
+    assert res["parameters"]["compacted"] == hand
+    assert res["parameters"]["pruned"] == 431080
+    assert res["macs"]["compacted"] == 12 * 25 * 576 + 25 * 12 * 25 * 64 + 350 * 400 + 10 * 350
+    assert res["latency_batch1_ms"]["compacted"] > 0
+    # no recorded input shape -> clear error
+    bare = tmp_path / "bare.pt"
+    save_checkpoint(bare, m, model_name="lenet5")
+    assert run("compact", str(bare), "--out", str(tmp_path / "x.pt")) == 2
+    assert "--input-shape" in capsys.readouterr().err
