@@ -13,16 +13,39 @@ Public API (import from here):
 * :mod:`mobileprune.prox`, :mod:`mobileprune.groups` -- proximal operators and groupings.
 """
 
-from .admm import ADMMPruner
-from .checkpoint import load_checkpoint, restore_model, save_checkpoint
-from .compact import compact, dead_units
-from .errors import CheckpointError, CompactionError, ConfigError, DataError, MobilePruneError, UnsupportedModelError
-from .masks import MaskEnforcer, apply_masks
-from .palm import ProximalPruner, palm_epoch, palm_step, proximal_epoch, run_rounds
-from .pipeline import PipelineConfig, admm_prune, proximal_prune
-from .regularizers import Regularizer
-from .report import layer_report
-from .targets import LayerTarget, PruneConfig, resolve_targets
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import (CheckpointError, CompactionError, ConfigError, DataError, MobilePruneError,
+                     UnsupportedModelError)
+
+# The public names live in submodules that import torch. They are loaded on first
+# access (PEP 562), so torch-free parts such as ``mobileprune.runtime`` can be imported
+# on a device without torch.
+_LAZY = {
+    "ADMMPruner": "admm", "load_checkpoint": "checkpoint", "restore_model": "checkpoint",
+    "save_checkpoint": "checkpoint", "compact": "compact", "dead_units": "compact",
+    "MaskEnforcer": "masks", "apply_masks": "masks", "ProximalPruner": "palm",
+    "palm_epoch": "palm", "palm_step": "palm", "proximal_epoch": "palm", "run_rounds": "palm",
+    "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
+    "Regularizer": "regularizers", "layer_report": "report", "LayerTarget": "targets",
+    "PruneConfig": "targets", "resolve_targets": "targets",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mobileprune' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
