@@ -44,6 +44,8 @@ class _TrainSettings:
     lr: float = 1e-3
     weight_decay: float = 0.0
     momentum: float = 0.9
+    distill: float = 0.0        # weight of distillation from the model as given (dense)
+    temperature: float = 4.0
 
 
 @dataclass
@@ -194,6 +196,10 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         acc_before = ev()
         log(f"accuracy before pruning: {100 * acc_before:.2f}%")
 
+    teacher = None
+    if cfg.admm.distill > 0 or cfg.retrain.distill > 0:
+        teacher = _teacher(model, run_dir, resumed=bool(history) or pos != {"stage": 0, "phase": "admm", "epoch": 0})
+
     def save_state(pruner=None, opt=None, sched=None):
         if state_path is None:
             return
@@ -230,7 +236,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 ep = pos["epoch"]
                 stats = train_epoch(model, train_loader, opt, penalty=pruner.penalty,
                                     after_step=pruner.step, progress=progress,
-                                    desc=f"{label} admm {ep + 1}/{a.epochs}")
+                                    desc=f"{label} admm {ep + 1}/{a.epochs}", teacher=teacher,
+                                    distill=a.distill, temperature=a.temperature)
                 if a.update_every is None:
                     stats.update(pruner.update())
                 stats.update({"stage": label, "phase": "admm", "epoch": ep + 1,
@@ -263,7 +270,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 while pos["epoch"] < r.epochs:
                     ep = pos["epoch"]
                     stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
-                                        desc=f"{label} retrain {ep + 1}/{r.epochs}")
+                                        desc=f"{label} retrain {ep + 1}/{r.epochs}", teacher=teacher,
+                                        distill=r.distill, temperature=r.temperature)
                     stats.update({"stage": label, "phase": "retrain", "epoch": ep + 1,
                                   "test_accuracy": ev(), "seconds": time.perf_counter() - t0})
                     history.append(stats)
@@ -283,6 +291,27 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before, "accuracy_after": ev()})
     return PipelineResult(model=model, masks=masks, report=report, history=history)
+
+
+TEACHER_FILE = "teacher.pt"
+
+
+def _teacher(model: nn.Module, run_dir: Path | None, resumed: bool) -> nn.Module:
+    """A frozen copy of the model as given (the dense model) for distillation; kept in
+    ``run_dir`` so that a resumed run distills from the same teacher."""
+    import copy
+
+    teacher = copy.deepcopy(model).eval()
+    path = run_dir / TEACHER_FILE if run_dir is not None else None
+    if path is not None and path.exists() and resumed:
+        from .checkpoint import restore_model
+
+        restore_model(load_checkpoint(path), teacher, str(path))
+    elif path is not None:
+        save_checkpoint(path, teacher, kind="dense")
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def _example_input(loader: DataLoader):

@@ -46,19 +46,37 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                 penalty: Callable[[], Tensor] | None = None,
                 after_step: Callable[[], object] | None = None,
-                scheduler=None, progress: bool | None = None, desc: str = "train") -> dict[str, float]:
+                scheduler=None, progress: bool | None = None, desc: str = "train",
+                teacher: nn.Module | None = None, distill: float = 0.0,
+                temperature: float = 4.0) -> dict[str, float]:
     """One epoch of minibatch training.
 
     ``penalty()`` is added to the loss (e.g. :meth:`ADMMPruner.penalty`, seed 003 Eq. 5)
     and ``after_step()`` runs after each optimizer step (e.g. :meth:`ADMMPruner.step`).
-    Raises ``FloatingPointError`` when the loss becomes NaN or infinite.
+    With a ``teacher`` and ``distill = a > 0`` the loss is
+    ``(1 - a) * loss_fn + a * T^2 * KL(softmax(teacher / T) || softmax(model / T))``
+    (knowledge distillation, Hinton et al. 2015), e.g. from the dense model while
+    retraining the pruned one. Raises ``FloatingPointError`` when the loss becomes NaN
+    or infinite.
     """
+    if not 0.0 <= distill <= 1.0:
+        raise ConfigError(f"distill must be in [0, 1], got {distill!r}")
+    if distill > 0 and teacher is None:
+        raise ConfigError("distill > 0 needs a teacher model")
+    if teacher is not None:
+        teacher.eval()
     model.train()
     total, n, correct = 0.0, 0, 0
     bar = _progress(loader, progress, desc, total=len(loader))
     for x, y in bar:
         out = model(x)
         loss = loss_fn(out, y)
+        if distill > 0:
+            with torch.no_grad():
+                soft = torch.softmax(teacher(x) / temperature, dim=1)
+            kd = nn.functional.kl_div(torch.log_softmax(out / temperature, dim=1), soft,
+                                      reduction="batchmean") * temperature ** 2
+            loss = (1 - distill) * loss + distill * kd
         full = loss + penalty() if penalty is not None else loss
         if not torch.isfinite(full):
             raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or the regularisation strength (rho, lam)")
