@@ -1,0 +1,137 @@
+"""Benchmark: MobilePrune (l0 group lasso) and its baselines on one suite, side by side.
+
+A suite (benchmarks/suites/<name>.yaml) names a model, a data set, how to train the
+dense model, and a list of methods (proximal configs of seed 000, or ADMM configs of
+seed 003), each run from the same dense checkpoint. For every method the table gives
+test accuracy, nonzero weights, compression, active units per layer, and the
+parameters and MACs of the model after `compact` physically removes dead units.
+Results go to docs/benchmarks/methods_<suite>.{md,json}; the published rows of the
+suite are printed beside them. Resumable: finished methods are reused.
+
+    MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py lenet5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model, save_checkpoint
+from mobileprune.compact import compact
+from mobileprune.datasets import load_dataset, make_loaders
+from mobileprune.errors import DataError
+from mobileprune.models import build_model
+from mobileprune.pipeline import admm_prune, proximal_prune
+from mobileprune.report import layer_report
+from mobileprune.train import cosine_lr, evaluate, make_optimizer, train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def dense_model(suite, name, train_loader, test_loader, work: Path):
+    path = work / "dense.pt"
+    if path.exists():
+        ck = load_checkpoint(path)
+        return restore_model(ck), ck["metrics"]
+    d = suite["dense"]
+    model = build_model(suite["model"], **suite.get("model_kwargs", {}))
+    opt = make_optimizer(d.get("optimizer", "adam"), model.parameters(), d.get("lr", 1e-3),
+                         weight_decay=d.get("weight_decay", 0.0))
+    sched = cosine_lr(opt, d["epochs"] * len(train_loader))
+    t0 = time.perf_counter()
+    for ep in range(d["epochs"]):
+        s = train_epoch(model, train_loader, opt, scheduler=sched, progress=False)
+        print(f"[{name}] dense epoch {ep + 1}: loss {s['loss']:.4f}", flush=True)
+    metrics = {"test_accuracy": evaluate(model, test_loader), "train_seconds": time.perf_counter() - t0}
+    save_checkpoint(path, model, model_name=suite["model"], model_kwargs=suite.get("model_kwargs", {}),
+                    metrics=metrics)
+    return model, metrics
+
+
+def summarise(model, example, acc, dense_params, seconds):
+    rep = layer_report(model, example_input=example)
+    small = compact(model.eval(), example)
+    srep = layer_report(small, example_input=example)
+    t = rep["totals"]
+    return {"test_accuracy": acc, "nonzero_weights": t["nonzero"], "weights": t["weights"],
+            "weight_compression": t["weight_compression"],
+            "nonzero_parameters": t["nonzero_parameters"], "param_compression": t["param_compression"],
+            "active_units": {r["layer"]: [r["active_out"], r["active_in"]] for r in rep["layers"]},
+            "compacted_parameters": srep["totals"]["parameters"],
+            "compacted_param_fraction": srep["totals"]["parameters"] / dense_params,
+            "compacted_macs": srep["totals"]["macs"], "dense_macs": t["macs"],
+            "nonzero_macs": t["nonzero_macs"], "seconds": seconds}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("suite")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--methods", nargs="*", help="subset of the suite's method names")
+    ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench"))
+    args = ap.parse_args()
+    suite = yaml.safe_load((ROOT / "benchmarks" / "suites" / f"{args.suite}.yaml").read_text())
+    torch.manual_seed(suite.get("seed", 0))
+    try:
+        bundle = load_dataset(suite["dataset"], args.data_dir)
+    except DataError as exc:
+        print(f"skipping benchmark: {exc}", file=sys.stderr)
+        return 0
+    train_loader, test_loader = make_loaders(bundle, batch_size=suite.get("batch_size", 128))
+    work = Path(args.work_dir) / args.suite
+    work.mkdir(parents=True, exist_ok=True)
+    dense, dmetrics = dense_model(suite, args.suite, train_loader, test_loader, work)
+    example = bundle.train[0][0].unsqueeze(0)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    results = {"dense": summarise(dense, example, evaluate(dense, test_loader), dense_params,
+                                  dmetrics.get("train_seconds", 0.0))}
+    for method in suite["methods"]:
+        name = method["name"]
+        if args.methods and name not in args.methods:
+            continue
+        done = work / f"{name}.json"
+        if done.exists():
+            results[name] = json.loads(done.read_text())
+            continue
+        model = copy.deepcopy(dense)
+        cfg = {k: v for k, v in method.items() if k != "name"}
+        t0 = time.perf_counter()
+        run = admm_prune if cfg.pop("algorithm", "proximal") == "admm" else proximal_prune
+        run(model, train_loader, cfg, eval_loader=test_loader, run_dir=work / f"{name}.run",
+            progress=False, model_name=suite["model"], log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
+        res = summarise(model, example, evaluate(model, test_loader), dense_params, time.perf_counter() - t0)
+        res["config"] = method
+        atomic_write_text(done, json.dumps(res, indent=2) + "\n")
+        results[name] = res
+    cmd = f"MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py {args.suite}"
+    out = ROOT / "docs" / "benchmarks" / f"methods_{args.suite}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out.with_suffix(".json"), json.dumps(
+        {"command": cmd, "suite": suite, "machine": platform.machine(), "results": results}, indent=2) + "\n")
+    layers = list(results["dense"]["active_units"])
+    md = [f"# {suite['title']}", "", f"Command: `{cmd}` (suite `benchmarks/suites/{args.suite}.yaml`).", "",
+          "| method | test acc | nonzero weights | compression | active units (out/in) "
+          "| params after compact | MACs after compact | time |",
+          "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for name, r in results.items():
+        units = " ".join(f"{r['active_units'][l][0]}/{r['active_units'][l][1]}" for l in layers)
+        md.append(f"| {name} | {100 * r['test_accuracy']:.2f}% | {r['nonzero_weights']:,} | "
+                  f"{r['weight_compression']:.1f}x | {units} | {r['compacted_parameters']:,} "
+                  f"({100 * r['compacted_param_fraction']:.1f}%) | {r['compacted_macs']:,} | {r['seconds']:.0f} s |")
+    md += ["", f"Layers: {', '.join(layers)}.", "", "Published (for comparison):", "",
+           suite.get("published", "").strip(), ""]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
