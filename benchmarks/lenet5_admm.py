@@ -1,7 +1,7 @@
 """Benchmark: ADMM pruning of LeNet-5 on full MNIST (seed 003, Table 1).
 
 Trains a dense LeNet-5 (or reuses runs/bench/lenet5-dense.pt), then runs the
-progressive ADMM schedule of benchmarks/lenet5_admm.yaml (71x -> 140x -> 246x -> 350x)
+progressive ADMM schedule of benchmarks/lenet5_admm.yaml (71x -> 140x -> 246x)
 and writes docs/benchmarks/lenet5_admm.{md,json} with accuracy, nonzeros, compression
 and wall time per stage. Resumable: rerun after an interruption.
 
