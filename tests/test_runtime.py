@@ -1,0 +1,534 @@
+"""Sparse model files (mobileprune.sparse_format) and the torch-free runtime.
+
+Equivalence: every built-in model, pruned to 0 / 50 / 90 / 99 % (and with an all-zero
+layer), exported (BatchNorm folded), loaded and run with batch 1 and 3 in the three
+modes; the runtime output must match PyTorch (eval mode) to max abs error <= 1e-4 x
+max |output|. Plus: float16 storage, round trips, hand-counted size report, corrupt /
+truncated / foreign files, unsupported ops, and the runtime imported and run in a
+subprocess where ``import torch`` fails (with numba, and with the numpy fallback).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobileprune.errors import UnsupportedModelError
+from mobileprune.models import build_model
+from mobileprune.runtime import SparseFormatError, SparseModel, load, read_container, write_container
+from mobileprune.sparse_format import export_sparse, format_size_report, size_report
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+REL_TOL = 1e-4
+
+
+# ---------------------------------------------------------------------------------------
+# helpers
+
+def _layers(model: nn.Module):
+    return [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
+
+
+def _prune(model: nn.Module, sparsity: float, seed: int = 0) -> nn.Module:
+    """Magnitude-prune every Conv/Linear to ``sparsity``; rescale survivors so that
+    activations keep their scale (outputs stay non-trivial even at 99 %); random BN
+    statistics so that folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in _layers(model):
+            w = m.weight
+            k = int(round(w.numel() * sparsity))
+            if k:
+                idx = torch.argsort(w.abs().flatten())[:k]
+                w.view(-1)[idx] = 0.0
+                w.mul_(1.0 / max(1.0 - sparsity, 1e-2) ** 0.5)
+            if m.bias is not None:
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return model.eval()
+
+
+def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    scale = float(np.abs(ref).max())
+    assert scale > 0, "degenerate reference output"
+    return float(np.abs(got - ref).max()) / scale
+
+
+def _ref(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+MODELS = {
+    "lenet5": (lambda: build_model("lenet5"), (1, 28, 28)),
+    "lenet300100": (lambda: build_model("lenet300100"), (1, 28, 28)),
+    "harcnn": (lambda: build_model("harcnn", in_channels=9, num_classes=6, window=48, width=16,
+                                   kernel_size=5, depth=3, hidden=32), (9, 48)),
+    "fernet": (lambda: build_model("fernet", batchnorm=True), (1, 48, 48)),
+    "resnet20": (lambda: build_model("resnet20"), (3, 32, 32)),
+    "vggcifar": (lambda: build_model("vggcifar", cfg=[16, "M", 32, "M", 32, "M"], hidden=32,
+                                     input_size=16), (3, 16, 16)),
+}
+
+
+def test_models_registry_covered():
+    from mobileprune.models import MODELS as REGISTRY
+    # resnet56 is resnet20 with more blocks: same ops
+    assert set(REGISTRY) - {"resnet56"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_equivalence_builtin_models(name, sparsity, tmp_path):
+    build, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = _prune(build(), sparsity, seed=1)
+    path = tmp_path / f"{name}.mpsparse"
+    export_sparse(model, torch.randn(1, *shape), path)
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(2))
+    ref = _ref(model, x)
+    for mode in ("auto", "sparse", "dense"):
+        sm = load(path, mode=mode)
+        for n in (1, 3):
+            got = sm(x[:n].numpy())
+            assert got.dtype == np.float32 and got.shape == ref[:n].shape
+            assert _rel_err(got, ref[:n]) <= REL_TOL, (name, sparsity, mode, n)
+
+
+def test_batchnorm_is_folded(tmp_path):
+    model = _prune(build_model("resnet20"), 0.5)
+    path = tmp_path / "r.mpsparse"
+    export_sparse(model, torch.randn(1, 3, 32, 32), path)
+    header, _ = read_container(path)
+    kinds = [op["op"] for op in header["ops"]]
+    assert "batchnorm" not in kinds
+    assert kinds.count("conv2d") == 21 and kinds.count("add") == 9
+    # without folding the BNs stay as ops and the result is the same
+    path2 = tmp_path / "r2.mpsparse"
+    export_sparse(model, torch.randn(1, 3, 32, 32), path2, fold_bn=False)
+    h2, _ = read_container(path2)
+    assert [op["op"] for op in h2["ops"]].count("batchnorm") == 21
+    x = torch.randn(2, 3, 32, 32)
+    assert _rel_err(load(path2)(x.numpy()), _ref(model, x)) <= REL_TOL
+
+
+def test_all_zero_layer(tmp_path):
+    model = _prune(build_model("fernet"), 0.5)
+    lenet = _prune(build_model("lenet5"), 0.9)
+    with torch.no_grad():
+        model.conv5.weight.zero_()
+        model.conv5.bias.copy_(torch.linspace(-1, 1, 64))  # some channels ReLU to zero
+        model.fc2.weight[:10].zero_()
+        lenet.conv2.weight.zero_()  # whole layer: CSR with nnz = 0
+        lenet.fc1.weight[:, :400].zero_()
+    for m, shape in ((model, (1, 48, 48)), (lenet, (1, 28, 28))):
+        path = tmp_path / "z.mpsparse"
+        export_sparse(m, torch.randn(1, *shape), path)
+        x = torch.randn(3, *shape)
+        ref = _ref(m, x)
+        for mode in ("auto", "sparse", "dense"):
+            assert _rel_err(load(path, mode=mode)(x.numpy()), ref) <= REL_TOL
+    header, _ = read_container(path)
+    conv2 = next(op for op in header["ops"] if op["name"] == "conv2")
+    assert conv2["weight"]["nnz"] == 0 and conv2["weight"]["storage"] == "csr"
+
+
+class _Zoo(nn.Module):
+    """Every op kind the runtime supports, in unusual configurations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 16, 3, padding=2, dilation=2, groups=8)  # depthwise, x2
+        self.g = nn.Conv2d(16, 8, (3, 1), stride=(1, 2), padding=(1, 0), groups=2)
+        self.pw = nn.Conv2d(8, 8, 1)
+        self.c5 = nn.Conv2d(16, 12, 3, stride=2, padding="valid", bias=False)
+        self.relu_ip = nn.ReLU(inplace=True)
+        self.bn2 = nn.BatchNorm2d(16)
+        self.mp = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.ap = nn.AvgPool2d(3, stride=2, padding=1, ceil_mode=True, count_include_pad=False)
+        self.c1d = nn.Conv1d(6, 6, 4, padding="same", dilation=2)
+        self.bn1d = nn.BatchNorm1d(6)
+        self.pool1d = nn.AvgPool1d(3, stride=2, padding=1)
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(138, 7)
+
+    def forward(self, x):                                          # (N, 3, 22, 22)
+        y = F.relu(self.bn1(self.c1(x)))                           # (8, 11, 11)
+        d = self.dw(y)                                             # (16, 11, 11)
+        a = torch.relu(self.g(d))                                  # (8, 11, 6)
+        b = self.pw(F.avg_pool2d(y, (1, 2), ceil_mode=True))       # (8, 11, 6)
+        s = a + b
+        s = torch.cat([s, F.relu(a)], dim=1)                       # (16, 11, 6)
+        s = self.bn2(s)                                            # after cat: not folded
+        c = self.relu_ip(self.c5(self.ap(d)))                      # (16, 6, 6) -> (12, 2, 2)
+        m = F.max_pool2d(self.mp(d), 2, padding=1, dilation=2)     # (16, 6, 6) -> (16, 3, 3)
+        m = self.gap(m)                                            # (16, 1, 1)
+        q = F.adaptive_avg_pool2d(x, (2, 11)).flatten(1).view(x.size(0), 6, 11)
+        q = self.pool1d(F.relu(self.bn1d(self.c1d(q))))            # (6, 11) -> (6, 6)
+        q = F.max_pool1d(q, 2, stride=1, padding=1, ceil_mode=True)  # (6, 7)
+        p = F.adaptive_avg_pool2d(d, 1)                            # (16, 1, 1)
+        g = s.mean(dim=(2, 3))                                     # (16,)
+        h = torch.cat([c.flatten(1), g, q.reshape(q.size(0), -1), m.view(m.size(0), -1),
+                       torch.flatten(p, 1)], 1)                    # 48 + 16 + 42 + 16 + 16
+        return self.fc(self.drop(h)), c
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.6])
+def test_equivalence_all_op_kinds(sparsity, tmp_path):
+    torch.manual_seed(3)
+    model = _prune(_Zoo(), sparsity, seed=4)
+    path = tmp_path / "zoo.mpsparse"
+    export_sparse(model, torch.randn(2, 3, 22, 22), path)
+    header, _ = read_container(path)
+    kinds = {op["op"] for op in header["ops"]}
+    assert kinds == {"conv1d", "conv2d", "linear", "maxpool1d", "maxpool2d", "avgpool1d",
+                     "avgpool2d", "global_avgpool", "batchnorm", "relu", "reshape", "add",
+                     "concat"}
+    x = torch.randn(3, 3, 22, 22)
+    with torch.no_grad():
+        r1, r2 = model(x)
+    for mode in ("auto", "sparse", "dense"):
+        sm = load(path, mode=mode)
+        for n in (1, 3):
+            o1, o2 = sm(x[:n].numpy())
+            assert _rel_err(o1, r1[:n].numpy()) <= REL_TOL, mode
+            assert _rel_err(o2, r2[:n].numpy()) <= REL_TOL, mode
+
+
+def test_float16_storage(tmp_path):
+    model = _prune(build_model("lenet5"), 0.9)
+    p32, p16 = tmp_path / "a.mpsparse", tmp_path / "b.mpsparse"
+    r32 = export_sparse(model, torch.randn(1, 1, 28, 28), p32)
+    r16 = export_sparse(model, torch.randn(1, 1, 28, 28), p16, value_dtype="float16")
+    assert read_container(p16)[0]["value_dtype"] == "float16"
+    assert r16["totals"]["value_bytes"] * 2 == r32["totals"]["value_bytes"]
+    assert os.path.getsize(p16) < os.path.getsize(p32)
+    x = torch.randn(3, 1, 28, 28)
+    ref = _ref(model, x)
+    got = load(p16)(x.numpy())
+    assert 0 < _rel_err(got, ref) <= 5e-3
+    # exact up to float32 rounding against the float16-rounded weights
+    m16 = _prune(build_model("lenet5"), 0.0)
+    m16.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for m in _layers(m16):
+            m.weight.copy_(m.weight.half().float())
+    assert _rel_err(got, _ref(m16, x)) <= REL_TOL
+
+
+def test_round_trip_and_header(tmp_path):
+    model = _prune(build_model("lenet300100"), 0.8)
+    path = tmp_path / "m.mpsparse"
+    rep = export_sparse(model, torch.randn(1, 1, 28, 28), path)
+    assert rep["file_bytes"] == os.path.getsize(path)
+    header, arrays = read_container(path)
+    assert header["magic"] == "mobileprune.sparse" and header["format_version"] == 1
+    assert header["architecture"] == "LeNet300100"
+    assert header["input"]["shape"] == [1, 28, 28]
+    assert [op["op"] for op in header["ops"]] == ["reshape", "linear", "relu", "linear",
+                                                  "relu", "linear"]
+    fc1 = header["ops"][1]["weight"]
+    assert fc1["storage"] == "csr" and arrays[fc1["arrays"]["indices"]].dtype == np.uint16
+    assert arrays[fc1["arrays"]["indptr"]].dtype == np.uint32
+    x = np.random.default_rng(0).standard_normal((3, 1, 28, 28)).astype(np.float32)
+    a = load(path)(x)
+    b = SparseModel(path.read_bytes())(x)  # from bytes
+    np.testing.assert_array_equal(a, b)
+    # re-writing the same header + arrays gives a loadable, identical model
+    h2 = {k: v for k, v in header.items() if k not in ("arrays", "data_nbytes", "data_crc32")}
+    write_container(tmp_path / "copy.mpsparse", h2, {k: np.array(v) for k, v in arrays.items()})
+    np.testing.assert_array_equal(load(tmp_path / "copy.mpsparse")(x), a)
+    assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves no temp file
+    # the exported model is untouched and keeps its mode
+    model.train()
+    export_sparse(model, torch.randn(1, 1, 28, 28), path)
+    assert model.training
+    sm = load(path)
+    assert "LeNet300100" in repr(sm) and "fc1" in sm.summary()
+    assert [p.name for p in sm.plan()] == ["fc1", "fc2", "fc3"]
+    assert all(p.relu_fused for p in sm.plan()[:2])
+
+
+def test_size_report_hand_count(tmp_path):
+    lin = nn.Linear(10, 4)
+    conv = nn.Conv2d(2, 3, 3, bias=False)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.weight[0, [1, 4, 7]] = 1.0
+        lin.weight[2, 9] = -2.0               # nnz = 4, rows 1 and 3 empty
+        conv.weight.fill_(0.5)                # fully dense: stored dense
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(3 * 2 * 2, 10), nn.ReLU(), lin)
+    path = tmp_path / "s.mpsparse"
+    rep = export_sparse(model, torch.randn(1, 2, 4, 4), path)
+    by = {l["name"]: l for l in rep["layers"]}
+    c, l4 = by["0"], by["4"]
+    assert (c["rows"], c["cols"], c["nnz"], c["storage"]) == (3, 18, 54, "dense")
+    assert c["dense_float32_bytes"] == 4 * 54 and c["stored_bytes"] == 4 * 54
+    assert c["index_bytes"] == 0 and c["bias_bytes"] == 0
+    assert (l4["rows"], l4["cols"], l4["nnz"], l4["storage"]) == (4, 10, 4, "csr")
+    assert l4["index_bytes"] == 4 * 5 + 2 * 4       # uint32 indptr (rows + 1), uint16 indices
+    assert l4["value_bytes"] == 4 * 4 and l4["bias_bytes"] == 4 * 4
+    assert l4["stored_bytes"] == 20 + 8 + 16 + 16
+    assert l4["dense_float32_bytes"] == 4 * 40 + 4 * 4
+    t = rep["totals"]
+    assert t["stored_bytes"] == sum(l["stored_bytes"] for l in rep["layers"])
+    assert t["dense_float32_bytes"] == 4 * 54 + (4 * 120 + 4 * 10) + (4 * 40 + 16)
+    assert rep["file_bytes"] == os.path.getsize(path) > t["stored_bytes"]
+    assert size_report(model, torch.randn(1, 2, 4, 4))["totals"] == t  # from a model
+    text = format_size_report(rep)
+    assert "csr" in text and "dense" in text and "total" in text
+    # forcing CSR for all layers: counted the same way
+    r2 = export_sparse(model, torch.randn(1, 2, 4, 4), path, storage="csr")
+    c2 = {l["name"]: l for l in r2["layers"]}["0"]
+    assert c2["stored_bytes"] == 4 * 4 + 2 * 54 + 4 * 54
+
+
+def _bad(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def test_bad_files_rejected(tmp_path):
+    model = _prune(build_model("lenet5"), 0.9)
+    good = tmp_path / "good.mpsparse"
+    export_sparse(model, torch.randn(1, 1, 28, 28), good)
+    raw = good.read_bytes()
+    rng = np.random.default_rng(0)
+    cases = {
+        "random": rng.integers(0, 256, len(raw), dtype=np.uint8).tobytes(),
+        "truncated": raw[:len(raw) // 2],
+        "tiny": raw[:10],
+        "empty": b"",
+        "magic": b"NOTMPSPR" + raw[8:],
+        "version": raw[:8] + struct.pack("<I", 2) + raw[12:],
+        "trailing": raw + b"\0" * 64,
+        "flipped data": raw[:-100] + bytes([raw[-100] ^ 0xFF]) + raw[-99:],
+        "flipped header": raw[:40] + bytes([raw[40] ^ 0x01]) + raw[41:],
+    }
+    for name, data in cases.items():
+        with pytest.raises(SparseFormatError):
+            load(_bad(tmp_path / f"{name.replace(' ', '_')}.bin", data))
+    assert issubclass(SparseFormatError, ValueError)
+    with pytest.raises(SparseFormatError):
+        load(tmp_path)  # a directory
+
+
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    header, arrays = read_container(src)
+    header = json.loads(json.dumps(header))
+    arrays = {k: np.array(v) for k, v in arrays.items()}
+    edit(header, arrays)
+    h = {k: v for k, v in header.items() if k not in ("arrays", "data_nbytes", "data_crc32")}
+    write_container(dst, h, arrays)
+    return dst
+
+
+def test_inconsistent_files_rejected(tmp_path):
+    model = _prune(build_model("lenet5"), 0.9)
+    good = tmp_path / "good.mpsparse"
+    export_sparse(model, torch.randn(1, 1, 28, 28), good)
+
+    def op(h, name):
+        return next(o for o in h["ops"] if o["name"] == name)
+
+    def e_shape(h, a):
+        op(h, "conv1")["shape"] = [20, 25, 24]
+
+    def e_indptr(h, a):
+        a["fc1.indptr"] = a["fc1.indptr"][:-1]
+
+    def e_index(h, a):
+        a["fc1.indices"][0] = 800
+
+    def e_nnz(h, a):
+        op(h, "fc1")["weight"]["nnz"] += 1
+
+    def e_bias(h, a):
+        a["fc1.bias"] = a["fc1.bias"][:3]
+
+    def e_missing(h, a):
+        del a["fc2.values"]
+
+    def e_input(h, a):
+        op(h, "fc2")["inputs"] = ["nowhere"]
+
+    def e_opkind(h, a):
+        op(h, "pool1")["op"] = "softmax"
+
+    def e_magic(h, a):
+        h["magic"] = "something.else"
+
+    def e_attrs(h, a):
+        op(h, "conv2")["attrs"]["in_channels"] = 21
+
+    def e_dtype(h, a):
+        a["fc1.indptr"] = a["fc1.indptr"].astype(np.int32)
+
+    for i, edit in enumerate([e_shape, e_indptr, e_index, e_nnz, e_bias, e_missing, e_input,
+                              e_opkind, e_magic, e_attrs, e_dtype]):
+        bad = _rewrite(good, tmp_path / f"bad{i}.mpsparse", edit)
+        with pytest.raises(SparseFormatError):
+            load(bad)
+
+
+def test_call_and_mode_validation(tmp_path):
+    model = _prune(build_model("lenet5"), 0.5)
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 1, 28, 28), path)
+    with pytest.raises(ValueError):
+        load(path, mode="fast")
+    sm = load(path)
+    with pytest.raises(ValueError):
+        sm(np.zeros((1, 28, 28), np.float32))  # batch dimension missing
+    with pytest.raises(ValueError):
+        sm(np.zeros((0, 1, 28, 28), np.float32))
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28))  # float64 accepted
+    assert _rel_err(sm(x), _ref(model, torch.from_numpy(x).float())) <= REL_TOL
+    with pytest.raises(ValueError):
+        export_sparse(model, torch.randn(1, 1, 28, 28), path, value_dtype="int8")
+
+
+class _Sigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x))
+
+
+class _InplaceAlias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        z = F.relu(y, inplace=True)
+        return z + y
+
+
+def test_unsupported_ops_name_the_node(tmp_path):
+    x = torch.randn(1, 4)
+    cases = [
+        (_Sigmoid(), x, "sigmoid"),
+        (nn.Sequential(nn.Linear(4, 4), nn.GELU()), x, "'1'"),
+        (_InplaceAlias(), x, "relu"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(3)), torch.randn(1, 1, 9, 8),
+         "'1'"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")),
+         torch.randn(1, 1, 6, 6), "reflect"),
+    ]
+    for model, inp, needle in cases:
+        with pytest.raises(UnsupportedModelError) as ei:
+            export_sparse(model, inp, tmp_path / "u.mpsparse")
+        assert needle in str(ei.value), str(ei.value)
+    assert not (tmp_path / "u.mpsparse").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# torch-free runtime (subprocesses)
+
+_BLOCK_TORCH = textwrap.dedent("""
+    import sys, types, importlib.abc
+
+    class _NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+            return None
+
+    sys.meta_path.insert(0, _NoTorch())
+    SRC, MODE = sys.argv[1], sys.argv[4]
+    sys.path.insert(0, SRC)
+    if MODE == "stub":
+        # stand-in for the package __init__ (which imports torch-heavy modules) until it
+        # loads them lazily: only the subpackage path is needed
+        pkg = types.ModuleType("mobileprune")
+        pkg.__path__ = [SRC + "/mobileprune"]
+        sys.modules["mobileprune"] = pkg
+    import numpy as np
+    from mobileprune.runtime import load, backend
+    m = load(sys.argv[2])
+    x = np.load(sys.argv[3] + ".x.npy")
+    y = m(x)
+    assert "torch" not in sys.modules
+    np.save(sys.argv[3] + ".y.npy", y)
+    print(backend())
+""")
+
+
+def _run_torch_free(tmp_path: Path, model: nn.Module, shape, mode: str, env_extra=None):
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, *shape), path)
+    x = np.random.default_rng(5).standard_normal((3, *shape)).astype(np.float32)
+    base = str(tmp_path / "io")
+    np.save(base + ".x.npy", x)
+    script = tmp_path / "run.py"
+    script.write_text(_BLOCK_TORCH)
+    env = dict(os.environ)
+    env.update(env_extra or {})
+    proc = subprocess.run([sys.executable, str(script), str(SRC), str(path), base, mode],
+                          capture_output=True, text=True, env=env, timeout=120)
+    return proc, x, base
+
+
+def test_torch_free_runtime_subprocess(tmp_path):
+    model = _prune(build_model("lenet5"), 0.9)
+    proc, x, base = _run_torch_free(tmp_path, model, (1, 28, 28), "stub")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in ("numba-simd", "numba")
+    assert _rel_err(np.load(base + ".y.npy"), _ref(model, torch.from_numpy(x))) <= REL_TOL
+
+
+def test_torch_free_numpy_fallback_subprocess(tmp_path):
+    torch.manual_seed(3)
+    model = _prune(_Zoo(), 0.6, seed=4)
+
+    class First(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x)[0]
+
+    wrapped = First(model).eval()
+    proc, x, base = _run_torch_free(tmp_path, wrapped, (3, 22, 22), "stub",
+                                    {"MOBILEPRUNE_NO_NUMBA": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "numpy"
+    assert _rel_err(np.load(base + ".y.npy"), _ref(wrapped, torch.from_numpy(x))) <= REL_TOL
+
+
+def test_torch_free_plain_import(tmp_path):
+    """``import mobileprune.runtime`` itself must not import torch (needs the package
+    ``__init__`` to load its torch-based modules lazily)."""
+    init = (SRC / "mobileprune" / "__init__.py").read_text()
+    if "__getattr__" not in init:
+        pytest.skip("mobileprune/__init__.py still imports torch eagerly (lazy __getattr__ "
+                    "change pending)")
+    model = _prune(build_model("lenet5"), 0.9)
+    proc, x, base = _run_torch_free(tmp_path, model, (1, 28, 28), "plain")
+    assert proc.returncode == 0, proc.stderr
+    assert _rel_err(np.load(base + ".y.npy"), _ref(model, torch.from_numpy(x))) <= REL_TOL
