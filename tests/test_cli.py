@@ -186,3 +186,27 @@ def test_compact_command_roundtrip(tmp_path, capsys):
     save_checkpoint(bare, m, model_name="lenet5")
     assert run("compact", str(bare), "--out", str(tmp_path / "x.pt")) == 2
     assert "--input-shape" in capsys.readouterr().err
+
+
+def test_export_sparse_command(tmp_path):
+    torch.manual_seed(0)
+    import numpy as np
+
+    from mobileprune import runtime
+    from mobileprune.models import LeNet5
+
+    m = LeNet5().eval()
+    with torch.no_grad():
+        for p in (m.conv2.weight, m.fc1.weight):
+            p[torch.rand_like(p) < 0.9] = 0
+    src = tmp_path / "pruned.pt"
+    save_checkpoint(src, m, kind="pruned", model_name="lenet5", extra={"input_shape": [1, 28, 28]})
+    out = tmp_path / "m.mps"
+    assert run("export", str(src), "--format", "sparse", "--out", str(out)) == 0
+    x = torch.randn(2, 1, 28, 28)
+    y = runtime.load(out)(x.numpy())
+    with torch.no_grad():
+        ref = m(x).numpy()
+    assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
+    dense_bytes = sum(p.numel() * 4 for p in m.parameters())
+    assert out.stat().st_size < dense_bytes / 3

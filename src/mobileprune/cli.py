@@ -247,6 +247,32 @@ def cmd_compact(args) -> int:
     return 0
 
 
+# -- export ------------------------------------------------------------------------------
+EXPORT_FORMATS = {"sparse": ".mps", "ptl": ".ptl", "onnx": ".onnx", "pte": ".pte"}
+
+
+def cmd_export(args) -> int:
+    import torch
+
+    ckpt, model = _load_model(args.checkpoint)
+    model.eval()
+    example = torch.randn(1, *_input_shape(args, ckpt))
+    out = Path(args.out)
+    if args.format == "sparse":
+        from .sparse_format import export_sparse, format_size_report
+
+        rep = export_sparse(model, example, out, value_dtype=args.value_dtype)
+        print(format_size_report(rep))
+    else:
+        from . import export as ex
+
+        fn = {"ptl": ex.export_torchscript_lite, "onnx": ex.export_onnx, "pte": ex.export_executorch}[args.format]
+        rep = fn(model, example, out)
+        print(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in rep.items()}, indent=2))
+    print(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    return 0
+
+
 # -- eval / report -----------------------------------------------------------------------
 def cmd_eval(args) -> int:
     from .train import evaluate
@@ -369,6 +395,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
     p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser("export", help="export for deployment: sparse runtime file, .ptl, ONNX, .pte",
+                       description="Export a checkpoint: 'sparse' (mobileprune.runtime file, CSR "
+                                   "weights), 'ptl' (TorchScript lite), 'onnx' or 'pte' (ExecuTorch, "
+                                   "XNNPACK). Each export is checked numerically against the torch model.")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
+    p.add_argument("--out", required=True)
+    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28 (default: recorded)")
+    p.add_argument("--value-dtype", default="float32", choices=["float32", "float16"],
+                   help="sparse format: value type")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="test accuracy and nonzeros of a checkpoint",
                        description="Evaluate a checkpoint's test accuracy.")
