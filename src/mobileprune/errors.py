@@ -32,3 +32,7 @@ class UnsupportedModelError(MobilePruneError, TypeError):
 class CompactionError(MobilePruneError, RuntimeError):
     """A compacted model does not reproduce the original's outputs (an internal error:
     :func:`mobileprune.compact.compact` never returns such a model)."""
+
+
+class ExportDependencyError(MobilePruneError, ImportError):
+    """An optional package an exporter needs is missing or does not work with this torch."""
