@@ -210,3 +210,26 @@ def test_export_sparse_command(tmp_path):
     assert np.abs(y - ref).max() <= 1e-4 * np.abs(ref).max()
     dense_bytes = sum(p.numel() * 4 for p in m.parameters())
     assert out.stat().st_size < dense_bytes / 3
+
+
+def test_bench_command(tmp_path, capsys):
+    torch.manual_seed(0)
+    from mobileprune.models import LeNet5
+
+    m = LeNet5().eval()
+    with torch.no_grad():
+        m.fc1.weight[torch.rand_like(m.fc1.weight) < 0.95] = 0
+        m.conv2.weight[25:] = 0
+        m.conv2.bias[25:] = 0
+    src = tmp_path / "pruned.pt"
+    save_checkpoint(src, m, kind="pruned", model_name="lenet5", extra={"input_shape": [1, 28, 28]})
+    out = tmp_path / "b"
+    assert run("bench", str(src), "--out-dir", str(out), "--repeats", "3", "--warmup", "1",
+               "--batch-sizes", "1", "--threads", "1", "--formats", "torch,compacted,sparse") == 0
+    res = json.loads((out / "bench.json").read_text())
+    lat = {k: v["latency"]["b1_t1"]["median_ms"] for k, v in res["backends"].items() if v.get("latency")}
+    assert {"torch_pruned", "torch_compacted", "sparse_runtime"} <= set(lat)
+    assert all(v > 0 for v in lat.values())
+    assert all(b["outputs_match"] for b in res["backends"].values() if "outputs_match" in b)
+    assert run("bench", str(src), "--threads", "0,1", "--out-dir", str(out)) == 2
+    assert "--threads" in capsys.readouterr().err

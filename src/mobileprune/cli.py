@@ -273,6 +273,32 @@ def cmd_export(args) -> int:
     return 0
 
 
+# -- bench -------------------------------------------------------------------------------
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise ConfigError(f"{flag} values must be positive, got {text!r}")
+    return vals
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_checkpoint
+
+    out_dir = Path(args.out_dir or Path(args.checkpoint).with_suffix("").name + "_bench")
+    shape = _int_list(args.input_shape, "--input-shape") if args.input_shape else None
+    res = bench_checkpoint(args.checkpoint, out_dir, input_shape=shape, dense_checkpoint=args.dense,
+                           repeats=args.repeats, warmup=args.warmup,
+                           batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"),
+                           threads=_int_list(args.threads, "--threads"),
+                           formats=tuple(args.formats.split(",")))
+    print((out_dir / "bench.md").read_text())
+    print(f"wrote {out_dir}/bench.json, bench.md" + (", bench.png" if res["files"].get("png") else ""))
+    return 0
+
+
 # -- eval / report -----------------------------------------------------------------------
 def cmd_eval(args) -> int:
     from .train import evaluate
@@ -407,6 +433,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--value-dtype", default="float32", choices=["float32", "float16"],
                    help="sparse format: value type")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="latency and size: dense, pruned, compacted, sparse runtime, ORT, ExecuTorch",
+                       description="Measure, in one run, batch-1 and larger-batch latency (median of "
+                                   "interleaved runs after warm-up) of dense torch, pruned torch, "
+                                   "compacted torch, the sparse runtime, and the dense and compacted "
+                                   "models under ONNX Runtime and ExecuTorch; file sizes; speedups "
+                                   "against dense torch and against the fastest dense runtime. "
+                                   "Writes bench.json, bench.md and bench.png.")
+    p.add_argument("checkpoint", help="pruned checkpoint")
+    p.add_argument("--dense", help="the dense checkpoint it was pruned from (the honest baseline)")
+    p.add_argument("--out-dir", help="output directory (default: CHECKPOINT_bench/)")
+    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28 (default: recorded)")
+    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-sizes", default="1,8")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--formats", default="torch,compacted,sparse,onnx,pte")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="test accuracy and nonzeros of a checkpoint",
                        description="Evaluate a checkpoint's test accuracy.")

@@ -63,6 +63,6 @@ def compare_latency(models: Mapping[str, Any], example: Any, *, repeats: int = 3
                 times[k].append((time.perf_counter() - t0) * 1000 / inner)
     out = {}
     for k, ts in times.items():
-        q = statistics.quantiles(ts, n=10) if len(ts) >= 2 else [ts[0]] * 9
+        q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) >= 2 else [ts[0]] * 9
         out[k] = {"median_ms": statistics.median(ts), "p10_ms": q[0], "p90_ms": q[-1], "runs": len(ts)}
     return out
