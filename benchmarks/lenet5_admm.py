@@ -79,9 +79,10 @@ def main() -> int:
         ck = load_checkpoint(work / "admm" / f"{label}.pt")
         m = restore_model(ck)
         rep = layer_report(m, resolve_targets(m, stage))
+        a_set, r_set = cfg.settings(i)
         secs = sum(h.get("seconds", 0) for h in res.history
-                   if h.get("stage") == label and h.get("phase") in ("admm", "retrain")
-                   and h.get("epoch") in (cfg.admm.epochs, cfg.retrain.epochs))
+                   if h.get("stage") == label and (h.get("phase"), h.get("epoch")) in
+                   (("admm", a_set.epochs), ("retrain", r_set.epochs)))
         t = rep["totals"]
         rows.append({"stage": label, "test_accuracy": ck["metrics"]["accuracy_after"],
                      "accuracy_change_points": 100 * (ck["metrics"]["accuracy_after"] - dense_acc),

@@ -83,12 +83,20 @@ class PipelineConfig:
 
     From a dict/YAML: ``{"stages": [<prune config>, ...], "admm": {...},
     "retrain": {...}}``, or a single stage given by the prune-config keys at top level
-    (``default``, ``layers``...).
+    (``default``, ``layers``...). A stage may override some ADMM or retraining settings
+    for itself: ``{"name": "246x", "layers": {...}, "retrain": {"epochs": 30}}``.
     """
 
     stages: list[PruneConfig]
     admm: ADMMSettings = field(default_factory=ADMMSettings)
     retrain: RetrainSettings = field(default_factory=RetrainSettings)
+    overrides: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+
+    def settings(self, i: int) -> tuple[ADMMSettings, RetrainSettings]:
+        """ADMM and retraining settings of stage ``i`` (global ones plus its overrides)."""
+        o = self.overrides[i] if i < len(self.overrides) else {}
+        return (dataclasses.replace(self.admm, **o.get("admm", {})),
+                dataclasses.replace(self.retrain, **o.get("retrain", {})))
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "PipelineConfig":
@@ -105,10 +113,21 @@ class PipelineConfig:
                 raise ConfigError(f"keys {sorted(raw)} are not allowed beside 'stages'; put them in a stage")
             if not isinstance(stages_raw, list) or not stages_raw:
                 raise ConfigError("'stages' must be a non-empty list of pruning configs")
-            stages = [PruneConfig.from_dict(s) for s in stages_raw]
+            stages, overrides = [], []
+            for st in stages_raw:
+                st = dict(st) if isinstance(st, Mapping) else st
+                ov = {}
+                if isinstance(st, dict):
+                    for sec, kind in (("admm", ADMMSettings), ("retrain", RetrainSettings)):
+                        if sec in st:
+                            ov[sec] = dict(st.pop(sec) or {})
+                            _settings(kind, {**dataclasses.asdict(admm if sec == "admm" else retrain),
+                                             **ov[sec]}, f"stage {len(stages) + 1} {sec}")
+                stages.append(PruneConfig.from_dict(st))
+                overrides.append(ov)
         else:
-            stages = [PruneConfig.from_dict(raw)]
-        return cls(stages=stages, admm=admm, retrain=retrain)
+            stages, overrides = [PruneConfig.from_dict(raw)], [{}]
+        return cls(stages=stages, admm=admm, retrain=retrain, overrides=overrides)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
@@ -117,7 +136,10 @@ class PipelineConfig:
         return cls.from_dict(load_yaml(path))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"stages": [s.to_dict() for s in self.stages],
+        stages = [s.to_dict() for s in self.stages]
+        for st, ov in zip(stages, self.overrides):
+            st.update({k: dict(v) for k, v in ov.items() if v})
+        return {"stages": stages,
                 "admm": dataclasses.asdict(self.admm),
                 "retrain": dataclasses.asdict(self.retrain)}
 
@@ -197,7 +219,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         log(f"accuracy before pruning: {100 * acc_before:.2f}%")
 
     teacher = None
-    if cfg.admm.distill > 0 or cfg.retrain.distill > 0:
+    if any(a.distill > 0 or r.distill > 0 for a, r in map(cfg.settings, range(len(cfg.stages)))):
         teacher = _teacher(model, run_dir, resumed=bool(history) or pos != {"stage": 0, "phase": "admm", "epoch": 0})
 
     def save_state(pruner=None, opt=None, sched=None):
@@ -220,7 +242,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         label = _stage_label(si, stage)
         targets = stage_targets[si]
         if pos["phase"] == "admm":
-            a = cfg.admm
+            a = cfg.settings(si)[0]
             pruner = ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
                                 rho_max=max(a.rho_max, a.rho),
                                 update_every=a.update_every, allowed=masks or None)
@@ -256,7 +278,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             pos.update(phase="retrain", epoch=0)
             save_state()
         if pos["phase"] == "retrain":
-            r = cfg.retrain
+            r = cfg.settings(si)[1]
             opt = make_optimizer(r.optimizer, model.parameters(), r.lr, momentum=r.momentum,
                                  weight_decay=r.weight_decay)
             sched = cosine_lr(opt, r.epochs * len(train_loader)) if r.cosine else None
