@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train LeNet-5 on the embedded MNIST sample, ADMM-prune it, "
                                    "retrain with masks, evaluate and print the per-layer report.")
     p.add_argument("--out-dir", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=8, help="dense training epochs")
+    p.add_argument("--epochs", type=int, default=6, help="dense training epochs")
     p.add_argument("--fresh", action="store_true", help="start over even if outputs exist")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
