@@ -75,7 +75,7 @@ def main() -> int:
                               pte_batch_sizes=(1,), title=name)
         summary[name] = res
     lines = ["# Whole-model latency and storage", "",
-             "Command: `.venv/bin/python benchmarks/whole_model.py --repeats 30 --threads 1` (details per case in "
+             f"Command: `.venv/bin/python benchmarks/whole_model.py --repeats {args.repeats} --threads {args.threads}` (details per case in "
              "`whole_model/<case>/bench.md`). Batch 1, 1 thread, median of interleaved runs.", "",
              "| case | dense torch (ms) | fastest dense runtime | sparse runtime (ms) | vs dense torch "
              "| vs fastest dense | compacted ORT (ms) | sparse file vs dense float32 |",
