@@ -71,6 +71,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import atomic_write
+from .compact import _tensors
 from .errors import ConfigError, ExportDependencyError, UnsupportedModelError
 
 __all__ = ["export_torchscript_lite", "export_onnx", "export_executorch",
@@ -117,16 +118,6 @@ def _short(exc: BaseException) -> str:
     if len(text) > _MAX_MSG:
         text = text[:_MAX_MSG] + " ..."
     return f"{type(exc).__name__}: {text}"
-
-
-def _tensors(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
-    return []
 
 
 def _random_like(args: tuple[Tensor, ...], batch: int | None = None, seed: int = 1234) -> tuple:
@@ -183,6 +174,17 @@ class _Mismatch(Exception):
 def _reference(model: nn.Module, args: tuple) -> list[Tensor]:
     with torch.no_grad():
         return [t.detach() for t in _tensors(model(*args))]
+
+
+def _prepare_with_reference(model: Any, args: tuple, fn: str) -> tuple[nn.Module, list[Tensor]]:
+    """:func:`_prepare` plus the eager outputs on ``args`` (the reference every export
+    is checked against)."""
+    work = _prepare(model, fn)
+    try:
+        return work, _reference(work, args)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModelError(
+            f"{fn}: example_input does not run through {type(model).__name__} ({_short(exc)})") from exc
 
 
 def _zero_fraction(model: nn.Module) -> float:
@@ -306,14 +308,9 @@ def export_torchscript_lite(model: nn.Module, example_input: Any, path: str | os
     """
     fn = "export_torchscript_lite"
     args = _as_args(example_input, fn)
-    work = _prepare(model, fn)
+    work, ref = _prepare_with_reference(model, args, fn)
     name = type(model).__name__
     path = Path(path)
-    try:
-        ref = _reference(work, args)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(
-            f"{fn}: example_input does not run through {name} ({_short(exc)})") from exc
 
     with _quiet():
         if isinstance(work, torch.jit.ScriptModule):
@@ -429,14 +426,9 @@ def export_onnx(model: nn.Module, example_input: Any, path: str | os.PathLike,
                                     f"(the ONNX exporter works from torch.export)")
     _need("onnxscript", fn, "the ONNX exporter of torch 2.13 (torch.onnx.export(dynamo=True))")
     _need("onnx", fn, "the ONNX exporter")
-    work = _prepare(model, fn)
+    work, ref = _prepare_with_reference(model, args, fn)
     name = type(model).__name__
     path = Path(path)
-    try:
-        ref = _reference(work, args)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(
-            f"{fn}: example_input does not run through {name} ({_short(exc)})") from exc
 
     n_in, n_out = len(args), len(ref)
     in_names = ["input"] if n_in == 1 else [f"input_{i}" for i in range(n_in)]
@@ -572,14 +564,9 @@ def export_executorch(model: nn.Module, example_input: Any, path: str | os.PathL
                                     f"(ExecuTorch works from torch.export)")
     with _quiet():
         to_edge_transform_and_lower, XnnpackPartitioner = _executorch_modules(fn)
-    work = _prepare(model, fn)
+    work, ref = _prepare_with_reference(model, args, fn)
     name = type(model).__name__
     path = Path(path)
-    try:
-        ref = _reference(work, args)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(
-            f"{fn}: example_input does not run through {name} ({_short(exc)})") from exc
 
     with _quiet():
         ep = _export_graph(work, args, fn, dynamic=False)

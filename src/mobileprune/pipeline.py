@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from .admm import ADMMPruner
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .errors import CheckpointError, ConfigError
 from .masks import MaskEnforcer
 from .report import layer_report
@@ -199,8 +199,6 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             raise CheckpointError(
                 f"{state_path} belongs to a run with a different config; use another run "
                 "directory or pass resume=False (--no-resume) to start over")
-        from .checkpoint import restore_model
-
         restore_model(st, model, str(state_path))
         pos = dict(extra["position"])
         history = list(extra["history"])
@@ -326,8 +324,6 @@ def _teacher(model: nn.Module, run_dir: Path | None, resumed: bool) -> nn.Module
     teacher = copy.deepcopy(model).eval()
     path = run_dir / TEACHER_FILE if run_dir is not None else None
     if path is not None and path.exists() and resumed:
-        from .checkpoint import restore_model
-
         restore_model(load_checkpoint(path), teacher, str(path))
     elif path is not None:
         save_checkpoint(path, teacher, kind="dense")
@@ -416,8 +412,6 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     done = 0
     acc_before = None
     if state_path is not None and resume and state_path.exists():
-        from .checkpoint import restore_model
-
         st = load_checkpoint(state_path)
         if st["extra"].get("fingerprint") != fingerprint:
             raise CheckpointError(f"{state_path} belongs to a run with a different config; use another "
