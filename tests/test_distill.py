@@ -55,3 +55,16 @@ def test_pipeline_with_distillation_keeps_teacher_and_resumes(tmp_path):
     teacher = torch.load(tmp_path / "run" / "teacher.pt", weights_only=True)["state_dict"]
     for k, v in dense.items():
         assert torch.equal(teacher[k], v)
+
+
+def test_pipeline_distills_from_the_teacher_given(tmp_path):
+    torch.manual_seed(0)
+    dense = LeNet300100()
+    start = copy.deepcopy(dense)
+    with torch.no_grad():
+        start.fc1.weight.mul_(0.5)  # e.g. an already pruned model: not the teacher
+    cfg = {"default": 0.9, "admm": {"epochs": 0}, "retrain": {"epochs": 1, "distill": 0.5}}
+    admm_prune(start, _loader(), cfg, run_dir=tmp_path / "run", teacher=dense, log=lambda s: None)
+    saved = torch.load(tmp_path / "run" / "teacher.pt", weights_only=True)["state_dict"]
+    for k, v in dense.state_dict().items():
+        assert torch.equal(saved[k], v)

@@ -30,3 +30,23 @@ def test_overrides_apply_to_their_stage_only():
 def test_bad_override_named():
     with pytest.raises(ConfigError, match="stage 2 admm"):
         PipelineConfig.from_dict({"stages": [{"default": 0.5}, {"default": 0.8, "admm": {"rhoo": 1}}]})
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("admm: {lr: 1e-3, rho: 5E-4}\nretrain: {lr: 3e-4}\ndefault: 0.5\n")
+    cfg = PipelineConfig.from_yaml(p)
+    assert cfg.admm.lr == 1e-3 and cfg.admm.rho == 5e-4 and cfg.retrain.lr == 3e-4
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"admm": {"lr": "fast"}}, "admm.lr' must be a number"),
+    ({"admm": {"rho": -1.0}}, "admm.rho' must be > 0"),
+    ({"retrain": {"weight_decay": -0.1}}, "retrain.weight_decay' must be >= 0"),
+    ({"retrain": {"distill": 1.5}}, r"retrain.distill' is a weight in \[0, 1\]"),
+    ({"admm": {"update_every": 0}}, "admm.update_every' must be > 0"),
+    ({"admm": {"epochs": True}}, "admm.epochs' must be a non-negative integer"),
+])
+def test_bad_settings_named_at_load(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        PipelineConfig.from_dict({"default": 0.5, **bad})

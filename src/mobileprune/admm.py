@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .errors import ConfigError
 from .groups import from_groups, to_groups
-from .projection import project_top_groups, project_topk
+from .projection import project_top_groups, project_topk, top_coupled_groups
 from .targets import LayerTarget, PruneConfig, resolve_targets
 
 
@@ -78,12 +78,22 @@ class ADMMPruner:
         allowed: optional ``{parameter name: bool mask}``; positions outside it are
             never selected by the projections (used by progressive pruning so that a
             later stage only prunes further).
+        example_input: optional model input (batch included). When given, structured
+            (filter / channel) targets whose units are coupled in the traced graph
+            (residual adds, concatenations, depthwise convs, a producer's filters and
+            the next layer's input channels; :func:`mobileprune.compact.channel_ids`)
+            are projected *jointly* (:func:`~mobileprune.projection.top_coupled_groups`):
+            the same channels are zeroed in every coupled layer, so
+            :func:`~mobileprune.compact.compact` can physically remove them. Each
+            layer still keeps at most its own ``keep`` groups. Without it, every layer
+            is projected on its own.
     """
 
     def __init__(self, model: nn.Module, config: Mapping[str, Any] | PruneConfig | str | Path,
                  *, rho: float = 1e-3, rho_multiplier: float = 1.0, rho_max: float = math.inf,
                  update_every: int | None = None,
-                 allowed: Mapping[str, Tensor] | None = None) -> None:
+                 allowed: Mapping[str, Tensor] | None = None,
+                 example_input: Any = None) -> None:
         if not (rho > 0 and math.isfinite(rho)):
             raise ConfigError(f"rho must be a positive finite number, got {rho!r}")
         if not rho_multiplier >= 1.0:
@@ -105,19 +115,104 @@ class ADMMPruner:
         # and "param_name:structure" for structured ones.
         self._keys = {self._key(t): t for t in self.targets}
         self.allowed = {k: v.bool() for k, v in (allowed or {}).items() if k in self._params}
+        # masks of other parameters (biases / BatchNorm of pruned filters, earlier stage)
+        self._allowed_other = {k: v.bool() for k, v in (allowed or {}).items() if k not in self._params}
         self.steps = 0
         self.updates = 0
+        # Coupled structured targets: lists of keys projected together, channel ids.
+        self.coupled: list[list[str]] = []
+        self._ids: dict[str, Tensor] = {}
+        self._all_ids: dict[str, dict[str, Tensor]] = {}
+        self._n_ids = 0
+        if example_input is not None:
+            self._couple(example_input)
         self.Z: dict[str, Tensor] = {}
         self.U: dict[str, Tensor] = {}
         with torch.no_grad():
-            for key, t in self._keys.items():
-                w = self._params[t.param_name].detach()
-                self.Z[key] = project_layer(t, w, self.allowed.get(t.param_name))[0].clone()
-                self.U[key] = torch.zeros_like(w)
+            w = {key: self._params[t.param_name].detach() for key, t in self._keys.items()}
+            for key, (z, _) in self._project(w).items():
+                self.Z[key] = z.clone()
+                self.U[key] = torch.zeros_like(w[key])
 
     @staticmethod
     def _key(t: LayerTarget) -> str:
         return t.param_name if t.structure == "unstructured" else f"{t.param_name}:{t.structure}"
+
+    def _couple(self, example_input: Any) -> None:
+        """Find the structured targets whose groups share channel ids (joint sets)."""
+        from .compact import channel_ids
+
+        structured = {k: t for k, t in self._keys.items() if t.structure in ("filter", "channel")}
+        if not structured:
+            return
+        ids = channel_ids(self.model, example_input)
+        self._all_ids = ids
+        members = {}
+        for key, t in structured.items():
+            got = ids.get(t.name, {}).get(t.structure)
+            if got is not None and got.numel() == t.units and t.param_name.endswith("weight"):
+                members[key] = got
+        # union-find over members through shared ids
+        parent = {k: k for k in members}
+
+        def find(k: str) -> str:
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        owner: dict[int, str] = {}
+        for key, got in members.items():
+            for i in got.unique().tolist():
+                if i in owner:
+                    parent[find(key)] = find(owner[i])
+                else:
+                    owner[i] = key
+        comps: dict[str, list[str]] = {}
+        for key in members:
+            comps.setdefault(find(key), []).append(key)
+        self.coupled = [c for c in comps.values() if len(c) > 1]
+        self._ids = {k: members[k] for c in self.coupled for k in c}
+        self._n_ids = 1 + max((int(v.max()) for v in self._ids.values() if v.numel()), default=-1)
+
+    def _project(self, values: Mapping[str, Tensor],
+                 allowed: Mapping[str, Tensor] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Project ``values[key]`` onto each key's set (coupled sets jointly), Eq. 6.
+
+        ``allowed`` maps parameter names to element masks (default: ``self.allowed``).
+        Returns ``{key: (projection, element mask)}``.
+        """
+        allowed = self.allowed if allowed is None else allowed
+        out: dict[str, tuple[Tensor, Tensor]] = {}
+        for comp in self.coupled:
+            comp = [k for k in comp if k in values]
+            if not comp:
+                continue
+            grouped, group_ok = {}, {}
+            # a channel stays selectable only if every coupled layer still allows it
+            ok_ids = torch.ones(self._n_ids, dtype=torch.bool)
+            for key in comp:
+                t = self._keys[key]
+                grouped[key] = to_groups(values[key], t.structure)
+                a = allowed.get(t.param_name)
+                group_ok[key] = (to_groups(a, t.structure).any(dim=1).cpu() if a is not None
+                                 else torch.ones(grouped[key].shape[0], dtype=torch.bool))
+                ok_ids[self._ids[key][~group_ok[key]]] = False
+            kept = top_coupled_groups(
+                [grouped[k].detach().pow(2).sum(dim=1) for k in comp], [self._ids[k] for k in comp],
+                [self._keys[k].keep for k in comp], self._n_ids, ok_ids)
+            for key in comp:
+                t = self._keys[key]
+                rows = (kept[self._ids[key]] & group_ok[key]).to(grouped[key].device)
+                g = grouped[key]
+                proj = torch.where(rows[:, None], g, torch.zeros_like(g))
+                mask = from_groups(rows[:, None].expand_as(g), t.structure, t.shape)
+                out[key] = (from_groups(proj, t.structure, t.shape), mask)
+        for key, v in values.items():
+            if key not in out:
+                t = self._keys[key]
+                out[key] = project_layer(t, v, allowed.get(t.param_name))
+        return out
 
     def penalty(self) -> Tensor:
         """``sum_i rho / 2 * ||W_i - Z_i + U_i||_F^2``, the ADMM term of Eq. 5."""
@@ -147,9 +242,11 @@ class ADMMPruner:
         """
         primal = 0.0
         dual = 0.0
+        proj = self._project({k: self._params[t.param_name].detach() + self.U[k]
+                              for k, t in self._keys.items()})
         for name, t in self._keys.items():
             w = self._params[t.param_name].detach()
-            z_new = project_layer(t, w + self.U[name], self.allowed.get(t.param_name))[0]
+            z_new = proj[name][0]
             dual += float((z_new - self.Z[name]).pow(2).sum())
             self.Z[name] = z_new
             self.U[name] = self.U[name] + w - z_new
@@ -171,16 +268,81 @@ class ADMMPruner:
         afterwards every layer has at most ``keep`` nonzero weights (or groups). A layer
         with several sets is projected onto each in turn (structured first): zeroing
         more entries never adds a nonzero group, so the result satisfies every set.
+        Coupled structured sets (see ``example_input``) are projected jointly first.
         """
         masks: dict[str, Tensor] = {}
-        order = sorted(self.targets, key=lambda t: t.structure == "unstructured")
+        joint = [k for comp in self.coupled for k in comp]
+        if joint:
+            proj = self._project({k: self._params[self._keys[k].param_name].detach() for k in joint})
+            for key in joint:  # keep what every joint projection of the parameter keeps
+                t = self._keys[key]
+                m = proj[key][1]
+                masks[t.param_name] = m if t.param_name not in masks else masks[t.param_name] & m
+            for name, m in masks.items():
+                self._params[name].mul_(m.to(self._params[name].dtype))
+        order = sorted((t for k, t in self._keys.items() if k not in joint),
+                       key=lambda t: t.structure == "unstructured")
         for t in order:
             p = self._params[t.param_name]
             allowed = masks.get(t.param_name, self.allowed.get(t.param_name))
             proj, mask = project_layer(t, p.detach(), allowed)
             p.copy_(proj)
             masks[t.param_name] = mask if t.param_name not in masks else mask & masks[t.param_name]
+        masks.update(self._companion_masks(masks))
         return masks
+
+    @torch.no_grad()
+    def _companion_masks(self, masks: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Remove the per-channel parameters of pruned filters with them (in place).
+
+        A filter pruned to zero still outputs its bias, and a following BatchNorm
+        turns even a zero channel into the constant ``beta - gamma * mean / std``: the
+        channel is not really gone, and :func:`~mobileprune.compact.compact` cannot
+        remove it in front of a zero-padded conv. So masked mapping also zeros the bias
+        of every all-zero filter of a filter-pruned layer and, when the graph is known
+        (``example_input``), the BatchNorm ``weight``/``bias`` of every channel whose
+        producers' filters are all zero. The returned masks keep them at zero during
+        masked retraining.
+        """
+        modules = dict(self.model.named_modules())
+        params = dict(self.model.named_parameters())
+        out: dict[str, Tensor] = {}
+
+        def zero(name: str, keep: Tensor) -> None:
+            if name not in params or params[name].shape != keep.shape:
+                return
+            keep = keep.to(params[name].device)
+            prev = out.get(name, self._allowed_other.get(name))
+            keep = keep if prev is None else keep & prev.to(keep.device)
+            params[name].mul_(keep.to(params[name].dtype))
+            out[name] = keep
+
+        dead_rows: dict[str, Tensor] = {}
+        for t in self.targets:
+            if t.structure != "filter" or t.param_name not in masks:
+                continue
+            rows = ~to_groups(masks[t.param_name], "filter").any(dim=1)
+            dead_rows[t.name] = rows
+            if getattr(modules[t.name], "bias", None) is not None:
+                zero(f"{t.name}.bias", ~rows)
+        if not self._all_ids or not dead_rows:
+            return out
+        # a channel id is dead when every layer producing it has it pruned
+        alive = torch.zeros(1 + max(int(d["filter"].max()) for d in self._all_ids.values()
+                                    if d["filter"].numel()), dtype=torch.bool)
+        for name, d in self._all_ids.items():
+            if isinstance(modules.get(name), nn.modules.batchnorm._BatchNorm):
+                continue
+            rows = dead_rows.get(name)
+            alive[d["filter"][~rows] if rows is not None else d["filter"]] = True
+        for name, d in self._all_ids.items():
+            m = modules.get(name)
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:
+                keep = alive[d["filter"]]
+                if not bool(keep.all()):
+                    zero(f"{name}.weight", keep)
+                    zero(f"{name}.bias", keep)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume ADMM: Z, U, rho and counters (tensors only)."""

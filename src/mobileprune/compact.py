@@ -1162,3 +1162,39 @@ def dead_units(model: nn.Module, example_input: Any, *, atol: float = 0.0) -> di
                                    "kept": int(z.numel()), "zero": z.nonzero().flatten().tolist()}
             seen.add(node.target)
     return report
+
+
+def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Tensor]]:
+    """Coupled channel ids of every Conv/Linear layer, as :func:`compact` sees them.
+
+    Returns ``{layer_name: {"filter": ids, "channel": ids}}``: ``ids["filter"]`` has one
+    entry per output unit (filter / neuron), ``ids["channel"]`` one per input position
+    (input channel of a conv, input feature of a Linear). Two units carry the same id
+    when they are the same channel slot of the traced graph: the output channels that a
+    residual ``add`` merges, a depthwise conv's input and output channels, a producer's
+    filters and the consumer's input channels they feed, the ``H*W`` features a
+    ``flatten`` makes from one channel. Compaction can remove such units only all
+    together, so structured pruning that wants a physical speed-up must zero them
+    together (:class:`mobileprune.admm.ADMMPruner` does, given ``example_input``).
+    BatchNorm layers are listed too (the same ids under both keys). Ids are ``0..n-1``
+    over the whole model; ``model`` is not modified. Layers compaction cannot resize (grouped convs, modules called twice, ...) are absent.
+    """
+    _, _, an, _, _, _ = _analyze(model, example_input, 0.0)
+    root = an.roots()
+    raw: dict[str, dict[str, Tensor]] = {}
+    for lay in an.layers:
+        if lay.name in raw:
+            continue
+        raw[lay.name] = {"filter": root[an.slots[lay.node]], "channel": root[an.slots[lay.inp]]}
+    if not raw:
+        return {}
+    flat = torch.cat([t for d in raw.values() for t in d.values()])
+    _, inverse = torch.unique(flat, return_inverse=True)
+    out: dict[str, dict[str, Tensor]] = {}
+    pos = 0
+    for name, d in raw.items():
+        out[name] = {}
+        for k, t in d.items():
+            out[name][k] = inverse[pos:pos + t.numel()].clone()
+            pos += t.numel()
+    return out

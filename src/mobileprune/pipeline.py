@@ -72,8 +72,22 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(names)}")
     obj = cls(**raw)
-    if not isinstance(obj.epochs, int) or obj.epochs < 0:
+    if not isinstance(obj.epochs, int) or isinstance(obj.epochs, bool) or obj.epochs < 0:
         raise ConfigError(f"'{section}.epochs' must be a non-negative integer, got {obj.epochs!r}")
+    # Every other numeric field: a real number (YAML may hand us a string such as "1e-3").
+    for f in dataclasses.fields(cls):
+        v = getattr(obj, f.name)
+        if f.name == "epochs" or not (f.type in ("float", float) or f.name == "update_every"):
+            continue
+        if f.name == "update_every" and v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ConfigError(f"'{section}.{f.name}' must be a number, got {v!r}")
+        positive = f.name in ("lr", "rho", "rho_max", "temperature", "update_every", "rho_multiplier")
+        if (v <= 0 if positive else v < 0):
+            raise ConfigError(f"'{section}.{f.name}' must be {'> 0' if positive else '>= 0'}, got {v!r}")
+    if obj.distill > 1:
+        raise ConfigError(f"'{section}.distill' is a weight in [0, 1], got {obj.distill!r}")
     return obj
 
 
@@ -166,6 +180,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                *, eval_loader: DataLoader | None = None, run_dir: str | Path | None = None,
                resume: bool = True, progress: bool | None = None,
                model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
+               teacher: nn.Module | None = None,
                log: Callable[[str], None] = print) -> PipelineResult:
     """Run every stage of ``config`` on ``model`` (modified in place) and report.
 
@@ -179,6 +194,9 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         resume: continue from ``run_dir/state.pt`` if it exists (the config must be the
             same; otherwise :class:`CheckpointError`).
         model_name, model_kwargs: zoo name of the model, stored in checkpoints.
+        teacher: model to distill from when a stage sets ``distill > 0``; by default a
+            frozen copy of ``model`` as given. Pass the original dense model when
+            ``model`` is already pruned (continuing a progressive schedule).
     """
     cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(config)
     # Validate every stage against the model before any training.
@@ -216,9 +234,11 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         acc_before = ev()
         log(f"accuracy before pruning: {100 * acc_before:.2f}%")
 
-    teacher = None
     if any(a.distill > 0 or r.distill > 0 for a, r in map(cfg.settings, range(len(cfg.stages)))):
-        teacher = _teacher(model, run_dir, resumed=bool(history) or pos != {"stage": 0, "phase": "admm", "epoch": 0})
+        teacher = _teacher(teacher if teacher is not None else model, run_dir,
+                           resumed=bool(history) or pos != {"stage": 0, "phase": "admm", "epoch": 0})
+    else:
+        teacher = None
 
     def save_state(pruner=None, opt=None, sched=None):
         if state_path is None:
@@ -242,8 +262,9 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         if pos["phase"] == "admm":
             a = cfg.settings(si)[0]
             pruner = ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
-                                rho_max=max(a.rho_max, a.rho),
-                                update_every=a.update_every, allowed=masks or None)
+                                rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
+                                allowed=masks or None,
+                                example_input=_coupling_input(model, targets, train_loader, log))
             opt = make_optimizer(a.optimizer, model.parameters(), a.lr, momentum=a.momentum,
                                  weight_decay=a.weight_decay)
             if admm_state is not None:
@@ -330,6 +351,26 @@ def _teacher(model: nn.Module, run_dir: Path | None, resumed: bool) -> nn.Module
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
+
+
+def _coupling_input(model: nn.Module, targets, loader: DataLoader, log: Callable[[str], None]):
+    """Example input for coupled structured pruning, or None (no structured target, or
+    a model torch.fx cannot trace: then every layer is projected on its own)."""
+    if not any(t.structure in ("filter", "channel") for t in targets):
+        return None
+    x = _example_input(loader)
+    if x is None:
+        return None
+    from .compact import channel_ids
+    from .errors import UnsupportedModelError
+
+    try:
+        channel_ids(model, x)
+    except UnsupportedModelError as exc:
+        log(f"warning: structured targets are projected layer by layer, channel coupling "
+            f"unknown: {exc}")
+        return None
+    return x
 
 
 def _example_input(loader: DataLoader):

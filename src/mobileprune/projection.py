@@ -88,3 +88,63 @@ def project_top_groups(
     norms = torch.linalg.vector_norm(groups.detach(), dim=1)
     row_mask = topk_mask(norms, k, allowed)
     return torch.where(row_mask[:, None], groups, torch.zeros_like(groups)), row_mask
+
+
+def top_coupled_groups(
+    sq_norms: list[Tensor], ids: list[Tensor], keeps: list[int], n_ids: int,
+    allowed: Tensor | None = None,
+) -> Tensor:
+    """Choose the coupled channels to keep across several layers (seed 003, sec. 2.4).
+
+    Channels tied by a residual addition, a concatenation or a flatten (see
+    :func:`mobileprune.compact.channel_ids`) can only be removed from the network
+    together, so structured pruning must zero them together. Member ``i`` (one layer's
+    filter or input-channel groups) has groups with squared l2 norms ``sq_norms[i]``
+    (shape ``(G_i,)``); group ``g`` belongs to coupled channel ``ids[i][g]`` (in
+    ``[0, n_ids)``); at most ``keeps[i]`` of the member's groups may stay nonzero.
+
+    Channels are taken in decreasing order of their total squared norm (over all
+    members) and kept while every member stays within its budget; a channel that
+    would overflow some budget is skipped. The result minimises the total squared norm
+    removed (the Euclidean projection onto the joint constraint set) whenever the
+    members' channel sets are equal, nested or disjoint and each member has the same
+    number of groups per channel it touches: residual adds, concatenations and
+    flattens. Ties go to the lower channel id.
+
+    Args:
+        allowed: optional ``(n_ids,)`` bool; channels outside it are never kept.
+
+    Returns:
+        ``(n_ids,)`` bool mask of the kept channels.
+    """
+    if not (len(sq_norms) == len(ids) == len(keeps)):
+        raise ValueError("sq_norms, ids and keeps must have the same length")
+    total = torch.zeros(n_ids, dtype=torch.float64)
+    cost = torch.zeros(len(ids), n_ids, dtype=torch.long)
+    for i, (s, g) in enumerate(zip(sq_norms, ids)):
+        if s.shape != g.shape or s.dim() != 1:
+            raise ValueError(f"member {i}: sq_norms shape {tuple(s.shape)} != ids shape {tuple(g.shape)}")
+        if g.numel() and (int(g.min()) < 0 or int(g.max()) >= n_ids):
+            raise ValueError(f"member {i}: channel ids outside [0, {n_ids})")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"member {i}: non-finite group norms")
+        total.index_add_(0, g.cpu(), s.detach().to("cpu", torch.float64))
+        cost[i].index_add_(0, g.cpu(), torch.ones_like(g.cpu()))
+    budget = torch.tensor([int(k) for k in keeps], dtype=torch.long)
+    kept = torch.zeros(n_ids, dtype=torch.bool)
+    if allowed is not None:
+        if allowed.shape != (n_ids,):
+            raise ValueError(f"allowed must have shape ({n_ids},), got {tuple(allowed.shape)}")
+        total = torch.where(allowed.cpu().bool(), total, torch.full_like(total, -1.0))
+    order = torch.argsort(total, descending=True, stable=True)
+    used = torch.zeros(len(ids), dtype=torch.long)
+    for r in order.tolist():
+        if total[r] < 0:
+            break
+        c = cost[:, r]
+        if not bool(c.any()):
+            continue
+        if bool((used + c <= budget).all()):
+            used += c
+            kept[r] = True
+    return kept

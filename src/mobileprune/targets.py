@@ -172,6 +172,26 @@ class PruneConfig:
         return out
 
 
+def _yaml_loader():
+    """``yaml.SafeLoader`` that also reads ``1e-3`` and ``5E+2`` as floats (YAML 1.2).
+
+    PyYAML implements YAML 1.1, where a float needs a dot, so ``lr: 1e-3`` would
+    silently become the string ``"1e-3"``.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"))
+    return Loader
+
+
 def load_yaml(path: str | Path) -> Any:
     """Load a YAML file, with a clear error for missing or malformed files."""
     import yaml
@@ -180,7 +200,7 @@ def load_yaml(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        return yaml.safe_load(p.read_text())
+        return yaml.load(p.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
         raise ConfigError(f"malformed YAML in {p}: {exc}") from None
 
