@@ -532,3 +532,46 @@ def test_torch_free_plain_import(tmp_path):
     proc, x, base = _run_torch_free(tmp_path, model, (1, 28, 28), "plain")
     assert proc.returncode == 0, proc.stderr
     assert _rel_err(np.load(base + ".y.npy"), _ref(model, torch.from_numpy(x))) <= REL_TOL
+
+
+# ---------------------------------------------------------------------------------------
+# load-time tuning of mode="auto" and the fast max-pool path
+
+def test_auto_mode_tunes_mid_density_layers(tmp_path):
+    from mobileprune.runtime import DENSITY_THRESHOLDS, TUNE_BAND
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 12 * 12, 64), nn.ReLU(), nn.Linear(64, 10))
+    _prune(model, 0.6)  # density 0.4: inside both tuning bands
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 8, 12, 12), path)
+    x = torch.randn(2, 8, 12, 12)
+    ref = _ref(model, x)
+    tuned = load(path, mode="auto")
+    fixed = load(path, mode="auto", tune=False)
+    for plan in tuned.plan():
+        lo, hi = TUNE_BAND["conv" if plan.op.startswith("conv") else "linear"]
+        assert (lo <= plan.density <= hi and plan.macs_dense >= 4096) == ("tuned_us" in plan.extra)
+        if "tuned_us" in plan.extra:  # the faster measured kernel is the one kept
+            t = plan.extra["tuned_us"]
+            assert (t["sparse"] <= t["dense"]) == (plan.kernel != "gemm" and "gemm" not in plan.kernel)
+    for plan in fixed.plan():
+        assert "tuned_us" not in plan.extra
+        th = DENSITY_THRESHOLDS["conv" if plan.op.startswith("conv") else "linear"]
+        assert ("gemm" not in plan.kernel) == (plan.density < th or plan.macs_dense < 4096)
+    for sm in (tuned, fixed):
+        assert _rel_err(sm(x.numpy()), ref) <= REL_TOL
+
+
+@pytest.mark.parametrize("k, H, W", [(2, 9, 7), (3, 12, 12), (2, 2, 3)])
+def test_maxpool_fast_path_matches_torch_with_nan(k, H, W, tmp_path):
+    model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.MaxPool2d(k)).eval()
+    path = tmp_path / "p.mpsparse"
+    export_sparse(model, torch.randn(1, 2, H, W), path)
+    x = torch.randn(2, 2, H, W)
+    x[0, 0, 0, 0] = float("nan")  # NaN propagates through the conv and the pool
+    ref = _ref(model, x)
+    got = load(path)(x.numpy())
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    assert np.allclose(np.nan_to_num(got), np.nan_to_num(ref), atol=1e-6)

@@ -598,6 +598,35 @@ if HAVE_NUMBA:
                         out[n, c, yo, xo] = m
 
     @njit(cache=True, boundscheck=False)
+    def _maxpool2d_tiled(x, k, out):
+        # kernel == stride == k, no padding, no dilation (LeNet, VGG, FER pools): the
+        # max over the k rows of a window row runs on contiguous data (vectorised),
+        # then the max over k neighbours; NaN propagates like torch
+        N, C = x.shape[0], x.shape[1]
+        Ho, Wo = out.shape[2], out.shape[3]
+        Wk = Wo * k
+        tmp = np.empty(Wk, np.float32)
+        for n in range(N):
+            for c in range(C):
+                for yo in range(Ho):
+                    first = x[n, c, yo * k]
+                    for w in range(Wk):
+                        tmp[w] = first[w]
+                    for i in range(1, k):
+                        row = x[n, c, yo * k + i]
+                        for w in range(Wk):
+                            v = row[w]
+                            m = tmp[w]
+                            tmp[w] = v if (v > m or v != v) else m
+                    o = out[n, c, yo]
+                    for xo in range(Wo):
+                        m = tmp[xo * k]
+                        for j in range(1, k):
+                            v = tmp[xo * k + j]
+                            m = v if (v > m or v != v) else m
+                        o[xo] = m
+
+    @njit(cache=True, boundscheck=False)
     def _avgpool2d(x, kh, kw, sh, sw, ph, pw, include_pad, divisor, out):
         N, C, H, W = x.shape
         Ho, Wo = out.shape[2], out.shape[3]
@@ -785,7 +814,12 @@ def linear_csr_t(XT, indptr, idx, vals, bias, relu, YT) -> None:
 def maxpool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out) -> None:
     """Max pooling (implicit -inf padding, dilation, ceil_mode through ``out``'s shape)."""
     if HAVE_NUMBA:
-        _maxpool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
+        Ho, Wo = out.shape[2], out.shape[3]
+        if (kh == kw == sh == sw and ph == pw == 0 and dh == dw == 1
+                and Ho * kh <= x.shape[2] and Wo * kw <= x.shape[3]):
+            _maxpool2d_tiled(x, kh, out)
+        else:
+            _maxpool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
         return
     N, C, H, W = x.shape
     Ho, Wo = out.shape[2:]

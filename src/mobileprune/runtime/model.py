@@ -64,7 +64,11 @@ Linear runs with a sparse or a dense kernel, chosen at load time by ``mode``:
   ``["linear"]`` for a Linear; grouped/depthwise convolutions always run the direct
   kernel (an im2col GEMM per group is never faster). Tiny layers (under
   :data:`TINY_MACS` multiply-adds) always take the sparse path, whose call overhead is
-  lower.
+  lower. Where the crossover depends on the shape (densities in :data:`TUNE_BAND`),
+  ``tune=True`` (default) times both kernels at load, at batch 1 on this machine
+  (median of 7 interleaved calls each), and keeps the faster; the times are in
+  ``plan()[i].extra["tuned_us"]``. ``tune=False`` keeps the plain thresholds (a
+  plan that does not depend on timing).
 
 With the numpy-only backend (no numba), the sparse conv path is an im2col GEMM over the
 nonzero columns only and the sparse Linear path a gather + ``reduceat``.
@@ -80,6 +84,7 @@ import math
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,7 +96,7 @@ from . import SparseFormatError
 
 __all__ = [
     "MAGIC", "MAGIC_BYTES", "FORMAT_VERSION", "SparseModel", "load", "read_container",
-    "write_container", "DENSITY_THRESHOLDS", "TINY_MACS", "OP_TYPES",
+    "write_container", "DENSITY_THRESHOLDS", "TUNE_BAND", "TINY_MACS", "OP_TYPES",
 ]
 
 MAGIC = "mobileprune.sparse"
@@ -104,6 +109,9 @@ _DTYPES = {"<f4": np.float32, "<f2": np.float16, "<u2": np.uint16, "<u4": np.uin
 
 #: ``mode="auto"``: a layer runs sparse when its weight density is below this.
 DENSITY_THRESHOLDS: dict[str, float] = {"conv": 0.35, "linear": 0.12}
+#: Densities at which ``mode="auto"`` times both kernels at load and keeps the faster
+#: (outside the band the threshold decides: the winner there is never in doubt).
+TUNE_BAND: dict[str, tuple[float, float]] = {"conv": (0.15, 1.0), "linear": (0.06, 0.5)}
 #: layers with fewer dense multiply-adds per sample always run sparse.
 TINY_MACS = 4096
 
@@ -512,8 +520,23 @@ class _Step:
         raise NotImplementedError
 
 
+def _time_variants(step, x: np.ndarray, repeats: int = 7) -> dict[bool, float]:
+    """Median seconds of ``step.run`` with its sparse (True) and dense (False) kernel,
+    interleaved, after one warm-up call each (``mode="auto"`` tuning at load)."""
+    scratch = _Scratch()
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(repeats + 1):
+        for variant in (True, False):
+            step.sparse = variant
+            t0 = time.perf_counter()
+            step.run([x], scratch)
+            if r:
+                times[variant].append(time.perf_counter() - t0)
+    return {v: float(np.median(ts)) for v, ts in times.items()}
+
+
 class _ConvStep(_Step):
-    def __init__(self, op, arrays, in_shape, out_shape, mode, relu=False):
+    def __init__(self, op, arrays, in_shape, out_shape, mode, relu=False, tune_ok=True):
         self.name, self.inputs, self.output = op["name"], list(op["inputs"]), op["name"]
         a = op["attrs"]
         self.dims = 1 if op["op"] == "conv1d" else 2
@@ -567,38 +590,66 @@ class _ConvStep(_Step):
             use_sparse = True
         else:
             use_sparse = density < DENSITY_THRESHOLDS["conv"] or macs < TINY_MACS
+        lo, hi = TUNE_BAND["conv"]
+        tune = (mode == "auto" and tune_ok and kernels_ok and G == 1 and macs >= TINY_MACS
+                and lo <= density <= hi)
         self.sparse = use_sparse
-        if use_sparse and kernels_ok:
-            indptr, idx, vals = csr if csr is not None else _csr_from_dense(dense)
-            grp = np.repeat(np.arange(O) // Og, np.diff(indptr))
-            self.indptr = indptr
-            self.offs = self.roff[grp, idx].astype(np.int32) if idx.size else np.zeros(0, np.int32)
-            if self.P * 2 + 64 >= 2 ** 31:
-                raise _fail(op, "layer too large for 32-bit offsets")
-            self.vals = vals
-            self.blk, self.row_stride, self.plane = kernels.conv_block_table(Ho, Wo, Wq)
-            # whole input buffer in L1 (<= 16 KiB): output channels outside
-            self.o_outer = self.P * 4 <= 16384
-            self.kernel = "direct-sparse-conv" + ("" if kernels.backend() == "numba-simd" else " (loops)")
-        else:
-            self.Wd = dense if dense is not None else _dense_from_csr(csr, O, K)
-            if use_sparse:  # numpy backend: GEMM over the used columns only
-                used = np.flatnonzero(np.any(self.Wd != 0, axis=0))
-                self.used = used
-                self.Wd = np.ascontiguousarray(self.Wd[:, used])
-                self.roff_used = np.ascontiguousarray(self.roff[0, used]) if G == 1 else None
-                self.kernel = "im2col-gemm (nonzero columns)"
-                if G > 1:  # rare: numpy backend + grouped conv -> plain dense per group
-                    self.Wd = dense if dense is not None else _dense_from_csr(csr, O, K)
-                    self.used = None
-                    self.kernel = "im2col-gemm per group"
-            else:
-                self.used = None
-                self.kernel = "gemm" if self.pointwise else "im2col-gemm"
-                if G > 1:
-                    self.kernel += " per group"
+        if (use_sparse or tune) and kernels_ok:
+            self._setup_direct(op, csr, dense, O, Og, Ho, Wo)
+        if not (use_sparse and kernels_ok) or tune:
+            self._setup_gemm(csr, dense, O, K, G, use_sparse and not tune)
         self.plan = LayerPlan(op.get("module") or self.name, op["op"], O, K, nnz, density,
                               self.kernel, self.relu, macs, nnz * Ho * Wo)
+        if tune:
+            self._tune()
+
+    def _setup_direct(self, op, csr, dense, O, Og, Ho, Wo):
+        """Direct sparse convolution (CSR rows of weights, offsets into the padded input)."""
+        indptr, idx, vals = csr if csr is not None else _csr_from_dense(dense)
+        grp = np.repeat(np.arange(O) // Og, np.diff(indptr))
+        self.indptr = indptr
+        self.offs = self.roff[grp, idx].astype(np.int32) if idx.size else np.zeros(0, np.int32)
+        if self.P * 2 + 64 >= 2 ** 31:
+            raise _fail(op, "layer too large for 32-bit offsets")
+        self.vals = vals
+        self.blk, self.row_stride, self.plane = kernels.conv_block_table(Ho, Wo, self.Wq)
+        # whole input buffer in L1 (<= 16 KiB): output channels outside
+        self.o_outer = self.P * 4 <= 16384
+        self.kernel_sparse = "direct-sparse-conv" + ("" if kernels.backend() == "numba-simd" else " (loops)")
+        self.kernel = self.kernel_sparse
+
+    def _setup_gemm(self, csr, dense, O, K, G, used_only):
+        """im2col + BLAS GEMM (over the nonzero columns only for the numpy backend)."""
+        self.Wd = dense if dense is not None else _dense_from_csr(csr, O, K)
+        self.used = None
+        if used_only:  # numpy backend: GEMM over the used columns only
+            used = np.flatnonzero(np.any(self.Wd != 0, axis=0))
+            self.used = used
+            self.Wd = np.ascontiguousarray(self.Wd[:, used])
+            self.roff_used = np.ascontiguousarray(self.roff[0, used]) if G == 1 else None
+            self.kernel = "im2col-gemm (nonzero columns)"
+            if G > 1:  # rare: numpy backend + grouped conv -> plain dense per group
+                self.Wd = dense if dense is not None else _dense_from_csr(csr, O, K)
+                self.used = None
+                self.kernel = "im2col-gemm per group"
+        else:
+            self.kernel = "gemm" if self.pointwise else "im2col-gemm"
+            if G > 1:
+                self.kernel += " per group"
+        self.kernel_dense = self.kernel
+
+    def _tune(self) -> None:
+        """Time both kernels on this machine at batch 1 and keep the faster one."""
+        shape = (1, self.C, self.W) if self.dims == 1 else (1, self.C, self.H, self.W)
+        t = _time_variants(self, np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+        self.sparse = t[True] <= t[False]
+        self.kernel = self.kernel_sparse if self.sparse else self.kernel_dense
+        self.plan.kernel = self.kernel
+        self.plan.extra["tuned_us"] = {"sparse": round(t[True] * 1e6, 2), "dense": round(t[False] * 1e6, 2)}
+        if self.sparse:
+            del self.Wd
+        else:
+            del self.indptr, self.offs, self.vals
 
     # scratch: zero-initialised padded input buffer, reused across calls (only the
     # interior is ever written, so the padding stays zero)
@@ -658,13 +709,13 @@ class _ConvStep(_Step):
 
 
 class _LinearStep(_Step):
-    def __init__(self, op, arrays, in_shape, out_shape, mode, relu=False):
+    def __init__(self, op, arrays, in_shape, out_shape, mode, relu=False, tune_ok=True):
         self.name, self.inputs, self.output = op["name"], list(op["inputs"]), op["name"]
         fi, fo = op["attrs"]["in_features"], op["attrs"]["out_features"]
         csr, dense, nnz = _load_weight(op, arrays, fo, fi)
         self.bias = _bias(op, arrays, fo)
         self.relu = bool(relu)
-        self.fo = fo
+        self.fo, self.fi = fo, fi
         density = nnz / float(fo * fi)
         if mode == "dense":
             use_sparse = False
@@ -672,20 +723,33 @@ class _LinearStep(_Step):
             use_sparse = True
         else:
             use_sparse = density < DENSITY_THRESHOLDS["linear"] or fo * fi < TINY_MACS
+        lo, hi = TUNE_BAND["linear"]
+        tune = (mode == "auto" and tune_ok and kernels.HAVE_NUMBA and fo * fi >= TINY_MACS
+                and lo <= density <= hi)
         self.sparse = use_sparse
-        if use_sparse:
+        if use_sparse or tune:
             self.indptr, self.idx, self.vals = csr if csr is not None else _csr_from_dense(dense)
-            self.kernel = "csr-gather"
+            self.kernel_sparse = "csr-gather"
             self.sell = None
             if kernels.HAVE_NUMBA:
                 self.sell = kernels.sell_pack(self.indptr, self.idx, self.vals)
-                self.kernel = "sell-gather (N<8) / csr-axpy (N>=8)"
-        else:
+                self.kernel_sparse = "sell-gather (N<8) / csr-axpy (N>=8)"
+        if not use_sparse or tune:
             self.Wt = np.ascontiguousarray((dense if dense is not None
                                             else _dense_from_csr(csr, fo, fi)).T)
-            self.kernel = "gemm"
+        self.kernel = self.kernel_sparse if use_sparse else "gemm"
         self.plan = LayerPlan(op.get("module") or self.name, "linear", fo, fi, nnz, density,
                               self.kernel, self.relu, fo * fi, nnz)
+        if tune:
+            t = _time_variants(self, np.random.default_rng(0).standard_normal((1, fi)).astype(np.float32))
+            self.sparse = t[True] <= t[False]
+            self.kernel = self.plan.kernel = self.kernel_sparse if self.sparse else "gemm"
+            self.plan.extra["tuned_us"] = {"sparse": round(t[True] * 1e6, 2),
+                                           "dense": round(t[False] * 1e6, 2)}
+            if self.sparse:
+                del self.Wt
+            else:
+                del self.indptr, self.idx, self.vals, self.sell
 
     def run(self, vals, scratch):
         x = np.ascontiguousarray(vals[0], dtype=np.float32)
@@ -779,7 +843,7 @@ class SparseModel:
     """
 
     def __init__(self, source: str | os.PathLike | bytes, *, mode: str = "auto",
-                 blas_threads: int | None = 1) -> None:
+                 blas_threads: int | None = 1, tune: bool = True) -> None:
         if mode not in ("auto", "sparse", "dense"):
             raise ValueError(f"mode must be 'auto', 'sparse' or 'dense', got {mode!r}")
         if blas_threads is not None and (not isinstance(blas_threads, int) or blas_threads < 1):
@@ -791,7 +855,15 @@ class SparseModel:
         self.architecture = header.get("architecture")
         self.value_dtype = header.get("value_dtype")
         self._scratch = _Scratch()
-        self._build(header, arrays)
+        self.tune = bool(tune)
+        prev = None
+        if mode == "auto" and self.tune and blas_threads is not None:
+            prev = kernels.set_blas_threads_local(blas_threads)
+        try:
+            self._build(header, arrays)
+        finally:
+            if prev is not None:
+                kernels.set_blas_threads_local(prev)
 
     # ---- construction
     def _build(self, header: dict, arrays: dict) -> None:
@@ -858,10 +930,10 @@ class SparseModel:
                 continue
             relu = name in fused_producers
             if kind in ("conv1d", "conv2d"):
-                st = _ConvStep(op, arrays, in_shapes[0], out_shape, self.mode, relu)
+                st = _ConvStep(op, arrays, in_shapes[0], out_shape, self.mode, relu, self.tune)
                 self.layers.append(st.plan)
             elif kind == "linear":
-                st = _LinearStep(op, arrays, in_shapes[0], out_shape, self.mode, relu)
+                st = _LinearStep(op, arrays, in_shapes[0], out_shape, self.mode, relu, self.tune)
                 self.layers.append(st.plan)
             elif kind.startswith(("maxpool", "avgpool")):
                 st = _PoolStep(op, in_shapes[0], out_shape)
@@ -963,6 +1035,6 @@ class SparseModel:
 
 
 def load(path: str | os.PathLike | bytes, mode: str = "auto",
-         blas_threads: int | None = 1) -> SparseModel:
+         blas_threads: int | None = 1, tune: bool = True) -> SparseModel:
     """Load a sparse model file (see :class:`SparseModel`)."""
-    return SparseModel(path, mode=mode, blas_threads=blas_threads)
+    return SparseModel(path, mode=mode, blas_threads=blas_threads, tune=tune)
