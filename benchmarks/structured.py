@@ -1,0 +1,155 @@
+"""Benchmark: structured ADMM pruning + compaction, a smaller dense model that is faster.
+
+A case (benchmarks/structured/<case>.yaml) names a model, a data set, how to train the
+dense model, and a list of ADMM pipeline configs (seed 003, section 2.4: filter /
+channel sets; coupled channels are pruned together). For each run the table gives the
+test accuracy of the dense, pruned and compacted models, parameters and MACs before and
+after `compact`, and the batch-1 latency of the dense and compacted models measured in
+one run (interleaved, median of repeated runs after warm-up, 1 and 2 threads).
+Results go to docs/benchmarks/structured_<case>.{md,json}. Resumable: the dense
+training resumes per epoch, each pruning run per epoch, finished runs are reused.
+
+    MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/structured.py resnet20
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model
+from mobileprune.compact import compact
+from mobileprune.datasets import load_dataset, make_loaders
+from mobileprune.errors import DataError
+from mobileprune.latency import compare_latency
+from mobileprune.models import build_model
+from mobileprune.pipeline import PipelineConfig, admm_prune, fit
+from mobileprune.report import layer_report
+from mobileprune.targets import load_yaml
+from mobileprune.train import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _count(model, example):
+    rep = layer_report(model, example_input=example)
+    t = rep["totals"]
+    return {"parameters": sum(p.numel() for p in model.parameters()),
+            "macs": t.get("macs"), "nonzero_weights": t["nonzero"], "weights": t["weights"]}
+
+
+def _run(case, run, dense, train_loader, test_loader, example, work: Path, log) -> dict:
+    done = work / f"{run['name']}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    cfg = PipelineConfig.from_dict(run["config"])
+    model = copy.deepcopy(dense)
+    t0 = time.perf_counter()
+    res = admm_prune(model, train_loader, cfg, eval_loader=test_loader, run_dir=work / run["name"],
+                     progress=False, model_name=case["model"], model_kwargs=case.get("model_kwargs"),
+                     log=lambda s: log(f"[{run['name']}] {s}"))
+    seconds = time.perf_counter() - t0
+    model.eval()
+    small = compact(model, example)
+    with torch.no_grad():
+        diff = float((model(example) - small(example)).abs().max())
+    out = {"name": run["name"],
+           "accuracy_pruned": evaluate(model, test_loader),
+           "accuracy_compacted": evaluate(small, test_loader),
+           "compacted_max_abs_diff": diff, "prune_seconds": seconds,
+           "targets_met": res.report["totals"]["all_targets_met"],
+           "pruned": _count(model, example), "compacted": _count(small, example),
+           "config": run["config"]}
+    lat = {}
+    for threads in (1, 2):
+        lat[str(threads)] = compare_latency({"dense": dense.eval(), "compacted": small}, example,
+                                            repeats=30, warmup=5, threads=threads)
+    out["latency"] = lat
+    torch.save(small, work / f"{run['name']}.compacted.pt")  # whole module: not weights-only
+    atomic_write_text(done, json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", help="benchmarks/structured/<case>.yaml")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench" / "structured"))
+    ap.add_argument("--runs", nargs="*", help="subset of the case's run names")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for training")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    case = load_yaml(ROOT / "benchmarks" / "structured" / f"{args.case}.yaml")
+    torch.manual_seed(case.get("seed", 0))
+    try:
+        bundle = load_dataset(case["dataset"], args.data_dir)
+    except DataError as exc:
+        print(f"skipping benchmark: {exc}", file=sys.stderr)
+        return 0
+    train_loader, test_loader = make_loaders(bundle, batch_size=case.get("batch_size", 128))
+    work = Path(args.work_dir) / args.case
+    work.mkdir(parents=True, exist_ok=True)
+
+    def log(s):
+        print(s, flush=True)
+
+    kwargs = case.get("model_kwargs") or {}
+    dense = build_model(case["model"], **kwargs)
+    d = case["dense"]
+    dmetrics = fit(dense, train_loader, epochs=d["epochs"], optimizer=d.get("optimizer", "adam"),
+                   lr=d.get("lr", 1e-3), weight_decay=d.get("weight_decay", 0.0),
+                   momentum=d.get("momentum", 0.9), eval_loader=test_loader,
+                   state_path=work / "dense.pt", model_name=case["model"], model_kwargs=kwargs,
+                   log=lambda s: log(f"[dense] {s}"))
+    dense.eval()
+    example = bundle.train[0][0].unsqueeze(0)
+    results = []
+    for run in case["runs"]:
+        if args.runs and run["name"] not in args.runs:
+            continue
+        results.append(_run(case, run, dense, train_loader, test_loader, example, work, log))
+
+    dense_counts = _count(dense, example)
+    cmd = f"MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/structured.py {args.case}"
+    result = {"command": cmd, "case": case, "machine": f"{platform.machine()}, torch {torch.__version__}",
+              "dense": {**dense_counts, "test_accuracy": dmetrics["test_accuracy"],
+                        "train_seconds": dmetrics["train_seconds"], "epochs": d["epochs"]},
+              "runs": results}
+    out = ROOT / "docs" / "benchmarks" / f"structured_{args.case}"
+    atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    md = [f"# {case['title']}", "", f"Command: `{cmd}` (case `benchmarks/structured/{args.case}.yaml`). "
+          f"Machine: {result['machine']}, 2 cores shared with other jobs.", "",
+          f"Dense {case['model']}: **{100 * dmetrics['test_accuracy']:.2f}%** test accuracy after "
+          f"{d['epochs']} epochs ({dmetrics['train_seconds'] / 60:.0f} min); "
+          f"{dense_counts['parameters']:,} parameters, {dense_counts['macs']:,} MACs.", "",
+          "| run | accuracy pruned / compacted | change vs dense | parameters (compacted) | MACs (compacted) "
+          "| MAC reduction | latency b1 1 thread dense / compacted (ms) | speedup 1 thr | speedup 2 thr "
+          "| max abs diff pruned vs compacted |",
+          "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for r in results:
+        l1, l2 = r["latency"]["1"], r["latency"]["2"]
+        md.append(
+            f"| {r['name']} | {100 * r['accuracy_pruned']:.2f}% / {100 * r['accuracy_compacted']:.2f}% "
+            f"| {100 * (r['accuracy_compacted'] - dmetrics['test_accuracy']):+.2f} "
+            f"| {r['compacted']['parameters']:,} | {r['compacted']['macs']:,} "
+            f"| {dense_counts['macs'] / r['compacted']['macs']:.2f}x "
+            f"| {l1['dense']['median_ms']:.3f} / {l1['compacted']['median_ms']:.3f} "
+            f"| {l1['dense']['median_ms'] / l1['compacted']['median_ms']:.2f}x "
+            f"| {l2['dense']['median_ms'] / l2['compacted']['median_ms']:.2f}x "
+            f"| {r['compacted_max_abs_diff']:.1e} |")
+    md += ["", case.get("published", "").strip(), ""]
+    atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""pipeline.fit: dense training, resumable after every epoch."""
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mobileprune.errors import CheckpointError, ConfigError
+from mobileprune.models import LeNet300100
+from mobileprune.pipeline import fit
+
+
+def _loader(seed=0):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=g)
+    y = (x[:, 0, :14].mean((1, 2)) > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=16, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def test_fit_resumes_after_interruption(tmp_path):
+    path = tmp_path / "s.pt"
+    torch.manual_seed(0)
+    a = LeNet300100()
+    init = {k: v.clone() for k, v in a.state_dict().items()}
+    torch.manual_seed(5)
+    res_a = fit(a, _loader(), epochs=3, optimizer="adam", lr=1e-3, eval_loader=_loader(),
+                log=lambda s: None)
+
+    b = LeNet300100()
+    b.load_state_dict(init)
+    torch.manual_seed(5)
+    loader = _loader()
+    # "interrupted" after 2 epochs: a run asking for 3 epochs, stopped by raising in log
+    seen = []
+
+    def stop_after_two(msg):
+        seen.append(msg)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(b, loader, epochs=3, optimizer="adam", lr=1e-3, eval_loader=_loader(),
+            state_path=path, log=stop_after_two)
+    c = LeNet300100()  # fresh process: new model object, state from the file
+    torch.manual_seed(123)  # RNG restored from the state file
+    res_c = fit(c, loader, epochs=3, optimizer="adam", lr=1e-3, eval_loader=_loader(),
+                state_path=path, log=lambda s: None)
+    assert len(res_c["history"]) == 3
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, c.state_dict()[k]), k
+    assert res_c["test_accuracy"] == res_a["test_accuracy"]
+
+
+def test_fit_rejects_other_settings_and_bad_values(tmp_path):
+    path = tmp_path / "s.pt"
+    m = LeNet300100()
+    fit(m, _loader(), epochs=1, lr=1e-3, state_path=path, log=lambda s: None)
+    with pytest.raises(CheckpointError, match="other settings"):
+        fit(m, _loader(), epochs=2, lr=1e-3, state_path=path, log=lambda s: None)
+    with pytest.raises(ConfigError, match="fit.lr"):
+        fit(m, _loader(), epochs=1, lr=-1.0, log=lambda s: None)
