@@ -68,3 +68,34 @@ def test_pipeline_distills_from_the_teacher_given(tmp_path):
     saved = torch.load(tmp_path / "run" / "teacher.pt", weights_only=True)["state_dict"]
     for k, v in dense.state_dict().items():
         assert torch.equal(saved[k], v)
+
+
+@pytest.mark.parametrize("shape", [(5, 2, 6, 7), (4, 3, 9)])
+def test_random_shift_is_a_per_sample_translation(shape):
+    from mobileprune.train import random_shift
+
+    x = torch.randn(*shape)
+    s = 2
+    got = random_shift(x, s, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    offs = [torch.randint(0, 2 * s + 1, (shape[0],), generator=g) for _ in shape[2:]]
+    xp = nn.functional.pad(x, [s, s] * (len(shape) - 2), mode="replicate")
+    for n in range(shape[0]):
+        if len(shape) == 4:
+            a, b = int(offs[0][n]), int(offs[1][n])
+            want = xp[n, :, a:a + shape[2], b:b + shape[3]]
+        else:
+            a = int(offs[0][n])
+            want = xp[n, :, a:a + shape[2]]
+        assert torch.equal(got[n], want)
+    assert random_shift(x, 0) is x
+    with pytest.raises(ConfigError, match="max_shift"):
+        random_shift(x, -1)
+
+
+def test_shift_setting_validated():
+    from mobileprune.pipeline import PipelineConfig
+
+    assert PipelineConfig.from_dict({"default": 0.5, "retrain": {"shift": 2}}).retrain.shift == 2
+    with pytest.raises(ConfigError, match="retrain.shift"):
+        PipelineConfig.from_dict({"default": 0.5, "retrain": {"shift": -1}})

@@ -46,6 +46,7 @@ class _TrainSettings:
     momentum: float = 0.9
     distill: float = 0.0        # weight of distillation from the model as given (dense)
     temperature: float = 4.0
+    shift: int = 0              # random translation of inputs by up to this many pixels
 
 
 @dataclass
@@ -72,12 +73,14 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(names)}")
     obj = cls(**raw)
-    if not isinstance(obj.epochs, int) or isinstance(obj.epochs, bool) or obj.epochs < 0:
-        raise ConfigError(f"'{section}.epochs' must be a non-negative integer, got {obj.epochs!r}")
+    for key in ("epochs", "shift"):
+        v = getattr(obj, key)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"'{section}.{key}' must be a non-negative integer, got {v!r}")
     # Every other numeric field: a real number (YAML may hand us a string such as "1e-3").
     for f in dataclasses.fields(cls):
         v = getattr(obj, f.name)
-        if f.name == "epochs" or not (f.type in ("float", float) or f.name == "update_every"):
+        if f.name in ("epochs", "shift") or not (f.type in ("float", float) or f.name == "update_every"):
             continue
         if f.name == "update_every" and v is None:
             continue
@@ -278,7 +281,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 stats = train_epoch(model, train_loader, opt, penalty=pruner.penalty,
                                     after_step=pruner.step, progress=progress,
                                     desc=f"{label} admm {ep + 1}/{a.epochs}", teacher=teacher,
-                                    distill=a.distill, temperature=a.temperature)
+                                    distill=a.distill, temperature=a.temperature, shift=a.shift)
                 if a.update_every is None:
                     stats.update(pruner.update())
                 stats.update({"stage": label, "phase": "admm", "epoch": ep + 1,
@@ -312,7 +315,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                     ep = pos["epoch"]
                     stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
                                         desc=f"{label} retrain {ep + 1}/{r.epochs}", teacher=teacher,
-                                        distill=r.distill, temperature=r.temperature)
+                                        distill=r.distill, temperature=r.temperature, shift=r.shift)
                     stats.update({"stage": label, "phase": "retrain", "epoch": ep + 1,
                                   "test_accuracy": ev(), "seconds": time.perf_counter() - t0})
                     history.append(stats)

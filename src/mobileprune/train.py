@@ -42,13 +42,38 @@ def _progress(iterable, progress: bool | None, desc: str, total: int | None = No
                 disable=None if progress is None else False, dynamic_ncols=True)
 
 
+def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
+    """Translate every sample of ``x`` (``(N, C, H, W)`` or ``(N, C, L)``) by its own
+    random offset in ``[-max_shift, max_shift]`` along each spatial axis, filling with
+    the edge values (the background of normalised images, unlike a zero fill); data
+    augmentation, a pure function: ``x`` is not modified."""
+    if max_shift < 0:
+        raise ConfigError(f"max_shift must be >= 0, got {max_shift}")
+    if max_shift == 0:
+        return x
+    if x.dim() not in (3, 4):
+        raise ConfigError(f"random_shift needs (N, C, L) or (N, C, H, W) input, got shape {tuple(x.shape)}")
+    s = max_shift
+    n = x.shape[0]
+    spatial = x.shape[2:]
+    pad = [s, s] * len(spatial)
+    xp = nn.functional.pad(x, pad, mode="replicate")
+    offs = [torch.randint(0, 2 * s + 1, (n,), generator=generator) for _ in spatial]
+    idx = [o[:, None] + torch.arange(L)[None, :] for o, L in zip(offs, spatial)]  # (N, L) each
+    b = torch.arange(n)
+    if len(spatial) == 1:
+        return xp[b[:, None], :, idx[0]].permute(0, 2, 1)
+    out = xp[b[:, None, None], :, idx[0][:, :, None], idx[1][:, None, :]]  # (N, H, W, C)
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                 penalty: Callable[[], Tensor] | None = None,
                 after_step: Callable[[], object] | None = None,
                 scheduler=None, progress: bool | None = None, desc: str = "train",
                 teacher: nn.Module | None = None, distill: float = 0.0,
-                temperature: float = 4.0) -> dict[str, float]:
+                temperature: float = 4.0, shift: int = 0) -> dict[str, float]:
     """One epoch of minibatch training.
 
     ``penalty()`` is added to the loss (e.g. :meth:`ADMMPruner.penalty`, seed 003 Eq. 5)
@@ -56,8 +81,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     With a ``teacher`` and ``distill = a > 0`` the loss is
     ``(1 - a) * loss_fn + a * T^2 * KL(softmax(teacher / T) || softmax(model / T))``
     (knowledge distillation, Hinton et al. 2015), e.g. from the dense model while
-    retraining the pruned one. Raises ``FloatingPointError`` when the loss becomes NaN
-    or infinite.
+    retraining the pruned one. ``shift > 0`` augments each batch with
+    :func:`random_shift` (the teacher sees the same shifted inputs). Raises
+    ``FloatingPointError`` when the loss becomes NaN or infinite.
     """
     if not 0.0 <= distill <= 1.0:
         raise ConfigError(f"distill must be in [0, 1], got {distill!r}")
@@ -69,6 +95,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     total, n, correct = 0.0, 0, 0
     bar = _progress(loader, progress, desc, total=len(loader))
     for x, y in bar:
+        if shift:
+            x = random_shift(x, shift)
         out = model(x)
         loss = loss_fn(out, y)
         if distill > 0:
