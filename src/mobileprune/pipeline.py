@@ -57,6 +57,7 @@ class ADMMSettings(_TrainSettings):
     rho_multiplier: float = 1.3
     rho_max: float = 1.0
     update_every: int | None = None  # optimizer steps between Z/U updates; None: once per epoch
+    nested: bool = True  # a stage may only prune further what the previous stage kept
 
 
 @dataclass
@@ -73,6 +74,8 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(names)}")
     obj = cls(**raw)
+    if not isinstance(getattr(obj, "nested", True), bool):
+        raise ConfigError(f"'{section}.nested' must be true or false, got {obj.nested!r}")
     for key in ("epochs", "shift"):
         v = getattr(obj, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -161,7 +164,28 @@ class PipelineConfig:
                 "retrain": dataclasses.asdict(self.retrain)}
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of the config with settings at their default values left out, so that
+        a run directory stays resumable when a later version adds a setting."""
+        d = self.to_dict()
+        d["admm"], d["retrain"] = _non_default(self.admm), _non_default(self.retrain)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _non_default(obj) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
+            if getattr(obj, f.name) != f.default}
+
+
+def _same_run(extra: Mapping[str, Any], stored_config: Any, cfg: "PipelineConfig") -> bool:
+    """Whether a saved run state belongs to ``cfg`` (also for states written by an
+    older version, whose fingerprint covered every setting: their stored config is
+    parsed again with today's defaults)."""
+    if extra.get("fingerprint") == cfg.fingerprint():
+        return True
+    try:
+        return PipelineConfig.from_dict(stored_config).fingerprint() == cfg.fingerprint()
+    except (ConfigError, TypeError, KeyError, AttributeError):
+        return False
 
 
 @dataclass
@@ -216,7 +240,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
     if state_path is not None and resume and state_path.exists():
         st = load_checkpoint(state_path)
         extra = st["extra"]
-        if extra.get("fingerprint") != cfg.fingerprint():
+        if not _same_run(extra, st.get("config"), cfg):
             raise CheckpointError(
                 f"{state_path} belongs to a run with a different config; use another run "
                 "directory or pass resume=False (--no-resume) to start over")
@@ -266,7 +290,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             a = cfg.settings(si)[0]
             pruner = ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
                                 rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
-                                allowed=masks or None,
+                                allowed=(masks or None) if a.nested else None,
                                 example_input=_coupling_input(model, targets, train_loader, log))
             opt = make_optimizer(a.optimizer, model.parameters(), a.lr, momentum=a.momentum,
                                  weight_decay=a.weight_decay)
@@ -274,7 +298,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 pruner.load_state_dict(admm_state)
                 opt.load_state_dict(opt_state)
                 admm_state = opt_state = None
-            enforcer = MaskEnforcer(model, masks, opt) if masks else None
+            enforcer = MaskEnforcer(model, masks, opt) if masks and a.nested else None
             t0 = time.perf_counter()
             while pos["epoch"] < a.epochs:
                 ep = pos["epoch"]
@@ -516,7 +540,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: s
     opt = make_optimizer(settings.optimizer, model.parameters(), settings.lr,
                          momentum=settings.momentum, weight_decay=settings.weight_decay)
     sched = cosine_lr(opt, settings.epochs * len(train_loader))
-    fingerprint = repr(dataclasses.astuple(settings))
+    fingerprint = json.dumps(_non_default(settings), sort_keys=True)
     history: list[dict[str, Any]] = []
     seconds = 0.0
     path = Path(state_path) if state_path is not None else None
