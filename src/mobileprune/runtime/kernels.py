@@ -356,6 +356,14 @@ if HAVE_NUMBA:
         _conv_sparse_simd(buf, P, x.shape[0], indptr, offs, vals, bias, blk, relu, out, OP,
                           plane, o_outer)
 
+    @njit(cache=True, boundscheck=False)
+    def _conv_forward_packed(x, buf, indptr, offs, vals, bias, blk, out, geom):
+        # the same with the per-layer constants in one int64 array: a numba call costs
+        # about 0.1 us per argument, which matters for small layers at batch 1
+        _conv_forward_simd(x, buf, geom[0], geom[1], geom[2], geom[3], geom[4], geom[5],
+                           geom[6], indptr, offs, vals, bias, blk, geom[9], out,
+                           geom[7], geom[8], geom[10] != 0)
+
     @njit(cache=True, fastmath=True, boundscheck=False)
     def _conv_sparse_loops(buf, P, N, indptr, offs, vals, bias, blk, relu, out, OP, plane):
         O = indptr.shape[0] - 1
@@ -726,6 +734,22 @@ def conv_forward_sparse(x, buf, P, pt, pl, sh, sw, Hq, Wq, indptr, offs, vals, b
     conv_fill_input(x, buf, P, pt, pl, sh, sw, Hq, Wq)
     _conv_sparse_loops(buf, P, x.shape[0], indptr, offs, vals, bias, blk, bool(relu), out, OP,
                        plane)
+
+
+def conv_geometry(P, pt, pl, sh, sw, Hq, Wq, OP, plane, relu, o_outer) -> np.ndarray:
+    """Pack the per-layer constants of :func:`conv_forward_sparse` for
+    :func:`conv_forward_sparse_packed`."""
+    return np.array([P, pt, pl, sh, sw, Hq, Wq, OP, plane, int(relu), int(o_outer)], np.int64)
+
+
+def conv_forward_sparse_packed(x, buf, indptr, offs, vals, bias, blk, out, geom) -> None:
+    """:func:`conv_forward_sparse` with the constants packed by :func:`conv_geometry`."""
+    if _USE_INTRINSIC:
+        _conv_forward_packed(x, buf, indptr, offs, vals, bias, blk, out, geom)
+        return
+    g = [int(v) for v in geom]
+    conv_forward_sparse(x, buf, g[0], g[1], g[2], g[3], g[4], g[5], g[6], indptr, offs, vals,
+                        bias, blk, bool(g[9]), out, g[7], g[8], bool(g[10]))
 
 
 def conv_im2col(buf: np.ndarray, base: int, roff: np.ndarray, Ho: int, Wo: int, Wq: int,

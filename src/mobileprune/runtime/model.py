@@ -67,8 +67,9 @@ Linear runs with a sparse or a dense kernel, chosen at load time by ``mode``:
   lower. Where the crossover depends on the shape (densities in :data:`TUNE_BAND`),
   ``tune=True`` (default) times both kernels at load, at batch 1 on this machine
   (median of 7 interleaved calls each), and keeps the faster; the times are in
-  ``plan()[i].extra["tuned_us"]``. ``tune=False`` keeps the plain thresholds (a
-  plan that does not depend on timing).
+  ``plan()[i].extra["tuned_us"]``. Two loads may then choose differently, and
+  their outputs agree to float rounding, not bitwise. ``tune=False`` keeps the plain
+  thresholds (a plan that does not depend on timing).
 
 With the numpy-only backend (no numba), the sparse conv path is an im2col GEMM over the
 nonzero columns only and the sparse Linear path a gather + ``reduceat``.
@@ -615,6 +616,10 @@ class _ConvStep(_Step):
         self.blk, self.row_stride, self.plane = kernels.conv_block_table(Ho, Wo, self.Wq)
         # whole input buffer in L1 (<= 16 KiB): output channels outside
         self.o_outer = self.P * 4 <= 16384
+        self.geom = kernels.conv_geometry(self.P, self.pt, self.pl, self.sh, self.sw, self.Hq,
+                                          self.Wq, O * self.plane, self.plane, self.relu,
+                                          self.o_outer)
+        self.plain_out = self.plane == Ho * Wo and self.row_stride == Wo
         self.kernel_sparse = "direct-sparse-conv" + ("" if kernels.backend() == "numba-simd" else " (loops)")
         self.kernel = self.kernel_sparse
 
@@ -666,10 +671,10 @@ class _ConvStep(_Step):
             buf = self._buffer(scratch, N)
             plane, rs = self.plane, self.row_stride
             out = self._out(scratch, (N * self.O * plane,))
-            kernels.conv_forward_sparse(x4, buf, self.P, self.pt, self.pl, self.sh, self.sw,
-                                        self.Hq, self.Wq, self.indptr, self.offs, self.vals,
-                                        self.bias, self.blk, self.relu, out, self.O * plane,
-                                        plane, self.o_outer)
+            kernels.conv_forward_sparse_packed(x4, buf, self.indptr, self.offs, self.vals,
+                                               self.bias, self.blk, out, self.geom)
+            if self.plain_out:  # plane == Ho * Wo: the buffer is the (N, O, Ho, Wo) output
+                return out.reshape((N,) + self.out_shape)
             res = out.reshape(N, self.O, plane)
             if plane != self.Ho * rs:
                 res = res[:, :, :self.Ho * rs]
