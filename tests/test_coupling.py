@@ -216,3 +216,50 @@ def test_coupled_update_keeps_z_consistent_and_respects_allowed():
         zs = (p.Z["stem.weight:filter"].reshape(8, -1) == 0).all(1)
         zb = (p.Z["b.weight:filter"].reshape(8, -1) == 0).all(1)
         assert torch.equal(zs, zb) and bool(zs[0])
+
+
+# --------------------------------------------------------------- dead weights
+
+def test_dead_weights_by_hand_and_compaction_agrees():
+    from mobileprune.compact import dead_weights
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    with torch.no_grad():
+        m[2].weight[:, [2, 5]] = 0      # hidden units 2, 5 of layer 0 feed nothing
+        m[2].weight[1] = 0              # unit 1 of layer 2: a constant (its bias) ...
+    x = torch.randn(1, 6)
+    d = dead_weights(m, x)
+    want0 = torch.zeros(8, 6, dtype=torch.bool)
+    want0[[2, 5]] = True
+    assert torch.equal(d["0.weight"], want0)
+    want4 = torch.zeros(3, 5, dtype=torch.bool)
+    want4[:, 1] = True                  # ... folded into layer 4's bias: its column is dead
+    assert torch.equal(d["4.weight"], want4)
+    # zeroing every dead weight (and folding nothing else) keeps the outputs of compact
+    live = sum(int((p != 0).sum()) for n, p in compact(m, x).named_parameters() if n.endswith("weight"))
+    total = sum(int((p != 0).sum()) for n, p in m.named_parameters() if n.endswith("weight"))
+    assert live == total - sum(int(v.sum()) for v in d.values())
+
+
+def test_reallocation_leaves_no_dead_weight_and_keeps_counts():
+    from mobileprune.compact import dead_weights
+
+    torch.manual_seed(3)
+    m = build_model("lenet300100").eval()
+    x = torch.randn(1, 1, 28, 28)
+    cfg = {"layers": {"fc1": {"keep": 400}, "fc2": {"keep": 60}, "fc3": {"keep": 40}}}
+    plain = ADMMPruner(m, cfg, example_input=x)
+    import copy
+    m2 = copy.deepcopy(m)
+    plain.finalize()
+    assert sum(int(v.sum()) for v in dead_weights(m, x).values()) > 0  # the plain mapping wastes some
+    p = ADMMPruner(m2, cfg, example_input=x)
+    masks = p.finalize(reallocate_dead=True)
+    assert p.reallocation_rounds >= 1
+    assert sum(int(v.sum()) for v in dead_weights(m2, x).values()) == 0
+    for t in p.targets:
+        assert int((dict(m2.named_parameters())[t.param_name] != 0).sum()) == t.keep
+        assert int(masks[t.param_name].sum()) == t.keep
+    with pytest.raises(Exception, match="example_input"):
+        ADMMPruner(build_model("lenet300100"), cfg).finalize(reallocate_dead=True)

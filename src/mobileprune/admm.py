@@ -124,6 +124,8 @@ class ADMMPruner:
         self._ids: dict[str, Tensor] = {}
         self._all_ids: dict[str, dict[str, Tensor]] = {}
         self._n_ids = 0
+        self._example = example_input
+        self.reallocation_rounds = 0
         if example_input is not None:
             self._couple(example_input)
         self.Z: dict[str, Tensor] = {}
@@ -261,7 +263,7 @@ class ADMMPruner:
         return {"primal_residual": math.sqrt(primal), "dual_residual": math.sqrt(dual), "rho": self.rho}
 
     @torch.no_grad()
-    def finalize(self) -> dict[str, Tensor]:
+    def finalize(self, *, reallocate_dead: bool = False, max_rounds: int = 8) -> dict[str, Tensor]:
         """Masked mapping: ``W_i = Proj_{S_i}(W_i)`` in place; returns the masks.
 
         Each mask marks the positions that may stay nonzero during masked retraining;
@@ -269,11 +271,49 @@ class ADMMPruner:
         with several sets is projected onto each in turn (structured first): zeroing
         more entries never adds a nonzero group, so the result satisfies every set.
         Coupled structured sets (see ``example_input``) are projected jointly first.
+
+        ``reallocate_dead=True`` (needs ``example_input``): the projection can keep
+        weights that cannot affect the output, e.g. the incoming weights of a hidden
+        neuron all of whose outgoing weights were pruned
+        (:func:`mobileprune.compact.dead_weights`). The dead units are excluded and the
+        layers projected again, so their budget goes to live units instead; repeated
+        until no kept weight is dead (at most ``max_rounds`` times; a unit excluded once
+        stays excluded).
         """
+        if reallocate_dead and self._example is None:
+            raise ConfigError("reallocate_dead=True needs the pruner's example_input")
+        start = {n: p.detach().clone() for n, p in self._params.items()}
+        allowed = dict(self.allowed)
+        masks = self._map(allowed)
+        rounds = 0
+        while reallocate_dead and rounds < max_rounds:
+            from .compact import dead_weights
+
+            units = {k: v.to(masks[k].device) for k, v in
+                     dead_weights(self.model, self._example, nonzero_only=False).items()
+                     if k in self._params}
+            if not any(bool((v & masks[k]).any()) for k, v in units.items()):
+                break
+            dead = units  # block every position of a dead unit, not only the kept ones
+            rounds += 1
+            for k, v in dead.items():
+                base = allowed.get(k, torch.ones_like(v))
+                allowed[k] = base & ~v
+            for n, p in self._params.items():
+                p.copy_(start[n])
+            masks = self._map(allowed)
+        self.reallocation_rounds = rounds
+        masks.update(self._companion_masks(masks))
+        return masks
+
+    def _map(self, allowed: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Project the weights in place (coupled sets jointly, then structured, then
+        unstructured) choosing only positions in ``allowed``; return the masks."""
         masks: dict[str, Tensor] = {}
         joint = [k for comp in self.coupled for k in comp]
         if joint:
-            proj = self._project({k: self._params[self._keys[k].param_name].detach() for k in joint})
+            proj = self._project({k: self._params[self._keys[k].param_name].detach() for k in joint},
+                                 allowed)
             for key in joint:  # keep what every joint projection of the parameter keeps
                 t = self._keys[key]
                 m = proj[key][1]
@@ -284,11 +324,12 @@ class ADMMPruner:
                        key=lambda t: t.structure == "unstructured")
         for t in order:
             p = self._params[t.param_name]
-            allowed = masks.get(t.param_name, self.allowed.get(t.param_name))
-            proj, mask = project_layer(t, p.detach(), allowed)
+            allow = masks.get(t.param_name, allowed.get(t.param_name))
+            if t.param_name in masks and t.param_name in allowed:
+                allow = allow & allowed[t.param_name]
+            proj, mask = project_layer(t, p.detach(), allow)
             p.copy_(proj)
             masks[t.param_name] = mask if t.param_name not in masks else mask & masks[t.param_name]
-        masks.update(self._companion_masks(masks))
         return masks
 
     @torch.no_grad()

@@ -1198,3 +1198,33 @@ def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Ten
             out[name][k] = inverse[pos:pos + t.numel()].clone()
             pos += t.numel()
     return out
+
+
+def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
+                 nonzero_only: bool = True) -> dict[str, Tensor]:
+    """Nonzero weights that cannot change the model's output (the ones :func:`compact`
+    drops): ``{weight parameter name: bool mask}`` for every Conv/Linear layer it can cut.
+
+    A weight is dead when it belongs to an output unit that compaction removes (e.g. a
+    hidden neuron all of whose outgoing weights are zero) or reads an input channel /
+    feature that compaction removes (e.g. a zero filter's constant output, folded into
+    the consumer's bias). With ``nonzero_only=False`` every position of a dead unit is
+    marked, zero or not. ``model`` is not modified.
+    """
+    work, gm, an, args, out, flags = _analyze(model, example_input, atol)
+    dec = an.decide()
+    result: dict[str, Tensor] = {}
+    for lay in an.layers:
+        if lay.kind == "bn":
+            continue
+        w = lay.module.weight.detach()
+        rows = an.removed_pos(dec, lay.node)
+        dead = rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
+        if lay.kind in ("conv", "linear"):
+            cols = an.removed_pos(dec, lay.inp)
+            dead |= cols.view(1, -1, *([1] * (w.dim() - 2))).expand(w.shape)
+        key = f"{lay.name}.weight" if lay.name else "weight"
+        if nonzero_only:
+            dead = dead & (w.abs().cpu() > atol)
+        result[key] = dead if key not in result else result[key] | dead
+    return result

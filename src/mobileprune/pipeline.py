@@ -58,6 +58,7 @@ class ADMMSettings(_TrainSettings):
     rho_max: float = 1.0
     update_every: int | None = None  # optimizer steps between Z/U updates; None: once per epoch
     nested: bool = True  # a stage may only prune further what the previous stage kept
+    reallocate_dead: bool = False  # masked mapping gives dead weights' budget to live ones
 
 
 @dataclass
@@ -74,8 +75,9 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(names)}")
     obj = cls(**raw)
-    if not isinstance(getattr(obj, "nested", True), bool):
-        raise ConfigError(f"'{section}.nested' must be true or false, got {obj.nested!r}")
+    for key in ("nested", "reallocate_dead", "cosine"):
+        if not isinstance(getattr(obj, key, True), bool):
+            raise ConfigError(f"'{section}.{key}' must be true or false, got {getattr(obj, key)!r}")
     for key in ("epochs", "shift"):
         v = getattr(obj, key)
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -291,7 +293,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             pruner = ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
                                 rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
                                 allowed=(masks or None) if a.nested else None,
-                                example_input=_coupling_input(model, targets, train_loader, log))
+                                example_input=_coupling_input(model, targets, train_loader, log,
+                                                              needed=a.reallocate_dead))
             opt = make_optimizer(a.optimizer, model.parameters(), a.lr, momentum=a.momentum,
                                  weight_decay=a.weight_decay)
             if admm_state is not None:
@@ -316,7 +319,9 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 save_state(pruner, opt)
             if enforcer is not None:
                 enforcer.remove()
-            masks = pruner.finalize()
+            masks = pruner.finalize(reallocate_dead=a.reallocate_dead)
+            if a.reallocate_dead:
+                log(f"{label}: dead weights reallocated in {pruner.reallocation_rounds} round(s)")
             acc_mapped = ev()
             history.append({"stage": label, "phase": "masked-mapping", "test_accuracy": acc_mapped})
             if acc_mapped is not None:
@@ -380,13 +385,18 @@ def _teacher(model: nn.Module, run_dir: Path | None, resumed: bool) -> nn.Module
     return teacher
 
 
-def _coupling_input(model: nn.Module, targets, loader: DataLoader, log: Callable[[str], None]):
+def _coupling_input(model: nn.Module, targets, loader: DataLoader, log: Callable[[str], None],
+                    needed: bool = False):
     """Example input for coupled structured pruning, or None (no structured target, or
-    a model torch.fx cannot trace: then every layer is projected on its own)."""
-    if not any(t.structure in ("filter", "channel") for t in targets):
+    a model torch.fx cannot trace: then every layer is projected on its own). With
+    ``needed`` (dead-weight reallocation) a missing or untraceable input is an error."""
+    if not needed and not any(t.structure in ("filter", "channel") for t in targets):
         return None
     x = _example_input(loader)
     if x is None:
+        if needed:
+            raise ConfigError("reallocate_dead needs an example input: the training data set "
+                              "must be indexable")
         return None
     from .compact import channel_ids
     from .errors import UnsupportedModelError
@@ -394,6 +404,8 @@ def _coupling_input(model: nn.Module, targets, loader: DataLoader, log: Callable
     try:
         channel_ids(model, x)
     except UnsupportedModelError as exc:
+        if needed:
+            raise
         log(f"warning: structured targets are projected layer by layer, channel coupling "
             f"unknown: {exc}")
         return None
