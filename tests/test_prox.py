@@ -505,3 +505,35 @@ def test_tree_chunking_gives_same_result(monkeypatch):
     monkeypatch.setattr(P, "_TREE_DP_MAX_ELEMS", 3 * 5 * 6 * 2)  # 2 roots per chunk
     chunked = P.tree_l0_group_lasso(v, gam, 0.4, 0.05)
     assert torch.equal(full, chunked)
+
+
+def _l0gl_reference(v, lam, eta):
+    """Closed form of methods.md 2.1 with a full sort, one row at a time (float64)."""
+    import numpy as np
+    out = np.zeros_like(v)
+    for g, row in enumerate(v):
+        a = np.abs(row)
+        order = np.argsort(-a, kind="stable")
+        y = np.sqrt(np.cumsum(a[order] ** 2))
+        best_k, best = 0, 0.0
+        for k in range(1, len(a) + 1):
+            if y[k - 1] > lam:
+                sc = 0.5 * (y[k - 1] - lam) ** 2 - k * eta
+                if sc > best + 1e-15:
+                    best_k, best = k, sc
+        if best_k:
+            keep = order[:best_k]
+            out[g, keep] = row[keep] * (1 - lam / y[best_k - 1])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_l0_group_lasso_candidate_cut_matches_full_sort(seed):
+    # long sparse rows: most entries below tau = sqrt(2 eta), so only a few are sorted
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(40, 300, generator=g, dtype=torch.float64) * 0.05
+    v[torch.rand(v.shape, generator=g, dtype=torch.float64) < 0.8] *= 0.01
+    for lam, eta in ((0.02, 1e-3), (0.0, 5e-4), (0.3, 1e-4)):
+        got = P.l0_group_lasso(v, lam, eta).numpy()
+        want = _l0gl_reference(v.numpy(), lam, eta)
+        assert np.allclose(got, want, atol=1e-12), (lam, eta)

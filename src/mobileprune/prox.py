@@ -237,7 +237,10 @@ def l0_group_lasso(v: Tensor, lam: ParamLike, eta: ParamLike) -> Tensor:
     ``(1 - lam / y_k*)``.  ``eta = 0`` gives :func:`group_lasso`, ``lam = 0`` gives
     :func:`hard_threshold`, and a singleton survives iff ``|v| > lam + sqrt(2 eta)``.
     Among entries of equal magnitude at the cut, the earlier ones in the sort are kept
-    (the objective value is the same either way).
+    (the objective value is the same either way).  Only entries with
+    ``|v| >= tau = sqrt(2 eta)`` are sorted: with ``g(y) = ((y - lam)_+)^2``, adding an
+    entry ``a`` to the support raises ``g`` by at most ``a^2``, so an entry below ``tau``
+    always lowers the score and every larger ``k`` is dominated.
     """
     v = _check_2d(v, "l0_group_lasso")
     G = v.shape[0]
@@ -252,10 +255,19 @@ def _l0_group_lasso_core(v: Tensor, lam_t: Tensor, tau_t: Tensor) -> Tensor:
         return v.clone()
     a = v.abs()
     m = _rowmax_scale(a, (1,))  # (G, 1): work in units of the row's largest magnitude
-    srt, order = torch.sort(a / m, dim=1, descending=True)
-    y = torch.sqrt(torch.cumsum(srt * srt, dim=1))  # (G, n), y[:, k-1] = y_k / m
+    # Only entries with |v| >= tau can be kept: adding an entry of magnitude a < tau to
+    # the support changes 2 * score by at most a^2 - tau^2 < 0 (see the docstring), so
+    # sorting the top K = max_g #{|v_g,i| >= tau} per row is enough (sparse rows: K << n).
+    K = int((a >= tau_t).sum(dim=1).max()) if bool((tau_t > 0).all()) else n
+    K = max(1, min(n, K))
+    if K < n:
+        srt, order = torch.topk(a / m, K, dim=1, largest=True, sorted=True)
+    else:
+        srt, order = torch.sort(a / m, dim=1, descending=True)
+    y = torch.sqrt(torch.cumsum(srt * srt, dim=1))  # (G, K), y[:, k-1] = y_k / m
     lam_s = lam_t / m
     tau_s = tau_t / m
+    n = K
     k = torch.arange(1, n + 1, device=v.device, dtype=v.dtype)
     # 2 * score_k / m^2; where y_k <= lam the group is zero (same value as k = 0)
     raw = (y - lam_s) ** 2 - k * tau_s * tau_s
@@ -266,7 +278,7 @@ def _l0_group_lasso_core(v: Tensor, lam_t: Tensor, tau_t: Tensor) -> Tensor:
     ystar = torch.gather(y0, 1, kstar)  # (G, 1)
     factor = _shrink_factor(ystar, lam_s)
     keep_sorted = torch.arange(n, device=v.device).unsqueeze(0) < kstar
-    keep = torch.zeros_like(keep_sorted).scatter(1, order, keep_sorted)
+    keep = torch.zeros(v.shape, dtype=torch.bool, device=v.device).scatter(1, order, keep_sorted)
     return torch.where(keep, v * factor, torch.zeros_like(v))
 
 
