@@ -4,7 +4,10 @@ A suite (benchmarks/suites/<name>.yaml) names a model, a data set, how to train 
 dense model, and a list of methods (proximal configs of seed 000, or ADMM configs of
 seed 003), each run from the same dense checkpoint. For every method the table gives
 test accuracy, nonzero weights, compression, active units per layer, and the
-parameters and MACs of the model after `compact` physically removes dead units.
+parameters and MACs of the model after `compact` physically removes dead units. A suite
+with a `goal` (MobilePrune's HAR numbers) also gets a conv-layer table: nonzero conv
+weights, conv parameters after `compact` and channels kept in `goal.channel_layers`, with
+the goal as its first row; `notes` are printed below the tables.
 Results go to docs/benchmarks/methods_<suite>.{md,json}; the published rows of the
 suite are printed beside them. Resumable: finished methods are reused.
 
@@ -16,22 +19,23 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
+from torch import nn
 
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model, save_checkpoint
 from mobileprune.compact import compact
-from mobileprune.datasets import load_dataset, make_loaders
-from mobileprune.errors import DataError
 from mobileprune.models import build_model
 from mobileprune.pipeline import admm_prune, proximal_prune
 from mobileprune.report import layer_report
 from mobileprune.train import cosine_lr, evaluate, make_optimizer, train_epoch
+
+from _common import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,12 +60,35 @@ def dense_model(suite, name, train_loader, test_loader, work: Path):
     return model, metrics
 
 
-def summarise(model, example, acc, dense_params, seconds):
+def conv_summary(model, small, channel_layers=None):
+    """The conv-layer numbers MobilePrune reports for its HAR CNNs: nonzero conv weights,
+    conv parameters of the compacted model (dead channels removed) and output channels
+    kept in ``channel_layers`` (default: every conv layer but the last, whose channels
+    are the classifier's inputs), each as a count and a fraction of the dense model."""
+    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    if not convs:
+        return None
+    cut = dict(small.named_modules())
+    channel_layers = list(channel_layers or list(convs)[:-1] or convs)
+    weights = sum(m.weight.numel() for m in convs.values())
+    nonzero = sum(int(torch.count_nonzero(m.weight)) for m in convs.values())
+    params = sum(p.numel() for m in convs.values() for p in m.parameters())
+    kept = sum(p.numel() for n in convs for p in cut[n].parameters())
+    channels = sum(convs[n].out_channels for n in channel_layers)
+    active = sum(cut[n].out_channels for n in channel_layers)
+    return {"nonzero_weights": nonzero, "weights": weights, "nonzero_fraction": nonzero / weights,
+            "compacted_parameters": kept, "parameters": params, "compacted_param_fraction": kept / params,
+            "channel_layers": channel_layers, "channels_kept": active, "channels": channels,
+            "channel_fraction": active / channels}
+
+
+def summarise(model, example, acc, dense_params, seconds, channel_layers=None):
     rep = layer_report(model, example_input=example)
     small = compact(model.eval(), example)
     srep = layer_report(small, example_input=example)
     t = rep["totals"]
-    return {"test_accuracy": acc, "nonzero_weights": t["nonzero"], "weights": t["weights"],
+    return {"test_accuracy": acc, "conv": conv_summary(model, small, channel_layers),
+            "nonzero_weights": t["nonzero"], "weights": t["weights"],
             "weight_compression": t["weight_compression"],
             "nonzero_parameters": t["nonzero_parameters"], "param_compression": t["param_compression"],
             "active_units": {r["layer"]: [r["active_out"], r["active_in"]] for r in rep["layers"]},
@@ -71,6 +98,33 @@ def summarise(model, example, acc, dense_params, seconds):
             "nonzero_macs": t["nonzero_macs"], "seconds": seconds}
 
 
+GOAL_KEYS = (("conv_nonzero", "nonzero_fraction"), ("conv_params", "compacted_param_fraction"),
+             ("channels", "channel_fraction"))
+
+
+def goal_table(goal, results):
+    """Markdown lines: the conv-layer quantities of the suite's ``goal`` for every method,
+    the goal itself as the first row, and whether each method meets it (every fraction
+    below the goal's, accuracy at least the goal's)."""
+    ch = "channels kept (" + ", ".join(next(iter(results.values()))["conv"]["channel_layers"]) + ")"
+    label = goal.get("label", "goal")
+    lines = [f"Conv layers ({label} for {goal['method']}: below every fraction at >= "
+             f"{100 * goal['test_accuracy']:.2f}% accuracy; params and channels counted after `compact` "
+             "removes dead channels):", "",
+             f"| method | test acc | nonzero conv weights | conv params after compact | {ch} | meets {label} |",
+             "|---|---:|---:|---:|---:|:---:|",
+             f"| **{label} ({goal['method']})** | >= {100 * goal['test_accuracy']:.2f}% | "
+             + " | ".join(f"< {100 * goal[g]:.2f}%" for g, _ in GOAL_KEYS) + " | |"]
+    for name, r in results.items():
+        c = r["conv"]
+        met = r["test_accuracy"] >= goal["test_accuracy"] and all(c[k] < goal[g] for g, k in GOAL_KEYS)
+        lines.append(f"| {name} | {100 * r['test_accuracy']:.2f}% | {100 * c['nonzero_fraction']:.2f}% "
+                     f"({c['nonzero_weights']:,}) | {100 * c['compacted_param_fraction']:.2f}% "
+                     f"({c['compacted_parameters']:,}) | {100 * c['channel_fraction']:.2f}% "
+                     f"({c['channels_kept']}/{c['channels']}) | {'yes' if met else 'no'} |")
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite")
@@ -78,21 +132,18 @@ def main() -> int:
     ap.add_argument("--methods", nargs="*", help="subset of the suite's method names")
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench"))
     args = ap.parse_args()
-    suite = yaml.safe_load((ROOT / "benchmarks" / "suites" / f"{args.suite}.yaml").read_text())
-    torch.manual_seed(suite.get("seed", 0))
-    try:
-        bundle = load_dataset(suite["dataset"], args.data_dir)
-    except DataError as exc:
-        print(f"skipping benchmark: {exc}", file=sys.stderr)
+    ready = prepare(ROOT / "benchmarks" / "suites" / f"{args.suite}.yaml", args.data_dir,
+                    Path(args.work_dir) / args.suite)
+    if ready is None:
         return 0
-    train_loader, test_loader = make_loaders(bundle, batch_size=suite.get("batch_size", 128))
-    work = Path(args.work_dir) / args.suite
-    work.mkdir(parents=True, exist_ok=True)
+    suite, bundle, train_loader, test_loader, work = ready
     dense, dmetrics = dense_model(suite, args.suite, train_loader, test_loader, work)
     example = bundle.train[0][0].unsqueeze(0)
     dense_params = sum(p.numel() for p in dense.parameters())
+    goal = suite.get("goal") or {}
+    channel_layers = goal.get("channel_layers")
     results = {"dense": summarise(dense, example, evaluate(dense, test_loader), dense_params,
-                                  dmetrics.get("train_seconds", 0.0))}
+                                  dmetrics.get("train_seconds", 0.0), channel_layers)}
     for method in suite["methods"]:
         name = method["name"]
         if args.methods and name not in args.methods:
@@ -107,11 +158,13 @@ def main() -> int:
         run = admm_prune if cfg.pop("algorithm", "proximal") == "admm" else proximal_prune
         run(model, train_loader, cfg, eval_loader=test_loader, run_dir=work / f"{name}.run",
             progress=False, model_name=suite["model"], log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
-        res = summarise(model, example, evaluate(model, test_loader), dense_params, time.perf_counter() - t0)
+        res = summarise(model, example, evaluate(model, test_loader), dense_params, time.perf_counter() - t0,
+                        channel_layers)
         res["config"] = method
         atomic_write_text(done, json.dumps(res, indent=2) + "\n")
         results[name] = res
-    cmd = f"MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py {args.suite}"
+    threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    cmd = f"{threads}MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py {args.suite}"
     out = ROOT / "docs" / "benchmarks" / f"methods_{args.suite}"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(
@@ -126,6 +179,10 @@ def main() -> int:
         md.append(f"| {name} | {100 * r['test_accuracy']:.2f}% | {r['nonzero_weights']:,} | "
                   f"{r['weight_compression']:.1f}x | {units} | {r['compacted_parameters']:,} "
                   f"({100 * r['compacted_param_fraction']:.1f}%) | {r['compacted_macs']:,} | {r['seconds']:.0f} s |")
+    if goal:
+        md += ["", *goal_table(goal, results)]
+    if suite.get("notes"):
+        md += ["", suite["notes"].strip()]
     md += ["", f"Layers: {', '.join(layers)}.", "", "Published (for comparison):", "",
            suite.get("published", "").strip(), ""]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")

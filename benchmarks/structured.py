@@ -26,14 +26,13 @@ import torch
 
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model
 from mobileprune.compact import compact
-from mobileprune.datasets import load_dataset, make_loaders
-from mobileprune.errors import DataError
 from mobileprune.latency import compare_latency
 from mobileprune.models import build_model
 from mobileprune.pipeline import PipelineConfig, admm_prune, fit
 from mobileprune.report import layer_report
-from mobileprune.targets import load_yaml
 from mobileprune.train import evaluate
+
+from _common import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,16 +86,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    case = load_yaml(ROOT / "benchmarks" / "structured" / f"{args.case}.yaml")
-    torch.manual_seed(case.get("seed", 0))
-    try:
-        bundle = load_dataset(case["dataset"], args.data_dir)
-    except DataError as exc:
-        print(f"skipping benchmark: {exc}", file=sys.stderr)
+    ready = prepare(ROOT / "benchmarks" / "structured" / f"{args.case}.yaml", args.data_dir,
+                    Path(args.work_dir) / args.case)
+    if ready is None:
         return 0
-    train_loader, test_loader = make_loaders(bundle, batch_size=case.get("batch_size", 128))
-    work = Path(args.work_dir) / args.case
-    work.mkdir(parents=True, exist_ok=True)
+    case, bundle, train_loader, test_loader, work = ready
 
     def log(s):
         print(s, flush=True)
