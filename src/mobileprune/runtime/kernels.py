@@ -606,6 +606,27 @@ if HAVE_NUMBA:
                         out[n, c, yo, xo] = m
 
     @njit(cache=True, boundscheck=False)
+    def _maxpool2d_k2(x, out):
+        # 2x2, stride 2 (the common case): straight-line max of the four window values;
+        # NaN propagates like torch
+        N, C = x.shape[0], x.shape[1]
+        Ho, Wo = out.shape[2], out.shape[3]
+        for n in range(N):
+            for c in range(C):
+                for yo in range(Ho):
+                    r0 = x[n, c, 2 * yo]
+                    r1 = x[n, c, 2 * yo + 1]
+                    o = out[n, c, yo]
+                    for xo in range(Wo):
+                        a = r0[2 * xo]
+                        b = r0[2 * xo + 1]
+                        e = r1[2 * xo]
+                        d = r1[2 * xo + 1]
+                        m1 = a if (a > b or a != a) else b
+                        m2 = e if (e > d or e != e) else d
+                        o[xo] = m1 if (m1 > m2 or m1 != m1) else m2
+
+    @njit(cache=True, boundscheck=False)
     def _maxpool2d_tiled(x, k, out):
         # kernel == stride == k, no padding, no dilation (LeNet, VGG, FER pools): the
         # max over the k rows of a window row runs on contiguous data (vectorised),
@@ -841,7 +862,10 @@ def maxpool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out) -> None:
         Ho, Wo = out.shape[2], out.shape[3]
         if (kh == kw == sh == sw and ph == pw == 0 and dh == dw == 1
                 and Ho * kh <= x.shape[2] and Wo * kw <= x.shape[3]):
-            _maxpool2d_tiled(x, kh, out)
+            if kh == 2:
+                _maxpool2d_k2(x, out)
+            else:
+                _maxpool2d_tiled(x, kh, out)
         else:
             _maxpool2d(x, kh, kw, sh, sw, ph, pw, dh, dw, out)
         return
