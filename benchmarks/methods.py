@@ -31,9 +31,9 @@ from torch import nn
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model, save_checkpoint
 from mobileprune.compact import compact
 from mobileprune.models import build_model
-from mobileprune.pipeline import admm_prune, proximal_prune
+from mobileprune.pipeline import admm_prune, fit, proximal_prune
 from mobileprune.report import layer_report
-from mobileprune.train import cosine_lr, evaluate, make_optimizer, train_epoch
+from mobileprune.train import evaluate
 
 from _common import prepare
 
@@ -41,22 +41,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def dense_model(suite, name, train_loader, test_loader, work: Path):
+    """The suite's dense model: trained once (resumable per epoch), then reused."""
     path = work / "dense.pt"
     if path.exists():
         ck = load_checkpoint(path)
         return restore_model(ck), ck["metrics"]
     d = suite["dense"]
-    model = build_model(suite["model"], **suite.get("model_kwargs", {}))
-    opt = make_optimizer(d.get("optimizer", "adam"), model.parameters(), d.get("lr", 1e-3),
-                         weight_decay=d.get("weight_decay", 0.0))
-    sched = cosine_lr(opt, d["epochs"] * len(train_loader))
-    t0 = time.perf_counter()
-    for ep in range(d["epochs"]):
-        s = train_epoch(model, train_loader, opt, scheduler=sched, progress=False)
-        print(f"[{name}] dense epoch {ep + 1}: loss {s['loss']:.4f}", flush=True)
-    metrics = {"test_accuracy": evaluate(model, test_loader), "train_seconds": time.perf_counter() - t0}
-    save_checkpoint(path, model, model_name=suite["model"], model_kwargs=suite.get("model_kwargs", {}),
-                    metrics=metrics)
+    kwargs = suite.get("model_kwargs", {})
+    model = build_model(suite["model"], **kwargs)
+    res = fit(model, train_loader, epochs=d["epochs"], optimizer=d.get("optimizer", "adam"),
+              lr=d.get("lr", 1e-3), weight_decay=d.get("weight_decay", 0.0),
+              eval_loader=test_loader, state_path=work / "dense.state.pt",
+              model_name=suite["model"], model_kwargs=kwargs,
+              log=lambda s: print(f"[{name}] {s}", flush=True))
+    metrics = {"test_accuracy": res["test_accuracy"], "train_seconds": res["train_seconds"]}
+    save_checkpoint(path, model, model_name=suite["model"], model_kwargs=kwargs, metrics=metrics)
     return model, metrics
 
 
