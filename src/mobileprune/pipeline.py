@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 
 from .admm import ADMMPruner
 from .checkpoint import load_checkpoint, restore_model, save_checkpoint
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, UnsupportedModelError
 from .masks import MaskEnforcer
 from .report import layer_report
 from .targets import PruneConfig, resolve_targets
@@ -290,11 +290,21 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         targets = stage_targets[si]
         if pos["phase"] == "admm":
             a = cfg.settings(si)[0]
-            pruner = ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
-                                rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
-                                allowed=(masks or None) if a.nested else None,
-                                example_input=_coupling_input(model, targets, train_loader, log,
-                                                              needed=a.reallocate_dead))
+            def make_pruner(example):
+                return ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
+                                  rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
+                                  allowed=(masks or None) if a.nested else None,
+                                  example_input=example)
+
+            example = _coupling_input(targets, train_loader, needed=a.reallocate_dead)
+            try:
+                pruner = make_pruner(example)
+            except UnsupportedModelError as exc:
+                if example is None or a.reallocate_dead:
+                    raise
+                log(f"warning: structured targets are projected layer by layer, channel "
+                    f"coupling unknown: {exc}")
+                pruner = make_pruner(None)
             opt = make_optimizer(a.optimizer, model.parameters(), a.lr, momentum=a.momentum,
                                  weight_decay=a.weight_decay)
             if admm_state is not None:
@@ -385,30 +395,15 @@ def _teacher(model: nn.Module, run_dir: Path | None, resumed: bool) -> nn.Module
     return teacher
 
 
-def _coupling_input(model: nn.Module, targets, loader: DataLoader, log: Callable[[str], None],
-                    needed: bool = False):
-    """Example input for coupled structured pruning, or None (no structured target, or
-    a model torch.fx cannot trace: then every layer is projected on its own). With
-    ``needed`` (dead-weight reallocation) a missing or untraceable input is an error."""
+def _coupling_input(targets, loader: DataLoader, needed: bool = False):
+    """Example input for coupled structured pruning, or None when no target is
+    structured. With ``needed`` (dead-weight reallocation) a missing input is an error."""
     if not needed and not any(t.structure in ("filter", "channel") for t in targets):
         return None
     x = _example_input(loader)
-    if x is None:
-        if needed:
-            raise ConfigError("reallocate_dead needs an example input: the training data set "
-                              "must be indexable")
-        return None
-    from .compact import channel_ids
-    from .errors import UnsupportedModelError
-
-    try:
-        channel_ids(model, x)
-    except UnsupportedModelError as exc:
-        if needed:
-            raise
-        log(f"warning: structured targets are projected layer by layer, channel coupling "
-            f"unknown: {exc}")
-        return None
+    if x is None and needed:
+        raise ConfigError("reallocate_dead needs an example input: the training data set "
+                          "must be indexable")
     return x
 
 
