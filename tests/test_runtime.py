@@ -575,3 +575,38 @@ def test_maxpool_fast_path_matches_torch_with_nan(k, H, W, tmp_path):
     got = load(path)(x.numpy())
     assert np.array_equal(np.isnan(got), np.isnan(ref))
     assert np.allclose(np.nan_to_num(got), np.nan_to_num(ref), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
+@pytest.mark.parametrize("tail", ["flatten", "conv", "linear", "pool"])
+def test_outputs_are_fresh_arrays(mode, tail, tmp_path):
+    """A returned output never shares memory with the runtime's reused buffers: a later
+    call (same or another batch size) leaves it unchanged, whatever op produced it
+    (a layer writing into its own array, or a view such as a flatten of a layer's
+    output)."""
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(2, 4, 3, padding=1), nn.ReLU()]
+    layers += {"flatten": [nn.Conv2d(4, 3, 3), nn.Flatten()], "conv": [nn.Conv2d(4, 3, 3)],
+               "linear": [nn.Flatten(), nn.Linear(4 * 8 * 8, 5)],
+               "pool": [nn.MaxPool2d(2)]}[tail]
+    model = _prune(nn.Sequential(*layers), 0.9)
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 2, 8, 8), path)
+    sm = load(path, mode=mode)
+    xs = [torch.randn(n, 2, 8, 8) for n in (1, 1, 3, 1)]
+    outs = [sm(x.numpy()) for x in xs]  # each call could overwrite an earlier result
+    for x, out in zip(xs, outs):
+        assert _rel_err(out, _ref(model, x)) <= REL_TOL
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(outs) for b in outs[i + 1:])
+
+
+def test_aligned_buffers():
+    from mobileprune.runtime import kernels
+
+    for shape in [(5,), (3, 7), (1, 32, 48, 48)]:
+        for zero in (False, True):
+            a = kernels.aligned_empty(shape, np.float32, zero)
+            assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous
+            assert a.ctypes.data % kernels.ALIGN_BYTES == 0
+            if zero:
+                assert not a.any()

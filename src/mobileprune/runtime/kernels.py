@@ -73,6 +73,8 @@ SELL_UNROLL = 2
 #: Lanes per vector, and the possible numbers of vectors per register block (accumulators)
 #: of the sparse conv kernel.
 VEC = 8
+ALIGN_BYTES = 64  # cache line
+ALIGN_PAD = ALIGN_BYTES // 4  # float32 elements to spare for aligning a buffer
 BLOCK_SIZES = (8, 7, 6)
 
 _DISABLED = os.environ.get("MOBILEPRUNE_NO_NUMBA", "").strip() not in ("", "0")
@@ -363,6 +365,16 @@ if HAVE_NUMBA:
         _conv_forward_simd(x, buf, geom[0], geom[1], geom[2], geom[3], geom[4], geom[5],
                            geom[6], indptr, offs, vals, bias, blk, geom[9], out,
                            geom[7], geom[8], geom[10] != 0)
+
+    @njit(cache=True, boundscheck=False)
+    def _conv_forward_packed_into(x, buf, indptr, offs, vals, bias, blk, raw, geom):
+        # the same, writing into the first 64-byte aligned float of ``raw`` (which has
+        # ALIGN_PAD floats to spare); returns that offset. Vector stores that straddle
+        # cache lines cost about 20% on a layer bound by writing its output.
+        o = ((ALIGN_BYTES - raw.ctypes.data % ALIGN_BYTES) % ALIGN_BYTES) // 4
+        size = x.shape[0] * geom[7]
+        _conv_forward_packed(x, buf, indptr, offs, vals, bias, blk, raw[o:o + size], geom)
+        return o
 
     @njit(cache=True, fastmath=True, boundscheck=False)
     def _conv_sparse_loops(buf, P, N, indptr, offs, vals, bias, blk, relu, out, OP, plane):
@@ -771,6 +783,31 @@ def conv_forward_sparse_packed(x, buf, indptr, offs, vals, bias, blk, out, geom)
     g = [int(v) for v in geom]
     conv_forward_sparse(x, buf, g[0], g[1], g[2], g[3], g[4], g[5], g[6], indptr, offs, vals,
                         bias, blk, bool(g[9]), out, g[7], g[8], bool(g[10]))
+
+
+def conv_forward_sparse_kernel():
+    """The function behind :func:`conv_forward_sparse_packed` (same arguments): the
+    compiled kernel itself when the SIMD path is in use, to be called without the Python
+    wrapper in per-call hot loops."""
+    return _conv_forward_packed if _USE_INTRINSIC else conv_forward_sparse_packed
+
+
+def conv_forward_sparse_into():
+    """``f(x, buf, indptr, offs, vals, bias, blk, raw, geom) -> o``: like
+    :func:`conv_forward_sparse_packed`, writing the output to ``raw[o:o + N * OP]``, the
+    first 64-byte aligned stretch of ``raw`` (allocate ``N * OP + ALIGN_PAD`` floats);
+    ``None`` without the compiled SIMD kernels."""
+    return _conv_forward_packed_into if _USE_INTRINSIC else None
+
+
+def aligned_empty(shape, dtype=np.float32, zero: bool = False) -> np.ndarray:
+    """A new C-contiguous array whose data starts on a 64-byte boundary (a cache line)."""
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = (np.zeros if zero else np.empty)(n * dtype.itemsize + ALIGN_BYTES, np.uint8)
+    o = (-raw.ctypes.data) % ALIGN_BYTES
+    return raw[o:o + n * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def conv_im2col(buf: np.ndarray, base: int, roff: np.ndarray, Ho: int, Wo: int, Wq: int,

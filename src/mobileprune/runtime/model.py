@@ -479,13 +479,14 @@ class _Scratch(threading.local):
 
     def __init__(self) -> None:
         self.bufs: dict = {}
+        self.programs: dict = {}  # batch size -> bound program (SparseModel._bind)
 
     def get(self, owner: object, tag: str, shape: tuple[int, ...], zero: bool = False,
             dtype=np.float32) -> np.ndarray:
         key = (id(owner), tag)
         a = self.bufs.get(key)
         if a is None or a.shape != shape:
-            a = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+            a = kernels.aligned_empty(shape, dtype, zero)
             self.bufs[key] = a
         return a
 
@@ -519,6 +520,15 @@ class _Step:
 
     def run(self, vals: list[np.ndarray], scratch: _Scratch) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
+
+    def bind(self, scratch: _Scratch, N: int):
+        """A function of the step's input arrays for batch size ``N``, with its buffers
+        looked up once (:meth:`SparseModel._bind`); by default :meth:`run`."""
+        run = self.run
+
+        def fn(*vals):
+            return run(vals, scratch)
+        return fn
 
 
 def _time_variants(step, x: np.ndarray, repeats: int = 7) -> dict[bool, float]:
@@ -660,6 +670,41 @@ class _ConvStep(_Step):
     # interior is ever written, so the padding stays zero)
     def _buffer(self, scratch: _Scratch, N: int) -> np.ndarray:
         return scratch.get(self, "in", (N * self.P + 64,), zero=True)
+
+    def bind(self, scratch, N):
+        if not (self.sparse and kernels.HAVE_NUMBA and self.plain_out and self.dims == 2):
+            return super().bind(scratch, N)
+        # the direct sparse kernel with every argument fixed but the input: one numba
+        # call per layer and call (at batch 1 the Python around a kernel is a few us)
+        kern = kernels.conv_forward_sparse_kernel()
+        buf = self._buffer(scratch, N)
+        ind, offs, vals, bias, blk, geom = (self.indptr, self.offs, self.vals, self.bias,
+                                            self.blk, self.geom)
+        size, shape = N * self.O * self.plane, (N,) + self.out_shape
+        into = kernels.conv_forward_sparse_into()
+        if self.is_output and into is not None:  # a fresh, cache-line aligned array per call
+            empty, f32, pad = np.empty, np.float32, kernels.ALIGN_PAD
+
+            def fn(x):
+                raw = empty(size + pad, f32)
+                o = into(x, buf, ind, offs, vals, bias, blk, raw, geom)
+                return raw[o:o + size].reshape(shape)
+            return fn
+        if self.is_output:
+            empty, f32 = np.empty, np.float32
+
+            def fn(x):
+                out = empty(size, f32)
+                kern(x, buf, ind, offs, vals, bias, blk, out, geom)
+                return out.reshape(shape)
+            return fn
+        out = scratch.get(self, "out", (size,))
+        res = out.reshape(shape)
+
+        def fn(x):
+            kern(x, buf, ind, offs, vals, bias, blk, out, geom)
+            return res
+        return fn
 
     def run(self, vals, scratch):
         x = vals[0]
@@ -814,9 +859,13 @@ class _PoolStep(_Step):
 
 
 class _FnStep(_Step):
-    def __init__(self, op, fn, kernel=None):
+    def __init__(self, op, fn, view: bool = False):
         self.name, self.inputs, self.output = op["name"], list(op["inputs"]), op["name"]
         self.fn = fn
+        self.view = view  # the result may be a view of the input (no fresh memory)
+
+    def bind(self, scratch, N):
+        return self.fn
 
     def run(self, vals, scratch):
         return self.fn(*vals)
@@ -968,7 +1017,7 @@ class SparseModel:
                 st = _FnStep(op, lambda x: np.maximum(x, np.float32(0)))
             elif kind == "reshape":
                 shp = tuple(op["shape"])
-                st = _FnStep(op, lambda x, _s=shp: np.reshape(x, (x.shape[0],) + _s))
+                st = _FnStep(op, lambda x, _s=shp: np.reshape(x, (x.shape[0],) + _s), view=True)
             elif kind == "add":
                 st = _FnStep(op, np.add)
             elif kind == "concat":
@@ -990,9 +1039,37 @@ class SparseModel:
                               for st in steps)
         for st in steps:
             st.is_output = st.output in keep
+        # an output that may share memory with a reused scratch buffer (a reshape of a
+        # layer's output, for instance) is copied before it is returned
+        fresh: dict[str, bool] = {self.input_name: True}
+        for st in steps:
+            if isinstance(st, (_ConvStep, _LinearStep, _PoolStep)):
+                fresh[st.output] = st.is_output
+            elif isinstance(st, _FnStep) and st.view:
+                fresh[st.output] = fresh[st.inputs[0]]
+            else:
+                fresh[st.output] = True
+        self._copy_out = [not fresh[o] for o in self.output_names]
         self._steps = steps
         self._free = [[v for v in dict.fromkeys(st.inputs) if last.get(v) == i and v not in keep]
                       for i, st in enumerate(steps)]
+
+    def _bind(self, scratch: _Scratch, N: int) -> tuple:
+        """The steps bound to batch size ``N`` and this thread's buffers: a list of
+        ``(function, input slots, output slot, slots to free)`` over a list of values
+        (slot 0 the model input), built on the first call with each ``N``."""
+        slot = {self.input_name: 0}
+        for st in self._steps:
+            slot.setdefault(st.output, len(slot))
+        prog = [(st.bind(scratch, N), tuple(slot[v] for v in st.inputs), slot[st.output],
+                 tuple(slot[v] for v in free))
+                for st, free in zip(self._steps, self._free)]
+        outs = [(slot[o], c) for o, c in zip(self.output_names, self._copy_out)]
+        bound = (prog, len(slot), outs)
+        if len(scratch.programs) >= 8:  # many batch sizes: keep the cache small
+            scratch.programs.clear()
+        scratch.programs[N] = bound
+        return bound
 
     # ---- execution
     def __call__(self, x: Any) -> np.ndarray | tuple[np.ndarray, ...]:
@@ -1002,22 +1079,27 @@ class SparseModel:
                 or x.shape[0] < 1:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape))}) "
                              f"with N >= 1, got {x.shape}")
-        env: dict[str, np.ndarray] = {self.input_name: x}
         scratch = self._scratch
+        N = x.shape[0]
+        bound = scratch.programs.get(N)
+        if bound is None:
+            bound = self._bind(scratch, N)
+        prog, nslots, outs = bound
+        vals: list = [None] * nslots
+        vals[0] = x
         prev = None
         if self._uses_blas and self.blas_threads is not None:
             prev = kernels.set_blas_threads_local(self.blas_threads)
         try:
-            for st, free in zip(self._steps, self._free):
-                env[st.output] = st.run([env[v] for v in st.inputs], scratch)
+            for fn, ins, o, free in prog:
+                vals[o] = fn(vals[ins[0]]) if len(ins) == 1 else fn(*[vals[i] for i in ins])
                 for v in free:
-                    env.pop(v, None)
+                    vals[v] = None
         finally:
             if prev is not None:
                 kernels.set_blas_threads_local(prev)
-        if len(self.output_names) == 1:
-            return np.ascontiguousarray(env[self.output_names[0]])
-        return tuple(np.ascontiguousarray(env[o]) for o in self.output_names)
+        res = [np.array(vals[o]) if copy else np.ascontiguousarray(vals[o]) for o, copy in outs]
+        return res[0] if len(res) == 1 else tuple(res)
 
     # ---- introspection
     def plan(self) -> list[LayerPlan]:
