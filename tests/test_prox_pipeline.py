@@ -63,3 +63,56 @@ def test_config_errors(data):
         proximal_prune(LeNet300100(), data, {**CFG, "schedule": {"epochs": 3}}, log=lambda s: None)
     with pytest.raises(ConfigError, match="lam"):
         proximal_prune(LeNet300100(), data, {**CFG, "lam": -1.0}, log=lambda s: None)
+
+
+def _sched(**kw):
+    return {**CFG, "schedule": {**CFG["schedule"], **kw}}
+
+
+def test_target_nonzero_stops_the_rounds(data):
+    torch.manual_seed(0)
+    full = proximal_prune(LeNet300100(), data, _sched(rounds=4), log=lambda s: None)
+    nz = [h["nonzero_total"] for h in full.history]
+    assert nz[0] > nz[1] > nz[2]  # each round prunes further
+    target = (nz[0] + nz[1]) // 2  # reached after round 2, not after round 1
+    torch.manual_seed(0)
+    res = proximal_prune(LeNet300100(), data, _sched(rounds=4, target_nonzero=target),
+                         log=lambda s: None)
+    assert [h["round"] for h in res.history] == [1, 2]
+    assert res.history[0]["nonzero_total"] > target >= res.history[1]["nonzero_total"]
+
+
+def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
+    torch.manual_seed(0)
+    cfg = _sched(rounds=2, distill=0.5, final_retrain_epochs=3, final_retrain_lr=1e-3)
+    m = LeNet300100()
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(s):
+        if s.startswith("final retrain 2/3"):
+            raise Stop
+    with pytest.raises(Stop):
+        proximal_prune(m, data, cfg, run_dir=tmp_path / "run", log=interrupt)
+    assert (tmp_path / "run" / "teacher.pt").exists()  # the dense model, for the resume
+    logs = []
+    m2 = LeNet300100()
+    res = proximal_prune(m2, data, cfg, run_dir=tmp_path / "run", log=logs.append)
+    assert [s.split(":")[0] for s in logs if s.startswith("final")] == ["final retrain 3/3"]
+    assert len(res.history) == 2
+    # pruned weights stayed exactly zero through the final retraining
+    for name, mask in res.masks.items():
+        w = dict(m2.named_parameters())[name].detach()
+        assert torch.equal(mask, w != 0)
+    assert res.masks["fc1.weight"].sum() < res.masks["fc1.weight"].numel()
+
+
+@pytest.mark.parametrize("bad, match", [
+    ({"distill": 1.5}, "distill"), ({"distill": -0.1}, "distill"),
+    ({"final_retrain_epochs": -1}, "final_retrain_epochs"),
+    ({"target_nonzero": 2.5}, "target_nonzero"), ({"final_retrain_lr": 0.0}, "final_retrain_lr"),
+    ({"temperature": 0}, "temperature")])
+def test_schedule_additions_validated(data, bad, match):
+    with pytest.raises(ConfigError, match=match):
+        proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)

@@ -517,14 +517,18 @@ def proximal_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Op
                    pruner: ProximalPruner, *,
                    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                    step: float | None = None, scheduler=None, progress: bool | None = None,
-                   desc: str = "prox") -> dict[str, Any]:
+                   desc: str = "prox", teacher: nn.Module | None = None, distill: float = 0.0,
+                   temperature: float = 4.0) -> dict[str, Any]:
     """One epoch of the practical proximal variant (methods.md 2.3): after every
     ``optimizer.step()``, :meth:`ProximalPruner.prox_step` with ``step`` (default: the
-    optimizer's current learning rate).  Returns :func:`mobileprune.train.train_epoch`'s
-    stats plus ``penalty`` and ``objective``; raises ``FloatingPointError`` on NaN/inf."""
+    optimizer's current learning rate).  ``teacher`` / ``distill`` / ``temperature``: the
+    smooth loss distills from ``teacher`` (:func:`mobileprune.train.train_epoch`).
+    Returns :func:`mobileprune.train.train_epoch`'s stats plus ``penalty`` and
+    ``objective``; raises ``FloatingPointError`` on NaN/inf."""
     stats = train_epoch(model, loader, optimizer, loss_fn=loss_fn,
                         after_step=lambda: pruner.prox_step(step, optimizer=optimizer),
-                        scheduler=scheduler, progress=progress, desc=desc)
+                        scheduler=scheduler, progress=progress, desc=desc, teacher=teacher,
+                        distill=distill, temperature=temperature)
     penalty = float(pruner.penalty_value())
     return {**stats, "penalty": penalty, "objective": stats["loss"] + penalty}
 
@@ -538,7 +542,9 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                prox_optimizer: str = "adam", prox_lr: float = 1e-3,
                palm_options: Mapping[str, Any] | None = None,
-               progress: bool | None = False) -> list[dict[str, Any]]:
+               progress: bool | None = False, teacher: nn.Module | None = None,
+               distill: float = 0.0, temperature: float = 4.0,
+               target_nonzero: int | None = None) -> list[dict[str, Any]]:
     """The round schedule of the public MobilePrune code (methods.md end of 2.3, seed 000).
 
     Every round: ``prox_epochs`` epochs of :func:`palm_epoch` (``mode="palm"``, options
@@ -550,6 +556,10 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     ``2 increase_every``, ... (``None``: never), :meth:`ProximalPruner.increase` with
     ``lam_factor`` / ``eta_factor``.  (The public code used 10 prox + 30 retrain epochs
     and raised ``lam``/``eta`` additively every ``stride`` rounds.)
+
+    With ``teacher`` and ``distill > 0`` the smooth loss of both phases distills from
+    ``teacher`` (the PALM phase keeps ``loss_fn``). With ``target_nonzero`` the rounds
+    stop early once the model has at most that many nonzero weights.
 
     Returns one dict per round: hyper-parameters used, prox / retrain stats, nonzero
     counts after each phase, the penalty, and the accuracy on ``eval_loader`` after each
@@ -572,6 +582,14 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     if bad:
         raise ConfigError(f"unknown palm_options {sorted(bad)}; allowed: gamma, L0, eta_L, max_backtracks")
 
+    if target_nonzero is not None:
+        target_nonzero = _nonneg_int(target_nonzero, "target_nonzero")
+    _positive(distill, "distill", strict=False)
+    if distill > 1:
+        raise ConfigError(f"distill must be in [0, 1], got {distill}")
+    if distill > 0 and teacher is None:
+        raise ConfigError("distill > 0 needs a teacher model")
+    kd = {"teacher": teacher, "distill": distill, "temperature": temperature} if distill > 0 else {}
     history: list[dict[str, Any]] = []
     for r in range(rounds):
         rec: dict[str, Any] = {"round": r + 1, "regularizers": pruner.hyperparameters()}
@@ -585,7 +603,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                                             progress=progress, desc=desc, **opts)
                 else:
                     prox_stats = proximal_epoch(model, train_loader, opt, pruner, loss_fn=loss_fn,
-                                                progress=progress, desc=desc)
+                                                progress=progress, desc=desc, **kd)
                 check_finite(model, f"after {desc}")
         rec["prox"] = prox_stats
         rec["nonzero_after_prox"] = sum(pruner.nonzero().values())
@@ -598,7 +616,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                 for e in range(retrain_epochs):
                     desc = f"round {r + 1} retrain {e + 1}/{retrain_epochs}"
                     retrain_stats = train_epoch(model, train_loader, opt, loss_fn=loss_fn,
-                                                progress=progress, desc=desc)
+                                                progress=progress, desc=desc, **kd)
                     check_finite(model, f"after {desc}")
         rec["retrain"] = retrain_stats
         rec["nonzero"] = pruner.nonzero()
@@ -615,4 +633,6 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
             loss = prox_stats.get("loss", retrain_stats.get("loss", float("nan")))
             log(f"round {r + 1}/{rounds}: loss {loss:.4f}, penalty {rec['penalty']:.4g}, "
                 f"nonzero {rec['nonzero_total']}{acc}" + (" (lam/eta raised)" if rec["increased"] else ""))
+        if target_nonzero is not None and rec["nonzero_total"] <= target_nonzero:
+            break
     return history

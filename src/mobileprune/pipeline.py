@@ -432,7 +432,13 @@ def _fmt_epoch(s: Mapping[str, Any]) -> str:
 class ProxSchedule:
     """Round schedule of MobilePrune (methods.md 2.3): ``rounds`` of (``prox_epochs`` of
     PALM or proximal steps, then ``retrain_epochs`` of masked retraining), lam/eta
-    multiplied by ``lam_factor``/``eta_factor`` after every ``increase_every`` rounds."""
+    multiplied by ``lam_factor``/``eta_factor`` after every ``increase_every`` rounds.
+
+    Additions to the seed's schedule: ``distill`` (weight ``a`` in [0, 1] of distillation
+    from the model as given, temperature ``temperature``, in both phases), ``target_nonzero``
+    (stop the rounds once the model has at most that many nonzero weights) and
+    ``final_retrain_epochs`` of masked retraining after the last round, with cosine
+    learning-rate decay from ``final_retrain_lr`` (default ``retrain_lr``)."""
 
     rounds: int = 3
     prox_epochs: int = 2
@@ -445,6 +451,66 @@ class ProxSchedule:
     prox_lr: float = 1e-3
     retrain_lr: float = 1e-3
     retrain_weight_decay: float = 1e-5
+    distill: float = 0.0
+    temperature: float = 4.0
+    target_nonzero: int | None = None
+    final_retrain_epochs: int = 0
+    final_retrain_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        from .palm import _nonneg_int, _positive
+
+        _positive(self.distill, "schedule.distill", strict=False)
+        if self.distill > 1:
+            raise ConfigError(f"schedule.distill must be in [0, 1], got {self.distill}")
+        _positive(self.temperature, "schedule.temperature")
+        if self.target_nonzero is not None:
+            _nonneg_int(self.target_nonzero, "schedule.target_nonzero")
+        _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
+        if self.final_retrain_lr is not None:
+            self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
+
+
+def _prox_fingerprint(pruner_cfg: Mapping[str, Any], sched: ProxSchedule) -> str:
+    """Hash of a proximal run's settings; schedule keys at their default value are left
+    out, so that run directories of earlier versions (without those keys) still resume."""
+    default = ProxSchedule()
+    sch = {k: v for k, v in dataclasses.asdict(sched).items()
+           if k in _PROX_SCHEDULE_V1 or v != getattr(default, k)}
+    return hashlib.sha256(json.dumps({"pruner": pruner_cfg, "schedule": sch}, sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+_PROX_SCHEDULE_V1 = ("rounds", "prox_epochs", "retrain_epochs", "lam_factor", "eta_factor",
+                     "increase_every", "mode", "prox_optimizer", "prox_lr", "retrain_lr",
+                     "retrain_weight_decay")
+
+
+def _final_retrain(model, train_loader, pruner, sched: ProxSchedule, final: dict, kd: dict,
+                   eval_loader, progress, save, log) -> None:
+    """``sched.final_retrain_epochs`` of masked retraining with cosine decay, resumable per
+    epoch (``final`` holds the optimizer/scheduler state and the epochs done)."""
+    from .palm import check_finite
+
+    epochs = sched.final_retrain_epochs
+    lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=sched.retrain_weight_decay)
+    lr_sched = cosine_lr(opt, epochs * len(train_loader))
+    done = int(final.get("epochs", 0))
+    if done:
+        opt.load_state_dict(final["optimizer"])
+        lr_sched.load_state_dict(final["scheduler"])
+    kd = kd if kd.get("distill", 0) > 0 else {}
+    with MaskEnforcer(model, pruner.masks(), opt):
+        while done < epochs:
+            stats = train_epoch(model, train_loader, opt, scheduler=lr_sched, progress=progress,
+                                desc=f"final retrain {done + 1}/{epochs}", **kd)
+            check_finite(model, f"after final retrain epoch {done + 1}")
+            done += 1
+            acc = evaluate(model, eval_loader) if eval_loader is not None else None
+            save({"epochs": done, "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict()})
+            log(f"final retrain {done}/{epochs}: loss {stats['loss']:.4f}"
+                + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
 
 
 def split_prox_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], ProxSchedule]:
@@ -479,13 +545,13 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
 
     pruner_cfg, sched = split_prox_config(config)
     pruner = ProximalPruner(model, pruner_cfg)
-    fingerprint = hashlib.sha256(json.dumps({"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
-                                            sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = _prox_fingerprint(pruner_cfg, sched)
     run_dir = Path(run_dir) if run_dir is not None else None
     state_path = run_dir / STATE_FILE if run_dir else None
     history: list[dict[str, Any]] = []
     done = 0
     acc_before = None
+    final: dict[str, Any] = {}
     if state_path is not None and resume and state_path.exists():
         st = load_checkpoint(state_path)
         if st["extra"].get("fingerprint") != fingerprint:
@@ -495,17 +561,36 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         pruner.load_state_dict(st["extra"]["pruner"])
         history, done = list(st["extra"]["history"]), int(st["extra"]["rounds_done"])
         acc_before = st["extra"].get("accuracy_before")
+        final = dict(st["extra"].get("final") or {})
         log(f"resuming from {state_path}: {done} of {sched.rounds} rounds done")
     elif eval_loader is not None:
         acc_before = evaluate(model, eval_loader)
         log(f"accuracy before pruning: {100 * acc_before:.2f}%")
+    teacher = None
+    if sched.distill > 0:  # the model as given (a resumed run reloads it from run_dir)
+        teacher = _teacher(model, run_dir, resumed=done > 0)
+    kd = {"teacher": teacher, "distill": sched.distill, "temperature": sched.temperature}
+
+    def reached() -> bool:
+        return sched.target_nonzero is not None and bool(history) \
+            and history[-1]["nonzero_total"] <= sched.target_nonzero
+
+    def save(final_state=None):
+        if state_path is not None:
+            save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
+                            model_kwargs=model_kwargs, masks=pruner.masks(),
+                            config={"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
+                            extra={"fingerprint": fingerprint, "pruner": pruner.state_dict(),
+                                   "history": history, "rounds_done": done,
+                                   "accuracy_before": acc_before, "final": final_state})
+
     t0 = time.perf_counter()
-    while done < sched.rounds:
+    while done < sched.rounds and not reached():
         rec = run_rounds(model, train_loader, pruner, 1, sched.prox_epochs, sched.retrain_epochs,
                          increase_every=None, retrain_lr=sched.retrain_lr,
                          retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
                          eval_loader=eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
-                         prox_lr=sched.prox_lr, progress=progress)[0]
+                         prox_lr=sched.prox_lr, progress=progress, **kd)[0]
         done += 1
         rec.update(round=done, seconds=time.perf_counter() - t0)
         if sched.increase_every and done % sched.increase_every == 0 and done < sched.rounds:
@@ -514,13 +599,10 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         history.append(rec)
         acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
         log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
-        if state_path is not None:
-            save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
-                            model_kwargs=model_kwargs, masks=pruner.masks(),
-                            config={"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
-                            extra={"fingerprint": fingerprint, "pruner": pruner.state_dict(),
-                                   "history": history, "rounds_done": done,
-                                   "accuracy_before": acc_before})
+        save()
+    if sched.final_retrain_epochs:
+        _final_retrain(model, train_loader, pruner, sched, final, kd, eval_loader, progress,
+                       save, log)
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before,
                                    "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
