@@ -107,6 +107,17 @@ def main() -> int:
                    state_path=work / "dense.pt", model_name=case["model"], model_kwargs=kwargs,
                    log=lambda s: log(f"[dense] {s}"))
     dense.eval()
+    control = None
+    if case.get("control"):  # the dense model trained on for the pruning runs' extra epochs
+        c = case["control"]
+        ctl = copy.deepcopy(dense)
+        cm = fit(ctl, train_loader, epochs=c["epochs"], optimizer=c.get("optimizer", "adam"),
+                 lr=c.get("lr", 1e-3), weight_decay=c.get("weight_decay", 0.0),
+                 momentum=c.get("momentum", 0.9), shift=c.get("shift", 0), eval_loader=test_loader,
+                 state_path=work / "dense-control.pt", model_name=case["model"], model_kwargs=kwargs,
+                 log=lambda s: log(f"[control] {s}"))
+        control = {"test_accuracy": cm["test_accuracy"], "train_seconds": cm["train_seconds"],
+                   "settings": c}
     example = bundle.train[0][0].unsqueeze(0)
     results = []
     for run in case["runs"]:
@@ -120,14 +131,22 @@ def main() -> int:
     result = {"command": cmd, "case": case, "machine": f"{platform.machine()}, torch {torch.__version__}",
               "dense": {**dense_counts, "test_accuracy": dmetrics["test_accuracy"],
                         "train_seconds": dmetrics["train_seconds"], "epochs": d["epochs"]},
-              "runs": results}
+              "control": control, "runs": results}
     out = ROOT / "docs" / "benchmarks" / f"structured_{args.case}"
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
     md = [f"# {case['title']}", "", f"Command: `{cmd}` (case `benchmarks/structured/{args.case}.yaml`). "
           f"Machine: {result['machine']}, 2 cores shared with other jobs.", "",
           f"Dense {case['model']}: **{100 * dmetrics['test_accuracy']:.2f}%** test accuracy after "
           f"{d['epochs']} epochs ({dmetrics['train_seconds'] / 60:.0f} min); "
-          f"{dense_counts['parameters']:,} parameters, {dense_counts['macs']:,} MACs.", "",
+          f"{dense_counts['parameters']:,} parameters, {dense_counts['macs']:,} MACs.", ""]
+    if control is not None:
+        c = control["settings"]
+        md += [f"Control: the same dense model trained {c['epochs']} more epochs "
+               f"({c.get('optimizer', 'adam')}, lr {c.get('lr', 1e-3)} with cosine decay"
+               + (f", shifts of up to {c['shift']} pixels" if c.get("shift") else "")
+               + f"), as long as the longest pruning run trains after it: "
+               f"**{100 * control['test_accuracy']:.2f}%**.", ""]
+    md += [
           "| run | accuracy pruned / compacted | change vs dense | parameters (compacted) | MACs (compacted) "
           "| MAC reduction | latency b1 1 thread dense / compacted (ms) | speedup 1 thr | speedup 2 thr "
           "| max abs diff pruned vs compacted |",
@@ -144,6 +163,10 @@ def main() -> int:
             f"| {l1['dense']['median_ms'] / l1['compacted']['median_ms']:.2f}x "
             + (f"| {l2['dense']['median_ms'] / l2['compacted']['median_ms']:.2f}x " if l2 else "| - ")
             + f"| {r['compacted_max_abs_diff']:.1e} |")
+    if control is not None:
+        md += [""] + [f"- {r['name']} against the control: "
+                      f"{100 * (r['accuracy_compacted'] - control['test_accuracy']):+.2f} points"
+                      for r in results]
     md += ["", case.get("published", "").strip(), ""]
     atomic_write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
     print("\n".join(md))

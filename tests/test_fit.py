@@ -59,3 +59,21 @@ def test_fit_rejects_other_settings_and_bad_values(tmp_path):
         fit(m, _loader(), epochs=2, lr=1e-3, state_path=path, log=lambda s: None)
     with pytest.raises(ConfigError, match="fit.lr"):
         fit(m, _loader(), epochs=1, lr=-1.0, log=lambda s: None)
+
+
+def test_fit_shift_augments_and_is_part_of_the_settings(tmp_path):
+    init = LeNet300100().state_dict()
+    runs = {}
+    for shift in (0, 2):
+        m = LeNet300100()
+        m.load_state_dict(init)
+        torch.manual_seed(1)
+        fit(m, _loader(), epochs=1, lr=1e-3, shift=shift, state_path=tmp_path / f"{shift}.pt",
+            log=lambda s: None)
+        runs[shift] = m.fc1.weight.detach().clone()
+    assert not torch.equal(runs[0], runs[2])  # shifted inputs: other gradients
+    with pytest.raises(CheckpointError, match="other settings"):  # not resumed as shift 0
+        fit(LeNet300100(), _loader(), epochs=1, lr=1e-3, shift=0, state_path=tmp_path / "2.pt",
+            log=lambda s: None)
+    with pytest.raises(ConfigError, match="shift"):
+        fit(LeNet300100(), _loader(), epochs=1, shift=-1, log=lambda s: None)

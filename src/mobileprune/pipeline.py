@@ -611,12 +611,13 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
 
 
 def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: str = "adam",
-        lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9,
+        lr: float = 1e-3, weight_decay: float = 0.0, momentum: float = 0.9, shift: int = 0,
         eval_loader: DataLoader | None = None, state_path: str | Path | None = None,
         progress: bool | None = None, model_name: str | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train a dense model with cosine learning-rate decay, resumable after every epoch.
+    """Train a dense model with cosine learning-rate decay, resumable after every epoch
+    (``shift``: random translations of the inputs by up to that many pixels).
 
     With ``state_path``, the model, optimizer, scheduler, RNG states and history are
     written there (atomically) after every epoch; calling ``fit`` again with the same
@@ -624,7 +625,8 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: s
     ``{"test_accuracy", "train_seconds", "history"}``.
     """
     settings = _settings(_TrainSettings, {"epochs": epochs, "optimizer": optimizer, "lr": lr,
-                                          "weight_decay": weight_decay, "momentum": momentum},
+                                          "weight_decay": weight_decay, "momentum": momentum,
+                                          "shift": shift},
                          "fit")
     opt = make_optimizer(settings.optimizer, model.parameters(), settings.lr,
                          momentum=settings.momentum, weight_decay=settings.weight_decay)
@@ -652,7 +654,7 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: s
         ep = len(history)
         t0 = time.perf_counter()
         stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
-                            desc=f"train {ep + 1}/{settings.epochs}")
+                            desc=f"train {ep + 1}/{settings.epochs}", shift=settings.shift)
         seconds += time.perf_counter() - t0
         stats.update({"epoch": ep + 1, "test_accuracy": evaluate(model, eval_loader)
                       if eval_loader is not None else None})
