@@ -75,7 +75,12 @@ With the numpy-only backend (no numba), the sparse conv path is an im2col GEMM o
 nonzero columns only and the sparse Linear path a gather + ``reduceat``.
 
 A :class:`SparseModel` keeps per-thread scratch buffers; one instance can be called from
-several threads.
+several threads. On the first call with a batch size ``N`` (per thread) the steps are
+*bound*: each gets its buffers (64-byte aligned) and, for the direct sparse convolution,
+a closure that makes one compiled call with every argument but the input fixed; later
+calls with that ``N`` only run the bound list (at batch 1, the Python around a small
+layer's kernel would otherwise cost as much as the kernel). Intermediate values live
+in the reused buffers; every returned output is a fresh array.
 """
 
 from __future__ import annotations
