@@ -148,6 +148,23 @@ def test_prune_with_mobileprune_method(dense, tmp_path, capsys):
     assert "--sparsity is for --method admm" in capsys.readouterr().err
     assert run("prune", str(dense), "--lam", "0.5", "--config", "demo", "--out", str(tmp_path / "x.pt")) == 2
     assert "--lam is for the proximal methods" in capsys.readouterr().err
+    assert run("prune", str(dense), "--target-nonzero", "100", "--config", "demo",
+               "--out", str(tmp_path / "x.pt")) == 2
+    assert "--target-nonzero is for the proximal methods" in capsys.readouterr().err
+
+
+def test_prune_target_nonzero_stops_the_rounds(dense, tmp_path):
+    out = tmp_path / "t.pt"
+    total = 430500  # LeNet-5 weights: round 1 (huge lam) goes far below this target
+    assert run("prune", str(dense), "--method", "l0_group_lasso", "--lam", "50", "--eta", "1e-4",
+               "--rounds", "3", "--prox-epochs", "1", "--retrain-epochs", "0",
+               "--target-nonzero", str(total - 1), "--out", str(out), "--quiet") == 0
+    ck = load_checkpoint(out)
+    assert ck["config"]["schedule"]["target_nonzero"] == total - 1
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["totals"]["nonzero"] <= total - 1
+    state = load_checkpoint(tmp_path / "t.run" / "state.pt")
+    assert state["extra"]["rounds_done"] == 1  # stopped after the first round, not 3
 
 
 def test_compact_command_roundtrip(tmp_path, capsys):

@@ -114,7 +114,7 @@ def _admm_config(args) -> tuple[dict[str, Any], Any]:
         raise ConfigError("give --config FILE|NAME or --sparsity S")
     if args.sparsity is not None and args.config is not None:
         raise ConfigError("--sparsity and --config are exclusive")
-    for key in ("lam", "eta", "beta", "rounds", "prox_epochs"):
+    for key in ("lam", "eta", "beta", "rounds", "prox_epochs", "target_nonzero"):
         if getattr(args, key) is not None:
             raise ConfigError(f"--{key.replace('_', '-')} is for the proximal methods, not --method admm")
     raw = _read_config(args.config) if args.config else {"default": args.sparsity}
@@ -139,7 +139,7 @@ def _prox_config(args) -> dict[str, Any]:
         if getattr(args, key) is not None:
             raw[key] = getattr(args, key)
     sched = raw.setdefault("schedule", {})
-    for key in ("rounds", "prox_epochs", "retrain_epochs"):
+    for key in ("rounds", "prox_epochs", "retrain_epochs", "target_nonzero"):
         if getattr(args, key) is not None:
             sched[key] = getattr(args, key)
     return raw
@@ -401,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="proximal methods: l1 weight")
     p.add_argument("--rounds", type=int, help="proximal methods: number of rounds")
     p.add_argument("--prox-epochs", type=int, help="proximal methods: prox epochs per round")
+    p.add_argument("--target-nonzero", type=int,
+                   help="proximal methods: stop the rounds once at most this many weights are nonzero")
     p.add_argument("--admm-epochs", type=int, help="override admm.epochs of the config")
     p.add_argument("--retrain-epochs", type=int, help="override the retraining epochs of the config")
     p.add_argument("--out", required=True, help="output pruned checkpoint (.pt); the report goes "
