@@ -543,8 +543,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                prox_optimizer: str = "adam", prox_lr: float = 1e-3,
                palm_options: Mapping[str, Any] | None = None,
                progress: bool | None = False, teacher: nn.Module | None = None,
-               distill: float = 0.0, temperature: float = 4.0,
-               target_nonzero: int | None = None) -> list[dict[str, Any]]:
+               distill: float = 0.0, temperature: float = 4.0) -> list[dict[str, Any]]:
     """The round schedule of the public MobilePrune code (methods.md end of 2.3, seed 000).
 
     Every round: ``prox_epochs`` epochs of :func:`palm_epoch` (``mode="palm"``, options
@@ -558,8 +557,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     and raised ``lam``/``eta`` additively every ``stride`` rounds.)
 
     With ``teacher`` and ``distill > 0`` the smooth loss of both phases distills from
-    ``teacher`` (the PALM phase keeps ``loss_fn``). With ``target_nonzero`` the rounds
-    stop early once the model has at most that many nonzero weights.
+    ``teacher`` (the PALM phase keeps ``loss_fn``).
 
     Returns one dict per round: hyper-parameters used, prox / retrain stats, nonzero
     counts after each phase, the penalty, and the accuracy on ``eval_loader`` after each
@@ -582,8 +580,6 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     if bad:
         raise ConfigError(f"unknown palm_options {sorted(bad)}; allowed: gamma, L0, eta_L, max_backtracks")
 
-    if target_nonzero is not None:
-        target_nonzero = _nonneg_int(target_nonzero, "target_nonzero")
     _positive(distill, "distill", strict=False)
     if distill > 1:
         raise ConfigError(f"distill must be in [0, 1], got {distill}")
@@ -633,6 +629,4 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
             loss = prox_stats.get("loss", retrain_stats.get("loss", float("nan")))
             log(f"round {r + 1}/{rounds}: loss {loss:.4f}, penalty {rec['penalty']:.4g}, "
                 f"nonzero {rec['nonzero_total']}{acc}" + (" (lam/eta raised)" if rec["increased"] else ""))
-        if target_nonzero is not None and rec["nonzero_total"] <= target_nonzero:
-            break
     return history

@@ -471,6 +471,12 @@ class ProxSchedule:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
 
 
+# the schedule keys of the first version (always part of the fingerprint)
+_PROX_SCHEDULE_V1 = ("rounds", "prox_epochs", "retrain_epochs", "lam_factor", "eta_factor",
+                     "increase_every", "mode", "prox_optimizer", "prox_lr", "retrain_lr",
+                     "retrain_weight_decay")
+
+
 def _prox_fingerprint(pruner_cfg: Mapping[str, Any], sched: ProxSchedule) -> str:
     """Hash of a proximal run's settings; schedule keys at their default value are left
     out, so that run directories of earlier versions (without those keys) still resume."""
@@ -479,11 +485,6 @@ def _prox_fingerprint(pruner_cfg: Mapping[str, Any], sched: ProxSchedule) -> str
            if k in _PROX_SCHEDULE_V1 or v != getattr(default, k)}
     return hashlib.sha256(json.dumps({"pruner": pruner_cfg, "schedule": sch}, sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
-
-
-_PROX_SCHEDULE_V1 = ("rounds", "prox_epochs", "retrain_epochs", "lam_factor", "eta_factor",
-                     "increase_every", "mode", "prox_optimizer", "prox_lr", "retrain_lr",
-                     "retrain_weight_decay")
 
 
 def _final_retrain(model, train_loader, pruner, sched: ProxSchedule, final: dict, kd: dict,
@@ -500,7 +501,6 @@ def _final_retrain(model, train_loader, pruner, sched: ProxSchedule, final: dict
     if done:
         opt.load_state_dict(final["optimizer"])
         lr_sched.load_state_dict(final["scheduler"])
-    kd = kd if kd.get("distill", 0) > 0 else {}
     with MaskEnforcer(model, pruner.masks(), opt):
         while done < epochs:
             stats = train_epoch(model, train_loader, opt, scheduler=lr_sched, progress=progress,
@@ -569,7 +569,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     teacher = None
     if sched.distill > 0:  # the model as given (a resumed run reloads it from run_dir)
         teacher = _teacher(model, run_dir, resumed=done > 0)
-    kd = {"teacher": teacher, "distill": sched.distill, "temperature": sched.temperature}
+    kd = ({"teacher": teacher, "distill": sched.distill, "temperature": sched.temperature}
+          if teacher is not None else {})
 
     def reached() -> bool:
         return sched.target_nonzero is not None and bool(history) \

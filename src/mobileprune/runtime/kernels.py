@@ -792,12 +792,18 @@ def conv_forward_sparse_kernel():
     return _conv_forward_packed if _USE_INTRINSIC else conv_forward_sparse_packed
 
 
+def _conv_forward_unaligned_into(x, buf, indptr, offs, vals, bias, blk, raw, geom) -> int:
+    conv_forward_sparse_packed(x, buf, indptr, offs, vals, bias, blk,
+                               raw[:x.shape[0] * int(geom[7])], geom)
+    return 0
+
+
 def conv_forward_sparse_into():
     """``f(x, buf, indptr, offs, vals, bias, blk, raw, geom) -> o``: like
-    :func:`conv_forward_sparse_packed`, writing the output to ``raw[o:o + N * OP]``, the
-    first 64-byte aligned stretch of ``raw`` (allocate ``N * OP + ALIGN_PAD`` floats);
-    ``None`` without the compiled SIMD kernels."""
-    return _conv_forward_packed_into if _USE_INTRINSIC else None
+    :func:`conv_forward_sparse_packed`, writing the output to ``raw[o:o + N * OP]``
+    (allocate ``N * OP + ALIGN_PAD`` floats): with the compiled SIMD kernels the first
+    64-byte aligned stretch of ``raw``, otherwise ``o = 0``."""
+    return _conv_forward_packed_into if _USE_INTRINSIC else _conv_forward_unaligned_into
 
 
 def aligned_empty(shape, dtype=np.float32, zero: bool = False) -> np.ndarray:

@@ -686,22 +686,14 @@ class _ConvStep(_Step):
         ind, offs, vals, bias, blk, geom = (self.indptr, self.offs, self.vals, self.bias,
                                             self.blk, self.geom)
         size, shape = N * self.O * self.plane, (N,) + self.out_shape
-        into = kernels.conv_forward_sparse_into()
-        if self.is_output and into is not None:  # a fresh, cache-line aligned array per call
+        if self.is_output:  # a fresh, cache-line aligned array per call
+            into = kernels.conv_forward_sparse_into()
             empty, f32, pad = np.empty, np.float32, kernels.ALIGN_PAD
 
             def fn(x):
                 raw = empty(size + pad, f32)
                 o = into(x, buf, ind, offs, vals, bias, blk, raw, geom)
                 return raw[o:o + size].reshape(shape)
-            return fn
-        if self.is_output:
-            empty, f32 = np.empty, np.float32
-
-            def fn(x):
-                out = empty(size, f32)
-                kern(x, buf, ind, offs, vals, bias, blk, out, geom)
-                return out.reshape(shape)
             return fn
         out = scratch.get(self, "out", (size,))
         res = out.reshape(shape)
