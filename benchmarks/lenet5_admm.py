@@ -30,15 +30,27 @@ from mobileprune.targets import resolve_targets
 from mobileprune.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = str(ROOT / "benchmarks" / "lenet5_admm.yaml")
+DEFAULT_WORK = str(ROOT / "runs" / "bench" / "lenet5")
+DEFAULT_OUT = str(ROOT / "docs" / "benchmarks" / "lenet5_admm")
+
+
+def _rel(path: str) -> str:
+    """``path`` relative to the repository when it is inside it (for the docs)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(ROOT))
+    except ValueError:
+        return str(p)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench" / "lenet5"))
-    ap.add_argument("--config", default=str(ROOT / "benchmarks" / "lenet5_admm.yaml"))
+    ap.add_argument("--work-dir", default=DEFAULT_WORK)
+    ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--dense-epochs", type=int, default=20)
-    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "lenet5_admm"))
+    ap.add_argument("--out", default=DEFAULT_OUT)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.manual_seed(args.seed)
@@ -87,8 +99,13 @@ def main() -> int:
         t = rep["totals"]
         # weights of units that cannot affect the output (compaction removes them exactly)
         small = compact(m.eval(), torch.zeros(1, 1, 28, 28))
-        live = layer_report(small)["totals"]["nonzero"]
-        rows.append({"stage": label, "live_nonzero_weights": live,
+        small_rep = layer_report(small)
+        live = small_rep["totals"]["nonzero"]
+        u = {r["layer"]: r for r in small_rep["layers"]}
+        # MobilePrune's convention (seed 000): conv1, conv2 filters; fc1, fc2 inputs
+        units = (f"{u['conv1']['active_out']}-{u['conv2']['active_out']}-"
+                 f"{u['fc1']['active_in']}-{u['fc2']['active_in']}")
+        rows.append({"stage": label, "live_nonzero_weights": live, "active_units": units,
                      "live_weight_compression": t["weights"] / max(live, 1), "test_accuracy": ck["metrics"]["accuracy_after"],
                      "accuracy_change_points": 100 * (ck["metrics"]["accuracy_after"] - dense_acc),
                      "nonzero_weights": t["nonzero"], "weight_compression": t["weight_compression"],
@@ -96,7 +113,13 @@ def main() -> int:
                      "param_compression": t["param_compression"],
                      "all_targets_met": t["all_targets_met"], "wall_seconds": secs,
                      "layers": {r["layer"]: r["nonzero"] for r in rep["layers"]}})
-    result = {"command": "MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/lenet5_admm.py",
+    command = "MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/lenet5_admm.py"
+    for flag, value, default in (("--config", args.config, DEFAULT_CONFIG),
+                                 ("--work-dir", args.work_dir, DEFAULT_WORK),
+                                 ("--out", args.out, DEFAULT_OUT)):
+        if Path(value).resolve() != Path(default).resolve():
+            command += f" {flag} {_rel(value)}"
+    result = {"command": command,
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
               "dense_test_accuracy": dense_acc, "dense_train_seconds": dense_seconds,
               "config": cfg.to_dict(), "stages": rows, "history": res.history}
@@ -104,24 +127,26 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2, default=str) + "\n")
     md = [f"# LeNet-5 on full MNIST: progressive ADMM pruning", "",
-          f"Command: `{result['command']}` (config `benchmarks/lenet5_admm.yaml`).", 
+          f"Command: `{result['command']}` (config `{_rel(args.config)}`).",
           f"Machine: {result['machine']}. Dense LeNet-5 (431,080 parameters): "
           f"**{100 * dense_acc:.2f}%** test accuracy after {args.dense_epochs} epochs "
           f"({dense_seconds:.0f} s).", "",
           "| stage | nonzero weights | weight compression | param. compression (with biases) "
           "| test accuracy | change vs dense | conv1/conv2/fc1/fc2 nonzeros | stage wall time "
-          "| live weights after `compact` (compression) |",
-          "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+          "| live weights after `compact` (compression) | active units |",
+          "|---|---:|---:|---:|---:|---:|---|---:|---:|---|"]
     for r in rows:
         L = r["layers"]
         md.append(f"| {r['stage']} | {r['nonzero_weights']:,} | {r['weight_compression']:.1f}x | "
                   f"{r['param_compression']:.1f}x | {100 * r['test_accuracy']:.2f}% | "
                   f"{r['accuracy_change_points']:+.2f} | {L['conv1']}/{L['conv2']}/{L['fc1']}/{L['fc2']} | "
                   f"{r['wall_seconds']:.0f} s | {r['live_nonzero_weights']:,} "
-                  f"({r['live_weight_compression']:.0f}x) |")
+                  f"({r['live_weight_compression']:.0f}x) | {r['active_units']} |")
     md += ["", "Live weights: nonzeros left after `mobileprune.compact` removes the units that cannot "
            "affect the output (a hidden neuron whose outgoing weights were all pruned, a filter "
-           "nothing reads); the outputs are unchanged, so the model really needs only these.",
+           "nothing reads); the outputs are unchanged, so the model really needs only these. "
+           "Active units: conv1 and conv2 filters, fc1 and fc2 inputs of that compacted model "
+           "(MobilePrune's convention, e.g. 14-8-82-39).",
            "", "Seed 003 (Table 1): 71.2x with no loss; 246x (1.75K weights) with 0.2 points "
            "loss from 99.2%. Peers measured on this machine (landscape.md): torch.nn.utils.prune "
            "iterative 71x 98.72%, 250x 96.01%; NNI ADMMPruner 71x 98.86%, 250x 95.39% (10 epochs).",
