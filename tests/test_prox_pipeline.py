@@ -112,7 +112,38 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     ({"distill": 1.5}, "distill"), ({"distill": -0.1}, "distill"),
     ({"final_retrain_epochs": -1}, "final_retrain_epochs"),
     ({"target_nonzero": 2.5}, "target_nonzero"), ({"final_retrain_lr": 0.0}, "final_retrain_lr"),
-    ({"temperature": 0}, "temperature")])
+    ({"temperature": 0}, "temperature"), ({"final_distill": 1.2}, "final_distill"),
+    ({"final_distill": -0.5}, "final_distill")])
 def test_schedule_additions_validated(data, bad, match):
     with pytest.raises(ConfigError, match=match):
         proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)
+
+
+@pytest.mark.parametrize("distill, final_distill, expect_rounds, expect_final", [
+    (0.0, 0.5, 0.0, 0.5),    # distillation only in the final retraining
+    (0.5, 0.0, 0.5, 0.0),    # only in the rounds
+    (0.5, None, 0.5, 0.5)])  # default: the same weight in both phases
+def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, final_distill,
+                                        expect_rounds, expect_final):
+    import mobileprune.palm as palm
+    import mobileprune.pipeline as pipeline
+
+    seen = {"rounds": [], "final": []}
+    run_rounds, train_epoch = palm.run_rounds, pipeline.train_epoch
+
+    def rounds_spy(*a, **kw):
+        seen["rounds"].append(kw.get("distill", 0.0) if kw.get("teacher") is not None else 0.0)
+        return run_rounds(*a, **kw)
+
+    def final_spy(*a, **kw):
+        seen["final"].append(kw.get("distill", 0.0) if kw.get("teacher") is not None else 0.0)
+        return train_epoch(*a, **kw)
+    monkeypatch.setattr(palm, "run_rounds", rounds_spy)
+    monkeypatch.setattr(pipeline, "train_epoch", final_spy)
+    torch.manual_seed(0)
+    proximal_prune(LeNet300100(), data, _sched(rounds=2, distill=distill, final_distill=final_distill,
+                                               final_retrain_epochs=2),
+                   run_dir=tmp_path / "run", log=lambda s: None)
+    assert seen["rounds"] == [expect_rounds] * 2
+    assert seen["final"] == [expect_final] * 2
+    assert (tmp_path / "run" / "teacher.pt").exists()

@@ -438,7 +438,8 @@ class ProxSchedule:
     from the model as given, temperature ``temperature``, in both phases), ``target_nonzero``
     (stop the rounds once the model has at most that many nonzero weights) and
     ``final_retrain_epochs`` of masked retraining after the last round, with cosine
-    learning-rate decay from ``final_retrain_lr`` (default ``retrain_lr``)."""
+    learning-rate decay from ``final_retrain_lr`` (default ``retrain_lr``) and
+    distillation weight ``final_distill`` (default ``distill``)."""
 
     rounds: int = 3
     prox_epochs: int = 2
@@ -456,6 +457,7 @@ class ProxSchedule:
     target_nonzero: int | None = None
     final_retrain_epochs: int = 0
     final_retrain_lr: float | None = None
+    final_distill: float | None = None
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -469,6 +471,15 @@ class ProxSchedule:
         _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
         if self.final_retrain_lr is not None:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
+        if self.final_distill is not None:
+            _positive(self.final_distill, "schedule.final_distill", strict=False)
+            if self.final_distill > 1:
+                raise ConfigError(f"schedule.final_distill must be in [0, 1], got {self.final_distill}")
+
+    @property
+    def final_distill_weight(self) -> float:
+        """Distillation weight of the final retraining (``final_distill``, else ``distill``)."""
+        return self.distill if self.final_distill is None else float(self.final_distill)
 
 
 # the schedule keys of the first version (always part of the fingerprint)
@@ -567,10 +578,15 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         acc_before = evaluate(model, eval_loader)
         log(f"accuracy before pruning: {100 * acc_before:.2f}%")
     teacher = None
-    if sched.distill > 0:  # the model as given (a resumed run reloads it from run_dir)
+    final_kd = sched.final_distill_weight if sched.final_retrain_epochs else 0.0
+    if sched.distill > 0 or final_kd > 0:
+        # the model as given (a resumed run reloads it from run_dir)
         teacher = _teacher(model, run_dir, resumed=done > 0)
-    kd = ({"teacher": teacher, "distill": sched.distill, "temperature": sched.temperature}
-          if teacher is not None else {})
+
+    def kd_args(weight: float) -> dict[str, Any]:
+        return ({"teacher": teacher, "distill": weight, "temperature": sched.temperature}
+                if weight > 0 else {})
+    kd = kd_args(sched.distill)
 
     def reached() -> bool:
         return sched.target_nonzero is not None and bool(history) \
@@ -602,8 +618,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
         save()
     if sched.final_retrain_epochs:
-        _final_retrain(model, train_loader, pruner, sched, final, kd, eval_loader, progress,
-                       save, log)
+        _final_retrain(model, train_loader, pruner, sched, final, kd_args(final_kd), eval_loader,
+                       progress, save, log)
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before,
                                    "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
