@@ -462,19 +462,19 @@ class ProxSchedule:
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
 
-        _positive(self.distill, "schedule.distill", strict=False)
-        if self.distill > 1:
-            raise ConfigError(f"schedule.distill must be in [0, 1], got {self.distill}")
+        for key in ("distill", "final_distill"):  # weights in [0, 1]; final_distill may be None
+            v = getattr(self, key)
+            if v is None:
+                continue
+            _positive(v, f"schedule.{key}", strict=False)
+            if v > 1:
+                raise ConfigError(f"schedule.{key} must be in [0, 1], got {v}")
         _positive(self.temperature, "schedule.temperature")
         if self.target_nonzero is not None:
             _nonneg_int(self.target_nonzero, "schedule.target_nonzero")
         _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
         if self.final_retrain_lr is not None:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
-        if self.final_distill is not None:
-            _positive(self.final_distill, "schedule.final_distill", strict=False)
-            if self.final_distill > 1:
-                raise ConfigError(f"schedule.final_distill must be in [0, 1], got {self.final_distill}")
 
     @property
     def final_distill_weight(self) -> float:
