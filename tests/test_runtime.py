@@ -610,3 +610,70 @@ def test_aligned_buffers():
             assert a.ctypes.data % kernels.ALIGN_BYTES == 0
             if zero:
                 assert not a.any()
+
+
+@pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
+@pytest.mark.parametrize("tail", ["conv", "strided_conv", "linear", "flatten"])
+def test_out_argument_writes_the_callers_array(mode, tail, tmp_path):
+    """``model(x, out=buf)`` writes the output into ``buf`` and returns it: the same
+    values as a plain call and as torch, for a last layer with a direct kernel (conv) and
+    for the copy path; a strided last conv (padded output rows) still gives a contiguous
+    result from a plain call."""
+    torch.manual_seed(1)
+    layers = [nn.Conv2d(2, 4, 3, padding=1), nn.ReLU()]
+    layers += {"conv": [nn.Conv2d(4, 3, 3, padding=1)],
+               "strided_conv": [nn.Conv2d(4, 3, 3, stride=2)],
+               "linear": [nn.Flatten(), nn.Linear(4 * 8 * 8, 5)],
+               "flatten": [nn.Conv2d(4, 3, 3), nn.Flatten()]}[tail]
+    model = _prune(nn.Sequential(*layers), 0.9)
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 2, 8, 8), path)
+    sm = load(path, mode=mode)
+    for n in (1, 3):
+        x = torch.randn(n, 2, 8, 8)
+        ref = _ref(model, x)
+        plain = sm(x.numpy())
+        assert plain.flags.c_contiguous and _rel_err(plain, ref) <= REL_TOL
+        buf = np.full(ref.shape, np.nan, np.float32)
+        got = sm(x.numpy(), out=buf)
+        assert got is buf
+        assert np.array_equal(buf, plain)
+
+
+def test_out_argument_validation(tmp_path):
+    model = _prune(nn.Sequential(nn.Conv2d(1, 3, 3, padding=1)), 0.5)
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 1, 6, 6), path)
+    sm = load(path, mode="sparse")
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)
+    bad = {"shape": np.zeros((1, 3, 6, 6), np.float32),            # batch 1, input 2
+           "dtype": np.zeros((2, 3, 6, 6), np.float64),
+           "non-contiguous": np.zeros((2, 3, 6, 12), np.float32)[..., ::2],
+           "list": [[0.0]]}
+    ro = np.zeros((2, 3, 6, 6), np.float32)
+    ro.flags.writeable = False
+    bad["read-only"] = ro
+    for what, out in bad.items():
+        with pytest.raises(ValueError, match=r"out for output .* must be a writeable "
+                                             r"C-contiguous float32 array of shape \(2, 3, 6, 6\)"):
+            sm(x, out=out)
+    with pytest.raises(ValueError, match="one per model output"):
+        sm(x, out=(np.zeros((2, 3, 6, 6), np.float32),) * 2)
+    assert not ro.any()
+
+
+def test_out_argument_several_outputs(tmp_path):
+    torch.manual_seed(3)
+    model = _prune(_Zoo(), 0.6, seed=4)
+    path = tmp_path / "zoo.mpsparse"
+    export_sparse(model, torch.randn(2, 3, 22, 22), path)
+    sm = load(path)
+    x = torch.randn(2, 3, 22, 22)
+    with torch.no_grad():
+        r1, r2 = model(x)
+    bufs = (np.empty(tuple(r1.shape), np.float32), np.empty(tuple(r2.shape), np.float32))
+    got = sm(x.numpy(), out=bufs)
+    assert got is bufs
+    assert _rel_err(bufs[0], r1.numpy()) <= REL_TOL and _rel_err(bufs[1], r2.numpy()) <= REL_TOL
+    with pytest.raises(ValueError, match="one per model output"):
+        sm(x.numpy(), out=bufs[0])

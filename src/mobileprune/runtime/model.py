@@ -479,6 +479,9 @@ def _bias(op: dict, arrays: dict, rows: int) -> np.ndarray:
 # =======================================================================================
 # steps
 
+_F32 = np.dtype(np.float32)
+
+
 class _Scratch(threading.local):
     """Per-thread scratch arrays, reused across calls (fresh pages cost page faults)."""
 
@@ -534,6 +537,12 @@ class _Step:
         def fn(*vals):
             return run(vals, scratch)
         return fn
+
+    def bind_into(self, scratch: _Scratch, N: int):
+        """``f(x, out)`` writing the step's output for batch size ``N`` straight into the
+        caller's C-contiguous float32 array ``out`` (``SparseModel(x, out=...)``), or
+        ``None`` if the step has no such kernel (the result is then copied into ``out``)."""
+        return None
 
 
 def _time_variants(step, x: np.ndarray, repeats: int = 7) -> dict[bool, float]:
@@ -701,6 +710,19 @@ class _ConvStep(_Step):
         def fn(x):
             kern(x, buf, ind, offs, vals, bias, blk, out, geom)
             return res
+        return fn
+
+    def bind_into(self, scratch, N):
+        if not (self.sparse and kernels.HAVE_NUMBA and self.plain_out and self.dims == 2):
+            return None
+        kern = kernels.conv_forward_sparse_kernel()
+        buf = self._buffer(scratch, N)
+        ind, offs, vals, bias, blk, geom = (self.indptr, self.offs, self.vals, self.bias,
+                                            self.blk, self.geom)
+
+        def fn(x, out):
+            kern(x, buf, ind, offs, vals, bias, blk, out.reshape(-1), geom)
+            return out
         return fn
 
     def run(self, vals, scratch):
@@ -929,6 +951,7 @@ class SparseModel:
             raise SparseFormatError("header: 'ops' and 'outputs' must be lists")
         self.input_name = inp["name"]
         self.input_shape = tuple(inp["shape"])
+        self._in_ndim = len(self.input_shape) + 1
         shapes: dict[str, tuple[int, ...]] = {self.input_name: self.input_shape}
         consumers: dict[str, int] = {}
         for op in ops:
@@ -1025,6 +1048,7 @@ class SparseModel:
             st.inputs = ins
             steps.append(st)
         self.output_names = [alias.get(o, o) for o in self.output_names]
+        self._out0 = self.output_shapes[0] if len(self.output_shapes) == 1 else None
         # liveness: free a value after its last use
         last: dict[str, int] = {}
         for i, st in enumerate(steps):
@@ -1062,31 +1086,67 @@ class SparseModel:
                  tuple(slot[v] for v in free))
                 for st, free in zip(self._steps, self._free)]
         outs = [(slot[o], c) for o, c in zip(self.output_names, self._copy_out)]
-        bound = (prog, len(slot), outs)
+        # a plain chain (every step reads the previous step's value, one output, the last
+        # step's, not copied): a tuple of functions applied in turn, no slot bookkeeping.
+        # At batch 1 on a small model the Python around the kernels is a good part of a call.
+        chain = None
+        if (len(outs) == 1 and not outs[0][1] and prog and outs[0][0] == prog[-1][2]
+                and all(ins == ((i and prog[i - 1][2]),) for i, (_, ins, _, _) in enumerate(prog))):
+            chain = tuple(fn for fn, _, _, _ in prog)
+        into = self._steps[-1].bind_into(scratch, N) if chain is not None else None
+        bound = (prog, len(slot), outs, chain, into)
         if len(scratch.programs) >= 8:  # many batch sizes: keep the cache small
             scratch.programs.clear()
         scratch.programs[N] = bound
         return bound
 
     # ---- execution
-    def __call__(self, x: Any) -> np.ndarray | tuple[np.ndarray, ...]:
-        if type(x) is not np.ndarray or x.dtype != np.float32 or not x.flags.c_contiguous:
+    def __call__(self, x: Any, *, out: np.ndarray | tuple[np.ndarray, ...] | None = None
+                 ) -> np.ndarray | tuple[np.ndarray, ...]:
+        """Run the model on ``x`` (float32 ``(N, *input_shape)``, converted if needed).
+
+        ``out``: optional preallocated output(s) (one C-contiguous, writeable float32
+        array of each output's shape, a tuple for several outputs), written and returned
+        instead of new arrays, like numpy's ``out=`` or ONNX Runtime's I/O binding: a
+        serving loop then allocates nothing per call. The last layer writes into it
+        directly when its kernel can (a sparse Conv2d), otherwise the result is copied.
+        """
+        if x.__class__ is not np.ndarray or x.dtype is not _F32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape \
-                or x.shape[0] < 1:
+        shape = x.shape
+        if len(shape) != self._in_ndim or shape[1:] != self.input_shape or shape[0] < 1:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape))}) "
-                             f"with N >= 1, got {x.shape}")
+                             f"with N >= 1, got {shape}")
         scratch = self._scratch
-        N = x.shape[0]
-        bound = scratch.programs.get(N)
+        bound = scratch.programs.get(shape[0])
         if bound is None:
-            bound = self._bind(scratch, N)
-        prog, nslots, outs = bound
-        vals: list = [None] * nslots
-        vals[0] = x
+            bound = self._bind(scratch, shape[0])
+        prog, nslots, outs, chain, into = bound
+        if out is not None:
+            if (out.__class__ is np.ndarray and out.dtype is _F32 and into is not None
+                    and out.shape[1:] == self._out0 and out.shape[0] == shape[0]):
+                f = out.flags
+                if f.c_contiguous and f.writeable:  # the common case, checked inline
+                    for fn in chain[:-1]:
+                        x = fn(x)
+                    return into(x, out)
+            out = self._check_out(out, shape[0])
         prev = None
         if self._uses_blas and self.blas_threads is not None:
             prev = kernels.set_blas_threads_local(self.blas_threads)
+        elif chain is not None:  # the fast path: no BLAS threads to set, a plain chain
+            if out is not None and into is not None:
+                for fn in chain[:-1]:
+                    x = fn(x)
+                return into(x, out[0])
+            for fn in chain:
+                x = fn(x)
+            if out is not None:
+                np.copyto(out[0], x)
+                return out[0]
+            return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+        vals: list = [None] * nslots
+        vals[0] = x
         try:
             for fn, ins, o, free in prog:
                 vals[o] = fn(vals[ins[0]]) if len(ins) == 1 else fn(*[vals[i] for i in ins])
@@ -1095,8 +1155,33 @@ class SparseModel:
         finally:
             if prev is not None:
                 kernels.set_blas_threads_local(prev)
+        if out is not None:
+            for dst, (o, _) in zip(out, outs):
+                np.copyto(dst, vals[o])
+            return out[0] if len(out) == 1 else out
         res = [np.array(vals[o]) if copy else np.ascontiguousarray(vals[o]) for o, copy in outs]
         return res[0] if len(res) == 1 else tuple(res)
+
+    def _check_out(self, out, N: int) -> tuple[np.ndarray, ...]:
+        """``out`` of :meth:`__call__` as a tuple, checked against the output shapes. It
+        may overlap the input: the input is read (copied) before any output is written."""
+        arrs = out if out.__class__ is tuple else (out,)
+        if len(arrs) != len(self.output_shapes):
+            raise ValueError(f"out must hold {len(self.output_shapes)} array(s), one per model "
+                             f"output, got {len(arrs)}")
+        for a, shp, name in zip(arrs, self.output_shapes, self.output_names):
+            if a.__class__ is np.ndarray and a.dtype is _F32 and a.shape[1:] == shp \
+                    and a.shape[0] == N:
+                f = a.flags
+                if f.c_contiguous and f.writeable:
+                    continue
+            want = (N,) + tuple(shp)
+            got = (type(a).__name__ if not isinstance(a, np.ndarray) else
+                   f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' non-contiguous'}"
+                   f"{'' if a.flags.writeable else ' read-only'}")
+            raise ValueError(f"out for output {name!r} must be a writeable C-contiguous "
+                             f"float32 array of shape {want}, got {got}")
+        return arrs
 
     # ---- introspection
     def plan(self) -> list[LayerPlan]:
