@@ -908,7 +908,8 @@ class SparseModel:
             slower than one thread.
 
     Calling the model on a float32 array ``(N, *input_shape)`` (``N >= 1``) returns the
-    float32 output ``(N, *output_shape)`` (a tuple if the model has several outputs).
+    float32 output ``(N, *output_shape)`` (a tuple if the model has several outputs), a
+    new array, or the caller's preallocated ``out=`` array(s) (see :meth:`__call__`).
 
     Raises:
         SparseFormatError: the file is not a valid sparse model file.
