@@ -113,7 +113,8 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     ({"final_retrain_epochs": -1}, "final_retrain_epochs"),
     ({"target_nonzero": 2.5}, "target_nonzero"), ({"final_retrain_lr": 0.0}, "final_retrain_lr"),
     ({"temperature": 0}, "temperature"), ({"final_distill": 1.2}, "final_distill"),
-    ({"final_distill": -0.5}, "final_distill")])
+    ({"final_distill": -0.5}, "final_distill"), ({"final_project": True}, "target_nonzero"),
+    ({"final_project": "yes", "target_nonzero": 10}, "final_project")])
 def test_schedule_additions_validated(data, bad, match):
     with pytest.raises(ConfigError, match=match):
         proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)
@@ -147,3 +148,79 @@ def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, fi
     assert seen["rounds"] == [expect_rounds] * 2
     assert seen["final"] == [expect_final] * 2
     assert (tmp_path / "run" / "teacher.pt").exists()
+
+
+def test_final_project_lands_on_the_budget_and_resumes(data, tmp_path):
+    """Rounds that stop above target_nonzero: final_project trims every layer to its
+    largest magnitudes, per-layer counts proportional to the rounds' (independent
+    computation below), and the final retraining keeps exactly that support."""
+    from mobileprune.projection import proportional_counts
+
+    ds = data.dataset
+
+    def loader():  # the same batch order in every run
+        return DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
+    ev = DataLoader(ds, batch_size=64)
+    torch.manual_seed(0)
+    plain = LeNet300100()
+    ref = proximal_prune(plain, loader(), _sched(rounds=2), log=lambda s: None)
+    after = {n: dict(plain.named_parameters())[n].detach().clone() for n in ref.masks}
+    nnz = {n: int((w != 0).sum()) for n, w in after.items()}
+    budget = sum(nnz.values()) // 3
+    keep = dict(zip(nnz, proportional_counts(list(nnz.values()), budget)))
+    assert sum(keep.values()) == budget and sum(k > 0 for k in keep.values()) >= 2
+    # independent: the k largest |w| of each layer (no ties in random float weights)
+    expect = {}
+    for n, w in after.items():
+        if keep[n] == 0:
+            expect[n] = torch.zeros_like(w, dtype=torch.bool)
+            continue
+        thr = w.abs().flatten().sort(descending=True).values[keep[n] - 1]
+        expect[n] = w.abs() >= thr
+        assert int(expect[n].sum()) == keep[n]
+
+    cfg = _sched(rounds=2, target_nonzero=budget, final_project=True, final_retrain_epochs=2)
+
+    class Stop(Exception):
+        pass
+
+    def interrupt(s):
+        if s.startswith("final retrain 1/2"):
+            raise Stop
+    torch.manual_seed(0)
+    m = LeNet300100()
+    logs = []
+    with pytest.raises(Stop):
+        proximal_prune(m, loader(), cfg, eval_loader=ev, run_dir=tmp_path / "run",
+                       log=lambda s: (logs.append(s), interrupt(s)))
+    assert any(s.startswith(f"projected onto {budget:,}") for s in logs)
+    m2 = LeNet300100()
+    logs = []
+    res = proximal_prune(m2, loader(), cfg, eval_loader=ev, run_dir=tmp_path / "run", log=logs.append)
+    assert not any(s.startswith("projected") for s in logs)  # not projected twice
+    assert [h.get("projected", False) for h in res.history] == [False, False, True]
+    assert res.history[-1]["nonzero_total"] == budget
+    for n, mask in res.masks.items():
+        w = dict(m2.named_parameters())[n].detach()
+        assert torch.equal(mask, expect[n]) and torch.equal(w != 0, expect[n])
+
+
+def test_proportional_counts():
+    from mobileprune.projection import proportional_counts
+
+    assert proportional_counts([3979, 1187, 115], 4800) == [3617, 1079, 104]
+    assert proportional_counts([1, 1, 1], 2) == [1, 1, 0]      # ties: lower index first
+    assert proportional_counts([5, 0, 7], 20) == [5, 0, 7]     # budget above the total
+    assert proportional_counts([10, 10], 0) == [0, 0]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):  # brute force: the sum, the bounds, within 1 of the exact share
+        c = torch.randint(0, 50, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+        t = int(torch.randint(0, sum(c) + 5, (1,), generator=g))
+        r = proportional_counts(c, t)
+        assert sum(r) == min(t, sum(c)) and all(0 <= a <= b for a, b in zip(r, c))
+        if t < sum(c):
+            assert all(abs(a - b * t / sum(c)) < 1 for a, b in zip(r, c))
+    with pytest.raises(ValueError, match="non-negative"):
+        proportional_counts([3, -1], 2)
+    with pytest.raises(ValueError, match="total"):
+        proportional_counts([3, 1], -2)

@@ -292,6 +292,23 @@ class ProximalPruner:
         """Number of nonzero entries of every selected weight."""
         return {pname: int((self._params[pname] != 0).sum()) for pname in self.regularizers}
 
+    @torch.no_grad()
+    def project_nonzero(self, budget: int) -> bool:
+        """Trim the selected weights to at most ``budget`` nonzeros in all: each weight is
+        projected onto ``{nnz <= k}`` (its ``k`` largest magnitudes, seed 003 Eq. 6) with
+        ``k`` proportional to its current count
+        (:func:`~mobileprune.projection.proportional_counts`). Returns False (and changes
+        nothing) if the weights are already within the budget."""
+        from .projection import project_topk, proportional_counts
+
+        nnz = self.nonzero()
+        if sum(nnz.values()) <= budget:
+            return False
+        for (pname, _), k in zip(nnz.items(), proportional_counts(list(nnz.values()), budget)):
+            p = self._params[pname]
+            p.copy_(project_topk(p, k)[0])
+        return True
+
     # --------------------------------------------------------------- schedule
     def increase(self, lam_factor: float = 1.0, eta_factor: float = 1.0,
                  beta_factor: float | None = None) -> None:

@@ -439,7 +439,15 @@ class ProxSchedule:
     (stop the rounds once the model has at most that many nonzero weights) and
     ``final_retrain_epochs`` of masked retraining after the last round, with cosine
     learning-rate decay from ``final_retrain_lr`` (default ``retrain_lr``) and
-    distillation weight ``final_distill`` (default ``distill``)."""
+    distillation weight ``final_distill`` (default ``distill``).
+
+    ``final_project`` (needs ``target_nonzero``): if the rounds end with more than
+    ``target_nonzero`` nonzero weights, project the model onto that budget before the
+    final retraining, so it lands on the target instead of wherever the last round
+    stopped: the exact projection onto ``{nnz <= k}`` (top-k magnitudes, seed 003 Eq. 6)
+    of every layer, with ``k`` per layer proportional to what the rounds left in it
+    (:func:`~mobileprune.projection.proportional_counts`): the rounds decide where the
+    weights go, the projection only trims."""
 
     rounds: int = 3
     prox_epochs: int = 2
@@ -458,6 +466,7 @@ class ProxSchedule:
     final_retrain_epochs: int = 0
     final_retrain_lr: float | None = None
     final_distill: float | None = None
+    final_project: bool = False
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -475,6 +484,11 @@ class ProxSchedule:
         _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
         if self.final_retrain_lr is not None:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
+        if not isinstance(self.final_project, bool):
+            raise ConfigError(f"schedule.final_project must be true or false, got {self.final_project!r}")
+        if self.final_project and self.target_nonzero is None:
+            raise ConfigError("schedule.final_project needs schedule.target_nonzero (the budget "
+                              "to project onto)")
 
     @property
     def final_distill_weight(self) -> float:
@@ -509,7 +523,7 @@ def _final_retrain(model, train_loader, pruner, sched: ProxSchedule, final: dict
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=sched.retrain_weight_decay)
     lr_sched = cosine_lr(opt, epochs * len(train_loader))
     done = int(final.get("epochs", 0))
-    if done:
+    if "optimizer" in final:
         opt.load_state_dict(final["optimizer"])
         lr_sched.load_state_dict(final["scheduler"])
     with MaskEnforcer(model, pruner.masks(), opt):
@@ -617,6 +631,15 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
         log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
         save()
+    if sched.final_project and not final and pruner.project_nonzero(sched.target_nonzero):
+        rec = {"round": done, "projected": True, "nonzero": pruner.nonzero(),
+               "nonzero_total": sum(pruner.nonzero().values())}
+        if eval_loader is not None:
+            rec["accuracy"] = evaluate(model, eval_loader)
+        history.append(rec)
+        log(f"projected onto {sched.target_nonzero:,} nonzero weights"
+            + (f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""))
+        save({"epochs": 0, "projected": True})
     if sched.final_retrain_epochs:
         _final_retrain(model, train_loader, pruner, sched, final, kd_args(final_kd), eval_loader,
                        progress, save, log)

@@ -16,6 +16,8 @@ exactly ``min(k, allowed)`` selected entries and never more than ``k`` nonzeros.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -148,3 +150,26 @@ def top_coupled_groups(
             used += c
             kept[r] = True
     return kept
+
+
+def proportional_counts(counts: Sequence[int], total: int) -> list[int]:
+    """Split ``total`` into integers proportional to ``counts`` (largest remainder).
+
+    ``result[i] <= counts[i]``, ``sum(result) == min(total, sum(counts))``; remainders are
+    handed out by decreasing fractional part, ties to the lower index. Used to shrink
+    several layers' nonzero counts to one budget while keeping their ratios.
+    """
+    counts = [int(c) for c in counts]
+    if any(c < 0 for c in counts):
+        raise ValueError(f"counts must be non-negative, got {counts}")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise ValueError(f"total must be a non-negative int, got {total!r}")
+    n = sum(counts)
+    if total >= n:
+        return list(counts)
+    exact = [c * total / n for c in counts]
+    out = [int(e) for e in exact]
+    order = sorted(range(len(counts)), key=lambda i: (-(exact[i] - out[i]), i))
+    for i in order[:total - sum(out)]:
+        out[i] += 1
+    return out
