@@ -164,6 +164,8 @@ def main() -> int:
         results[name] = res
     threads = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
     cmd = f"{threads}MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py {args.suite}"
+    if args.methods:
+        cmd += " --methods " + " ".join(args.methods)
     out = ROOT / "docs" / "benchmarks" / f"methods_{args.suite}"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(
