@@ -1123,29 +1123,26 @@ class SparseModel:
         if bound is None:
             bound = self._bind(scratch, shape[0])
         prog, nslots, outs, chain, into = bound
+        blas = self._uses_blas and self.blas_threads is not None  # threads to set around the call
         if out is not None:
-            if (out.__class__ is np.ndarray and out.dtype is _F32 and into is not None
-                    and out.shape[1:] == self._out0 and out.shape[0] == shape[0]):
-                f = out.flags
-                if f.c_contiguous and f.writeable:  # the common case, checked inline
-                    for fn in chain[:-1]:
-                        x = fn(x)
-                    return into(x, out)
-            out = self._check_out(out, shape[0])
+            if (out.__class__ is np.ndarray and out.dtype is _F32 and out.shape[1:] == self._out0
+                    and out.shape[0] == shape[0] and out.flags.c_contiguous and out.flags.writeable):
+                out = (out,)  # the common case, checked inline
+            else:
+                out = self._check_out(out, shape[0])
         prev = None
-        if self._uses_blas and self.blas_threads is not None:
+        if blas:
             prev = kernels.set_blas_threads_local(self.blas_threads)
         elif chain is not None:  # the fast path: no BLAS threads to set, a plain chain
-            if out is not None and into is not None:
-                for fn in chain[:-1]:
-                    x = fn(x)
+            last = len(chain) - 1 if out is not None and into is not None else len(chain)
+            for i in range(last):
+                x = chain[i](x)
+            if out is None:
+                return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+            if last < len(chain):
                 return into(x, out[0])
-            for fn in chain:
-                x = fn(x)
-            if out is not None:
-                np.copyto(out[0], x)
-                return out[0]
-            return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+            np.copyto(out[0], x)
+            return out[0]
         vals: list = [None] * nslots
         vals[0] = x
         try:
