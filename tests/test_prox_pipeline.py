@@ -69,6 +69,23 @@ def _sched(**kw):
     return {**CFG, "schedule": {**CFG["schedule"], **kw}}
 
 
+def test_project_margin_stops_early_and_trims(data):
+    def loader():  # the same batch order in every run
+        return DataLoader(data.dataset, batch_size=32, shuffle=True,
+                          generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    full = proximal_prune(LeNet300100(), loader(), _sched(rounds=4), log=lambda s: None)
+    nz = [h["nonzero_total"] for h in full.history]
+    target = nz[1] - 1  # round 2 misses it by one weight
+    margin = 2 / target  # ... but is within the margin
+    torch.manual_seed(0)
+    res = proximal_prune(LeNet300100(), loader(), _sched(rounds=4, target_nonzero=target, final_project=True,
+                                                     project_margin=margin), log=lambda s: None)
+    assert [(h["round"], h.get("projected", False)) for h in res.history] == [(1, False), (2, False),
+                                                                              (2, True)]
+    assert res.history[1]["nonzero_total"] == nz[1] and res.history[-1]["nonzero_total"] == target
+
+
 def test_target_nonzero_stops_the_rounds(data):
     torch.manual_seed(0)
     full = proximal_prune(LeNet300100(), data, _sched(rounds=4), log=lambda s: None)
@@ -114,7 +131,9 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     ({"target_nonzero": 2.5}, "target_nonzero"), ({"final_retrain_lr": 0.0}, "final_retrain_lr"),
     ({"temperature": 0}, "temperature"), ({"final_distill": 1.2}, "final_distill"),
     ({"final_distill": -0.5}, "final_distill"), ({"final_project": True}, "target_nonzero"),
-    ({"final_project": "yes", "target_nonzero": 10}, "final_project")])
+    ({"final_project": "yes", "target_nonzero": 10}, "final_project"),
+    ({"project_margin": 0.1, "target_nonzero": 10}, "final_project"),
+    ({"project_margin": -0.1, "target_nonzero": 10, "final_project": True}, "project_margin")])
 def test_schedule_additions_validated(data, bad, match):
     with pytest.raises(ConfigError, match=match):
         proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)

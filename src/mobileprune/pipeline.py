@@ -447,7 +447,10 @@ class ProxSchedule:
     stopped: the exact projection onto ``{nnz <= k}`` (top-k magnitudes, seed 003 Eq. 6)
     of every layer, with ``k`` per layer proportional to what the rounds left in it
     (:func:`~mobileprune.projection.proportional_counts`): the rounds decide where the
-    weights go, the projection only trims."""
+    weights go, the projection only trims. ``project_margin`` (with ``final_project``):
+    stop the rounds as soon as the model is within ``target_nonzero * (1 +
+    project_margin)`` nonzeros and let the projection trim the rest, instead of running
+    one more round that may overshoot the target by far."""
 
     rounds: int = 3
     prox_epochs: int = 2
@@ -467,6 +470,7 @@ class ProxSchedule:
     final_retrain_lr: float | None = None
     final_distill: float | None = None
     final_project: bool = False
+    project_margin: float = 0.0
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -486,6 +490,9 @@ class ProxSchedule:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
         if not isinstance(self.final_project, bool):
             raise ConfigError(f"schedule.final_project must be true or false, got {self.final_project!r}")
+        _positive(self.project_margin, "schedule.project_margin", strict=False)
+        if self.project_margin and not self.final_project:
+            raise ConfigError("schedule.project_margin needs schedule.final_project: true")
         if self.final_project and self.target_nonzero is None:
             raise ConfigError("schedule.final_project needs schedule.target_nonzero (the budget "
                               "to project onto)")
@@ -604,7 +611,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
 
     def reached() -> bool:
         return sched.target_nonzero is not None and bool(history) \
-            and history[-1]["nonzero_total"] <= sched.target_nonzero
+            and history[-1]["nonzero_total"] <= sched.target_nonzero * (1 + sched.project_margin)
 
     def save(final_state=None):
         if state_path is not None:
