@@ -639,8 +639,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
         save()
     if sched.final_project and not final and pruner.project_nonzero(sched.target_nonzero):
-        rec = {"round": done, "projected": True, "nonzero": pruner.nonzero(),
-               "nonzero_total": sum(pruner.nonzero().values())}
+        nnz = pruner.nonzero()
+        rec = {"round": done, "projected": True, "nonzero": nnz, "nonzero_total": sum(nnz.values())}
         if eval_loader is not None:
             rec["accuracy"] = evaluate(model, eval_loader)
         history.append(rec)

@@ -685,15 +685,22 @@ class _ConvStep(_Step):
     def _buffer(self, scratch: _Scratch, N: int) -> np.ndarray:
         return scratch.get(self, "in", (N * self.P + 64,), zero=True)
 
-    def bind(self, scratch, N):
+    def _direct_args(self, scratch, N):
+        """``(kernel, padded input buffer, indptr, offs, vals, bias, blk, geom)`` of the
+        direct sparse kernel for batch size ``N``, or None if the layer does not run it
+        with a plain (N, O, Ho, Wo) output."""
         if not (self.sparse and kernels.HAVE_NUMBA and self.plain_out and self.dims == 2):
+            return None
+        return (kernels.conv_forward_sparse_kernel(), self._buffer(scratch, N), self.indptr,
+                self.offs, self.vals, self.bias, self.blk, self.geom)
+
+    def bind(self, scratch, N):
+        args = self._direct_args(scratch, N)
+        if args is None:
             return super().bind(scratch, N)
         # the direct sparse kernel with every argument fixed but the input: one numba
         # call per layer and call (at batch 1 the Python around a kernel is a few us)
-        kern = kernels.conv_forward_sparse_kernel()
-        buf = self._buffer(scratch, N)
-        ind, offs, vals, bias, blk, geom = (self.indptr, self.offs, self.vals, self.bias,
-                                            self.blk, self.geom)
+        kern, buf, ind, offs, vals, bias, blk, geom = args
         size, shape = N * self.O * self.plane, (N,) + self.out_shape
         if self.is_output:  # a fresh, cache-line aligned array per call
             into = kernels.conv_forward_sparse_into()
@@ -713,12 +720,10 @@ class _ConvStep(_Step):
         return fn
 
     def bind_into(self, scratch, N):
-        if not (self.sparse and kernels.HAVE_NUMBA and self.plain_out and self.dims == 2):
+        args = self._direct_args(scratch, N)
+        if args is None:
             return None
-        kern = kernels.conv_forward_sparse_kernel()
-        buf = self._buffer(scratch, N)
-        ind, offs, vals, bias, blk, geom = (self.indptr, self.offs, self.vals, self.bias,
-                                            self.blk, self.geom)
+        kern, buf, ind, offs, vals, bias, blk, geom = args
 
         def fn(x, out):
             kern(x, buf, ind, offs, vals, bias, blk, out.reshape(-1), geom)
