@@ -133,7 +133,8 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     ({"final_distill": -0.5}, "final_distill"), ({"final_project": True}, "target_nonzero"),
     ({"final_project": "yes", "target_nonzero": 10}, "final_project"),
     ({"project_margin": 0.1, "target_nonzero": 10}, "final_project"),
-    ({"project_margin": -0.1, "target_nonzero": 10, "final_project": True}, "project_margin")])
+    ({"project_margin": -0.1, "target_nonzero": 10, "final_project": True}, "project_margin"),
+    ({"fold_dead": 1}, "fold_dead")])
 def test_schedule_additions_validated(data, bad, match):
     with pytest.raises(ConfigError, match=match):
         proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)
@@ -243,3 +244,24 @@ def test_proportional_counts():
         proportional_counts([3, -1], 2)
     with pytest.raises(ValueError, match="total"):
         proportional_counts([3, 1], -2)
+
+
+def test_fold_dead_zeroes_the_outgoing_weights_of_dead_units(data):
+    from mobileprune.compact import dead_weights
+
+    cfg = {**CFG, "layers": {"fc1": {"grouping": "linear_out", "lam": 60.0}}}
+    cfg["schedule"] = {**CFG["schedule"], "rounds": 2, "fold_dead": True, "target_nonzero": 10 ** 9,
+                       "final_project": True, "final_retrain_epochs": 1}
+    torch.manual_seed(0)
+    m = LeNet300100()
+    with torch.no_grad():
+        m.fc1.weight[:50] *= 0.01  # 50 weak hidden units: the row group lasso kills them
+    res = proximal_prune(m, data, cfg, log=lambda s: None)
+    dead_rows = (m.fc1.weight == 0).all(1)
+    assert 0 < int(dead_rows.sum()) < 300
+    assert torch.all(m.fc2.weight[:, dead_rows] == 0)
+    assert any(h["after_prox"] > 0 for h in res.history if "after_prox" in h)
+    x = data.dataset[0][0].unsqueeze(0)
+    assert not any(bool(v.any()) for v in dead_weights(m, x).values())
+    # the masks of the final retraining kept them zero
+    assert torch.equal(res.masks["fc2.weight"], m.fc2.weight.detach() != 0)

@@ -12,6 +12,9 @@ API
   **new** module; ``model`` is never modified (it is ``copy.deepcopy``-ed first).
 * :func:`dead_units(model, example_input, *, atol=0.0) <dead_units>` is the dry run: per
   producer layer (Conv/Linear, by qualified name), which output units ``compact`` removes.
+* :func:`fold_dead_weights(model, example_input) <fold_dead_weights>` zeroes in place the
+  weights ``compact`` would drop (folding constants into biases), shapes unchanged: used
+  during pruning so the nonzero budget goes to weights that matter.
 
 ``example_input`` is a tensor, or a tuple/list of tensors for a model with several
 positional inputs (batch dimension included). It is run once through the traced graph
@@ -868,6 +871,23 @@ def _param(old: Tensor | None, new: Tensor) -> nn.Parameter:
     return nn.Parameter(new.detach().clone(), requires_grad=rg)
 
 
+def _fold(an: _Analysis, lay: _Layer, rows: Tensor, removed_in: Tensor) -> Tensor:
+    """Bias increment (float64, one per row of ``rows``) of a conv/linear consumer whose
+    input positions ``removed_in`` are dropped: ``sum_c W[r, c] * v_c`` over the removed
+    positions that carry a finite constant ``v_c`` (a conv's weights summed over the kernel;
+    exact for the convs whose constants may be folded, see :meth:`_Analysis.decide`). The
+    removed positions without a constant have all-zero weights among ``rows``."""
+    w = lay.module.weight.detach()
+    fold = torch.zeros(rows.numel(), dtype=torch.float64)
+    if not removed_in.numel():
+        return fold
+    c = an.const[lay.inp][removed_in]
+    use = torch.isfinite(c)
+    w64 = w.index_select(0, rows.to(w.device)).to("cpu", torch.float64)
+    w64 = w64.reshape(w64.shape[0], w64.shape[1], -1).sum(2)  # (rows, C)
+    return (w64[:, removed_in][:, use] * c[use]).sum(1)
+
+
 @torch.no_grad()
 def _rebuild(an: _Analysis, dec: _Decision) -> None:
     for lay in an.layers:
@@ -904,17 +924,7 @@ def _rebuild(an: _Analysis, dec: _Decision) -> None:
             assert m.out_channels == idx_out.numel()
             continue
         # conv (groups == 1) / linear: fold the constants of removed inputs into the bias
-        removed_in = (~keep_in).nonzero().flatten()
-        w64 = w.detach().index_select(0, idx_out.to(dev)).to("cpu", torch.float64)
-        w64 = w64.reshape(w64.shape[0], w64.shape[1], -1).sum(2)  # (O', C)
-        const = an.const[lay.inp]
-        fold = torch.zeros(w64.shape[0], dtype=torch.float64)
-        if removed_in.numel():
-            c = const[removed_in]
-            cols = w64[:, removed_in]
-            use = torch.isfinite(c)
-            # non-constant removed inputs have all-zero weights among kept rows
-            fold = (cols[:, use] * c[use]).sum(1)
+        fold = _fold(an, lay, idx_out, (~keep_in).nonzero().flatten())
         new_w = w.index_select(0, idx_out.to(dev)).index_select(1, idx_in.to(dev))
         m.weight = _param(w, new_w)
         if m.bias is not None:
@@ -1228,3 +1238,76 @@ def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
             dead = dead & (w.abs().cpu() > atol)
         result[key] = dead if key not in result else result[key] | dead
     return result
+
+
+@torch.no_grad()
+def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
+    """Zero, **in place**, the nonzero weights that cannot change the model's output, and
+    fold the constants they carried into the consumers' biases; shapes do not change.
+
+    The weights are the ones :func:`dead_weights` marks (what :func:`compact` would drop):
+    the incoming weights of a unit whose output is unused, and the outgoing weights of a
+    unit whose output is a constant ``v`` (e.g. a hidden neuron with all-zero incoming
+    weights emits ``relu(b)``), whose contribution ``W[:, j] * v`` moves into the
+    consumer's bias (``W[:, c].sum() * v`` for a conv). Pruning then spends its nonzero
+    budget on weights that matter, and nonzero counts and active units stop counting
+    columns that only ever added a constant. A consumer without a bias keeps the
+    columns that would need a fold (no parameter is added in place), and depthwise
+    convs and BatchNorms are left as they are.
+
+    Returns ``{weight parameter name: number of nonzero weights zeroed}`` for every
+    Conv/Linear layer that :func:`compact` can cut. The outputs in eval mode do not change
+    (up to float rounding of the folded biases); this is checked on ``example_input`` and
+    on a random input of the same shape, and the weights are restored and
+    :class:`CompactionError` raised if they would. In training mode a BatchNorm between a
+    constant unit and its consumer normalises with batch statistics, so the folded
+    constant is the eval-mode one. Call it outside the optimizer step (the optimizer's
+    moment estimates of the zeroed weights are not reset; keep them zero with a mask,
+    e.g. :class:`mobileprune.masks.MaskEnforcer`).
+    """
+    work, gm, an, args, ref_out, flags = _analyze(model, example_input, 0.0)
+    dec = an.decide()
+    rnd = _random_like(args)
+    refs = [ref_out, gm(*rnd)]
+    backup: list[tuple[Tensor, Tensor]] = []
+    counts: dict[str, int] = {}
+    for lay in an.layers:
+        if lay.kind not in ("conv", "linear"):
+            continue
+        m = model.get_submodule(lay.name)
+        w = m.weight
+        dead_rows = an.removed_pos(dec, lay.node).to(w.device)
+        keep_rows = (~dead_rows).nonzero().flatten()
+        removed_in = an.removed_pos(dec, lay.inp).nonzero().flatten()
+        if m.bias is None and removed_in.numel():
+            # a constant that would need a bias stays where it is
+            c = an.const[lay.inp][removed_in]
+            kept = w.detach().index_select(0, keep_rows).cpu()
+            used = (kept.reshape(kept.shape[0], kept.shape[1], -1) != 0).any(2).any(0)
+            removed_in = removed_in[~(torch.isfinite(c) & (c != 0) & used[removed_in])]
+        fold = _fold(an, lay, keep_rows, removed_in)
+        dead = dead_rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
+        dead[:, removed_in.to(w.device)] = True
+        n = int((w[dead] != 0).sum())
+        counts[f"{lay.name}.weight" if lay.name else "weight"] = n
+        if n == 0 and not bool((fold != 0).any()):
+            continue
+        backup.append((w, w.detach().clone()))
+        if bool((fold != 0).any()):
+            backup.append((m.bias, m.bias.detach().clone()))
+            b = m.bias.detach()
+            idx = keep_rows.to(b.device)
+            b[idx] = (b[idx].to(torch.float64) + fold.to(b.device)).to(b.dtype)
+        w.masked_fill_(dead, 0)
+    if backup:
+        model_flags = {n: mod.training for n, mod in model.named_modules()}
+        model.eval()
+        reason = _agrees(model, [args, rnd], refs, exact=True)
+        _set_training(model, model_flags)
+        if reason is not None:
+            for t, saved in backup:
+                t.detach().copy_(saved)
+            raise CompactionError(
+                f"fold_dead_weights: zeroing the dead weights of {type(model).__name__} would "
+                f"change its output ({reason}); the weights are restored; please report this model")
+    return counts

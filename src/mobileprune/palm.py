@@ -560,7 +560,8 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                prox_optimizer: str = "adam", prox_lr: float = 1e-3,
                palm_options: Mapping[str, Any] | None = None,
                progress: bool | None = False, teacher: nn.Module | None = None,
-               distill: float = 0.0, temperature: float = 4.0) -> list[dict[str, Any]]:
+               distill: float = 0.0, temperature: float = 4.0,
+               after_prox: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
     """The round schedule of the public MobilePrune code (methods.md end of 2.3, seed 000).
 
     Every round: ``prox_epochs`` epochs of :func:`palm_epoch` (``mode="palm"``, options
@@ -575,6 +576,10 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
 
     With ``teacher`` and ``distill > 0`` the smooth loss of both phases distills from
     ``teacher`` (the PALM phase keeps ``loss_fn``).
+
+    ``after_prox`` (optional) is called after the prox phase of every round, before the
+    retraining masks are taken (e.g. :func:`mobileprune.compact.fold_dead_weights`); its
+    return value is stored in the round's record under ``"after_prox"``.
 
     Returns one dict per round: hyper-parameters used, prox / retrain stats, nonzero
     counts after each phase, the penalty, and the accuracy on ``eval_loader`` after each
@@ -619,6 +624,8 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                                                 progress=progress, desc=desc, **kd)
                 check_finite(model, f"after {desc}")
         rec["prox"] = prox_stats
+        if after_prox is not None:
+            rec["after_prox"] = after_prox()
         rec["nonzero_after_prox"] = sum(pruner.nonzero().values())
         if eval_loader is not None:
             rec["accuracy_after_prox"] = evaluate(model, eval_loader)

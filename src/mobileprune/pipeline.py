@@ -450,7 +450,14 @@ class ProxSchedule:
     weights go, the projection only trims. ``project_margin`` (with ``final_project``):
     stop the rounds as soon as the model is within ``target_nonzero * (1 +
     project_margin)`` nonzeros and let the projection trim the rest, instead of running
-    one more round that may overshoot the target by far."""
+    one more round that may overshoot the target by far.
+
+    ``fold_dead`` (needs a model :func:`torch.fx` can trace): after every prox phase and
+    around the final projection, zero the weights that cannot change the output and fold
+    the constants they carried into the consumers' biases
+    (:func:`~mobileprune.compact.fold_dead_weights`), e.g. the outgoing weights of a hidden
+    neuron whose incoming weights are all zero. The budget then goes to weights that
+    matter, and the nonzero counts only count those."""
 
     rounds: int = 3
     prox_epochs: int = 2
@@ -471,6 +478,7 @@ class ProxSchedule:
     final_distill: float | None = None
     final_project: bool = False
     project_margin: float = 0.0
+    fold_dead: bool = False
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -488,8 +496,9 @@ class ProxSchedule:
         _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
         if self.final_retrain_lr is not None:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
-        if not isinstance(self.final_project, bool):
-            raise ConfigError(f"schedule.final_project must be true or false, got {self.final_project!r}")
+        for key in ("final_project", "fold_dead"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"schedule.{key} must be true or false, got {getattr(self, key)!r}")
         _positive(self.project_margin, "schedule.project_margin", strict=False)
         if self.project_margin and not self.final_project:
             raise ConfigError("schedule.project_margin needs schedule.final_project: true")
@@ -622,13 +631,26 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                                    "history": history, "rounds_done": done,
                                    "accuracy_before": acc_before, "final": final_state})
 
+    fold = None
+    if sched.fold_dead:
+        from .compact import fold_dead_weights
+
+        example = _example_input(train_loader)
+        if example is None:
+            raise ConfigError("schedule.fold_dead needs a map-style dataset (loader.dataset[0] "
+                              "gives the example input that torch.fx traces)")
+
+        def fold() -> int:
+            return sum(fold_dead_weights(model, example).values())
+        fold()  # fails early on a model torch.fx cannot trace
+
     t0 = time.perf_counter()
     while done < sched.rounds and not reached():
         rec = run_rounds(model, train_loader, pruner, 1, sched.prox_epochs, sched.retrain_epochs,
                          increase_every=None, retrain_lr=sched.retrain_lr,
                          retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
                          eval_loader=eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
-                         prox_lr=sched.prox_lr, progress=progress, **kd)[0]
+                         prox_lr=sched.prox_lr, progress=progress, after_prox=fold, **kd)[0]
         done += 1
         rec.update(round=done, seconds=time.perf_counter() - t0)
         if sched.increase_every and done % sched.increase_every == 0 and done < sched.rounds:
@@ -638,7 +660,11 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
         log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
         save()
+    if sched.final_project and not final and fold is not None:
+        fold()  # the trim below then only keeps weights that matter
     if sched.final_project and not final and pruner.project_nonzero(sched.target_nonzero):
+        if fold is not None:
+            fold()
         nnz = pruner.nonzero()
         rec = {"round": done, "projected": True, "nonzero": nnz, "nonzero_total": sum(nnz.values())}
         if eval_loader is not None:
