@@ -660,19 +660,20 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
         log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
         save()
-    if sched.final_project and not final and fold is not None:
-        fold()  # the trim below then only keeps weights that matter
-    if sched.final_project and not final and pruner.project_nonzero(sched.target_nonzero):
+    if sched.final_project and not final:
         if fold is not None:
-            fold()
-        nnz = pruner.nonzero()
-        rec = {"round": done, "projected": True, "nonzero": nnz, "nonzero_total": sum(nnz.values())}
-        if eval_loader is not None:
-            rec["accuracy"] = evaluate(model, eval_loader)
-        history.append(rec)
-        log(f"projected onto {sched.target_nonzero:,} nonzero weights"
-            + (f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""))
-        save({"epochs": 0, "projected": True})
+            fold()  # the trim below then only keeps weights that matter
+        if pruner.project_nonzero(sched.target_nonzero):
+            if fold is not None:
+                fold()
+            nnz = pruner.nonzero()
+            rec = {"round": done, "projected": True, "nonzero": nnz, "nonzero_total": sum(nnz.values())}
+            if eval_loader is not None:
+                rec["accuracy"] = evaluate(model, eval_loader)
+            history.append(rec)
+            log(f"projected onto {sched.target_nonzero:,} nonzero weights"
+                + (f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""))
+            save({"epochs": 0, "projected": True})
     if sched.final_retrain_epochs:
         _final_retrain(model, train_loader, pruner, sched, final, kd_args(final_kd), eval_loader,
                        progress, save, log)
