@@ -167,6 +167,37 @@ def test_prune_target_nonzero_stops_the_rounds(dense, tmp_path):
     assert state["extra"]["rounds_done"] == 1  # stopped after the first round, not 3
 
 
+def test_prune_with_compact_schedule_saves_a_loadable_smaller_model(dense, tmp_path):
+    """schedule.compact removes dead units between rounds: the saved pruned checkpoint
+    has the smaller layers and rebuilds from the zoo (and a rerun resumes from it)."""
+    from mobileprune.checkpoint import restore_model
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("method: l0_group_lasso\nlam: 0.0\neta: 1.0e-4\n"
+                   "layers: {fc1: {grouping: linear_out, lam: 25.0}}\n"
+                   "schedule: {compact: true}\n")
+    out = tmp_path / "c.pt"
+    args = ("prune", str(dense), "--method", "l0_group_lasso", "--config", str(cfg), "--rounds", "1",
+            "--prox-epochs", "1", "--retrain-epochs", "0", "--out", str(out), "--quiet")
+    assert run(*args) == 0
+    ck = load_checkpoint(out)
+    assert ck["extra"]["compacted"] is True
+    hidden = ck["architecture"]["fc1.weight"][0]
+    assert hidden < 500 and ck["architecture"]["fc2.weight"] == [10, hidden]
+    m = restore_model(ck)
+    assert m.fc1.out_features == hidden and torch.equal(m.fc1.weight, ck["state_dict"]["fc1.weight"])
+    rep = json.loads(out.with_suffix(".json").read_text())
+    fc1 = {r["layer"]: r for r in rep["layers"]}["fc1"]
+    assert fc1["shape"] == ck["architecture"]["fc1.weight"] and fc1["units_out"] == hidden
+    # compression is counted against the model as given (LeNet-5: 430,500 weights)
+    t = rep["totals"]
+    assert t["original_weights"] == 430500 and t["weights"] < 430500
+    assert t["weight_compression"] == pytest.approx(430500 / t["nonzero"])
+    assert "430,500 weights in the model as given" in out.with_suffix(".md").read_text()
+    assert run(*args) == 0  # resumes from c.run/state.pt (the smaller model) and finishes
+    assert load_checkpoint(out)["architecture"]["fc1.weight"][0] == hidden
+
+
 def test_compact_command_roundtrip(tmp_path, capsys):
     torch.manual_seed(0)
     from mobileprune.checkpoint import restore_model

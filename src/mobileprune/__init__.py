@@ -27,7 +27,7 @@ from .errors import (CheckpointError, CompactionError, ConfigError, DataError, M
 _LAZY = {
     "ADMMPruner": "admm", "load_checkpoint": "checkpoint", "restore_model": "checkpoint",
     "save_checkpoint": "checkpoint", "compact": "compact", "dead_units": "compact",
-    "fold_dead_weights": "compact",
+    "fold_dead_weights": "compact", "compact_in_place": "compact",
     "MaskEnforcer": "masks", "apply_masks": "masks", "ProximalPruner": "palm",
     "palm_epoch": "palm", "palm_step": "palm", "proximal_epoch": "palm", "run_rounds": "palm",
     "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
@@ -56,6 +56,6 @@ __all__ = [
     "proximal_epoch", "run_rounds",
     "PruneConfig", "LayerTarget", "resolve_targets", "layer_report",
     "save_checkpoint", "load_checkpoint", "restore_model",
-    "compact", "dead_units", "fold_dead_weights", "CompactionError",
+    "compact", "compact_in_place", "dead_units", "fold_dead_weights", "CompactionError",
     "MobilePruneError", "ConfigError", "CheckpointError", "DataError", "UnsupportedModelError",
 ]

@@ -118,12 +118,15 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
                     extra: Mapping[str, Any] | None = None) -> Path:
     """Save ``model`` and its pruning metadata atomically to ``path``.
 
-    For ``kind="compacted"`` the layer sizes are recorded too (:func:`layer_sizes`).
+    For ``kind="compacted"``, and for any kind whose ``extra`` has ``"compacted": True``
+    (e.g. the run state of a pruning run that removes dead units between rounds), the
+    layer sizes are recorded too (:func:`layer_sizes`), so that :func:`restore_model`
+    can rebuild the smaller layers.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     extra = dict(extra or {})
-    if kind == "compacted":
+    if kind == "compacted" or extra.get("compacted") is True:
         extra["layer_sizes"] = layer_sizes(model)
     payload = {
         "format": FORMAT,
@@ -197,7 +200,8 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
                   source: str = "checkpoint") -> nn.Module:
     """Rebuild the model of ``ckpt`` (from the zoo, or into the given ``model``).
 
-    The architecture is checked before any weight is copied.
+    The architecture is checked before any weight is copied. A checkpoint of a compacted
+    model first swaps its smaller layers into ``model`` (in place).
     """
     if model is None:
         from .models import build_model
@@ -208,8 +212,9 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
                 f"{source} holds a custom model: pass the model instance to restore it into"
             )
         model = build_model(name, **ckpt["model"].get("kwargs", {}))
-    sizes = (ckpt.get("extra") or {}).get("layer_sizes")
-    if ckpt.get("kind") == "compacted" and sizes:
+    extra = ckpt.get("extra") or {}
+    sizes = extra.get("layer_sizes")
+    if sizes and (ckpt.get("kind") == "compacted" or extra.get("compacted") is True):
         _resize_layers(model, sizes)
     check_architecture(ckpt, model, source)
     model.load_state_dict(ckpt["state_dict"])

@@ -178,7 +178,7 @@ def _finish_prune(args, ckpt, model, res, config, dataset, what, input_shape) ->
                     model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=config,
                     metrics=res.report["metrics"],
                     extra={"dataset": dataset, "input_shape": list(input_shape),
-                           "history": res.history, "targets":
+                           "compacted": res.compacted, "history": res.history, "targets":
                            {r["layer"]: r["target_keep"] for r in res.report["layers"]}})
     md = to_markdown(res.report, title=f"{ckpt['model']['name']} {what}")
     atomic_write_text(out.with_suffix(".md"), md)

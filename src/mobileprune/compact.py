@@ -12,6 +12,8 @@ API
   **new** module; ``model`` is never modified (it is ``copy.deepcopy``-ed first).
 * :func:`dead_units(model, example_input, *, atol=0.0) <dead_units>` is the dry run: per
   producer layer (Conv/Linear, by qualified name), which output units ``compact`` removes.
+* :func:`compact_in_place(model, example_input) <compact_in_place>` does the same to
+  ``model`` itself (its resized layers are swapped in), e.g. between pruning rounds.
 * :func:`fold_dead_weights(model, example_input) <fold_dead_weights>` zeroes in place the
   weights ``compact`` would drop (folding constants into biases), shapes unchanged: used
   during pruning so the nonzero budget goes to weights that matter.
@@ -1311,3 +1313,66 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
                 f"fold_dead_weights: zeroing the dead weights of {type(model).__name__} would "
                 f"change its output ({reason}); the weights are restored; please report this model")
     return counts
+
+
+def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Remove dead filters/channels/neurons from ``model`` **in place**: the same object,
+    with smaller layers, computes what :func:`compact` returns.
+
+    :func:`compact` builds the smaller model; every submodule whose parameters or buffers
+    change shape (or gain a bias for a folded constant) is then swapped into ``model`` at
+    the same qualified name, and the remaining values (e.g. biases that received a folded
+    constant) are copied over. Used between pruning rounds, so that training continues
+    on the smaller network; hooks, parametrizations and optimizer state attached to the
+    replaced layers do not carry over (build optimizers and
+    :class:`~mobileprune.masks.MaskEnforcer` after this call).
+
+    Returns ``{module name: (old weight shape, new weight shape)}`` of the replaced
+    layers (empty when nothing is dead; ``model`` is then untouched).
+
+    Raises:
+        UnsupportedModelError: as :func:`compact`, or the class's ``forward`` cannot run
+            with smaller layers (hard-coded sizes): use :func:`compact`, which returns a
+            rewritten :class:`torch.fx.GraphModule` for such models.
+        CompactionError: the model does not reproduce its outputs after the swap.
+    """
+    small = compact(model, example_input)
+    if small is model:
+        return {}
+    if type(small) is not type(model):
+        raise UnsupportedModelError(
+            f"compact_in_place: the forward of {type(model).__name__} cannot run with smaller "
+            "layers (hard-coded sizes); use compact(), which returns a rewritten GraphModule")
+    old_sd, new_sd = model.state_dict(), small.state_dict()
+    old_mods = dict(model.named_modules())
+    swap: dict[str, nn.Module] = {}
+    for key, t in new_sd.items():
+        if key not in old_sd or old_sd[key].shape != t.shape:
+            name = key.rpartition(".")[0]
+            swap[name] = small.get_submodule(name)
+    if "" in swap:
+        raise UnsupportedModelError(
+            f"compact_in_place: {type(model).__name__} is itself the layer to resize; use compact()")
+    args = _as_args(example_input)
+    with torch.no_grad():
+        flags = {n: m.training for n, m in model.named_modules()}
+        small.eval()
+        ref = small(*args)
+    changed = {}
+    for name, new in swap.items():
+        old_w = getattr(old_mods[name], "weight", None)
+        new_w = getattr(new, "weight", None)
+        changed[name] = (tuple(old_w.shape) if old_w is not None else (),
+                         tuple(new_w.shape) if new_w is not None else ())
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    with torch.no_grad():
+        for key, t in model.state_dict().items():
+            t.copy_(new_sd[key])
+    model.eval()
+    reason = _agrees(model, [args], [ref], exact=True)
+    _set_training(model, flags)
+    if reason is not None:
+        raise CompactionError(f"compact_in_place: {type(model).__name__} does not reproduce the "
+                              f"compacted model after the swap ({reason}); please report this model")
+    return changed

@@ -58,11 +58,15 @@ def output_positions(model: nn.Module, example_input: Any, names: Iterable[str])
 def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
                  metrics: Mapping[str, Any] | None = None,
                  types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
-                 example_input: Any = None) -> dict[str, Any]:
+                 example_input: Any = None,
+                 original: Mapping[str, int] | None = None) -> dict[str, Any]:
     """Build the report of ``model``; ``targets`` adds each pruned layer's target.
 
     ``example_input`` (a tensor or tuple of tensors of batch size 1) enables the MAC
-    columns.
+    columns. ``original`` (``{"weights": n, "parameters": m}``, see :func:`size_of`):
+    the sizes of the model before its dead units were removed (pruning with
+    ``schedule.compact``); the compressions are then taken against those, the honest
+    ratio, and the totals keep both.
     """
     by_name: dict[str, list[LayerTarget]] = {}
     for t in targets:
@@ -105,20 +109,30 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     params = [p.detach() for p in model.parameters()]
     total_p = sum(p.numel() for p in params)
     nz_p = sum(int(torch.count_nonzero(p)) for p in params)
+    ref_w, ref_p = (original["weights"], original["parameters"]) if original else (total_w, total_p)
     totals = {
         "weights": total_w,
         "nonzero": nz_w,
         "sparsity": 1.0 - nz_w / total_w if total_w else 0.0,
-        "weight_compression": total_w / nz_w if nz_w else float("inf"),
+        "weight_compression": ref_w / nz_w if nz_w else float("inf"),
         "parameters": total_p,
         "nonzero_parameters": nz_p,
-        "param_compression": total_p / nz_p if nz_p else float("inf"),
+        "param_compression": ref_p / nz_p if nz_p else float("inf"),
         "all_targets_met": all(r["meets_target"] for r in rows if r["meets_target"] is not None),
     }
+    if original:
+        totals.update(original_weights=ref_w, original_parameters=ref_p)
     if positions:
         for key in ("macs", "nonzero_macs", "active_macs"):
             totals[key] = sum(r[key] for r in rows)
     return {"layers": rows, "totals": totals, "metrics": dict(metrics or {})}
+
+
+def size_of(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> dict[str, int]:
+    """``{"weights": weights of the prunable layers, "parameters": all parameters}`` of
+    ``model`` (the ``original`` argument of :func:`layer_report`)."""
+    return {"weights": sum(m.weight.numel() for m in prunable_layers(model, types).values()),
+            "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def _fmt_pct(x: float | None) -> str:
@@ -148,11 +162,20 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
     lines.append(f"| **total** | | | {t['weights']:,} | {t['nonzero']:,} | {_fmt_pct(t['sparsity'])} | | "
                  f"{'yes' if t['all_targets_met'] else 'NO'} | |"
                  + (f" {t['macs']:,} | {t['nonzero_macs']:,} |" if macs else ""))
-    lines += ["",
-              f"- weight compression: **{t['weight_compression']:.1f}x** "
-              f"({t['weights']:,} weights -> {t['nonzero']:,} nonzero)",
-              f"- parameter compression (biases and all other parameters included): "
-              f"{t['param_compression']:.1f}x ({t['parameters']:,} -> {t['nonzero_parameters']:,})"]
+    if "original_weights" in t:  # dead units removed during pruning: against the model as given
+        lines += ["",
+                  f"- weight compression: **{t['weight_compression']:.1f}x** ({t['original_weights']:,} "
+                  f"weights in the model as given -> {t['nonzero']:,} nonzero; {t['weights']:,} "
+                  "weights left after removing dead units)",
+                  f"- parameter compression (biases and all other parameters included): "
+                  f"{t['param_compression']:.1f}x ({t['original_parameters']:,} -> "
+                  f"{t['nonzero_parameters']:,}; {t['parameters']:,} parameters left)"]
+    else:
+        lines += ["",
+                  f"- weight compression: **{t['weight_compression']:.1f}x** "
+                  f"({t['weights']:,} weights -> {t['nonzero']:,} nonzero)",
+                  f"- parameter compression (biases and all other parameters included): "
+                  f"{t['param_compression']:.1f}x ({t['parameters']:,} -> {t['nonzero_parameters']:,})"]
     m = report.get("metrics") or {}
     if "accuracy_before" in m or "accuracy_after" in m:
         before, after = m.get("accuracy_before"), m.get("accuracy_after")
