@@ -32,7 +32,7 @@ from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_m
 from mobileprune.compact import compact
 from mobileprune.models import build_model
 from mobileprune.pipeline import admm_prune, fit, proximal_prune
-from mobileprune.report import layer_report
+from mobileprune.report import layer_report, size_of
 from mobileprune.train import evaluate
 
 from _common import prepare
@@ -40,18 +40,27 @@ from _common import prepare
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def dense_model(suite, name, train_loader, test_loader, work: Path):
-    """The suite's dense model: trained once (resumable per epoch), then reused."""
-    path = work / "dense.pt"
+def dense_tag(settings) -> str:
+    """Name of a row's own dense model (``dense:`` in a method entry), e.g. ``epochs30_shift2``."""
+    return "_".join(f"{k}{v}" for k, v in sorted(settings.items()))
+
+
+def dense_model(suite, name, train_loader, test_loader, work: Path, settings=None):
+    """The suite's dense model: trained once (resumable per epoch), then reused.
+    ``settings`` (a method's ``dense:`` entry) override the suite's ``dense:`` keys for a
+    row that starts from (and distills from) its own dense model, e.g. one trained
+    longer with random shifts; it is cached under its own name."""
+    stem = "dense" if not settings else f"dense_{dense_tag(settings)}"
+    path = work / f"{stem}.pt"
     if path.exists():
         ck = load_checkpoint(path)
         return restore_model(ck), ck["metrics"]
-    d = suite["dense"]
+    d = {**suite["dense"], **(settings or {})}
     kwargs = suite.get("model_kwargs", {})
     model = build_model(suite["model"], **kwargs)
     res = fit(model, train_loader, epochs=d["epochs"], optimizer=d.get("optimizer", "adam"),
-              lr=d.get("lr", 1e-3), weight_decay=d.get("weight_decay", 0.0),
-              eval_loader=test_loader, state_path=work / "dense.state.pt",
+              lr=d.get("lr", 1e-3), weight_decay=d.get("weight_decay", 0.0), shift=d.get("shift", 0),
+              eval_loader=test_loader, state_path=work / f"{stem}.state.pt",
               model_name=suite["model"], model_kwargs=kwargs,
               log=lambda s: print(f"[{name}] {s}", flush=True))
     metrics = {"test_accuracy": res["test_accuracy"], "train_seconds": res["train_seconds"]}
@@ -59,18 +68,20 @@ def dense_model(suite, name, train_loader, test_loader, work: Path):
     return model, metrics
 
 
-def conv_summary(model, small, channel_layers=None):
+def conv_summary(model, small, dense, channel_layers=None):
     """The conv-layer numbers MobilePrune reports for its HAR CNNs: nonzero conv weights,
     conv parameters of the compacted model (dead channels removed) and output channels
     kept in ``channel_layers`` (default: every conv layer but the last, whose channels
-    are the classifier's inputs), each as a count and a fraction of the dense model."""
-    convs = {n: m for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
+    are the classifier's inputs), each as a count and a fraction of the dense model
+    (``model`` may already have smaller layers: pruned with ``schedule.compact``)."""
+    convs = {n: m for n, m in dense.named_modules() if isinstance(m, nn.modules.conv._ConvNd)}
     if not convs:
         return None
     cut = dict(small.named_modules())
+    pruned = dict(model.named_modules())
     channel_layers = list(channel_layers or list(convs)[:-1] or convs)
     weights = sum(m.weight.numel() for m in convs.values())
-    nonzero = sum(int(torch.count_nonzero(m.weight)) for m in convs.values())
+    nonzero = sum(int(torch.count_nonzero(pruned[n].weight)) for n in convs)
     params = sum(p.numel() for m in convs.values() for p in m.parameters())
     kept = sum(p.numel() for n in convs for p in cut[n].parameters())
     channels = sum(convs[n].out_channels for n in channel_layers)
@@ -81,19 +92,24 @@ def conv_summary(model, small, channel_layers=None):
             "channel_fraction": active / channels}
 
 
-def summarise(model, example, acc, dense_params, seconds, channel_layers=None):
-    rep = layer_report(model, example_input=example)
+def summarise(model, example, acc, dense, seconds, channel_layers=None):
+    """One row: counts of ``model`` against the ``dense`` model it was pruned from (the
+    compressions, fractions and dense MACs stay honest when the pruning already removed
+    dead units, ``schedule.compact``)."""
+    rep = layer_report(model, example_input=example, original=size_of(dense))
     small = compact(model.eval(), example)
     srep = layer_report(small, example_input=example)
     t = rep["totals"]
-    return {"test_accuracy": acc, "conv": conv_summary(model, small, channel_layers),
+    dense_params = sum(p.numel() for p in dense.parameters())
+    return {"test_accuracy": acc, "conv": conv_summary(model, small, dense, channel_layers),
             "nonzero_weights": t["nonzero"], "weights": t["weights"],
             "weight_compression": t["weight_compression"],
             "nonzero_parameters": t["nonzero_parameters"], "param_compression": t["param_compression"],
             "active_units": {r["layer"]: [r["active_out"], r["active_in"]] for r in rep["layers"]},
             "compacted_parameters": srep["totals"]["parameters"],
             "compacted_param_fraction": srep["totals"]["parameters"] / dense_params,
-            "compacted_macs": srep["totals"]["macs"], "dense_macs": t["macs"],
+            "compacted_macs": srep["totals"]["macs"],
+            "dense_macs": layer_report(dense, example_input=example)["totals"]["macs"],
             "nonzero_macs": t["nonzero_macs"], "seconds": seconds}
 
 
@@ -138,26 +154,32 @@ def main() -> int:
     suite, bundle, train_loader, test_loader, work = ready
     dense, dmetrics = dense_model(suite, args.suite, train_loader, test_loader, work)
     example = bundle.train[0][0].unsqueeze(0)
-    dense_params = sum(p.numel() for p in dense.parameters())
     goal = suite.get("goal") or {}
     channel_layers = goal.get("channel_layers")
-    results = {"dense": summarise(dense, example, evaluate(dense, test_loader), dense_params,
+    results = {"dense": summarise(dense, example, evaluate(dense, test_loader), dense,
                                   dmetrics.get("train_seconds", 0.0), channel_layers)}
     for method in suite["methods"]:
         name = method["name"]
         if args.methods and name not in args.methods:
             continue
+        cfg = {k: v for k, v in method.items() if k not in ("name", "dense")}
+        start = dense
+        if method.get("dense"):  # the row's own dense model (a row of the table too)
+            start, m = dense_model(suite, args.suite, train_loader, test_loader, work, method["dense"])
+            key = f"dense_{dense_tag(method['dense'])}"
+            if key not in results:
+                results[key] = summarise(start, example, evaluate(start, test_loader), start,
+                                         m.get("train_seconds", 0.0), channel_layers)
         done = work / f"{name}.json"
         if done.exists():
             results[name] = json.loads(done.read_text())
             continue
-        model = copy.deepcopy(dense)
-        cfg = {k: v for k, v in method.items() if k != "name"}
+        model = copy.deepcopy(start)
         t0 = time.perf_counter()
         run = admm_prune if cfg.pop("algorithm", "proximal") == "admm" else proximal_prune
         run(model, train_loader, cfg, eval_loader=test_loader, run_dir=work / f"{name}.run",
             progress=False, model_name=suite["model"], log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
-        res = summarise(model, example, evaluate(model, test_loader), dense_params, time.perf_counter() - t0,
+        res = summarise(model, example, evaluate(model, test_loader), start, time.perf_counter() - t0,
                         channel_layers)
         res["config"] = method
         atomic_write_text(done, json.dumps(res, indent=2) + "\n")

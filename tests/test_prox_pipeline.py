@@ -134,7 +134,9 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     ({"final_project": "yes", "target_nonzero": 10}, "final_project"),
     ({"project_margin": 0.1, "target_nonzero": 10}, "final_project"),
     ({"project_margin": -0.1, "target_nonzero": 10, "final_project": True}, "project_margin"),
-    ({"fold_dead": 1}, "fold_dead")])
+    ({"fold_dead": 1}, "fold_dead"),
+    ({"shift": -1}, "schedule.shift"), ({"shift": 1.5}, "schedule.shift"),
+    ({"shift": 2, "mode": "palm"}, "schedule.shift needs mode 'proximal'")])
 def test_schedule_additions_validated(data, bad, match):
     with pytest.raises(ConfigError, match=match):
         proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)
@@ -265,3 +267,21 @@ def test_fold_dead_zeroes_the_outgoing_weights_of_dead_units(data):
     assert not any(bool(v.any()) for v in dead_weights(m, x).values())
     # the masks of the final retraining kept them zero
     assert torch.equal(res.masks["fc2.weight"], m.fc2.weight.detach() != 0)
+
+
+def test_shift_augments_every_phase(data, monkeypatch):
+    """schedule.shift reaches the proximal, retraining and final phases (one random_shift
+    call per batch with that maximum)."""
+    import mobileprune.train as train
+
+    calls = []
+    real = train.random_shift
+
+    def spy(x, max_shift, generator=None):
+        calls.append(max_shift)
+        return real(x, max_shift, generator)
+    monkeypatch.setattr(train, "random_shift", spy)
+    proximal_prune(LeNet300100(), data, _sched(rounds=1, shift=2, final_retrain_epochs=1),
+                   log=lambda s: None)
+    batches = len(data)
+    assert calls == [2] * (3 * batches)  # 1 prox + 1 retrain + 1 final epoch

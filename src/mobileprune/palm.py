@@ -535,17 +535,18 @@ def proximal_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Op
                    loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                    step: float | None = None, scheduler=None, progress: bool | None = None,
                    desc: str = "prox", teacher: nn.Module | None = None, distill: float = 0.0,
-                   temperature: float = 4.0) -> dict[str, Any]:
+                   temperature: float = 4.0, shift: int = 0) -> dict[str, Any]:
     """One epoch of the practical proximal variant (methods.md 2.3): after every
     ``optimizer.step()``, :meth:`ProximalPruner.prox_step` with ``step`` (default: the
     optimizer's current learning rate).  ``teacher`` / ``distill`` / ``temperature``: the
-    smooth loss distills from ``teacher`` (:func:`mobileprune.train.train_epoch`).
+    smooth loss distills from ``teacher`` (:func:`mobileprune.train.train_epoch`);
+    ``shift``: random translations of the inputs (:func:`mobileprune.train.random_shift`).
     Returns :func:`mobileprune.train.train_epoch`'s stats plus ``penalty`` and
     ``objective``; raises ``FloatingPointError`` on NaN/inf."""
     stats = train_epoch(model, loader, optimizer, loss_fn=loss_fn,
                         after_step=lambda: pruner.prox_step(step, optimizer=optimizer),
                         scheduler=scheduler, progress=progress, desc=desc, teacher=teacher,
-                        distill=distill, temperature=temperature)
+                        distill=distill, temperature=temperature, shift=shift)
     penalty = float(pruner.penalty_value())
     return {**stats, "penalty": penalty, "objective": stats["loss"] + penalty}
 
@@ -561,7 +562,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                palm_options: Mapping[str, Any] | None = None,
                progress: bool | None = False, teacher: nn.Module | None = None,
                distill: float = 0.0, temperature: float = 4.0,
-               after_prox: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+               after_prox: Callable[[], Any] | None = None, shift: int = 0) -> list[dict[str, Any]]:
     """The round schedule of the public MobilePrune code (methods.md end of 2.3, seed 000).
 
     Every round: ``prox_epochs`` epochs of :func:`palm_epoch` (``mode="palm"``, options
@@ -575,7 +576,10 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     and raised ``lam``/``eta`` additively every ``stride`` rounds.)
 
     With ``teacher`` and ``distill > 0`` the smooth loss of both phases distills from
-    ``teacher`` (the PALM phase keeps ``loss_fn``).
+    ``teacher`` (the PALM phase keeps ``loss_fn``). ``shift > 0`` augments the batches of
+    the proximal and retraining phases with random translations of up to ``shift``
+    pixels (:func:`mobileprune.train.random_shift`; not with ``mode="palm"``, whose
+    backtracking compares losses on one fixed minibatch).
 
     ``after_prox`` (optional) is called after the prox phase of every round, before the
     retraining masks are taken (e.g. :func:`mobileprune.compact.fold_dead_weights`); its
@@ -597,6 +601,10 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     _positive(retrain_weight_decay, "retrain_weight_decay", strict=False)
     if mode not in ("palm", "proximal"):
         raise ConfigError(f"mode must be 'palm' or 'proximal', got {mode!r}")
+    shift = _nonneg_int(shift, "shift")
+    if shift and mode == "palm" and prox_epochs:
+        raise ConfigError("shift (random translations) needs mode 'proximal': PALM's backtracking "
+                          "compares losses on one fixed minibatch")
     opts = dict(palm_options or {})
     bad = set(opts) - {"gamma", "L0", "eta_L", "max_backtracks"}
     if bad:
@@ -621,7 +629,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                                             progress=progress, desc=desc, **opts)
                 else:
                     prox_stats = proximal_epoch(model, train_loader, opt, pruner, loss_fn=loss_fn,
-                                                progress=progress, desc=desc, **kd)
+                                                progress=progress, desc=desc, shift=shift, **kd)
                 check_finite(model, f"after {desc}")
         rec["prox"] = prox_stats
         if after_prox is not None:
@@ -636,7 +644,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                 for e in range(retrain_epochs):
                     desc = f"round {r + 1} retrain {e + 1}/{retrain_epochs}"
                     retrain_stats = train_epoch(model, train_loader, opt, loss_fn=loss_fn,
-                                                progress=progress, desc=desc, **kd)
+                                                progress=progress, desc=desc, shift=shift, **kd)
                     check_finite(model, f"after {desc}")
         rec["retrain"] = retrain_stats
         rec["nonzero"] = pruner.nonzero()

@@ -490,6 +490,7 @@ class ProxSchedule:
     project_margin: float = 0.0
     fold_dead: bool = False
     compact: bool = False
+    shift: int = 0
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -505,6 +506,10 @@ class ProxSchedule:
         if self.target_nonzero is not None:
             _nonneg_int(self.target_nonzero, "schedule.target_nonzero")
         _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
+        _nonneg_int(self.shift, "schedule.shift")
+        if self.shift and self.mode == "palm":
+            raise ConfigError("schedule.shift needs mode 'proximal' (PALM's backtracking compares "
+                              "losses on one fixed minibatch)")
         if self.final_retrain_lr is not None:
             self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
         for key in ("final_project", "fold_dead", "compact"):
@@ -556,7 +561,7 @@ def _final_retrain(model, train_loader, pruner, sched: ProxSchedule, final: dict
     with MaskEnforcer(model, pruner.masks(), opt):
         while done < epochs:
             stats = train_epoch(model, train_loader, opt, scheduler=lr_sched, progress=progress,
-                                desc=f"final retrain {done + 1}/{epochs}", **kd)
+                                desc=f"final retrain {done + 1}/{epochs}", shift=sched.shift, **kd)
             check_finite(model, f"after final retrain epoch {done + 1}")
             done += 1
             acc = evaluate(model, eval_loader) if eval_loader is not None else None
@@ -701,7 +706,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                          increase_every=None, retrain_lr=sched.retrain_lr,
                          retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
                          eval_loader=eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
-                         prox_lr=sched.prox_lr, progress=progress, after_prox=fold, **kd)[0]
+                         prox_lr=sched.prox_lr, progress=progress, after_prox=fold,
+                         shift=sched.shift, **kd)[0]
         done += 1
         rec.update(round=done, seconds=time.perf_counter() - t0)
         if sched.increase_every and done % sched.increase_every == 0 and done < sched.rounds:
