@@ -176,9 +176,14 @@ def main() -> int:
             continue
         model = copy.deepcopy(start)
         t0 = time.perf_counter()
+        then = cfg.pop("then", None)
         run = admm_prune if cfg.pop("algorithm", "proximal") == "admm" else proximal_prune
         run(model, train_loader, cfg, eval_loader=test_loader, run_dir=work / f"{name}.run",
             progress=False, model_name=suite["model"], log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
+        if then:  # a second proximal stage on the result, distilling from the dense start
+            proximal_prune(model, train_loader, then, eval_loader=test_loader,
+                           run_dir=work / f"{name}.then.run", progress=False, model_name=suite["model"],
+                           teacher=start, log=lambda s, n=name: print(f"[{n} then] {s}", flush=True))
         res = summarise(model, example, evaluate(model, test_loader), start, time.perf_counter() - t0,
                         channel_layers)
         res["config"] = method
