@@ -162,20 +162,16 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
     lines.append(f"| **total** | | | {t['weights']:,} | {t['nonzero']:,} | {_fmt_pct(t['sparsity'])} | | "
                  f"{'yes' if t['all_targets_met'] else 'NO'} | |"
                  + (f" {t['macs']:,} | {t['nonzero_macs']:,} |" if macs else ""))
-    if "original_weights" in t:  # dead units removed during pruning: against the model as given
-        lines += ["",
-                  f"- weight compression: **{t['weight_compression']:.1f}x** ({t['original_weights']:,} "
-                  f"weights in the model as given -> {t['nonzero']:,} nonzero; {t['weights']:,} "
-                  "weights left after removing dead units)",
-                  f"- parameter compression (biases and all other parameters included): "
-                  f"{t['param_compression']:.1f}x ({t['original_parameters']:,} -> "
-                  f"{t['nonzero_parameters']:,}; {t['parameters']:,} parameters left)"]
-    else:
-        lines += ["",
-                  f"- weight compression: **{t['weight_compression']:.1f}x** "
-                  f"({t['weights']:,} weights -> {t['nonzero']:,} nonzero)",
-                  f"- parameter compression (biases and all other parameters included): "
-                  f"{t['param_compression']:.1f}x ({t['parameters']:,} -> {t['nonzero_parameters']:,})"]
+    orig = "original_weights" in t  # dead units removed during pruning: against the model as given
+    w_src = f"{t['original_weights']:,} weights in the model as given" if orig else f"{t['weights']:,} weights"
+    w_left = f"; {t['weights']:,} weights left after removing dead units" if orig else ""
+    p_src = f"{t['original_parameters']:,}" if orig else f"{t['parameters']:,}"
+    p_left = f"; {t['parameters']:,} parameters left" if orig else ""
+    lines += ["",
+              f"- weight compression: **{t['weight_compression']:.1f}x** "
+              f"({w_src} -> {t['nonzero']:,} nonzero{w_left})",
+              f"- parameter compression (biases and all other parameters included): "
+              f"{t['param_compression']:.1f}x ({p_src} -> {t['nonzero_parameters']:,}{p_left})"]
     m = report.get("metrics") or {}
     if "accuracy_before" in m or "accuracy_after" in m:
         before, after = m.get("accuracy_before"), m.get("accuracy_after")
