@@ -102,7 +102,7 @@ def summarise(model, example, acc, dense, seconds, channel_layers=None):
     t = rep["totals"]
     dense_params = sum(p.numel() for p in dense.parameters())
     return {"test_accuracy": acc, "conv": conv_summary(model, small, dense, channel_layers),
-            "nonzero_weights": t["nonzero"], "weights": t["weights"],
+            "nonzero_weights": t["nonzero"], "weights": t["original_weights"],
             "weight_compression": t["weight_compression"],
             "nonzero_parameters": t["nonzero_parameters"], "param_compression": t["param_compression"],
             "active_units": {r["layer"]: [r["active_out"], r["active_in"]] for r in rep["layers"]},
@@ -140,19 +140,33 @@ def goal_table(goal, results):
     return lines
 
 
-def main() -> int:
+def suite_file(suite: str) -> Path:
+    """``benchmarks/suites/<suite>.yaml`` for a suite name, or ``suite`` itself when it is
+    the path of a ``.yaml`` file."""
+    if suite.endswith((".yaml", ".yml")):
+        return Path(suite)
+    return ROOT / "benchmarks" / "suites" / f"{suite}.yaml"
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("suite")
+    ap.add_argument("suite", help="a suite name (benchmarks/suites/<name>.yaml) or a suite file")
     ap.add_argument("--data-dir")
     ap.add_argument("--methods", nargs="*", help="subset of the suite's method names")
     ap.add_argument("--work-dir", default=str(ROOT / "runs" / "bench"))
-    args = ap.parse_args()
-    ready = prepare(ROOT / "benchmarks" / "suites" / f"{args.suite}.yaml", args.data_dir,
-                    Path(args.work_dir) / args.suite)
+    ap.add_argument("--out-dir", default=str(ROOT / "docs" / "benchmarks"),
+                    help="where methods_<suite>.{md,json} are written")
+    args = ap.parse_args(argv)
+    path = suite_file(args.suite)
+    suite_name = path.stem
+    ready = prepare(path, args.data_dir, Path(args.work_dir) / suite_name)
     if ready is None:
         return 0
     suite, bundle, train_loader, test_loader, work = ready
-    dense, dmetrics = dense_model(suite, args.suite, train_loader, test_loader, work)
+    unknown = sorted(set(args.methods or ()) - {m["name"] for m in suite["methods"]})
+    if unknown:
+        ap.error(f"unknown method name(s) {unknown}; {path} has {[m['name'] for m in suite['methods']]}")
+    dense, dmetrics = dense_model(suite, suite_name, train_loader, test_loader, work)
     example = bundle.train[0][0].unsqueeze(0)
     goal = suite.get("goal") or {}
     channel_layers = goal.get("channel_layers")
@@ -165,7 +179,7 @@ def main() -> int:
         cfg = {k: v for k, v in method.items() if k not in ("name", "dense")}
         start = dense
         if method.get("dense"):  # the row's own dense model (a row of the table too)
-            start, m = dense_model(suite, args.suite, train_loader, test_loader, work, method["dense"])
+            start, m = dense_model(suite, suite_name, train_loader, test_loader, work, method["dense"])
             key = f"dense_{dense_tag(method['dense'])}"
             if key not in results:
                 results[key] = summarise(start, example, evaluate(start, test_loader), start,
@@ -193,12 +207,13 @@ def main() -> int:
     cmd = f"{threads}MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py {args.suite}"
     if args.methods:
         cmd += " --methods " + " ".join(args.methods)
-    out = ROOT / "docs" / "benchmarks" / f"methods_{args.suite}"
+    out = Path(args.out_dir) / f"methods_{suite_name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(
         {"command": cmd, "suite": suite, "machine": platform.machine(), "results": results}, indent=2) + "\n")
     layers = list(results["dense"]["active_units"])
-    md = [f"# {suite['title']}", "", f"Command: `{cmd}` (suite `benchmarks/suites/{args.suite}.yaml`).", "",
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    md = [f"# {suite['title']}", "", f"Command: `{cmd}` (suite `{shown}`).", "",
           "| method | test acc | nonzero weights | compression | active units (out/in) "
           "| params after compact | MACs after compact | time |",
           "|---|---:|---:|---:|---|---:|---:|---:|"]
