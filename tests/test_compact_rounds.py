@@ -185,3 +185,48 @@ def test_schedule_compact_resumes_across_the_change_of_shapes(data, tmp_path):
 def test_schedule_compact_validated(data):
     with pytest.raises(ConfigError, match="schedule.compact"):
         proximal_prune(LeNet300100(), data, _cfg(compact="yes"), log=lambda s: None)
+
+
+def _compressions(model):
+    from mobileprune.report import layer_report
+
+    t = layer_report(model)["totals"]
+    return t["weight_compression"], t["param_compression"]
+
+
+def test_reports_of_a_model_shrunk_in_the_users_loop_count_against_the_model_it_started_as(tmp_path):
+    m = _dead(Net())
+    x = torch.randn(1, 1, 6, 6)
+    # sizes of the model as given, counted by hand: conv 6*9, fc1 12*96, fc2 3*12 weights
+    weights = 6 * 9 + 12 * 96 + 3 * 12
+    params = weights + 6 + 2 * 6 + 12 + 3  # biases and the BatchNorm affine parameters
+    assert sum(p.numel() for p in m.parameters()) == params
+    nz = sum(int(torch.count_nonzero(l.weight)) for l in (m.conv, m.fc1, m.fc2))
+    nzp = sum(int(torch.count_nonzero(p)) for p in m.parameters())
+    assert _compressions(m) == (pytest.approx(weights / nz), pytest.approx(params / nzp))
+    small = compact(m, x)  # a new model
+    compact_in_place(m, x)  # the same object
+    for model in (m, small):
+        nz_small = sum(int(torch.count_nonzero(l.weight)) for l in (model.conv, model.fc1, model.fc2))
+        nzp_small = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+        assert _compressions(model) == (pytest.approx(weights / nz_small), pytest.approx(params / nzp_small))
+    # a second compaction, after more units died, still counts against the first size
+    with torch.no_grad():
+        m.fc1.weight[[0, 1]] = 0
+    compact_in_place(m, x)
+    assert m.fc1.out_features == 7
+    nz2 = sum(int(torch.count_nonzero(l.weight)) for l in (m.conv, m.fc1, m.fc2))
+    assert _compressions(m)[0] == pytest.approx(weights / nz2)
+    assert _compressions(compact(copy.deepcopy(m), x))[0] == pytest.approx(weights / nz2)
+    # through a compacted checkpoint, restored into a fresh model
+    save_checkpoint(tmp_path / "c.pt", m, kind="compacted")
+    fresh = restore_model(load_checkpoint(tmp_path / "c.pt"), _dead(Net()))
+    assert fresh.fc1.out_features == 7
+    assert _compressions(fresh)[0] == pytest.approx(weights / nz2)
+    # an explicit original wins; a model never compacted has no recorded size
+    from mobileprune.report import layer_report
+    assert layer_report(m, original={"weights": 10 * nz2, "parameters": 1})["totals"][
+        "weight_compression"] == pytest.approx(10.0)
+    assert "original_weights" not in layer_report(Net())["totals"]
+    live = Net()
+    assert compact_in_place(live, x) == {} and "original_weights" not in layer_report(live)["totals"]

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import CheckpointError
+from .report import ORIGINAL_SIZE, size_of
 
 FORMAT = "mobileprune.checkpoint"
 FORMAT_VERSION = 1
@@ -121,13 +122,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
     For ``kind="compacted"``, and for any kind whose ``extra`` has ``"compacted": True``
     (e.g. the run state of a pruning run that removes dead units between rounds), the
     layer sizes are recorded too (:func:`layer_sizes`), so that :func:`restore_model`
-    can rebuild the smaller layers.
+    can rebuild the smaller layers, with the size of the model before compaction when
+    the model carries it (:data:`mobileprune.report.ORIGINAL_SIZE`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     extra = dict(extra or {})
     if kind == "compacted" or extra.get("compacted") is True:
         extra["layer_sizes"] = layer_sizes(model)
+        if getattr(model, ORIGINAL_SIZE, None):
+            extra.setdefault("original_size", dict(getattr(model, ORIGINAL_SIZE)))
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -201,7 +205,10 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
     """Rebuild the model of ``ckpt`` (from the zoo, or into the given ``model``).
 
     The architecture is checked before any weight is copied. A checkpoint of a compacted
-    model first swaps its smaller layers into ``model`` (in place).
+    model first swaps its smaller layers into ``model`` (in place); the model then
+    remembers the size it had before compaction (the one saved in the checkpoint, else
+    that of the model as built or given; :data:`mobileprune.report.ORIGINAL_SIZE`), so
+    reports count compressions against it.
     """
     if model is None:
         from .models import build_model
@@ -215,7 +222,9 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
     extra = ckpt.get("extra") or {}
     sizes = extra.get("layer_sizes")
     if sizes and (ckpt.get("kind") == "compacted" or extra.get("compacted") is True):
+        before = extra.get("original_size") or getattr(model, ORIGINAL_SIZE, None) or size_of(model)
         _resize_layers(model, sizes)
+        setattr(model, ORIGINAL_SIZE, dict(before))
     check_architecture(ckpt, model, source)
     model.load_state_dict(ckpt["state_dict"])
     return model

@@ -124,6 +124,7 @@ from torch.fx.node import Node, map_arg
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from .errors import CompactionError, ConfigError, UnsupportedModelError
+from .report import ORIGINAL_SIZE, size_of
 
 __all__ = ["compact", "dead_units", "CompactionError"]
 
@@ -1087,7 +1088,10 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0,
     Returns:
         The compacted model: normally a deep copy of ``model`` (same class) with smaller
         layers; a :class:`torch.fx.GraphModule` if the class's own ``forward`` cannot run
-        with the smaller layers (hard-coded sizes). See the module docstring.
+        with the smaller layers (hard-coded sizes). See the module docstring. When units
+        were removed it records the :func:`~mobileprune.report.size_of` of the model it
+        started as (attribute :data:`mobileprune.report.ORIGINAL_SIZE`; kept through
+        repeated compactions), which :func:`~mobileprune.report.layer_report` uses.
 
     Raises:
         UnsupportedModelError: the model cannot be traced by ``torch.fx``, ``example_input``
@@ -1108,6 +1112,7 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0,
         refs = [ref_out, gm(*rnd)]
     inputs = [args, rnd]
     _rebuild(an, dec)
+    setattr(work, ORIGINAL_SIZE, getattr(model, ORIGINAL_SIZE, None) or size_of(model))
     exact = atol == 0.0
     reason = _agrees(work, inputs, refs, exact)
     if reason is None:
@@ -1117,6 +1122,7 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0,
     reason_gm = _agrees(gm, inputs, refs, exact)
     if reason_gm is None:
         gm.train(model.training)  # gm shares its leaf modules (and their names) with work
+        setattr(gm, ORIGINAL_SIZE, getattr(work, ORIGINAL_SIZE))
         _set_training(gm, flags)
         return gm
     raise CompactionError(
@@ -1328,7 +1334,10 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
     :class:`~mobileprune.masks.MaskEnforcer` after this call).
 
     Returns ``{module name: (old weight shape, new weight shape)}`` of the replaced
-    layers (empty when nothing is dead; ``model`` is then untouched).
+    layers (empty when nothing is dead; ``model`` is then untouched). As with
+    :func:`compact`, the model remembers the size it started as
+    (:data:`mobileprune.report.ORIGINAL_SIZE`), so :func:`~mobileprune.report.layer_report`
+    counts its compression against that.
 
     Raises:
         UnsupportedModelError: as :func:`compact`, or the class's ``forward`` cannot run
@@ -1336,6 +1345,7 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
             rewritten :class:`torch.fx.GraphModule` for such models.
         CompactionError: the model does not reproduce its outputs after the swap.
     """
+    before = getattr(model, ORIGINAL_SIZE, None) or size_of(model)
     small = compact(model, example_input)
     if small is model:
         return {}
@@ -1350,6 +1360,8 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
         if key not in old_sd or old_sd[key].shape != t.shape:
             name = key.rpartition(".")[0]
             swap[name] = small.get_submodule(name)
+    if not swap:
+        return {}
     if "" in swap:
         raise UnsupportedModelError(
             f"compact_in_place: {type(model).__name__} is itself the layer to resize; use compact()")
@@ -1366,6 +1378,7 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
                          tuple(new_w.shape) if new_w is not None else ())
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
+    setattr(model, ORIGINAL_SIZE, before)
     with torch.no_grad():
         for key, t in model.state_dict().items():
             t.copy_(new_sd[key])

@@ -55,6 +55,11 @@ def output_positions(model: nn.Module, example_input: Any, names: Iterable[str])
     return out
 
 
+#: Attribute under which a model whose dead units were removed keeps the
+#: :func:`size_of` of the model it started as (read by :func:`layer_report`).
+ORIGINAL_SIZE = "_mobileprune_original_size"
+
+
 def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
                  metrics: Mapping[str, Any] | None = None,
                  types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
@@ -66,8 +71,15 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     columns. ``original`` (``{"weights": n, "parameters": m}``, see :func:`size_of`):
     the sizes of the model before its dead units were removed (pruning with
     ``schedule.compact``); the compressions are then taken against those, the honest
-    ratio, and the totals keep both.
+    ratio, and the totals keep both. When ``original`` is not given, the sizes recorded
+    on the model by :func:`~mobileprune.compact.compact`,
+    :func:`~mobileprune.compact.compact_in_place` or
+    :func:`~mobileprune.checkpoint.restore_model` of a compacted checkpoint are used
+    (attribute :data:`ORIGINAL_SIZE`), so a model shrunk in the user's own loop is
+    still counted against the model it started as.
     """
+    if original is None:
+        original = getattr(model, ORIGINAL_SIZE, None)
     by_name: dict[str, list[LayerTarget]] = {}
     for t in targets:
         by_name.setdefault(t.name, []).append(t)
