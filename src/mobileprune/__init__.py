@@ -31,6 +31,7 @@ _LAZY = {
     "MaskEnforcer": "masks", "apply_masks": "masks", "ProximalPruner": "palm",
     "palm_epoch": "palm", "palm_step": "palm", "proximal_epoch": "palm", "run_rounds": "palm",
     "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
+    "cap_units": "pipeline",
     "Regularizer": "regularizers", "layer_report": "report", "LayerTarget": "targets",
     "PruneConfig": "targets", "resolve_targets": "targets",
 }
@@ -53,7 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ADMMPruner", "admm_prune", "PipelineConfig", "MaskEnforcer", "apply_masks",
     "ProximalPruner", "Regularizer", "proximal_prune", "palm_step", "palm_epoch",
-    "proximal_epoch", "run_rounds",
+    "proximal_epoch", "run_rounds", "cap_units",
     "PruneConfig", "LayerTarget", "resolve_targets", "layer_report",
     "save_checkpoint", "load_checkpoint", "restore_model",
     "compact", "compact_in_place", "dead_units", "fold_dead_weights", "CompactionError",

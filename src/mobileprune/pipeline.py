@@ -15,6 +15,7 @@ config resumes after the last finished epoch.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -467,7 +468,19 @@ class ProxSchedule:
     final retraining train the smaller network (LeNet-5 with 9 of 50 conv2 filters and
     60 of 500 hidden units: an epoch takes a third of the time). The outputs do not
     change; the regularisers must not depend on the layer sizes (explicit group index
-    lists do). The distillation teacher stays the model as given."""
+    lists do). The distillation teacher stays the model as given.
+
+    ``max_units`` / ``max_inputs`` (``{layer name: k}``): hard limits on the structure, e.g.
+    "at most 8 filters" for a target device. Before the first round, and again after
+    every prox phase (so that a cut unit cannot grow back), each listed layer keeps only
+    its ``k`` output units (filters, neurons: rows of the weight) / input units (input
+    channels, a Linear's columns) of largest l2 norm: the exact projection onto ``{at
+    most k nonzero groups}`` (seed 003 sec. 2.4,
+    :func:`~mobileprune.projection.project_top_groups`), layer by layer in the order
+    given. ``structure_epochs``: epochs of masked retraining right after that first cut
+    (cosine decay from ``structure_lr``, default ``retrain_lr``, with ``distill``),
+    before the rounds, so that the rounds start from a recovered network; resumable per
+    epoch."""
 
     rounds: int = 3
     prox_epochs: int = 2
@@ -491,6 +504,10 @@ class ProxSchedule:
     fold_dead: bool = False
     compact: bool = False
     shift: int = 0
+    max_units: dict[str, int] | None = None
+    max_inputs: dict[str, int] | None = None
+    structure_epochs: int = 0
+    structure_lr: float | None = None
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -518,6 +535,22 @@ class ProxSchedule:
         _positive(self.project_margin, "schedule.project_margin", strict=False)
         if self.project_margin and not self.final_project:
             raise ConfigError("schedule.project_margin needs schedule.final_project: true")
+        for key in ("max_units", "max_inputs"):
+            caps = getattr(self, key)
+            if caps is None:
+                continue
+            if not isinstance(caps, Mapping) or not caps:
+                raise ConfigError(f"schedule.{key} must be a non-empty mapping {{layer name: count}}, "
+                                  f"got {caps!r}")
+            for name, k in caps.items():
+                _nonneg_int(k, f"schedule.{key}[{name!r}]", minimum=1)
+            setattr(self, key, dict(caps))
+        _nonneg_int(self.structure_epochs, "schedule.structure_epochs")
+        if self.structure_epochs and not (self.max_units or self.max_inputs):
+            raise ConfigError("schedule.structure_epochs needs schedule.max_units or schedule.max_inputs "
+                              "(it retrains the network after their cut)")
+        if self.structure_lr is not None:
+            self.structure_lr = _positive(self.structure_lr, "schedule.structure_lr")
         if self.final_project and self.target_nonzero is None:
             raise ConfigError("schedule.final_project needs schedule.target_nonzero (the budget "
                               "to project onto)")
@@ -544,30 +577,72 @@ def _prox_fingerprint(pruner_cfg: Mapping[str, Any], sched: ProxSchedule) -> str
                                      default=str).encode()).hexdigest()[:16]
 
 
-def _final_retrain(model, train_loader, pruner, sched: ProxSchedule, final: dict, kd: dict,
-                   eval_loader, progress, save, log) -> None:
-    """``sched.final_retrain_epochs`` of masked retraining with cosine decay, resumable per
-    epoch (``final`` holds the optimizer/scheduler state and the epochs done)."""
+def _masked_retrain(model, train_loader, pruner, sched: ProxSchedule, epochs: int, lr: float,
+                    state: dict, kd: dict, eval_loader, progress, save, log, label: str) -> None:
+    """``epochs`` of masked retraining (Adam, cosine decay from ``lr``), resumable per epoch:
+    ``state`` holds the optimizer/scheduler state and the epochs done, and ``save(state)``
+    is called after every epoch (the final retraining and the ``structure_epochs``)."""
     from .palm import check_finite
 
-    epochs = sched.final_retrain_epochs
-    lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=sched.retrain_weight_decay)
     lr_sched = cosine_lr(opt, epochs * len(train_loader))
-    done = int(final.get("epochs", 0))
-    if "optimizer" in final:
-        opt.load_state_dict(final["optimizer"])
-        lr_sched.load_state_dict(final["scheduler"])
+    done = int(state.get("epochs", 0))
+    if "optimizer" in state:
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["scheduler"])
     with MaskEnforcer(model, pruner.masks(), opt):
         while done < epochs:
             stats = train_epoch(model, train_loader, opt, scheduler=lr_sched, progress=progress,
-                                desc=f"final retrain {done + 1}/{epochs}", shift=sched.shift, **kd)
-            check_finite(model, f"after final retrain epoch {done + 1}")
+                                desc=f"{label} {done + 1}/{epochs}", shift=sched.shift, **kd)
+            check_finite(model, f"after {label} epoch {done + 1}")
             done += 1
             acc = evaluate(model, eval_loader) if eval_loader is not None else None
             save({"epochs": done, "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict()})
-            log(f"final retrain {done}/{epochs}: loss {stats['loss']:.4f}"
+            log(f"{label} {done}/{epochs}: loss {stats['loss']:.4f}"
                 + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
+
+
+def cap_units(model: nn.Module, max_units: Mapping[str, int] | None = None,
+              max_inputs: Mapping[str, int] | None = None, *,
+              strict: bool = True) -> dict[str, dict[str, int]]:
+    """Keep at most ``max_units[name]`` output units and ``max_inputs[name]`` input units of
+    the named layers: the units of largest l2 norm (filters or neurons: rows of the
+    weight; input channels or a Linear's columns), the others zeroed in place. The exact
+    projection onto ``{at most k nonzero groups}`` (seed 003 sec. 2.4,
+    :func:`~mobileprune.projection.project_top_groups`). Biases are left alone (a cut
+    unit with a bias is a constant; :func:`~mobileprune.compact.fold_dead_weights` or
+    :func:`~mobileprune.compact.compact` folds it into the next layer).
+
+    Returns ``{name: {"out": active output units, "in": active input units}}`` after the
+    cut. Raises :class:`ConfigError` for a name that is not a Conv/Linear layer of
+    ``model`` or (``strict``) a count larger than the layer; with ``strict=False`` such a
+    layer is left as it is (a layer already made smaller by :func:`compact`).
+    """
+    from .groups import count_nonzero_groups, from_groups, to_groups
+    from .projection import project_top_groups
+    from .targets import prunable_layers
+
+    layers = prunable_layers(model)
+    caps = [(name, k, "filter", "max_units") for name, k in (max_units or {}).items()] + \
+           [(name, k, "channel", "max_inputs") for name, k in (max_inputs or {}).items()]
+    for name, k, grouping, key in caps:
+        if name not in layers:
+            raise ConfigError(f"schedule.{key}: {name!r} is not a Conv/Linear layer of the model; "
+                              f"layers: {sorted(layers)}")
+        n = to_groups(layers[name].weight.detach(), grouping).shape[0]
+        if k > n and strict:
+            raise ConfigError(f"schedule.{key}[{name!r}] = {k} is larger than the layer ({n} units)")
+    out = {}
+    with torch.no_grad():
+        for name, k, grouping, _ in caps:
+            w = layers[name].weight
+            g = to_groups(w, grouping)
+            if k < g.shape[0]:
+                w.copy_(from_groups(project_top_groups(g, k)[0], grouping, w.shape))
+    for name in dict.fromkeys(name for name, *_ in caps):
+        w = layers[name].weight.detach()
+        out[name] = {"out": count_nonzero_groups(w, "filter"), "in": count_nonzero_groups(w, "channel")}
+    return out
 
 
 def split_prox_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], ProxSchedule]:
@@ -608,6 +683,9 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
 
     pruner_cfg, sched = split_prox_config(config)
     ProximalPruner(model, pruner_cfg)  # validate the config against the model first
+    capped = bool(sched.max_units or sched.max_inputs)
+    if capped:  # validate the caps against the model as given
+        cap_units(copy.deepcopy(model), sched.max_units, sched.max_inputs)
     fingerprint = _prox_fingerprint(pruner_cfg, sched)
     run_dir = Path(run_dir) if run_dir is not None else None
     state_path = run_dir / STATE_FILE if run_dir else None
@@ -615,6 +693,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     done = 0
     acc_before = None
     final: dict[str, Any] = {}
+    structure: dict[str, Any] = {}  # the state of the max_units / max_inputs phase
     given_arch = architecture_of(model)
     given_size = size_of(model)
     st = None
@@ -637,6 +716,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         restore_model(st, model, str(state_path))  # resizes the layers of a compacted run
         acc_before = st["extra"].get("accuracy_before")
         final = dict(st["extra"].get("final") or {})
+        structure = dict(st["extra"].get("structure") or {})
         log(f"resuming from {state_path}: {done} of {sched.rounds} rounds done")
     elif eval_loader is not None:
         acc_before = evaluate(model, eval_loader)
@@ -663,7 +743,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                             extra={"fingerprint": fingerprint, "pruner": pruner.state_dict(),
                                    "history": history, "rounds_done": done,
                                    "accuracy_before": acc_before, "final": final_state,
-                                   "given_architecture": given_arch, "compacted": compacted})
+                                   "given_architecture": given_arch, "compacted": compacted,
+                                   "structure": structure})
 
     example = None
     if sched.fold_dead or sched.compact:
@@ -700,13 +781,47 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
 
     if sched.compact and done == 0:
         shrink()  # fails early on a model torch.fx cannot trace
+    after_prox = fold
+    if capped:
+        def after_prox():  # a cut unit must not grow back during the prox phase
+            cap_units(model, sched.max_units, sched.max_inputs, strict=False)
+            return fold() if fold is not None else None
+
+        if not structure.get("done"):
+            if not structure:  # the first cut (a resumed run has it in its state)
+                units = cap_units(model, sched.max_units, sched.max_inputs)
+                if fold is not None:
+                    fold()
+                log("capped units: " + ", ".join(f"{k} {v['out']} out / {v['in']} in" for k, v in units.items()))
+                if sched.compact:
+                    shrink()
+                structure.update(units=units, epochs=0)
+                save()
+            if sched.structure_epochs:
+                def save_structure(state):
+                    structure.update(state)
+                    save()
+                lr = sched.structure_lr if sched.structure_lr is not None else sched.retrain_lr
+                _masked_retrain(model, train_loader, pruner, sched, sched.structure_epochs, lr,
+                                structure, kd, eval_loader, progress, save_structure, log,
+                                "structure retrain")
+            nnz = pruner.nonzero()
+            rec = {"round": 0, "capped": structure["units"], "nonzero": nnz,
+                   "nonzero_total": sum(nnz.values())}
+            if eval_loader is not None:
+                rec["accuracy"] = evaluate(model, eval_loader)
+            history.append(rec)
+            for key in ("optimizer", "scheduler"):
+                structure.pop(key, None)
+            structure["done"] = True
+            save()
     t0 = time.perf_counter()
     while done < sched.rounds and not reached():
         rec = run_rounds(model, train_loader, pruner, 1, sched.prox_epochs, sched.retrain_epochs,
                          increase_every=None, retrain_lr=sched.retrain_lr,
                          retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
                          eval_loader=eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
-                         prox_lr=sched.prox_lr, progress=progress, after_prox=fold,
+                         prox_lr=sched.prox_lr, progress=progress, after_prox=after_prox,
                          shift=sched.shift, **kd)[0]
         done += 1
         rec.update(round=done, seconds=time.perf_counter() - t0)
@@ -736,8 +851,9 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                 rec["compacted"] = shrink()
             save({"epochs": 0, "projected": True})
     if sched.final_retrain_epochs:
-        _final_retrain(model, train_loader, pruner, sched, final, kd_args(final_kd), eval_loader,
-                       progress, save, log)
+        lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
+        _masked_retrain(model, train_loader, pruner, sched, sched.final_retrain_epochs, lr, final,
+                        kd_args(final_kd), eval_loader, progress, save, log, "final retrain")
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before,
                                    "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
