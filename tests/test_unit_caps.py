@@ -127,3 +127,24 @@ def test_caps_validated(data):
         proximal_prune(LeNet300100(), data, _cfg(max_units={"conv9": 3}), log=lambda s: None)
     with pytest.raises(ConfigError, match="larger than the layer"):
         proximal_prune(LeNet300100(), data, _cfg(max_inputs={"fc1": 785}), log=lambda s: None)
+
+
+def test_an_input_cap_chooses_among_the_inputs_of_the_units_kept_upstream():
+    """conv2 capped to 3 filters and fc1 to 40 inputs: with fold_dead the 40 inputs are
+    all positions of those 3 filters (48 live columns), none of a cut filter."""
+    from mobileprune.models import LeNet5
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=g)
+    loader = DataLoader(TensorDataset(x, (x[:, 0, :14].mean((1, 2)) > 0).long()), batch_size=32)
+    torch.manual_seed(0)
+    m = LeNet5()
+    cfg = {"method": "l0", "eta": 1e-8,
+           "schedule": {"rounds": 1, "prox_epochs": 1, "retrain_epochs": 0, "fold_dead": True,
+                        "max_units": {"conv2": 3}, "max_inputs": {"fc1": 40}}}
+    res = proximal_prune(m, loader, cfg, log=lambda s: None)
+    assert res.history[0]["capped"]["fc1"]["in"] == 40
+    live_filters = set((m.conv2.weight != 0).flatten(1).any(1).nonzero().flatten().tolist())
+    live_cols = (m.fc1.weight != 0).any(0).nonzero().flatten()
+    assert len(live_filters) == 3 and len(live_cols) == 40
+    assert {int(c) // 16 for c in live_cols} <= live_filters

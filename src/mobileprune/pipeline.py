@@ -476,8 +476,11 @@ class ProxSchedule:
     its ``k`` output units (filters, neurons: rows of the weight) / input units (input
     channels, a Linear's columns) of largest l2 norm: the exact projection onto ``{at
     most k nonzero groups}`` (seed 003 sec. 2.4,
-    :func:`~mobileprune.projection.project_top_groups`), layer by layer in the order
-    given. ``structure_epochs``: epochs of masked retraining right after that first cut
+    :func:`~mobileprune.projection.project_top_groups`), layer by layer in the model's
+    layer order, outputs before inputs; with ``fold_dead`` (recommended) each cut
+    reaches the consumers before their own cut, so e.g. fc1's input cap chooses among the
+    inputs of the conv2 filters that were kept. ``structure_epochs``: epochs of masked
+    retraining right after that first cut
     (cosine decay from ``structure_lr``, default ``retrain_lr``, with ``distill``),
     before the rounds, so that the rounds start from a recovered network; resumable per
     epoch."""
@@ -783,15 +786,33 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         shrink()  # fails early on a model torch.fx cannot trace
     after_prox = fold
     if capped:
+        from .targets import prunable_layers
+
+        def apply_caps(strict: bool) -> dict[str, dict[str, int]]:
+            """The caps layer by layer in model order, outputs before inputs, with
+            fold_dead after each, so that a layer's cut reaches its consumers before
+            their own cut (an input cap then chooses among the live inputs)."""
+            from .groups import count_nonzero_groups
+
+            layers = prunable_layers(model)
+            for name in layers:
+                for caps in ({"max_units": sched.max_units}, {"max_inputs": sched.max_inputs}):
+                    (key, table), = caps.items()
+                    if table and name in table:
+                        cap_units(model, **{key: {name: table[name]}}, strict=strict)
+                        if fold is not None:
+                            fold()
+            return {name: {"out": count_nonzero_groups(layers[name].weight.detach(), "filter"),
+                           "in": count_nonzero_groups(layers[name].weight.detach(), "channel")}
+                    for name in layers if name in {**(sched.max_units or {}), **(sched.max_inputs or {})}}
+
         def after_prox():  # a cut unit must not grow back during the prox phase
-            cap_units(model, sched.max_units, sched.max_inputs, strict=False)
+            apply_caps(strict=False)
             return fold() if fold is not None else None
 
         if not structure.get("done"):
             if not structure:  # the first cut (a resumed run has it in its state)
-                units = cap_units(model, sched.max_units, sched.max_inputs)
-                if fold is not None:
-                    fold()
+                units = apply_caps(strict=True)
                 log("capped units: " + ", ".join(f"{k} {v['out']} out / {v['in']} in" for k, v in units.items()))
                 if sched.compact:
                     shrink()
