@@ -621,7 +621,7 @@ def cap_units(model: nn.Module, max_units: Mapping[str, int] | None = None,
     ``model`` or (``strict``) a count larger than the layer; with ``strict=False`` such a
     layer is left as it is (a layer already made smaller by :func:`compact`).
     """
-    from .groups import count_nonzero_groups, from_groups, to_groups
+    from .groups import from_groups, to_groups
     from .projection import project_top_groups
     from .targets import prunable_layers
 
@@ -635,17 +635,22 @@ def cap_units(model: nn.Module, max_units: Mapping[str, int] | None = None,
         n = to_groups(layers[name].weight.detach(), grouping).shape[0]
         if k > n and strict:
             raise ConfigError(f"schedule.{key}[{name!r}] = {k} is larger than the layer ({n} units)")
-    out = {}
     with torch.no_grad():
         for name, k, grouping, _ in caps:
             w = layers[name].weight
             g = to_groups(w, grouping)
             if k < g.shape[0]:
                 w.copy_(from_groups(project_top_groups(g, k)[0], grouping, w.shape))
-    for name in dict.fromkeys(name for name, *_ in caps):
-        w = layers[name].weight.detach()
-        out[name] = {"out": count_nonzero_groups(w, "filter"), "in": count_nonzero_groups(w, "channel")}
-    return out
+    return {name: _unit_counts(layers[name].weight) for name in dict.fromkeys(name for name, *_ in caps)}
+
+
+def _unit_counts(weight: Tensor) -> dict[str, int]:
+    """Active output units (nonzero rows / filters) and input units (nonzero columns /
+    input channels) of a Conv/Linear weight."""
+    from .groups import count_nonzero_groups
+
+    w = weight.detach()
+    return {"out": count_nonzero_groups(w, "filter"), "in": count_nonzero_groups(w, "channel")}
 
 
 def split_prox_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], ProxSchedule]:
@@ -792,8 +797,6 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
             """The caps layer by layer in model order, outputs before inputs, with
             fold_dead after each, so that a layer's cut reaches its consumers before
             their own cut (an input cap then chooses among the live inputs)."""
-            from .groups import count_nonzero_groups
-
             layers = prunable_layers(model)
             for name in layers:
                 for caps in ({"max_units": sched.max_units}, {"max_inputs": sched.max_inputs}):
@@ -802,9 +805,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                         cap_units(model, **{key: {name: table[name]}}, strict=strict)
                         if fold is not None:
                             fold()
-            return {name: {"out": count_nonzero_groups(layers[name].weight.detach(), "filter"),
-                           "in": count_nonzero_groups(layers[name].weight.detach(), "channel")}
-                    for name in layers if name in {**(sched.max_units or {}), **(sched.max_inputs or {})}}
+            return {name: _unit_counts(layers[name].weight) for name in layers
+                    if name in {**(sched.max_units or {}), **(sched.max_inputs or {})}}
 
         def after_prox():  # a cut unit must not grow back during the prox phase
             apply_caps(strict=False)
