@@ -33,7 +33,7 @@ from .admm import ADMMPruner
 from .checkpoint import architecture_of, load_checkpoint, restore_model, save_checkpoint
 from .errors import CheckpointError, ConfigError, UnsupportedModelError
 from .masks import MaskEnforcer
-from .report import layer_report, size_of
+from .report import layer_report
 from .targets import PruneConfig, resolve_targets
 from .train import cosine_lr, evaluate, make_optimizer, train_epoch
 
@@ -703,7 +703,6 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     final: dict[str, Any] = {}
     structure: dict[str, Any] = {}  # the state of the max_units / max_inputs phase
     given_arch = architecture_of(model)
-    given_size = size_of(model)
     st = None
     if state_path is not None and resume and state_path.exists():
         st = load_checkpoint(state_path)
@@ -793,28 +792,29 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     if capped:
         from .targets import prunable_layers
 
-        def apply_caps(strict: bool) -> dict[str, dict[str, int]]:
+        def first_cut() -> dict[str, dict[str, int]]:
             """The caps layer by layer in model order, outputs before inputs, with
             fold_dead after each, so that a layer's cut reaches its consumers before
             their own cut (an input cap then chooses among the live inputs)."""
+            units, inputs = sched.max_units or {}, sched.max_inputs or {}
             layers = prunable_layers(model)
             for name in layers:
-                for caps in ({"max_units": sched.max_units}, {"max_inputs": sched.max_inputs}):
-                    (key, table), = caps.items()
-                    if table and name in table:
-                        cap_units(model, **{key: {name: table[name]}}, strict=strict)
+                for caps in ({"max_units": {name: units[name]}} if name in units else None,
+                             {"max_inputs": {name: inputs[name]}} if name in inputs else None):
+                    if caps:
+                        cap_units(model, **caps)
                         if fold is not None:
                             fold()
             return {name: _unit_counts(layers[name].weight) for name in layers
-                    if name in {**(sched.max_units or {}), **(sched.max_inputs or {})}}
+                    if name in units or name in inputs}
 
         def after_prox():  # a cut unit must not grow back during the prox phase
-            apply_caps(strict=False)
+            cap_units(model, sched.max_units, sched.max_inputs, strict=False)
             return fold() if fold is not None else None
 
         if not structure.get("done"):
             if not structure:  # the first cut (a resumed run has it in its state)
-                units = apply_caps(strict=True)
+                units = first_cut()
                 log("capped units: " + ", ".join(f"{k} {v['out']} out / {v['in']} in" for k, v in units.items()))
                 if sched.compact:
                     shrink()
@@ -877,11 +877,11 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
         _masked_retrain(model, train_loader, pruner, sched, sched.final_retrain_epochs, lr, final,
                         kd_args(final_kd), eval_loader, progress, save, log, "final retrain")
+    # (a compacted model carries the size it started as: compressions against the model as given)
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before,
                                    "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
-                                   "method": pruner_cfg.get("method")},
-                          original=given_size if compacted else None)
+                                   "method": pruner_cfg.get("method")})
     return PipelineResult(model=model, masks=pruner.masks(), report=report, history=history,
                           compacted=compacted)
 
