@@ -677,3 +677,45 @@ def test_out_argument_several_outputs(tmp_path):
     assert _rel_err(bufs[0], r1.numpy()) <= REL_TOL and _rel_err(bufs[1], r2.numpy()) <= REL_TOL
     with pytest.raises(ValueError, match="one per model output"):
         sm(x.numpy(), out=bufs[0])
+
+
+@pytest.mark.parametrize("conv,hw", [
+    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), 16),  # Wo 16: 16 lanes
+    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), 12),  # Wo 12: 8 lanes
+    (dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1), 32),
+    (dict(in_channels=2, out_channels=3, kernel_size=3, dilation=2, padding=2), 48),
+])
+def test_conv_kernel_every_vector_width(conv, hw, tmp_path):
+    """The direct sparse conv kernel, SIMD (LLVM IR) and plain numba loops, with 8 and
+    16 lanes per vector (whichever the layer would pick by default), against torch."""
+    from mobileprune.runtime import kernels
+
+    if not kernels.HAVE_NUMBA:
+        pytest.skip("numba kernels not available")
+    layer = _prune(nn.Conv2d(**conv), 0.6, seed=3)
+    x = torch.randn(2, conv["in_channels"], hw, hw, generator=torch.Generator().manual_seed(4))
+    ref = _ref(layer, x)
+    path = tmp_path / "c.mpsparse"
+    export_sparse(layer, x[:1], path)
+    st = load(path, mode="sparse")._steps[0]
+    N, O, Ho, Wo = ref.shape
+    assert st.width == (16 if Wo % 16 == 0 else 8)
+    xn = np.ascontiguousarray(x.numpy())
+    for width in kernels.VEC_WIDTHS:
+        blk, rs, plane, w = kernels.conv_block_table(Ho, Wo, st.Wq, width=width)
+        assert w == width and blk.shape[1] // 2 in kernels.BLOCK_SIZES
+        for simd in (True, False):
+            buf = np.zeros(N * st.P + 64, np.float32)
+            out = np.full(N * O * plane, np.nan, np.float32)
+            if simd:
+                kernels.conv_forward_sparse(xn, buf, st.P, st.pt, st.pl, st.sh, st.sw, st.Hq,
+                                            st.Wq, st.indptr, st.offs, st.vals, st.bias, blk,
+                                            False, out, O * plane, plane, False, width)
+            else:
+                kernels.conv_fill_input(xn, buf, st.P, st.pt, st.pl, st.sh, st.sw, st.Hq, st.Wq)
+                kernels._conv_sparse_loops(buf, st.P, N, st.indptr, st.offs, st.vals, st.bias,
+                                           blk, False, out, O * plane, plane, width)
+            got = out.reshape(N, O, plane)[:, :, :Ho * rs].reshape(N, O, Ho, rs)[..., :Wo]
+            assert _rel_err(got, ref) <= REL_TOL, (width, simd)
+    with pytest.raises(ValueError, match="width"):
+        kernels.conv_block_table(Ho, Wo, st.Wq, width=4)

@@ -19,9 +19,10 @@ the im2col matrix ``X``: ``Y[row, :] += value * X[col, :]``. For a convolution t
    In that buffer every weight ``(c, i, j)`` becomes one flat offset ``off`` and output
    ``(y, x)`` of its contribution reads ``buf[off + y * Wq + x]`` (``Wq`` = buffer row
    length), for every output row ``y`` with the same ``off``.
-2. the output plane of one channel is cut into vectors of 8 consecutive outputs (inside a
-   row, or along the flat buffer position when that needs fewer vectors; see
-   :func:`conv_block_table`), grouped in *blocks* of 6-8 vectors (48-64 outputs). For
+2. the output plane of one channel is cut into vectors of 8 consecutive outputs, or 16
+   when output rows are a multiple of 16 long (inside a row, or along the flat buffer
+   position when that needs fewer vectors; see :func:`conv_block_table`), grouped in
+   *blocks* of 6-8 vectors (48-128 outputs). For
    each block and each output channel ``o``, the kernel keeps the block's vectors in
    **registers** (8 independent FMA chains) and runs over the nonzeros ``k`` of row ``o``
    of the CSR weights: ``acc_j += vals[k] * buf[offs[k] + delta_j : ... + 8]`` -- one
@@ -34,7 +35,7 @@ the im2col matrix ``X``: ``Y[row, :] += value * X[col, :]``. For a convolution t
    length); the runtime hands a strided view ``out[..., :Wo]`` to the next op (no copy).
 
 The register-blocked inner loop is emitted as LLVM IR (numba ``@intrinsic`` with
-``<8 x float>`` vectors and ``llvm.fma``) because LLVM does not keep array accumulators
+``<8 x float>`` or ``<16 x float>`` vectors and ``llvm.fma``) because LLVM does not keep array accumulators
 in registers across the nonzero loop by itself. If that code cannot be generated, a
 plain numba loop nest computes the same thing.
 
@@ -63,16 +64,17 @@ __all__ = [
     "HAVE_NUMBA", "backend", "conv_fill_input", "conv_sparse", "conv_forward_sparse",
     "conv_im2col", "set_blas_threads_local",
     "linear_csr", "linear_csr_t", "linear_sell", "sell_pack", "maxpool2d", "avgpool2d", "global_avgpool",
-    "conv_block_table", "VEC", "BLOCK_SIZES",
+    "conv_block_table", "VEC", "VEC_WIDTHS", "BLOCK_SIZES",
 ]
 
 #: SELL-C-sigma slice height (rows per slice = lanes) and unroll of the sparse Linear kernel.
 SELL_C = 8
 SELL_UNROLL = 2
 
-#: Lanes per vector, and the possible numbers of vectors per register block (accumulators)
-#: of the sparse conv kernel.
+#: Lanes per vector (the default), the vector widths of the sparse conv kernel, and the
+#: possible numbers of vectors per register block (accumulators).
 VEC = 8
+VEC_WIDTHS = (16, 8)
 ALIGN_BYTES = 64  # cache line
 ALIGN_PAD = ALIGN_BYTES // 4  # float32 elements to spare for aligning a buffer
 BLOCK_SIZES = (8, 7, 6)
@@ -139,35 +141,45 @@ def backend() -> str:
 # ---------------------------------------------------------------------------------------
 # block table (pure Python / numpy; shared by every backend)
 
-def conv_block_table(Ho: int, Wo: int, Wq: int, nv: int | None = None
-                     ) -> tuple[np.ndarray, int, int]:
+def conv_block_table(Ho: int, Wo: int, Wq: int, nv: int | None = None,
+                     width: int | None = None) -> tuple[np.ndarray, int, int, int]:
     """Register blocks of the sparse conv kernel for an ``Ho x Wo`` output.
 
-    Two ways to cut the output plane into vectors of ``VEC`` outputs are compared and
+    ``width``: lanes per vector, one of :data:`VEC_WIDTHS`. By default 16 (one AVX-512
+    register, a whole cache line of output per store) when output rows are a multiple of
+    16 long, else 8: on 48-wide FER-2013 planes 16 lanes take 0.5-1.5 us off conv1 and
+    about 15% off conv2/conv3, while 24- and 12-wide planes (padded or cut across rows
+    to 16) ran 10-20% slower than with 8 (``benchmarks/sparse_layers.py``, session 9).
+
+    Two ways to cut the output plane into vectors of ``width`` outputs are compared and
     the one with fewer vectors is used:
 
-    * *rows*: vectors ``x0 = 0, 8, ...`` inside each output row; the plane is stored
-      with rows padded to ``Wo8`` (a multiple of 8);
+    * *rows*: vectors ``x0 = 0, width, ...`` inside each output row; the plane is stored
+      with rows padded to ``Wo8`` (a multiple of ``width``);
     * *flat*: vectors over the flat position ``t = y * Wq + x`` of the buffer geometry
       (a vector may cross a row end; the ``Wq - Wo`` columns in between are garbage);
       the plane is stored with row stride ``Wq``.
 
-    Returns ``(blk, row_stride, plane)``: ``blk`` is ``(nblocks, 2 * nv)`` int64, columns
+    Returns ``(blk, row_stride, plane, width)``: ``blk`` is ``(nblocks, 2 * nv)`` int64, columns
     ``0..nv-1`` the input deltas of the ``nv`` vectors of a block and ``nv..2nv-1`` their
     output positions in the plane (``plane`` floats per output channel, rows
     ``row_stride`` apart). A short last block repeats its first vector (the same value is
     stored twice). ``nv`` (vectors per block) is one of :data:`BLOCK_SIZES`; by default
     the one that wastes the fewest repeated vectors (ties: the larger).
     """
-    Wo8 = -(-Wo // VEC) * VEC
-    n_rows = Ho * (Wo8 // VEC)
+    if width is None:
+        width = 16 if Wo % 16 == 0 else VEC
+    elif width not in VEC_WIDTHS:
+        raise ValueError(f"width must be one of {VEC_WIDTHS}, got {width!r}")
+    Wo8 = -(-Wo // width) * width
+    n_rows = Ho * (Wo8 // width)
     L = (Ho - 1) * Wq + Wo
-    n_flat = -(-L // VEC)
+    n_flat = -(-L // width)
     if n_flat < n_rows:
-        vec = [(t, t) for t in range(0, n_flat * VEC, VEC)]
-        row_stride, plane = Wq, max(Ho * Wq, n_flat * VEC)
+        vec = [(t, t) for t in range(0, n_flat * width, width)]
+        row_stride, plane = Wq, max(Ho * Wq, n_flat * width)
     else:
-        vec = [(y * Wq + x0, y * Wo8 + x0) for y in range(Ho) for x0 in range(0, Wo, VEC)]
+        vec = [(y * Wq + x0, y * Wo8 + x0) for y in range(Ho) for x0 in range(0, Wo, width)]
         row_stride, plane = Wo8, Ho * Wo8
     if nv is None:
         nv = min(BLOCK_SIZES, key=lambda v: (-(-len(vec) // v) * v, -v))
@@ -181,7 +193,7 @@ def conv_block_table(Ho: int, Wo: int, Wq: int, nv: int | None = None
         for j, (d, p) in enumerate(chunk):
             blk[b, j] = d
             blk[b, nv + j] = p
-    return blk, row_stride, plane
+    return blk, row_stride, plane, width
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,8 +203,9 @@ if HAVE_NUMBA:
     from llvmlite import ir as _ir
     from numba.core import cgutils as _cgutils
 
-    def _make_block_intrinsic(nv: int, unroll: int):
-        """LLVM-IR register-blocked inner loop (see the module docstring)."""
+    def _make_block_intrinsic(nv: int, unroll: int, width: int = VEC):
+        """LLVM-IR register-blocked inner loop (see the module docstring) over ``nv``
+        vectors of ``width`` float32 lanes."""
 
         @intrinsic
         def _conv_block(typingctx, xp, offs, vals, k0, k1, xbase, blk, b, out, obase, bias,
@@ -218,12 +231,12 @@ if HAVE_NUMBA:
                 f32 = _ir.FloatType()
                 i64 = _ir.IntType(64)
                 i32 = _ir.IntType(32)
-                vt = _ir.VectorType(f32, VEC)
+                vt = _ir.VectorType(f32, width)
                 vptr = vt.as_pointer()
                 fma = _cgutils.get_or_insert_function(
-                    builder.module, _ir.FunctionType(vt, [vt, vt, vt]), "llvm.fma.v8f32")
+                    builder.module, _ir.FunctionType(vt, [vt, vt, vt]), f"llvm.fma.v{width}f32")
                 undef = _ir.Constant(vt, _ir.Undefined)
-                zmask = _ir.Constant(_ir.VectorType(i32, VEC), [0] * VEC)
+                zmask = _ir.Constant(_ir.VectorType(i32, width), [0] * width)
 
                 def bcast(s):
                     e = builder.insert_element(undef, s, _ir.Constant(i32, 0))
@@ -236,7 +249,7 @@ if HAVE_NUMBA:
                     deltas.append(builder.add(d, xbase_v))
                     p = builder.load(builder.gep(ba, [builder.add(row, _ir.Constant(i64, nv + j))]))
                     opos.append(builder.add(p, obase_v))
-                zero = _ir.Constant(vt, [0.0] * VEC)
+                zero = _ir.Constant(vt, [0.0] * width)
 
                 def loop(kstart, init_accs, step, name):
                     entry = builder.block
@@ -302,13 +315,34 @@ if HAVE_NUMBA:
     _conv_block8 = _make_block_intrinsic(8, 1)
     _conv_block7 = _make_block_intrinsic(7, 1)
     _conv_block6 = _make_block_intrinsic(6, 1)
+    _conv_block8w = _make_block_intrinsic(8, 1, 16)
+    _conv_block7w = _make_block_intrinsic(7, 1, 16)
+    _conv_block6w = _make_block_intrinsic(6, 1, 16)
+
+    @njit(cache=True, boundscheck=False, inline="always")
+    def _conv_block_any(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu, nv, wide):
+        # the register block for (nv, width): 16 lanes when ``wide``
+        if wide:
+            if nv == 8:
+                _conv_block8w(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu)
+            elif nv == 7:
+                _conv_block7w(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu)
+            else:
+                _conv_block6w(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu)
+        elif nv == 8:
+            _conv_block8(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu)
+        elif nv == 7:
+            _conv_block7(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu)
+        else:
+            _conv_block6(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias, relu)
 
     @njit(cache=True, boundscheck=False)
     def _conv_sparse_simd(buf, P, N, indptr, offs, vals, bias, blk, relu, out, OP, plane,
-                          o_outer):
+                          o_outer, width):
         O = indptr.shape[0] - 1
         nblk = blk.shape[0]
         nv = blk.shape[1] // 2
+        wide = width == 16
         for n in range(N):
             xbase = n * P
             if o_outer:
@@ -327,36 +361,25 @@ if HAVE_NUMBA:
                             dst[t] = v
                         continue
                     for b in range(nblk):
-                        if nv == 8:
-                            _conv_block8(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o], relu)
-                        elif nv == 7:
-                            _conv_block7(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o], relu)
-                        else:
-                            _conv_block6(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o], relu)
+                        _conv_block_any(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o],
+                                        relu, nv, wide)
             else:
                 # blocks outside: the input rows a block reads stay in L1 for all channels
                 for b in range(nblk):
                     for o in range(O):
-                        k0 = indptr[o]
-                        k1 = indptr[o + 1]
-                        ob = n * OP + o * plane
-                        if nv == 8:
-                            _conv_block8(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o], relu)
-                        elif nv == 7:
-                            _conv_block7(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o], relu)
-                        else:
-                            _conv_block6(buf, offs, vals, k0, k1, xbase, blk, b, out, ob, bias[o], relu)
+                        _conv_block_any(buf, offs, vals, indptr[o], indptr[o + 1], xbase, blk, b,
+                                        out, n * OP + o * plane, bias[o], relu, nv, wide)
 
     @njit(cache=True, boundscheck=False)
     def _conv_forward_simd(x, buf, P, pt, pl, sh, sw, Hq, Wq, indptr, offs, vals, bias, blk,
-                           relu, out, OP, plane, o_outer):
+                           relu, out, OP, plane, o_outer, width):
         # fill + convolve in one call (one dispatch from Python instead of two)
         if sh == 1 and sw == 1:
             _fill_s1(x, buf, P, pt, pl, Hq, Wq)
         else:
             _fill_poly(x, buf, P, pt, pl, sh, sw, Hq, Wq)
         _conv_sparse_simd(buf, P, x.shape[0], indptr, offs, vals, bias, blk, relu, out, OP,
-                          plane, o_outer)
+                          plane, o_outer, width)
 
     @njit(cache=True, boundscheck=False)
     def _conv_forward_packed(x, buf, indptr, offs, vals, bias, blk, out, geom):
@@ -364,7 +387,7 @@ if HAVE_NUMBA:
         # about 0.1 us per argument, which matters for small layers at batch 1
         _conv_forward_simd(x, buf, geom[0], geom[1], geom[2], geom[3], geom[4], geom[5],
                            geom[6], indptr, offs, vals, bias, blk, geom[9], out,
-                           geom[7], geom[8], geom[10] != 0)
+                           geom[7], geom[8], geom[10] != 0, geom[11])
 
     @njit(cache=True, boundscheck=False)
     def _conv_forward_packed_into(x, buf, indptr, offs, vals, bias, blk, raw, geom):
@@ -377,11 +400,12 @@ if HAVE_NUMBA:
         return o
 
     @njit(cache=True, fastmath=True, boundscheck=False)
-    def _conv_sparse_loops(buf, P, N, indptr, offs, vals, bias, blk, relu, out, OP, plane):
+    def _conv_sparse_loops(buf, P, N, indptr, offs, vals, bias, blk, relu, out, OP, plane,
+                           width):
         O = indptr.shape[0] - 1
         nblk = blk.shape[0]
         nv = blk.shape[1] // 2
-        acc = np.empty(VEC, np.float32)
+        acc = np.empty(width, np.float32)
         for n in range(N):
             xbase = n * P
             for b in range(nblk):
@@ -390,15 +414,15 @@ if HAVE_NUMBA:
                     k1 = indptr[o + 1]
                     for j in range(nv):
                         d = blk[b, j] + xbase
-                        for t in range(VEC):
+                        for t in range(width):
                             acc[t] = bias[o]
                         for k in range(k0, k1):
                             v = vals[k]
-                            seg = buf[offs[k] + d:offs[k] + d + VEC]
-                            for t in range(VEC):
+                            seg = buf[offs[k] + d:offs[k] + d + width]
+                            for t in range(width):
                                 acc[t] += v * seg[t]
                         p = n * OP + o * plane + blk[b, nv + j]
-                        for t in range(VEC):
+                        for t in range(width):
                             a = acc[t]
                             if relu and a < 0:
                                 a = 0.0
@@ -731,34 +755,35 @@ def conv_fill_input(x: np.ndarray, buf: np.ndarray, P: int, pt: int, pl: int, sh
 
 
 def conv_sparse(buf, P, N, indptr, offs, vals, bias, blk, relu, out, OP, plane,
-                o_outer=False) -> None:
+                o_outer=False, width=VEC) -> None:
     """Direct sparse convolution (see the module docstring); numba only.
 
-    ``blk`` comes from :func:`conv_block_table` (its width selects the register block
-    size); ``o_outer`` loops output channels outside the blocks (good
+    ``blk`` and ``width`` come from :func:`conv_block_table` (``blk``'s shape selects the
+    register block size); ``o_outer`` loops output channels outside the blocks (good
     when the whole input buffer fits in L1).
     """
     global _USE_INTRINSIC
     if _USE_INTRINSIC:
         try:
             _conv_sparse_simd(buf, P, N, indptr, offs, vals, bias, blk, int(relu), out, OP, plane,
-                              bool(o_outer))
+                              bool(o_outer), int(width))
             return
         except Exception as e:  # pragma: no cover - platform without the IR path
             _USE_INTRINSIC = False
             warnings.warn(f"mobileprune.runtime: SIMD conv kernel unavailable ({e}); "
                           f"using the plain numba loop", RuntimeWarning, stacklevel=2)
-    _conv_sparse_loops(buf, P, N, indptr, offs, vals, bias, blk, bool(relu), out, OP, plane)
+    _conv_sparse_loops(buf, P, N, indptr, offs, vals, bias, blk, bool(relu), out, OP, plane,
+                       int(width))
 
 
 def conv_forward_sparse(x, buf, P, pt, pl, sh, sw, Hq, Wq, indptr, offs, vals, bias, blk,
-                        relu, out, OP, plane, o_outer) -> None:
+                        relu, out, OP, plane, o_outer, width=VEC) -> None:
     """:func:`conv_fill_input` + :func:`conv_sparse` in one numba call."""
     global _USE_INTRINSIC
     if _USE_INTRINSIC:
         try:
             _conv_forward_simd(x, buf, P, pt, pl, sh, sw, Hq, Wq, indptr, offs, vals, bias, blk,
-                               int(relu), out, OP, plane, bool(o_outer))
+                               int(relu), out, OP, plane, bool(o_outer), int(width))
             return
         except Exception as e:  # pragma: no cover - platform without the IR path
             _USE_INTRINSIC = False
@@ -766,13 +791,14 @@ def conv_forward_sparse(x, buf, P, pt, pl, sh, sw, Hq, Wq, indptr, offs, vals, b
                           f"using the plain numba loop", RuntimeWarning, stacklevel=2)
     conv_fill_input(x, buf, P, pt, pl, sh, sw, Hq, Wq)
     _conv_sparse_loops(buf, P, x.shape[0], indptr, offs, vals, bias, blk, bool(relu), out, OP,
-                       plane)
+                       plane, int(width))
 
 
-def conv_geometry(P, pt, pl, sh, sw, Hq, Wq, OP, plane, relu, o_outer) -> np.ndarray:
+def conv_geometry(P, pt, pl, sh, sw, Hq, Wq, OP, plane, relu, o_outer, width=VEC) -> np.ndarray:
     """Pack the per-layer constants of :func:`conv_forward_sparse` for
     :func:`conv_forward_sparse_packed`."""
-    return np.array([P, pt, pl, sh, sw, Hq, Wq, OP, plane, int(relu), int(o_outer)], np.int64)
+    return np.array([P, pt, pl, sh, sw, Hq, Wq, OP, plane, int(relu), int(o_outer), int(width)],
+                    np.int64)
 
 
 def conv_forward_sparse_packed(x, buf, indptr, offs, vals, bias, blk, out, geom) -> None:
@@ -782,7 +808,7 @@ def conv_forward_sparse_packed(x, buf, indptr, offs, vals, bias, blk, out, geom)
         return
     g = [int(v) for v in geom]
     conv_forward_sparse(x, buf, g[0], g[1], g[2], g[3], g[4], g[5], g[6], indptr, offs, vals,
-                        bias, blk, bool(g[9]), out, g[7], g[8], bool(g[10]))
+                        bias, blk, bool(g[9]), out, g[7], g[8], bool(g[10]), g[11])
 
 
 def conv_forward_sparse_kernel():

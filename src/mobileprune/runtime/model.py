@@ -93,7 +93,7 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -488,6 +488,7 @@ class _Scratch(threading.local):
     def __init__(self) -> None:
         self.bufs: dict = {}
         self.programs: dict = {}  # batch size -> bound program (SparseModel._bind)
+        self.fast: dict = {}  # full input shape -> one callable (SparseModel._bind)
 
     def get(self, owner: object, tag: str, shape: tuple[int, ...], zero: bool = False,
             dtype=np.float32) -> np.ndarray:
@@ -637,12 +638,13 @@ class _ConvStep(_Step):
         if self.P * 2 + 64 >= 2 ** 31:
             raise _fail(op, "layer too large for 32-bit offsets")
         self.vals = vals
-        self.blk, self.row_stride, self.plane = kernels.conv_block_table(Ho, Wo, self.Wq)
+        self.blk, self.row_stride, self.plane, self.width = kernels.conv_block_table(
+            Ho, Wo, self.Wq)
         # whole input buffer in L1 (<= 16 KiB): output channels outside
         self.o_outer = self.P * 4 <= 16384
         self.geom = kernels.conv_geometry(self.P, self.pt, self.pl, self.sh, self.sw, self.Hq,
                                           self.Wq, O * self.plane, self.plane, self.relu,
-                                          self.o_outer)
+                                          self.o_outer, self.width)
         self.plain_out = self.plane == Ho * Wo and self.row_stride == Wo
         self.kernel_sparse = "direct-sparse-conv" + ("" if kernels.backend() == "numba-simd" else " (loops)")
         self.kernel = self.kernel_sparse
@@ -710,6 +712,7 @@ class _ConvStep(_Step):
                 raw = empty(size + pad, f32)
                 o = into(x, buf, ind, offs, vals, bias, blk, raw, geom)
                 return raw[o:o + size].reshape(shape)
+            fn.contiguous = True  # a fresh C-contiguous array (SparseModel._fast_fn)
             return fn
         out = scratch.get(self, "out", (size,))
         res = out.reshape(shape)
@@ -1103,8 +1106,24 @@ class SparseModel:
         bound = (prog, len(slot), outs, chain, into)
         if len(scratch.programs) >= 8:  # many batch sizes: keep the cache small
             scratch.programs.clear()
+            scratch.fast.clear()
         scratch.programs[N] = bound
+        if chain is not None and not self._uses_blas:
+            scratch.fast[(N,) + self.input_shape] = self._fast_fn(chain)
         return bound
+
+    def _fast_fn(self, chain: tuple) -> Callable:
+        """One callable for a plain chain without BLAS threads to set, looked up by
+        :meth:`__call__` with the whole input shape as key (so the lookup is also the shape
+        check): at batch 1 on a small layer every 0.1 us of Python is a few percent."""
+        if len(chain) == 1 and getattr(chain[0], "contiguous", False):
+            return chain[0]  # its output is a fresh C-contiguous array
+
+        def fast(x, _chain=chain, _asc=np.ascontiguousarray):
+            for f in _chain:
+                x = f(x)
+            return x if x.flags.c_contiguous else _asc(x)
+        return fast
 
     # ---- execution
     def __call__(self, x: Any, *, out: np.ndarray | tuple[np.ndarray, ...] | None = None
@@ -1117,6 +1136,10 @@ class SparseModel:
         serving loop then allocates nothing per call. The last layer writes into it
         directly when its kernel can (a sparse Conv2d), otherwise the result is copied.
         """
+        if out is None and x.__class__ is np.ndarray and x.dtype is _F32:
+            fast = self._scratch.fast.get(x.shape)  # a bound plain chain, shape checked
+            if fast is not None and x.flags.c_contiguous:
+                return fast(x)
         if x.__class__ is not np.ndarray or x.dtype is not _F32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
         shape = x.shape
