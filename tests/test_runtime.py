@@ -717,5 +717,19 @@ def test_conv_kernel_every_vector_width(conv, hw, tmp_path):
                                            blk, False, out, O * plane, plane, width)
             got = out.reshape(N, O, plane)[:, :, :Ho * rs].reshape(N, O, Ho, rs)[..., :Wo]
             assert _rel_err(got, ref) <= REL_TOL, (width, simd)
+        # the same through the packed constants (conv_pack), compiled and Python unpacking
+        geom = kernels.conv_geometry(st.P, st.pt, st.pl, st.sh, st.sw, st.Hq, st.Wq, O * plane,
+                                     plane, False, False, width)
+        parts = (st.indptr, st.offs, st.vals, st.bias, blk, geom)
+        blob, views = kernels.conv_pack(*parts)
+        assert blob.ctypes.data % kernels.ALIGN_BYTES == 0
+        for v, a in zip(views, (geom, st.indptr, blk, st.offs, st.vals, st.bias)):
+            assert np.shares_memory(v, blob) and np.array_equal(v, a)
+        for into in (kernels._conv_forward_blob_into, kernels._conv_forward_blob_into_py):
+            raw = np.full(N * O * plane + kernels.ALIGN_PAD, np.nan, np.float32)
+            o = into(xn, np.zeros(N * st.P + 64, np.float32), blob, raw)
+            got = raw[o:o + N * O * plane].reshape(N, O, plane)[:, :, :Ho * rs]
+            got = got.reshape(N, O, Ho, rs)[..., :Wo]
+            assert _rel_err(got, ref) <= REL_TOL, (width, into)
     with pytest.raises(ValueError, match="width"):
         kernels.conv_block_table(Ho, Wo, st.Wq, width=4)

@@ -645,6 +645,10 @@ class _ConvStep(_Step):
         self.geom = kernels.conv_geometry(self.P, self.pt, self.pl, self.sh, self.sw, self.Hq,
                                           self.Wq, O * self.plane, self.plane, self.relu,
                                           self.o_outer, self.width)
+        # one byte array with every constant of the kernel (fewer arguments per call); the
+        # attributes become views into it
+        self.blob, (self.geom, self.indptr, self.blk, self.offs, self.vals, _) = kernels.conv_pack(
+            self.indptr, self.offs, self.vals, self.bias, self.blk, self.geom)
         self.plain_out = self.plane == Ho * Wo and self.row_stride == Wo
         self.kernel_sparse = "direct-sparse-conv" + ("" if kernels.backend() == "numba-simd" else " (loops)")
         self.kernel = self.kernel_sparse
@@ -680,7 +684,7 @@ class _ConvStep(_Step):
         if self.sparse:
             del self.Wd
         else:
-            del self.indptr, self.offs, self.vals
+            del self.indptr, self.offs, self.vals, self.blob
 
     # scratch: zero-initialised padded input buffer, reused across calls (only the
     # interior is ever written, so the padding stays zero)
@@ -688,13 +692,12 @@ class _ConvStep(_Step):
         return scratch.get(self, "in", (N * self.P + 64,), zero=True)
 
     def _direct_args(self, scratch, N):
-        """``(kernel, padded input buffer, indptr, offs, vals, bias, blk, geom)`` of the
-        direct sparse kernel for batch size ``N``, or None if the layer does not run it
-        with a plain (N, O, Ho, Wo) output."""
+        """``(padded input buffer, packed constants)`` of the direct sparse kernel for batch
+        size ``N`` (:func:`kernels.conv_pack`), or None if the layer does not run it with a
+        plain (N, O, Ho, Wo) output."""
         if not (self.sparse and kernels.HAVE_NUMBA and self.plain_out and self.dims == 2):
             return None
-        return (kernels.conv_forward_sparse_kernel(), self._buffer(scratch, N), self.indptr,
-                self.offs, self.vals, self.bias, self.blk, self.geom)
+        return self._buffer(scratch, N), self.blob
 
     def bind(self, scratch, N):
         args = self._direct_args(scratch, N)
@@ -702,23 +705,24 @@ class _ConvStep(_Step):
             return super().bind(scratch, N)
         # the direct sparse kernel with every argument fixed but the input: one numba
         # call per layer and call (at batch 1 the Python around a kernel is a few us)
-        kern, buf, ind, offs, vals, bias, blk, geom = args
+        buf, blob = args
         size, shape = N * self.O * self.plane, (N,) + self.out_shape
         if self.is_output:  # a fresh, cache-line aligned array per call
-            into = kernels.conv_forward_sparse_into()
+            into = kernels.conv_forward_blob_into()
             empty, f32, pad = np.empty, np.float32, kernels.ALIGN_PAD
 
             def fn(x):
                 raw = empty(size + pad, f32)
-                o = into(x, buf, ind, offs, vals, bias, blk, raw, geom)
+                o = into(x, buf, blob, raw)
                 return raw[o:o + size].reshape(shape)
             fn.contiguous = True  # a fresh C-contiguous array (SparseModel._fast_fn)
             return fn
         out = scratch.get(self, "out", (size,))
         res = out.reshape(shape)
+        kern = kernels.conv_forward_blob_kernel()
 
         def fn(x):
-            kern(x, buf, ind, offs, vals, bias, blk, out, geom)
+            kern(x, buf, blob, out)
             return res
         return fn
 
@@ -726,10 +730,11 @@ class _ConvStep(_Step):
         args = self._direct_args(scratch, N)
         if args is None:
             return None
-        kern, buf, ind, offs, vals, bias, blk, geom = args
+        buf, blob = args
+        kern = kernels.conv_forward_blob_kernel()
 
         def fn(x, out):
-            kern(x, buf, ind, offs, vals, bias, blk, out.reshape(-1), geom)
+            kern(x, buf, blob, out.reshape(-1))
             return out
         return fn
 
