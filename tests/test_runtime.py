@@ -733,3 +733,30 @@ def test_conv_kernel_every_vector_width(conv, hw, tmp_path):
             assert _rel_err(got, ref) <= REL_TOL, (width, into)
     with pytest.raises(ValueError, match="width"):
         kernels.conv_block_table(Ho, Wo, st.Wq, width=4)
+
+
+def test_batch1_fast_path_keeps_every_check(tmp_path):
+    """After the first call ``SparseModel.__call__`` runs a bound chain found by the
+    whole input shape; inputs it cannot take (other shape, dtype, layout) still go through
+    the checked path and give the torch result or a clear error."""
+    layer = _prune(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(4, 3, 3, padding=1)), 0.7, seed=5)
+    path = tmp_path / "c.mpsparse"
+    export_sparse(layer, torch.randn(1, 2, 16, 16), path)
+    sm = load(path, mode="sparse")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(1, 2, 16, 16, generator=g)
+    first = sm(x.numpy())
+    assert list(sm._scratch.fast) == [(1, 2, 16, 16)]  # the fast path is armed
+    second = sm(x.numpy())
+    assert _rel_err(second, _ref(layer, x)) <= REL_TOL and np.array_equal(first, second)
+    assert not np.shares_memory(first, second) and second.flags.c_contiguous
+    wide = torch.randn(1, 2, 16, 32, generator=g)
+    strided = wide.numpy()[..., ::2]  # right shape, not contiguous
+    assert _rel_err(sm(strided), _ref(layer, wide[..., ::2].contiguous())) <= REL_TOL
+    assert _rel_err(sm(x.numpy().astype(np.float64)), _ref(layer, x)) <= REL_TOL
+    with pytest.raises(ValueError, match="shape"):
+        sm(np.zeros((1, 2, 16, 15), np.float32))
+    x3 = torch.randn(3, 2, 16, 16, generator=g)
+    assert _rel_err(sm(x3.numpy()), _ref(layer, x3)) <= REL_TOL
+    assert _rel_err(sm(x.numpy()), _ref(layer, x)) <= REL_TOL  # batch 1 again
