@@ -760,3 +760,9 @@ def test_batch1_fast_path_keeps_every_check(tmp_path):
     x3 = torch.randn(3, 2, 16, 16, generator=g)
     assert _rel_err(sm(x3.numpy()), _ref(layer, x3)) <= REL_TOL
     assert _rel_err(sm(x.numpy()), _ref(layer, x)) <= REL_TOL  # batch 1 again
+    buf = np.full((1, 3, 16, 16), np.nan, np.float32)
+    assert sm(x.numpy(), out=buf) is buf and np.array_equal(buf, first)
+    with pytest.raises(ValueError):
+        sm(x.numpy(), out=np.zeros((1, 3, 16, 15), np.float32))
+    with pytest.raises(ValueError):
+        sm(x.numpy(), out=np.zeros((1, 3, 16, 16), np.float64))

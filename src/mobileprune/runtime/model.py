@@ -488,7 +488,7 @@ class _Scratch(threading.local):
     def __init__(self) -> None:
         self.bufs: dict = {}
         self.programs: dict = {}  # batch size -> bound program (SparseModel._bind)
-        self.fast: dict = {}  # full input shape -> one callable (SparseModel._bind)
+        self.fast: dict = {}  # full input shape -> callables (SparseModel._bind)
 
     def get(self, owner: object, tag: str, shape: tuple[int, ...], zero: bool = False,
             dtype=np.float32) -> np.ndarray:
@@ -1114,21 +1114,31 @@ class SparseModel:
             scratch.fast.clear()
         scratch.programs[N] = bound
         if chain is not None and not self._uses_blas:
-            scratch.fast[(N,) + self.input_shape] = self._fast_fn(chain)
+            scratch.fast[(N,) + self.input_shape] = self._fast_fns(chain, into, N)
         return bound
 
-    def _fast_fn(self, chain: tuple) -> Callable:
-        """One callable for a plain chain without BLAS threads to set, looked up by
-        :meth:`__call__` with the whole input shape as key (so the lookup is also the shape
-        check): at batch 1 on a small layer every 0.1 us of Python is a few percent."""
+    def _fast_fns(self, chain: tuple, into: Callable | None, N: int) -> tuple:
+        """``(f(x), f_out(x, out) or None, output shape)`` for a plain chain without BLAS
+        threads to set, looked up by :meth:`__call__` with the whole input shape as key (so
+        the lookup is also the shape check): at batch 1 on a small layer every 0.1 us of
+        Python is a few percent."""
         if len(chain) == 1 and getattr(chain[0], "contiguous", False):
-            return chain[0]  # its output is a fresh C-contiguous array
-
-        def fast(x, _chain=chain, _asc=np.ascontiguousarray):
-            for f in _chain:
-                x = f(x)
-            return x if x.flags.c_contiguous else _asc(x)
-        return fast
+            fast = chain[0]  # its output is a fresh C-contiguous array
+        else:
+            def fast(x, _chain=chain, _asc=np.ascontiguousarray):
+                for f in _chain:
+                    x = f(x)
+                return x if x.flags.c_contiguous else _asc(x)
+        fast_out = None
+        if into is not None:
+            if len(chain) == 1:
+                fast_out = into
+            else:
+                def fast_out(x, out, _chain=chain[:-1], _into=into):
+                    for f in _chain:
+                        x = f(x)
+                    return _into(x, out)
+        return fast, fast_out, (N,) + tuple(self._out0)
 
     # ---- execution
     def __call__(self, x: Any, *, out: np.ndarray | tuple[np.ndarray, ...] | None = None
@@ -1141,10 +1151,15 @@ class SparseModel:
         serving loop then allocates nothing per call. The last layer writes into it
         directly when its kernel can (a sparse Conv2d), otherwise the result is copied.
         """
-        if out is None and x.__class__ is np.ndarray and x.dtype is _F32:
+        if x.__class__ is np.ndarray and x.dtype is _F32:
             fast = self._scratch.fast.get(x.shape)  # a bound plain chain, shape checked
             if fast is not None and x.flags.c_contiguous:
-                return fast(x)
+                if out is None:
+                    return fast[0](x)
+                if (fast[1] is not None and out.__class__ is np.ndarray and out.dtype is _F32
+                        and out.shape == fast[2] and out.flags.c_contiguous
+                        and out.flags.writeable):
+                    return fast[1](x, out)
         if x.__class__ is not np.ndarray or x.dtype is not _F32 or not x.flags.c_contiguous:
             x = np.ascontiguousarray(x, dtype=np.float32)
         shape = x.shape
