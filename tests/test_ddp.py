@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from mobileprune import ADMMPruner, MaskEnforcer
+from mobileprune import ADMMPruner, MaskEnforcer, RegrowingMaskEnforcer
 from mobileprune.masks import masks_from_weights
 
 WORLD = 2
@@ -52,6 +52,11 @@ def _train(model, xs, ys, opt, admm=None):
             admm.step()
 
 
+def _regrowing(model, opt):
+    return RegrowingMaskEnforcer(model, masks_from_weights(model, ["0.weight", "3.weight"]), opt,
+                                 end_step=STEPS, alpha=0.5, every=2)
+
+
 def _worker(rank: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=WORLD)
@@ -72,8 +77,15 @@ def _worker(rank: int, init: str, out: str) -> None:
         admm = ADMMPruner(base2, CONFIG, rho=1e-2, update_every=2)
         _train(ddp2, xs.view(STEPS, WORLD * 8, 1, 8, 8)[:, mine], ys.view(STEPS, WORLD * 8)[:, mine], opt2, admm)
         admm_masks = admm.finalize()
+        # masks that move (RigL): the update steps see the whole batch's gradient
+        base3 = _model()
+        ddp3 = DDP(base3)
+        opt3 = torch.optim.SGD(ddp3.parameters(), lr=0.1, momentum=0.9)
+        with _regrowing(base3, opt3) as enf:
+            _train(ddp3, xs.view(STEPS, WORLD * 8, 1, 8, 8)[:, mine], ys.view(STEPS, WORLD * 8)[:, mine], opt3)
         torch.save({"masked": base.state_dict(), "masks": masks, "admm": base2.state_dict(),
-                    "admm_masks": admm_masks}, f"{out}.{rank}")
+                    "admm_masks": admm_masks, "regrow": base3.state_dict(),
+                    "regrow_masks": dict(enf.masks)}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -113,3 +125,24 @@ def test_admm_under_ddp_stays_in_sync_and_meets_its_targets(ranks):
         assert torch.equal(mask, r1["admm_masks"][name])
         n = mask.numel()
         assert int(mask.sum()) == math.floor(n * (1 - 0.8) + 1e-9), name  # the exact target
+
+
+def test_regrowing_masks_under_ddp_match_one_process(ranks):
+    r0, r1 = ranks
+    for k, v in r0["regrow"].items():
+        assert torch.equal(v, r1["regrow"][k]), f"ranks out of sync on {k}"
+    start = masks_from_weights(_model(), ["0.weight", "3.weight"])
+    for name, mask in r0["regrow_masks"].items():
+        assert torch.equal(mask, r1["regrow_masks"][name])
+        assert int(mask.sum()) == int(start[name].sum())
+        assert int(torch.count_nonzero(r0["regrow"][name][~mask])) == 0
+    assert any(not torch.equal(m, start[n]) for n, m in r0["regrow_masks"].items())  # they moved
+    ref = _model()
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    xs, ys = _data()
+    with _regrowing(ref, opt) as enf:
+        _train(ref, xs.view(STEPS, WORLD * 8, 1, 8, 8), ys.view(STEPS, WORLD * 8), opt)
+    for name, mask in enf.masks.items():
+        assert torch.equal(mask, r0["regrow_masks"][name]), name
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(r0["regrow"][k], v, rtol=1e-4, atol=1e-5, msg=k)

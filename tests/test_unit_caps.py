@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import tiny_images
 from mobileprune.checkpoint import load_checkpoint
 from mobileprune.errors import ConfigError
 from mobileprune.models import LeNet300100
@@ -63,10 +64,7 @@ def test_cap_units_rejects_bad_names_and_counts():
 
 @pytest.fixture()
 def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(96, 1, 28, 28, generator=g)
-    y = (x[:, 0, :14].mean((1, 2)) > 0).long()
-    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=False)
+    return tiny_images(32)
 
 
 def _cfg(**sched):

@@ -3,7 +3,8 @@
 Public API (import from here):
 
 * :class:`ADMMPruner`, :func:`admm_prune` -- ADMM weight pruning (seed 003).
-* :class:`MaskEnforcer`, :func:`apply_masks` -- keep pruned weights exactly zero.
+* :class:`MaskEnforcer`, :func:`apply_masks` -- keep pruned weights exactly zero;
+  :class:`RegrowingMaskEnforcer` -- masks that move at a constant count (RigL).
 * :class:`PruneConfig`, :func:`resolve_targets` -- per-layer targets.
 * :func:`layer_report` -- per-layer report.
 * :func:`compact` -- physically remove zero filters/channels/neurons (a smaller dense model).
@@ -28,7 +29,8 @@ _LAZY = {
     "ADMMPruner": "admm", "load_checkpoint": "checkpoint", "restore_model": "checkpoint",
     "save_checkpoint": "checkpoint", "compact": "compact", "dead_units": "compact",
     "fold_dead_weights": "compact", "compact_in_place": "compact",
-    "MaskEnforcer": "masks", "apply_masks": "masks", "ProximalPruner": "palm",
+    "MaskEnforcer": "masks", "apply_masks": "masks", "RegrowingMaskEnforcer": "masks",
+    "ProximalPruner": "palm",
     "palm_epoch": "palm", "palm_step": "palm", "proximal_epoch": "palm", "run_rounds": "palm",
     "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
     "cap_units": "pipeline",
@@ -53,6 +55,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ADMMPruner", "admm_prune", "PipelineConfig", "MaskEnforcer", "apply_masks",
+    "RegrowingMaskEnforcer",
     "ProximalPruner", "Regularizer", "proximal_prune", "palm_step", "palm_epoch",
     "proximal_epoch", "run_rounds", "cap_units",
     "PruneConfig", "LayerTarget", "resolve_targets", "layer_report",

@@ -441,7 +441,14 @@ class ProxSchedule:
     (stop the rounds once the model has at most that many nonzero weights) and
     ``final_retrain_epochs`` of masked retraining after the last round, with cosine
     learning-rate decay from ``final_retrain_lr`` (default ``retrain_lr``) and
-    distillation weight ``final_distill`` (default ``distill``).
+    distillation weight ``final_distill`` (default ``distill``). ``final_regrow = a > 0``
+    makes the final retraining dynamic at a constant count per layer (RigL, Evci et al.
+    2020; :class:`~mobileprune.masks.RegrowingMaskEnforcer`): every ``regrow_every``
+    steps during its first 75%, each layer swaps its ``a/2 (1 + cos(pi t / T))`` fraction
+    of smallest weights for the same number of inactive weights with the largest
+    gradients, inside the units still alive (a cut unit stays cut, ``max_units`` and the
+    target still hold). On LeNet-5 at 1,722 nonzeros in MobilePrune's structure it gave
+    99.06% where plain masked retraining of the same start gave 98.91%.
 
     ``final_project`` (needs ``target_nonzero``): if the rounds end with more than
     ``target_nonzero`` nonzero weights, project the model onto that budget before the
@@ -511,6 +518,8 @@ class ProxSchedule:
     max_inputs: dict[str, int] | None = None
     structure_epochs: int = 0
     structure_lr: float | None = None
+    final_regrow: float = 0.0
+    regrow_every: int = 100
 
     def __post_init__(self) -> None:
         from .palm import _nonneg_int, _positive
@@ -557,6 +566,13 @@ class ProxSchedule:
         if self.final_project and self.target_nonzero is None:
             raise ConfigError("schedule.final_project needs schedule.target_nonzero (the budget "
                               "to project onto)")
+        _positive(self.final_regrow, "schedule.final_regrow", strict=False)
+        if self.final_regrow > 1:
+            raise ConfigError(f"schedule.final_regrow is a fraction in [0, 1], got {self.final_regrow}")
+        if self.final_regrow and not self.final_retrain_epochs:
+            raise ConfigError("schedule.final_regrow needs schedule.final_retrain_epochs (it moves "
+                              "weights during the final retraining)")
+        _nonneg_int(self.regrow_every, "schedule.regrow_every", minimum=1)
 
     @property
     def final_distill_weight(self) -> float:
@@ -581,26 +597,40 @@ def _prox_fingerprint(pruner_cfg: Mapping[str, Any], sched: ProxSchedule) -> str
 
 
 def _masked_retrain(model, train_loader, pruner, sched: ProxSchedule, epochs: int, lr: float,
-                    state: dict, kd: dict, eval_loader, progress, save, log, label: str) -> None:
+                    state: dict, kd: dict, eval_loader, progress, save, log, label: str,
+                    regrow: float = 0.0) -> None:
     """``epochs`` of masked retraining (Adam, cosine decay from ``lr``), resumable per epoch:
     ``state`` holds the optimizer/scheduler state and the epochs done, and ``save(state)``
-    is called after every epoch (the final retraining and the ``structure_epochs``)."""
+    is called after every epoch (the final retraining and the ``structure_epochs``).
+    ``regrow > 0``: the masks move (:class:`RegrowingMaskEnforcer` with ``alpha = regrow``
+    over the first 75% of the steps); they are part of ``state``."""
+    from .masks import RegrowingMaskEnforcer
     from .palm import check_finite
 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=sched.retrain_weight_decay)
-    lr_sched = cosine_lr(opt, epochs * len(train_loader))
+    steps = epochs * len(train_loader)
+    lr_sched = cosine_lr(opt, steps)
     done = int(state.get("epochs", 0))
     if "optimizer" in state:
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["scheduler"])
-    with MaskEnforcer(model, pruner.masks(), opt):
+    masks = state.get("masks") or pruner.masks()
+    if regrow:
+        enforcer = RegrowingMaskEnforcer(model, masks, opt, end_step=int(0.75 * steps), alpha=regrow,
+                                         every=sched.regrow_every, allowed=state.get("allowed"),
+                                         step=done * len(train_loader))
+        moving = lambda: {"masks": dict(enforcer.masks), "allowed": dict(enforcer.allowed)}  # noqa: E731
+    else:
+        enforcer, moving = MaskEnforcer(model, masks, opt), dict
+    with enforcer:
         while done < epochs:
             stats = train_epoch(model, train_loader, opt, scheduler=lr_sched, progress=progress,
                                 desc=f"{label} {done + 1}/{epochs}", shift=sched.shift, **kd)
             check_finite(model, f"after {label} epoch {done + 1}")
             done += 1
             acc = evaluate(model, eval_loader) if eval_loader is not None else None
-            save({"epochs": done, "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict()})
+            save({"epochs": done, "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict(),
+                  **moving()})
             log(f"{label} {done}/{epochs}: loss {stats['loss']:.4f}"
                 + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
 
@@ -876,7 +906,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     if sched.final_retrain_epochs:
         lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
         _masked_retrain(model, train_loader, pruner, sched, sched.final_retrain_epochs, lr, final,
-                        kd_args(final_kd), eval_loader, progress, save, log, "final retrain")
+                        kd_args(final_kd), eval_loader, progress, save, log, "final retrain",
+                        regrow=sched.final_regrow)
     # (a compacted model carries the size it started as: compressions against the model as given)
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before,

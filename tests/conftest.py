@@ -1,0 +1,15 @@
+"""Shared test data."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def tiny_images(batch_size: int, n: int = 96) -> DataLoader:
+    """``n`` random 1x28x28 images, label: is the upper half's mean positive (learnable,
+    so training changes the weights in a meaningful way); fixed order."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 28, 28, generator=g)
+    y = (x[:, 0, :14].mean((1, 2)) > 0).long()
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
