@@ -85,6 +85,7 @@ def test_enforcer_moves_masks_at_a_constant_count_with_the_dense_gradient():
     opt.register_step_post_hook(
         lambda o, a, k: snap.update({n: params[n].detach().clone() for n in masks}))
     every, end, alpha = 3, 14, 0.5
+    given = {n: m.clone() for n, m in masks.items()}
     enf = RegrowingMaskEnforcer(net, masks, opt, end_step=end, alpha=alpha, every=every)
     changed_at, expect_changed = [], []
     for step in range(1, 19):
@@ -117,6 +118,7 @@ def test_enforcer_moves_masks_at_a_constant_count_with_the_dense_gradient():
                 expect_changed.append(step)
     assert changed_at == expect_changed and len(changed_at) >= 3
     assert enf.updates == 4 and enf.step == 18  # at steps 3, 6, 9, 12
+    assert all(torch.equal(masks[n], given[n]) for n in masks)  # the caller's masks: untouched
     enf.remove()
 
 

@@ -197,7 +197,8 @@ class RegrowingMaskEnforcer(MaskEnforcer):
         self._scores: dict[str, Tensor] = {}
         self._counter: torch.optim.Optimizer | None = None
         self.updates = 0  # mask updates made (by this object)
-        super().__init__(model, masks, None)
+        # own copies: the masks change in place during training, the caller's do not
+        super().__init__(model, {n: m.detach().clone().bool() for n, m in masks.items()}, None)
         given = allowed if allowed is not None else {n: live_structure(m) for n, m in self.masks.items()}
         missing = [n for n in self.masks if n not in given]
         if missing:
