@@ -232,3 +232,54 @@ def test_final_regrow_validated(data):
                      ({"final_retrain_epochs": 0}, "needs schedule.final_retrain_epochs")):
         with pytest.raises(ConfigError, match=msg):
             proximal_prune(LeNet300100(), data, _cfg(**bad), log=lambda s: None)
+
+
+def test_admm_retrain_regrow_keeps_exact_targets_and_structure_and_resumes(tmp_path):
+    """retrain.regrow in admm_prune: unstructured layers' masks move at their exact
+    count, a structured (filter) layer keeps its mask, and an interrupted run resumes
+    to the same weights and masks."""
+    from mobileprune.pipeline import admm_prune
+
+    cfg = {"stages": [{"layers": {"fc1": {"sparsity": 0.9},
+                                  "fc2": {"structure": "filter", "sparsity": 0.5}}}],
+           "admm": {"epochs": 1, "lr": 1e-3, "rho": 1e-2},
+           "retrain": {"epochs": 3, "lr": 1e-3, "regrow": 0.4, "regrow_every": 1}}
+    loader = tiny_images(16)
+
+    def go(run_dir, log=lambda s: None, config=cfg):
+        torch.manual_seed(0)
+        model = LeNet300100()
+        return admm_prune(model, loader, config, run_dir=run_dir, log=log)
+
+    a = go(tmp_path / "a")
+    st = load_checkpoint(tmp_path / "a" / "stage1.pt")
+    assert int(a.masks["fc1.weight"].sum()) == round(0.1 * 300 * 784)
+    rows = a.masks["fc2.weight"].any(1)
+    assert int(rows.sum()) == 50 and a.masks["fc2.weight"][rows].all()  # whole filters kept
+    assert a.report["totals"]["all_targets_met"] is True
+    for n, m in a.masks.items():
+        assert not dict(a.model.named_parameters())[n].detach()[~m].any()
+        assert torch.equal(st["masks"][n].bool(), m)
+    plain = go(None, config={**cfg, "retrain": {**cfg["retrain"], "regrow": 0.0}})
+    assert not torch.equal(plain.masks["fc1.weight"], a.masks["fc1.weight"])  # they moved
+    assert torch.equal(plain.masks["fc2.weight"], a.masks["fc2.weight"])  # structured: not
+
+    def stop(line):
+        if "retrain epoch 1 " in line:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        go(tmp_path / "b", log=stop)
+    b = go(tmp_path / "b")
+    for n, m in a.masks.items():
+        assert torch.equal(b.masks[n], m), n
+    for k, v in a.model.state_dict().items():
+        assert torch.allclose(v, b.model.state_dict()[k], atol=1e-6), k
+
+
+def test_admm_retrain_regrow_validated():
+    from mobileprune.pipeline import PipelineConfig
+
+    for bad, msg in (({"regrow": 2.0}, "fraction"), ({"regrow_every": 0}, "regrow_every"),
+                     ({"regrow": -1}, "regrow")):
+        with pytest.raises(ConfigError, match=msg):
+            PipelineConfig.from_dict({"stages": [{"default": 0.5}], "retrain": bad})

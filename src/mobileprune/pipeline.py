@@ -64,9 +64,18 @@ class ADMMSettings(_TrainSettings):
 
 @dataclass
 class RetrainSettings(_TrainSettings):
-    """Settings of masked retraining after each stage's masked mapping."""
+    """Settings of masked retraining after each stage's masked mapping.
+
+    ``regrow = a > 0``: the masks of unstructured layers move at their exact count
+    (RigL, :class:`~mobileprune.masks.RegrowingMaskEnforcer`): every ``regrow_every``
+    steps of the first 75% of the retraining, each such layer swaps its
+    ``a/2 (1 + cos(pi t / T))`` fraction of smallest weights for the inactive weights
+    with the largest gradients, inside its live filters/neurons and inputs. Layers with
+    a structured target keep their masks."""
 
     cosine: bool = True
+    regrow: float = 0.0
+    regrow_every: int = 100
 
 
 def _settings(cls, raw: Mapping[str, Any] | None, section: str):
@@ -79,14 +88,17 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     for key in ("nested", "reallocate_dead", "cosine"):
         if not isinstance(getattr(obj, key, True), bool):
             raise ConfigError(f"'{section}.{key}' must be true or false, got {getattr(obj, key)!r}")
-    for key in ("epochs", "shift"):
-        v = getattr(obj, key)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"'{section}.{key}' must be a non-negative integer, got {v!r}")
+    for key in ("epochs", "shift", "regrow_every"):
+        if not hasattr(obj, key):
+            continue
+        v, low = getattr(obj, key), (1 if key == "regrow_every" else 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < low:
+            what = "a non-negative integer" if low == 0 else f"an integer >= {low}"
+            raise ConfigError(f"'{section}.{key}' must be {what}, got {v!r}")
     # Every other numeric field: a real number (YAML may hand us a string such as "1e-3").
     for f in dataclasses.fields(cls):
         v = getattr(obj, f.name)
-        if f.name in ("epochs", "shift") or not (f.type in ("float", float) or f.name == "update_every"):
+        if f.name in ("epochs", "shift", "regrow_every") or not (f.type in ("float", float) or f.name == "update_every"):
             continue
         if f.name == "update_every" and v is None:
             continue
@@ -97,6 +109,8 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
             raise ConfigError(f"'{section}.{f.name}' must be {'> 0' if positive else '>= 0'}, got {v!r}")
     if obj.distill > 1:
         raise ConfigError(f"'{section}.distill' is a weight in [0, 1], got {obj.distill!r}")
+    if getattr(obj, "regrow", 0) > 1:
+        raise ConfigError(f"'{section}.regrow' is a fraction in [0, 1], got {obj.regrow!r}")
     return obj
 
 
@@ -239,6 +253,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
     history: list[dict[str, Any]] = []
     masks: dict[str, Tensor] = {}
     admm_state = opt_state = sched_state = None
+    allowed = None  # where retraining with retrain.regrow may grow weights (run state)
     acc_before = None
     state_path = run_dir / STATE_FILE if run_dir else None
     if state_path is not None and resume and state_path.exists():
@@ -253,6 +268,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         history = list(extra["history"])
         masks = {k: v.bool() for k, v in st["masks"].items()}
         admm_state, opt_state, sched_state = extra.get("admm"), extra.get("optimizer"), extra.get("scheduler")
+        allowed = extra.get("allowed")
         acc_before = extra.get("accuracy_before")
         if "rng" in extra:
             torch.set_rng_state(extra["rng"])
@@ -281,6 +297,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                                "optimizer": opt.state_dict() if opt else None,
                                "scheduler": sched.state_dict() if sched else None,
                                "accuracy_before": acc_before, "rng": torch.get_rng_state(),
+                               "allowed": allowed,
                                "loader_rng": (train_loader.generator.get_state()
                                               if getattr(train_loader, "generator", None) is not None
                                               else None)})
@@ -351,7 +368,23 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                     sched.load_state_dict(sched_state)
                 opt_state = sched_state = None
             t0 = time.perf_counter()
-            with MaskEnforcer(model, masks, opt):
+            if r.regrow:
+                from .masks import RegrowingMaskEnforcer, live_structure
+
+                if allowed is None:  # growth only in unstructured layers, inside live units
+                    kinds: dict[str, set] = {}
+                    for t in targets:
+                        kinds.setdefault(t.param_name, set()).add(t.structure)
+                    allowed = {n: live_structure(m) if kinds.get(n) == {"unstructured"} else m.clone()
+                               for n, m in masks.items()}
+                steps = r.epochs * len(train_loader)
+                enforcer = RegrowingMaskEnforcer(model, masks, opt, end_step=int(0.75 * steps),
+                                                 alpha=r.regrow, every=r.regrow_every,
+                                                 allowed=allowed, step=pos["epoch"] * len(train_loader))
+                masks = enforcer.masks  # they move; saved with the run state
+            else:
+                enforcer = MaskEnforcer(model, masks, opt)
+            with enforcer:
                 while pos["epoch"] < r.epochs:
                     ep = pos["epoch"]
                     stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
@@ -372,6 +405,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                                 model_kwargs=model_kwargs, masks=masks,
                                 config=stage.to_dict(), metrics=rep["metrics"])
             pos.update(stage=si + 1, phase="admm", epoch=0)
+            allowed = None
             save_state()
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
                           metrics={"accuracy_before": acc_before, "accuracy_after": ev()})
