@@ -281,3 +281,21 @@ def test_bench_command(tmp_path, capsys):
     assert all(b["outputs_match"] for b in res["backends"].values() if "outputs_match" in b)
     assert run("bench", str(src), "--threads", "0,1", "--out-dir", str(out)) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_prune_regrow_flag(dense, tmp_path, capsys):
+    """--regrow: retrain.regrow for ADMM (exact targets kept), schedule.final_regrow for
+    the proximal methods (which need final_retrain_epochs)."""
+    out = tmp_path / "r.pt"
+    assert run("prune", str(dense), "--sparsity", "0.9", "--admm-epochs", "1", "--retrain-epochs", "1",
+               "--regrow", "0.3", "--out", str(out), "--quiet") == 0
+    ck = load_checkpoint(out)
+    assert ck["config"]["retrain"]["regrow"] == 0.3
+    rep = json.loads(out.with_suffix(".json").read_text())
+    assert rep["totals"]["all_targets_met"] is True
+    assert run("prune", str(dense), "--method", "l0", "--eta", "1e-4", "--rounds", "1",
+               "--regrow", "0.3", "--out", str(tmp_path / "x.pt")) == 2
+    assert "final_regrow needs schedule.final_retrain_epochs" in capsys.readouterr().err
+    assert run("prune", str(dense), "--sparsity", "0.9", "--regrow", "1.5",
+               "--out", str(tmp_path / "x.pt")) == 2
+    assert "regrow" in capsys.readouterr().err

@@ -121,6 +121,8 @@ def _admm_config(args) -> tuple[dict[str, Any], Any]:
     for key, section in (("admm_epochs", "admm"), ("retrain_epochs", "retrain")):
         if getattr(args, key) is not None:
             raw.setdefault(section, {})["epochs"] = getattr(args, key)
+    if args.regrow is not None:
+        raw.setdefault("retrain", {})["regrow"] = args.regrow
     cfg = PipelineConfig.from_dict(raw)
     return raw, cfg
 
@@ -142,6 +144,8 @@ def _prox_config(args) -> dict[str, Any]:
     for key in ("rounds", "prox_epochs", "retrain_epochs", "target_nonzero"):
         if getattr(args, key) is not None:
             sched[key] = getattr(args, key)
+    if args.regrow is not None:
+        sched["final_regrow"] = args.regrow
     return raw
 
 
@@ -405,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="proximal methods: stop the rounds once at most this many weights are nonzero")
     p.add_argument("--admm-epochs", type=int, help="override admm.epochs of the config")
     p.add_argument("--retrain-epochs", type=int, help="override the retraining epochs of the config")
+    p.add_argument("--regrow", type=float, metavar="FRACTION",
+                   help="retrain with masks that move at a constant count (RigL): this fraction "
+                        "of each layer's weights swapped at first (ADMM: retrain.regrow; proximal "
+                        "methods: schedule.final_regrow, needs final_retrain_epochs)")
     p.add_argument("--out", required=True, help="output pruned checkpoint (.pt); the report goes "
                                                 "next to it as .md and .json")
     p.add_argument("--run-dir", help="directory for resumable state (default: OUT.run/)")
