@@ -283,3 +283,64 @@ def test_admm_retrain_regrow_validated():
                      ({"regrow": -1}, "regrow")):
         with pytest.raises(ConfigError, match=msg):
             PipelineConfig.from_dict({"stages": [{"default": 0.5}], "retrain": bad})
+
+
+def test_refill_matches_brute_force():
+    from mobileprune.masks import refill
+
+    g = torch.Generator().manual_seed(2)
+    for trial in range(40):
+        shapes = {"a": (3, 4), "b": (2, 3)}
+        masks = {n: torch.rand(s, generator=g) < 0.4 for n, s in shapes.items()}
+        allowed = {n: torch.rand(s, generator=g) < 0.8 for n, s in shapes.items()}
+        scores = {n: torch.rand(s, generator=g) for n, s in shapes.items()}
+        free = [(n, i) for n in shapes for i in range(masks[n].numel())
+                if allowed[n].flatten()[i] and not masks[n].flatten()[i]]
+        for count in (0, 1, 3, 50):
+            got = refill(masks, scores, allowed, count)
+            k = min(count, len(free))
+            best = max(itertools.combinations(free, k),
+                       key=lambda c: sum(float(scores[n].flatten()[i]) for n, i in c))
+            for n in shapes:
+                expect = masks[n].flatten().clone()
+                expect[[i for m, i in best if m == n]] = True
+                assert torch.equal(got[n].flatten(), expect), (trial, count, n)
+    with pytest.raises(ValueError, match="differ in shape"):
+        refill({"a": torch.ones(2, dtype=torch.bool)}, {"a": torch.ones(3)}, {"a": torch.ones(2)}, 1)
+
+
+def test_final_refill_fills_the_budget_after_a_late_cap_and_final_shift(data, tmp_path, monkeypatch):
+    """A second run with a late input cap (rounds: 0): the cut leaves the model below
+    target_nonzero; final_refill grows it back to exactly the target inside the kept
+    units, and final_shift shifts the inputs of the final retraining only."""
+    import mobileprune.train as train_mod
+
+    torch.manual_seed(0)
+    model = LeNet300100()
+    proximal_prune(model, data, _cfg(final_regrow=0.0, final_retrain_epochs=1), log=lambda s: None)
+    before = sum(_nnz(model).values())
+    assert before <= 6000
+    shifts = []
+    real = train_mod.random_shift
+    monkeypatch.setattr(train_mod, "random_shift", lambda x, s, *a, **k: (shifts.append(s), real(x, s))[1])
+    lines = []
+    late = {"method": "l0", "eta": 0.0,
+            "schedule": {"rounds": 0, "max_inputs": {"fc1": 60}, "fold_dead": True,
+                         "target_nonzero": 4000, "final_refill": True, "final_retrain_epochs": 2,
+                         "final_regrow": 0.3, "regrow_every": 2, "final_shift": 1}}
+    proximal_prune(model, data, late, run_dir=tmp_path / "late", log=lines.append)
+    cut = [line for line in lines if line.startswith("refilled to")]
+    # (the cut leaves about 900 weights; 30 hidden units x 60 inputs + fc2 + fc3 allow 4,200)
+    assert cut and cut[0].startswith("refilled to 4,000 weights"), lines
+    nnz = _nnz(model)
+    assert sum(nnz.values()) <= 4000
+    state = load_checkpoint(tmp_path / "late" / "state.pt")
+    assert sum(int(m.sum()) for m in state["extra"]["final"]["masks"].values()) == 4000
+    assert int((model.fc1.weight != 0).any(0).sum()) <= 60  # the cap holds after the refill
+    assert shifts and set(shifts) == {1} and len(shifts) == 2 * len(data)  # final epochs only
+    with pytest.raises(ConfigError, match="final_refill needs"):
+        proximal_prune(LeNet300100(), data, {**late, "schedule": {**late["schedule"], "target_nonzero": None}},
+                       log=lambda s: None)
+    with pytest.raises(ConfigError, match="final_shift"):
+        proximal_prune(LeNet300100(), data, {**late, "schedule": {**late["schedule"], "final_shift": -1}},
+                       log=lambda s: None)

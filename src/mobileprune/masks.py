@@ -255,3 +255,31 @@ class RegrowingMaskEnforcer(MaskEnforcer):
         self.updates += 1
         apply_masks(self.model, self.masks)
         self._clear_state(optimizer)
+
+
+@torch.no_grad()
+def refill(masks: Mapping[str, Tensor], scores: Mapping[str, Tensor], allowed: Mapping[str, Tensor],
+           count: int) -> Masks:
+    """Activate ``count`` more entries over all masks together: the inactive entries
+    inside ``allowed`` with the largest ``scores`` (e.g. accumulated ``|gradient|``, the
+    growth criterion of RigL, Evci et al. 2020). Fewer if fewer are allowed; returns new
+    masks (ties broken either way)."""
+    names = list(masks)
+    for n in names:
+        if not (masks[n].shape == scores[n].shape == allowed[n].shape):
+            raise ValueError(f"refill: mask, score and allowed of {n!r} differ in shape")
+    cand = [torch.where(allowed[n].bool() & ~masks[n].bool(), scores[n].double(),
+                        torch.tensor(float("-inf"), dtype=torch.float64, device=scores[n].device)).flatten()
+            for n in names]
+    flat = torch.cat(cand) if cand else torch.zeros(0, dtype=torch.float64)
+    count = min(int(count), int(torch.isfinite(flat).sum()))
+    out = {n: masks[n].bool().clone() for n in names}
+    if count <= 0:
+        return out
+    idx = flat.topk(count).indices
+    offs = 0
+    for n, c in zip(names, cand):
+        sel = idx[(idx >= offs) & (idx < offs + c.numel())] - offs
+        out[n].view(-1)[sel] = True
+        offs += c.numel()
+    return out

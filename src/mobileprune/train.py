@@ -67,6 +67,24 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = 
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def training_loss(model: nn.Module, x: Tensor, y: Tensor, *,
+                  loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+                  teacher: nn.Module | None = None, distill: float = 0.0,
+                  temperature: float = 4.0) -> tuple[Tensor, Tensor]:
+    """``(loss, model(x))``: ``loss_fn``, mixed with distillation from ``teacher`` when
+    ``distill = a > 0``: ``(1 - a) * loss_fn + a * T^2 * KL(softmax(teacher / T) ||
+    softmax(model / T))`` (Hinton et al. 2015)."""
+    out = model(x)
+    loss = loss_fn(out, y)
+    if distill > 0:
+        with torch.no_grad():
+            soft = torch.softmax(teacher(x) / temperature, dim=1)
+        kd = nn.functional.kl_div(torch.log_softmax(out / temperature, dim=1), soft,
+                                  reduction="batchmean") * temperature ** 2
+        loss = (1 - distill) * loss + distill * kd
+    return loss, out
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                 penalty: Callable[[], Tensor] | None = None,
@@ -97,14 +115,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     for x, y in bar:
         if shift:
             x = random_shift(x, shift)
-        out = model(x)
-        loss = loss_fn(out, y)
-        if distill > 0:
-            with torch.no_grad():
-                soft = torch.softmax(teacher(x) / temperature, dim=1)
-            kd = nn.functional.kl_div(torch.log_softmax(out / temperature, dim=1), soft,
-                                      reduction="batchmean") * temperature ** 2
-            loss = (1 - distill) * loss + distill * kd
+        loss, out = training_loss(model, x, y, loss_fn=loss_fn, teacher=teacher, distill=distill,
+                                  temperature=temperature)
         full = loss + penalty() if penalty is not None else loss
         if not torch.isfinite(full):
             raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or the regularisation strength (rho, lam)")
