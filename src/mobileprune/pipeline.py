@@ -688,14 +688,15 @@ def _masked_retrain(model, train_loader, pruner, sched: ProxSchedule, epochs: in
 def _grad_magnitudes(model: nn.Module, loader, masks: Mapping[str, Tensor], kd: Mapping[str, Any],
                      batches: int) -> dict[str, Tensor]:
     """``|gradient|`` of the training loss (with distillation when ``kd`` has a teacher)
-    of the masked weights, summed over the first ``batches`` minibatches; the model is
-    left unchanged (its gradients are cleared)."""
+    of the masked weights, summed over the first ``batches`` minibatches, in eval mode
+    (BatchNorm statistics untouched, no dropout); the model is left unchanged (its
+    gradients are cleared)."""
     from .train import training_loss
 
     params = dict(model.named_parameters())
     acc = {n: torch.zeros_like(params[n]) for n in masks}
     was = model.training
-    model.train()
+    model.eval()
     for i, (x, y) in enumerate(loader):
         if i == batches:
             break
