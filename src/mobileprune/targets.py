@@ -67,9 +67,8 @@ class LayerTarget:
         name: qualified module name, e.g. ``"features.0"``.
         param_name: qualified parameter name, e.g. ``"features.0.weight"``.
         shape: shape of the weight tensor.
-        keep: number of weights allowed to be nonzero (``alpha_i`` of seed 003).
         keep: number of weights (unstructured) or groups (structured) allowed to be
-            nonzero.
+            nonzero (``alpha_i`` of seed 003).
         structure: ``"unstructured"``, ``"filter"``, ``"channel"`` or ``"shape"``; for
             the structured ones ``keep`` counts groups of :mod:`mobileprune.groups`.
     """
