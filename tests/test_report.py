@@ -13,6 +13,8 @@ from mobileprune.targets import resolve_targets
 def test_lenet5_hand_counts():
     m = LeNet5()
     with torch.no_grad():
+        for p in m.parameters():  # no weight exactly 0 by chance (PyTorch's init can give one)
+            p.copy_(torch.rand(p.shape, generator=torch.Generator().manual_seed(0)) + 0.1)
         m.conv1.weight[3:] = 0                  # 3 of 20 filters active
         m.conv2.weight[:, 5:] = 0               # 5 of 20 input channels active
         m.conv2.weight[:, :5, 0, 0] = 0         # 5*50 more zeros

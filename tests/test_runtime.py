@@ -71,9 +71,9 @@ def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     return float(np.abs(got - ref).max()) / scale
 
 
-def _ref(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+def _ref(model: nn.Module, x: torch.Tensor | tuple[torch.Tensor, ...]) -> np.ndarray:
     with torch.no_grad():
-        return model(x).numpy()
+        return (model(*x) if isinstance(x, tuple) else model(x)).numpy()
 
 
 MODELS = {
@@ -85,7 +85,17 @@ MODELS = {
     "resnet20": (lambda: build_model("resnet20"), (3, 32, 32)),
     "vggcifar": (lambda: build_model("vggcifar", cfg=[16, "M", 32, "M", 32, "M"], hidden=32,
                                      input_size=16), (3, 16, 16)),
+    # four inputs (face, left eye, right eye, face grid), one tower shared by both eyes
+    "itracker": (lambda: build_model("itracker", size=32),
+                 ((3, 32, 32), (3, 32, 32), (3, 32, 32), (625,))),
 }
+
+
+def _inputs(shape, n: int, seed: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Random inputs of batch ``n`` for one per-sample shape or a tuple of them."""
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    shapes = shape if isinstance(shape[0], tuple) else (shape,)
+    return tuple(torch.randn(n, *s, generator=g) for s in shapes)
 
 
 def test_models_registry_covered():
@@ -101,13 +111,14 @@ def test_equivalence_builtin_models(name, sparsity, tmp_path):
     torch.manual_seed(0)
     model = _prune(build(), sparsity, seed=1)
     path = tmp_path / f"{name}.mpsparse"
-    export_sparse(model, torch.randn(1, *shape), path)
-    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(2))
-    ref = _ref(model, x)
+    example = _inputs(shape, 1)
+    export_sparse(model, example[0] if len(example) == 1 else example, path)
+    xs = _inputs(shape, 3, seed=2)
+    ref = _ref(model, xs)
     for mode in ("auto", "sparse", "dense"):
         sm = load(path, mode=mode)
         for n in (1, 3):
-            got = sm(x[:n].numpy())
+            got = sm(*[x[:n].numpy() for x in xs])
             assert got.dtype == np.float32 and got.shape == ref[:n].shape
             assert _rel_err(got, ref[:n]) <= REL_TOL, (name, sparsity, mode, n)
 
@@ -389,6 +400,75 @@ def test_inconsistent_files_rejected(tmp_path):
         bad = _rewrite(good, tmp_path / f"bad{i}.mpsparse", edit)
         with pytest.raises(SparseFormatError):
             load(bad)
+
+
+def test_several_inputs_and_a_shared_tower(tmp_path):
+    """ITrackerMobile (seed 003's eye tracker): four inputs give a format-version-2 file;
+    the eye tower, applied to both eyes, is stored once; the runtime takes the inputs in
+    ``forward``'s order and matches torch; input mistakes get errors naming the input."""
+    build, shape = MODELS["itracker"]
+    model = _prune(build(), 0.9, seed=3)
+    path = tmp_path / "it.mpsparse"
+    rep = export_sparse(model, list(_inputs(shape, 2)), path)
+    header, arrays = read_container(path)
+    assert header["format_version"] == 2 and "input" not in header
+    assert [i["name"] for i in header["inputs"]] == ["face", "left", "right", "grid"]
+    assert [tuple(i["shape"]) for i in header["inputs"]] == list(shape)
+    convs = [op for op in header["ops"] if op["op"] == "conv2d"]
+    assert len(convs) == 12  # the eye tower twice, the face tower once
+    for k in range(1, 5):
+        pair = [op for op in convs if op["module"] == f"conv_e{k}"]
+        assert len(pair) == 2 and pair[0]["name"] != pair[1]["name"]
+        assert pair[0]["weight"]["arrays"] == pair[1]["weight"]["arrays"]
+        assert pair[0]["bias"] == pair[1]["bias"]
+    # every weight stored once: the stored values are exactly the model's nonzeros
+    layers = _layers(model)
+    assert sum(a.size for k, a in arrays.items() if k.endswith(".values")) == \
+        sum(int((m.weight != 0).sum()) for m in layers)
+    assert len(rep["layers"]) == len(layers)
+    assert rep["totals"]["weights"] == sum(m.weight.numel() for m in layers)
+    assert rep["totals"]["nnz"] == sum(int((m.weight != 0).sum()) for m in layers)
+
+    sm = load(path)
+    assert sm.input_names == ["face", "left", "right", "grid"] and sm.input_shape is None
+    face, left, right, grid = _inputs(shape, 3, seed=4)
+    ref = _ref(model, (face, left, right, grid))
+    got = sm(face.numpy(), left.numpy(), right.numpy(), grid.numpy())
+    assert _rel_err(got, ref) <= REL_TOL
+    # the order matters: swapped eyes give torch's swapped-eyes result, not the same one
+    swapped = sm(face.numpy(), right.numpy(), left.numpy(), grid.numpy())
+    assert _rel_err(swapped, _ref(model, (face, right, left, grid))) <= REL_TOL
+    assert np.abs(swapped - got).max() > 1e-3 * np.abs(ref).max()
+    for n in (1, 3):  # batch 1 and 3, and out=
+        buf = np.empty((n, 2), np.float32)
+        res = sm(face[:n].numpy(), left[:n].numpy(), right[:n].numpy(), grid[:n].numpy(), out=buf)
+        assert res is buf and _rel_err(buf, ref[:n]) <= REL_TOL
+
+    with pytest.raises(ValueError, match=r"takes 4 input\(s\) \(face, left, right, grid\), got 1"):
+        sm(face.numpy())
+    with pytest.raises(ValueError, match="input 'grid' must have shape \\(N, 625\\)"):
+        sm(face.numpy(), left.numpy(), right.numpy(), grid[:, :624].numpy())
+    with pytest.raises(ValueError, match="different batch sizes"):
+        sm(face.numpy(), left.numpy(), right[:2].numpy(), grid.numpy())
+    with pytest.raises(ValueError, match="different batch sizes"):
+        export_sparse(model, (face, left[:2], right, grid), tmp_path / "x.mpsparse")
+
+    # the format version is checked: a version-2 header without its input list, the binary
+    # prefix disagreeing with the header, and a version this runtime does not know
+    def e_no_inputs(h, a):
+        del h["inputs"]
+
+    def e_dup(h, a):
+        h["inputs"][1]["name"] = "face"
+
+    for edit in (e_no_inputs, e_dup):
+        with pytest.raises(SparseFormatError, match="input"):
+            load(_rewrite(path, tmp_path / f"{edit.__name__}.mpsparse", edit))
+    raw = bytearray(path.read_bytes())
+    for version, msg in ((1, "differs from the file's 1"), (3, "unsupported format_version 3")):
+        raw[8:12] = version.to_bytes(4, "little")
+        with pytest.raises(SparseFormatError, match=msg):
+            load(bytes(raw))
 
 
 def test_call_and_mode_validation(tmp_path):

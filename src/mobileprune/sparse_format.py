@@ -8,7 +8,10 @@ flat list of runtime ops plus the weights (file format: :mod:`mobileprune.runtim
 
 Supported graph
 ---------------
-One tensor input ``(N, ...)``; outputs: one tensor or a tuple/list of tensors.
+One or several tensor inputs ``(N, ...)`` (the ``forward`` arguments, all with the
+same batch size); outputs: one tensor or a tuple/list of tensors. A module called
+more than once (one tower applied to two inputs) becomes one op per call, and
+identical arrays are stored once.
 
 * ``nn.Conv1d`` / ``nn.Conv2d`` modules (not ``F.conv1d/2d`` calls): any stride,
   padding (numbers, ``"valid"``, ``"same"``), dilation, ``groups`` (1, depthwise or any
@@ -66,7 +69,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UnsupportedModelError
-from .runtime.model import FORMAT_VERSION, MAGIC, read_container, write_container
+from .runtime.model import MAGIC, read_container, write_container
 
 __all__ = ["export_sparse", "size_report", "format_size_report"]
 
@@ -142,7 +145,7 @@ class _Exporter:
         self.node_of_value: dict[str, fx.Node] = {}
         self.weights: dict[str, dict] = {}  # op name -> {"w": float64 (rows, cols), "b": ...}
         self.bn_arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.input: dict | None = None
+        self.inputs: list[dict] = []
         self.outputs: list[str] = []
 
     # ---- helpers
@@ -203,10 +206,8 @@ class _Exporter:
     def run(self) -> None:
         for node in self.nodes:
             if node.op == "placeholder":
-                if self.input is not None:
-                    raise self.fail(node, "the runtime supports a single input tensor")
                 s = self.shape(node)
-                self.input = {"name": node.name, "shape": list(s[1:])}
+                self.inputs.append({"name": node.name, "shape": list(s[1:])})
                 self.value[node] = node.name
             elif node.op == "get_attr":
                 raise self.fail(node, "graph constants / parameters used outside a layer")
@@ -224,7 +225,7 @@ class _Exporter:
                 self.outputs = [self.val(node, r) for r in items]
             else:  # pragma: no cover
                 raise self.fail(node, "unknown node kind")
-        if self.input is None:
+        if not self.inputs:
             raise UnsupportedModelError("export_sparse: the traced graph has no input")
 
     # ---- call_module
@@ -551,6 +552,39 @@ def _weight_arrays(name: str, w: np.ndarray, value_dtype: np.dtype, storage: str
     return rec, arrays
 
 
+def _example_tuple(example_input: Any) -> tuple[torch.Tensor, ...]:
+    """``example_input`` (a tensor, or a tuple/list of tensors) as a tuple, checked."""
+    xs = tuple(example_input) if isinstance(example_input, (tuple, list)) else (example_input,)
+    if not xs or not all(isinstance(x, torch.Tensor) and x.dim() >= 1 and x.shape[0] >= 1
+                         for x in xs):
+        raise ValueError("example_input must be one tensor (N, ...) with N >= 1, or a "
+                         "non-empty tuple/list of such tensors (one per forward argument)")
+    if any(x.shape[0] != xs[0].shape[0] for x in xs):
+        raise ValueError(f"example_input tensors have different batch sizes "
+                         f"{[int(x.shape[0]) for x in xs]}")
+    return xs
+
+
+def _dedupe_arrays(ops: list[dict], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Store byte-identical arrays once: the ops that named a duplicate are pointed at the
+    first copy (a module called twice, e.g. one tower for both eyes, keeps one copy of its
+    weights). Returns the arrays to write."""
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        rename[name] = first.setdefault(key, name)
+    for op in ops:
+        w = op.get("weight")
+        if w is not None:
+            w["arrays"] = {k: rename[v] for k, v in w["arrays"].items()}
+        for k in ("bias", "scale", "shift"):
+            if op.get(k) is not None:
+                op[k] = rename[op[k]]
+    return {n: a for n, a in arrays.items() if rename[n] == n}
+
+
 def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, *,
                   value_dtype: str = "float32", fold_bn: bool = True,
                   storage: str = "auto", architecture: str | None = None) -> dict:
@@ -560,7 +594,8 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
         model: the (pruned) network; it is copied, set to eval mode and float32 on CPU
             for the export (the caller's model is not modified).
         example_input: one tensor ``(N, ...)`` the model accepts (any N >= 1; only the
-            per-sample shape is recorded, the runtime accepts any batch size).
+            per-sample shape is recorded, the runtime accepts any batch size), or a
+            tuple/list of tensors, one per ``forward`` argument, with the same N.
         path: destination file (written atomically: temp file + ``os.replace``).
         value_dtype: ``"float32"`` or ``"float16"`` for the stored weight values.
         fold_bn: fold eval-mode BatchNorms into the preceding Conv/Linear.
@@ -580,9 +615,7 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
         raise ValueError(f"value_dtype must be 'float32' or 'float16', got {value_dtype!r}")
     if storage not in ("auto", "csr", "dense"):
         raise ValueError(f"storage must be 'auto', 'csr' or 'dense', got {storage!r}")
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1 \
-            or example_input.shape[0] < 1:
-        raise ValueError("example_input must be one tensor (N, ...) with N >= 1")
+    xs = _example_tuple(example_input)
     arch = architecture or type(model).__name__
     m = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
     if type(m) in _LEAF_TYPES:  # a bare layer: fx would trace into its F.* call
@@ -592,15 +625,16 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
     except Exception as e:
         raise UnsupportedModelError(
             f"export_sparse: {arch} cannot be traced by torch.fx ({type(e).__name__}: {e})") from e
-    x = example_input.detach().to(device="cpu", dtype=torch.float32)
+    xs = tuple(x.detach().to(device="cpu", dtype=torch.float32) for x in xs)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(x)
+            ShapeProp(gm).propagate(*xs)
     except Exception as e:
+        shapes = ", ".join(str(tuple(x.shape)) for x in xs)
         raise UnsupportedModelError(
-            f"export_sparse: example_input {tuple(x.shape)} does not run through the traced "
+            f"export_sparse: example_input {shapes} does not run through the traced "
             f"{arch} ({type(e).__name__}: {e})") from e
-    ex = _Exporter(gm, int(x.shape[0]), fold_bn)
+    ex = _Exporter(gm, int(xs[0].shape[0]), fold_bn)
     ex.run()
 
     vdt = np.dtype(np.float32 if value_dtype == "float32" else np.float16)
@@ -625,11 +659,13 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
         from . import __version__ as version
     except ImportError:  # pragma: no cover
         version = "unknown"
-    header = {"magic": MAGIC, "format_version": FORMAT_VERSION,
-              "producer": f"mobileprune {version}", "architecture": arch,
-              "value_dtype": value_dtype, "fold_bn": bool(fold_bn),
-              "input": ex.input, "outputs": ex.outputs, "ops": ex.ops}
-    write_container(path, header, arrays)
+    # one input: format version 1 (readable by every runtime); several: version 2
+    inputs = ({"format_version": 1, "input": ex.inputs[0]} if len(ex.inputs) == 1
+              else {"format_version": 2, "inputs": ex.inputs})
+    header = {"magic": MAGIC, **inputs, "producer": f"mobileprune {version}",
+              "architecture": arch, "value_dtype": value_dtype, "fold_bn": bool(fold_bn),
+              "outputs": ex.outputs, "ops": ex.ops}
+    write_container(path, header, _dedupe_arrays(ex.ops, arrays))
     return size_report(path)
 
 
@@ -647,7 +683,8 @@ def size_report(source: str | os.PathLike | nn.Module, example_input: torch.Tens
     ``op``, ``rows``, ``cols``, ``nnz``, ``density``, ``storage``,
     ``dense_float32_bytes`` = 4 x (weights + bias entries), ``stored_bytes`` = bytes of
     all its arrays, split in ``index_bytes`` (indptr + indices), ``value_bytes``,
-    ``bias_bytes``), ``"totals"`` (sums, ``"compression"`` = dense / stored), and
+    ``bias_bytes``; a layer applied several times, whose arrays the file stores once,
+    is listed once), ``"totals"`` (sums, ``"compression"`` = dense / stored), and
     ``"file_bytes"`` / ``"header_bytes"`` (the real file size, and what is not array
     data: prefix, JSON and alignment padding).
     """
@@ -663,10 +700,14 @@ def size_report(source: str | os.PathLike | nn.Module, example_input: torch.Tens
     header, arrays = read_container(source)
     nb = {k: int(v.nbytes) for k, v in arrays.items()}
     layers = []
+    seen: set[str] = set()  # weight arrays counted (a layer applied twice is stored once)
     for op in header["ops"]:
         if op["op"] in ("conv1d", "conv2d", "linear"):
             w = op["weight"]
             a = w["arrays"]
+            if a["values"] in seen:
+                continue
+            seen.add(a["values"])
             rows, cols, nnz = w["rows"], w["cols"], w["nnz"]
             idx_b = nb.get(a.get("indptr"), 0) + nb.get(a.get("indices"), 0)
             val_b = nb[a["values"]]

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .fer import FERNet
+from .gaze import ITrackerMobile
 from .har import HARCNN
 from .lenet import LeNet5, LeNet300100
 from .resnet_cifar import resnet20, resnet56, vgg_cifar
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,  # CIFAR ResNets (option-B shortcuts), 3x32x32
     "resnet56": resnet56,
     "vggcifar": vgg_cifar,  # VGG-11 for CIFAR by default (cfg="vgg16", ...)
+    "itracker": ITrackerMobile,  # eye tracking of seed 003, Table 5 (4 inputs, gaze in cm)
 }
 
 
@@ -33,5 +35,5 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     return MODELS[key](**kwargs)
 
 
-__all__ = ["MODELS", "build_model", "LeNet5", "LeNet300100", "FERNet", "resnet20", "resnet56",
+__all__ = ["MODELS", "build_model", "LeNet5", "LeNet300100", "FERNet", "ITrackerMobile", "resnet20", "resnet56",
            "vgg_cifar"]

@@ -30,10 +30,10 @@ class SparseFormatError(_Base, ValueError):
 
 from .kernels import HAVE_NUMBA, backend  # noqa: E402
 from .model import (  # noqa: E402
-    DENSITY_THRESHOLDS, FORMAT_VERSION, MAGIC, TUNE_BAND, LayerPlan, SparseModel, load,
+    DENSITY_THRESHOLDS, FORMAT_VERSION, MAGIC, READ_VERSIONS, TUNE_BAND, LayerPlan, SparseModel, load,
     read_container, write_container,
 )
 
 __all__ = ["SparseFormatError", "SparseModel", "LayerPlan", "load", "read_container",
-           "write_container", "MAGIC", "FORMAT_VERSION", "DENSITY_THRESHOLDS", "TUNE_BAND", "HAVE_NUMBA",
+           "write_container", "MAGIC", "FORMAT_VERSION", "READ_VERSIONS", "DENSITY_THRESHOLDS", "TUNE_BAND", "HAVE_NUMBA",
            "backend"]

@@ -2,12 +2,12 @@
 
 Only numpy (and optionally numba, through :mod:`.kernels`) is imported here.
 
-File format (``format_version`` 1)
-----------------------------------
+File format (``format_version`` 1 and 2)
+----------------------------------------
 One file, little-endian::
 
     offset 0   8 bytes   magic  b"MPSPARSE"
-           8   uint32    format_version (1)
+           8   uint32    format_version (1 or 2)
           12   uint32    CRC-32 of the JSON header bytes
           16   uint64    H = length of the JSON header in bytes
           24   H bytes   JSON header, UTF-8
@@ -17,12 +17,16 @@ One file, little-endian::
 
 The file ends exactly at ``D + header["data_nbytes"]``. The JSON header holds:
 
-* ``"magic": "mobileprune.sparse"``, ``"format_version": 1``, ``"producer"``;
+* ``"magic": "mobileprune.sparse"``, ``"format_version"`` (as in the prefix),
+  ``"producer"``;
 * ``"architecture"`` (class name of the exported model), ``"value_dtype"``
   (``"float32"`` or ``"float16"``: the stored weight values; biases and batch-norm
   scale/shift are always float32);
-* ``"input": {"name", "shape"}`` (per-sample shape, batch excluded) and
-  ``"outputs": [value names]``;
+* version 1: ``"input": {"name", "shape"}`` (per-sample shape, batch excluded);
+  version 2: ``"inputs": [{"name", "shape"}, ...]`` (a model with several inputs, in
+  the order of its ``forward`` arguments; the exporter writes version 1 whenever the
+  model has one input, so those files stay readable by version-1 runtimes);
+* ``"outputs": [value names]``;
 * ``"ops"``: the graph as a topologically ordered list; each op ``{"name", "op",
   "inputs": [value names], "shape": per-sample output shape, "attrs": {...}}`` produces
   the value ``name``. Op types: ``conv1d``, ``conv2d``, ``linear``, ``maxpool1d``,
@@ -31,7 +35,9 @@ The file ends exactly at ``D + header["data_nbytes"]``. The JSON header holds:
   ``conv*``/``linear`` carry ``"weight"``: ``{"rows", "cols", "nnz", "storage",
   "arrays": {...}}`` and ``"bias"`` (array name or ``null``); ``batchnorm`` carries
   ``"scale"`` and ``"shift"`` array names;
-* ``"arrays": {name: {"dtype", "shape", "offset", "nbytes"}}``;
+* ``"arrays": {name: {"dtype", "shape", "offset", "nbytes"}}`` (several ops may name the
+  same array: a layer applied twice, such as one eye tower run on both eyes, is stored
+  once);
 * ``"data_nbytes"`` and ``"data_crc32"`` (CRC-32 of the whole data section).
 
 A weight is the GEMM view of the layer: ``rows`` = output channels / features, ``cols``
@@ -101,13 +107,17 @@ from . import kernels
 from . import SparseFormatError
 
 __all__ = [
-    "MAGIC", "MAGIC_BYTES", "FORMAT_VERSION", "SparseModel", "load", "read_container",
+    "MAGIC", "MAGIC_BYTES", "FORMAT_VERSION", "READ_VERSIONS", "SparseModel", "load", "read_container",
     "write_container", "DENSITY_THRESHOLDS", "TUNE_BAND", "TINY_MACS", "OP_TYPES",
 ]
 
 MAGIC = "mobileprune.sparse"
 MAGIC_BYTES = b"MPSPARSE"
-FORMAT_VERSION = 1
+#: the newest format version, written for models with several inputs (version 1 for one
+#: input, so such files stay readable by older runtimes)
+FORMAT_VERSION = 2
+#: format versions this runtime reads
+READ_VERSIONS = (1, 2)
 ALIGN = 64
 _PREFIX = struct.Struct("<8sIIQ")
 _DTYPES = {"<f4": np.float32, "<f2": np.float16, "<u2": np.uint16, "<u4": np.uint32,
@@ -136,9 +146,13 @@ def write_container(path: str | os.PathLike, header: dict, arrays: dict[str, np.
     """Write ``header`` + ``arrays`` atomically (temp file + ``os.replace``); return size.
 
     ``header`` must not contain ``arrays``/``data_nbytes``/``data_crc32`` (they are
-    filled in here). Arrays are written little-endian, C order.
+    filled in here); its ``format_version`` (default :data:`FORMAT_VERSION`) is also
+    written in the binary prefix. Arrays are written little-endian, C order.
     """
     header = dict(header)
+    version = header.setdefault("format_version", FORMAT_VERSION)
+    if version not in READ_VERSIONS:
+        raise ValueError(f"format_version must be one of {READ_VERSIONS}, got {version!r}")
     table: dict[str, dict] = {}
     chunks: list[bytes] = []
     pos = 0
@@ -163,7 +177,7 @@ def write_container(path: str | os.PathLike, header: dict, arrays: dict[str, np.
     header["data_nbytes"] = len(data)
     header["data_crc32"] = zlib.crc32(data)
     hbytes = json.dumps(header, separators=(",", ":"), sort_keys=False).encode("utf-8")
-    prefix = _PREFIX.pack(MAGIC_BYTES, FORMAT_VERSION, zlib.crc32(hbytes), len(hbytes))
+    prefix = _PREFIX.pack(MAGIC_BYTES, version, zlib.crc32(hbytes), len(hbytes))
     head = prefix + hbytes
     head += b"\0" * _pad(len(head))
     path = os.fspath(path)
@@ -204,9 +218,10 @@ def read_container(source: str | os.PathLike | bytes) -> tuple[dict, dict[str, n
     if magic != MAGIC_BYTES:
         raise SparseFormatError(f"{where}: not a mobileprune sparse model file "
                                 f"(bad magic {magic!r}, expected {MAGIC_BYTES!r})")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise SparseFormatError(f"{where}: unsupported format_version {version} "
-                                f"(this runtime reads version {FORMAT_VERSION})")
+                                f"(this runtime reads versions "
+                                f"{', '.join(map(str, READ_VERSIONS))})")
     hstart = _PREFIX.size
     if hlen > len(raw) - hstart:
         raise SparseFormatError(f"{where}: truncated file (header of {hlen} bytes announced, "
@@ -222,9 +237,10 @@ def read_container(source: str | os.PathLike | bytes) -> tuple[dict, dict[str, n
         raise SparseFormatError(f"{where}: header is not a JSON object")
     if header.get("magic") != MAGIC:
         raise SparseFormatError(f"{where}: header magic {header.get('magic')!r} != {MAGIC!r}")
-    if header.get("format_version") != FORMAT_VERSION:
-        raise SparseFormatError(f"{where}: unsupported format_version "
-                                f"{header.get('format_version')!r}")
+    if header.get("format_version") != version:
+        raise SparseFormatError(f"{where}: header format_version "
+                                f"{header.get('format_version')!r} differs from the file's "
+                                f"{version}")
     dstart = hstart + hlen + _pad(hstart + hlen)
     dn = header.get("data_nbytes")
     if not isinstance(dn, int) or dn < 0:
@@ -954,19 +970,30 @@ class SparseModel:
 
     # ---- construction
     def _build(self, header: dict, arrays: dict) -> None:
-        inp = header.get("input")
-        if not isinstance(inp, dict) or not isinstance(inp.get("name"), str) \
-                or not isinstance(inp.get("shape"), list) \
-                or not all(isinstance(s, int) and s >= 1 for s in inp["shape"]):
-            raise SparseFormatError("header: bad 'input' record")
+        if header["format_version"] == 1:
+            key, recs = "input", [header.get("input")]
+        else:
+            key, recs = "inputs", header.get("inputs")
+            if not isinstance(recs, list) or not recs:
+                raise SparseFormatError("header: 'inputs' must be a non-empty list")
+        for inp in recs:
+            if not isinstance(inp, dict) or not isinstance(inp.get("name"), str) \
+                    or not isinstance(inp.get("shape"), list) \
+                    or not all(isinstance(s, int) and s >= 1 for s in inp["shape"]):
+                raise SparseFormatError(f"header: bad {key!r} record {inp!r:.200}")
         ops = header.get("ops")
         outputs = header.get("outputs")
         if not isinstance(ops, list) or not isinstance(outputs, list) or not outputs:
             raise SparseFormatError("header: 'ops' and 'outputs' must be lists")
-        self.input_name = inp["name"]
-        self.input_shape = tuple(inp["shape"])
-        self._in_ndim = len(self.input_shape) + 1
-        shapes: dict[str, tuple[int, ...]] = {self.input_name: self.input_shape}
+        self.input_names = [inp["name"] for inp in recs]
+        if len(set(self.input_names)) != len(recs):
+            raise SparseFormatError(f"header: input names {self.input_names} are not unique")
+        self.input_shapes = [tuple(inp["shape"]) for inp in recs]
+        single = len(recs) == 1
+        # the single input (None when the model has several: see input_shapes)
+        self.input_name = self.input_names[0] if single else None
+        self.input_shape = self.input_shapes[0] if single else None
+        shapes: dict[str, tuple[int, ...]] = dict(zip(self.input_names, self.input_shapes))
         consumers: dict[str, int] = {}
         for op in ops:
             if not isinstance(op, dict) or not isinstance(op.get("name"), str) \
@@ -1076,7 +1103,7 @@ class SparseModel:
             st.is_output = st.output in keep
         # an output that may share memory with a reused scratch buffer (a reshape of a
         # layer's output, for instance) is copied before it is returned
-        fresh: dict[str, bool] = {self.input_name: True}
+        fresh: dict[str, bool] = dict.fromkeys(self.input_names, True)
         for st in steps:
             if isinstance(st, (_ConvStep, _LinearStep, _PoolStep)):
                 fresh[st.output] = st.is_output
@@ -1092,8 +1119,8 @@ class SparseModel:
     def _bind(self, scratch: _Scratch, N: int) -> tuple:
         """The steps bound to batch size ``N`` and this thread's buffers: a list of
         ``(function, input slots, output slot, slots to free)`` over a list of values
-        (slot 0 the model input), built on the first call with each ``N``."""
-        slot = {self.input_name: 0}
+        (slots 0.. the model inputs), built on the first call with each ``N``."""
+        slot = {name: i for i, name in enumerate(self.input_names)}
         for st in self._steps:
             slot.setdefault(st.output, len(slot))
         prog = [(st.bind(scratch, N), tuple(slot[v] for v in st.inputs), slot[st.output],
@@ -1104,7 +1131,8 @@ class SparseModel:
         # step's, not copied): a tuple of functions applied in turn, no slot bookkeeping.
         # At batch 1 on a small model the Python around the kernels is a good part of a call.
         chain = None
-        if (len(outs) == 1 and not outs[0][1] and prog and outs[0][0] == prog[-1][2]
+        if (self.input_name is not None and len(outs) == 1 and not outs[0][1] and prog
+                and outs[0][0] == prog[-1][2]
                 and all(ins == ((i and prog[i - 1][2]),) for i, (_, ins, _, _) in enumerate(prog))):
             chain = tuple(fn for fn, _, _, _ in prog)
         into = self._steps[-1].bind_into(scratch, N) if chain is not None else None
@@ -1141,9 +1169,12 @@ class SparseModel:
         return fast, fast_out, (N,) + tuple(self._out0)
 
     # ---- execution
-    def __call__(self, x: Any, *, out: np.ndarray | tuple[np.ndarray, ...] | None = None
+    def __call__(self, x: Any, *more: Any, out: np.ndarray | tuple[np.ndarray, ...] | None = None
                  ) -> np.ndarray | tuple[np.ndarray, ...]:
-        """Run the model on ``x`` (float32 ``(N, *input_shape)``, converted if needed).
+        """Run the model on ``x`` (float32 ``(N, *input_shape)``, converted if needed); a
+        model with several inputs takes one array per input, in the order of
+        :attr:`input_names` (the order of the exported model's ``forward`` arguments),
+        all with the same batch size ``N``.
 
         ``out``: optional preallocated output(s) (one C-contiguous, writeable float32
         array of each output's shape, a tuple for several outputs), written and returned
@@ -1151,7 +1182,7 @@ class SparseModel:
         serving loop then allocates nothing per call. The last layer writes into it
         directly when its kernel can (a sparse Conv2d), otherwise the result is copied.
         """
-        if x.__class__ is np.ndarray and x.dtype is _F32:
+        if x.__class__ is np.ndarray and x.dtype is _F32 and not more:
             fast = self._scratch.fast.get(x.shape)  # a bound plain chain, shape checked
             if fast is not None and x.flags.c_contiguous:
                 if out is None:
@@ -1160,12 +1191,9 @@ class SparseModel:
                         and out.shape == fast[2] and out.flags.c_contiguous
                         and out.flags.writeable):
                     return fast[1](x, out)
-        if x.__class__ is not np.ndarray or x.dtype is not _F32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=np.float32)
+        xs = self._check_inputs((x,) + more)
+        x = xs[0]
         shape = x.shape
-        if len(shape) != self._in_ndim or shape[1:] != self.input_shape or shape[0] < 1:
-            raise ValueError(f"input must have shape (N, {', '.join(map(str, self.input_shape))}) "
-                             f"with N >= 1, got {shape}")
         scratch = self._scratch
         bound = scratch.programs.get(shape[0])
         if bound is None:
@@ -1192,7 +1220,7 @@ class SparseModel:
             np.copyto(out[0], x)
             return out[0]
         vals: list = [None] * nslots
-        vals[0] = x
+        vals[:len(xs)] = xs
         try:
             for fn, ins, o, free in prog:
                 vals[o] = fn(vals[ins[0]]) if len(ins) == 1 else fn(*[vals[i] for i in ins])
@@ -1207,6 +1235,27 @@ class SparseModel:
             return out[0] if len(out) == 1 else out
         res = [np.array(vals[o]) if copy else np.ascontiguousarray(vals[o]) for o, copy in outs]
         return res[0] if len(res) == 1 else tuple(res)
+
+    def _check_inputs(self, xs: tuple) -> tuple[np.ndarray, ...]:
+        """The inputs of :meth:`__call__` as C-contiguous float32 arrays, checked against
+        the input shapes (and, for several inputs, against each other's batch size)."""
+        names, shapes = self.input_names, self.input_shapes
+        if len(xs) != len(names):
+            raise ValueError(f"the model takes {len(names)} input(s) ({', '.join(names)}), "
+                             f"got {len(xs)}")
+        res = []
+        for a, shp, name in zip(xs, shapes, names):
+            if a.__class__ is not np.ndarray or a.dtype is not _F32 or not a.flags.c_contiguous:
+                a = np.ascontiguousarray(a, dtype=np.float32)
+            if a.ndim != len(shp) + 1 or a.shape[1:] != shp or a.shape[0] < 1:
+                what = "input" if len(names) == 1 else f"input {name!r}"
+                raise ValueError(f"{what} must have shape (N, {', '.join(map(str, shp))}) "
+                                 f"with N >= 1, got {a.shape}")
+            res.append(a)
+        if any(a.shape[0] != res[0].shape[0] for a in res):
+            raise ValueError(f"inputs have different batch sizes: "
+                             f"{[a.shape[0] for a in res]}")
+        return tuple(res)
 
     def _check_out(self, out, N: int) -> tuple[np.ndarray, ...]:
         """``out`` of :meth:`__call__` as a tuple, checked against the output shapes. It
@@ -1244,7 +1293,8 @@ class SparseModel:
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return (f"SparseModel(architecture={self.architecture!r}, input={self.input_shape}, "
+        inputs = self.input_shape if self.input_name is not None else self.input_shapes
+        return (f"SparseModel(architecture={self.architecture!r}, input={inputs}, "
                 f"outputs={self.output_shapes}, layers={len(self.layers)}, mode={self.mode!r}, "
                 f"backend={kernels.backend()!r})")
 
