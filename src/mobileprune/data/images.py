@@ -27,13 +27,11 @@ Label conventions:
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import json
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from mobileprune.data.paths import cache_dir, locate_dataset, resolve_data_dir
+from mobileprune.data.paths import cache_dir, locate_dataset, resolve_data_dir, write_npz_cache
 from mobileprune.errors import DataError
 
 __all__ = [
@@ -357,32 +355,9 @@ def _read_cache(path: Path, n: int, classes: tuple[str, ...]) -> ImageFolder | N
 
 
 def _write_cache(path: Path, folder: ImageFolder) -> None:
-    """Write the cache file atomically; a failure only costs a warning."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=folder.x, y=folder.y, classes=np.array(folder.classes, dtype=str),
-                     files=np.array(folder.files, dtype=str))
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        warnings.warn(f"could not write image cache {str(path)!r}: {exc}", RuntimeWarning,
-                      stacklevel=3)
-        return
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-    # Drop stale caches of the same folder and arguments (made before its files changed).
-    prefix = path.name[: path.name.rindex("-") + 1]
-    for old in path.parent.glob(f"{glob.escape(prefix)}*.npz"):
-        if old != path:
-            try:
-                old.unlink()
-            except OSError:
-                pass
+    write_npz_cache(path, {"x": folder.x, "y": folder.y,
+                           "classes": np.array(folder.classes, dtype=str),
+                           "files": np.array(folder.files, dtype=str)}, "image")
 
 
 def _decode(root: Path, items: list[tuple[str, int]], size: tuple[int, int] | None,

@@ -13,14 +13,18 @@ sets, either with the CLI flag ``--data-dir`` or with the environment variable
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import tarfile
 import tempfile
 import uuid
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from mobileprune.errors import DataError
 
@@ -30,6 +34,7 @@ __all__ = [
     "resolve_data_dir",
     "cache_dir",
     "locate_dataset",
+    "write_npz_cache",
 ]
 
 #: Environment variable naming the data directory (the CLI flag ``--data-dir`` wins).
@@ -307,3 +312,34 @@ def _safe_extract(archive: Path, target: Path) -> None:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
         raise DataError(f"cannot unpack archive {str(archive)!r}: {exc}") from exc
+
+
+def write_npz_cache(path: Path, arrays: dict[str, np.ndarray], what: str) -> None:
+    """Write decoded arrays as the ``.npz`` cache file ``path``, atomically (a temp file in
+    the same folder, then ``os.replace``); a failure only costs a ``RuntimeWarning``
+    naming ``what``. Cache files are named ``<prefix>-<hash>.npz``: after a successful
+    write, the other files of the same prefix (caches made before their source changed)
+    are removed."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a cache may be shared
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        warnings.warn(f"could not write {what} cache {str(path)!r}: {exc}", RuntimeWarning,
+                      stacklevel=3)
+        return
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+    prefix = path.name[: path.name.rindex("-") + 1]
+    for old in path.parent.glob(f"{glob.escape(prefix)}*.npz"):
+        if old != path:
+            try:
+                old.unlink()
+            except OSError:
+                pass
