@@ -35,7 +35,7 @@ _LAZY = {
     "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
     "cap_units": "pipeline",
     "Regularizer": "regularizers", "layer_report": "report", "LayerTarget": "targets",
-    "PruneConfig": "targets", "resolve_targets": "targets",
+    "PruneConfig": "targets", "resolve_targets": "targets", "load_config": "targets",
 }
 
 
@@ -58,7 +58,7 @@ __all__ = [
     "RegrowingMaskEnforcer",
     "ProximalPruner", "Regularizer", "proximal_prune", "palm_step", "palm_epoch",
     "proximal_epoch", "run_rounds", "cap_units",
-    "PruneConfig", "LayerTarget", "resolve_targets", "layer_report",
+    "PruneConfig", "LayerTarget", "resolve_targets", "load_config", "layer_report",
     "save_checkpoint", "load_checkpoint", "restore_model",
     "compact", "compact_in_place", "dead_units", "fold_dead_weights", "CompactionError",
     "MobilePruneError", "ConfigError", "CheckpointError", "DataError", "UnsupportedModelError",

@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,21 +19,9 @@ from .errors import ConfigError, MobilePruneError
 from .regularizers import METHODS as PROX_METHODS
 
 
-def _builtin_config(name: str) -> Path | None:
-    ref = resources.files("mobileprune") / "configs" / f"{name}.yaml"
-    return Path(str(ref)) if ref.is_file() else None
-
-
 def _config_path(arg: str) -> Path:
-    p = Path(arg)
-    if p.is_file():
-        return p
-    builtin = _builtin_config(arg)
-    if builtin is not None:
-        return builtin
-    names = sorted(x.name[:-5] for x in (resources.files("mobileprune") / "configs").iterdir()
-                   if x.name.endswith(".yaml"))
-    raise ConfigError(f"config {arg!r} is neither a file nor a built-in config ({', '.join(names)})")
+    from .targets import config_path
+    return config_path(arg)
 
 
 def _add_data_args(p: argparse.ArgumentParser, default_dataset: str | None = "mnist-sample") -> None:

@@ -204,6 +204,36 @@ def load_yaml(path: str | Path) -> Any:
         raise ConfigError(f"malformed YAML in {p}: {exc}") from None
 
 
+def builtin_configs() -> list[str]:
+    """Names of the configs shipped with mobileprune (``src/mobileprune/configs``)."""
+    from importlib import resources
+
+    return sorted(x.name[:-5] for x in (resources.files("mobileprune") / "configs").iterdir()
+                  if x.name.endswith(".yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """The YAML file of a config: ``name_or_path`` if it is a file, else the built-in
+    config of that name (:func:`builtin_configs`); :class:`ConfigError` otherwise."""
+    from importlib import resources
+
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    ref = resources.files("mobileprune") / "configs" / f"{name_or_path}.yaml"
+    if ref.is_file():
+        return Path(str(ref))
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor a built-in config "
+                      f"({', '.join(builtin_configs())})")
+
+
+def load_config(name_or_path: str | Path) -> Any:
+    """Load a pruning or pipeline config: a YAML file, or a built-in config by name (e.g.
+    ``"lenet5-71x"``, ``"itracker-table5"``), ready for :class:`ADMMPruner`,
+    :func:`admm_prune` or :class:`PruneConfig`."""
+    return load_yaml(config_path(name_or_path))
+
+
 def _parse_targets(key: str, value: Any) -> list[dict[str, Any]]:
     """One target or a list of targets (several constraint sets on one layer)."""
     if isinstance(value, (list, tuple)):
