@@ -66,7 +66,7 @@ from .errors import ConfigError
 from .masks import MaskEnforcer
 from .regularizers import Regularizer, _check_weight_param
 from .targets import DEFAULT_TYPES, TYPE_NAMES, load_yaml, matches, parse_types, prunable_layers
-from .train import _progress, evaluate, make_optimizer, train_epoch
+from .train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
     "ProximalPruner",
@@ -441,7 +441,7 @@ def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
             torch.default_generator.manual_seed(seed)  # (torch.manual_seed is slow: lazy CUDA seeding)
             if cuda_dev:
                 torch.cuda.manual_seed(seed)
-            loss = loss_fn(model(x_in), y)
+            loss = loss_fn(forward(model, x_in), y)
         if buffers and snapshot is None:  # first forward: keep its buffer update
             snapshot = [b.detach().clone() for b in buffers]
         return loss

@@ -7,7 +7,7 @@ own loop. These helpers exist so the one-command pipeline has one well-tested lo
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +67,12 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = 
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+def forward(model: nn.Module, x: Tensor | Sequence[Tensor]) -> Tensor:
+    """``model(x)``, or ``model(*x)`` when a batch's inputs are a tuple/list of tensors (a
+    model with several inputs, e.g. :class:`~mobileprune.models.ITrackerMobile`)."""
+    return model(*x) if isinstance(x, (tuple, list)) else model(x)
+
+
 def training_loss(model: nn.Module, x: Tensor, y: Tensor, *,
                   loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                   teacher: nn.Module | None = None, distill: float = 0.0,
@@ -74,11 +80,11 @@ def training_loss(model: nn.Module, x: Tensor, y: Tensor, *,
     """``(loss, model(x))``: ``loss_fn``, mixed with distillation from ``teacher`` when
     ``distill = a > 0``: ``(1 - a) * loss_fn + a * T^2 * KL(softmax(teacher / T) ||
     softmax(model / T))`` (Hinton et al. 2015)."""
-    out = model(x)
+    out = forward(model, x)
     loss = loss_fn(out, y)
     if distill > 0:
         with torch.no_grad():
-            soft = torch.softmax(teacher(x) / temperature, dim=1)
+            soft = torch.softmax(forward(teacher, x) / temperature, dim=1)
         kd = nn.functional.kl_div(torch.log_softmax(out / temperature, dim=1), soft,
                                   reduction="batchmean") * temperature ** 2
         loss = (1 - distill) * loss + distill * kd
@@ -114,6 +120,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     bar = _progress(loader, progress, desc, total=len(loader))
     for x, y in bar:
         if shift:
+            if isinstance(x, (tuple, list)):
+                raise ConfigError("shift augments one image input; this loader yields "
+                                  f"{len(x)} inputs per batch")
             x = random_shift(x, shift)
         loss, out = training_loss(model, x, y, loss_fn=loss_fn, teacher=teacher, distill=distill,
                                   temperature=temperature)
@@ -143,7 +152,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, progress: bool | None = Fa
     model.eval()
     correct = n = 0
     for x, y in _progress(loader, progress, "eval"):
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((forward(model, x).argmax(1) == y).sum())
         n += y.shape[0]
     model.train(was_training)
     if n == 0:
