@@ -134,12 +134,29 @@ def _check_runtime(ns: dict[str, Any]) -> None:
     assert err <= 1e-4 * float(np.abs(ref).max()), err
 
 
+def _check_eye_tracker(ns: dict[str, Any]) -> None:
+    """Eye tracking: the four-input sparse file (format version 2) gives the PyTorch
+    model's output, and masked mapping met the Table 5 budget exactly."""
+    from mobileprune.runtime import read_container
+
+    model, y = ns["model"], ns["y"]
+    assert read_container("itracker.mps")[0]["format_version"] == 2
+    with torch.no_grad():
+        ref = model.eval()(ns["face"], ns["left"], ns["right"], ns["grid"]).numpy()
+    assert y.shape == ref.shape == (8, 2)
+    assert float(np.abs(y - ref).max()) <= 1e-4 * float(np.abs(ref).max())
+    params = dict(model.named_parameters())
+    for t in ns["pruner"].targets:
+        assert t.count(params[t.param_name].detach()) == t.keep, t.name
+
+
 # Keyed by a call the block makes: a block that makes it gets the check.
 CHECKS: dict[str, Callable[[dict[str, Any]], None]] = {
     "ADMMPruner(": _check_admm_pruner,
     "admm_prune(": _check_admm_prune,
     "ProximalPruner(": _check_proximal,
-    "runtime.load(": _check_runtime,
+    'runtime.load("lenet5.mps")': _check_runtime,
+    "ITrackerMobile(": _check_eye_tracker,
 }
 
 
