@@ -226,6 +226,84 @@ def test_equivalence_all_op_kinds(sparsity, tmp_path):
             assert _rel_err(o2, r2[:n].numpy()) <= REL_TOL, mode
 
 
+class _Activations(nn.Module):
+    """Every activation the runtime knows besides ReLU, as modules, functions and tensor
+    methods (in-place where torch allows), MobileNet style (ReLU6, Hardswish)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.fc = nn.Linear(8 * 6 * 6, 12)
+        self.relu6 = nn.ReLU6(inplace=True)
+        self.hs, self.hsig, self.silu = nn.Hardswish(), nn.Hardsigmoid(), nn.SiLU()
+        self.leaky, self.elu = nn.LeakyReLU(0.2), nn.ELU(0.7)
+        self.ht, self.tanh, self.sig = nn.Hardtanh(-0.5, 0.8), nn.Tanh(), nn.Sigmoid()
+        self.sm = nn.Softmax(dim=1)
+
+    def forward(self, x):
+        y = self.relu6(self.c1(x))                     # (8, 6, 6); in place, read once
+        y = self.hs(self.c2(y)) + self.hsig(y) + self.silu(y)
+        y = self.leaky(y) + self.elu(y)
+        z = self.fc(torch.flatten(y, 1))               # (12,)
+        parts = [self.ht(z), self.tanh(z), self.sig(z), F.relu6(z), F.hardtanh(z, -2.0, 2.0),
+                 F.leaky_relu(z, 0.05), F.elu(z, alpha=0.3), torch.sigmoid(z), torch.tanh(z),
+                 F.hardswish(z), F.hardsigmoid(z), F.silu(z), z.sigmoid(), z.tanh()]
+        w = torch.cat(parts, 1).view(z.size(0), 14, 12)
+        return self.sm(z), F.softmax(w, dim=2), torch.softmax(w, -2), w.softmax(dim=1)
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])
+def test_activations(sparsity, tmp_path):
+    model = _prune(_Activations(), sparsity, seed=5)
+    with torch.no_grad():
+        model.c1.weight.mul_(4)  # inputs spread over every activation's bends and tails
+    path = tmp_path / "act.mpsparse"
+    export_sparse(model, torch.randn(1, 3, 6, 6), path)
+    kinds = [op["attrs"]["fn"] for op in read_container(path)[0]["ops"]
+             if op["op"] == "activation"]
+    assert set(kinds) == {"hardtanh", "hardswish", "hardsigmoid", "silu", "leaky_relu", "elu",
+                          "tanh", "sigmoid", "softmax"}
+    x = torch.randn(4, 3, 6, 6, generator=torch.Generator().manual_seed(3)) * 3
+    with torch.no_grad():
+        refs = [r.numpy() for r in model(x)]
+    for mode in ("auto", "sparse", "dense"):
+        got = load(path, mode=mode)(x.numpy())
+        assert len(got) == len(refs)
+        for g, r in zip(got, refs):
+            assert g.dtype == np.float32 and _rel_err(g, r) <= REL_TOL, mode
+
+
+def test_activation_errors(tmp_path):
+    class ImplicitSoftmax(nn.Module):
+        def forward(self, x):
+            return nn.functional.softmax(x, dim=0)
+
+    with pytest.raises(UnsupportedModelError, match="softmax over dim 0"):
+        export_sparse(ImplicitSoftmax(), torch.randn(1, 4), tmp_path / "a.mpsparse")
+
+    class InPlaceReused(nn.Module):
+        def forward(self, x):
+            y = F.hardtanh(x, inplace=True)
+            return y + x
+
+    with pytest.raises(UnsupportedModelError, match="in-place"):
+        export_sparse(nn.Sequential(nn.Linear(4, 4), InPlaceReused()), torch.randn(1, 4),
+                      tmp_path / "b.mpsparse")
+    good = tmp_path / "c.mpsparse"
+    export_sparse(nn.Sequential(nn.Linear(4, 4), nn.LeakyReLU()), torch.randn(1, 4), good)
+
+    def e_fn(h, a):
+        h["ops"][-1]["attrs"]["fn"] = "gelu"
+
+    def e_param(h, a):
+        h["ops"][-1]["attrs"]["negative_slope"] = "x"
+
+    for edit in (e_fn, e_param):
+        with pytest.raises(SparseFormatError, match="activation"):
+            load(_rewrite(good, tmp_path / f"{edit.__name__}.mpsparse", edit))
+
+
 def test_float16_storage(tmp_path):
     model = _prune(build_model("lenet5"), 0.9)
     p32, p16 = tmp_path / "a.mpsparse", tmp_path / "b.mpsparse"
@@ -488,13 +566,13 @@ def test_call_and_mode_validation(tmp_path):
         export_sparse(model, torch.randn(1, 1, 28, 28), path, value_dtype="int8")
 
 
-class _Sigmoid(nn.Module):
+class _Exp(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 4)
 
     def forward(self, x):
-        return torch.sigmoid(self.fc(x))
+        return torch.exp(self.fc(x))
 
 
 class _InplaceAlias(nn.Module):
@@ -511,7 +589,7 @@ class _InplaceAlias(nn.Module):
 def test_unsupported_ops_name_the_node(tmp_path):
     x = torch.randn(1, 4)
     cases = [
-        (_Sigmoid(), x, "sigmoid"),
+        (_Exp(), x, "exp"),
         (nn.Sequential(nn.Linear(4, 4), nn.GELU()), x, "'1'"),
         (_InplaceAlias(), x, "relu"),
         (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(3)), torch.randn(1, 1, 9, 8),

@@ -25,7 +25,9 @@ identical arrays are stored once.
   of max pooling, ``count_include_pad``, ``divisor_override``), adaptive average pooling
   to size 1 (or to a size dividing the input), ``x.mean(spatial dims)``;
 * ReLU (module, ``F.relu``, ``torch.relu``, ``.relu()``; in-place only when nothing else
-  reads its input later); ``flatten`` / ``view`` / ``reshape`` keeping the batch
+  reads its input later), and as modules, ``F.*`` / ``torch.*`` functions or tensor
+  methods: ReLU6, Hardtanh, LeakyReLU, ELU, Sigmoid, Tanh, Hardsigmoid, Hardswish, SiLU,
+  and softmax over one non-batch dimension; ``flatten`` / ``view`` / ``reshape`` keeping the batch
   dimension; ``+`` / ``torch.add`` of two same-shaped tensors; ``torch.cat`` on a
   non-batch dimension; Dropout (eval: identity), ``nn.Identity``, ``.contiguous()``,
   ``x.size()`` / ``x.shape`` used by a view.
@@ -90,6 +92,32 @@ _AVGPOOL_FUNCS = {F.avg_pool1d: 1, F.avg_pool2d: 2}
 _ADAPTIVE_FUNCS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2}
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout}
 _MEAN_FUNCS = {torch.mean}
+# activations other than ReLU: module type / function -> (runtime fn, {attribute: (torch
+# argument name, default)}); relu6 and hardtanh are both the runtime's hardtanh
+_ACT_MODULES = {
+    nn.ReLU6: ("hardtanh", {}), nn.Hardtanh: ("hardtanh", {}), nn.LeakyReLU: ("leaky_relu", {}),
+    nn.ELU: ("elu", {}), nn.Sigmoid: ("sigmoid", {}), nn.Tanh: ("tanh", {}),
+    nn.Hardsigmoid: ("hardsigmoid", {}), nn.Hardswish: ("hardswish", {}), nn.SiLU: ("silu", {}),
+    nn.Softmax: ("softmax", {}),
+}
+_ACT_FUNCS = {
+    F.relu6: ("hardtanh", ("input", "inplace"), {"inplace": False}),
+    F.hardtanh: ("hardtanh", ("input", "min_val", "max_val", "inplace"),
+                 {"min_val": -1.0, "max_val": 1.0, "inplace": False}),
+    F.leaky_relu: ("leaky_relu", ("input", "negative_slope", "inplace"),
+                   {"negative_slope": 0.01, "inplace": False}),
+    F.elu: ("elu", ("input", "alpha", "inplace"), {"alpha": 1.0, "inplace": False}),
+    torch.sigmoid: ("sigmoid", ("input",), {}), F.sigmoid: ("sigmoid", ("input",), {}),
+    torch.tanh: ("tanh", ("input",), {}), F.tanh: ("tanh", ("input",), {}),
+    F.hardsigmoid: ("hardsigmoid", ("input", "inplace"), {"inplace": False}),
+    F.hardswish: ("hardswish", ("input", "inplace"), {"inplace": False}),
+    F.silu: ("silu", ("input", "inplace"), {"inplace": False}),
+    F.softmax: ("softmax", ("input", "dim", "_stacklevel", "dtype"),
+                {"dim": None, "_stacklevel": 3, "dtype": None}),
+    torch.softmax: ("softmax", ("input", "dim", "dtype"), {"dtype": None}),
+}
+_ACT_METHODS = {"sigmoid": "sigmoid", "tanh": "tanh", "softmax": "softmax",
+                "sigmoid_": "sigmoid", "tanh_": "tanh"}
 
 
 def _tuple(v: Any, n: int) -> list[int]:
@@ -264,6 +292,12 @@ class _Exporter:
         if t in _IDENTITY_MODULES:
             self.alias(node, inp)
             return
+        if t in _ACT_MODULES:
+            fn = _ACT_MODULES[t][0]
+            params = {"min_val": m.min_val, "max_val": m.max_val} if fn == "hardtanh" else \
+                {"negative_slope": m.negative_slope} if fn == "leaky_relu" else \
+                {"alpha": m.alpha} if fn == "elu" else {"dim": m.dim} if fn == "softmax" else {}
+            return self.activation(node, inp, fn, params, getattr(m, "inplace", False))
         raise self.fail(node, "unsupported layer type")
 
     def conv(self, node: fx.Node, m: nn.Module, inp: fx.Node) -> None:
@@ -404,6 +438,25 @@ class _Exporter:
             raise self.fail(node, f"cat along dim {dim!r} (must be a non-batch dimension)")
         self.emit(node, "concat", [self.val(node, t) for t in tensors], {"axis": dim % nd - 1})
 
+    def activation(self, node, inp, fn: str, params: dict, inplace: bool = False) -> None:
+        """An elementwise activation (or softmax over one non-batch dimension)."""
+        if not isinstance(inp, fx.Node):
+            raise self.fail(node, "activation of a non-tensor")
+        if inplace:
+            self.check_inplace(node, inp)
+        self.no_tensor_args(node, list(params.values()))
+        attrs = {"fn": fn}
+        if fn == "softmax":
+            nd = len(self.shape(inp))
+            dim = params.get("dim")
+            if not isinstance(dim, int) or not -nd <= dim < nd or dim % nd == 0:
+                raise self.fail(node, f"softmax over dim {dim!r} (must be one non-batch "
+                                      f"dimension, given explicitly)")
+            attrs["axis"] = dim % nd - 1
+        else:
+            attrs.update({k: float(v) for k, v in params.items()})
+        self.emit(node, "activation", [self.val(node, inp)], attrs)
+
     def mean(self, node, inp, dim, keepdim) -> None:
         s = self.shape(inp)
         nd = len(s)
@@ -434,6 +487,16 @@ class _Exporter:
                 self.check_inplace(node, inp)
             self.emit(node, "relu", [self.val(node, inp)])
             return
+        if f in _ACT_FUNCS:
+            fn, names, defaults = _ACT_FUNCS[f]
+            b = _bind(args, kw, names, defaults)
+            if b.get("dtype") is not None:
+                raise self.fail(node, "softmax with a dtype")
+            if fn == "hardtanh" and f is F.relu6:
+                b.update(min_val=0.0, max_val=6.0)
+            params = {k: v for k, v in b.items()
+                      if k in ("min_val", "max_val", "negative_slope", "alpha", "dim")}
+            return self.activation(node, b["input"], fn, params, b.get("inplace", False))
         if f in _ADD_FUNCS:
             b = _bind(args, kw, ("input", "other", "alpha"), {"alpha": 1})
             if f is operator.iadd:
@@ -499,6 +562,14 @@ class _Exporter:
                 self.check_inplace(node, x)
             self.emit(node, "relu", [self.val(node, x)])
             return
+        if name in _ACT_METHODS:
+            params = {}
+            if name == "softmax":
+                b = _bind(args[1:], kw, ("dim", "dtype"), {"dtype": None})
+                if b["dtype"] is not None:
+                    raise self.fail(node, "softmax with a dtype")
+                params = {"dim": b["dim"]}
+            return self.activation(node, x, _ACT_METHODS[name], params, name.endswith("_"))
         if name in ("add", "add_", "__add__", "__iadd__"):
             b = _bind(args[1:], kw, ("other", "alpha"), {"alpha": 1})
             if name in ("add_", "__iadd__"):

@@ -31,7 +31,8 @@ The file ends exactly at ``D + header["data_nbytes"]``. The JSON header holds:
   "inputs": [value names], "shape": per-sample output shape, "attrs": {...}}`` produces
   the value ``name``. Op types: ``conv1d``, ``conv2d``, ``linear``, ``maxpool1d``,
   ``maxpool2d``, ``avgpool1d``, ``avgpool2d``, ``global_avgpool``, ``batchnorm``,
-  ``relu``, ``reshape``, ``add``, ``concat`` (attributes: see :func:`_infer_shape`).
+  ``relu``, ``activation`` (``attrs.fn``: one of :data:`ACTIVATIONS`, with its
+  parameters), ``reshape``, ``add``, ``concat`` (attributes: see :func:`_infer_shape`).
   ``conv*``/``linear`` carry ``"weight"``: ``{"rows", "cols", "nnz", "storage",
   "arrays": {...}}`` and ``"bias"`` (array name or ``null``); ``batchnorm`` carries
   ``"scale"`` and ``"shift"`` array names;
@@ -132,7 +133,64 @@ TUNE_BAND: dict[str, tuple[float, float]] = {"conv": (0.15, 1.0), "linear": (0.0
 TINY_MACS = 4096
 
 OP_TYPES = ("conv1d", "conv2d", "linear", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d",
-            "global_avgpool", "batchnorm", "relu", "reshape", "add", "concat")
+            "global_avgpool", "batchnorm", "relu", "activation", "reshape", "add", "concat")
+
+#: ``activation`` ops: ``attrs["fn"]`` and the numeric attributes each one takes
+ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "hardtanh": ("min_val", "max_val"),  # relu6 is hardtanh(0, 6)
+    "leaky_relu": ("negative_slope",), "elu": ("alpha",), "sigmoid": (), "tanh": (),
+    "hardsigmoid": (), "hardswish": (), "silu": (), "softmax": ("axis",),
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(np.float32, copy=False)
+
+
+def _activation(op: dict, ndim: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The float32 numpy function of an ``activation`` op (validates its attributes;
+    ``ndim``: dimensions of a sample, for softmax's axis)."""
+    a = op.get("attrs") or {}
+    fn = a.get("fn")
+    if fn not in ACTIVATIONS:
+        raise _fail(op, f"unknown activation {fn!r} (this runtime knows "
+                        f"{', '.join(ACTIVATIONS)})")
+    p = {}
+    for k in ACTIVATIONS[fn]:
+        v = a.get(k)
+        ok = (isinstance(v, int) and 0 <= v < ndim) if k == "axis" else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+        if not ok:
+            raise _fail(op, f"activation {fn}: bad {k} {v!r}")
+        p[k] = v if k == "axis" else np.float32(v)
+    f32 = np.float32
+    if fn == "hardtanh":
+        if not p["min_val"] <= p["max_val"]:
+            raise _fail(op, "hardtanh: min_val > max_val")
+        return lambda x: np.clip(x, p["min_val"], p["max_val"])
+    if fn == "leaky_relu":
+        return lambda x: np.where(x >= 0, x, x * p["negative_slope"])
+    if fn == "elu":
+        return lambda x: np.where(x > 0, x, np.expm1(np.minimum(x, 0)) * p["alpha"])
+    if fn == "sigmoid":
+        return _sigmoid
+    if fn == "tanh":
+        return np.tanh
+    if fn == "hardsigmoid":
+        return lambda x: np.clip(x / f32(6) + f32(0.5), f32(0), f32(1))
+    if fn == "hardswish":
+        return lambda x: x * np.clip(x + f32(3), f32(0), f32(6)) / f32(6)
+    if fn == "silu":
+        return lambda x: x * _sigmoid(x)
+    ax = p["axis"] + 1  # softmax over one non-batch axis
+
+    def softmax(x):
+        e = np.exp(x - x.max(axis=ax, keepdims=True))
+        e /= e.sum(axis=ax, keepdims=True)
+        return e
+    return softmax
+
 
 
 # =======================================================================================
@@ -398,6 +456,9 @@ def _infer_shape(op: dict, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
             raise _fail(op, "batchnorm input needs a channel dimension")
         return s
     if kind == "relu":
+        return s
+    if kind == "activation":
+        _activation(op, len(s))  # validates the attributes
         return s
     if kind == "reshape":
         shape = op.get("shape")
@@ -1076,6 +1137,8 @@ class SparseModel:
                 st = _FnStep(op, fn)
             elif kind == "relu":
                 st = _FnStep(op, lambda x: np.maximum(x, np.float32(0)))
+            elif kind == "activation":
+                st = _FnStep(op, _activation(op, len(in_shapes[0])))
             elif kind == "reshape":
                 shp = tuple(op["shape"])
                 st = _FnStep(op, lambda x, _s=shp: np.reshape(x, (x.shape[0],) + _s), view=True)
