@@ -304,6 +304,52 @@ def test_activation_errors(tmp_path):
             load(_rewrite(good, tmp_path / f"{edit.__name__}.mpsparse", edit))
 
 
+class _SqueezeExcite(nn.Module):
+    """MobileNetV3-style: a squeeze-excitation gate (x * s, s of shape (N, C, 1, 1)), and
+    +, -, * with numbers on either side and in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.se1 = nn.Conv2d(8, 4, 1)
+        self.se2 = nn.Conv2d(4, 8, 1)
+        self.fc = nn.Linear(8 * 5 * 5, 6)
+
+    def forward(self, x):
+        y = F.hardswish(self.c1(x))                               # (8, 5, 5)
+        s = F.hardsigmoid(self.se2(F.relu(self.se1(y.mean((2, 3), keepdim=True)))))
+        z = y * s                                                 # gate: (8,5,5) * (8,1,1)
+        z = torch.sub(z, 0.25 * y) + (1 - s) * 2                  # broadcast both ways
+        z = z - 1.5
+        z = z.mul_(0.5)                                           # in place, read once
+        z = torch.mul(z, s).sub(y)
+        return self.fc(z.flatten(1)) * 3 - 1
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.8])
+def test_broadcast_and_scalar_arithmetic(sparsity, tmp_path):
+    model = _prune(_SqueezeExcite(), sparsity, seed=6)
+    path = tmp_path / "se.mpsparse"
+    export_sparse(model, torch.randn(1, 3, 5, 5), path)
+    ops = read_container(path)[0]["ops"]
+    assert {op["op"] for op in ops} >= {"add", "sub", "mul"}
+    assert any("scalar" in op["attrs"] and op["attrs"]["scalar_first"] for op in ops)
+    x = torch.randn(3, 3, 5, 5, generator=torch.Generator().manual_seed(7))
+    for mode in ("auto", "sparse", "dense"):
+        assert _rel_err(load(path, mode=mode)(x.numpy()), _ref(model, x)) <= REL_TOL, mode
+
+    class RankMismatch(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(18, 3)
+
+        def forward(self, x):  # (2, 3, 3) * (3,): torch broadcasts it at batch 1 only
+            return x * self.fc(x.flatten(1))
+
+    with pytest.raises(UnsupportedModelError, match="same rank"):
+        export_sparse(RankMismatch(), torch.randn(1, 2, 3, 3), tmp_path / "r.mpsparse")
+
+
 def test_float16_storage(tmp_path):
     model = _prune(build_model("lenet5"), 0.9)
     p32, p16 = tmp_path / "a.mpsparse", tmp_path / "b.mpsparse"

@@ -25,10 +25,13 @@ identical arrays are stored once.
   of max pooling, ``count_include_pad``, ``divisor_override``), adaptive average pooling
   to size 1 (or to a size dividing the input), ``x.mean(spatial dims)``;
 * ReLU (module, ``F.relu``, ``torch.relu``, ``.relu()``; in-place only when nothing else
-  reads its input later), and as modules, ``F.*`` / ``torch.*`` functions or tensor
+  reads its input later), and, as modules, ``F.*`` / ``torch.*`` functions or tensor
   methods: ReLU6, Hardtanh, LeakyReLU, ELU, Sigmoid, Tanh, Hardsigmoid, Hardswish, SiLU,
-  and softmax over one non-batch dimension; ``flatten`` / ``view`` / ``reshape`` keeping the batch
-  dimension; ``+`` / ``torch.add`` of two same-shaped tensors; ``torch.cat`` on a
+  and softmax over one non-batch dimension;
+* ``+``, ``-``, ``*`` (operators, ``torch.add/sub/mul``, methods, in place) of two tensors
+  of the same rank that broadcast per sample (a squeeze-excitation gate ``x * s`` with
+  ``s`` of shape ``(N, C, 1, 1)``), or of a tensor and a number;
+* ``flatten`` / ``view`` / ``reshape`` keeping the batch dimension; ``torch.cat`` on a
   non-batch dimension; Dropout (eval: identity), ``nn.Identity``, ``.contiguous()``,
   ``x.size()`` / ``x.shape`` used by a view.
 
@@ -84,7 +87,18 @@ _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Alp
 _LEAF_TYPES = set(_CONV) | set(_BN) | set(_MAXPOOL) | set(_AVGPOOL) | set(_ADAPTIVE) | {
     nn.Linear, nn.ReLU, nn.Flatten}
 _RELU_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu_}
-_ADD_FUNCS = {operator.add, torch.add, operator.iadd}
+# elementwise binary ops: function -> (runtime op, in place)
+_BINARY_FUNCS = {operator.add: ("add", False), torch.add: ("add", False),
+                 operator.iadd: ("add", True), operator.sub: ("sub", False),
+                 torch.sub: ("sub", False), operator.isub: ("sub", True),
+                 operator.mul: ("mul", False), torch.mul: ("mul", False),
+                 operator.imul: ("mul", True)}
+_BINARY_METHODS = {"add": ("add", False), "__add__": ("add", False), "__radd__": ("add", False),
+                   "add_": ("add", True), "__iadd__": ("add", True),
+                   "sub": ("sub", False), "__sub__": ("sub", False), "sub_": ("sub", True),
+                   "__isub__": ("sub", True), "__rsub__": ("rsub", False),
+                   "mul": ("mul", False), "__mul__": ("mul", False), "__rmul__": ("mul", False),
+                   "mul_": ("mul", True), "__imul__": ("mul", True)}
 _CAT_FUNCS = {torch.cat, getattr(torch, "concat", torch.cat), getattr(torch, "concatenate", torch.cat)}
 _FLATTEN_FUNCS = {torch.flatten}
 _MAXPOOL_FUNCS = {F.max_pool1d: 1, F.max_pool2d: 2}
@@ -420,15 +434,38 @@ class _Exporter:
             raise self.fail(node, f"shape argument(s) {bad} computed from tensors")
         self.emit(node, "reshape", [self.val(node, inp)])
 
-    def add(self, node, a, b, alpha=1) -> None:
-        if not isinstance(a, fx.Node) or not isinstance(b, fx.Node):
-            raise self.fail(node, "addition with a constant")
+    def binary(self, node, kind: str, a, b, alpha=1, inplace: bool = False) -> None:
+        """``a + b``, ``a - b``, ``a * b`` (``kind`` add / sub / mul; ``rsub``: ``b - a``):
+        two tensors of the same rank that broadcast per sample (e.g. ``(C, H, W)`` times
+        ``(C, 1, 1)``, a squeeze-excitation gate), or a tensor and a number."""
         if alpha != 1:
-            raise self.fail(node, f"add with alpha={alpha!r}")
+            raise self.fail(node, f"{kind} with alpha={alpha!r}")
+        if kind == "rsub":
+            kind, a, b = "sub", b, a
+        if inplace:
+            self.check_inplace(node, a)
+        tensors = [t for t in (a, b) if isinstance(t, fx.Node)]
+        if not tensors:
+            raise self.fail(node, f"{kind} of two constants")
+        for t in (a, b):
+            if not isinstance(t, fx.Node) and (isinstance(t, bool)
+                                               or not isinstance(t, (int, float))
+                                               or not math.isfinite(t)):
+                raise self.fail(node, f"{kind} with the constant {t!r} (only finite numbers)")
+        if len(tensors) == 1:
+            scalar = b if isinstance(a, fx.Node) else a
+            self.emit(node, kind, [self.val(node, tensors[0])],
+                      {"scalar": float(scalar), "scalar_first": not isinstance(a, fx.Node)})
+            return
         sa, sb = self.shape(a), self.shape(b)
-        if sa != sb:
-            raise self.fail(node, f"broadcasting add of shapes {sa} and {sb}")
-        self.emit(node, "add", [self.val(node, a), self.val(node, b)])
+        try:
+            ok = len(sa) == len(sb) and tuple(torch.broadcast_shapes(sa, sb)) == self.shape(node)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise self.fail(node, f"{kind} of shapes {sa} and {sb} (they must have the same "
+                                  f"rank and broadcast)")
+        self.emit(node, kind, [self.val(node, a), self.val(node, b)])
 
     def cat(self, node, tensors, dim) -> None:
         if not isinstance(tensors, (list, tuple)) or not tensors:
@@ -497,11 +534,10 @@ class _Exporter:
             params = {k: v for k, v in b.items()
                       if k in ("min_val", "max_val", "negative_slope", "alpha", "dim")}
             return self.activation(node, b["input"], fn, params, b.get("inplace", False))
-        if f in _ADD_FUNCS:
+        if f in _BINARY_FUNCS:
+            kind, inplace = _BINARY_FUNCS[f]
             b = _bind(args, kw, ("input", "other", "alpha"), {"alpha": 1})
-            if f is operator.iadd:
-                self.check_inplace(node, b["input"])
-            return self.add(node, b["input"], b["other"], b["alpha"])
+            return self.binary(node, kind, b["input"], b["other"], b["alpha"], inplace)
         if f in _CAT_FUNCS:
             b = _bind(args, kw, ("tensors", "dim"), {"dim": 0})
             return self.cat(node, b["tensors"], b["dim"])
@@ -570,11 +606,10 @@ class _Exporter:
                     raise self.fail(node, "softmax with a dtype")
                 params = {"dim": b["dim"]}
             return self.activation(node, x, _ACT_METHODS[name], params, name.endswith("_"))
-        if name in ("add", "add_", "__add__", "__iadd__"):
+        if name in _BINARY_METHODS:
+            kind, inplace = _BINARY_METHODS[name]
             b = _bind(args[1:], kw, ("other", "alpha"), {"alpha": 1})
-            if name in ("add_", "__iadd__"):
-                self.check_inplace(node, x)
-            return self.add(node, x, b["other"], b["alpha"])
+            return self.binary(node, kind, x, b["other"], b["alpha"], inplace)
         if name == "flatten":
             b = _bind(args[1:], kw, ("start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
             return self.flatten(node, x, b["start_dim"], b["end_dim"])

@@ -32,7 +32,9 @@ The file ends exactly at ``D + header["data_nbytes"]``. The JSON header holds:
   the value ``name``. Op types: ``conv1d``, ``conv2d``, ``linear``, ``maxpool1d``,
   ``maxpool2d``, ``avgpool1d``, ``avgpool2d``, ``global_avgpool``, ``batchnorm``,
   ``relu``, ``activation`` (``attrs.fn``: one of :data:`ACTIVATIONS`, with its
-  parameters), ``reshape``, ``add``, ``concat`` (attributes: see :func:`_infer_shape`).
+  parameters), ``reshape``, ``add`` / ``sub`` / ``mul`` (two inputs of one rank that
+  broadcast, or one input and ``attrs.scalar``, ``attrs.scalar_first``), ``concat``
+  (attributes: see :func:`_infer_shape`).
   ``conv*``/``linear`` carry ``"weight"``: ``{"rows", "cols", "nnz", "storage",
   "arrays": {...}}`` and ``"bias"`` (array name or ``null``); ``batchnorm`` carries
   ``"scale"`` and ``"shift"`` array names;
@@ -133,7 +135,7 @@ TUNE_BAND: dict[str, tuple[float, float]] = {"conv": (0.15, 1.0), "linear": (0.0
 TINY_MACS = 4096
 
 OP_TYPES = ("conv1d", "conv2d", "linear", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d",
-            "global_avgpool", "batchnorm", "relu", "activation", "reshape", "add", "concat")
+            "global_avgpool", "batchnorm", "relu", "activation", "reshape", "add", "sub", "mul", "concat")
 
 #: ``activation`` ops: ``attrs["fn"]`` and the numeric attributes each one takes
 ACTIVATIONS: dict[str, tuple[str, ...]] = {
@@ -380,7 +382,8 @@ def _infer_shape(op: dict, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
     attrs = op.get("attrs") or {}
     if not isinstance(attrs, dict):
         raise _fail(op, "attrs must be an object")
-    n_in = {"add": 2}.get(kind, None)
+    binary = kind in ("add", "sub", "mul")
+    n_in = (1 if "scalar" in attrs else 2) if binary else None
     if kind == "concat":
         if len(in_shapes) < 1:
             raise _fail(op, "concat needs at least one input")
@@ -465,10 +468,21 @@ def _infer_shape(op: dict, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
         if not isinstance(shape, list) or math.prod(shape) != math.prod(s):
             raise _fail(op, f"cannot reshape {s} to {shape}")
         return tuple(shape)
-    if kind == "add":
-        if in_shapes[0] != in_shapes[1]:
-            raise _fail(op, f"operands have different shapes {in_shapes[0]} and {in_shapes[1]}")
-        return s
+    if binary:
+        if "scalar" in attrs:
+            v = attrs["scalar"]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                    or not isinstance(attrs.get("scalar_first", False), bool):
+                raise _fail(op, f"bad scalar operand {v!r}")
+            return s
+        a, b = in_shapes
+        try:
+            out = np.broadcast_shapes(a, b)
+        except ValueError:
+            out = None
+        if len(a) != len(b) or out is None:
+            raise _fail(op, f"operands of shapes {a} and {b} do not broadcast")
+        return tuple(out)
     if kind == "concat":
         ax = attrs.get("axis")
         if not isinstance(ax, int) or not 0 <= ax < len(s):
@@ -478,6 +492,20 @@ def _infer_shape(op: dict, in_shapes: list[tuple[int, ...]]) -> tuple[int, ...]:
                 raise _fail(op, f"cannot concatenate shapes {in_shapes} along axis {ax}")
         return s[:ax] + (sum(t[ax] for t in in_shapes),) + s[ax + 1:]
     raise _fail(op, f"unknown op type {kind!r} (this runtime knows {', '.join(OP_TYPES)})")
+
+
+def _binary(op: dict) -> Callable[..., np.ndarray]:
+    """The numpy function of an ``add`` / ``sub`` / ``mul`` op: of two arrays
+    (broadcasting), or of one array and ``attrs["scalar"]`` (``scalar_first``: the number
+    is the left operand)."""
+    ufunc = {"add": np.add, "sub": np.subtract, "mul": np.multiply}[op["op"]]
+    a = op.get("attrs") or {}
+    if "scalar" not in a:
+        return ufunc
+    v = np.float32(a["scalar"])
+    if a.get("scalar_first", False):
+        return lambda x: ufunc(v, x)
+    return lambda x: ufunc(x, v)
 
 
 def _get(arrays, op, name, what):
@@ -1142,8 +1170,8 @@ class SparseModel:
             elif kind == "reshape":
                 shp = tuple(op["shape"])
                 st = _FnStep(op, lambda x, _s=shp: np.reshape(x, (x.shape[0],) + _s), view=True)
-            elif kind == "add":
-                st = _FnStep(op, np.add)
+            elif kind in ("add", "sub", "mul"):
+                st = _FnStep(op, _binary(op))
             elif kind == "concat":
                 ax = op["attrs"]["axis"] + 1
                 st = _FnStep(op, lambda *xs, _a=ax: np.concatenate(xs, axis=_a))
