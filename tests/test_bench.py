@@ -2,7 +2,8 @@
 Runtime, ExecuTorch), its JSON / markdown / PNG outputs, and missing backends.
 
 Kept short (the machine may be busy): LeNet-5, repeats=3, warmup=1, one thread. The
-ExecuTorch test exports only batch-1 programs (lowering costs seconds per file).
+ExecuTorch test exports only batch-1 programs (lowering costs seconds per file). The
+multi-input tests use ITrackerMobile(size=32): four inputs (face, left, right, grid).
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from mobileprune.bench import bench_checkpoint, benchmark_model
+from mobileprune import runtime
+from mobileprune.bench import bench_checkpoint, bench_inputs, benchmark_model
 from mobileprune.checkpoint import save_checkpoint
 from mobileprune.errors import ConfigError
 from mobileprune.masks import masks_from_weights
-from mobileprune.models import LeNet5
+from mobileprune.models import LeNet5, build_model
 
 
 def _has(mod: str) -> bool:
@@ -252,5 +256,143 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="repeats"):
         benchmark_model(pruned, x, tmp_path, repeats=0)
     with pytest.raises(ConfigError, match="example_input"):
-        benchmark_model(pruned, (x,), tmp_path)
+        benchmark_model(pruned, (x, "x"), tmp_path)
     assert not (tmp_path / "bench.json").exists()
+
+
+# --------------------------------------------------------------------------- several inputs
+
+ITRACKER_SHAPES = [[3, 32, 32], [3, 32, 32], [3, 32, 32], [625]]
+
+
+def _itracker(seed: int = 0) -> nn.Module:
+    """ITrackerMobile(size=32), magnitude-pruned to 90% zeros in every Conv/Linear weight.
+
+    The weights are He-initialised and the kept ones scaled by sqrt(10) (the variance the
+    pruning removed): with torch's default init and 90% zeros the signal dies out in the
+    towers, the output is nearly the biases' and would not depend on which input goes
+    where (swapping two inputs then moves it by less than the output check's tolerance).
+    """
+    torch.manual_seed(seed)
+    model = build_model("itracker", size=32).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                w = m.weight
+                nn.init.kaiming_normal_(w, nonlinearity="relu")
+                thr = w.abs().flatten().kthvalue(int(0.9 * w.numel())).values
+                w[w.abs() <= thr] = 0
+                w *= 10 ** 0.5
+    return model
+
+
+def _itracker_example(batch: int = 2) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(123)
+    return tuple(torch.randn((batch, *s), generator=g) for s in ITRACKER_SHAPES)
+
+
+@pytest.fixture(scope="module")
+def itracker_run(tmp_path_factory):
+    """Every backend on the four-input model, one run (ONNX / ExecuTorch when installed;
+    batch-1 .pte only)."""
+    model = _itracker()
+    out = tmp_path_factory.mktemp("bench_itracker")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = benchmark_model(model, _itracker_example(), out, batch_sizes=(1, 2),
+                              pte_batch_sizes=(1,), title="iTracker test", **FAST)
+    finally:
+        torch.set_num_threads(n)
+    return res, out, model
+
+
+def test_multi_input_every_backend_matches_torch(itracker_run):
+    res, out, model = itracker_run
+    assert res["input_shapes"] == ITRACKER_SHAPES and res["input_shape"] is None
+    backends = set(res["backends"])
+    assert {"torch_pruned", "torch_compacted", "sparse_runtime"} <= backends, res["skipped"]
+    if HAS_ONNX and HAS_ORT:
+        assert {"onnx_dense", "onnx_compacted"} <= backends, res["skipped"]
+    for n in ("pte_dense", "pte_compacted"):
+        if HAS_ET and n not in backends:  # only an unusable executorch install may skip it
+            assert res["skipped"][n].startswith(("package missing", "executorch.runtime")), \
+                res["skipped"][n]
+    assert not {n: r for n, r in res["skipped"].items() if not n.startswith("pte_")}
+    # every backend that ran: outputs within 1e-4 * (1 + max|torch|), timings, files, speedups
+    _check_result(res, out, [(1, 1), (2, 1)])
+    md = (out / "bench.md").read_text()
+    assert ("- model `ITrackerMobile`, 4 inputs (N, 3, 32, 32), (N, 3, 32, 32), (N, 3, 32, 32), "
+            "(N, 625), created ") in md
+
+
+def test_multi_input_sparse_runtime_on_the_bench_inputs(itracker_run):
+    """Independently of bench's own check: the sparse file it wrote, run on the inputs it
+    used (bench_inputs), gives model(*xs)."""
+    res, out, model = itracker_run
+    inputs = bench_inputs(_itracker_example(), res["batch_sizes"], res["seed"])
+    # documented draw order: one generator, batch size by batch size, input by input
+    g = torch.Generator().manual_seed(res["seed"])
+    for b in res["batch_sizes"]:
+        want = [torch.randn((b, *s), generator=g) for s in ITRACKER_SHAPES]
+        assert len(inputs[b]) == 4 and all(torch.equal(x, w) for x, w in zip(inputs[b], want))
+    sm = runtime.load(out / res["sizes"]["sparse"]["path"])
+    assert [list(s) for s in sm.input_shapes] == ITRACKER_SHAPES
+    for b, xs in inputs.items():
+        with torch.no_grad():
+            ref = model(*xs).numpy()
+            tol = 1e-4 * (1 + np.abs(ref).max())
+            # the output check can see a misrouted input: swapping two of them (same
+            # shape) moves the output far beyond bench's tolerance
+            for i, j in ((0, 1), (1, 2), (0, 2)):
+                ys = list(xs)
+                ys[i], ys[j] = ys[j], ys[i]
+                assert np.abs(model(*ys).numpy() - ref).max() > 100 * tol, (i, j)
+        got = sm(*[x.numpy() for x in xs])
+        assert got.shape == ref.shape == (b, 2)
+        np.testing.assert_allclose(got, ref, rtol=0, atol=tol)
+
+
+def test_multi_input_validation(tmp_path):
+    model = _itracker()
+    face, left, right, grid = _itracker_example(2)
+    with pytest.raises(ConfigError, match=r"same batch size.*\[2, 2, 1, 2\]"):
+        benchmark_model(model, (face, left, right[:1], grid), tmp_path)
+    with pytest.raises(ConfigError, match=r"example_input\[3\] must be a float tensor .*ndarray"):
+        benchmark_model(model, [face, left, right, grid.numpy()], tmp_path)
+    with pytest.raises(ConfigError, match="example_input.*empty tuple"):
+        benchmark_model(model, (), tmp_path)
+    with pytest.raises(ConfigError, match=r"example_input\[1\] must be a float tensor, got dtype"):
+        benchmark_model(model, (face, left.long(), right, grid), tmp_path)
+    with pytest.raises(ConfigError, match="example_input must be one float tensor"):
+        benchmark_model(model, {"face": face}, tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+    # one input: the values bench draws are those it always drew (results stay comparable)
+    x = torch.randn(3, 1, 28, 28)
+    g = torch.Generator().manual_seed(7)
+    want = {b: torch.randn((b, 1, 28, 28), generator=g) for b in (1, 8)}
+    for ex in (x, (x,), [x]):
+        got = bench_inputs(ex, (1, 8), seed=7)
+        assert set(got) == {1, 8} and all(len(v) == 1 and torch.equal(v[0], want[b])
+                                          for b, v in got.items())
+
+
+def test_bench_checkpoint_several_input_shapes(tmp_path):
+    model = _itracker(1)
+    masks = masks_from_weights(model, [n for n, p in model.named_parameters() if p.dim() > 1])
+    ck = save_checkpoint(tmp_path / "it.pt", model, kind="pruned", model_name="itracker",
+                         model_kwargs={"size": 32}, masks=masks,
+                         extra={"input_shape": ITRACKER_SHAPES})
+    fast = dict(batch_sizes=(1,), formats=("torch", "sparse"), **FAST)
+    res = bench_checkpoint(ck, tmp_path / "o1", **fast)  # shapes recorded in the checkpoint
+    assert res["input_shapes"] == ITRACKER_SHAPES
+    assert set(res["backends"]) == {"torch_pruned", "sparse_runtime"}
+    _check_result(res, tmp_path / "o1", [(1, 1)])
+    res = bench_checkpoint(ck, tmp_path / "o2", input_shape=[(3, 32, 32)] * 3 + [(625,)],
+                           **dict(fast, formats=("torch",)))
+    assert res["input_shapes"] == ITRACKER_SHAPES
+    with pytest.raises(ConfigError, match="mixes integers and shapes"):
+        bench_checkpoint(ck, tmp_path / "o3", input_shape=[[3, 32, 32], 625], **fast)
+    with pytest.raises(ConfigError, match=r"input_shape\[1\] must hold positive integers"):
+        bench_checkpoint(ck, tmp_path / "o3", input_shape=[[3, 32, 32], [0]], **fast)
+    assert not (tmp_path / "o3").exists()

@@ -299,3 +299,65 @@ def test_prune_regrow_flag(dense, tmp_path, capsys):
     assert run("prune", str(dense), "--sparsity", "0.9", "--regrow", "1.5",
                "--out", str(tmp_path / "x.pt")) == 2
     assert "regrow" in capsys.readouterr().err
+
+
+def test_parse_input_shape_of_several_inputs(tmp_path, capsys):
+    """bench --input-shape: one shape, or one per input separated by ';' (iTracker: four)."""
+    from mobileprune.cli import _parse_input_shape
+    from mobileprune.models import build_model
+
+    assert _parse_input_shape("1,28,28") == (1, 28, 28)
+    assert _parse_input_shape("3,32,32;3,32,32; 3,32,32 ;625") == [(3, 32, 32)] * 3 + [(625,)]
+    torch.manual_seed(0)
+    m = build_model("itracker", size=32).eval()
+    src = tmp_path / "it.pt"
+    save_checkpoint(src, m, kind="pruned", model_name="itracker", model_kwargs={"size": 32})
+    out = tmp_path / "b"
+    assert run("bench", str(src), "--input-shape", "3,32,32;3,32,32;3,32,32;625", "--out-dir",
+               str(out), "--repeats", "2", "--warmup", "0", "--batch-sizes", "1", "--threads", "1",
+               "--formats", "torch") == 0
+    res = json.loads((out / "bench.json").read_text())
+    assert res["input_shapes"] == [[3, 32, 32], [3, 32, 32], [3, 32, 32], [625]]
+    header = "4 inputs (N, 3, 32, 32), (N, 3, 32, 32), (N, 3, 32, 32), (N, 625)"
+    assert header in capsys.readouterr().out  # the printed bench.md
+    for bad, message in (("3,32,32;;625", "--input-shape has an empty shape in '3,32,32;;625'"),
+                         ("3,32,x;625", "--input-shape must be comma-separated integers per input"),
+                         ("3,32,32;0", "--input-shape values must be positive")):
+        assert run("bench", str(src), "--input-shape", bad, "--out-dir", str(tmp_path / "x")) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_and_compact_several_inputs(tmp_path, capsys):
+    """export / compact of a four-input model: the shapes recorded in the checkpoint (a
+    list of shapes) or given as --input-shape with ';'; the sparse file runs like torch."""
+    import numpy as np
+
+    from mobileprune.models import build_model
+    from mobileprune.runtime import load
+
+    torch.manual_seed(0)
+    m = build_model("itracker", size=32).eval()
+    with torch.no_grad():
+        m.conv_f2.weight[:40] = 0  # 40 of the face tower's 64 filters pruned
+        m.conv_f2.bias[:40] = 0
+    shapes = [[3, 32, 32], [3, 32, 32], [3, 32, 32], [625]]
+    src = tmp_path / "it.pt"
+    save_checkpoint(src, m, kind="pruned", model_name="itracker", model_kwargs={"size": 32},
+                    extra={"input_shape": shapes})
+    out = tmp_path / "it.mps"
+    assert run("export", str(src), "--format", "sparse", "--out", str(out)) == 0
+    sm = load(out)
+    assert [list(s) for s in sm.input_shapes] == shapes
+    xs = [torch.randn(2, *s) for s in shapes]
+    with torch.no_grad():
+        ref = m(*xs).numpy()
+    assert np.abs(sm(*[x.numpy() for x in xs]) - ref).max() <= 1e-4 * np.abs(ref).max()
+    small = tmp_path / "small.pt"
+    assert run("compact", str(src), "--input-shape", "3,32,32;3,32,32;3,32,32;625",
+               "--out", str(small), "--repeats", "2") == 0
+    res = json.loads(small.with_suffix(".json").read_text())
+    assert res["max_abs_diff"] < 1e-4
+    assert res["parameters"]["compacted"] < res["parameters"]["pruned"]
+    capsys.readouterr()

@@ -61,7 +61,14 @@ Inputs and output check
 For each batch size ``b`` one seeded ``torch.randn(b, *example_input.shape[1:])`` input
 is used by every backend (as a torch tensor for torch / ExecuTorch, as the same float32
 values in a numpy array for ONNX Runtime and the sparse runtime; the conversion is done
-once, outside the timing). Before timing, every backend's output is compared with its
+once, outside the timing; :func:`bench_inputs` returns them). A model with several
+inputs (``forward(a, b, ...)``) takes a tuple/list of example tensors with one batch
+size; per batch size there is then one seeded ``torch.randn(b, *shape_i)`` per input
+(drawn batch size by batch size, input by input, from one generator: with one input the
+values are those of the single-input case), and every backend gets all of them:
+``model(*xs)`` in torch, ``sm(*arrays)`` in the sparse runtime, one feed per ONNX
+session input (in the session's input order, which is the ``forward`` order), all of
+them for ExecuTorch. Before timing, every backend's output is compared with its
 PyTorch reference (``torch_dense`` for the dense exports, ``torch_pruned`` for the
 compacted and sparse ones): ``max_abs_diff`` over all batch sizes, tolerance ``1e-4 * (1 +
 max|reference|)`` as in :mod:`mobileprune.export`; a mismatch is recorded
@@ -71,7 +78,9 @@ Result (``bench.json``)
 -----------------------
 ::
 
-    {"title", "created", "model", "input_shape" (per sample), "batch_sizes", "threads",
+    {"title", "created", "model", "input_shape" (per sample; None with several inputs),
+     "input_shapes" (only with several inputs: one per-sample shape per input),
+     "batch_sizes", "threads",
      "repeats", "warmup", "inner", "seed", "dense_reference": "dense_model"|"pruned_model",
      "dense_torch": "torch_dense"|"torch_pruned", "dense_backends": [...],
      "settings": [{"key": "b1_t1", "batch": 1, "threads": 1}, ...],
@@ -106,6 +115,7 @@ import importlib
 import io
 import json
 import math
+import operator
 import os
 import platform
 import time
@@ -121,7 +131,8 @@ from .checkpoint import atomic_write, atomic_write_text
 from .errors import ConfigError, ExportDependencyError
 from .latency import compare_latency
 
-__all__ = ["benchmark_model", "bench_checkpoint", "FORMAT_NAMES", "format_markdown"]
+__all__ = ["benchmark_model", "bench_checkpoint", "bench_inputs", "FORMAT_NAMES",
+           "format_markdown"]
 
 #: The backend families ``formats`` can name.
 FORMAT_NAMES = ("torch", "compacted", "sparse", "onnx", "pte")
@@ -235,6 +246,95 @@ def _key(b: int, t: int) -> str:
     return f"b{b}_t{t}"
 
 
+def _one_or_tuple(xs: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
+    """The tensor of a single-input model, the tuple otherwise (what the exports take)."""
+    return xs[0] if len(xs) == 1 else xs
+
+
+def _as_inputs(example_input: Any) -> tuple[Tensor, ...]:
+    """``example_input`` as a non-empty tuple of float tensors with the same batch size.
+
+    One tensor gives a 1-tuple; a tuple/list gives one tensor per positional input of
+    ``forward``. Raises :class:`ConfigError` naming the problem.
+    """
+    if isinstance(example_input, Tensor):
+        xs: tuple = (example_input,)
+    elif isinstance(example_input, (tuple, list)):
+        if not example_input:
+            raise ConfigError("example_input must be one float tensor (N, ...) or a non-empty "
+                              "tuple/list of them (one per model input); got an empty "
+                              f"{type(example_input).__name__}")
+        xs = tuple(example_input)
+    else:
+        raise ConfigError(f"example_input must be one float tensor (N, ...) or a tuple/list of "
+                          f"them (one per model input), got {type(example_input).__name__}")
+    several = len(xs) > 1 or not isinstance(example_input, Tensor)
+    for i, x in enumerate(xs):
+        what = f"example_input[{i}]" if several else "example_input"
+        if not isinstance(x, Tensor):
+            raise ConfigError(f"{what} must be a float tensor (N, ...), got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[0] < 1:
+            raise ConfigError(f"{what} must have a batch dimension N >= 1, got shape "
+                              f"{tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ConfigError(f"{what} must be a float tensor, got dtype {x.dtype}")
+    batches = [int(x.shape[0]) for x in xs]
+    if len(set(batches)) > 1:
+        raise ConfigError(f"the example_input tensors must all have the same batch size, got "
+                          f"{batches} (shapes {[tuple(x.shape) for x in xs]})")
+    return xs
+
+
+def _is_int(v: Any) -> bool:
+    """An integer (int, numpy integer, ...), not a bool."""
+    if isinstance(v, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(v)
+    except TypeError:
+        return False
+    return True
+
+
+def _shape_list(shape: Any, what: str) -> tuple[int, ...]:
+    """One per-sample shape as a tuple of positive ints (ConfigError otherwise)."""
+    if isinstance(shape, (str, bytes)):
+        raise ConfigError(f"{what} must be a sequence of integers, got {shape!r}")
+    try:
+        vals = tuple(shape)
+    except TypeError:
+        raise ConfigError(f"{what} must be a sequence of integers, got {shape!r}") from None
+    if not all(_is_int(v) for v in vals):
+        raise ConfigError(f"{what} must be a sequence of integers, got {shape!r}")
+    vals = tuple(operator.index(v) for v in vals)
+    if not vals or any(v < 1 for v in vals):
+        raise ConfigError(f"{what} must hold positive integers, got {shape!r}")
+    return vals
+
+
+def _input_shapes(shape: Any) -> list[tuple[int, ...]]:
+    """One per-sample shape (``(1, 28, 28)``) or a list of them (one per model input,
+    ``[[3, 32, 32], [625]]``) as a list of shapes. Raises :class:`ConfigError`."""
+    if isinstance(shape, (str, bytes)):
+        raise ConfigError(f"input_shape must be a sequence of integers or a list of such "
+                          f"sequences, got {shape!r}")
+    try:
+        items = list(shape)
+    except TypeError:
+        raise ConfigError(f"input_shape must be a sequence of integers or a list of such "
+                          f"sequences, got {shape!r}") from None
+    if not items:
+        raise ConfigError(f"input_shape must not be empty, got {shape!r}")
+    nested = [not _is_int(v) for v in items]
+    if not any(nested):
+        return [_shape_list(items, "input_shape")]
+    if not all(nested):
+        raise ConfigError(f"input_shape mixes integers and shapes: give one shape (e.g. "
+                          f"[1, 28, 28]) or a list of shapes (e.g. [[3, 32, 32], [625]]), got "
+                          f"{shape!r}")
+    return [_shape_list(v, f"input_shape[{i}]") for i, v in enumerate(items)]
+
+
 class _Backend:
     """One deployed form of the model: how to call it at (batch, threads) and its output."""
 
@@ -271,6 +371,31 @@ def _et_threadpool():
 
 # --------------------------------------------------------------------------- main entry
 
+def bench_inputs(example_input: Tensor | Sequence[Tensor], batch_sizes: Sequence[int] = (1, 8),
+                 seed: int = 0) -> dict[int, tuple[Tensor, ...]]:
+    """The random inputs :func:`benchmark_model` feeds every backend.
+
+    Args:
+        example_input: as for :func:`benchmark_model` (one tensor, or a tuple/list of
+            tensors, one per model input); only the per-sample shapes are used.
+        batch_sizes, seed: as for :func:`benchmark_model`.
+
+    Returns:
+        ``{b: (x_1, ..., x_k)}``: per batch size, one float32 tensor ``(b, *shape_i)``
+        per input (a 1-tuple for a single input), drawn with ``torch.randn`` from one
+        generator seeded with ``seed``, batch size by batch size and input by input
+        (with one input: ``torch.randn((b, *shape))`` for each ``b`` in turn).
+
+    Raises:
+        ConfigError: bad ``example_input`` or ``batch_sizes``.
+    """
+    xs = _as_inputs(example_input)
+    batch_sizes = _check_ints("batch_sizes", batch_sizes)
+    g = torch.Generator().manual_seed(seed)
+    return {b: tuple(torch.randn((b, *x.shape[1:]), generator=g) for x in xs)
+            for b in batch_sizes}
+
+
 def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.PathLike, *,
                     dense_model: nn.Module | None = None,
                     batch_sizes: Sequence[int] = (1, 8), threads: Sequence[int] = (1, 2),
@@ -282,8 +407,10 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
 
     Args:
         model: the pruned model (zeros inside full-size tensors); copied, never modified.
-        example_input: one float tensor ``(N, ...)``; only its per-sample shape is used
-            (plus tracing for the compaction/exports).
+        example_input: one float tensor ``(N, ...)``, or for a model with several inputs
+            a tuple/list of float tensors, one per ``forward`` argument in order, all with
+            the same ``N >= 1``; only the per-sample shapes are used (plus tracing for the
+            compaction/exports).
         out_dir: where the exported files, ``bench.json``, ``bench.md`` and
             ``bench.png`` are written (created if needed).
         dense_model: the unpruned model of the same architecture (optional; see the
@@ -306,7 +433,9 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
         in it are relative to ``out_dir``.
 
     Raises:
-        ConfigError: bad arguments (unknown format, non-positive batch size...).
+        ConfigError: bad arguments (unknown format, non-positive batch size, an
+            ``example_input`` that is not a float tensor or a non-empty tuple/list of float
+            tensors with one batch size...).
     """
     batch_sizes = _check_ints("batch_sizes", batch_sizes)
     threads = _check_ints("threads", threads)
@@ -321,10 +450,7 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     if unknown:
         raise ConfigError(f"unknown format(s) {unknown}; choose among {list(FORMAT_NAMES)}")
     fmts = set(formats) | {"torch"}
-    if not isinstance(example_input, Tensor) or example_input.dim() < 1 \
-            or example_input.shape[0] < 1 or not example_input.is_floating_point():
-        raise ConfigError("example_input must be one float tensor (N, ...) with N >= 1 "
-                          "(models with several inputs are not supported by the benchmark)")
+    xs0 = _as_inputs(example_input)
     if not isinstance(model, nn.Module) or (dense_model is not None
                                             and not isinstance(dense_model, nn.Module)):
         raise ConfigError("model and dense_model must be torch.nn.Module instances")
@@ -338,11 +464,16 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
 
     pruned = copy.deepcopy(model).cpu().float().eval()
     dense = copy.deepcopy(dense_model).cpu().float().eval() if dense_model is not None else None
-    example = example_input.detach().cpu().float()[:1].contiguous()
-    sample_shape = tuple(example.shape[1:])
-    g = torch.Generator().manual_seed(seed)
-    inputs = {b: torch.randn((b, *sample_shape), generator=g) for b in batch_sizes}
-    inputs_np = {b: inputs[b].numpy() for b in batch_sizes}  # same values, shared memory
+    # one tuple of tensors per batch size, one tensor per model input (a single input is
+    # a 1-tuple; the random draws, and so the values, are those of the single-input code)
+    examples = tuple(x.detach().cpu().float()[:1].contiguous() for x in xs0)
+    multi = len(examples) > 1
+    # what the exports / compaction trace with: the tensor itself for one input
+    example: Tensor | tuple[Tensor, ...] = examples if multi else examples[0]
+    sample_shapes = [tuple(x.shape[1:]) for x in examples]
+    inputs = bench_inputs(examples, batch_sizes, seed)
+    # same values, shared memory
+    inputs_np = {b: tuple(x.numpy() for x in inputs[b]) for b in batch_sizes}
 
     dense_torch = "torch_dense" if dense is not None else "torch_pruned"
     dense_src = dense if dense is not None else pruned
@@ -352,9 +483,9 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
                      "onnx_dense / pte_dense are exports of the pruned model")
 
     with torch.no_grad():
-        refs = {"torch_pruned": {b: _outputs(pruned(inputs[b])) for b in batch_sizes}}
+        refs = {"torch_pruned": {b: _outputs(pruned(*inputs[b])) for b in batch_sizes}}
         if dense is not None:
-            refs["torch_dense"] = {b: _outputs(dense(inputs[b])) for b in batch_sizes}
+            refs["torch_dense"] = {b: _outputs(dense(*inputs[b])) for b in batch_sizes}
 
     backends: dict[str, _Backend] = {}
 
@@ -365,7 +496,7 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
 
         def run(b: int, m=module):
             with torch.no_grad():
-                return m(inputs[b])
+                return m(*inputs[b])
         be.run = run
         return be
 
@@ -423,9 +554,9 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             def sparse_call(b: int, t: int, sm=sm):
                 sm.blas_threads = t  # called just before the timing of this setting
                 a = inputs_np[b]
-                return lambda _x: sm(a)
+                return lambda *_x: sm(*a)
             be.call = sparse_call
-            be.run = lambda b, sm=sm: sm(inputs_np[b])
+            be.run = lambda b, sm=sm: sm(*inputs_np[b])
             be.build_seconds = time.perf_counter() - t0
             backends["sparse_runtime"] = be
         except Exception as exc:  # noqa: BLE001
@@ -502,6 +633,7 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
                             calls[n] = c
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
+                    # a tuple: compare_latency calls every torch module as m(*inputs[b])
                     res = compare_latency(calls, inputs[b], repeats=repeats, warmup=warmup,
                                           threads=t, inner=inner)
                 del calls
@@ -553,7 +685,8 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
         "title": title or f"{type(model).__name__} deployment benchmark",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": type(model).__name__,
-        "input_shape": list(sample_shape),
+        "input_shape": None if multi else list(sample_shapes[0]),
+        **({"input_shapes": [list(shp) for shp in sample_shapes]} if multi else {}),
         "batch_sizes": list(batch_sizes), "threads": list(threads), "repeats": repeats,
         "warmup": warmup, "inner": inner, "seed": seed, "formats": [f for f in FORMAT_NAMES if f in fmts],
         "pte_batch_sizes": list(pte_batches) if "pte" in fmts else None,
@@ -617,7 +750,12 @@ def _environment(load: dict) -> dict:
 
 def _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, example, inputs,
               inputs_np, batch_sizes, dense_torch) -> None:
+    """``example``: a tensor or a tuple of tensors (batch 1); ``inputs[b]`` /
+    ``inputs_np[b]``: tuples, one tensor / array per model input."""
     from .export import export_onnx
+
+    examples = example if isinstance(example, tuple) else (example,)
+    n_inputs = len(examples)
 
     try:
         ort = _import("onnxruntime")
@@ -639,8 +777,9 @@ def _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, exampl
             if not rep.get("dynamic_batch"):  # fixed batch: one file per batch size
                 files = {}
                 for b in batch_sizes:
-                    files[b] = export_onnx(module, inputs[b], out / f"{stem}_b{b}.onnx")["path"]
-                if example.shape[0] not in batch_sizes:
+                    files[b] = export_onnx(module, _one_or_tuple(inputs[b]),
+                                           out / f"{stem}_b{b}.onnx")["path"]
+                if examples[0].shape[0] not in batch_sizes:
                     Path(rep["path"]).unlink(missing_ok=True)
                 notes.append(f"{name}: the model has no dynamic batch axis in ONNX; one file "
                              f"per batch size")
@@ -680,17 +819,25 @@ def _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, exampl
                 except Exception:  # noqa: BLE001
                     pass
                 sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-                sessions[key] = (sess, sess.get_inputs()[0].name)
+                names = [i.name for i in sess.get_inputs()]
+                if len(names) != n_inputs:
+                    raise ValueError(f"the ONNX file has {len(names)} input(s) {names}, the "
+                                     f"model {n_inputs}")
+                sessions[key] = (sess, names)
             return sessions[key]
 
+        def feed_of(b: int, names: list[str]) -> dict[str, np.ndarray]:
+            # the session's inputs, in order, are the forward arguments, in order
+            return dict(zip(names, inputs_np[b]))
+
         def call(b: int, t: int, session=session):
-            sess, iname = session(b, t)
-            feed = {iname: inputs_np[b]}
-            return lambda _x: sess.run(None, feed)
+            sess, names = session(b, t)
+            feed = feed_of(b, names)
+            return lambda *_x: sess.run(None, feed)
 
         def run(b: int, session=session):
-            sess, iname = session(b, 1)
-            return sess.run(None, {iname: inputs_np[b]})
+            sess, names = session(b, 1)
+            return sess.run(None, feed_of(b, names))
         be.call, be.run = call, run
         try:
             session(batch_sizes[0] if be.has(batch_sizes[0]) else min(be.batches), 1)
@@ -738,7 +885,7 @@ def _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs,
         files: dict[int, Path] = {}
         try:
             for b in pte_b:
-                files[b] = Path(export_executorch(module, inputs[b],
+                files[b] = Path(export_executorch(module, _one_or_tuple(inputs[b]),
                                                   out / f"{stem}_b{b}.pte")["path"])
         except ExportDependencyError as exc:
             skipped[name] = f"package missing ({_short(exc)})"
@@ -778,11 +925,11 @@ def _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs,
 
         def call(b: int, t: int, method=method):
             m = method(b)
-            args = [inputs[b]]
-            return lambda _x: m.execute(args)
+            args = list(inputs[b])
+            return lambda *_x: m.execute(args)
 
         be.call = call
-        be.run = lambda b, method=method: method(b).execute([inputs[b]])
+        be.run = lambda b, method=method: method(b).execute(list(inputs[b]))
         be.release = loaded.clear
         be.build_seconds = time.perf_counter() - t0
         backends[name] = be
@@ -815,9 +962,13 @@ def format_markdown(result: Mapping[str, Any]) -> str:
     heads = [f"b{s['batch']} / {s['threads']}t" for s in settings]
     names = list(result["backends"])
     env = result.get("environment") or {}
+    if result.get("input_shapes"):  # several inputs
+        shapes = ", ".join(f"(N, {', '.join(map(str, s))})" for s in result["input_shapes"])
+        inputs = f"{len(result['input_shapes'])} inputs {shapes}"
+    else:
+        inputs = f"input (N, {', '.join(map(str, result['input_shape']))})"
     lines = [f"# {result['title']}", "",
-             f"- model `{result['model']}`, input (N, {', '.join(map(str, result['input_shape']))}), "
-             f"created {result['created']}",
+             f"- model `{result['model']}`, {inputs}, created {result['created']}",
              f"- {result['repeats']} interleaved timed rounds after {result['warmup']} warm-up "
              f"rounds per setting (median, in brackets p10-p90, in ms; b = batch size, t = "
              f"threads); all backends in the same run",
@@ -948,7 +1099,7 @@ def _load(path: str | os.PathLike, what: str):
 
 
 def bench_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathLike,
-                     input_shape: Sequence[int] | None = None, *,
+                     input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None, *,
                      dense_checkpoint: str | os.PathLike | None = None, **kw: Any) -> dict:
     """:func:`benchmark_model` on a mobileprune checkpoint.
 
@@ -957,7 +1108,9 @@ def bench_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathL
             :func:`~mobileprune.checkpoint.restore_model`, its masks re-applied.
         out_dir: output folder (see :func:`benchmark_model`).
         input_shape: per-sample input shape without the batch dimension, e.g.
-            ``(1, 28, 28)``; default ``ckpt["extra"]["input_shape"]``.
+            ``(1, 28, 28)``, or for a model with several inputs a list of them, one per
+            ``forward`` argument in order, e.g. ``[(3, 64, 64), (3, 64, 64), (3, 64, 64),
+            (625,)]``; default ``ckpt["extra"]["input_shape"]`` (either form).
         dense_checkpoint: the unpruned model's checkpoint (a pruned checkpoint holds no
             dense copy); without it the pruned model is the dense baseline.
         **kw: passed to :func:`benchmark_model` (``batch_sizes``, ``threads``,
@@ -972,12 +1125,7 @@ def bench_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathL
     if not shape:
         raise ConfigError(f"{checkpoint_path} does not record its input shape: pass "
                           f"input_shape (per sample, e.g. 1,28,28)")
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError):
-        raise ConfigError(f"input_shape must be a sequence of integers, got {shape!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise ConfigError(f"input_shape must hold positive integers, got {shape!r}")
+    shapes = _input_shapes(shape)
     dense = None
     dense_name = None
     if dense_checkpoint is not None:
@@ -990,5 +1138,7 @@ def bench_checkpoint(checkpoint_path: str | os.PathLike, out_dir: str | os.PathL
                  "model_name": name, "dense_checkpoint": (str(dense_checkpoint)
                                                           if dense_checkpoint else None),
                  "dense_model_name": dense_name, "metrics": ckpt.get("metrics") or {}})
-    example = torch.randn((1, *shape), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    examples = tuple(torch.randn((1, *shp), generator=g) for shp in shapes)
+    example = examples[0] if len(examples) == 1 else examples
     return benchmark_model(model, example, out_dir, dense_model=dense, meta=meta, **kw)

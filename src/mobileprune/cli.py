@@ -180,17 +180,22 @@ def _finish_prune(args, ckpt, model, res, config, dataset, what, input_shape) ->
 
 
 # -- compact -----------------------------------------------------------------------------
-def _input_shape(args, ckpt) -> tuple[int, ...]:
+def _example_input(args, ckpt, n: int = 1):
+    """A random input of batch ``n`` for ``--input-shape`` or the shape the checkpoint
+    records: one tensor, or a tuple of tensors for a model with several inputs."""
+    import torch
+
     if args.input_shape:
-        try:
-            return tuple(int(x) for x in args.input_shape.split(","))
-        except ValueError:
-            raise ConfigError(f"--input-shape must be comma-separated integers like 1,28,28, "
-                              f"got {args.input_shape!r}") from None
-    shape = (ckpt.get("extra") or {}).get("input_shape")
-    if not shape:
-        raise ConfigError("the checkpoint does not record its input shape: pass --input-shape C,H,W")
-    return tuple(shape)
+        shape = _parse_input_shape(args.input_shape)
+    else:
+        shape = (ckpt.get("extra") or {}).get("input_shape")
+        if not shape:
+            raise ConfigError("the checkpoint does not record its input shape: pass "
+                              "--input-shape C,H,W (C,H,W;C,H,W;... for several inputs)")
+        shape = [tuple(s) for s in shape] if isinstance(shape[0], (list, tuple)) else tuple(shape)
+    if isinstance(shape, list):
+        return tuple(torch.randn(n, *s) for s in shape)
+    return torch.randn(n, *shape)
 
 
 def cmd_compact(args) -> int:
@@ -201,13 +206,15 @@ def cmd_compact(args) -> int:
     from .latency import compare_latency
     from .report import layer_report
 
+    from .train import forward
+
     ckpt, model = _load_model(args.checkpoint)
     model.eval()
-    example = torch.randn(1, *_input_shape(args, ckpt))
+    example = _example_input(args, ckpt)
     small = compact(model, example)
-    x = torch.randn(8, *example.shape[1:])
+    x = _example_input(args, ckpt, 8)
     with torch.no_grad():
-        diff = float((small(x) - model(x)).abs().max())
+        diff = float((forward(small, x) - forward(model, x)).abs().max())
     reps = {k: layer_report(m, example_input=example)["totals"] for k, m in (("pruned", model), ("compacted", small))}
     lat = compare_latency({"pruned": model, "compacted": small}, example, repeats=args.repeats,
                           threads=args.threads)
@@ -243,11 +250,9 @@ EXPORT_FORMATS = {"sparse": ".mps", "ptl": ".ptl", "onnx": ".onnx", "pte": ".pte
 
 
 def cmd_export(args) -> int:
-    import torch
-
     ckpt, model = _load_model(args.checkpoint)
     model.eval()
-    example = torch.randn(1, *_input_shape(args, ckpt))
+    example = _example_input(args, ckpt)
     out = Path(args.out)
     if args.format == "sparse":
         from .sparse_format import export_sparse, format_size_report
@@ -275,11 +280,33 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
     return vals
 
 
+def _parse_input_shape(text: str) -> tuple[int, ...] | list[tuple[int, ...]]:
+    """``--input-shape`` (compact, export, bench): one shape ``1,28,28`` (a tuple), or one shape per
+    model input separated by ``;``, e.g. ``3,32,32;3,32,32;3,32,32;625`` (a list)."""
+    flag = "--input-shape"
+    example = "e.g. 1,28,28, or 3,32,32;3,32,32;3,32,32;625 for a model with several inputs"
+    parts = [p.strip() for p in text.split(";")]
+    if any(not p for p in parts):
+        raise ConfigError(f"{flag} has an empty shape in {text!r}: give comma-separated "
+                          f"integers per input, inputs separated by ';' ({example})")
+    shapes = []
+    for p in parts:
+        try:
+            vals = tuple(int(v) for v in p.split(","))
+        except ValueError:
+            raise ConfigError(f"{flag} must be comma-separated integers per input, inputs "
+                              f"separated by ';' ({example}), got {text!r}") from None
+        if min(vals) < 1:
+            raise ConfigError(f"{flag} values must be positive, got {text!r}")
+        shapes.append(vals)
+    return shapes[0] if len(shapes) == 1 else shapes
+
+
 def cmd_bench(args) -> int:
     from .bench import bench_checkpoint
 
     out_dir = Path(args.out_dir or Path(args.checkpoint).with_suffix("").name + "_bench")
-    shape = _int_list(args.input_shape, "--input-shape") if args.input_shape else None
+    shape = _parse_input_shape(args.input_shape) if args.input_shape else None
     res = bench_checkpoint(args.checkpoint, out_dir, input_shape=shape, dense_checkpoint=args.dense,
                            repeats=args.repeats, warmup=args.warmup,
                            batch_sizes=_int_list(args.batch_sizes, "--batch-sizes"),
@@ -414,7 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "parameters, MACs and batch-1 latency.")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="output checkpoint of the compacted model")
-    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28 (default: recorded)")
+    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28; several inputs: "
+                                         "one shape each, separated by ';' (default: recorded)")
     p.add_argument("--repeats", type=int, default=50, help="timed runs per model")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
     p.set_defaults(func=cmd_compact)
@@ -426,7 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
     p.add_argument("--out", required=True)
-    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28 (default: recorded)")
+    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28; several inputs: "
+                                         "one shape each, separated by ';' (default: recorded)")
     p.add_argument("--value-dtype", default="float32", choices=["float32", "float16"],
                    help="sparse format: value type")
     p.set_defaults(func=cmd_export)
@@ -441,7 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="pruned checkpoint")
     p.add_argument("--dense", help="the dense checkpoint it was pruned from (the honest baseline)")
     p.add_argument("--out-dir", help="output directory (default: CHECKPOINT_bench/)")
-    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28 (default: recorded)")
+    p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28; for a model with "
+                                         "several inputs one shape per input separated by ';', e.g. "
+                                         "'3,64,64;3,64,64;3,64,64;625' (default: recorded)")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch-sizes", default="1,8")
