@@ -123,3 +123,43 @@ def test_admm_in_own_loop_then_sparse_runtime(tmp_path):
     with torch.no_grad():
         ref = model(face, left, right, grid).numpy()
     assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_admm_prune_pipeline_regression_metric(tmp_path):
+    """The one-call ADMM pipeline on the four-input regression model: ``loss_fn`` (MSE) and
+    ``metric`` (mean distance in the targets' unit) replace cross-entropy and accuracy;
+    every layer lands on its Table 5 budget; the report counts MACs through all inputs."""
+    from mobileprune import admm_prune
+    from mobileprune.train import mean_distance
+
+    torch.manual_seed(0)
+    data = GazeDataset(_gaze_batches(32, 32, seed=2))
+    loader = DataLoader(data, batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    test = DataLoader(GazeDataset(_gaze_batches(16, 32, seed=3), mean=data.mean), batch_size=16)
+    model = build_model("itracker", size=32)
+    config = {"admm": {"epochs": 1, "lr": 1e-3, "rho": 1e-2, "update_every": 1},
+              "retrain": {"epochs": 1, "lr": 1e-3},
+              "stages": [load_config("itracker-table5")]}
+    logs: list[str] = []
+    res = admm_prune(model, loader, config, eval_loader=test, run_dir=tmp_path / "run",
+                     loss_fn=nn.functional.mse_loss, metric=mean_distance, log=logs.append)
+    # the metric, computed apart, after pruning
+    (face, left, right, grid), y = next(iter(test))
+    with torch.no_grad():
+        want = float(torch.linalg.vector_norm(model(face, left, right, grid) - y, dim=1).mean())
+    assert res.report["metrics"]["mean_distance_after"] == pytest.approx(want, rel=1e-5)
+    assert res.report["metrics"]["mean_distance_before"] > 0
+    assert [h["test_mean_distance"] for h in res.history if h["phase"] == "retrain"]
+    assert all(h.get("train_accuracy") is None for h in res.history if "loss" in h)
+    assert any("mean_distance before pruning" in line for line in logs)
+    assert res.report["totals"]["all_targets_met"] is True
+    w = _weights(model)
+    for t in resolve_targets(model, load_config("itracker-table5")):
+        assert int((w[t.name] != 0).sum()) == t.keep, t.name
+    assert res.report["totals"]["macs"] > 0  # MACs counted with the four example inputs
+    # the accuracy default refuses regression targets with a clear message
+    from mobileprune.errors import ConfigError
+    from mobileprune.train import evaluate
+    with pytest.raises(ConfigError, match="not class indices"):
+        evaluate(model, test)

@@ -226,7 +226,10 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                resume: bool = True, progress: bool | None = None,
                model_name: str | None = None, model_kwargs: Mapping[str, Any] | None = None,
                teacher: nn.Module | None = None,
-               log: Callable[[str], None] = print) -> PipelineResult:
+               log: Callable[[str], None] = print,
+               loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+               metric: Callable[[nn.Module, DataLoader], float] | None = None,
+               metric_name: str | None = None) -> PipelineResult:
     """Run every stage of ``config`` on ``model`` (modified in place) and report.
 
     Args:
@@ -241,13 +244,30 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         model_name, model_kwargs: zoo name of the model, stored in checkpoints.
         teacher: model to distill from when a stage sets ``distill > 0``; by default a
             frozen copy of ``model`` as given. Pass the original dense model when
-            ``model`` is already pruned (continuing a progressive schedule).
+            ``model`` is already pruned (continuing a progressive schedule). Distillation
+            compares softmax outputs: it is meant for classifiers.
+        loss_fn: training loss ``loss_fn(output, target)`` (default: cross-entropy), e.g.
+            ``torch.nn.functional.mse_loss`` for a regression model such as the eye
+            tracker :class:`~mobileprune.models.ITrackerMobile` (batches may hold several
+            inputs: ``((x1, x2, ...), target)``).
+        metric: ``metric(model, eval_loader) -> float`` measured on ``eval_loader``
+            (default: :func:`~mobileprune.train.evaluate`, top-1 accuracy), e.g.
+            :func:`~mobileprune.train.mean_distance` (lower is better).
+        metric_name: its name in the history (``test_<name>``), the report's metrics
+            (``<name>_before``, ``<name>_after``) and the log; default ``"accuracy"``
+            for the default metric, else the function's ``__name__``.
     """
     cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(config)
+    if loss_fn is None:
+        loss_fn = nn.functional.cross_entropy
+    if metric is None:
+        metric, metric_name = evaluate, metric_name or "accuracy"
+    metric_name = metric_name or getattr(metric, "__name__", "metric")
+    test_key = f"test_{metric_name}"
     # Validate every stage against the model before any training.
     stage_targets = [resolve_targets(model, s) for s in cfg.stages]
     run_dir = Path(run_dir) if run_dir is not None else None
-    ev = (lambda: evaluate(model, eval_loader)) if eval_loader is not None else (lambda: None)
+    ev = (lambda: metric(model, eval_loader)) if eval_loader is not None else (lambda: None)
 
     pos = {"stage": 0, "phase": "admm", "epoch": 0}
     history: list[dict[str, Any]] = []
@@ -279,7 +299,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             f"{pos['phase']} epoch {pos['epoch']}")
     elif eval_loader is not None:
         acc_before = ev()
-        log(f"accuracy before pruning: {100 * acc_before:.2f}%")
+        log(f"{metric_name} before pruning: {_fmt_metric(metric_name, acc_before)}")
 
     if any(a.distill > 0 or r.distill > 0 for a, r in map(cfg.settings, range(len(cfg.stages)))):
         teacher = _teacher(teacher if teacher is not None else model, run_dir,
@@ -337,11 +357,12 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 stats = train_epoch(model, train_loader, opt, penalty=pruner.penalty,
                                     after_step=pruner.step, progress=progress,
                                     desc=f"{label} admm {ep + 1}/{a.epochs}", teacher=teacher,
-                                    distill=a.distill, temperature=a.temperature, shift=a.shift)
+                                    distill=a.distill, temperature=a.temperature, shift=a.shift,
+                                    loss_fn=loss_fn)
                 if a.update_every is None:
                     stats.update(pruner.update())
                 stats.update({"stage": label, "phase": "admm", "epoch": ep + 1,
-                              "test_accuracy": ev(), "seconds": time.perf_counter() - t0})
+                              test_key: ev(), "seconds": time.perf_counter() - t0})
                 history.append(stats)
                 log(_fmt_epoch(stats))
                 pos["epoch"] += 1
@@ -352,9 +373,10 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             if a.reallocate_dead:
                 log(f"{label}: dead weights reallocated in {pruner.reallocation_rounds} round(s)")
             acc_mapped = ev()
-            history.append({"stage": label, "phase": "masked-mapping", "test_accuracy": acc_mapped})
+            history.append({"stage": label, "phase": "masked-mapping", test_key: acc_mapped})
             if acc_mapped is not None:
-                log(f"{label}: accuracy right after masked mapping: {100 * acc_mapped:.2f}%")
+                log(f"{label}: {metric_name} right after masked mapping: "
+                    f"{_fmt_metric(metric_name, acc_mapped)}")
             pos.update(phase="retrain", epoch=0)
             save_state()
         if pos["phase"] == "retrain":
@@ -389,17 +411,18 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                     ep = pos["epoch"]
                     stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
                                         desc=f"{label} retrain {ep + 1}/{r.epochs}", teacher=teacher,
-                                        distill=r.distill, temperature=r.temperature, shift=r.shift)
+                                        distill=r.distill, temperature=r.temperature, shift=r.shift,
+                                        loss_fn=loss_fn)
                     stats.update({"stage": label, "phase": "retrain", "epoch": ep + 1,
-                                  "test_accuracy": ev(), "seconds": time.perf_counter() - t0})
+                                  test_key: ev(), "seconds": time.perf_counter() - t0})
                     history.append(stats)
                     log(_fmt_epoch(stats))
                     pos["epoch"] += 1
                     save_state(None, opt, sched)
-            rep = layer_report(model, targets, metrics={"accuracy_before": acc_before,
-                                                        "accuracy_after": ev()})
+            rep = layer_report(model, targets, metrics={f"{metric_name}_before": acc_before,
+                                                        f"{metric_name}_after": ev()})
             history.append({"stage": label, "phase": "done", "report": rep["totals"],
-                            "test_accuracy": rep["metrics"]["accuracy_after"]})
+                            test_key: rep["metrics"][f"{metric_name}_after"]})
             if run_dir is not None:
                 save_checkpoint(run_dir / f"{label}.pt", model, kind="pruned", model_name=model_name,
                                 model_kwargs=model_kwargs, masks=masks,
@@ -408,7 +431,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             allowed = None
             save_state()
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
-                          metrics={"accuracy_before": acc_before, "accuracy_after": ev()})
+                          metrics={f"{metric_name}_before": acc_before,
+                                   f"{metric_name}_after": ev()})
     return PipelineResult(model=model, masks=masks, report=report, history=history)
 
 
@@ -449,13 +473,22 @@ def _example_input(loader: DataLoader):
         x = loader.dataset[0][0]
     except Exception:  # iterable datasets etc.: no MAC columns
         return None
+    if isinstance(x, (tuple, list)) and x and all(isinstance(t, Tensor) for t in x):
+        return tuple(t.unsqueeze(0) for t in x)  # a model with several inputs
     return x.unsqueeze(0) if isinstance(x, Tensor) else None
+
+
+def _fmt_metric(name: str, value: float) -> str:
+    return f"{100 * value:.2f}%" if name == "accuracy" else f"{value:.4g}"
 
 
 def _fmt_epoch(s: Mapping[str, Any]) -> str:
     parts = [f"{s['stage']} {s['phase']} epoch {s['epoch']}", f"loss {s['loss']:.4f}"]
     if s.get("test_accuracy") is not None:
         parts.append(f"test acc {100 * s['test_accuracy']:.2f}%")
+    for k, v in s.items():  # another metric (admm_prune(metric=...))
+        if k.startswith("test_") and k != "test_accuracy" and isinstance(v, float):
+            parts.append(f"test {k[5:]} {v:.4g}")
     if "primal_residual" in s:
         parts.append(f"||W-Z|| {s['primal_residual']:.3g} rho {s['rho']:.3g}")
     return " | ".join(parts)

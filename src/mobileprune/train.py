@@ -117,6 +117,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         teacher.eval()
     model.train()
     total, n, correct = 0.0, 0, 0
+    classes = None
     bar = _progress(loader, progress, desc, total=len(loader))
     for x, y in bar:
         if shift:
@@ -139,10 +140,15 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
         b = y.shape[0]
         total += loss.item() * b
         n += b
-        correct += int((out.argmax(1) == y).sum())
+        if classes is None:  # class-index targets: report a training accuracy
+            classes = not y.is_floating_point() and y.dim() == 1
+        if classes:
+            correct += int((out.argmax(1) == y).sum())
         if hasattr(bar, "set_postfix") and n:
-            bar.set_postfix(loss=f"{total / n:.4f}", acc=f"{correct / n:.4f}", refresh=False)
-    return {"loss": total / max(n, 1), "train_accuracy": correct / max(n, 1)}
+            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False,
+                            **({"acc": f"{correct / n:.4f}"} if classes else {}))
+    return {"loss": total / max(n, 1),
+            "train_accuracy": correct / max(n, 1) if classes else None}
 
 
 @torch.no_grad()
@@ -152,12 +158,39 @@ def evaluate(model: nn.Module, loader: DataLoader, *, progress: bool | None = Fa
     model.eval()
     correct = n = 0
     for x, y in _progress(loader, progress, "eval"):
+        if y.is_floating_point() or y.dim() != 1:
+            model.train(was_training)
+            raise ConfigError(f"evaluate measures classification accuracy, but the targets "
+                              f"are {y.dtype} of shape {tuple(y.shape)} (not class indices); "
+                              f"pass another metric, e.g. mobileprune.train.mean_distance")
         correct += int((forward(model, x).argmax(1) == y).sum())
         n += y.shape[0]
     model.train(was_training)
     if n == 0:
         raise ValueError("evaluation data is empty")
     return correct / n
+
+
+@torch.no_grad()
+def mean_distance(model: nn.Module, loader: DataLoader, *, progress: bool | None = False) -> float:
+    """Mean Euclidean distance between the outputs and the targets (eval mode, no grad):
+    a regression metric, lower is better; for gaze estimation (iTracker) the error in cm
+    between the predicted and the true gaze point."""
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    for x, y in _progress(loader, progress, "eval"):
+        out = forward(model, x)
+        if out.shape != y.shape:
+            model.train(was_training)
+            raise ConfigError(f"mean_distance: outputs {tuple(out.shape)} and targets "
+                              f"{tuple(y.shape)} differ in shape")
+        total += float(torch.linalg.vector_norm((out - y).reshape(len(y), -1), dim=1).sum())
+        n += y.shape[0]
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation data is empty")
+    return total / n
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, total_steps: int):
