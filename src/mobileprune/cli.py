@@ -205,7 +205,6 @@ def cmd_compact(args) -> int:
     from .compact import compact
     from .latency import compare_latency
     from .report import layer_report
-
     from .train import forward
 
     ckpt, model = _load_model(args.checkpoint)

@@ -106,13 +106,14 @@ _AVGPOOL_FUNCS = {F.avg_pool1d: 1, F.avg_pool2d: 2}
 _ADAPTIVE_FUNCS = {F.adaptive_avg_pool1d: 1, F.adaptive_avg_pool2d: 2}
 _DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.alpha_dropout}
 _MEAN_FUNCS = {torch.mean}
-# activations other than ReLU: module type / function -> (runtime fn, {attribute: (torch
-# argument name, default)}); relu6 and hardtanh are both the runtime's hardtanh
+# activations other than ReLU. Modules: type -> (runtime fn, the module attributes it
+# takes); functions: -> (runtime fn, argument names, defaults). ReLU6 and Hardtanh are
+# both the runtime's hardtanh.
 _ACT_MODULES = {
-    nn.ReLU6: ("hardtanh", {}), nn.Hardtanh: ("hardtanh", {}), nn.LeakyReLU: ("leaky_relu", {}),
-    nn.ELU: ("elu", {}), nn.Sigmoid: ("sigmoid", {}), nn.Tanh: ("tanh", {}),
-    nn.Hardsigmoid: ("hardsigmoid", {}), nn.Hardswish: ("hardswish", {}), nn.SiLU: ("silu", {}),
-    nn.Softmax: ("softmax", {}),
+    nn.ReLU6: ("hardtanh", ("min_val", "max_val")), nn.Hardtanh: ("hardtanh", ("min_val", "max_val")),
+    nn.LeakyReLU: ("leaky_relu", ("negative_slope",)), nn.ELU: ("elu", ("alpha",)),
+    nn.Sigmoid: ("sigmoid", ()), nn.Tanh: ("tanh", ()), nn.Hardsigmoid: ("hardsigmoid", ()),
+    nn.Hardswish: ("hardswish", ()), nn.SiLU: ("silu", ()), nn.Softmax: ("softmax", ("dim",)),
 }
 _ACT_FUNCS = {
     F.relu6: ("hardtanh", ("input", "inplace"), {"inplace": False}),
@@ -307,11 +308,9 @@ class _Exporter:
             self.alias(node, inp)
             return
         if t in _ACT_MODULES:
-            fn = _ACT_MODULES[t][0]
-            params = {"min_val": m.min_val, "max_val": m.max_val} if fn == "hardtanh" else \
-                {"negative_slope": m.negative_slope} if fn == "leaky_relu" else \
-                {"alpha": m.alpha} if fn == "elu" else {"dim": m.dim} if fn == "softmax" else {}
-            return self.activation(node, inp, fn, params, getattr(m, "inplace", False))
+            fn, names = _ACT_MODULES[t]
+            return self.activation(node, inp, fn, {k: getattr(m, k) for k in names},
+                                   getattr(m, "inplace", False))
         raise self.fail(node, "unsupported layer type")
 
     def conv(self, node: fx.Node, m: nn.Module, inp: fx.Node) -> None:
