@@ -26,3 +26,13 @@ bench-lenet5: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Native engine (src/mobileprune/runtime/native): its C tests and the model-file fuzzer
+# under ASan + UBSan (tests/native/Makefile); arm64: installs gcc-aarch64-linux-gnu and
+# qemu-user with apt-get when missing, cross-builds, runs the tests under qemu-aarch64.
+.PHONY: native-check cross-test
+native-check:
+	$(MAKE) -C tests/native check
+
+cross-test: $(STAMP)
+	PYTHON=$(PY) scripts/cross_test.sh
