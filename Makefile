@@ -5,7 +5,13 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench-lenet5
+.PHONY: demo test venv clean bench-lenet5 native
+
+# the native engine (C, loaded by mobileprune.runtime with ctypes): `pip install -e .`
+# builds it; a change to a .c/.h/.inc file rebuilds it in place before the demo / tests
+NATIVE_DIR := src/mobileprune/runtime/native
+NATIVE_DEPS := $(shell find $(NATIVE_DIR) -name '*.c' -o -name '*.h' -o -name '*.inc' 2>/dev/null)
+NATIVE_STAMP := $(VENV)/.native-built
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,17 +21,24 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
-demo: $(STAMP)
+$(NATIVE_STAMP): $(STAMP) setup.py $(NATIVE_DEPS)
+	$(PY) -c 'import setuptools' 2>/dev/null || $(PIP) install -q 'setuptools>=68'
+	$(PY) setup.py -q build_ext --inplace
+	touch $(NATIVE_STAMP)
+
+native: $(NATIVE_STAMP)
+
+demo: $(STAMP) $(NATIVE_STAMP)
 	$(VENV)/bin/mobileprune demo
 
-test: $(STAMP)
+test: $(STAMP) $(NATIVE_STAMP)
 	$(PY) -m pytest -q
 
 bench-lenet5: $(STAMP)
 	$(PY) benchmarks/lenet5_admm.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build *.egg-info src/*.egg-info src/mobileprune/runtime/_mpnative*.so
 
 # Native engine (src/mobileprune/runtime/native): its C tests and the model-file fuzzer
 # under ASan + UBSan (tests/native/Makefile); arm64: installs gcc-aarch64-linux-gnu and

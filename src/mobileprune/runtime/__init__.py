@@ -28,6 +28,16 @@ class SparseFormatError(_Base, ValueError):
     corrupt data, or arrays/shapes that do not match the ops they belong to."""
 
 
+class UnsupportedOpError(SparseFormatError):
+    """A valid model file holds an op or attribute this build of the engine cannot run
+    (``MP_UNSUPPORTED_OP``)."""
+
+
+class NativeError(_Base, RuntimeError):
+    """The native engine is missing, cannot be loaded, or failed for a reason other than
+    the model or the arguments (``MP_UNSUPPORTED_HARDWARE``, ``MP_IO_ERROR``)."""
+
+
 from .kernels import HAVE_NUMBA, backend  # noqa: E402
 from .model import (  # noqa: E402
     DENSITY_THRESHOLDS, FORMAT_VERSION, MAGIC, READ_VERSIONS, TUNE_BAND, LayerPlan, SparseModel, load,
