@@ -1,0 +1,611 @@
+/* Convolution operator (1-D / 2-D, stride, padding, dilation, groups, depthwise): direct
+ * sparse convolution, seed 003 Algorithm 2 without im2col, Y[row, :] += value * X[col, :].
+ *
+ * prepare copies each image once into a zero-padded buffer; a stride s > 1 becomes stride
+ * 1 by a polyphase split (padded row h goes to phase h % s, row h / s; columns alike), so
+ * the row X[col, :] of weight column col = (c, i, j) is the buffer shifted by one flat
+ * offset: output (y, x) reads buf[off(col) + y * Wq + x]. Output pixels of a channel are
+ * cut into vectors of `lanes` pixels, inside output rows or along the flat buffer position
+ * (whichever needs fewer vectors; lanes past a row end read garbage and are not stored),
+ * and vectors into pixel blocks held in registers by the kernel (kernels/kernels.h).
+ *
+ * Weights are packed at create as row blocks: 1 row with its own nonzeros, or 4 rows of one
+ * group sharing the union of their columns (zero-filled; one input load feeds 4 FMAs).
+ * Three packings compete: sparse (1-row blocks), blocked (4-row blocks where they are
+ * full enough) and dense (4-row blocks of every column: the dense kernel is the fully
+ * filled blocked one). A cost model ranks them and, unless MP_KERNEL_NO_TUNE, a short
+ * interleaved timing run on the layer keeps the fastest.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+typedef struct conv_kernel {
+    mp_isa isa;
+    const char* name;
+    mp_spconv_fn fn;
+    int lanes, nv1, nv4;
+} conv_kernel;
+
+static const conv_kernel k_conv[] = {
+#define MP_CONV_UKERNEL(isa, name, lanes, nv1, nv4) {isa, #name, mp_##name, lanes, nv1, nv4},
+#define MP_LINEAR_UKERNEL(isa, name, kind)
+#include "kernels/kernels.inc"
+#undef MP_CONV_UKERNEL
+#undef MP_LINEAR_UKERNEL
+};
+
+enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_COUNT = 3 };
+static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense"};
+static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense"};
+
+/* A 4-row group goes blocked when its nonzeros fill at least this much of the block. */
+#define BLOCK_FILL 0.5
+/* Target tasks per image (threads take any split of them). */
+#define TASKS_PER_IMAGE 8
+
+typedef struct conv_pack {
+    mp_rowblk* blocks;
+    int32_t* off;
+    float* val;
+    size_t nblocks, noff, nval;
+    size_t nv, npb;        /* vectors per pixel block, pixel blocks */
+    size_t rchunks, pchunks;
+    size_t* rchunk;        /* rchunks + 1 block indices */
+    double cost;           /* cost model: cycles per pixel vector */
+} conv_pack;
+
+struct mp_conv_op {
+    mp_conv_desc d;
+    const conv_kernel* k;
+    int32_t hq, wq, phases;
+    size_t chan, buf_floats, plane;
+    mp_pixvec* vec;
+    size_t nvec;
+    float* bias;
+    conv_pack pack;
+    int mode;
+    int64_t nnz;
+    double density;
+    char reason[96];
+};
+
+/* CSR view of the weights (nonzeros only), owned or borrowed. */
+typedef struct csr_view {
+    const uint32_t* ptr;
+    const uint32_t* idx;
+    const float* val;
+    uint32_t* own_ptr;
+    uint32_t* own_idx;
+    float* own_val;
+} csr_view;
+
+static void csr_free(csr_view* c)
+{
+    free(c->own_ptr);
+    free(c->own_idx);
+    free(c->own_val);
+}
+
+static mp_status csr_from(const mp_weights* w, csr_view* c)
+{
+    memset(c, 0, sizeof(*c));
+    const size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
+    if (w->dense == NULL) {
+        if (w->indptr == NULL || (w->nnz > 0 && (w->indices == NULL || w->values == NULL)))
+            return mp_set_error(MP_INVALID_ARGUMENT, "weights: neither dense nor CSR arrays");
+        if (w->indptr[0] != 0 || (int64_t)w->indptr[rows] != w->nnz)
+            return mp_set_error(MP_INVALID_ARGUMENT, "weights: indptr does not span nnz");
+        for (size_t r = 0; r < rows; r++)
+            for (uint32_t k = w->indptr[r]; k < w->indptr[r + 1]; k++)
+                if (w->indices[k] >= cols || (k > w->indptr[r] && w->indices[k] <= w->indices[k - 1]))
+                    return mp_set_error(MP_INVALID_ARGUMENT, "weights: row %zu: bad column index", r);
+        c->ptr = w->indptr, c->idx = w->indices, c->val = w->values;
+        return MP_OK;
+    }
+    size_t nnz = 0;
+    for (size_t i = 0; i < rows * cols; i++) nnz += w->dense[i] != 0.0f;
+    c->own_ptr = malloc((rows + 1) * sizeof(uint32_t));
+    c->own_idx = malloc((nnz ? nnz : 1) * sizeof(uint32_t));
+    c->own_val = malloc((nnz ? nnz : 1) * sizeof(float));
+    if (!c->own_ptr || !c->own_idx || !c->own_val) {
+        csr_free(c);
+        return mp_set_error(MP_OUT_OF_MEMORY, "weights: out of memory converting to CSR");
+    }
+    size_t k = 0;
+    for (size_t r = 0; r < rows; r++) {
+        c->own_ptr[r] = (uint32_t)k;
+        for (size_t j = 0; j < cols; j++)
+            if (w->dense[r * cols + j] != 0.0f) {
+                c->own_idx[k] = (uint32_t)j;
+                c->own_val[k++] = w->dense[r * cols + j];
+            }
+    }
+    c->own_ptr[rows] = (uint32_t)k;
+    c->ptr = c->own_ptr, c->idx = c->own_idx, c->val = c->own_val;
+    return MP_OK;
+}
+
+static mp_status check_desc(const mp_conv_desc* d, const mp_weights* w)
+{
+    const int32_t v[] = {d->in_channels, d->out_channels, d->groups, d->in_h, d->in_w,
+                         d->out_h, d->out_w, d->kernel_h, d->kernel_w, d->stride_h,
+                         d->stride_w, d->dilation_h, d->dilation_w};
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        if (v[i] < 1) return mp_set_error(MP_INVALID_ARGUMENT, "conv: size or stride %zu < 1", i);
+    if (d->pad_top < 0 || d->pad_bottom < 0 || d->pad_left < 0 || d->pad_right < 0)
+        return mp_set_error(MP_INVALID_ARGUMENT, "conv: negative padding");
+    if (d->in_channels % d->groups || d->out_channels % d->groups)
+        return mp_set_error(MP_INVALID_ARGUMENT, "conv: groups %d do not divide channels %d -> %d",
+                            d->groups, d->in_channels, d->out_channels);
+    const int64_t hp = (int64_t)d->in_h + d->pad_top + d->pad_bottom;
+    const int64_t wp = (int64_t)d->in_w + d->pad_left + d->pad_right;
+    const int64_t eh = (int64_t)d->dilation_h * (d->kernel_h - 1) + 1;
+    const int64_t ew = (int64_t)d->dilation_w * (d->kernel_w - 1) + 1;
+    if (hp < eh || wp < ew || (hp - eh) / d->stride_h + 1 != d->out_h ||
+        (wp - ew) / d->stride_w + 1 != d->out_w)
+        return mp_set_error(MP_SHAPE_MISMATCH, "conv: output %dx%d does not follow from the input",
+                            d->out_h, d->out_w);
+    const int64_t cols = (int64_t)(d->in_channels / d->groups) * d->kernel_h * d->kernel_w;
+    if (w->rows != d->out_channels || w->cols != cols)
+        return mp_set_error(MP_SHAPE_MISMATCH, "conv: weights %dx%d, expected %dx%lld", w->rows,
+                            w->cols, d->out_channels, (long long)cols);
+    if (d->act != MP_ACT_NONE && d->act != MP_ACT_RELU && d->act != MP_ACT_CLAMP)
+        return mp_set_error(MP_INVALID_ARGUMENT, "conv: unknown activation %d", (int)d->act);
+    return MP_OK;
+}
+
+/* Buffer geometry; the largest flat offset must fit an int32. */
+static mp_status geometry(mp_conv_op* op)
+{
+    const mp_conv_desc* d = &op->d;
+    const int64_t hp = (int64_t)d->in_h + d->pad_top + d->pad_bottom;
+    const int64_t wp = (int64_t)d->in_w + d->pad_left + d->pad_right;
+    op->hq = (int32_t)((hp + d->stride_h - 1) / d->stride_h);
+    op->wq = (int32_t)((wp + d->stride_w - 1) / d->stride_w);
+    op->phases = d->stride_h * d->stride_w;
+    const int64_t chan = (int64_t)op->phases * op->hq * op->wq;
+    const int64_t total = chan * d->in_channels + 64;
+    if (total > ((int64_t)1 << 30) || (int64_t)d->out_h * d->out_w > ((int64_t)1 << 30))
+        return mp_set_error(MP_UNSUPPORTED_OP, "conv: input buffer of %lld floats is too large",
+                            (long long)total);
+    op->chan = (size_t)chan;
+    op->buf_floats = ((size_t)total + 15) & ~(size_t)15;
+    op->plane = (size_t)d->out_h * (size_t)d->out_w;
+    return MP_OK;
+}
+
+/* Input offset of weight column `col` for output rows of group `g`. */
+static int32_t col_offset(const mp_conv_op* op, int32_t g, int32_t col)
+{
+    const mp_conv_desc* d = &op->d;
+    const int32_t j = col % d->kernel_w, i = (col / d->kernel_w) % d->kernel_h;
+    const int32_t c = col / (d->kernel_w * d->kernel_h) + g * (d->in_channels / d->groups);
+    const int32_t di = i * d->dilation_h, dj = j * d->dilation_w;
+    const int32_t phase = (di % d->stride_h) * d->stride_w + dj % d->stride_w;
+    return (int32_t)((size_t)c * op->chan) + (phase * op->hq + di / d->stride_h) * op->wq +
+           dj / d->stride_w;
+}
+
+/* Pixel vectors: inside output rows, or along the flat buffer position (fewer wins). */
+static mp_status build_vectors(mp_conv_op* op, int lanes)
+{
+    const int64_t ho = op->d.out_h, wo = op->d.out_w, wq = op->wq;
+    const int64_t n_rows = ho * ((wo + lanes - 1) / lanes);
+    const int64_t len = (ho - 1) * wq + wo;
+    const int64_t n_flat = (len + lanes - 1) / lanes;
+    const int flat = n_flat < n_rows;
+    op->vec = malloc((size_t)(flat ? n_flat : n_rows) * sizeof(mp_pixvec));
+    if (op->vec == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory (vectors)");
+    const uint32_t full = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
+    size_t n = 0;
+    for (int64_t v = 0; v < (flat ? n_flat : n_rows); v++) {
+        mp_pixvec pv = {0, -1, 0u, MP_VEC_FULL};
+        for (int l = 0; l < lanes; l++) {
+            int64_t y, x;
+            if (flat) {
+                const int64_t t = v * lanes + l;
+                y = t / wq, x = t % wq;
+                pv.in = (int32_t)(v * lanes);
+            } else {
+                const int64_t per_row = (wo + lanes - 1) / lanes;
+                y = v / per_row, x = (v % per_row) * lanes + l;
+                pv.in = (int32_t)(y * wq + (v % per_row) * lanes);
+            }
+            if (y >= ho || x >= wo) continue;
+            if (pv.out < 0) pv.out = (int32_t)(y * wo + x);
+            pv.mask |= 1u << l;
+        }
+        if (pv.mask == 0) continue;
+        pv.kind = pv.mask == full ? MP_VEC_FULL
+                  : (pv.mask & (pv.mask + 1u)) == 0 ? MP_VEC_PREFIX : MP_VEC_MASKED;
+        op->vec[n++] = pv;
+    }
+    op->nvec = n;
+    return MP_OK;
+}
+
+/* Scratch of the packer: a 0/1 column mark and 4 dense rows of values. */
+typedef struct packer {
+    const mp_conv_op* op;
+    const csr_view* c;
+    int mode, write;
+    int32_t cols;
+    uint8_t* mark;
+    float* rowval; /* 4 x cols, zero between uses */
+} packer;
+
+static void scatter(packer* pk, int32_t r, int32_t nrows, int on)
+{
+    for (int32_t q = 0; q < nrows; q++)
+        for (uint32_t k = pk->c->ptr[r + q]; k < pk->c->ptr[r + q + 1]; k++) {
+            const uint32_t j = pk->c->idx[k];
+            pk->mark[j] = (uint8_t)on;
+            pk->rowval[(size_t)q * (size_t)pk->cols + j] = on ? pk->c->val[k] : 0.0f;
+        }
+}
+
+/* Rows [r, r + mr) of group g as one block over the marked columns (all: dense). */
+static void emit_block(packer* pk, conv_pack* p, int32_t g, int32_t r, int32_t mr, int all)
+{
+    size_t count = 0;
+    for (int32_t j = 0; j < pk->cols; j++) {
+        if (!all && !pk->mark[j]) continue;
+        if (pk->write) {
+            p->off[p->noff + count] = col_offset(pk->op, g, j);
+            for (int32_t q = 0; q < mr; q++)
+                p->val[p->nval + count * (size_t)mr + (size_t)q] =
+                    pk->rowval[(size_t)q * (size_t)pk->cols + (size_t)j];
+        }
+        count++;
+    }
+    if (pk->write)
+        p->blocks[p->nblocks] = (mp_rowblk){r, mr, (int32_t)count, 0, (int64_t)p->noff,
+                                           (int64_t)p->nval};
+    p->nblocks++;
+    p->noff += count;
+    p->nval += count * (size_t)mr;
+    p->cost += (mr == 4 ? 2.0 : 1.0) * (double)count + 4.0;
+}
+
+/* One pass over the rows: counts (write 0) or fills (write 1) the pack. */
+static void pack_pass(packer* pk, conv_pack* p)
+{
+    const mp_conv_desc* d = &pk->op->d;
+    const int32_t og = d->out_channels / d->groups;
+    p->nblocks = p->noff = p->nval = 0;
+    p->cost = 0.0;
+    for (int32_t g = 0; g < d->groups; g++) {
+        for (int32_t r = g * og; r < (g + 1) * og;) {
+            int four = 0;
+            if (pk->mode != PACK_SPARSE && (g + 1) * og - r >= 4) {
+                four = pk->mode == PACK_DENSE;
+                if (!four) {
+                    const size_t s = pk->c->ptr[r + 4] - pk->c->ptr[r];
+                    scatter(pk, r, 4, 1);
+                    size_t u = 0;
+                    for (int32_t j = 0; j < pk->cols; j++) u += pk->mark[j];
+                    four = u > 0 && (double)s >= BLOCK_FILL * 4.0 * (double)u;
+                    scatter(pk, r, 4, 0);
+                }
+            }
+            const int32_t mr = four ? 4 : 1;
+            scatter(pk, r, mr, 1);
+            emit_block(pk, p, g, r, mr, pk->mode == PACK_DENSE);
+            scatter(pk, r, mr, 0);
+            r += mr;
+        }
+    }
+}
+
+static void pack_free(conv_pack* p)
+{
+    free(p->blocks);
+    free(p->off);
+    free(p->val);
+    free(p->rchunk);
+    memset(p, 0, sizeof(*p));
+}
+
+/* Tasks: pixel chunks x row chunks of about equal cost. */
+static mp_status split_tasks(const mp_conv_op* op, conv_pack* p)
+{
+    int has4 = 0;
+    for (size_t b = 0; b < p->nblocks; b++) has4 |= p->blocks[b].mr == 4;
+    p->nv = (size_t)(has4 ? op->k->nv4 : op->k->nv1);
+    p->npb = (op->nvec + p->nv - 1) / p->nv;
+    p->pchunks = p->npb < TASKS_PER_IMAGE ? p->npb : TASKS_PER_IMAGE;
+    size_t rc = (TASKS_PER_IMAGE + p->pchunks - 1) / p->pchunks;
+    p->rchunks = rc < p->nblocks ? rc : (p->nblocks ? p->nblocks : 1);
+    p->rchunk = malloc((p->rchunks + 1) * sizeof(size_t));
+    if (p->rchunk == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory (tasks)");
+    double acc = 0.0;
+    size_t b = 0;
+    p->rchunk[0] = 0;
+    for (size_t i = 1; i < p->rchunks; i++) {
+        const double goal = p->cost * (double)i / (double)p->rchunks;
+        while (b < p->nblocks && acc < goal) {
+            const mp_rowblk* rb = &p->blocks[b++];
+            acc += (rb->mr == 4 ? 2.0 : 1.0) * (double)rb->count + 4.0;
+        }
+        p->rchunk[i] = b;
+    }
+    p->rchunk[p->rchunks] = p->nblocks;
+    return MP_OK;
+}
+
+static mp_status make_pack(const mp_conv_op* op, const csr_view* c, int mode, conv_pack* p)
+{
+    memset(p, 0, sizeof(*p));
+    const int32_t cols = (int32_t)((op->d.in_channels / op->d.groups) * op->d.kernel_h *
+                                   op->d.kernel_w);
+    packer pk = {op, c, mode, 0, cols, calloc((size_t)cols, 1),
+                 calloc((size_t)cols * 4, sizeof(float))};
+    mp_status st = MP_OK;
+    if (pk.mark == NULL || pk.rowval == NULL) {
+        st = mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory (packing)");
+        goto done;
+    }
+    pack_pass(&pk, p);
+    if (p->noff > (size_t)INT32_MAX) {
+        st = mp_set_error(MP_UNSUPPORTED_OP, "conv: %zu packed weights are too many", p->noff);
+        goto done;
+    }
+    p->blocks = malloc((p->nblocks ? p->nblocks : 1) * sizeof(mp_rowblk));
+    p->off = malloc((p->noff ? p->noff : 1) * sizeof(int32_t));
+    p->val = malloc((p->nval ? p->nval : 1) * sizeof(float));
+    if (p->blocks == NULL || p->off == NULL || p->val == NULL) {
+        st = mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory (packed weights)");
+        goto done;
+    }
+    pk.write = 1;
+    pack_pass(&pk, p);
+    st = split_tasks(op, p);
+done:
+    free(pk.mark);
+    free(pk.rowval);
+    if (st != MP_OK) pack_free(p);
+    return st;
+}
+
+size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch)
+{
+    return batch * op->buf_floats * sizeof(float) + 64;
+}
+
+static float* align64(const void* p)
+{
+    return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+/* Stride 1: each padded row written once (zeros, then the input row). */
+static void fill_rows(const mp_conv_op* op, const float* x, float* b)
+{
+    const mp_conv_desc* d = &op->d;
+    const size_t wq = (size_t)op->wq, w = (size_t)d->in_w, pl = (size_t)d->pad_left;
+    for (int32_t c = 0; c < d->in_channels; c++)
+        for (int32_t h = 0; h < op->hq; h++) {
+            float* dst = b + (size_t)c * op->chan + (size_t)h * wq;
+            const int32_t y = h - d->pad_top;
+            if (y < 0 || y >= d->in_h) {
+                memset(dst, 0, wq * sizeof(float));
+                continue;
+            }
+            memset(dst, 0, pl * sizeof(float));
+            memcpy(dst + pl, x + ((size_t)c * (size_t)d->in_h + (size_t)y) * w, w * sizeof(float));
+            memset(dst + pl + w, 0, (wq - pl - w) * sizeof(float));
+        }
+}
+
+/* Any stride: zero the buffer, then polyphase scatter. */
+static void fill_phases(const mp_conv_op* op, const float* x, float* b)
+{
+    const mp_conv_desc* d = &op->d;
+    const int32_t sh = d->stride_h, sw = d->stride_w;
+    memset(b, 0, op->chan * (size_t)d->in_channels * sizeof(float));
+    for (int32_t c = 0; c < d->in_channels; c++)
+        for (int32_t y = 0; y < d->in_h; y++) {
+            const int32_t h = y + d->pad_top;
+            const float* src = x + ((size_t)c * (size_t)d->in_h + (size_t)y) * (size_t)d->in_w;
+            float* row = b + (size_t)c * op->chan +
+                         ((size_t)((h % sh) * sw) * (size_t)op->hq + (size_t)(h / sh)) * (size_t)op->wq;
+            for (int32_t xx = 0; xx < d->in_w; xx++) {
+                const int32_t wv = xx + d->pad_left;
+                row[(size_t)(wv % sw) * (size_t)op->hq * (size_t)op->wq + (size_t)(wv / sw)] = src[xx];
+            }
+        }
+}
+
+void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* scratch)
+{
+    float* buf = align64(scratch);
+    const size_t in_floats = (size_t)op->d.in_channels * (size_t)op->d.in_h * (size_t)op->d.in_w;
+    const size_t used = op->chan * (size_t)op->d.in_channels;
+    for (size_t n = 0; n < batch; n++) {
+        float* b = buf + n * op->buf_floats;
+        if (op->phases == 1)
+            fill_rows(op, in + n * in_floats, b);
+        else
+            fill_phases(op, in + n * in_floats, b);
+        memset(b + used, 0, (op->buf_floats - used) * sizeof(float));
+    }
+}
+
+size_t mp_conv_num_tasks(const mp_conv_op* op, size_t batch)
+{
+    return batch * op->pack.rchunks * op->pack.pchunks;
+}
+
+static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* buf, float* out,
+                         size_t t0, size_t t1)
+{
+    const size_t per = p->rchunks * p->pchunks;
+    const size_t out_floats = (size_t)op->d.out_channels * op->plane;
+    mp_spconv_args a = {NULL, NULL, op->plane, NULL, 0, p->blocks, 0, 0, p->off, p->val,
+                        op->bias, op->d.act_min, op->d.act_max};
+    for (size_t t = t0; t < t1; t++) {
+        const size_t n = t / per, rc = (t % per) / p->pchunks, pc = t % p->pchunks;
+        a.input = buf + n * op->buf_floats;
+        a.output = out + n * out_floats;
+        a.b0 = p->rchunk[rc];
+        a.b1 = p->rchunk[rc + 1];
+        const size_t pb0 = pc * p->npb / p->pchunks, pb1 = (pc + 1) * p->npb / p->pchunks;
+        for (size_t pb = pb0; pb < pb1; pb++) {
+            a.vec = op->vec + pb * p->nv;
+            a.nv = op->nvec - pb * p->nv < p->nv ? op->nvec - pb * p->nv : p->nv;
+            op->k->fn(&a);
+        }
+    }
+}
+
+void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, const void* scratch,
+                     float* out, size_t task_begin, size_t task_end)
+{
+    (void)batch;
+    (void)in;
+    compute_pack(op, &op->pack, align64(scratch), out, task_begin, task_end);
+}
+
+/* Median-free quick timing: the best of a few interleaved runs of each pack. */
+static void time_packs(mp_conv_op* op, conv_pack* packs, const int* cand, int ncand, double* best)
+{
+    float* raw = calloc(op->buf_floats + 16, sizeof(float));
+    float* out = malloc(((size_t)op->d.out_channels * op->plane + 16) * sizeof(float));
+    if (raw == NULL || out == NULL) goto done;
+    float* buf = align64(raw);
+    for (size_t i = 0; i < op->chan * (size_t)op->d.in_channels; i++)
+        buf[i] = (float)((i * 2654435761u) % 1000u) * 1e-3f;
+    for (int c = 0; c < ncand; c++) best[c] = INFINITY;
+    for (int round = 0; round < 4; round++)
+        for (int c = 0; c < ncand; c++) {
+            const conv_pack* p = &packs[cand[c]];
+            const double t0 = mp_now_seconds();
+            compute_pack(op, p, buf, out, 0, p->rchunks * p->pchunks);
+            const double dt = mp_now_seconds() - t0;
+            if (round > 0 && dt < best[c]) best[c] = dt;
+        }
+done:
+    free(raw);
+    free(out);
+}
+
+/* Choose among the packs: forced, by the cost model, or timed. */
+static void choose(mp_conv_op* op, conv_pack* packs, uint32_t flags)
+{
+    int cand[PACK_COUNT], ncand = 0, pick = PACK_SPARSE;
+    double best_cost = INFINITY;
+    for (int m = 0; m < PACK_COUNT; m++)
+        if (packs[m].blocks != NULL && packs[m].cost < best_cost) best_cost = packs[m].cost, pick = m;
+    if (flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)) {
+        snprintf(op->reason, sizeof(op->reason), "forced %s", k_pack_name[pick]);
+    } else {
+        for (int m = 0; m < PACK_COUNT; m++)
+            if (packs[m].blocks != NULL && packs[m].cost <= 3.0 * best_cost) cand[ncand++] = m;
+        double t[PACK_COUNT];
+        if (!(flags & MP_KERNEL_NO_TUNE) && ncand > 1) {
+            time_packs(op, packs, cand, ncand, t);
+            int b = 0, s = -1;
+            for (int c = 1; c < ncand; c++) if (t[c] < t[b]) b = c;
+            for (int c = 0; c < ncand; c++) if (c != b && (s < 0 || t[c] < t[s])) s = c;
+            if (isfinite(t[b])) {
+                pick = cand[b];
+                snprintf(op->reason, sizeof(op->reason), "tuned %s %.0fus < %s %.0fus",
+                         k_pack_name[cand[b]], t[b] * 1e6, k_pack_name[cand[s]], t[s] * 1e6);
+            }
+        }
+        if (op->reason[0] == '\0')
+            snprintf(op->reason, sizeof(op->reason), "model %s cost %.3g", k_pack_name[pick],
+                     packs[pick].cost);
+    }
+    op->mode = pick;
+    op->pack = packs[pick];
+    memset(&packs[pick], 0, sizeof(packs[pick]));
+}
+
+static const conv_kernel* pick_kernel(mp_isa isa)
+{
+    const conv_kernel* k = &k_conv[0];
+    for (size_t i = 0; i < sizeof(k_conv) / sizeof(k_conv[0]); i++)
+        if (k_conv[i].isa <= isa && k_conv[i].isa >= k->isa) k = &k_conv[i];
+    return k;
+}
+
+static mp_status build(mp_conv_op* op, const mp_weights* w, uint32_t flags)
+{
+    csr_view c;
+    mp_status st = csr_from(w, &c);
+    if (st != MP_OK) return st;
+    const size_t rows = (size_t)w->rows;
+    op->nnz = (int64_t)c.ptr[rows];
+    op->density = (double)op->nnz / ((double)rows * (double)w->cols);
+    for (size_t r = 0; r < rows; r++) op->bias[r] = w->bias ? w->bias[r] : 0.0f;
+    conv_pack packs[PACK_COUNT];
+    memset(packs, 0, sizeof(packs));
+    const int want[PACK_COUNT] = {!(flags & MP_KERNEL_DENSE), !(flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)),
+                                  !(flags & MP_KERNEL_SPARSE)};
+    for (int m = 0; m < PACK_COUNT && st == MP_OK; m++)
+        if (want[m]) st = make_pack(op, &c, m, &packs[m]);
+    csr_free(&c);
+    if (st == MP_OK) {
+        /* blocked identical to sparse (no 4-row block): drop it */
+        if (packs[PACK_BLOCKED].blocks && packs[PACK_BLOCKED].nblocks == packs[PACK_SPARSE].nblocks)
+            pack_free(&packs[PACK_BLOCKED]);
+        choose(op, packs, flags);
+    }
+    for (int m = 0; m < PACK_COUNT; m++) pack_free(&packs[m]);
+    return st;
+}
+
+mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint32_t flags,
+                             mp_isa isa, mp_conv_op** out)
+{
+    if (desc == NULL || w == NULL || out == NULL)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_conv_create: NULL argument");
+    *out = NULL;
+    if ((flags & MP_KERNEL_DENSE) && (flags & MP_KERNEL_SPARSE))
+        return mp_set_error(MP_INVALID_ARGUMENT, "conv: dense and sparse both forced");
+    mp_status st = check_desc(desc, w);
+    if (st != MP_OK) return st;
+    mp_conv_op* op = calloc(1, sizeof(*op));
+    if (op == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory");
+    op->d = *desc;
+    if (desc->act == MP_ACT_NONE) op->d.act_min = -INFINITY, op->d.act_max = INFINITY;
+    if (desc->act == MP_ACT_RELU) op->d.act_min = 0.0f, op->d.act_max = INFINITY;
+    op->k = pick_kernel((flags & MP_KERNEL_PORTABLE) ? MP_ISA_SCALAR : isa);
+    op->bias = malloc((size_t)desc->out_channels * sizeof(float));
+    st = op->bias ? geometry(op) : mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory");
+    if (st == MP_OK) st = build_vectors(op, op->k->lanes);
+    if (st == MP_OK) st = build(op, w, flags);
+    if (st != MP_OK) {
+        mp_conv_free(op);
+        return st;
+    }
+    *out = op;
+    return MP_OK;
+}
+
+mp_status mp_conv_create(const mp_conv_desc* desc, const mp_weights* w, uint32_t flags,
+                         mp_conv_op** out)
+{
+    return mp_conv_create_isa(desc, w, flags, mp_cpu_best_isa(), out);
+}
+
+void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
+{
+    if (buf == NULL || size == 0) return;
+    snprintf(buf, size, "%s %s density=%.3f %s", op->k->name, k_storage[op->mode], op->density,
+             op->reason);
+}
+
+void mp_conv_free(mp_conv_op* op)
+{
+    if (op == NULL) return;
+    pack_free(&op->pack);
+    free(op->vec);
+    free(op->bias);
+    free(op);
+}

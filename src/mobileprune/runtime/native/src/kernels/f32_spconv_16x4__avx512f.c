@@ -1,0 +1,109 @@
+/* Direct sparse convolution, AVX-512F: 16 output pixels per zmm vector, up to 8 vectors
+ * per pixel block with 1-row blocks, 6 with 4-row blocks (24 accumulators), all held in
+ * registers across the nonzeros of a row block (seed 003, Algorithm 2: Y[row, :] += value *
+ * X[col, :]; one broadcast weight and one FMA per vector and nonzero, one load per vector
+ * shared by the rows of a block). Bias is the initial value; clamp before the only store. */
+#include "kernels.h"
+
+#if MP_ARCH_X86_64
+#include <immintrin.h>
+
+MP_TARGET_AVX512 MP_INLINE void store16(float* out, const mp_pixvec* pv, __m512 y)
+{
+    if (pv->kind == MP_VEC_FULL)
+        _mm512_storeu_ps(out + pv->out, y);
+    else if (pv->kind == MP_VEC_PREFIX)
+        _mm512_mask_storeu_ps(out + pv->out, (__mmask16)pv->mask, y);
+    else
+        _mm512_mask_compressstoreu_ps(out + pv->out, (__mmask16)pv->mask, y);
+}
+
+MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb,
+                                      const float* const* base, const int nv)
+{
+    __m512 acc[4][MP_MAX_NV];
+    const float* bias = a->bias + rb->row;
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        const __m512 b = _mm512_set1_ps(bias[r]);
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++) acc[r][v] = b;
+    }
+    const int32_t* off = a->off + rb->nz;
+    const float* val = a->val + rb->val;
+    for (int32_t k = 0; k < rb->count; k++) {
+        const int32_t o = off[k];
+        const __m512 w0 = _mm512_set1_ps(val[4 * k]), w1 = _mm512_set1_ps(val[4 * k + 1]);
+        const __m512 w2 = _mm512_set1_ps(val[4 * k + 2]), w3 = _mm512_set1_ps(val[4 * k + 3]);
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++) {
+            const __m512 x = _mm512_loadu_ps(base[v] + o);
+            acc[0][v] = _mm512_fmadd_ps(w0, x, acc[0][v]);
+            acc[1][v] = _mm512_fmadd_ps(w1, x, acc[1][v]);
+            acc[2][v] = _mm512_fmadd_ps(w2, x, acc[2][v]);
+            acc[3][v] = _mm512_fmadd_ps(w3, x, acc[3][v]);
+        }
+    }
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    float* out = a->output + (size_t)rb->row * a->plane;
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            store16(out + (size_t)r * a->plane, &a->vec[v],
+                    _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi));
+}
+
+MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb,
+                                      const float* const* base, const int nv)
+{
+    __m512 acc[MP_MAX_NV];
+    const __m512 b = _mm512_set1_ps(a->bias[rb->row]);
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) acc[v] = b;
+    const int32_t* off = a->off + rb->nz;
+    const float* val = a->val + rb->val;
+    for (int32_t k = 0; k < rb->count; k++) {
+        const int32_t o = off[k];
+        const __m512 w = _mm512_set1_ps(val[k]);
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++)
+            acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(base[v] + o), acc[v]);
+    }
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    float* out = a->output + (size_t)rb->row * a->plane;
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++)
+        store16(out, &a->vec[v], _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi));
+}
+
+MP_TARGET_AVX512 MP_INLINE void run(const mp_spconv_args* a, const int nv)
+{
+    const float* base[MP_MAX_NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) base[v] = a->input + a->vec[v].in;
+    for (size_t b = a->b0; b < a->b1; b++) {
+        const mp_rowblk* rb = &a->blocks[b];
+        if (rb->mr == 4)
+            block4(a, rb, base, nv < 6 ? nv : 6); /* conv.c: nv <= 6 with 4-row blocks */
+        else
+            block1(a, rb, base, nv);
+    }
+}
+
+MP_TARGET_AVX512 void mp_f32_spconv_16x4__avx512f(const mp_spconv_args* a)
+{
+    switch (a->nv) {
+    case 1: run(a, 1); break;
+    case 2: run(a, 2); break;
+    case 3: run(a, 3); break;
+    case 4: run(a, 4); break;
+    case 5: run(a, 5); break;
+    case 6: run(a, 6); break;
+    case 7: run(a, 7); break;
+    default: run(a, 8); break;
+    }
+}
+#else
+typedef int mp_f32_spconv_16x4__avx512f_absent; /* not this arch: an empty unit is not ISO C */
+#endif

@@ -1,0 +1,128 @@
+/* Micro-kernels of the conv / linear operators (conv.c, linear.c): the packed layouts they
+ * read and one declaration per kernel, generated from kernels.inc (the only list of
+ * kernels: the dispatcher, tests/native/test_kernels.c and benchmarks/native_kernels.c all
+ * read it). One file per kernel variant, named as XNNPACK does:
+ * f32_<op>_<lanes>x<rows>__<isa>.c.
+ *
+ * Direct sparse convolution (seed 003, Algorithm 2, without im2col): Y[row, :] += value *
+ * X[col, :], where the row X[col, :] of column col = (c, i, j) is the zero-padded
+ * (polyphase, for strides) input plane of channel c shifted by (i, j): one flat input
+ * offset `off` per nonzero. Output pixels are cut into vectors of `lanes` pixels
+ * (mp_pixvec: the input delta of its first lane and where its valid lanes go); a kernel
+ * call runs one pixel block (nv vectors, all held in registers) over a range of row blocks
+ * (mp_rowblk: 1 row, or 4 rows that share one column list, zero-filled), so every input
+ * load feeds mr FMAs and the output is stored once, bias first and activation fused.
+ */
+#ifndef MP_KERNELS_H
+#define MP_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../operators.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define MP_ARCH_X86_64 1
+#else
+#define MP_ARCH_X86_64 0
+#endif
+#if defined(__aarch64__)
+#define MP_ARCH_ARM64 1
+#else
+#define MP_ARCH_ARM64 0
+#endif
+
+#if defined(__GNUC__)
+#define MP_INLINE static inline __attribute__((always_inline))
+#define MP_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define MP_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#else
+#define MP_INLINE static inline
+#define MP_TARGET_AVX2
+#define MP_TARGET_AVX512
+#endif
+
+/* Most vectors per pixel block of any kernel, and most rows per row block. */
+#define MP_MAX_NV 8
+#define MP_MAX_MR 4
+
+/* How a vector's valid lanes reach the output. */
+enum { MP_VEC_FULL = 0, MP_VEC_PREFIX = 1, MP_VEC_MASKED = 2 };
+
+/* One vector of output pixels of a channel plane: lane l reads input[off + in + l]; the
+ * lanes set in `mask` (bit l), in order, go to out[out + 0, 1, ...]. */
+typedef struct mp_pixvec {
+    int32_t in;
+    int32_t out;
+    uint32_t mask;
+    int32_t kind;
+} mp_pixvec;
+
+/* `mr` consecutive output rows starting at `row` with `count` shared nonzeros: input
+ * offsets off[nz .. nz + count), values val[val .. val + mr * count) (mr per nonzero). */
+typedef struct mp_rowblk {
+    int32_t row;
+    int32_t mr;
+    int32_t count;
+    int32_t pad_;
+    int64_t nz;
+    int64_t val;
+} mp_rowblk;
+
+/* One conv kernel call: pixel block `vec[0 .. nv)` of one image, row blocks [b0, b1). */
+typedef struct mp_spconv_args {
+    const float* input;       /* padded polyphase buffer of the image */
+    float* output;            /* output of the image: rows x plane */
+    size_t plane;             /* output floats per channel (Ho * Wo) */
+    const mp_pixvec* vec;
+    size_t nv;
+    const mp_rowblk* blocks;
+    size_t b0, b1;
+    const int32_t* off;
+    const float* val;
+    const float* bias;        /* one per output row (zeros when the layer has none) */
+    float act_min, act_max;
+} mp_spconv_args;
+
+typedef void (*mp_spconv_fn)(const mp_spconv_args* a);
+
+/* Linear, rows [r0, r1) of y = act(W x + b) for `batch` inputs.
+ * Sparse: CSR rows (ptr, idx, val); dense: W row-major (ptr == NULL, ld = cols).
+ * Small batches read x (batch, cols) directly; the transposed kernel reads xt (cols, ldx)
+ * with ldx >= batch (a multiple of the lanes) and writes y[n * ldy + row]. */
+typedef struct mp_linear_args {
+    size_t rows, cols, batch;
+    const uint32_t* ptr;
+    const uint32_t* idx;
+    const float* val;
+    const float* bias;
+    const float* x;
+    size_t ldx;
+    float* y;
+    size_t ldy;
+    size_t r0, r1;
+    float act_min, act_max;
+} mp_linear_args;
+
+typedef void (*mp_linear_fn)(const mp_linear_args* a);
+
+#define MP_CONV_UKERNEL(arch_isa, name, lanes, nv1, nv4) void mp_##name(const mp_spconv_args* a);
+#define MP_LINEAR_UKERNEL(arch_isa, name, kind) void mp_##name(const mp_linear_args* a);
+#include "kernels.inc"
+#undef MP_CONV_UKERNEL
+#undef MP_LINEAR_UKERNEL
+
+/* Kinds of linear kernels (MP_LINEAR_UKERNEL's third field). */
+enum { MP_LIN_CSR = 0, MP_LIN_DENSE = 1, MP_LIN_CSR_T = 2, MP_LIN_DENSE_T = 3 };
+
+/* mp_conv_create / mp_linear_create with the kernel family `isa` (at most
+ * mp_cpu_best_isa()): the tests and the benchmark run every family the CPU has. */
+mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint32_t flags,
+                             mp_isa isa, mp_conv_op** out);
+mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
+                               uint32_t flags, mp_isa isa, mp_linear_op** out);
+
+/* Monotonic clock in seconds (cpu.c), for the timing run at create. */
+double mp_now_seconds(void);
+
+#endif /* MP_KERNELS_H */

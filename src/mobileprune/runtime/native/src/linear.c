@@ -1,0 +1,324 @@
+/* Linear operator: y = act(W x + b) for (batch, in) -> (batch, out), W sparse (CSR) or
+ * dense, chosen at create (forced, cost model, or a short timing run at batch 1).
+ *
+ * Small batches (< MP_LINEAR_T_BATCH) run one dot product per output and input, W rows
+ * streamed once per task (batch 1 is bound by memory: 4 bytes per weight dense, 8 per
+ * nonzero sparse). Larger batches use seed 003 Algorithm 2 literally on X^T: prepare
+ * transposes the input into scratch, Y^T[row, :] += value * X^T[col, :] is then
+ * contiguous over the batch. Tasks are chunks of output rows.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kernels.h"
+
+/* Batches of at least this size run the transposed kernels. */
+#define MP_LINEAR_T_BATCH 8
+/* Density from which the cost model prefers dense (8 bytes per nonzero vs 4 per weight,
+ * plus the gather). */
+#define DENSE_DENSITY 0.4
+
+typedef struct linear_kernel {
+    mp_isa isa;
+    const char* name;
+    mp_linear_fn fn;
+    int kind;
+} linear_kernel;
+
+static const linear_kernel k_linear[] = {
+#define MP_CONV_UKERNEL(isa, name, lanes, nv1, nv4)
+#define MP_LINEAR_UKERNEL(isa, name, kind) {isa, #name, mp_##name, kind},
+#include "kernels/kernels.inc"
+#undef MP_CONV_UKERNEL
+#undef MP_LINEAR_UKERNEL
+};
+
+struct mp_linear_op {
+    mp_linear_desc d;
+    int dense;
+    const linear_kernel* k;   /* small batch */
+    const linear_kernel* kt;  /* transposed */
+    uint32_t* ptr;
+    uint32_t* idx;
+    float* val;
+    float* bias;
+    size_t rows_per_task;
+    int64_t nnz;
+    double density;
+    char reason[96];
+};
+
+static const linear_kernel* pick(mp_isa isa, int kind)
+{
+    const linear_kernel* k = NULL;
+    for (size_t i = 0; i < sizeof(k_linear) / sizeof(k_linear[0]); i++)
+        if (k_linear[i].kind == kind && k_linear[i].isa <= isa && (!k || k_linear[i].isa >= k->isa))
+            k = &k_linear[i];
+    return k;
+}
+
+static mp_status check(const mp_linear_desc* d, const mp_weights* w)
+{
+    if (d->in_features < 1 || d->out_features < 1)
+        return mp_set_error(MP_INVALID_ARGUMENT, "linear: %d -> %d features", d->in_features,
+                            d->out_features);
+    if (w->rows != d->out_features || w->cols != d->in_features)
+        return mp_set_error(MP_SHAPE_MISMATCH, "linear: weights %dx%d, expected %dx%d", w->rows,
+                            w->cols, d->out_features, d->in_features);
+    if (d->act != MP_ACT_NONE && d->act != MP_ACT_RELU && d->act != MP_ACT_CLAMP)
+        return mp_set_error(MP_INVALID_ARGUMENT, "linear: unknown activation %d", (int)d->act);
+    if (w->dense != NULL) return MP_OK;
+    const size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
+    if (w->indptr == NULL || (w->nnz > 0 && (w->indices == NULL || w->values == NULL)))
+        return mp_set_error(MP_INVALID_ARGUMENT, "linear: neither dense nor CSR weights");
+    if (w->indptr[0] != 0 || (int64_t)w->indptr[rows] != w->nnz)
+        return mp_set_error(MP_INVALID_ARGUMENT, "linear: indptr does not span nnz");
+    for (size_t r = 0; r < rows; r++) {
+        if (w->indptr[r + 1] < w->indptr[r])
+            return mp_set_error(MP_INVALID_ARGUMENT, "linear: indptr decreases at row %zu", r);
+        for (uint32_t k = w->indptr[r]; k < w->indptr[r + 1]; k++)
+            if (w->indices[k] >= cols || (k > w->indptr[r] && w->indices[k] <= w->indices[k - 1]))
+                return mp_set_error(MP_INVALID_ARGUMENT, "linear: row %zu: bad column index", r);
+    }
+    return MP_OK;
+}
+
+/* Pack W as dense (rows x cols) or CSR (nonzeros only) from either input storage. */
+static mp_status pack(mp_linear_op* op, const mp_weights* w, int dense)
+{
+    const size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
+    op->dense = dense;
+    if (dense) {
+        op->val = calloc(rows * cols, sizeof(float));
+        if (op->val == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+        for (size_t r = 0; r < rows; r++) {
+            if (w->dense != NULL) {
+                memcpy(op->val + r * cols, w->dense + r * cols, cols * sizeof(float));
+                continue;
+            }
+            for (uint32_t k = w->indptr[r]; k < w->indptr[r + 1]; k++)
+                op->val[r * cols + w->indices[k]] = w->values[k];
+        }
+        return MP_OK;
+    }
+    const size_t nnz = (size_t)op->nnz;
+    op->ptr = malloc((rows + 1) * sizeof(uint32_t));
+    op->idx = malloc((nnz ? nnz : 1) * sizeof(uint32_t));
+    op->val = malloc((nnz ? nnz : 1) * sizeof(float));
+    if (!op->ptr || !op->idx || !op->val)
+        return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+    size_t k = 0;
+    for (size_t r = 0; r < rows; r++) {
+        op->ptr[r] = (uint32_t)k;
+        if (w->dense == NULL) {
+            const size_t n = w->indptr[r + 1] - w->indptr[r];
+            memcpy(op->idx + k, w->indices + w->indptr[r], n * sizeof(uint32_t));
+            memcpy(op->val + k, w->values + w->indptr[r], n * sizeof(float));
+            k += n;
+            continue;
+        }
+        for (size_t j = 0; j < cols; j++)
+            if (w->dense[r * cols + j] != 0.0f) op->idx[k] = (uint32_t)j, op->val[k++] = w->dense[r * cols + j];
+    }
+    op->ptr[rows] = (uint32_t)k;
+    return MP_OK;
+}
+
+static int64_t count_nnz(const mp_weights* w)
+{
+    if (w->dense == NULL) return w->nnz;
+    int64_t n = 0;
+    for (size_t i = 0; i < (size_t)w->rows * (size_t)w->cols; i++) n += w->dense[i] != 0.0f;
+    return n;
+}
+
+static void unpack(mp_linear_op* op)
+{
+    free(op->ptr);
+    free(op->idx);
+    free(op->val);
+    op->ptr = op->idx = NULL;
+    op->val = NULL;
+}
+
+static void run_rows(const mp_linear_op* op, size_t batch, const float* x, size_t ldx, float* y,
+                     size_t r0, size_t r1, int transposed)
+{
+    const mp_linear_args a = {(size_t)op->d.out_features, (size_t)op->d.in_features, batch,
+                              op->ptr, op->idx, op->val, op->bias, x, ldx, y,
+                              (size_t)op->d.out_features, r0, r1, op->d.act_min, op->d.act_max};
+    (transposed ? op->kt : op->k)->fn(&a);
+}
+
+/* Best of 5 batch-1 runs of the current packing, in seconds. */
+static double time_batch1(const mp_linear_op* op, const float* x, float* y)
+{
+    double best = INFINITY;
+    for (int i = 0; i < 6; i++) {
+        const double t0 = mp_now_seconds();
+        run_rows(op, 1, x, (size_t)op->d.in_features, y, 0, (size_t)op->d.out_features, 0);
+        const double dt = mp_now_seconds() - t0;
+        if (i > 0 && dt < best) best = dt;
+    }
+    return best;
+}
+
+static void set_kernels(mp_linear_op* op, mp_isa isa)
+{
+    op->k = pick(isa, op->dense ? MP_LIN_DENSE : MP_LIN_CSR);
+    op->kt = pick(isa, op->dense ? MP_LIN_DENSE_T : MP_LIN_CSR_T);
+}
+
+/* Time sparse and dense at batch 1; keep the faster (op is packed sparse on entry). */
+static mp_status tune(mp_linear_op* op, const mp_weights* w, mp_isa isa)
+{
+    const size_t in = (size_t)op->d.in_features, outn = (size_t)op->d.out_features;
+    float* x = malloc(in * sizeof(float));
+    float* y = malloc(outn * sizeof(float));
+    mp_status st = MP_OK;
+    if (x == NULL || y == NULL) {
+        st = mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory (tuning)");
+        goto done;
+    }
+    for (size_t i = 0; i < in; i++) x[i] = (float)(i % 7) * 0.25f;
+    const double ts = time_batch1(op, x, y);
+    unpack(op);
+    st = pack(op, w, 1);
+    if (st != MP_OK) goto done;
+    set_kernels(op, isa);
+    const double td = time_batch1(op, x, y);
+    if (ts < td) {
+        unpack(op);
+        st = pack(op, w, 0);
+        set_kernels(op, isa);
+    }
+    snprintf(op->reason, sizeof(op->reason), "tuned %s %.1fus < %s %.1fus",
+             ts < td ? "sparse" : "dense", (ts < td ? ts : td) * 1e6,
+             ts < td ? "dense" : "sparse", (ts < td ? td : ts) * 1e6);
+done:
+    free(x);
+    free(y);
+    return st;
+}
+
+static mp_status build(mp_linear_op* op, const mp_weights* w, uint32_t flags, mp_isa isa)
+{
+    op->nnz = count_nnz(w);
+    op->density = (double)op->nnz / ((double)w->rows * (double)w->cols);
+    for (int32_t r = 0; r < w->rows; r++) op->bias[r] = w->bias ? w->bias[r] : 0.0f;
+    int dense = op->density >= DENSE_DENSITY;
+    if (flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)) {
+        dense = (flags & MP_KERNEL_DENSE) != 0;
+        snprintf(op->reason, sizeof(op->reason), "forced %s", dense ? "dense" : "sparse");
+    } else if (!(flags & MP_KERNEL_NO_TUNE)) {
+        mp_status st = pack(op, w, 0);
+        if (st == MP_OK) set_kernels(op, isa);
+        return st == MP_OK ? tune(op, w, isa) : st;
+    } else {
+        snprintf(op->reason, sizeof(op->reason), "model %s (density %s %.2f)",
+                 dense ? "dense" : "sparse", dense ? ">=" : "<", DENSE_DENSITY);
+    }
+    mp_status st = pack(op, w, dense);
+    set_kernels(op, isa);
+    return st;
+}
+
+mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
+                               uint32_t flags, mp_isa isa, mp_linear_op** out)
+{
+    if (desc == NULL || w == NULL || out == NULL)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_linear_create: NULL argument");
+    *out = NULL;
+    if ((flags & MP_KERNEL_DENSE) && (flags & MP_KERNEL_SPARSE))
+        return mp_set_error(MP_INVALID_ARGUMENT, "linear: dense and sparse both forced");
+    mp_status st = check(desc, w);
+    if (st != MP_OK) return st;
+    mp_linear_op* op = calloc(1, sizeof(*op));
+    if (op == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+    op->d = *desc;
+    if (desc->act == MP_ACT_NONE) op->d.act_min = -INFINITY, op->d.act_max = INFINITY;
+    if (desc->act == MP_ACT_RELU) op->d.act_min = 0.0f, op->d.act_max = INFINITY;
+    if (flags & MP_KERNEL_PORTABLE) isa = MP_ISA_SCALAR;
+    const size_t rows = (size_t)desc->out_features;
+    const size_t rpt = (rows + 7) / 8;
+    op->rows_per_task = rpt < 4 ? 4 : (rpt + 3) & ~(size_t)3;
+    op->bias = malloc(rows * sizeof(float));
+    st = op->bias ? build(op, w, flags, isa) : mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+    if (st != MP_OK) {
+        mp_linear_free(op);
+        return st;
+    }
+    *out = op;
+    return MP_OK;
+}
+
+mp_status mp_linear_create(const mp_linear_desc* desc, const mp_weights* w, uint32_t flags,
+                           mp_linear_op** out)
+{
+    return mp_linear_create_isa(desc, w, flags, mp_cpu_best_isa(), out);
+}
+
+static size_t padded_batch(size_t batch)
+{
+    return (batch + 15) & ~(size_t)15;
+}
+
+size_t mp_linear_scratch_bytes(const mp_linear_op* op, size_t batch)
+{
+    if (batch < MP_LINEAR_T_BATCH) return 0;
+    return padded_batch(batch) * (size_t)op->d.in_features * sizeof(float) + 64;
+}
+
+static float* align64(const void* p)
+{
+    return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
+void mp_linear_prepare(const mp_linear_op* op, size_t batch, const float* in, void* scratch)
+{
+    if (batch < MP_LINEAR_T_BATCH) return;
+    float* xt = align64(scratch);
+    const size_t ld = padded_batch(batch), cols = (size_t)op->d.in_features;
+    for (size_t c0 = 0; c0 < cols; c0 += 16)
+        for (size_t n = 0; n < batch; n++)
+            for (size_t c = c0; c < cols && c < c0 + 16; c++) xt[c * ld + n] = in[n * cols + c];
+    for (size_t c = 0; c < cols; c++)
+        for (size_t n = batch; n < ld; n++) xt[c * ld + n] = 0.0f;
+}
+
+size_t mp_linear_num_tasks(const mp_linear_op* op, size_t batch)
+{
+    (void)batch;
+    return ((size_t)op->d.out_features + op->rows_per_task - 1) / op->rows_per_task;
+}
+
+void mp_linear_compute(const mp_linear_op* op, size_t batch, const float* in,
+                       const void* scratch, float* out, size_t task_begin, size_t task_end)
+{
+    const size_t rows = (size_t)op->d.out_features;
+    size_t r0 = task_begin * op->rows_per_task, r1 = task_end * op->rows_per_task;
+    if (r1 > rows) r1 = rows;
+    if (r0 >= r1) return;
+    if (batch < MP_LINEAR_T_BATCH)
+        run_rows(op, batch, in, (size_t)op->d.in_features, out, r0, r1, 0);
+    else
+        run_rows(op, batch, align64(scratch), padded_batch(batch), out, r0, r1, 1);
+}
+
+void mp_linear_describe(const mp_linear_op* op, char* buf, size_t size)
+{
+    if (buf == NULL || size == 0) return;
+    snprintf(buf, size, "%s %s density=%.3f %s", op->k->name, op->dense ? "dense" : "csr",
+             op->density, op->reason);
+}
+
+void mp_linear_free(mp_linear_op* op)
+{
+    if (op == NULL) return;
+    unpack(op);
+    free(op->bias);
+    free(op);
+}

@@ -1,0 +1,426 @@
+/* Tests of the conv / linear operators (src/conv.c, src/linear.c) and every kernel of
+ * src/kernels/kernels.inc the CPU runs, against naive references written here:
+ * a direct 7-loop convolution (stride, padding, dilation, groups) and a plain matmul.
+ * Random shapes and masks at densities 0, 0.1, 0.5 and 1, every activation, batch 1 and 3
+ * (linear also 9 and 17: the transposed path), weights handed over dense and as CSR,
+ * every kernel choice flag, tasks run in random pieces and random order (any split must
+ * be valid), outputs checked for untouched guard words and fully written.
+ *
+ * Build (x86-64 or aarch64; SRC = src/mobileprune/runtime/native/src):
+ *   gcc -std=c11 -O2 -Wall -Wextra -Werror tests/native/test_kernels.c $SRC/conv.c \
+ *       $SRC/linear.c $SRC/cpu.c $SRC/kernels/[a-z]*.c -lm -o test_kernels && ./test_kernels
+ * mp_set_error is the core's; a weak stand-in here lets the test link without it.
+ */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../src/mobileprune/runtime/native/src/kernels/kernels.h"
+
+#if defined(__GNUC__)
+__attribute__((weak))
+#endif
+mp_status mp_set_error(mp_status status, const char* fmt, ...)
+{
+    (void)fmt;
+    return status;
+}
+
+static int g_failures = 0, g_checks = 0;
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+
+static uint32_t rnd(void)
+{
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 16);
+}
+static int rint_in(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo + 1)); }
+static float rfloat(void) { return (float)(rnd() % 20001u) / 10000.0f - 1.0f; }
+
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        g_checks++;                                               \
+        if (!(cond)) {                                            \
+            g_failures++;                                         \
+            if (g_failures < 20) {                                \
+                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+                fprintf(stderr, __VA_ARGS__);                     \
+                fprintf(stderr, "\n");                            \
+            }                                                     \
+        }                                                         \
+    } while (0)
+
+static float act(float y, mp_act_kind k, float lo, float hi)
+{
+    if (k == MP_ACT_RELU) return y > 0.0f ? y : 0.0f;
+    if (k == MP_ACT_CLAMP) return y < lo ? lo : (y > hi ? hi : y);
+    return y;
+}
+
+/* Naive convolution; `mag` gets sum |w x| + |b| per output (the rounding scale). */
+static void ref_conv(const mp_conv_desc* d, size_t batch, const float* x, const float* w,
+                     const float* b, float* y, float* mag)
+{
+    const int cg = d->in_channels / d->groups, og = d->out_channels / d->groups;
+    const int kk = cg * d->kernel_h * d->kernel_w;
+    for (size_t n = 0; n < batch; n++)
+        for (int o = 0; o < d->out_channels; o++)
+            for (int oy = 0; oy < d->out_h; oy++)
+                for (int ox = 0; ox < d->out_w; ox++) {
+                    double s = b ? b[o] : 0.0, m = b ? fabs(b[o]) : 0.0;
+                    for (int c = 0; c < cg; c++)
+                        for (int i = 0; i < d->kernel_h; i++)
+                            for (int j = 0; j < d->kernel_w; j++) {
+                                const int iy = oy * d->stride_h + i * d->dilation_h - d->pad_top;
+                                const int ix = ox * d->stride_w + j * d->dilation_w - d->pad_left;
+                                if (iy < 0 || iy >= d->in_h || ix < 0 || ix >= d->in_w) continue;
+                                const int ch = (o / og) * cg + c;
+                                const double wv = w[(size_t)o * (size_t)kk + (size_t)((c * d->kernel_h + i) * d->kernel_w + j)];
+                                const double xv = x[((n * (size_t)d->in_channels + (size_t)ch) * (size_t)d->in_h + (size_t)iy) * (size_t)d->in_w + (size_t)ix];
+                                s += wv * xv;
+                                m += fabs(wv * xv);
+                            }
+                    const size_t at = ((n * (size_t)d->out_channels + (size_t)o) * (size_t)d->out_h + (size_t)oy) * (size_t)d->out_w + (size_t)ox;
+                    y[at] = act((float)s, d->act, d->act_min, d->act_max);
+                    mag[at] = (float)m;
+                }
+}
+
+/* Random mask at `density` (exactly 0 / 1 at the ends). */
+static void random_weights(float* w, size_t n, double density)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double u = (double)(rnd() % 1000000u) / 1e6;
+        float v = rfloat();
+        if (v == 0.0f) v = 0.5f;
+        w[i] = u < density ? v : 0.0f;
+    }
+}
+
+typedef struct csr_store {
+    uint32_t* ptr;
+    uint32_t* idx;
+    float* val;
+} csr_store;
+
+static mp_weights make_weights(const float* w, const float* bias, int rows, int cols, int as_csr,
+                               csr_store* s)
+{
+    mp_weights mw = {rows, cols, 0, NULL, NULL, NULL, NULL, bias};
+    size_t nnz = 0;
+    for (size_t i = 0; i < (size_t)rows * (size_t)cols; i++) nnz += w[i] != 0.0f;
+    mw.nnz = (int64_t)nnz;
+    memset(s, 0, sizeof(*s));
+    if (!as_csr) {
+        mw.dense = w;
+        return mw;
+    }
+    s->ptr = malloc(((size_t)rows + 1) * sizeof(uint32_t));
+    s->idx = malloc((nnz + 1) * sizeof(uint32_t));
+    s->val = malloc((nnz + 1) * sizeof(float));
+    size_t k = 0;
+    for (int r = 0; r < rows; r++) {
+        s->ptr[r] = (uint32_t)k;
+        for (int c = 0; c < cols; c++)
+            if (w[(size_t)r * (size_t)cols + (size_t)c] != 0.0f)
+                s->idx[k] = (uint32_t)c, s->val[k++] = w[(size_t)r * (size_t)cols + (size_t)c];
+    }
+    s->ptr[rows] = (uint32_t)k;
+    mw.indptr = s->ptr, mw.indices = s->idx, mw.values = s->val;
+    return mw;
+}
+
+static void csr_release(csr_store* s)
+{
+    free(s->ptr);
+    free(s->idx);
+    free(s->val);
+}
+
+/* Run tasks [0, total) in random pieces, pieces in random order. */
+typedef void (*run_fn)(const void* op, size_t t0, size_t t1, void* ctx);
+static void run_split(size_t total, run_fn f, const void* op, void* ctx)
+{
+    size_t cuts[66], nc = 0;
+    cuts[nc++] = 0;
+    for (size_t t = 1; t < total && nc < 64; t++)
+        if (rnd() % 3 == 0) cuts[nc++] = t;
+    cuts[nc++] = total;
+    size_t order[66];
+    for (size_t i = 0; i + 1 < nc; i++) order[i] = i;
+    for (size_t i = nc - 1; i > 1; i--) {
+        const size_t j = rnd() % i, t = order[i - 1];
+        order[i - 1] = order[j], order[j] = t;
+    }
+    for (size_t i = 0; i + 1 < nc; i++) f(op, cuts[order[i]], cuts[order[i] + 1], ctx);
+}
+
+typedef struct conv_ctx {
+    size_t batch;
+    const float* x;
+    const void* scratch;
+    float* y;
+} conv_ctx;
+
+static void conv_piece(const void* op, size_t t0, size_t t1, void* c)
+{
+    conv_ctx* k = c;
+    mp_conv_compute(op, k->batch, k->x, k->scratch, k->y, t0, t1);
+}
+
+#define GUARD 32
+
+static int compare(const char* what, const float* got, const float* want, const float* mag,
+                   size_t n, double tol)
+{
+    for (size_t i = 0; i < n; i++) {
+        const double err = fabs((double)got[i] - (double)want[i]);
+        if (!(err <= tol * (1.0 + (double)mag[i]))) {
+            CHECK(0, "%s: element %zu = %g, reference %g", what, i, got[i], want[i]);
+            return 0;
+        }
+    }
+    for (size_t i = n; i < n + GUARD; i++)
+        if (got[i] != 12345.0f) {
+            CHECK(0, "%s: wrote past the output (element %zu)", what, i);
+            return 0;
+        }
+    g_checks++;
+    return 1;
+}
+
+static const char* isa_name(mp_isa isa)
+{
+    static const char* const names[] = {"scalar", "neon", "avx2", "avx512"};
+    return names[isa];
+}
+
+static const uint32_t k_flags[] = {MP_KERNEL_AUTO, MP_KERNEL_NO_TUNE, MP_KERNEL_DENSE,
+                                   MP_KERNEL_SPARSE, MP_KERNEL_PORTABLE | MP_KERNEL_NO_TUNE};
+
+/* One conv layer: every flag, weights dense and CSR, against the naive reference. */
+static void conv_case(const mp_conv_desc* d, double density, size_t batch, mp_isa isa)
+{
+    const int cols = d->in_channels / d->groups * d->kernel_h * d->kernel_w;
+    const size_t nw = (size_t)d->out_channels * (size_t)cols;
+    const size_t nx = batch * (size_t)d->in_channels * (size_t)d->in_h * (size_t)d->in_w;
+    const size_t ny = batch * (size_t)d->out_channels * (size_t)d->out_h * (size_t)d->out_w;
+    float* w = malloc(nw * sizeof(float));
+    float* b = malloc((size_t)d->out_channels * sizeof(float));
+    float* x = malloc(nx * sizeof(float));
+    float* want = malloc(ny * sizeof(float));
+    float* mag = malloc(ny * sizeof(float));
+    float* y = malloc((ny + GUARD) * sizeof(float));
+    random_weights(w, nw, density);
+    for (int o = 0; o < d->out_channels; o++) b[o] = rfloat();
+    for (size_t i = 0; i < nx; i++) x[i] = rfloat();
+    const int with_bias = rnd() % 4 != 0;
+    ref_conv(d, batch, x, w, with_bias ? b : NULL, want, mag);
+    for (size_t f = 0; f < sizeof(k_flags) / sizeof(k_flags[0]); f++) {
+        csr_store cs;
+        const mp_weights mw = make_weights(w, with_bias ? b : NULL, d->out_channels, cols,
+                                           (int)((f + rnd()) % 2), &cs);
+        mp_conv_op* op = NULL;
+        const mp_status st = mp_conv_create_isa(d, &mw, k_flags[f], isa, &op);
+        CHECK(st == MP_OK, "conv create failed: status %d", (int)st);
+        if (st == MP_OK) {
+            char desc[160], what[400];
+            mp_conv_describe(op, desc, sizeof(desc));
+            snprintf(what, sizeof(what), "conv %s %dx%dx%d->%d k%dx%d s%d,%d d%d,%d p%d,%d,%d,%d g%d act%d batch %zu density %.1f flags %u [%s]",
+                     isa_name(isa), d->in_channels, d->in_h, d->in_w, d->out_channels,
+                     d->kernel_h, d->kernel_w, d->stride_h, d->stride_w, d->dilation_h,
+                     d->dilation_w, d->pad_top, d->pad_bottom, d->pad_left, d->pad_right,
+                     d->groups, (int)d->act, batch, density, k_flags[f], desc);
+            void* scratch = malloc(mp_conv_scratch_bytes(op, batch));
+            for (size_t i = 0; i < ny + GUARD; i++) y[i] = i < ny ? NAN : 12345.0f;
+            mp_conv_prepare(op, batch, x, scratch);
+            conv_ctx ctx = {batch, x, scratch, y};
+            run_split(mp_conv_num_tasks(op, batch), conv_piece, op, &ctx);
+            compare(what, y, want, mag, ny, 1e-5);
+            if (getenv("MP_TEST_VERBOSE")) printf("%s\n", what);
+            free(scratch);
+            mp_conv_free(op);
+        }
+        csr_release(&cs);
+    }
+    free(w), free(b), free(x), free(want), free(mag), free(y);
+}
+
+static mp_conv_desc conv_desc(int c, int o, int g, int h, int w, int kh, int kw, int sh, int sw,
+                              int dh, int dw, int pt, int pb, int pl, int pr)
+{
+    mp_conv_desc d = {c, o, g, h, w, 0, 0, kh, kw, sh, sw, dh, dw, pt, pb, pl, pr,
+                      MP_ACT_NONE, 0.0f, 0.0f};
+    d.out_h = (h + pt + pb - dh * (kh - 1) - 1) / sh + 1;
+    d.out_w = (w + pl + pr - dw * (kw - 1) - 1) / sw + 1;
+    const int a = (int)(rnd() % 3);
+    d.act = (mp_act_kind)a;
+    d.act_min = a == 2 ? -0.3f : 0.0f;
+    d.act_max = a == 2 ? 0.6f : INFINITY;
+    return d;
+}
+
+static mp_conv_desc random_conv(void)
+{
+    for (;;) {
+        const int g = rnd() % 4 == 0 ? rint_in(2, 3) : 1;
+        const int dw = rnd() % 5 == 0;
+        const int c = dw ? rint_in(1, 6) * g : rint_in(1, 5) * g;
+        const int o = dw ? c : rint_in(1, 9) * g;
+        const int one_d = rnd() % 5 == 0;
+        const int h = one_d ? 1 : rint_in(1, 20), w = rint_in(1, 40);
+        const int kh = one_d ? 1 : rint_in(1, 4), kw = rint_in(1, 5);
+        const int sh = one_d ? 1 : rint_in(1, 3), sw = rint_in(1, 3);
+        const int dh = one_d ? 1 : rint_in(1, 2), dwl = rint_in(1, 2);
+        const int pt = one_d ? 0 : rint_in(0, kh), pb = one_d ? 0 : rint_in(0, kh);
+        const int pl = rint_in(0, kw), pr = rint_in(0, kw);
+        if (h + pt + pb < dh * (kh - 1) + 1 || w + pl + pr < dwl * (kw - 1) + 1) continue;
+        return conv_desc(c, o, dw ? c : g, h, w, kh, kw, sh, sw, dh, dwl, pt, pb, pl, pr);
+    }
+}
+
+static void test_conv(mp_isa isa)
+{
+    static const double dens[] = {0.0, 0.1, 0.5, 1.0};
+    const mp_conv_desc fixed[] = {
+        conv_desc(1, 32, 1, 48, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),   /* FER conv1 */
+        conv_desc(32, 32, 1, 48, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  /* FER conv2 */
+        conv_desc(64, 64, 1, 24, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),  /* FER conv5 */
+        conv_desc(64, 128, 1, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1), /* FER conv7 */
+        conv_desc(16, 16, 16, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1), /* depthwise, stride 2 */
+        conv_desc(24, 40, 1, 7, 9, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0),    /* pointwise */
+        conv_desc(6, 8, 2, 1, 64, 1, 5, 1, 2, 1, 3, 0, 0, 4, 1),     /* 1-D, groups, dilation */
+    };
+    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
+        conv_case(&fixed[i], dens[i % 4 == 0 ? 1 : i % 4], i % 2 ? 3 : 1, isa);
+    conv_case(&fixed[2], 1.0, 1, isa);
+    for (int t = 0; t < 60; t++) {
+        const mp_conv_desc d = random_conv();
+        conv_case(&d, dens[t % 4], t % 3 == 2 ? 3 : 1, isa);
+    }
+}
+
+typedef struct lin_ctx {
+    size_t batch;
+    const float* x;
+    const void* scratch;
+    float* y;
+} lin_ctx;
+
+static void lin_piece(const void* op, size_t t0, size_t t1, void* c)
+{
+    lin_ctx* k = c;
+    mp_linear_compute(op, k->batch, k->x, k->scratch, k->y, t0, t1);
+}
+
+static void linear_case(int in, int outn, double density, size_t batch, mp_isa isa)
+{
+    const size_t nw = (size_t)in * (size_t)outn, nx = batch * (size_t)in, ny = batch * (size_t)outn;
+    float* w = malloc(nw * sizeof(float));
+    float* b = malloc((size_t)outn * sizeof(float));
+    float* x = malloc(nx * sizeof(float));
+    float* want = malloc(ny * sizeof(float));
+    float* mag = malloc(ny * sizeof(float));
+    float* y = malloc((ny + GUARD) * sizeof(float));
+    random_weights(w, nw, density);
+    for (int o = 0; o < outn; o++) b[o] = rfloat();
+    for (size_t i = 0; i < nx; i++) x[i] = rfloat();
+    const int a = (int)(rnd() % 3), with_bias = rnd() % 4 != 0;
+    const mp_linear_desc d = {in, outn, (mp_act_kind)a, a == 2 ? -0.2f : 0.0f, a == 2 ? 0.5f : INFINITY};
+    for (size_t n = 0; n < batch; n++)
+        for (int o = 0; o < outn; o++) {
+            double s = with_bias ? b[o] : 0.0, m = with_bias ? fabs(b[o]) : 0.0;
+            for (int c = 0; c < in; c++) {
+                const double p = (double)w[(size_t)o * (size_t)in + (size_t)c] * x[n * (size_t)in + (size_t)c];
+                s += p;
+                m += fabs(p);
+            }
+            want[n * (size_t)outn + (size_t)o] = act((float)s, d.act, d.act_min, d.act_max);
+            mag[n * (size_t)outn + (size_t)o] = (float)m;
+        }
+    for (size_t f = 0; f < sizeof(k_flags) / sizeof(k_flags[0]); f++) {
+        csr_store cs;
+        const mp_weights mw = make_weights(w, with_bias ? b : NULL, outn, in, (int)((f + rnd()) % 2), &cs);
+        mp_linear_op* op = NULL;
+        const mp_status st = mp_linear_create_isa(&d, &mw, k_flags[f], isa, &op);
+        CHECK(st == MP_OK, "linear create failed: status %d", (int)st);
+        if (st == MP_OK) {
+            char desc[160], what[300];
+            mp_linear_describe(op, desc, sizeof(desc));
+            snprintf(what, sizeof(what), "linear %s %d->%d act%d batch %zu density %.1f flags %u [%s]",
+                     isa_name(isa), in, outn, a, batch, density, k_flags[f], desc);
+            void* scratch = malloc(mp_linear_scratch_bytes(op, batch) + 1);
+            for (size_t i = 0; i < ny + GUARD; i++) y[i] = i < ny ? NAN : 12345.0f;
+            mp_linear_prepare(op, batch, x, scratch);
+            lin_ctx ctx = {batch, x, scratch, y};
+            run_split(mp_linear_num_tasks(op, batch), lin_piece, op, &ctx);
+            compare(what, y, want, mag, ny, 1e-5);
+            if (getenv("MP_TEST_VERBOSE")) printf("%s\n", what);
+            free(scratch);
+            mp_linear_free(op);
+        }
+        csr_release(&cs);
+    }
+    free(w), free(b), free(x), free(want), free(mag), free(y);
+}
+
+static void test_linear(mp_isa isa)
+{
+    static const double dens[] = {0.0, 0.1, 0.5, 1.0};
+    static const size_t batches[] = {1, 3, 9, 17};
+    linear_case(4608, 64, 0.1, 1, isa); /* FER fc1 */
+    linear_case(4608, 64, 0.1, 16, isa);
+    for (int t = 0; t < 48; t++)
+        linear_case(rint_in(1, 300), rint_in(1, 70), dens[t % 4], batches[(t / 4) % 4], isa);
+}
+
+/* Bad arguments: a status and no operator. */
+static void test_errors(void)
+{
+    const float w[4] = {1, 0, 0, 1};
+    mp_weights mw = {2, 2, 2, w, NULL, NULL, NULL, NULL};
+    mp_conv_desc d = conv_desc(2, 2, 1, 5, 5, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0);
+    mp_conv_op* op = (mp_conv_op*)&mw;
+    d.out_h = 4;
+    CHECK(mp_conv_create(&d, &mw, 0, &op) == MP_SHAPE_MISMATCH && op == NULL, "wrong out_h accepted");
+    d.out_h = 5;
+    d.groups = 3;
+    CHECK(mp_conv_create(&d, &mw, 0, &op) == MP_INVALID_ARGUMENT, "groups not dividing accepted");
+    d.groups = 1;
+    mw.cols = 3;
+    CHECK(mp_conv_create(&d, &mw, 0, &op) == MP_SHAPE_MISMATCH, "wrong weight shape accepted");
+    mw.cols = 2;
+    CHECK(mp_conv_create(&d, &mw, MP_KERNEL_DENSE | MP_KERNEL_SPARSE, &op) == MP_INVALID_ARGUMENT,
+          "dense and sparse both forced accepted");
+    const uint32_t ptr[3] = {0, 1, 2}, bad_idx[2] = {0, 2};
+    const float vals[2] = {1, 1};
+    mp_weights mc = {2, 2, 2, NULL, ptr, bad_idx, vals, NULL};
+    CHECK(mp_conv_create(&d, &mc, 0, &op) == MP_INVALID_ARGUMENT, "column index >= cols accepted");
+    const mp_linear_desc ld = {2, 2, MP_ACT_NONE, 0, 0};
+    mp_linear_op* lop = NULL;
+    CHECK(mp_linear_create(&ld, &mc, 0, &lop) == MP_INVALID_ARGUMENT && lop == NULL,
+          "linear: column index >= cols accepted");
+    const mp_linear_desc ld3 = {3, 2, MP_ACT_NONE, 0, 0};
+    CHECK(mp_linear_create(&ld3, &mw, 0, &lop) == MP_SHAPE_MISMATCH, "linear: wrong shape accepted");
+    CHECK(mp_conv_create(NULL, &mw, 0, &op) == MP_INVALID_ARGUMENT, "NULL desc accepted");
+}
+
+int main(void)
+{
+    const mp_isa best = mp_cpu_best_isa();
+    printf("test_kernels: best isa %s\n", isa_name(best));
+    test_errors();
+    for (int i = 0; i <= (int)best; i++) {
+        const mp_isa isa = (mp_isa)i;
+        if ((isa == MP_ISA_NEON) != (best == MP_ISA_NEON) && isa != MP_ISA_SCALAR) continue;
+        test_conv(isa);
+        test_linear(isa);
+        printf("  %s: done\n", isa_name(isa));
+    }
+    printf("test_kernels: %d checks, %d failures\n", g_checks, g_failures);
+    return g_failures ? 1 : 0;
+}
