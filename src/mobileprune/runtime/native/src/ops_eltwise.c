@@ -1,0 +1,169 @@
+/* Elementwise ops and softmax, in portable C written so that gcc -O3 vectorises the loops:
+ * relu, the activation functions (exactly the Python runtime's float32 formulas:
+ * mobileprune/runtime/model.py _activation), batchnorm, a tensor with a number (add / sub /
+ * mul). Elementwise tasks are chunks of MP_CHUNK elements of the whole batch. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+#define MP_CHUNK 4096
+
+static inline void chunk(const mp_step* s, size_t b, size_t e, size_t* i0, size_t* i1) {
+    size_t total = (size_t)s->p[0];
+    *i0 = b * MP_CHUNK;
+    *i1 = e * MP_CHUNK < total ? e * MP_CHUNK : total;
+}
+
+static inline float clampf(float v, float lo, float hi) {
+    return v < lo ? lo : (v > hi ? hi : v); /* NaN passes through, like np.clip */
+}
+
+/* 1 / (1 + e^-x) without overflow: e = exp(-|x|). */
+static inline float sigmoidf(float v) {
+    float e = expf(-fabsf(v));
+    return v >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+
+#define MP_ELTWISE(name, expr)                                          \
+    static void name(void* ctx, size_t b, size_t e) {                   \
+        const mp_step* s = ctx;                                         \
+        size_t i0, i1;                                                  \
+        chunk(s, b, e, &i0, &i1);                                       \
+        const float* restrict x = s->in[0];                             \
+        float* restrict y = s->out;                                     \
+        const float p0 = s->f[0], p1 = s->f[1];                         \
+        (void)p0;                                                       \
+        (void)p1;                                                       \
+        for (size_t i = i0; i < i1; i++) {                              \
+            const float v = x[i];                                       \
+            y[i] = (expr);                                              \
+        }                                                               \
+    }
+
+MP_ELTWISE(relu_task, v < 0.0f ? 0.0f : v)
+MP_ELTWISE(hardtanh_task, clampf(v, p0, p1))
+MP_ELTWISE(leaky_task, v >= 0.0f ? v : v * p0)
+MP_ELTWISE(elu_task, v > 0.0f ? v : expm1f(v) * p0)
+MP_ELTWISE(sigmoid_task, sigmoidf(v))
+MP_ELTWISE(tanh_task, tanhf(v))
+MP_ELTWISE(hardsigmoid_task, clampf(v / 6.0f + 0.5f, 0.0f, 1.0f))
+MP_ELTWISE(hardswish_task, v * clampf(v + 3.0f, 0.0f, 6.0f) / 6.0f)
+MP_ELTWISE(silu_task, v * sigmoidf(v))
+MP_ELTWISE(add_scalar_task, v + p0)
+MP_ELTWISE(sub_scalar_task, v - p0)
+MP_ELTWISE(rsub_scalar_task, p0 - v)
+MP_ELTWISE(mul_scalar_task, v * p0)
+
+/* softmax over one axis: task = one (sample, outer index) block of len x inner values;
+ * e = exp(x - max), y = e / sum(e) (the Python runtime's order of operations). */
+static void softmax_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    size_t len = (size_t)s->p[1], inner = (size_t)s->p[2];
+    for (size_t t = b; t < e; t++) {
+        const float* x = s->in[0] + t * len * inner;
+        float* y = s->out + t * len * inner;
+        for (size_t j = 0; j < inner; j++) {
+            float mx = x[j], sum = 0.0f;
+            for (size_t k = 1; k < len; k++) mx = x[k * inner + j] > mx ? x[k * inner + j] : mx;
+            for (size_t k = 0; k < len; k++) {
+                float v = expf(x[k * inner + j] - mx);
+                y[k * inner + j] = v;
+                sum += v;
+            }
+            for (size_t k = 0; k < len; k++) y[k * inner + j] /= sum;
+        }
+    }
+}
+
+/* batchnorm: y = x * scale[c] + shift[c], rounded after each operation like numpy; a task
+ * is one (sample, channel) plane. */
+static void batchnorm_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    size_t C = (size_t)s->p[1], inner = (size_t)s->p[2];
+    for (size_t t = b; t < e; t++) {
+        const float* restrict x = s->in[0] + t * inner;
+        float* restrict y = s->out + t * inner;
+        const float a = s->scale[t % C], c = s->shift[t % C];
+        for (size_t i = 0; i < inner; i++) {
+            float v = x[i] * a;
+            y[i] = v + c;
+        }
+    }
+}
+
+static mp_status setup_activation(mp_step* s) {
+    static const mp_task_fn fns[] = {NULL, hardtanh_task, leaky_task, elu_task, sigmoid_task,
+                                     tanh_task, hardsigmoid_task, hardswish_task, silu_task};
+    static const char* const names[] = {NULL, "hardtanh", "leaky-relu", "elu", "sigmoid",
+                                        "tanh", "hardsigmoid", "hardswish", "silu"};
+    int32_t fn = s->op->iattr[0];
+    s->f[0] = s->op->fattr[0];
+    s->f[1] = s->op->fattr[1];
+    if (fn != MP_FN_SOFTMAX) { /* codes checked at load */
+        s->fn = fns[fn];
+        s->kernel = names[fn];
+        return MP_OK;
+    }
+    const mp_value* v = &s->model->values[s->in_tensor[0]];
+    int64_t outer = (int64_t)s->batch, inner = 1;
+    for (int32_t d = 0; d < s->op->iattr[1]; d++) outer *= v->dims[d];
+    for (uint32_t d = (uint32_t)s->op->iattr[1] + 1; d < v->ndim; d++) inner *= v->dims[d];
+    s->p[1] = v->dims[s->op->iattr[1]];
+    s->p[2] = inner;
+    s->fn = softmax_task;
+    s->num_tasks = (size_t)outer;
+    s->kernel = "softmax";
+    return MP_OK;
+}
+
+static mp_status setup_batchnorm(mp_step* s) {
+    const mp_model* m = s->model;
+    const mp_value* v = &m->values[s->in_tensor[0]];
+    size_t C = (size_t)v->dims[0];
+    s->owned = malloc(2 * C * sizeof(float));
+    if (!s->owned) return mp_set_error(MP_OUT_OF_MEMORY, "out of memory (batchnorm)");
+    const mp_array* sc = &m->arrays[s->op->arrays[0]];
+    const mp_array* sh = &m->arrays[s->op->arrays[1]];
+    for (size_t c = 0; c < C; c++) {
+        s->owned[c] = mp_array_float(sc, c);
+        s->owned[C + c] = mp_array_float(sh, c);
+    }
+    s->scale = s->owned;
+    s->shift = s->owned + C;
+    s->p[1] = (int64_t)C;
+    s->p[2] = v->numel / (int64_t)C;
+    s->num_tasks = s->batch * C;
+    s->fn = batchnorm_task;
+    s->kernel = "batchnorm";
+    return MP_OK;
+}
+
+static mp_status setup_scalar(mp_step* s) {
+    s->f[0] = s->op->fattr[0];
+    switch (s->op->code) {
+    case MP_OP_ADD: s->fn = add_scalar_task; s->kernel = "add-scalar"; break;
+    case MP_OP_SUB:
+        s->fn = s->op->iattr[1] ? rsub_scalar_task : sub_scalar_task;
+        s->kernel = s->op->iattr[1] ? "scalar-sub" : "sub-scalar";
+        break;
+    default: s->fn = mul_scalar_task; s->kernel = "mul-scalar"; break;
+    }
+    return MP_OK;
+}
+
+mp_status mp_simple_setup(mp_step* s) {
+    const mp_value* v = &s->model->values[s->out_tensor];
+    s->p[0] = (int64_t)s->batch * v->numel; /* total elements of the output */
+    s->work = (size_t)s->p[0];
+    s->num_tasks = ((size_t)s->p[0] + MP_CHUNK - 1) / MP_CHUNK;
+    switch (s->op->code) {
+    case MP_OP_RELU: s->fn = relu_task; s->kernel = "relu"; return MP_OK;
+    case MP_OP_ACTIVATION: return setup_activation(s);
+    case MP_OP_BATCHNORM: return setup_batchnorm(s);
+    case MP_OP_ADD: case MP_OP_SUB: case MP_OP_MUL:
+        return s->op->iattr[0] ? setup_scalar(s) : mp_binary_setup(s);
+    case MP_OP_CONCAT: return mp_concat_setup(s);
+    default: return mp_pooling_setup(s);
+    }
+}

@@ -1,0 +1,118 @@
+/* Pooling: max / average 1-D and 2-D with every PyTorch attribute (padding, dilation,
+ * ceil_mode through the output size, count_include_pad, divisor_override) and global
+ * average pooling. A task is one (sample, channel) plane; 1-D ops run as 2-D with H = 1.
+ * Semantics: the Python runtime's kernels (mobileprune/runtime/kernels.py _maxpool2d,
+ * _avgpool2d, global_avgpool): max ignores padding (implicit -inf) and propagates NaN;
+ * average sums in double and divides by the torch divisor. */
+#include <math.h>
+
+#include "internal.h"
+
+enum { P_H = 1, P_W, P_HO, P_WO, P_KH, P_KW, P_SH, P_SW, P_PH, P_PW, P_DH, P_DW, P_INCL, P_DIV };
+
+static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+static void maxpool_plane(const int64_t* p, const float* x, float* y) {
+    for (int64_t yo = 0; yo < p[P_HO]; yo++)
+        for (int64_t xo = 0; xo < p[P_WO]; xo++) {
+            int64_t h0 = yo * p[P_SH] - p[P_PH], w0 = xo * p[P_SW] - p[P_PW];
+            float m = -INFINITY;
+            for (int64_t i = 0; i < p[P_KH]; i++) {
+                int64_t h = h0 + i * p[P_DH];
+                if (h < 0 || h >= p[P_H]) continue;
+                for (int64_t j = 0; j < p[P_KW]; j++) {
+                    int64_t w = w0 + j * p[P_DW];
+                    if (w < 0 || w >= p[P_W]) continue;
+                    float v = x[h * p[P_W] + w];
+                    if (v > m || v != v) m = v;
+                }
+            }
+            y[yo * p[P_WO] + xo] = m;
+        }
+}
+
+/* 2x2 window, stride 2, no padding (the common case): straight-line, vectorisable. */
+static void maxpool2x2_plane(const int64_t* p, const float* x, float* y) {
+    int64_t W = p[P_W], Wo = p[P_WO];
+    for (int64_t yo = 0; yo < p[P_HO]; yo++) {
+        const float* r0 = x + 2 * yo * W;
+        const float* r1 = r0 + W;
+        float* o = y + yo * Wo;
+        for (int64_t xo = 0; xo < Wo; xo++) {
+            float a = r0[2 * xo], b = r0[2 * xo + 1], c = r1[2 * xo], d = r1[2 * xo + 1];
+            float m1 = (a > b || a != a) ? a : b;
+            float m2 = (c > d || c != c) ? c : d;
+            o[xo] = (m1 > m2 || m1 != m1) ? m1 : m2;
+        }
+    }
+}
+
+static void avgpool_plane(const int64_t* p, const float* x, float* y) {
+    int64_t H = p[P_H], W = p[P_W];
+    for (int64_t yo = 0; yo < p[P_HO]; yo++) {
+        int64_t hs = yo * p[P_SH] - p[P_PH], he = imin(hs + p[P_KH], H + p[P_PH]);
+        int64_t h0 = imax(hs, 0), h1 = imin(he, H);
+        for (int64_t xo = 0; xo < p[P_WO]; xo++) {
+            int64_t ws = xo * p[P_SW] - p[P_PW], we = imin(ws + p[P_KW], W + p[P_PW]);
+            int64_t w0 = imax(ws, 0), w1 = imin(we, W);
+            double s = 0.0;
+            for (int64_t h = h0; h < h1; h++)
+                for (int64_t w = w0; w < w1; w++) s += x[h * W + w];
+            int64_t d = p[P_DIV] > 0 ? p[P_DIV]
+                        : p[P_INCL] ? (he - hs) * (we - ws) : (h1 - h0) * (w1 - w0);
+            y[yo * p[P_WO] + xo] = d > 0 ? (float)(s / (double)d) : 0.0f;
+        }
+    }
+}
+
+static void pool_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    size_t in_plane = (size_t)(s->p[P_H] * s->p[P_W]);
+    size_t out_plane = (size_t)(s->p[P_HO] * s->p[P_WO]);
+    void (*plane)(const int64_t*, const float*, float*) =
+        s->p[0] == 2 ? maxpool2x2_plane : s->p[0] == 1 ? maxpool_plane : avgpool_plane;
+    for (size_t t = b; t < e; t++) plane(s->p, s->in[0] + t * in_plane, s->out + t * out_plane);
+}
+
+/* Mean of each (sample, channel) plane, summed in double (numpy's mean(dtype=float64)). */
+static void global_avg_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    size_t inner = (size_t)s->p[1];
+    for (size_t t = b; t < e; t++) {
+        const float* x = s->in[0] + t * inner;
+        double sum = 0.0;
+        for (size_t i = 0; i < inner; i++) sum += x[i];
+        s->out[t] = (float)(sum / (double)inner);
+    }
+}
+
+mp_status mp_pooling_setup(mp_step* s) {
+    const mp_value* in = &s->model->values[s->in_tensor[0]];
+    const mp_value* out = &s->model->values[s->out_tensor];
+    const int32_t* a = s->op->iattr;
+    s->work = s->batch * (size_t)in->numel;
+    s->num_tasks = s->batch * (size_t)in->dims[0];
+    if (s->op->code == MP_OP_GLOBAL_AVGPOOL) {
+        s->p[1] = in->numel / in->dims[0];
+        s->fn = global_avg_task;
+        s->kernel = "global-avgpool";
+        return MP_OK;
+    }
+    bool one = in->ndim == 2, max = s->op->code == MP_OP_MAXPOOL1D ||
+                                    s->op->code == MP_OP_MAXPOOL2D;
+    s->p[P_H] = one ? 1 : in->dims[1];
+    s->p[P_W] = in->dims[in->ndim - 1];
+    s->p[P_HO] = one ? 1 : out->dims[1];
+    s->p[P_WO] = out->dims[out->ndim - 1];
+    for (int k = 0; k < 8; k++) s->p[P_KH + k] = a[k];
+    s->p[P_INCL] = a[9];
+    s->p[P_DIV] = a[10];
+    bool k2 = a[0] == 2 && a[1] == 2 && a[2] == 2 && a[3] == 2 && a[4] == 0 && a[5] == 0 &&
+              a[6] == 1 && a[7] == 1 && 2 * s->p[P_HO] <= s->p[P_H] &&
+              2 * s->p[P_WO] <= s->p[P_W];
+    s->p[0] = max ? (k2 ? 2 : 1) : 0;
+    s->fn = pool_task;
+    s->kernel = max ? (k2 ? "maxpool-2x2" : "maxpool") : "avgpool";
+    return MP_OK;
+}

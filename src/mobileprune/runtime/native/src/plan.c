@@ -1,0 +1,381 @@
+/* mp_plan_create / mp_plan_free / mp_plan_describe: fuse activations into conv / linear,
+ * convert and pack weights (operators.h), set up the simple ops, place every tensor and
+ * scratch in one workspace (arena.c) and start the threads (threads.c). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* ---- fusion: a conv / linear whose output is read only by one relu or hardtanh */
+
+static bool fusable_act(const mp_op* op) {
+    return op->code == MP_OP_RELU ||
+           (op->code == MP_OP_ACTIVATION && op->iattr[0] == MP_FN_HARDTANH);
+}
+
+static mp_status find_fusions(mp_plan* plan) {
+    const mp_model* m = plan->model;
+    uint32_t* uses = calloc(m->num_values, sizeof(uint32_t));
+    uint32_t* reader = malloc(m->num_values * sizeof(uint32_t));
+    if (!uses || !reader) {
+        free(uses);
+        free(reader);
+        return mp_set_error(MP_OUT_OF_MEMORY, "out of memory planning the model");
+    }
+    for (uint32_t i = 0; i < m->num_ops; i++)
+        for (uint32_t k = 0; k < m->ops[i].num_inputs; k++) {
+            uint32_t v = mp_op_inputs(m, &m->ops[i])[k];
+            uses[v]++;
+            reader[v] = i;
+        }
+    for (uint32_t k = 0; k < m->num_outputs; k++) uses[m->outputs[k]]++;
+    for (uint32_t i = 0; i < m->num_ops; i++) {
+        const mp_op* op = &m->ops[i];
+        bool heavy = op->code == MP_OP_CONV1D || op->code == MP_OP_CONV2D ||
+                     op->code == MP_OP_LINEAR;
+        if (heavy && uses[op->output] == 1 && fusable_act(&m->ops[reader[op->output]])) {
+            plan->op_fused_into[reader[op->output]] = i;
+            plan->op_act[i] = reader[op->output];
+        }
+    }
+    free(uses);
+    free(reader);
+    return MP_OK;
+}
+
+/* ---- weights in the form operators.h takes */
+
+typedef struct mp_wbuf {
+    float* values;
+    float* bias;
+    uint32_t* indptr;
+    uint32_t* indices;
+} mp_wbuf;
+
+static void wbuf_free(mp_wbuf* b) {
+    free(b->values);
+    free(b->bias);
+    free(b->indptr);
+    free(b->indices);
+}
+
+static mp_status make_weights(const mp_model* m, const mp_op* op, mp_weights* w, mp_wbuf* b) {
+    memset(w, 0, sizeof *w);
+    w->rows = op->iattr[1];
+    w->cols = op->iattr[2];
+    w->nnz = op->iattr[3];
+    const mp_array* va = &m->arrays[op->arrays[0]];
+    b->values = malloc((va->count ? va->count : 1) * sizeof(float));
+    bool csr = op->iattr[0] == 1, ok = b->values != NULL;
+    if (csr) {
+        b->indptr = malloc(((size_t)w->rows + 1) * sizeof(uint32_t));
+        b->indices = malloc((va->count ? va->count : 1) * sizeof(uint32_t));
+        ok = ok && b->indptr && b->indices;
+    }
+    if (op->arrays[3] != MP_NONE) {
+        b->bias = malloc((size_t)w->rows * sizeof(float));
+        ok = ok && b->bias;
+    }
+    if (!ok) return mp_set_error(MP_OUT_OF_MEMORY, "out of memory converting weights");
+    for (uint64_t k = 0; k < va->count; k++) b->values[k] = mp_array_float(va, k);
+    if (csr) {
+        const mp_array* ip = &m->arrays[op->arrays[1]];
+        const mp_array* ix = &m->arrays[op->arrays[2]];
+        for (uint64_t k = 0; k <= (uint64_t)w->rows; k++) b->indptr[k] = (uint32_t)mp_array_uint(ip, k);
+        for (uint64_t k = 0; k < ix->count; k++) b->indices[k] = (uint32_t)mp_array_uint(ix, k);
+        w->indptr = b->indptr;
+        w->indices = b->indices;
+        w->values = b->values;
+    } else {
+        w->dense = b->values;
+    }
+    if (b->bias) {
+        const mp_array* ba = &m->arrays[op->arrays[3]];
+        for (int32_t k = 0; k < w->rows; k++) b->bias[k] = mp_array_float(ba, (uint64_t)k);
+        w->bias = b->bias;
+    }
+    return MP_OK;
+}
+
+static void fused_act(const mp_plan* plan, uint32_t i, mp_act_kind* act, float* lo, float* hi) {
+    *act = MP_ACT_NONE;
+    *lo = -INFINITY;
+    *hi = INFINITY;
+    if (plan->op_act[i] == MP_NONE) return;
+    const mp_op* a = &plan->model->ops[plan->op_act[i]];
+    *act = a->code == MP_OP_RELU ? MP_ACT_RELU : MP_ACT_CLAMP;
+    *lo = a->code == MP_OP_RELU ? 0.0f : a->fattr[0];
+    *hi = a->code == MP_OP_RELU ? INFINITY : a->fattr[1];
+}
+
+static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
+    const mp_model* m = plan->model;
+    const mp_op* op = s->op;
+    const mp_value* in = &m->values[s->in_tensor[0]];
+    const mp_value* out = &m->values[op->output];
+    const int32_t* a = op->iattr;
+    bool one = in->ndim == 2;
+    mp_conv_desc d = {
+        .in_channels = a[4], .out_channels = a[5], .groups = a[6],
+        .in_h = one ? 1 : (int32_t)in->dims[1], .in_w = (int32_t)in->dims[in->ndim - 1],
+        .out_h = one ? 1 : (int32_t)out->dims[1], .out_w = (int32_t)out->dims[out->ndim - 1],
+        .kernel_h = a[7], .kernel_w = a[8], .stride_h = a[9], .stride_w = a[10],
+        .dilation_h = a[11], .dilation_w = a[12], .pad_top = a[13], .pad_bottom = a[14],
+        .pad_left = a[15], .pad_right = a[16], .act = s->act, .act_min = s->act_min,
+        .act_max = s->act_max};
+    mp_status st = mp_conv_create(&d, w, plan->flags, &s->conv);
+    if (st) return st;
+    s->scratch_bytes = mp_conv_scratch_bytes(s->conv, plan->batch);
+    s->num_tasks = mp_conv_num_tasks(s->conv, plan->batch);
+    return MP_OK;
+}
+
+static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
+    const mp_model* m = plan->model;
+    fused_act(plan, s->op_index, &s->act, &s->act_min, &s->act_max);
+    mp_weights w;
+    mp_wbuf b = {0};
+    mp_status st = make_weights(m, s->op, &w, &b);
+    int64_t per_row = w.rows ? (w.nnz + w.rows - 1) / w.rows : 0;
+    s->work = (size_t)((int64_t)plan->batch * m->values[s->out_tensor].numel * (per_row + 1));
+    if (!st && s->op->code == MP_OP_LINEAR) {
+        mp_linear_desc d = {.in_features = w.cols, .out_features = w.rows, .act = s->act,
+                            .act_min = s->act_min, .act_max = s->act_max};
+        st = mp_linear_create(&d, &w, plan->flags, &s->linear);
+        if (!st) {
+            s->scratch_bytes = mp_linear_scratch_bytes(s->linear, plan->batch);
+            s->num_tasks = mp_linear_num_tasks(s->linear, plan->batch);
+        }
+    } else if (!st) {
+        st = setup_conv(plan, s, &w);
+    }
+    wbuf_free(&b);
+    if (st && !strstr(mp_last_error(), "op '"))
+        return mp_op_error(m, s->op_index, st, "%s", mp_last_error());
+    return st;
+}
+
+/* ---- steps */
+
+static uint32_t root(const mp_plan* plan, uint32_t v) {
+    while (plan->tensors[v].alias != v) v = plan->tensors[v].alias;
+    return v;
+}
+
+static mp_status add_step(mp_plan* plan, uint32_t i) {
+    const mp_model* m = plan->model;
+    mp_step* s = &plan->steps[plan->num_steps];
+    const mp_op* op = &m->ops[i];
+    s->model = m;
+    s->batch = plan->batch;
+    s->op_index = i;
+    s->code = op->code;
+    s->op = op;
+    s->num_in = op->num_inputs;
+    s->in_tensor = malloc(op->num_inputs * sizeof(uint32_t));
+    s->in = calloc(op->num_inputs, sizeof(float*));
+    if (!s->in_tensor || !s->in) return mp_set_error(MP_OUT_OF_MEMORY, "out of memory (plan)");
+    memcpy(s->in_tensor, mp_op_inputs(m, op), op->num_inputs * sizeof(uint32_t));
+    s->out_tensor = op->output;
+    plan->op_step[i] = (uint32_t)plan->num_steps++;
+    if (op->code == MP_OP_CONV1D || op->code == MP_OP_CONV2D || op->code == MP_OP_LINEAR)
+        return setup_heavy(plan, s);
+    return mp_simple_setup(s);
+}
+
+static mp_status build_steps(mp_plan* plan) {
+    const mp_model* m = plan->model;
+    for (uint32_t v = 0; v < m->num_values; v++) plan->tensors[v].alias = v;
+    for (uint32_t i = 0; i < m->num_ops; i++) {
+        const mp_op* op = &m->ops[i];
+        if (plan->op_fused_into[i] != MP_NONE) {
+            plan->tensors[op->output].alias = m->ops[plan->op_fused_into[i]].output;
+            continue;
+        }
+        if (op->code == MP_OP_RESHAPE) { /* same bytes, new shape: an alias, no copy */
+            plan->tensors[op->output].alias = root(plan, mp_op_inputs(m, op)[0]);
+            continue;
+        }
+        mp_status st = add_step(plan, i);
+        if (st) return st;
+    }
+    return MP_OK;
+}
+
+static mp_status check_args(const mp_model* model, size_t batch, size_t threads,
+                            uint32_t flags, mp_plan** out) {
+    if (!out) return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: out is NULL");
+    *out = NULL;
+    if (!model) return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: model is NULL");
+    if (batch < 1 || batch > (size_t)INT32_MAX)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: batch %zu (1..2^31-1)", batch);
+    if (threads < 1 || threads > 1024)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: threads %zu (1..1024)",
+                            threads);
+    if (flags & ~15u)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: unknown flag bits 0x%x",
+                            flags & ~15u);
+    if ((flags & MP_PLAN_FORCE_DENSE) && (flags & MP_PLAN_FORCE_SPARSE))
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: MP_PLAN_FORCE_DENSE and "
+                            "MP_PLAN_FORCE_SPARSE together");
+    return MP_OK;
+}
+
+static mp_status alloc_plan(const mp_model* model, size_t batch, size_t threads,
+                            uint32_t flags, mp_plan** out) {
+    mp_plan* p = calloc(1, sizeof *p);
+    if (!p) return mp_set_error(MP_OUT_OF_MEMORY, "out of memory allocating the plan");
+    *out = p;
+    p->model = model;
+    p->batch = batch;
+    p->threads = threads;
+    p->flags = flags;
+    size_t nops = model->num_ops ? model->num_ops : 1;
+    p->steps = calloc(nops, sizeof(mp_step));
+    p->op_step = malloc(nops * sizeof(uint32_t));
+    p->op_fused_into = malloc(nops * sizeof(uint32_t));
+    p->op_act = malloc(nops * sizeof(uint32_t));
+    p->tensors = calloc(model->num_values, sizeof(mp_tensor));
+    if (!p->steps || !p->op_step || !p->op_fused_into || !p->op_act || !p->tensors)
+        return mp_set_error(MP_OUT_OF_MEMORY, "out of memory allocating the plan");
+    for (size_t i = 0; i < nops; i++) p->op_step[i] = p->op_fused_into[i] = p->op_act[i] = MP_NONE;
+    return MP_OK;
+}
+
+mp_status mp_plan_create(const mp_model* model, size_t batch, size_t threads, uint32_t flags,
+                         mp_plan** out) {
+    mp_status st = check_args(model, batch, threads, flags, out);
+    if (st) return st;
+    mp_plan* p = NULL;
+    st = alloc_plan(model, batch, threads, flags, &p);
+    if (!st) st = find_fusions(p);
+    if (!st) st = build_steps(p);
+    if (!st) st = mp_plan_place(p);
+    if (!st && p->ws_size) {
+        p->ws_block = malloc(p->ws_size + MP_ALIGN);
+        if (!p->ws_block)
+            st = mp_set_error(MP_OUT_OF_MEMORY, "cannot allocate a workspace of %zu bytes",
+                              p->ws_size);
+        else
+            p->ws = (uint8_t*)p->ws_block + (MP_ALIGN - (uintptr_t)p->ws_block % MP_ALIGN);
+    }
+    if (!st) mp_plan_bind(p);
+    if (!st) st = mp_pool_create(threads, &p->pool);
+    if (st) {
+        mp_plan_free(p);
+        return st;
+    }
+    *out = p;
+    return MP_OK;
+}
+
+void mp_plan_free(mp_plan* plan) {
+    if (!plan) return;
+    mp_pool_free(plan->pool);
+    for (size_t i = 0; i < plan->num_steps; i++) {
+        mp_step* s = &plan->steps[i];
+        mp_conv_free(s->conv);
+        mp_linear_free(s->linear);
+        free(s->in_tensor);
+        free(s->in);
+        free(s->owned);
+    }
+    /* a step whose setup failed half-way is counted too (num_steps was bumped) */
+    free(plan->steps);
+    free(plan->op_step);
+    free(plan->op_fused_into);
+    free(plan->op_act);
+    free(plan->tensors);
+    free(plan->ws_block);
+    free(plan);
+}
+
+size_t mp_plan_workspace_size(const mp_plan* plan) { return plan ? plan->ws_size : 0; }
+
+mp_status mp_plan_set_workspace(mp_plan* plan, void* mem, size_t size) {
+    if (!plan) return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_set_workspace: plan is NULL");
+    if (!mem && plan->ws_size)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_set_workspace: mem is NULL");
+    if ((uintptr_t)mem % MP_ALIGN)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_set_workspace: mem is not 64-byte "
+                            "aligned");
+    if (size < plan->ws_size)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_set_workspace: %zu bytes given, the "
+                            "plan needs %zu", size, plan->ws_size);
+    free(plan->ws_block);
+    plan->ws_block = NULL;
+    plan->ws = mem;
+    mp_plan_bind(plan);
+    return MP_OK;
+}
+
+/* ---- describe: one line per op */
+
+typedef struct mp_text {
+    char* buf;
+    size_t size, len;
+} mp_text;
+
+static void text_add(mp_text* t, const char* fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+static void text_add(mp_text* t, const char* fmt, ...) {
+    char tmp[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    size_t k = (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1;
+    if (t->buf && t->len < t->size) {
+        size_t room = t->size - 1 - t->len, c = k < room ? k : room;
+        memcpy(t->buf + t->len, tmp, c);
+        t->buf[t->len + c] = '\0';
+    }
+    t->len += k;
+}
+
+static void describe_op(const mp_plan* p, uint32_t i, mp_text* t) {
+    const mp_model* m = p->model;
+    const mp_op* op = &m->ops[i];
+    const char* name = mp_str(m, op->name);
+    char line[400];
+    if (p->op_fused_into[i] != MP_NONE) {
+        text_add(t, "%.80s %s fused into '%.80s'\n", name, mp_op_name(op->code),
+                 mp_str(m, m->ops[p->op_fused_into[i]].name));
+        return;
+    }
+    if (p->op_step[i] == MP_NONE) {
+        text_add(t, "%.80s %s alias (no copy)\n", name, mp_op_name(op->code));
+        return;
+    }
+    const mp_step* s = &p->steps[p->op_step[i]];
+    line[0] = '\0';
+    if (s->conv) mp_conv_describe(s->conv, line, sizeof line);
+    else if (s->linear) mp_linear_describe(s->linear, line, sizeof line);
+    else snprintf(line, sizeof line, "%s", s->kernel);
+    text_add(t, "%.80s %s %s", name, mp_op_name(op->code), line);
+    if (s->act == MP_ACT_RELU)
+        text_add(t, " +relu ('%.80s')", mp_str(m, m->ops[p->op_act[i]].name));
+    else if (s->act == MP_ACT_CLAMP)
+        text_add(t, " +hardtanh(%g, %g) ('%.80s')", (double)s->act_min, (double)s->act_max,
+                 mp_str(m, m->ops[p->op_act[i]].name));
+    text_add(t, "\n");
+}
+
+mp_status mp_plan_describe(const mp_plan* plan, char* buf, size_t size, size_t* needed) {
+    if (!plan) return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_describe: plan is NULL");
+    if (!buf && size)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_describe: buf is NULL, size %zu",
+                            size);
+    mp_text t = {buf, size, 0};
+    if (buf && size) buf[0] = '\0';
+    for (uint32_t i = 0; i < plan->model->num_ops; i++) describe_op(plan, i, &t);
+    if (needed) *needed = t.len;
+    return MP_OK;
+}

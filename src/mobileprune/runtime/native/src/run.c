@@ -1,0 +1,58 @@
+/* mp_plan_run: copy the inputs in, run every step (operator prepare on the caller's
+ * thread, then its tasks over the pool), copy the outputs out. No allocation, no I/O. */
+#include "internal.h"
+
+/* Below this many elements / multiply-adds a step runs on the caller's thread alone:
+ * waking the others costs more than it saves. */
+#define MP_PARALLEL_WORK 32768u
+
+static void conv_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    mp_conv_compute(s->conv, s->batch, s->in[0], s->scratch, s->out, b, e);
+}
+
+static void linear_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    mp_linear_compute(s->linear, s->batch, s->in[0], s->scratch, s->out, b, e);
+}
+
+static void run_step(mp_plan* p, mp_step* s) {
+    mp_task_fn fn = s->fn;
+    if (s->conv) {
+        mp_conv_prepare(s->conv, s->batch, s->in[0], s->scratch);
+        fn = conv_task;
+    } else if (s->linear) {
+        mp_linear_prepare(s->linear, s->batch, s->in[0], s->scratch);
+        fn = linear_task;
+    }
+    if (s->work < MP_PARALLEL_WORK || mp_pool_threads(p->pool) == 1)
+        fn(s, 0, s->num_tasks);
+    else
+        mp_pool_run(p->pool, fn, s, s->num_tasks);
+}
+
+static size_t value_bytes(const mp_plan* p, uint32_t v) {
+    return (size_t)p->model->values[v].numel * p->batch * sizeof(float);
+}
+
+static const uint8_t* value_ptr(const mp_plan* p, uint32_t v) {
+    while (p->tensors[v].alias != v) v = p->tensors[v].alias;
+    return p->ws + p->tensors[v].offset;
+}
+
+mp_status mp_plan_run(mp_plan* plan, const float* const* inputs, float* const* outputs) {
+    if (!plan || !inputs || !outputs)
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_run: NULL plan, inputs or outputs");
+    const mp_model* m = plan->model;
+    for (uint32_t k = 0; k < m->num_inputs; k++)
+        if (!inputs[k]) return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_run: input %u is NULL", k);
+    for (uint32_t k = 0; k < m->num_outputs; k++)
+        if (!outputs[k])
+            return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_run: output %u is NULL", k);
+    for (uint32_t k = 0; k < m->num_inputs; k++)
+        memcpy((uint8_t*)value_ptr(plan, m->inputs[k]), inputs[k], value_bytes(plan, m->inputs[k]));
+    for (size_t s = 0; s < plan->num_steps; s++) run_step(plan, &plan->steps[s]);
+    for (uint32_t k = 0; k < m->num_outputs; k++)
+        memcpy(outputs[k], value_ptr(plan, m->outputs[k]), value_bytes(plan, m->outputs[k]));
+    return MP_OK;
+}

@@ -1,0 +1,686 @@
+/* C tests of the engine core: the format-3 loader (valid files and rejections with the
+ * expected status and message), shapes, plans (fusion, describe, workspace API), the simple
+ * ops against torch (expected_torch.h, made by make_expected.py) or brute-force loops
+ * written here, and threads (the same bits as one thread).
+ *
+ * Build (from the repository root; the conv / linear operators come from the library, or
+ * from tests/native/stub_operators.c until they land):
+ *   gcc -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined -pthread \
+ *       -I src/mobileprune/runtime/native/include src/mobileprune/runtime/native/src/ *.c \
+ *       [src/mobileprune/runtime/native/src/kernels/ *.c] tests/native/test_engine.c -lm
+ * Run: ./a.out [data directory with the .mps fixtures, default tests/native/data]
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mobileprune.h"
+#include "expected_torch.h"
+
+uint32_t mp_crc32(const uint8_t* data, size_t n); /* internal (util.c) */
+
+static int failures, checks;
+
+#define CHECK(cond)                                                              \
+    do {                                                                         \
+        checks++;                                                                \
+        if (!(cond)) {                                                           \
+            failures++;                                                          \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n",       \
+                    __FILE__, __LINE__, #cond, mp_last_error());                 \
+        }                                                                        \
+    } while (0)
+
+/* ======================================================================================
+ * A small format-3 writer (docs/native_format.md), independent of the library. */
+
+#define NONE 0xFFFFFFFFu
+enum { F32 = 1, F16 = 2, U16 = 3, U32 = 4 };
+
+typedef struct tb {
+    uint32_t nv, nops, narr, nrefs, nin, nout, inputs_ref, outputs_ref, value_dtype;
+    uint8_t vrec[64][48], orec[64][160], arec[64][32];
+    uint32_t refs[256];
+    uint32_t op_out[64];
+    char strings[4096];
+    uint32_t ssize;
+    uint8_t data[1 << 16];
+    size_t dsize;
+} tb;
+
+static void put32(uint8_t* p, uint32_t v) {
+    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put64(uint8_t* p, uint64_t v) {
+    put32(p, (uint32_t)v);
+    put32(p + 4, (uint32_t)(v >> 32));
+}
+static uint32_t get32(const uint8_t* p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static tb* tb_new(void) {
+    tb* b = calloc(1, sizeof *b);
+    b->value_dtype = F32;
+    b->ssize = 1; /* offset 0: the empty string */
+    return b;
+}
+
+static uint32_t tb_str(tb* b, const char* s) {
+    uint32_t off = b->ssize;
+    size_t n = strlen(s) + 1;
+    memcpy(b->strings + off, s, n);
+    b->ssize += (uint32_t)n;
+    return off;
+}
+
+static uint32_t tb_value(tb* b, const char* name, uint32_t ndim, const int64_t* dims,
+                         uint32_t producer) {
+    uint8_t* r = b->vrec[b->nv];
+    put32(r, tb_str(b, name));
+    put32(r + 4, ndim);
+    for (uint32_t d = 0; d < ndim; d++) put32(r + 8 + 4 * d, (uint32_t)dims[d]);
+    put32(r + 40, producer);
+    return b->nv++;
+}
+
+static uint32_t tb_array(tb* b, uint32_t dtype, const void* data, size_t count) {
+    size_t item = dtype == F16 || dtype == U16 ? 2 : 4;
+    uint8_t* r = b->arec[b->narr];
+    b->dsize = (b->dsize + 63) / 64 * 64;
+    put32(r, dtype);
+    put64(r + 8, b->dsize);
+    put64(r + 16, count);
+    memcpy(b->data + b->dsize, data, count * item); /* little-endian host */
+    b->dsize += count * item;
+    return b->narr++;
+}
+
+/* An op and its output value; returns the op index (its value: b->op_out[index]). */
+static uint32_t tb_op(tb* b, uint32_t code, const char* name, const uint32_t* ins, uint32_t nin,
+                      uint32_t ndim, const int64_t* dims) {
+    uint32_t i = b->nops++;
+    uint8_t* r = b->orec[i];
+    b->op_out[i] = tb_value(b, name, ndim, dims, i);
+    put32(r, code);
+    put32(r + 4, tb_str(b, name));
+    put32(r + 8, b->op_out[i]);
+    put32(r + 12, nin);
+    put32(r + 16, b->nrefs);
+    for (uint32_t k = 0; k < nin; k++) b->refs[b->nrefs++] = ins[k];
+    for (int k = 0; k < 8; k++) put32(r + 24 + 4 * k, NONE);
+    return i;
+}
+
+static void tb_iattr(tb* b, uint32_t op, int k, int32_t v) { put32(b->orec[op] + 56 + 4 * k, (uint32_t)v); }
+static void tb_fattr(tb* b, uint32_t op, int k, float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    put32(b->orec[op] + 136 + 4 * k, u);
+}
+static void tb_slot(tb* b, uint32_t op, int slot, uint32_t arr) { put32(b->orec[op] + 24 + 4 * slot, arr); }
+
+static void tb_io(tb* b, const uint32_t* ins, uint32_t nin, const uint32_t* outs, uint32_t nout) {
+    b->inputs_ref = b->nrefs;
+    for (uint32_t k = 0; k < nin; k++) b->refs[b->nrefs++] = ins[k];
+    b->outputs_ref = b->nrefs;
+    for (uint32_t k = 0; k < nout; k++) b->refs[b->nrefs++] = outs[k];
+    b->nin = nin;
+    b->nout = nout;
+}
+
+static size_t up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+/* Offsets of the sections in tb_build's layout. */
+typedef struct tb_layout {
+    size_t values, ops, refs, arrays, strings, data, size;
+} tb_layout;
+
+static tb_layout tb_layout_of(const tb* b) {
+    tb_layout L;
+    L.values = 128;
+    L.ops = up(L.values + 48 * b->nv, 8);
+    L.refs = up(L.ops + 160 * b->nops, 8);
+    L.arrays = up(L.refs + 4 * b->nrefs, 8);
+    L.strings = up(L.arrays + 32 * b->narr, 8);
+    L.data = up(L.strings + b->ssize, 64);
+    L.size = L.data + b->dsize;
+    return L;
+}
+
+static void fix_crc(uint8_t* f, size_t size) { put32(f + 24, mp_crc32(f + 128, size - 128)); }
+
+static uint8_t* tb_build(const tb* b, size_t* size) {
+    tb_layout L = tb_layout_of(b);
+    uint8_t* f = calloc(1, L.size);
+    memcpy(f, "MPSPARSE", 8);
+    put32(f + 8, 3);
+    put32(f + 12, 128);
+    put64(f + 16, L.size);
+    const uint32_t h[11] = {b->nv, b->nops, b->narr, b->nrefs, b->nin, b->nout, b->inputs_ref,
+                            b->outputs_ref, 0, 0, b->value_dtype};
+    for (int k = 0; k < 11; k++) put32(f + 28 + 4 * k, h[k]);
+    const size_t offs[7] = {L.values, L.ops, L.refs, L.arrays, L.strings, b->ssize, L.data};
+    for (int k = 0; k < 7; k++) put64(f + 72 + 8 * k, offs[k]);
+    memcpy(f + L.values, b->vrec, 48 * (size_t)b->nv);
+    memcpy(f + L.ops, b->orec, 160 * (size_t)b->nops);
+    for (uint32_t k = 0; k < b->nrefs; k++) put32(f + L.refs + 4 * k, b->refs[k]);
+    memcpy(f + L.arrays, b->arec, 32 * (size_t)b->narr);
+    memcpy(f + L.strings, b->strings, b->ssize);
+    memcpy(f + L.data, b->data, b->dsize);
+    fix_crc(f, L.size);
+    *size = L.size;
+    return f;
+}
+
+/* ======================================================================================
+ * Helpers */
+
+static float sample_value(size_t i) { return (float)((int)((i * 37) % 23) - 11) * 0.25f; }
+
+static void fill(float* x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = sample_value(i);
+}
+
+static uint16_t to_half(float f) { /* exact for the small values used here */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7FFFFFFFu) == 0) return (uint16_t)(u >> 16);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    int32_t e = (int32_t)((u >> 23) & 0xFF) - 127 + 15;
+    return (uint16_t)(sign | ((uint32_t)e << 10) | ((u >> 13) & 0x3FFu));
+}
+
+static int close_all(const float* got, const float* want, size_t n, float tol) {
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(got[i] - want[i]);
+        if (!(d <= tol * (1.0f + fabsf(want[i])))) {
+            fprintf(stderr, "  element %zu: got %.9g, want %.9g\n", i, (double)got[i],
+                    (double)want[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Load, plan (batch, threads), run once; returns the status of the first failing call. */
+static mp_status run_model(const uint8_t* file, size_t size, size_t batch, size_t threads,
+                           const float* const* in, float* const* out) {
+    mp_model* m = NULL;
+    mp_plan* p = NULL;
+    mp_status st = mp_model_load(file, size, &m);
+    if (!st) st = mp_plan_create(m, batch, threads, MP_PLAN_DEFAULT, &p);
+    if (!st) st = mp_plan_run(p, in, out);
+    mp_plan_free(p);
+    mp_model_free(m);
+    return st;
+}
+
+enum {
+    OP_CONV1D = 1, OP_CONV2D, OP_LINEAR, OP_MAXPOOL1D, OP_MAXPOOL2D, OP_AVGPOOL1D,
+    OP_AVGPOOL2D, OP_GAP, OP_BN, OP_RELU, OP_ACT, OP_RESHAPE, OP_ADD, OP_SUB, OP_MUL, OP_CONCAT
+};
+
+/* ======================================================================================
+ * The small CNN: x (1, 6, 6) -> conv2d c1 (2 out, 3x3, pad 1, CSR uint16, bias) -> relu r1
+ * -> maxpool2d p1 (2x2) -> reshape flat (18) -> linear fc (4, dense float16, bias)
+ * -> softmax sm. */
+
+static const uint32_t c1_indptr[3] = {0, 3, 7};
+static const uint16_t c1_indices[7] = {0, 4, 8, 1, 3, 4, 7};
+static const float c1_values[7] = {0.5f, -1.0f, 0.25f, 1.0f, 0.5f, -0.5f, 2.0f};
+static const float c1_bias[2] = {0.125f, -0.25f};
+
+static float fc_weight(int o, int k) { return (float)((o * 18 + k) * 7 % 11 - 5) * 0.125f; }
+
+typedef struct cnn_ids {
+    uint32_t x, c1, r1, p1, flat, fc, sm;            /* op indices (x: value id) */
+    uint32_t a_values, a_indptr, a_indices, a_bias, a_fc, a_fcb; /* array ids */
+} cnn_ids;
+
+static uint8_t* build_cnn(size_t* size, cnn_ids* id, tb** keep) {
+    tb* b = tb_new();
+    b->value_dtype = F16;
+    const int64_t xd[3] = {1, 6, 6}, cd[3] = {2, 6, 6}, pd[3] = {2, 3, 3}, fd[1] = {18},
+                  od[1] = {4};
+    id->x = tb_value(b, "x", 3, xd, NONE);
+    id->c1 = tb_op(b, OP_CONV2D, "c1", &id->x, 1, 3, cd);
+    id->a_values = tb_array(b, F32, c1_values, 7);
+    id->a_indptr = tb_array(b, U32, c1_indptr, 3);
+    id->a_indices = tb_array(b, U16, c1_indices, 7);
+    id->a_bias = tb_array(b, F32, c1_bias, 2);
+    const int32_t ca[17] = {1, 2, 9, 7, 1, 2, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (int k = 0; k < 17; k++) tb_iattr(b, id->c1, k, ca[k]);
+    const uint32_t slots[4] = {id->a_values, id->a_indptr, id->a_indices, id->a_bias};
+    for (int k = 0; k < 4; k++) tb_slot(b, id->c1, k, slots[k]);
+    id->r1 = tb_op(b, OP_RELU, "r1", &b->op_out[id->c1], 1, 3, cd);
+    id->p1 = tb_op(b, OP_MAXPOOL2D, "p1", &b->op_out[id->r1], 1, 3, pd);
+    const int32_t pa[11] = {2, 2, 2, 2, 0, 0, 1, 1, 0, 0, 0};
+    for (int k = 0; k < 11; k++) tb_iattr(b, id->p1, k, pa[k]);
+    id->flat = tb_op(b, OP_RESHAPE, "flat", &b->op_out[id->p1], 1, 1, fd);
+    id->fc = tb_op(b, OP_LINEAR, "fc", &b->op_out[id->flat], 1, 1, od);
+    uint16_t w16[72];
+    int nnz = 0;
+    for (int o = 0; o < 4; o++)
+        for (int k = 0; k < 18; k++) {
+            w16[o * 18 + k] = to_half(fc_weight(o, k));
+            nnz += fc_weight(o, k) != 0.0f;
+        }
+    const float fcb[4] = {-0.5f, -0.25f, 0.0f, 0.25f};
+    id->a_fc = tb_array(b, F16, w16, 72);
+    id->a_fcb = tb_array(b, F32, fcb, 4);
+    tb_iattr(b, id->fc, 0, 0);
+    tb_iattr(b, id->fc, 1, 4);
+    tb_iattr(b, id->fc, 2, 18);
+    tb_iattr(b, id->fc, 3, nnz);
+    tb_slot(b, id->fc, 0, id->a_fc);
+    tb_slot(b, id->fc, 3, id->a_fcb);
+    id->sm = tb_op(b, OP_ACT, "sm", &b->op_out[id->fc], 1, 1, od);
+    tb_iattr(b, id->sm, 0, 9);
+    tb_iattr(b, id->sm, 1, 0);
+    tb_io(b, &id->x, 1, &b->op_out[id->sm], 1);
+    uint8_t* f = tb_build(b, size);
+    if (keep) *keep = b;
+    else free(b);
+    return f;
+}
+
+/* Brute force of the CNN for one sample. */
+static void cnn_reference(const float* x, float* y) {
+    float c[2][6][6], p[18], z[4];
+    for (int o = 0; o < 2; o++)
+        for (int h = 0; h < 6; h++)
+            for (int w = 0; w < 6; w++) {
+                float s = c1_bias[o];
+                for (uint32_t k = c1_indptr[o]; k < c1_indptr[o + 1]; k++) {
+                    int i = c1_indices[k] / 3 - 1, j = c1_indices[k] % 3 - 1;
+                    if (h + i >= 0 && h + i < 6 && w + j >= 0 && w + j < 6)
+                        s += c1_values[k] * x[(h + i) * 6 + w + j];
+                }
+                c[o][h][w] = s > 0 ? s : 0;
+            }
+    for (int o = 0; o < 2; o++)
+        for (int h = 0; h < 3; h++)
+            for (int w = 0; w < 3; w++) {
+                float m = c[o][2 * h][2 * w];
+                for (int i = 0; i < 2; i++)
+                    for (int j = 0; j < 2; j++) m = fmaxf(m, c[o][2 * h + i][2 * w + j]);
+                p[o * 9 + h * 3 + w] = m;
+            }
+    float mx = -INFINITY, sum = 0;
+    for (int o = 0; o < 4; o++) {
+        z[o] = -0.5f + 0.25f * (float)o;
+        for (int k = 0; k < 18; k++) z[o] += fc_weight(o, k) * p[k];
+        mx = fmaxf(mx, z[o]);
+    }
+    for (int o = 0; o < 4; o++) sum += expf(z[o] - mx);
+    for (int o = 0; o < 4; o++) y[o] = expf(z[o] - mx) / sum;
+}
+
+static void test_api(void) {
+    CHECK(strcmp(mp_version(), "0.1.0") == 0);
+    CHECK(mp_format_version() == 3);
+    CHECK(strcmp(mp_status_string(MP_OK), "ok") == 0);
+    CHECK(strcmp(mp_status_string(MP_INVALID_MODEL), "invalid model") == 0);
+    CHECK(strcmp(mp_status_string((mp_status)99), "unknown status") == 0);
+    const char* isa = mp_cpu_isa();
+    CHECK(isa && (!strcmp(isa, "scalar") || !strcmp(isa, "avx2") || !strcmp(isa, "avx512f") ||
+                  !strcmp(isa, "neon")));
+    const uint8_t check[9] = {'1', '2', '3', '4', '5', '6', '7', '8', '9'};
+    CHECK(mp_crc32(check, 9) == 0xCBF43926u); /* the CRC-32 check value */
+    mp_model* m = (mp_model*)1;
+    CHECK(mp_model_load(NULL, 10, &m) == MP_INVALID_ARGUMENT && m == NULL);
+    CHECK(mp_model_load_file("/nonexistent/model.mps", &m) == MP_IO_ERROR);
+    CHECK(strstr(mp_last_error(), "/nonexistent/model.mps") != NULL);
+}
+
+static void test_cnn(void) {
+    size_t size;
+    cnn_ids id;
+    uint8_t* f = build_cnn(&size, &id, NULL);
+    mp_model* m = NULL;
+    CHECK(mp_model_load(f, size, &m) == MP_OK);
+    if (!m) return;
+    int64_t dims[8];
+    size_t nd = 0;
+    CHECK(mp_model_num_inputs(m) == 1 && mp_model_num_outputs(m) == 1);
+    CHECK(mp_model_input_shape(m, 0, dims, 8, &nd) == MP_OK && nd == 3 && dims[0] == 1 &&
+          dims[1] == 6 && dims[2] == 6);
+    CHECK(mp_model_output_shape(m, 0, dims, 8, &nd) == MP_OK && nd == 1 && dims[0] == 4);
+    CHECK(mp_model_input_shape(m, 0, dims, 2, &nd) == MP_INVALID_ARGUMENT && nd == 3);
+    CHECK(mp_model_input_shape(m, 1, dims, 8, &nd) == MP_INVALID_ARGUMENT);
+    enum { B = 3 };
+    float x[B * 36], want[B * 4], buf[B * 4 + 1];
+    fill(x, B * 36);
+    for (int n = 0; n < B; n++) cnn_reference(x + 36 * n, want + 4 * n);
+    mp_plan* p = NULL;
+    CHECK(mp_plan_create(m, B, 1, MP_PLAN_DEFAULT, &p) == MP_OK);
+    const float* in[1] = {x};
+    float* out[1] = {buf + 1}; /* not 64-byte aligned */
+    CHECK(mp_plan_run(p, in, out) == MP_OK);
+    CHECK(close_all(buf + 1, want, B * 4, 1e-5f));
+    char text[2048];
+    size_t need = 0;
+    CHECK(mp_plan_describe(p, text, sizeof text, &need) == MP_OK && need == strlen(text));
+    CHECK(strstr(text, "c1 conv2d ") == text);
+    CHECK(strstr(text, "+relu ('r1')") != NULL);
+    CHECK(strstr(text, "r1 relu fused into 'c1'\n") != NULL);
+    CHECK(strstr(text, "p1 maxpool2d maxpool-2x2\n") != NULL);
+    CHECK(strstr(text, "flat reshape alias (no copy)\n") != NULL);
+    CHECK(strstr(text, "sm activation softmax\n") != NULL);
+    char small[10];
+    size_t need2 = 0;
+    CHECK(mp_plan_describe(p, small, sizeof small, &need2) == MP_OK && need2 == need &&
+          strlen(small) == 9 && memcmp(small, text, 9) == 0);
+    fprintf(stderr, "describe:\n%s", text);
+    mp_plan_free(p);
+    mp_model_free(m);
+    free(f);
+}
+
+/* ======================================================================================
+ * Loader rejections: one mutation of the valid CNN file each. */
+
+typedef struct mutation {
+    const char* what;
+    size_t pos;      /* byte offset to overwrite with a u32 (SIZE_MAX: none) */
+    uint32_t value;
+    int fix_crc;
+    mp_status status;
+    const char* message; /* substring of mp_last_error() */
+} mutation;
+
+static void expect_reject(const uint8_t* good, size_t size, const mutation* mu) {
+    uint8_t* f = malloc(size);
+    memcpy(f, good, size);
+    if (mu->pos != SIZE_MAX) put32(f + mu->pos, mu->value);
+    if (mu->fix_crc) fix_crc(f, size);
+    mp_model* m = (mp_model*)1;
+    mp_status st = mp_model_load(f, size, &m);
+    int ok = st == mu->status && m == NULL && strstr(mp_last_error(), mu->message) != NULL;
+    CHECK(ok);
+    if (!ok)
+        fprintf(stderr, "  %s: status %d (%s), message: %s\n", mu->what, st,
+                mp_status_string(st), mp_last_error());
+    if (st == MP_OK) mp_model_free(m);
+    free(f);
+}
+
+static void test_rejections(void) {
+    size_t size;
+    cnn_ids id;
+    tb* b;
+    uint8_t* f = build_cnn(&size, &id, &b);
+    tb_layout L = tb_layout_of(b);
+    size_t op = L.ops, val = L.values, arr = L.arrays;
+    size_t c1 = op + 160 * id.c1, fc = op + 160 * id.fc, sm = op + 160 * id.sm;
+    uint32_t fc_nnz = get32(f + fc + 56 + 12);
+    uint32_t f_nan = 0x7FC00000u, f_two = 0x40000000u;
+    size_t idx_data = L.data + get32(f + arr + 32 * id.a_indices + 8);
+    const mutation cases[] = {
+        {"magic", 0, 0x5053504Eu, 0, MP_INVALID_MODEL, "bad magic"},
+        {"version", 8, 2, 0, MP_INVALID_MODEL, "format_version 2"},
+        {"header size", 12, 64, 0, MP_INVALID_MODEL, "header_size 64"},
+        {"file size", 16, (uint32_t)size + 8, 0, MP_INVALID_MODEL, "file_size"},
+        {"crc", 24, 0x12345678u, 0, MP_INVALID_MODEL, "crc32 mismatch"},
+        {"data byte", L.data + 1, 0x11223344u, 0, MP_INVALID_MODEL, "crc32 mismatch"},
+        {"num_ops limit", 32, (1u << 20) + 1, 0, MP_INVALID_MODEL, "num_ops 1048577 is over"},
+        {"num_values", 28, 200000, 0, MP_INVALID_MODEL, "past the end"},
+        {"num_inputs 0", 44, 0, 0, MP_INVALID_MODEL, "num_inputs 0"},
+        {"outputs_ref", 56, 1000, 0, MP_INVALID_MODEL, "outputs_ref 1000"},
+        {"value_dtype", 68, 7, 0, MP_INVALID_MODEL, "value_dtype 7"},
+        {"values_offset", 72, 129, 0, MP_INVALID_MODEL, "values_offset 129 is not a multiple"},
+        {"ops_offset", 80, 128, 0, MP_INVALID_MODEL, "ops_offset 128 overlaps"},
+        {"data_offset", 120, (uint32_t)L.data + 64 * 1000, 0, MP_INVALID_MODEL, "section data"},
+        {"strings_size", 112, 100000, 0, MP_INVALID_MODEL, "section strings"},
+        {"producer string", 60, 100000, 0, MP_INVALID_MODEL, "producer: string offset"},
+        {"value ndim", val + 4, 9, 1, MP_INVALID_MODEL, "value 'x' (#0): ndim 9"},
+        {"value dim 0", val + 8, 0, 1, MP_INVALID_MODEL, "value 'x' (#0): dims[0] = 0"},
+        {"value huge", val + 12, 0x7FFFFFFFu, 1, MP_INVALID_MODEL, "more than 2^31"},
+        {"value producer", val + 40, 0, 1, MP_INVALID_MODEL, "model input 0: value 'x' has a"},
+        {"ref", L.refs, 77, 1, MP_INVALID_MODEL, "refs[0] = 77"},
+        {"array dtype", arr + 32 * id.a_bias, 9, 1, MP_INVALID_MODEL, "unknown dtype 9"},
+        {"array align", arr + 32 * id.a_bias + 8, 65, 1, MP_INVALID_MODEL, "not a multiple of 64"},
+        {"array bounds", arr + 32 * id.a_fcb + 16, 1000000, 1, MP_INVALID_MODEL,
+         "past the end of the data section"},
+        {"array overlap", arr + 32 * id.a_fcb + 8, 0, 1, MP_INVALID_MODEL, "overlaps"},
+        {"op name", c1 + 4, 50000, 1, MP_INVALID_MODEL, "op #0 name: string offset"},
+        {"op code", c1, 99, 1, MP_UNSUPPORTED_OP, "op 'c1' (#0): unknown op code 99"},
+        {"op output", c1 + 8, 500, 1, MP_INVALID_MODEL, "output 500 is not a value"},
+        {"op slot", sm + 24, id.a_bias, 1, MP_INVALID_MODEL, "array slot 0 is set but activation"},
+        {"op not defined", L.refs + 4 * 2, b->op_out[id.fc], 1, MP_INVALID_MODEL,
+         "op 'p1' (#2): input 0 (value 'fc') is not defined"},
+        {"produced twice", op + 160 * id.p1 + 8, b->op_out[id.r1], 1, MP_INVALID_MODEL,
+         "op 'p1' (#2): output value 'r1' is produced twice"},
+        {"indices count", arr + 32 * id.a_indices + 16, 6, 1, MP_INVALID_MODEL,
+         "op 'c1' (#0): array slot 2 (indices) has 6 elements, nnz is 7"},
+        {"indices dtype", arr + 32 * id.a_indices, F32, 1, MP_INVALID_MODEL,
+         "array slot 2 (indices) is float32"},
+        {"index >= cols", idx_data, 9 | (4u << 16), 1, MP_INVALID_MODEL,
+         "indices[0] = 9 in row 0: not < cols"},
+        {"index order", idx_data, 4 | (4u << 16), 1, MP_INVALID_MODEL,
+         "indices[1] = 4 in row 0: not increasing"},
+        {"indptr", L.data + get32(f + arr + 32 * id.a_indptr + 8) + 4, 8, 1, MP_INVALID_MODEL,
+         "indptr[1] = 8 is below indptr[0] or above nnz 7"},
+        {"missing indptr", c1 + 24 + 4, NONE, 1, MP_INVALID_MODEL, "array slot 1 (indptr) is missing"},
+        {"conv channels", c1 + 56 + 16, 3, 1, MP_SHAPE_MISMATCH, "input must be (3, H, W)"},
+        {"conv groups", c1 + 56 + 24, 2, 1, MP_INVALID_MODEL, "bad channels/groups 1/2/2"},
+        {"conv stride 0", c1 + 56 + 36, 0, 1, MP_INVALID_MODEL, "iattr[9] = 0 < 1"},
+        {"weight rows", c1 + 56 + 4, 3, 1, MP_INVALID_MODEL, "weight is 3x9, the op needs 2x9"},
+        {"dense nnz", fc + 56 + 12, fc_nnz - 1, 1, MP_INVALID_MODEL, "but the dense values hold"},
+        {"storage", fc + 56, 5, 1, MP_INVALID_MODEL, "storage 5"},
+        {"pool out dims", val + 48 * b->op_out[id.p1] + 12, 4, 1, MP_SHAPE_MISMATCH,
+         "op 'p1' (#2): recorded output shape (2, 4, 3) does not follow from the inputs "
+         "(expected (2, 3, 3))"},
+        {"pool padding", op + 160 * id.p1 + 56 + 16, 2, 1, MP_INVALID_MODEL, "at most half"},
+        {"pool ceil", op + 160 * id.p1 + 56 + 32, 2, 1, MP_INVALID_MODEL, "ceil_mode"},
+        {"reshape count", val + 48 * b->op_out[id.flat] + 8, 17, 1, MP_SHAPE_MISMATCH,
+         "cannot reshape 18 elements to 17"},
+        {"activation code", sm + 56, 42, 1, MP_UNSUPPORTED_OP, "unknown activation function code 42"},
+        {"softmax axis", sm + 56 + 4, 1, 1, MP_INVALID_MODEL, "softmax: bad axis 1"},
+        {"fattr nan", sm + 136 + 8, f_nan, 1, MP_INVALID_MODEL, "fattr[2] is not finite"},
+        {"num_inputs of op", sm + 12, 2, 1, MP_INVALID_MODEL, "needs 1 input(s), has 2"},
+        {"never produced", val + 48 * b->op_out[id.sm] + 40, 0, 1, MP_INVALID_MODEL,
+         "recorded with another producer"},
+    };
+    size_t n = sizeof cases / sizeof cases[0];
+    for (size_t k = 0; k < n; k++)
+        expect_reject(f, size, &cases[k]);
+    /* hardtanh with min 2 > max 0 */
+    uint8_t* g = malloc(size);
+    memcpy(g, f, size);
+    put32(g + sm + 56, 1);
+    put32(g + sm + 136, f_two);
+    fix_crc(g, size);
+    mutation ht = {"hardtanh", SIZE_MAX, 0, 0, MP_INVALID_MODEL, "hardtanh: min_val > max_val"};
+    expect_reject(g, size, &ht);
+    free(g);
+    /* short and truncated files */
+    mp_model* m = NULL;
+    CHECK(mp_model_load(f, 100, &m) == MP_INVALID_MODEL && strstr(mp_last_error(), "shorter"));
+    for (size_t k = 0; k < size; k += 7) {
+        uint8_t* t = malloc(k ? k : 1); /* exact-size copy: ASan catches any over-read */
+        memcpy(t, f, k);
+        CHECK(mp_model_load(t, k, &m) == MP_INVALID_MODEL && m == NULL);
+        free(t);
+    }
+    free(b);
+    free(f);
+}
+
+/* Random byte mutations with the CRC fixed (so the mutation reaches the deeper checks):
+ * never a crash or an over-read; a model that loads must plan and run. */
+static void test_mutations(void) {
+    size_t size;
+    cnn_ids id;
+    uint8_t* f = build_cnn(&size, &id, NULL);
+    uint32_t rng = 12345;
+    int loaded = 0;
+    for (int iter = 0; iter < 3000; iter++) {
+        uint8_t* g = malloc(size);
+        memcpy(g, f, size);
+        int flips = 1 + iter % 4;
+        for (int k = 0; k < flips; k++) {
+            rng = rng * 1664525u + 1013904223u;
+            size_t pos = 128 + (rng >> 8) % (size - 128);
+            rng = rng * 1664525u + 1013904223u;
+            g[pos] = (uint8_t)(iter % 3 == 0 ? g[pos] ^ (1u << (rng >> 29)) : rng >> 24);
+        }
+        fix_crc(g, size);
+        mp_model* m = NULL;
+        if (mp_model_load(g, size, &m) == MP_OK) {
+            loaded++;
+            mp_plan* p = NULL;
+            if (mp_plan_create(m, 2, 1, 0, &p) == MP_OK) {
+                size_t nin = 1, nd;
+                int64_t dims[8];
+                float* x = NULL;
+                float* y = NULL;
+                int64_t nx = 2, ny = 2;
+                mp_model_input_shape(m, 0, dims, 8, &nd);
+                for (size_t d = 0; d < nd; d++) nx *= dims[d];
+                mp_model_output_shape(m, 0, dims, 8, &nd);
+                for (size_t d = 0; d < nd; d++) ny *= dims[d];
+                x = calloc((size_t)nx, sizeof(float));
+                y = calloc((size_t)ny, sizeof(float));
+                const float* in[1] = {x};
+                float* out[1] = {y};
+                CHECK(nin == mp_model_num_inputs(m) && mp_plan_run(p, in, out) == MP_OK);
+                free(x);
+                free(y);
+                mp_plan_free(p);
+            }
+            mp_model_free(m);
+        }
+        free(g);
+    }
+    fprintf(stderr, "mutations: %d of 3000 mutated files still loaded\n", loaded);
+    free(f);
+}
+
+/* ======================================================================================
+ * Simple ops against torch (expected_torch.h) and brute force */
+
+/* A model x -> one op -> y; returns the file. iattr / fattr: the op's attributes. */
+static uint8_t* one_op(size_t* size, uint32_t code, uint32_t nd_in, const int64_t* din,
+                       uint32_t nd_out, const int64_t* dout, const int32_t* ia, int nia,
+                       const float* fa, int nfa) {
+    tb* b = tb_new();
+    uint32_t x = tb_value(b, "x", nd_in, din, NONE);
+    uint32_t op = tb_op(b, code, "op", &x, 1, nd_out, dout);
+    for (int k = 0; k < nia; k++) tb_iattr(b, op, k, ia[k]);
+    for (int k = 0; k < nfa; k++) tb_fattr(b, op, k, fa[k]);
+    tb_io(b, &x, 1, &b->op_out[op], 1);
+    uint8_t* f = tb_build(b, size);
+    free(b);
+    return f;
+}
+
+typedef struct pool_case {
+    const char* name;
+    uint32_t code, nd;
+    int64_t din[3], dout[3];
+    int32_t ia[11];
+    const float* want;
+} pool_case;
+
+static void test_pools(void) {
+    const pool_case cases[] = {
+        {"max_k32_s22_p11_d12_ceil", OP_MAXPOOL2D, 3, {2, 5, 7}, {2, 3, 4},
+         {3, 2, 2, 2, 1, 1, 1, 2, 1, 0, 0}, pool_max_k32_s22_p11_d12_ceil},
+        {"max_k2_s2", OP_MAXPOOL2D, 3, {2, 5, 7}, {2, 2, 3}, {2, 2, 2, 2, 0, 0, 1, 1, 0, 0, 0},
+         pool_max_k2_s2},
+        {"max_k3_s2_p1_ceil", OP_MAXPOOL2D, 3, {2, 6, 6}, {2, 4, 4},
+         {3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0}, pool_max_k3_s2_p1_ceil},
+        {"avg_k3_s2_p1_ceil_incl", OP_AVGPOOL2D, 3, {2, 5, 7}, {2, 3, 4},
+         {3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 0}, pool_avg_k3_s2_p1_ceil_incl},
+        {"avg_k3_s2_p1_ceil_excl", OP_AVGPOOL2D, 3, {2, 5, 7}, {2, 3, 4},
+         {3, 3, 2, 2, 1, 1, 1, 1, 1, 0, 0}, pool_avg_k3_s2_p1_ceil_excl},
+        {"avg_k2_s2_p1_ceil_incl", OP_AVGPOOL2D, 3, {2, 5, 7}, {2, 3, 4},
+         {2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 0}, pool_avg_k2_s2_p1_ceil_incl},
+        {"max_k2_s2_p1_ceil", OP_MAXPOOL2D, 3, {2, 5, 7}, {2, 3, 4},
+         {2, 2, 2, 2, 1, 1, 1, 1, 1, 0, 0}, pool_max_k2_s2_p1_ceil},
+        {"avg_k23_s12_p11_div5", OP_AVGPOOL2D, 3, {2, 5, 7}, {2, 6, 4},
+         {2, 3, 1, 2, 1, 1, 1, 1, 0, 1, 5}, pool_avg_k23_s12_p11_div5},
+        {"max1d_k3_s2_p1_d2", OP_MAXPOOL1D, 2, {2, 9}, {2, 4},
+         {1, 3, 1, 2, 0, 1, 1, 2, 0, 0, 0}, pool_max1d_k3_s2_p1_d2},
+        {"avg1d_k3_s3_p1_ceil_excl", OP_AVGPOOL1D, 2, {2, 8}, {2, 3},
+         {1, 3, 1, 3, 0, 1, 1, 1, 1, 0, 0}, pool_avg1d_k3_s3_p1_ceil_excl},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const pool_case* pc = &cases[c];
+        size_t size, nin = 2, nout = 2;
+        for (uint32_t d = 0; d < pc->nd; d++) {
+            nin *= (size_t)pc->din[d];
+            nout *= (size_t)pc->dout[d];
+        }
+        uint8_t* f = one_op(&size, pc->code, pc->nd, pc->din, pc->nd, pc->dout, pc->ia, 11, NULL, 0);
+        float* x = malloc(nin * sizeof(float));
+        float* y = malloc(nout * sizeof(float));
+        fill(x, nin);
+        const float* in[1] = {x};
+        float* out[1] = {y};
+        mp_status st = run_model(f, size, 2, 1, in, out);
+        CHECK(st == MP_OK);
+        int ok = st == MP_OK && close_all(y, pc->want, nout, 1e-6f);
+        CHECK(ok);
+        if (!ok) fprintf(stderr, "  pool case %s\n", pc->name);
+        free(x);
+        free(y);
+        free(f);
+    }
+}
+
+static void test_activations(void) {
+    const struct {
+        int32_t fn;
+        float a, b;
+        const float* want;
+    } cases[] = {
+        {1, -1.0f, 2.0f, act_hardtanh}, {2, 0.1f, 0, act_leaky_relu}, {3, 0.7f, 0, act_elu},
+        {4, 0, 0, act_sigmoid}, {5, 0, 0, act_tanh}, {6, 0, 0, act_hardsigmoid},
+        {7, 0, 0, act_hardswish}, {8, 0, 0, act_silu}};
+    const int64_t d[2] = {3, 4};
+    float x[24], y[24];
+    fill(x, 24);
+    const float* in[1] = {x};
+    float* out[1] = {y};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t size;
+        const int32_t ia[1] = {cases[c].fn};
+        const float fa[2] = {cases[c].a, cases[c].b};
+        uint8_t* f = one_op(&size, OP_ACT, 2, d, 2, d, ia, 1, fa, 2);
+        int ok = run_model(f, size, 2, 1, in, out) == MP_OK && close_all(y, cases[c].want, 24, 2e-6f);
+        CHECK(ok);
+        if (!ok) fprintf(stderr, "  activation code %d\n", cases[c].fn);
+        free(f);
+    }
+    for (int32_t axis = 0; axis < 2; axis++) {
+        size_t size;
+        const int32_t ia[2] = {9, axis};
+        uint8_t* f = one_op(&size, OP_ACT, 2, d, 2, d, ia, 2, NULL, 0);
+        CHECK(run_model(f, size, 2, 1, in, out) == MP_OK &&
+              close_all(y, axis ? act_softmax_axis1 : act_softmax_axis0, 24, 2e-6f));
+        free(f);
+    }
+    size_t size; /* relu: max(x, 0) */
+    uint8_t* f = one_op(&size, OP_RELU, 2, d, 2, d, NULL, 0, NULL, 0);
+    CHECK(run_model(f, size, 2, 1, in, out) == MP_OK);
+    for (int i = 0; i < 24; i++) CHECK(y[i] == (x[i] > 0 ? x[i] : 0.0f));
+    free(f);
+}
+
+int main(int argc, char** argv) {
+    (void)argc;
+    (void)argv;
+    test_api();
+    test_cnn();
+    test_rejections();
+    test_mutations();
+    test_pools();
+    test_activations();
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures != 0;
+}
