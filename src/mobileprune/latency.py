@@ -2,8 +2,15 @@
 
 Timings on a shared machine are noisy, so :func:`compare_latency` warms every model
 up, then runs ``repeats`` rounds in which each model is timed once (in rotating order,
-so a burst of load hits all of them alike), and reports the median and the 10th/90th
-percentiles in milliseconds. Speedups are ratios of medians measured in one run.
+so a burst of load hits all of them alike), and reports the minimum, 10th percentile,
+median, 90th percentile and maximum in milliseconds. Speedups are ratios of medians
+measured in one run; :func:`speedup` calls a ratio a speedup only when the two ranges do
+not overlap.
+
+An entry of ``models`` may also be a *timer*: an object with a method
+``measure_ms(inner) -> float`` that runs its model ``inner`` times and returns the mean
+milliseconds per call, timed by itself (an engine in another process, whose round trip
+must not count).
 """
 
 from __future__ import annotations
@@ -39,6 +46,27 @@ def _as_call(fn: Any, example: Any) -> Callable[[], Any]:
     return call
 
 
+def _as_timer(fn: Any, example: Any) -> Callable[[int], float]:
+    if hasattr(fn, "measure_ms"):
+        return fn.measure_ms
+    call = _as_call(fn, example)
+
+    def timer(inner: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            call()
+        return (time.perf_counter() - t0) * 1000 / inner
+    return timer
+
+
+def speedup(fast: Mapping[str, float], slow: Mapping[str, float]) -> float | None:
+    """``slow`` median / ``fast`` median when ``fast``'s slowest run (p90) is faster than
+    ``slow``'s fastest (p10); ``None`` ("within noise") when the two ranges overlap."""
+    if fast["p90_ms"] < slow["p10_ms"] or slow["p90_ms"] < fast["p10_ms"]:
+        return slow["median_ms"] / fast["median_ms"]
+    return None
+
+
 def compare_latency(models: Mapping[str, Any], example: Any, *, repeats: int = 30, warmup: int = 5,
                     threads: int | None = 1, inner: int = 1) -> dict[str, dict[str, float]]:
     """Median / p10 / p90 latency in ms of each callable in ``models`` on ``example``.
@@ -47,22 +75,20 @@ def compare_latency(models: Mapping[str, Any], example: Any, *, repeats: int = 3
     """
     if repeats < 1 or warmup < 0 or inner < 1:
         raise ValueError("repeats and inner must be >= 1 and warmup >= 0")
-    calls = {k: _as_call(m, example) for k, m in models.items()}
-    times: dict[str, list[float]] = {k: [] for k in calls}
-    names = list(calls)
+    timers = {k: _as_timer(m, example) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in timers}
+    names = list(timers)
     with torch_threads(threads):
         for _ in range(warmup):
             for k in names:
-                calls[k]()
+                timers[k](1)
         for r in range(repeats):
             order = names[r % len(names):] + names[:r % len(names)]
             for k in order:
-                t0 = time.perf_counter()
-                for _ in range(inner):
-                    calls[k]()
-                times[k].append((time.perf_counter() - t0) * 1000 / inner)
+                times[k].append(timers[k](inner))
     out = {}
     for k, ts in times.items():
         q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) >= 2 else [ts[0]] * 9
-        out[k] = {"median_ms": statistics.median(ts), "p10_ms": q[0], "p90_ms": q[-1], "runs": len(ts)}
+        out[k] = {"median_ms": statistics.median(ts), "p10_ms": q[0], "p90_ms": q[-1],
+                  "min_ms": min(ts), "max_ms": max(ts), "runs": len(ts)}
     return out
