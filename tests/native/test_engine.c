@@ -672,15 +672,280 @@ static void test_activations(void) {
     free(f);
 }
 
+/* Brute force of every remaining simple op in one model with two inputs and four outputs:
+ *   a (3, 2, 4), b (3, 1, 4)
+ *   s = a + b (broadcast) ; d = b - a ; m = a * a ; k = 2.5 - a (number first) ; q = a * 3
+ *   bn = batchnorm(a) ; g = global_avgpool(a, keepdim 1) ; cat = concat(a, b, axis 1)
+ *   outputs: s + d + m (chained), k, bn, g, cat, a reshaped (an alias of a model input) */
+static void test_elementwise(void) {
+    tb* b = tb_new();
+    const int64_t da[3] = {3, 2, 4}, db[3] = {3, 1, 4}, dg[3] = {3, 1, 1}, dc[3] = {3, 3, 4},
+                  dr[2] = {6, 4};
+    uint32_t xa = tb_value(b, "a", 3, da, NONE), xb = tb_value(b, "b", 3, db, NONE);
+    uint32_t ab[2] = {xa, xb}, ba[2] = {xb, xa}, aa[2] = {xa, xa};
+    uint32_t s = tb_op(b, OP_ADD, "s", ab, 2, 3, da);
+    uint32_t d = tb_op(b, OP_SUB, "d", ba, 2, 3, da);
+    uint32_t m = tb_op(b, OP_MUL, "m", aa, 2, 3, da);
+    uint32_t k = tb_op(b, OP_SUB, "k", &xa, 1, 3, da);
+    tb_iattr(b, k, 0, 1);
+    tb_iattr(b, k, 1, 1);
+    tb_fattr(b, k, 0, 2.5f);
+    uint32_t q = tb_op(b, OP_MUL, "q", &b->op_out[k], 1, 3, da);
+    tb_iattr(b, q, 0, 1);
+    tb_fattr(b, q, 0, 3.0f);
+    uint32_t sd[2] = {b->op_out[s], b->op_out[d]};
+    uint32_t t1 = tb_op(b, OP_ADD, "t1", sd, 2, 3, da);
+    uint32_t tm[2] = {b->op_out[t1], b->op_out[m]};
+    uint32_t t2 = tb_op(b, OP_ADD, "t2", tm, 2, 3, da);
+    const float scale[3] = {0.5f, -2.0f, 1.25f}, shift[3] = {1.0f, 0.0f, -0.75f};
+    uint32_t bn = tb_op(b, OP_BN, "bn", &xa, 1, 3, da);
+    tb_slot(b, bn, 0, tb_array(b, F32, scale, 3));
+    tb_slot(b, bn, 1, tb_array(b, F32, shift, 3));
+    uint32_t g = tb_op(b, OP_GAP, "g", &xa, 1, 3, dg);
+    tb_iattr(b, g, 0, 1);
+    uint32_t cat = tb_op(b, OP_CONCAT, "cat", ab, 2, 3, dc);
+    tb_iattr(b, cat, 0, 1);
+    uint32_t r = tb_op(b, OP_RESHAPE, "r", &xa, 1, 2, dr);
+    uint32_t outs[6] = {b->op_out[t2], b->op_out[q], b->op_out[bn], b->op_out[g],
+                        b->op_out[cat], b->op_out[r]};
+    tb_io(b, ab, 2, outs, 6);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    free(b);
+    enum { N = 2 };
+    float xa_[N * 24], xb_[N * 12], y0[N * 24], y1[N * 24], y2[N * 24], y3[N * 3], y4[N * 36],
+        y5[N * 24];
+    fill(xa_, N * 24);
+    for (int i = 0; i < N * 12; i++) xb_[i] = sample_value((size_t)i + 5) * 0.5f;
+    const float* in[2] = {xa_, xb_};
+    float* out[6] = {y0, y1, y2, y3, y4, y5};
+    CHECK(run_model(f, size, N, 1, in, out) == MP_OK);
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < 3; c++) {
+            double mean = 0;
+            for (int h = 0; h < 2; h++)
+                for (int w = 0; w < 4; w++) {
+                    int i = n * 24 + c * 8 + h * 4 + w;
+                    float A = xa_[i], B = xb_[n * 12 + c * 4 + w];
+                    float sum = ((A + B) + (B - A)) + A * A;
+                    CHECK(y0[i] == sum);
+                    CHECK(y1[i] == (2.5f - A) * 3.0f);
+                    float t = A * scale[c];
+                    CHECK(y2[i] == t + shift[c]);
+                    mean += A;
+                    CHECK(y4[n * 36 + c * 12 + h * 4 + w] == A);
+                    CHECK(y5[i] == A);
+                }
+            CHECK(y3[n * 3 + c] == (float)(mean / 8));
+            for (int w = 0; w < 4; w++) CHECK(y4[n * 36 + c * 12 + 8 + w] == xb_[n * 12 + c * 4 + w]);
+        }
+    free(f);
+}
+
+/* conv1d -> hardtanh(0, 6) is fused; a conv whose output is also a model output is not. */
+static void test_fusion(void) {
+    tb* b = tb_new();
+    const int64_t dx[2] = {2, 8}, dy[2] = {3, 6};
+    uint32_t x = tb_value(b, "x", 2, dx, NONE);
+    uint32_t c = tb_op(b, OP_CONV1D, "c", &x, 1, 2, dy);
+    float w[18];
+    for (int i = 0; i < 18; i++) w[i] = sample_value((size_t)i * 3 + 1);
+    int nnz = 0;
+    for (int i = 0; i < 18; i++) nnz += w[i] != 0.0f;
+    const int32_t ca[17] = {0, 3, 6, nnz, 2, 3, 1, 1, 3, 1, 1, 1, 1, 0, 0, 0, 0};
+    for (int k = 0; k < 17; k++) tb_iattr(b, c, k, ca[k]);
+    tb_slot(b, c, 0, tb_array(b, F32, w, 18));
+    uint32_t h = tb_op(b, OP_ACT, "h", &b->op_out[c], 1, 2, dy);
+    tb_iattr(b, h, 0, 1);
+    tb_fattr(b, h, 0, 0.0f);
+    tb_fattr(b, h, 1, 1.5f);
+    tb_io(b, &x, 1, &b->op_out[h], 1);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    float xv[16], y[18], want[18];
+    fill(xv, 16);
+    for (int o = 0; o < 3; o++)
+        for (int t = 0; t < 6; t++) {
+            float s = 0;
+            for (int ci = 0; ci < 2; ci++)
+                for (int j = 0; j < 3; j++) s += w[o * 6 + ci * 3 + j] * xv[ci * 8 + t + j];
+            want[o * 6 + t] = s < 0 ? 0 : s > 1.5f ? 1.5f : s;
+        }
+    const float* in[1] = {xv};
+    float* out[1] = {y};
+    mp_model* m = NULL;
+    mp_plan* p = NULL;
+    char text[1024];
+    CHECK(mp_model_load(f, size, &m) == MP_OK && mp_plan_create(m, 1, 1, 0, &p) == MP_OK);
+    CHECK(mp_plan_run(p, in, out) == MP_OK && close_all(y, want, 18, 1e-6f));
+    CHECK(mp_plan_describe(p, text, sizeof text, NULL) == MP_OK);
+    CHECK(strstr(text, " +hardtanh(0, 1.5) ('h')\nh activation fused into 'c'\n") != NULL);
+    mp_plan_free(p);
+    mp_model_free(m);
+    free(f);
+    /* the conv output is a model output too: not fused, and both outputs are right */
+    uint32_t outs[2] = {b->op_out[h], b->op_out[c]};
+    b->nrefs -= 2;
+    tb_io(b, &x, 1, outs, 2);
+    f = tb_build(b, &size);
+    free(b);
+    float yc[18];
+    float* out2[2] = {y, yc};
+    CHECK(mp_model_load(f, size, &m) == MP_OK && mp_plan_create(m, 1, 1, 0, &p) == MP_OK);
+    CHECK(mp_plan_run(p, in, out2) == MP_OK && close_all(y, want, 18, 1e-6f));
+    for (int i = 0; i < 18; i++)
+        CHECK(fabsf((yc[i] < 0 ? 0 : yc[i] > 1.5f ? 1.5f : yc[i]) - want[i]) <= 1e-6f);
+    CHECK(yc[0] != y[0] || yc[1] != y[1] || yc[2] != y[2] || yc[3] != y[3]); /* not clamped */
+    CHECK(mp_plan_describe(p, text, sizeof text, NULL) == MP_OK);
+    CHECK(strstr(text, "h activation hardtanh\n") != NULL && strstr(text, "fused") == NULL);
+    mp_plan_free(p);
+    mp_model_free(m);
+    free(f);
+}
+
+/* Plan arguments, the workspace API, and threads: 2 and 3 threads give the bits of 1. */
+static void test_plan_api_threads(void) {
+    size_t size;
+    cnn_ids id;
+    uint8_t* f = build_cnn(&size, &id, NULL);
+    mp_model* m = NULL;
+    mp_plan* p = (mp_plan*)1;
+    CHECK(mp_model_load(f, size, &m) == MP_OK);
+    CHECK(mp_plan_create(m, 0, 1, 0, &p) == MP_INVALID_ARGUMENT && p == NULL);
+    CHECK(mp_plan_create(m, 1, 0, 0, &p) == MP_INVALID_ARGUMENT);
+    CHECK(mp_plan_create(m, 1, 1, 64, &p) == MP_INVALID_ARGUMENT);
+    CHECK(mp_plan_create(m, 1, 1, MP_PLAN_FORCE_DENSE | MP_PLAN_FORCE_SPARSE, &p) ==
+          MP_INVALID_ARGUMENT);
+    CHECK(mp_plan_create(NULL, 1, 1, 0, &p) == MP_INVALID_ARGUMENT);
+    enum { B = 16 };
+    float x[B * 36], y1[B * 4], y2[B * 4], y3[B * 4];
+    fill(x, B * 36);
+    const float* in[1] = {x};
+    float* out1[1] = {y1};
+    float* out2[1] = {y2};
+    float* out3[1] = {y3};
+    mp_plan *p1 = NULL, *p2 = NULL, *p3 = NULL;
+    CHECK(mp_plan_create(m, B, 1, MP_PLAN_NO_TUNE, &p1) == MP_OK);
+    CHECK(mp_plan_create(m, B, 2, MP_PLAN_NO_TUNE, &p2) == MP_OK);
+    CHECK(mp_plan_create(m, B, 3, MP_PLAN_NO_TUNE, &p3) == MP_OK);
+    for (int rep = 0; rep < 3; rep++) {
+        CHECK(mp_plan_run(p1, in, out1) == MP_OK && mp_plan_run(p2, in, out2) == MP_OK &&
+              mp_plan_run(p3, in, out3) == MP_OK);
+        CHECK(memcmp(y1, y2, sizeof y1) == 0 && memcmp(y1, y3, sizeof y1) == 0);
+    }
+    float want[B * 4];
+    for (int n = 0; n < B; n++) cnn_reference(x + 36 * n, want + 4 * n);
+    CHECK(close_all(y1, want, B * 4, 1e-5f));
+    /* workspace: size, refusals, then the caller's block gives the same result */
+    size_t ws = mp_plan_workspace_size(p2);
+    CHECK(ws >= (size_t)B * 36 * 4 && ws % 64 == 0);
+    uint8_t* raw = malloc(ws + 128);
+    uint8_t* mem = raw + (64 - (uintptr_t)raw % 64);
+    CHECK(mp_plan_set_workspace(p2, mem + 4, ws) == MP_INVALID_ARGUMENT);
+    CHECK(mp_plan_set_workspace(p2, mem, ws - 64) == MP_INVALID_ARGUMENT);
+    CHECK(mp_plan_set_workspace(p2, NULL, ws) == MP_INVALID_ARGUMENT);
+    memset(mem, 0xFF, ws); /* NaN everywhere: nothing may depend on the old contents */
+    memset(y2, 0, sizeof y2);
+    CHECK(mp_plan_set_workspace(p2, mem, ws) == MP_OK);
+    CHECK(mp_plan_run(p2, in, out2) == MP_OK && memcmp(y1, y2, sizeof y1) == 0);
+    CHECK(mp_plan_run(p2, NULL, out2) == MP_INVALID_ARGUMENT);
+    const float* bad_in[1] = {NULL};
+    CHECK(mp_plan_run(p2, bad_in, out2) == MP_INVALID_ARGUMENT);
+    mp_plan_free(p1);
+    mp_plan_free(p2);
+    mp_plan_free(p3);
+    free(raw);
+    mp_model_free(m);
+    free(f);
+}
+
+/* The seed models of tests/native/data (gen_seeds.py): batch 2 against torch's output. */
+static uint8_t* read_all(const char* path, size_t* size) {
+    FILE* fp = fopen(path, "rb");
+    if (!fp) return NULL;
+    fseek(fp, 0, SEEK_END);
+    long n = ftell(fp);
+    fseek(fp, 0, SEEK_SET);
+    uint8_t* buf = malloc(n > 0 ? (size_t)n : 1);
+    *size = fread(buf, 1, n > 0 ? (size_t)n : 0, fp);
+    fclose(fp);
+    return buf;
+}
+
+static void test_seed(const char* dir, const char* name, size_t threads) {
+    char path[512];
+    size_t nin, nout, nmodel;
+    snprintf(path, sizeof path, "%s/%s.in", dir, name);
+    float* x = (float*)read_all(path, &nin);
+    snprintf(path, sizeof path, "%s/%s.out", dir, name);
+    float* want = (float*)read_all(path, &nout);
+    mp_model* m = NULL;
+    mp_plan* p = NULL;
+    snprintf(path, sizeof path, "%s/%s.mps", dir, name);
+    if (!x || !want) {
+        fprintf(stderr, "skip %s: no %s/%s.in/.out\n", name, dir, name);
+        free(x);
+        free(want);
+        return;
+    }
+    CHECK(mp_model_load_file(path, &m) == MP_OK);
+    CHECK(mp_plan_create(m, 2, threads, MP_PLAN_DEFAULT, &p) == MP_OK);
+    if (!m || !p) goto done;
+    const float* in[8];
+    float* out[8];
+    float* got = malloc(nout);
+    size_t off_in = 0, off_out = 0, nd;
+    int64_t dims[8];
+    for (size_t i = 0; i < mp_model_num_inputs(m) && i < 8; i++) {
+        in[i] = x + off_in;
+        mp_model_input_shape(m, i, dims, 8, &nd);
+        size_t e = 2;
+        for (size_t d = 0; d < nd; d++) e *= (size_t)dims[d];
+        off_in += e;
+    }
+    for (size_t i = 0; i < mp_model_num_outputs(m) && i < 8; i++) {
+        out[i] = got + off_out;
+        mp_model_output_shape(m, i, dims, 8, &nd);
+        size_t e = 2;
+        for (size_t d = 0; d < nd; d++) e *= (size_t)dims[d];
+        off_out += e;
+    }
+    CHECK(off_in * 4 == nin && off_out * 4 == nout);
+    nmodel = off_out;
+    if (off_in * 4 == nin && off_out * 4 == nout) {
+        CHECK(mp_plan_run(p, in, out) == MP_OK);
+        int ok = close_all(got, want, nmodel, 1e-4f);
+        CHECK(ok);
+        if (!ok) fprintf(stderr, "  seed %s, %zu threads\n", name, threads);
+    }
+    free(got);
+done:
+    mp_plan_free(p);
+    mp_model_free(m);
+    free(x);
+    free(want);
+}
+
+static void test_seeds(const char* dir) {
+    const char* names[] = {"seed_cnn2d", "seed_cnn1d", "seed_two_inputs", "seed_residual_f16"};
+    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        test_seed(dir, names[k], 1);
+        test_seed(dir, names[k], 2);
+    }
+}
+
 int main(int argc, char** argv) {
-    (void)argc;
-    (void)argv;
+    const char* dir = argc > 1 ? argv[1] : "tests/native/data";
     test_api();
     test_cnn();
     test_rejections();
     test_mutations();
     test_pools();
     test_activations();
+    test_elementwise();
+    test_fusion();
+    test_plan_api_threads();
+    test_seeds(dir);
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }

@@ -24,6 +24,7 @@ static mp_status find_fusions(mp_plan* plan) {
         free(reader);
         return mp_set_error(MP_OUT_OF_MEMORY, "out of memory planning the model");
     }
+    for (uint32_t v = 0; v < m->num_values; v++) reader[v] = MP_NONE;
     for (uint32_t i = 0; i < m->num_ops; i++)
         for (uint32_t k = 0; k < m->ops[i].num_inputs; k++) {
             uint32_t v = mp_op_inputs(m, &m->ops[i])[k];
@@ -35,9 +36,10 @@ static mp_status find_fusions(mp_plan* plan) {
         const mp_op* op = &m->ops[i];
         bool heavy = op->code == MP_OP_CONV1D || op->code == MP_OP_CONV2D ||
                      op->code == MP_OP_LINEAR;
-        if (heavy && uses[op->output] == 1 && fusable_act(&m->ops[reader[op->output]])) {
-            plan->op_fused_into[reader[op->output]] = i;
-            plan->op_act[i] = reader[op->output];
+        uint32_t r = reader[op->output]; /* the one use may be a model output: MP_NONE */
+        if (heavy && uses[op->output] == 1 && r != MP_NONE && fusable_act(&m->ops[r])) {
+            plan->op_fused_into[r] = i;
+            plan->op_act[i] = r;
         }
     }
     free(uses);
