@@ -6,7 +6,8 @@ directory and run under ``qemu-aarch64 -L /usr/aarch64-linux-gnu`` (NEON kernels
 Equivalence: LeNet-5, the FER-2013 CNN (seed 003 Table 3), the HAR 1-D CNN and CIFAR
 ResNet-20 at 0 %, 90 % unstructured and a seed / repository config, exported as format 3,
 must match torch (eval mode, the same float32 weights) to max abs error <= 1e-4 x max
-|output| on random inputs of batch 2. Plus the program's contract: wrong input size -> exit
+|output| on random inputs of batch 2, with the engine's kernel choice and with every layer
+forced onto the dense, sparse and portable kernels. Plus the program's contract: wrong input size -> exit
 2 with the expected size, a corrupt model -> exit 1 with the loader's message.
 
 Skipped with a one-line reason when the cross compiler or qemu is absent (``make
@@ -158,9 +159,7 @@ def _density(model: torch.nn.Module) -> float:
     return float(sum(int((w != 0).sum()) for w in ws) / sum(w.numel() for w in ws))
 
 
-@pytest.mark.parametrize("level", ["0", "90", "seed"])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_arm64_matches_torch(arm64_run, tmp_path, name, level):
+def _check_against_torch(arm64_run, tmp_path: Path, name: str, level: str, *flags: str) -> None:
     model, shape = _pruned(name, level)
     density = _density(model)
     assert (density > 0.99) if level == "0" else (density < 0.9)
@@ -170,16 +169,31 @@ def test_arm64_matches_torch(arm64_run, tmp_path, name, level):
         ref = model(x).numpy()
     _export_format3(model, x, tmp_path / "model.mps")
     x.numpy().astype("<f4").tofile(tmp_path / "in.bin")
-    # two threads on the largest model (work split on arm64); default kernel choice
-    threads = "2" if name == "fernet" else "1"
     r = arm64_run(str(tmp_path / "model.mps"), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"),
-                  "--batch", str(BATCH), "--threads", threads, "--no-tune")
+                  "--batch", str(BATCH), *flags)
     assert r.returncode == 0, f"mobileprune_run failed ({r.returncode}): {r.stderr}"
     y = np.fromfile(tmp_path / "out.bin", dtype="<f4")
     assert y.size == ref.size, f"{y.size} floats written, torch gives {ref.shape}"
     err = np.abs(y.reshape(ref.shape) - ref).max()
     assert err <= REL_TOL * np.abs(ref).max(), \
-        f"{name} at {level}: max abs error {err:.3g} vs max |y| {np.abs(ref).max():.3g}"
+        f"{name} at {level} {flags}: max abs error {err:.3g} vs max |y| {np.abs(ref).max():.3g}"
+
+
+@pytest.mark.parametrize("level", ["0", "90", "seed"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_arm64_matches_torch(arm64_run, tmp_path, name, level):
+    """The engine's own kernel choice (cost model, no timing under qemu); two threads on
+    the largest model (the work split on arm64)."""
+    threads = "2" if name == "fernet" else "1"
+    _check_against_torch(arm64_run, tmp_path, name, level, "--threads", threads, "--no-tune")
+
+
+@pytest.mark.parametrize("kernels", ["--dense", "--sparse", "--portable"])
+@pytest.mark.parametrize("name", ["harcnn", "resnet20"])
+def test_arm64_forced_kernels_match_torch(arm64_run, tmp_path, name, kernels):
+    """Every layer on the dense, the sparse or the portable C kernels (the NEON paths the
+    cost model did not pick above), at the seed / repository config."""
+    _check_against_torch(arm64_run, tmp_path, name, "seed", kernels, "--no-tune")
 
 
 def test_arm64_refuses_bad_input_and_model(arm64_run, tmp_path):

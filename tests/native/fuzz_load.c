@@ -70,7 +70,8 @@ typedef struct fuzzer {
     unsigned char* work; /* the mutated bytes, capacity `cap` */
     size_t cap;
     unsigned long cases, skipped, loaded, planned, ran, by_status[16];
-    int verbose, failed;
+    int verbose;
+    unsigned long failed;
     double start, budget;
 } fuzzer;
 
@@ -144,18 +145,29 @@ static void fix_header(const fuzzer* f, unsigned char* p, size_t size, int fix_s
 
 /* ---- running one case ------------------------------------------------------------------ */
 
-/* A property failure: report it and remember to exit 1. */
-static void fail(fuzzer* f, const char* what) {
-    fprintf(stderr, "fuzz_load: FAIL: %s\n  case: %s\n", what, current_case);
-    f->failed = 1;
+/* A property failure: report it (the first 20 in full) and remember to exit 1. */
+static void fail_with(fuzzer* f, const char* what, const char* message) {
+    if (++f->failed <= 20) {
+        fprintf(stderr, "fuzz_load: FAIL: %s\n  case: %s\n", what, current_case);
+        if (message != NULL) {
+            fputs("  message: \"", stderr);
+            for (const unsigned char* c = (const unsigned char*)message; *c; c++) {
+                if (*c < 0x20 || *c >= 0x7F || *c == '\\') fprintf(stderr, "\\x%02x", *c);
+                else fputc(*c, stderr);
+            }
+            fputs("\"\n", stderr);
+        }
+    }
 }
+
+static void fail(fuzzer* f, const char* what) { fail_with(f, what, NULL); }
 
 static void check_refusal(fuzzer* f, mp_status st) {
     const char* msg = mp_last_error();
     if ((unsigned)st < 16) f->by_status[st]++;
-    if (st == MP_OK || (unsigned)st > MP_IO_ERROR) fail(f, "unknown status code");
+    if (st == MP_OK || (unsigned)st > MP_IO_ERROR) fail_with(f, "unknown status code", msg);
     else if (msg == NULL || msg[0] == '\0') fail(f, "refused without a message");
-    else if (strchr(msg, '\n') != NULL) fail(f, "error message is not one line");
+    else if (strchr(msg, '\n') != NULL) fail_with(f, "error message is not one line", msg);
 }
 
 /* Per-sample element count of every input; 0 when the model reports something absurd. */
@@ -212,7 +224,7 @@ static void plan_and_run(fuzzer* f, const mp_model* m) {
     size_t nin = mp_model_num_inputs(m), nout = mp_model_num_outputs(m);
     if (nin == 0 || nout == 0 || nin > MAX_IO || nout > MAX_IO) return;
     if (io_elements(m, 1, nin, in_each) == 0 || io_elements(m, 0, nout, out_each) == 0) return;
-    static const uint32_t flag_sets[] = {MP_PLAN_NO_TUNE, MP_PLAN_NO_TUNE | MP_PLAN_FORCE_DENSE,
+    static const uint32_t flag_sets[] = {MP_PLAN_DEFAULT, MP_PLAN_NO_TUNE, MP_PLAN_NO_TUNE | MP_PLAN_FORCE_DENSE,
                                          MP_PLAN_NO_TUNE | MP_PLAN_FORCE_SPARSE,
                                          MP_PLAN_NO_TUNE | MP_PLAN_PORTABLE};
     size_t batch = 1 + random_below(f, 2), threads = 1 + (random_below(f, 4) == 0);
@@ -523,11 +535,12 @@ static void report(const fuzzer* f, size_t nseeds) {
             f->by_status[MP_UNSUPPORTED_OP], f->by_status[MP_SHAPE_MISMATCH],
             f->by_status[MP_OUT_OF_MEMORY], f->by_status[MP_IO_ERROR],
             f->failed ? " -- FAILED" : "");
+    if (f->failed) fprintf(stderr, "fuzz_load: %lu property failures\n", f->failed);
 }
 
 int main(int argc, char** argv) {
     static fuzzer f;
-    unsigned long iters = 20000;
+    unsigned long iters = 50000;
     const char** paths = NULL;
     int npaths = 0;
     f.rng = 1;
