@@ -8,7 +8,7 @@
  *   gcc -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined -pthread \
  *       -I src/mobileprune/runtime/native/include src/mobileprune/runtime/native/src/ *.c \
  *       [src/mobileprune/runtime/native/src/kernels/ *.c] tests/native/test_engine.c -lm
- * Run: ./a.out [data directory with the .mps fixtures, default tests/native/data]
+ * Run: ./a.out [directory of the seed models; default tests/native/data or ./data]
  */
 #include <math.h>
 #include <stdint.h>
@@ -935,7 +935,10 @@ static void test_seeds(const char* dir) {
 }
 
 int main(int argc, char** argv) {
-    const char* dir = argc > 1 ? argv[1] : "tests/native/data";
+    /* the seeds: from the repository root or from tests/native (the Makefile's directory) */
+    FILE* probe = fopen("tests/native/data/seed_cnn2d.mps", "rb");
+    const char* dir = argc > 1 ? argv[1] : probe ? "tests/native/data" : "data";
+    if (probe) fclose(probe);
     test_api();
     test_cnn();
     test_rejections();

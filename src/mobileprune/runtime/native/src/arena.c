@@ -14,6 +14,9 @@ typedef struct mp_buf {
     size_t* where; /* where to store the offset */
 } mp_buf;
 
+/* No single buffer over 2^40 bytes: the sum of up to 2^21 of them cannot overflow. */
+#define MP_MAX_BUFFER ((uint64_t)1 << 40)
+
 static size_t round64(size_t n) { return (n + MP_ALIGN - 1) / MP_ALIGN * MP_ALIGN; }
 
 static uint32_t root_of(const mp_plan* p, uint32_t v) {
@@ -81,7 +84,7 @@ static size_t place(mp_buf* bufs, size_t n, mp_buf** live) {
 static mp_status tensor_bytes(const mp_plan* p, uint32_t v, size_t* out) {
     uint64_t n;
     if (!mp_mul_u64((uint64_t)p->model->values[v].numel, (uint64_t)p->batch * 4u, &n) ||
-        n > (uint64_t)SIZE_MAX / 2)
+        n > MP_MAX_BUFFER)
         return mp_set_error(MP_OUT_OF_MEMORY, "value '%.80s' is too large at batch %zu",
                             mp_str(p->model, p->model->values[v].name), p->batch);
     *out = round64((size_t)n);
@@ -104,6 +107,11 @@ mp_status mp_plan_place(mp_plan* p) {
     for (size_t s = 0; s < p->num_steps && !st; s++)
         if (p->steps[s].scratch_bytes) {
             int64_t time = (int64_t)s + 1;
+            if (p->steps[s].scratch_bytes > MP_MAX_BUFFER) {
+                st = mp_set_error(MP_OUT_OF_MEMORY, "op '%.80s': scratch of %zu bytes",
+                                  mp_str(m, p->steps[s].op->name), p->steps[s].scratch_bytes);
+                break;
+            }
             size_t size = round64(p->steps[s].scratch_bytes);
             bufs[n++] = (mp_buf){size, 0, time, time, &p->steps[s].scratch_offset};
         }
