@@ -859,6 +859,96 @@ static void test_plan_api_threads(void) {
     free(f);
 }
 
+/* A model large enough that every step runs on the pool (over 32768 elements per step):
+ * x (8, 32, 32) -> conv2d 3x3 pad 1 (16, dense weights, half zero) + relu -> maxpool 2x2
+ * -> avgpool 3x3 s1 p1 -> * 0.5 -> + itself -> softmax over channels -> global avgpool.
+ * 2 and 3 threads must give the bits of 1 thread, and the conv + relu + maxpool part
+ * matches brute force (checked through a second output). */
+static void test_threads_big(void) {
+    tb* b = tb_new();
+    const int64_t dx[3] = {8, 32, 32}, dc[3] = {16, 32, 32}, dp[3] = {16, 16, 16},
+                  dg[1] = {16};
+    uint32_t x = tb_value(b, "x", 3, dx, NONE);
+    uint32_t c = tb_op(b, OP_CONV2D, "c", &x, 1, 3, dc);
+    static float w[16 * 72];
+    int nnz = 0;
+    for (int i = 0; i < 16 * 72; i++) {
+        w[i] = (i * 7) % 3 == 0 ? 0.0f : sample_value((size_t)i * 5) * 0.125f;
+        nnz += w[i] != 0.0f;
+    }
+    const int32_t ca[17] = {0, 16, 72, nnz, 8, 16, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (int k = 0; k < 17; k++) tb_iattr(b, c, k, ca[k]);
+    tb_slot(b, c, 0, tb_array(b, F32, w, 16 * 72));
+    uint32_t r = tb_op(b, OP_RELU, "r", &b->op_out[c], 1, 3, dc);
+    uint32_t mp = tb_op(b, OP_MAXPOOL2D, "mp", &b->op_out[r], 1, 3, dp);
+    const int32_t ma[8] = {2, 2, 2, 2, 0, 0, 1, 1};
+    for (int k = 0; k < 8; k++) tb_iattr(b, mp, k, ma[k]);
+    uint32_t ap = tb_op(b, OP_AVGPOOL2D, "ap", &b->op_out[mp], 1, 3, dp);
+    const int32_t aa[10] = {3, 3, 1, 1, 1, 1, 1, 1, 0, 1};
+    for (int k = 0; k < 10; k++) tb_iattr(b, ap, k, aa[k]);
+    uint32_t h = tb_op(b, OP_MUL, "h", &b->op_out[ap], 1, 3, dp);
+    tb_iattr(b, h, 0, 1);
+    tb_fattr(b, h, 0, 0.5f);
+    uint32_t hh[2] = {b->op_out[h], b->op_out[h]};
+    uint32_t s = tb_op(b, OP_ADD, "s", hh, 2, 3, dp);
+    uint32_t sm = tb_op(b, OP_ACT, "sm", &b->op_out[s], 1, 3, dp);
+    tb_iattr(b, sm, 0, 9);
+    uint32_t g = tb_op(b, OP_GAP, "g", &b->op_out[sm], 1, 1, dg);
+    uint32_t outs[2] = {b->op_out[g], b->op_out[mp]};
+    tb_io(b, &x, 1, outs, 2);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    free(b);
+    enum { B = 8, NX = B * 8 * 32 * 32, NP = B * 16 * 16 * 16 };
+    float* xv = malloc(NX * sizeof(float));
+    float* ys[3];
+    float* ps[3];
+    fill(xv, NX);
+    for (int t = 0; t < 3; t++) {
+        ys[t] = calloc(B * 16, sizeof(float));
+        ps[t] = calloc(NP, sizeof(float));
+        const float* in[1] = {xv};
+        float* out[2] = {ys[t], ps[t]};
+        CHECK(run_model(f, size, B, (size_t)t + 1, in, out) == MP_OK);
+    }
+    for (int t = 1; t < 3; t++)
+        CHECK(memcmp(ys[0], ys[t], B * 16 * sizeof(float)) == 0 &&
+              memcmp(ps[0], ps[t], NP * sizeof(float)) == 0);
+    float sum = 0; /* softmax over channels, then the mean of each channel: sums to 1 */
+    for (int k = 0; k < 16; k++) sum += ys[0][k];
+    CHECK(fabsf(sum - 1.0f) < 1e-4f);
+    int bad = 0;
+    for (int n = 0; n < B; n++)
+        for (int o = 0; o < 16; o++)
+            for (int yy = 0; yy < 16; yy++)
+                for (int xx = 0; xx < 16; xx++) {
+                    float m = 0; /* relu output >= 0 */
+                    for (int i = 0; i < 2; i++)
+                        for (int j = 0; j < 2; j++) {
+                            int oy = 2 * yy + i, ox = 2 * xx + j;
+                            float acc = 0;
+                            for (int ci = 0; ci < 8; ci++)
+                                for (int u = 0; u < 3; u++)
+                                    for (int v = 0; v < 3; v++) {
+                                        int iy = oy + u - 1, ix = ox + v - 1;
+                                        if (iy < 0 || iy >= 32 || ix < 0 || ix >= 32) continue;
+                                        acc += w[o * 72 + ci * 9 + u * 3 + v] *
+                                               xv[((n * 8 + ci) * 32 + iy) * 32 + ix];
+                                    }
+                            m = fmaxf(m, acc);
+                        }
+                    float got = ps[0][((n * 16 + o) * 16 + yy) * 16 + xx];
+                    bad += !(fabsf(got - m) <= 1e-4f * (1 + fabsf(m)));
+                }
+    CHECK(bad == 0);
+    for (int t = 0; t < 3; t++) {
+        free(ys[t]);
+        free(ps[t]);
+    }
+    free(xv);
+    free(f);
+}
+
 /* The seed models of tests/native/data (gen_seeds.py): batch 2 against torch's output. */
 static uint8_t* read_all(const char* path, size_t* size) {
     FILE* fp = fopen(path, "rb");
@@ -948,6 +1038,7 @@ int main(int argc, char** argv) {
     test_elementwise();
     test_fusion();
     test_plan_api_threads();
+    test_threads_big();
     test_seeds(dir);
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
