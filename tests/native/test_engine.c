@@ -20,6 +20,7 @@
 #include "expected_torch.h"
 
 uint32_t mp_crc32(const uint8_t* data, size_t n); /* internal (util.c) */
+mp_status mp_set_error(mp_status status, const char* fmt, ...); /* internal (api.c) */
 
 static int failures, checks;
 
@@ -334,6 +335,9 @@ static void test_api(void) {
     CHECK(mp_model_load(NULL, 10, &m) == MP_INVALID_ARGUMENT && m == NULL);
     CHECK(mp_model_load_file("/nonexistent/model.mps", &m) == MP_IO_ERROR);
     CHECK(strstr(mp_last_error(), "/nonexistent/model.mps") != NULL);
+    CHECK(mp_model_load_file(".", &m) == MP_IO_ERROR && m == NULL);
+    CHECK(mp_set_error(MP_INVALID_MODEL, "a\nb\tc") == MP_INVALID_MODEL &&
+          strcmp(mp_last_error(), "a?b?c") == 0); /* one line */
 }
 
 static void test_cnn(void) {

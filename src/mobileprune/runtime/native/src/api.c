@@ -47,6 +47,9 @@ mp_status mp_set_error(mp_status status, const char* fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(mp_error_message, sizeof mp_error_message, fmt, ap);
     va_end(ap);
+    /* one line: names from a file may hold control characters */
+    for (char* c = mp_error_message; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7F) *c = '?';
     return status;
 }
 

@@ -356,30 +356,39 @@ mp_status mp_model_load(const void* data, size_t size, mp_model** out) {
     return MP_OK;
 }
 
+/* Read a whole stream into a growing buffer (no fseek: a directory or a pipe has no size). */
+static mp_status read_stream(FILE* f, const char* path, uint8_t** data, size_t* size) {
+    size_t cap = 1 << 16, n = 0;
+    uint8_t* buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (ferror(f)) {
+            free(buf);
+            return mp_set_error(MP_IO_ERROR, "%.300s: read error (a directory?)", path);
+        }
+        if (n < cap) break; /* end of file */
+        uint8_t* bigger = cap <= SIZE_MAX / 2 ? realloc(buf, cap * 2) : NULL;
+        if (!bigger) free(buf);
+        buf = bigger;
+        cap *= 2;
+    }
+    if (!buf) return mp_set_error(MP_OUT_OF_MEMORY, "%.300s: out of memory reading", path);
+    *data = buf;
+    *size = n;
+    return MP_OK;
+}
+
 mp_status mp_model_load_file(const char* path, mp_model** out) {
     if (!out) return mp_set_error(MP_INVALID_ARGUMENT, "mp_model_load_file: out is NULL");
     *out = NULL;
     if (!path) return mp_set_error(MP_INVALID_ARGUMENT, "mp_model_load_file: path is NULL");
     FILE* f = fopen(path, "rb");
     if (!f) return mp_set_error(MP_IO_ERROR, "%.300s: cannot open the file", path);
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return mp_set_error(MP_IO_ERROR, "%.300s: cannot determine the file size", path);
-    }
-    void* buf = malloc(n ? (size_t)n : 1);
-    if (!buf) {
-        fclose(f);
-        return mp_set_error(MP_OUT_OF_MEMORY, "%.300s: cannot allocate %ld bytes", path, n);
-    }
-    size_t got = fread(buf, 1, (size_t)n, f);
+    uint8_t* buf = NULL;
+    size_t n = 0;
+    mp_status st = read_stream(f, path, &buf, &n);
     fclose(f);
-    if (got != (size_t)n) {
-        free(buf);
-        return mp_set_error(MP_IO_ERROR, "%.300s: read %zu of %ld bytes", path, got, n);
-    }
-    mp_status st = mp_model_load(buf, (size_t)n, out);
+    if (!st) st = mp_model_load(buf, n, out);
     if (st) {
         free(buf);
         return st;
