@@ -43,6 +43,10 @@ enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_COUNT = 3 };
 static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense"};
 static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense"};
 
+/* Bytes of input a pixel block may read per channel chunk (L1 is 32-48 KB), and the
+ * fewest nonzeros a row should have per chunk on average. */
+#define L1_INPUT_BUDGET (20 * 1024)
+#define MIN_CHUNK_NNZ 12.0
 /* A 4-row group goes blocked when its nonzeros fill at least this much of the block. */
 #define BLOCK_FILL 0.5
 /* Target tasks per image (threads take any split of them). */
@@ -54,6 +58,7 @@ typedef struct conv_pack {
     float* val;
     size_t nblocks, noff, nval;
     size_t nv, npb;        /* vectors per pixel block, pixel blocks */
+    size_t nchunks, cb;    /* input channel chunks of cb channels */
     size_t rchunks, pchunks;
     size_t* rchunk;        /* rchunks + 1 block indices */
     double cost;           /* cost model: cycles per pixel vector */
@@ -66,6 +71,7 @@ struct mp_conv_op {
     size_t chan, buf_floats, plane;
     mp_pixvec* vec;
     size_t nvec;
+    int contig; /* flat vectors: vec[v].in = v * lanes */
     float* bias;
     conv_pack pack;
     int mode;
@@ -191,14 +197,16 @@ static int32_t col_offset(const mp_conv_op* op, int32_t g, int32_t col)
            dj / d->stride_w;
 }
 
-/* Pixel vectors: inside output rows, or along the flat buffer position (fewer wins). */
+/* Pixel vectors: inside output rows, or along the flat buffer position. Flat vectors are
+ * contiguous (the kernel addresses them from one base register, so blocks may be larger):
+ * they win unless they need over 6% more vectors. */
 static mp_status build_vectors(mp_conv_op* op, int lanes)
 {
     const int64_t ho = op->d.out_h, wo = op->d.out_w, wq = op->wq;
     const int64_t n_rows = ho * ((wo + lanes - 1) / lanes);
     const int64_t len = (ho - 1) * wq + wo;
     const int64_t n_flat = (len + lanes - 1) / lanes;
-    const int flat = n_flat < n_rows;
+    const int flat = n_flat * 100 <= n_rows * 106;
     op->vec = malloc((size_t)(flat ? n_flat : n_rows) * sizeof(mp_pixvec));
     if (op->vec == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory (vectors)");
     const uint32_t full = lanes == 32 ? 0xFFFFFFFFu : (1u << lanes) - 1u;
@@ -220,12 +228,14 @@ static mp_status build_vectors(mp_conv_op* op, int lanes)
             if (pv.out < 0) pv.out = (int32_t)(y * wo + x);
             pv.mask |= 1u << l;
         }
-        if (pv.mask == 0) continue;
+        if (pv.mask == 0 && !flat) continue;
+        if (pv.out < 0) pv.out = 0;
         pv.kind = pv.mask == full ? MP_VEC_FULL
                   : (pv.mask & (pv.mask + 1u)) == 0 ? MP_VEC_PREFIX : MP_VEC_MASKED;
         op->vec[n++] = pv;
     }
     op->nvec = n;
+    op->contig = flat;
     return MP_OK;
 }
 
@@ -264,7 +274,8 @@ static void emit_block(packer* pk, conv_pack* p, int32_t g, int32_t r, int32_t m
         count++;
     }
     if (pk->write)
-        p->blocks[p->nblocks] = (mp_rowblk){r, mr, (int32_t)count, 0, (int64_t)p->noff,
+        p->blocks[p->nblocks] = (mp_rowblk){r, mr, (int32_t)count, MP_BLK_FIRST | MP_BLK_LAST,
+                                           (int64_t)p->noff,
                                            (int64_t)p->nval};
     p->nblocks++;
     p->noff += count;
@@ -316,7 +327,8 @@ static mp_status split_tasks(const mp_conv_op* op, conv_pack* p)
 {
     int has4 = 0;
     for (size_t b = 0; b < p->nblocks; b++) has4 |= p->blocks[b].mr == 4;
-    p->nv = (size_t)(has4 ? op->k->nv4 : op->k->nv1);
+    const int nv1 = op->contig || op->k->nv1 < MP_MAX_NV ? op->k->nv1 : MP_MAX_NV;
+    p->nv = (size_t)(has4 ? op->k->nv4 : nv1);
     p->npb = (op->nvec + p->nv - 1) / p->nv;
     p->pchunks = p->npb < TASKS_PER_IMAGE ? p->npb : TASKS_PER_IMAGE;
     size_t rc = (TASKS_PER_IMAGE + p->pchunks - 1) / p->pchunks;
@@ -335,6 +347,81 @@ static mp_status split_tasks(const mp_conv_op* op, conv_pack* p)
         p->rchunk[i] = b;
     }
     p->rchunk[p->rchunks] = p->nblocks;
+    return MP_OK;
+}
+
+/* Channels per chunk: the input rows a pixel block reads for a chunk fit L1_INPUT_BUDGET,
+ * unless that leaves rows with fewer than MIN_CHUNK_NNZ nonzeros per chunk. */
+static void chunk_channels(const mp_conv_op* op, conv_pack* p)
+{
+    const mp_conv_desc* d = &op->d;
+    const size_t cg = (size_t)(d->in_channels / d->groups);
+    const size_t lanes = (size_t)op->k->lanes, wq = (size_t)op->wq;
+    const size_t rows = (p->nv * lanes + wq - 1) / wq + 1 +
+                        (size_t)((d->kernel_h - 1) * d->dilation_h / d->stride_h);
+    const size_t slice = (size_t)op->phases * rows * wq * sizeof(float);
+    size_t cb = L1_INPUT_BUDGET / slice;
+    size_t units_rows = 0;
+    for (size_t b = 0; b < p->nblocks; b++) units_rows += (size_t)p->blocks[b].mr;
+    const double per_channel = (double)p->nval / (double)(units_rows ? units_rows : 1) / (double)cg;
+    const double need = per_channel > 0.0 ? ceil(MIN_CHUNK_NNZ / per_channel) : (double)cg;
+    if ((double)cb < need) cb = need < (double)cg ? (size_t)need : cg;
+    if (cb < 1) cb = 1;
+    if (cb > cg) cb = cg;
+    p->nchunks = (cg + cb - 1) / cb;
+    p->cb = (cg + p->nchunks - 1) / p->nchunks;
+}
+
+/* Segments of unit `u` per chunk: writes the nonzero index where each chunk starts. */
+static void unit_bounds(const mp_conv_op* op, const conv_pack* p, const mp_rowblk* u,
+                        size_t* start)
+{
+    const int32_t og = op->d.out_channels / op->d.groups;
+    const size_t cg = (size_t)(op->d.in_channels / op->d.groups);
+    const size_t g = (size_t)(u->row / og);
+    size_t k = 0;
+    for (size_t cc = 0; cc < p->nchunks; cc++) {
+        start[cc] = k;
+        while (k < (size_t)u->count &&
+               ((size_t)p->off[u->nz + (int64_t)k] / op->chan - g * cg) / p->cb == cc)
+            k++;
+    }
+    start[p->nchunks] = (size_t)u->count;
+}
+
+/* Rebuild the block list as (row chunk, channel chunk, unit) segments. */
+static mp_status segment(const mp_conv_op* op, conv_pack* p)
+{
+    chunk_channels(op, p);
+    if (p->nchunks == 1) return MP_OK;
+    const size_t nc = p->nchunks;
+    size_t* start = malloc((nc + 1) * sizeof(size_t));
+    mp_rowblk* seg = malloc(p->nblocks * nc * sizeof(mp_rowblk));
+    if (start == NULL || seg == NULL) {
+        free(start), free(seg);
+        return mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory (chunks)");
+    }
+    size_t n = 0;
+    for (size_t rc = 0; rc < p->rchunks; rc++) {
+        const size_t u0 = p->rchunk[rc], u1 = p->rchunk[rc + 1];
+        p->rchunk[rc] = n;
+        for (size_t cc = 0; cc < nc; cc++)
+            for (size_t u = u0; u < u1; u++) {
+                const mp_rowblk* b = &p->blocks[u];
+                unit_bounds(op, p, b, start);
+                const int32_t flags = (cc == 0 ? MP_BLK_FIRST : 0) | (cc + 1 == nc ? MP_BLK_LAST : 0);
+                const size_t cnt = start[cc + 1] - start[cc];
+                if (cnt == 0 && flags == 0) continue;
+                seg[n++] = (mp_rowblk){b->row, b->mr, (int32_t)cnt, flags,
+                                       b->nz + (int64_t)start[cc],
+                                       b->val + (int64_t)(start[cc] * (size_t)b->mr)};
+            }
+    }
+    p->rchunk[p->rchunks] = n;
+    free(start);
+    free(p->blocks);
+    p->blocks = seg;
+    p->nblocks = n;
     return MP_OK;
 }
 
@@ -365,6 +452,7 @@ static mp_status make_pack(const mp_conv_op* op, const csr_view* c, int mode, co
     pk.write = 1;
     pack_pass(&pk, p);
     st = split_tasks(op, p);
+    if (st == MP_OK) st = segment(op, p);
 done:
     free(pk.mark);
     free(pk.rowval);
@@ -445,7 +533,7 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* 
 {
     const size_t per = p->rchunks * p->pchunks;
     const size_t out_floats = (size_t)op->d.out_channels * op->plane;
-    mp_spconv_args a = {NULL, NULL, op->plane, NULL, 0, p->blocks, 0, 0, p->off, p->val,
+    mp_spconv_args a = {NULL, NULL, op->plane, NULL, 0, op->contig, p->blocks, 0, 0, p->off, p->val,
                         op->bias, op->d.act_min, op->d.act_max};
     for (size_t t = t0; t < t1; t++) {
         const size_t n = t / per, rc = (t % per) / p->pchunks, pc = t % p->pchunks;
@@ -597,8 +685,9 @@ mp_status mp_conv_create(const mp_conv_desc* desc, const mp_weights* w, uint32_t
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s", op->k->name, k_storage[op->mode], op->density,
-             op->reason);
+    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks)", op->k->name,
+             k_storage[op->mode], op->density, op->reason, op->pack.nv * (size_t)op->k->lanes,
+             op->pack.nchunks);
 }
 
 void mp_conv_free(mp_conv_op* op)

@@ -1,5 +1,6 @@
-/* Direct sparse convolution, AVX-512F: 16 output pixels per zmm vector, up to 8 vectors
- * per pixel block with 1-row blocks, 6 with 4-row blocks (24 accumulators), all held in
+/* Direct sparse convolution, AVX-512F: 16 output pixels per zmm vector, up to 16 vectors
+ * per pixel block with 1-row blocks (8 when the vectors are not contiguous: one base
+ * register each), 6 with 4-row blocks (24 accumulators), all held in
  * registers across the nonzeros of a row block (seed 003, Algorithm 2: Y[row, :] += value *
  * X[col, :]; one broadcast weight and one FMA per vector and nonzero, one load per vector
  * shared by the rows of a block). Bias is the initial value; clamp before the only store. */
@@ -7,6 +8,7 @@
 
 #if MP_ARCH_X86_64
 #include <immintrin.h>
+#include <math.h>
 
 MP_TARGET_AVX512 MP_INLINE void store16(float* out, const mp_pixvec* pv, __m512 y)
 {
@@ -14,8 +16,20 @@ MP_TARGET_AVX512 MP_INLINE void store16(float* out, const mp_pixvec* pv, __m512 
         _mm512_storeu_ps(out + pv->out, y);
     else if (pv->kind == MP_VEC_PREFIX)
         _mm512_mask_storeu_ps(out + pv->out, (__mmask16)pv->mask, y);
-    else
-        _mm512_mask_compressstoreu_ps(out + pv->out, (__mmask16)pv->mask, y);
+    else /* compress in a register: vcompressps to memory is slow */
+        _mm512_mask_storeu_ps(out + pv->out,
+                              (__mmask16)((1u << __builtin_popcount(pv->mask)) - 1u),
+                              _mm512_maskz_compress_ps((__mmask16)pv->mask, y));
+}
+
+/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
+MP_TARGET_AVX512 MP_INLINE __m512 load16(const float* out, const mp_pixvec* pv)
+{
+    if (pv->kind == MP_VEC_FULL) return _mm512_loadu_ps(out + pv->out);
+    if (pv->kind == MP_VEC_PREFIX) return _mm512_maskz_loadu_ps((__mmask16)pv->mask, out + pv->out);
+    const __m512 packed = _mm512_maskz_loadu_ps(
+        (__mmask16)((1u << __builtin_popcount(pv->mask)) - 1u), out + pv->out);
+    return _mm512_maskz_expand_ps((__mmask16)pv->mask, packed);
 }
 
 MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb,
@@ -23,11 +37,13 @@ MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk*
 {
     __m512 acc[4][MP_MAX_NV];
     const float* bias = a->bias + rb->row;
+    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) {
         const __m512 b = _mm512_set1_ps(bias[r]);
 #pragma GCC unroll 8
-        for (int v = 0; v < nv; v++) acc[r][v] = b;
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out + (size_t)r * a->plane, &a->vec[v]);
     }
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
@@ -44,8 +60,9 @@ MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk*
             acc[3][v] = _mm512_fmadd_ps(w3, x, acc[3][v]);
         }
     }
-    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
+    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 8
@@ -59,8 +76,9 @@ MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk*
 {
     __m512 acc[MP_MAX_NV];
     const __m512 b = _mm512_set1_ps(a->bias[rb->row]);
+    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) acc[v] = b;
+    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out, &a->vec[v]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -70,8 +88,9 @@ MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk*
         for (int v = 0; v < nv; v++)
             acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(base[v] + o), acc[v]);
     }
-    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
+    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++)
         store16(out, &a->vec[v], _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi));
@@ -91,8 +110,110 @@ MP_TARGET_AVX512 MP_INLINE void run(const mp_spconv_args* a, const int nv)
     }
 }
 
+/* Contiguous vectors: one base pointer, vector v at displacement 64 * v bytes. */
+MP_TARGET_AVX512 MP_INLINE void block4c(const mp_spconv_args* a, const mp_rowblk* rb,
+                                       const float* base, const int nv)
+{
+    __m512 acc[4][6];
+    const float* bias = a->bias + rb->row;
+    float* out = a->output + (size_t)rb->row * a->plane;
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++) {
+        const __m512 b = _mm512_set1_ps(bias[r]);
+#pragma GCC unroll 6
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out + (size_t)r * a->plane, &a->vec[v]);
+    }
+    const int32_t* off = a->off + rb->nz;
+    const float* val = a->val + rb->val;
+    for (int32_t k = 0; k < rb->count; k++) {
+        const float* p = base + off[k];
+        const __m512 w0 = _mm512_set1_ps(val[4 * k]), w1 = _mm512_set1_ps(val[4 * k + 1]);
+        const __m512 w2 = _mm512_set1_ps(val[4 * k + 2]), w3 = _mm512_set1_ps(val[4 * k + 3]);
+#pragma GCC unroll 6
+        for (int v = 0; v < nv; v++) {
+            const __m512 x = _mm512_loadu_ps(p + 16 * v);
+            acc[0][v] = _mm512_fmadd_ps(w0, x, acc[0][v]);
+            acc[1][v] = _mm512_fmadd_ps(w1, x, acc[1][v]);
+            acc[2][v] = _mm512_fmadd_ps(w2, x, acc[2][v]);
+            acc[3][v] = _mm512_fmadd_ps(w3, x, acc[3][v]);
+        }
+    }
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
+    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; r++)
+#pragma GCC unroll 6
+        for (int v = 0; v < nv; v++)
+            store16(out + (size_t)r * a->plane, &a->vec[v],
+                    _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi));
+}
+
+MP_TARGET_AVX512 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* rb,
+                                       const float* base, const int nv)
+{
+    __m512 acc[16];
+    const __m512 b = _mm512_set1_ps(a->bias[rb->row]);
+    float* out = a->output + (size_t)rb->row * a->plane;
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out, &a->vec[v]);
+    const int32_t* off = a->off + rb->nz;
+    const float* val = a->val + rb->val;
+    for (int32_t k = 0; k < rb->count; k++) {
+        const float* p = base + off[k];
+        const __m512 w = _mm512_set1_ps(val[k]);
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * v), acc[v]);
+    }
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
+    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++)
+        store16(out, &a->vec[v], _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi));
+}
+
+MP_TARGET_AVX512 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)
+{
+    const float* base = a->input + a->vec[0].in;
+    for (size_t b = a->b0; b < a->b1; b++) {
+        const mp_rowblk* rb = &a->blocks[b];
+        if (rb->mr == 4)
+            block4c(a, rb, base, nv < 6 ? nv : 6); /* conv.c: nv <= 6 with 4-row blocks */
+        else
+            block1c(a, rb, base, nv);
+    }
+}
+
+MP_TARGET_AVX512 static void contiguous(const mp_spconv_args* a)
+{
+    switch (a->nv) {
+    case 1: run_c(a, 1); break;
+    case 2: run_c(a, 2); break;
+    case 3: run_c(a, 3); break;
+    case 4: run_c(a, 4); break;
+    case 5: run_c(a, 5); break;
+    case 6: run_c(a, 6); break;
+    case 7: run_c(a, 7); break;
+    case 8: run_c(a, 8); break;
+    case 9: run_c(a, 9); break;
+    case 10: run_c(a, 10); break;
+    case 11: run_c(a, 11); break;
+    case 12: run_c(a, 12); break;
+    case 13: run_c(a, 13); break;
+    case 14: run_c(a, 14); break;
+    case 15: run_c(a, 15); break;
+    default: run_c(a, 16); break;
+    }
+}
+
 MP_TARGET_AVX512 void mp_f32_spconv_16x4__avx512f(const mp_spconv_args* a)
 {
+    if (a->contig) {
+        contiguous(a);
+        return;
+    }
     switch (a->nv) {
     case 1: run(a, 1); break;
     case 2: run(a, 2); break;

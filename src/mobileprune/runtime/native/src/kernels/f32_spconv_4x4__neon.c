@@ -6,6 +6,7 @@
 
 #if MP_ARCH_ARM64
 #include <arm_neon.h>
+#include <math.h>
 
 MP_INLINE void store4(float* out, const mp_pixvec* pv, float32x4_t y)
 {
@@ -21,16 +22,30 @@ MP_INLINE void store4(float* out, const mp_pixvec* pv, float32x4_t y)
         if ((pv->mask >> l) & 1u) o[j++] = t[l];
 }
 
+/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
+MP_INLINE float32x4_t load4(const float* out, const mp_pixvec* pv)
+{
+    const float* o = out + pv->out;
+    if (pv->kind == MP_VEC_FULL) return vld1q_f32(o);
+    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int j = 0;
+    for (int l = 0; l < 4; l++)
+        if ((pv->mask >> l) & 1u) t[l] = o[j++];
+    return vld1q_f32(t);
+}
+
 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb, const float* const* base,
                       const int nv)
 {
     float32x4_t acc[4][6];
     const float* bias = a->bias + rb->row;
+    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) {
         const float32x4_t b = vdupq_n_f32(bias[r]);
 #pragma GCC unroll 6
-        for (int v = 0; v < nv; v++) acc[r][v] = b;
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load4(out + (size_t)r * a->plane, &a->vec[v]);
     }
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
@@ -46,8 +61,9 @@ MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb, const float*
             acc[3][v] = vfmaq_laneq_f32(acc[3][v], x, w, 3);
         }
     }
-    const float32x4_t lo = vdupq_n_f32(a->act_min), hi = vdupq_n_f32(a->act_max);
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const float32x4_t lo = vdupq_n_f32(last ? a->act_min : -INFINITY);
+    const float32x4_t hi = vdupq_n_f32(last ? a->act_max : INFINITY);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 6
@@ -60,8 +76,9 @@ MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb, const float*
 {
     float32x4_t acc[MP_MAX_NV];
     const float32x4_t b = vdupq_n_f32(a->bias[rb->row]);
+    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) acc[v] = b;
+    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load4(out, &a->vec[v]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -70,8 +87,9 @@ MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb, const float*
 #pragma GCC unroll 8
         for (int v = 0; v < nv; v++) acc[v] = vfmaq_n_f32(acc[v], vld1q_f32(base[v] + o), w);
     }
-    const float32x4_t lo = vdupq_n_f32(a->act_min), hi = vdupq_n_f32(a->act_max);
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const float32x4_t lo = vdupq_n_f32(last ? a->act_min : -INFINITY);
+    const float32x4_t hi = vdupq_n_f32(last ? a->act_max : INFINITY);
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++) store4(out, &a->vec[v], vminq_f32(vmaxq_f32(acc[v], lo), hi));
 }

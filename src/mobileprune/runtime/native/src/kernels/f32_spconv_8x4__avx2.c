@@ -6,6 +6,7 @@
 
 #if MP_ARCH_X86_64
 #include <immintrin.h>
+#include <math.h>
 
 MP_TARGET_AVX2 MP_INLINE void store8(float* out, const mp_pixvec* pv, __m256 y)
 {
@@ -25,16 +26,30 @@ MP_TARGET_AVX2 MP_INLINE void store8(float* out, const mp_pixvec* pv, __m256 y)
     }
 }
 
+/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
+MP_TARGET_AVX2 MP_INLINE __m256 load8(const float* out, const mp_pixvec* pv)
+{
+    const float* o = out + pv->out;
+    if (pv->kind == MP_VEC_FULL) return _mm256_loadu_ps(o);
+    float t[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int j = 0;
+    for (int l = 0; l < 8; l++)
+        if ((pv->mask >> l) & 1u) t[l] = o[j++];
+    return _mm256_loadu_ps(t);
+}
+
 MP_TARGET_AVX2 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb,
                                     const float* const* base, const int nv)
 {
     __m256 acc[4][3];
     const float* bias = a->bias + rb->row;
+    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++) {
         const __m256 b = _mm256_set1_ps(bias[r]);
 #pragma GCC unroll 3
-        for (int v = 0; v < nv; v++) acc[r][v] = b;
+        for (int v = 0; v < nv; v++)
+            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load8(out + (size_t)r * a->plane, &a->vec[v]);
     }
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
@@ -50,8 +65,9 @@ MP_TARGET_AVX2 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* r
             for (int v = 0; v < nv; v++) acc[r][v] = _mm256_fmadd_ps(w, x[v], acc[r][v]);
         }
     }
-    const __m256 lo = _mm256_set1_ps(a->act_min), hi = _mm256_set1_ps(a->act_max);
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m256 lo = _mm256_set1_ps(last ? a->act_min : -INFINITY);
+    const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 3
@@ -65,8 +81,9 @@ MP_TARGET_AVX2 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* r
 {
     __m256 acc[MP_MAX_NV];
     const __m256 b = _mm256_set1_ps(a->bias[rb->row]);
+    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) acc[v] = b;
+    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load8(out, &a->vec[v]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -76,8 +93,9 @@ MP_TARGET_AVX2 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* r
         for (int v = 0; v < nv; v++)
             acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(base[v] + o), acc[v]);
     }
-    const __m256 lo = _mm256_set1_ps(a->act_min), hi = _mm256_set1_ps(a->act_max);
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m256 lo = _mm256_set1_ps(last ? a->act_min : -INFINITY);
+    const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++)
         store8(out, &a->vec[v], _mm256_min_ps(_mm256_max_ps(acc[v], lo), hi));

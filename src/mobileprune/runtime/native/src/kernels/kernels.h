@@ -42,8 +42,11 @@
 #define MP_TARGET_AVX512
 #endif
 
-/* Most vectors per pixel block of any kernel, and most rows per row block. */
+/* Most vectors per pixel block of any kernel when the vectors are scattered (each its own
+ * input delta), when they are contiguous (vector v at delta vec[0].in + v * lanes: one base
+ * register and constant displacements), and most rows per row block. */
 #define MP_MAX_NV 8
+#define MP_MAX_NV_CONTIG 24
 #define MP_MAX_MR 4
 
 /* How a vector's valid lanes reach the output. */
@@ -59,12 +62,16 @@ typedef struct mp_pixvec {
 } mp_pixvec;
 
 /* `mr` consecutive output rows starting at `row` with `count` shared nonzeros: input
- * offsets off[nz .. nz + count), values val[val .. val + mr * count) (mr per nonzero). */
+ * offsets off[nz .. nz + count), values val[val .. val + mr * count) (mr per nonzero).
+ * When the input channels are cut in chunks (so that the input a pixel block reads stays
+ * in L1), a row has one block per chunk: the first starts from the bias, the others from
+ * the partial sums in the output, and only the last applies the activation. */
+enum { MP_BLK_FIRST = 1, MP_BLK_LAST = 2 };
 typedef struct mp_rowblk {
     int32_t row;
     int32_t mr;
     int32_t count;
-    int32_t pad_;
+    int32_t flags;
     int64_t nz;
     int64_t val;
 } mp_rowblk;
@@ -76,6 +83,7 @@ typedef struct mp_spconv_args {
     size_t plane;             /* output floats per channel (Ho * Wo) */
     const mp_pixvec* vec;
     size_t nv;
+    int contig;               /* vec[v].in == vec[0].in + v * lanes for every v */
     const mp_rowblk* blocks;
     size_t b0, b1;
     const int32_t* off;
@@ -122,7 +130,8 @@ mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint
 mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
                                uint32_t flags, mp_isa isa, mp_linear_op** out);
 
-/* Monotonic clock in seconds (cpu.c), for the timing run at create. */
+/* Seconds of CPU time of the calling thread (monotonic clock where that is missing), for
+ * the timing run at create (cpu.c). */
 double mp_now_seconds(void);
 
 #endif /* MP_KERNELS_H */
