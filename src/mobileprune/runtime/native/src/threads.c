@@ -9,13 +9,19 @@
  * The word `claim` holds (job number << 32 | chunks << 16 | next chunk): a late worker's
  * claim for an old job fails its compare-and-swap, and the job's fields (fn, ctx, n, chunk)
  * are only read after a successful claim, while the caller still waits for that chunk. */
+#define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
 #include "internal.h"
 
-#define MP_SPIN_ROUNDS 20000
+/* Waiting: MP_SPIN_ROUNDS pause instructions, then MP_YIELD_ROUNDS sched_yield calls (a
+ * thread sharing its core with another, when there are more threads than free cores,
+ * gives the core away instead of burning its time slice), then sleep. */
+#define MP_SPIN_ROUNDS 2000
+#define MP_YIELD_ROUNDS 200
 
 typedef struct mp_worker {
     mp_pool* pool;
@@ -37,7 +43,11 @@ struct mp_pool {
     size_t n, chunk;
 };
 
-static void cpu_relax(void) {
+static void cpu_relax(int round) {
+    if (round >= MP_SPIN_ROUNDS) {
+        sched_yield();
+        return;
+    }
 #if defined(__x86_64__) || defined(__i386__)
     __asm__ __volatile__("pause");
 #elif defined(__aarch64__)
@@ -68,10 +78,10 @@ static void work(mp_pool* p, uint32_t job) {
 
 /* Wait until the job number differs from `seen` (or stop): spin, then sleep. */
 static uint32_t wait_job(mp_pool* p, uint32_t seen) {
-    for (int i = 0; i < MP_SPIN_ROUNDS; i++) {
+    for (int i = 0; i < MP_SPIN_ROUNDS + MP_YIELD_ROUNDS; i++) {
         uint32_t j = (uint32_t)(atomic_load(&p->claim) >> 32);
         if (j != seen || atomic_load(&p->stop)) return j;
-        cpu_relax();
+        cpu_relax(i);
     }
     pthread_mutex_lock(&p->mu);
     uint32_t j;
@@ -145,7 +155,8 @@ void mp_pool_run(mp_pool* p, mp_task_fn fn, void* ctx, size_t n) {
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     work(p, job);
-    for (int i = 0; i < MP_SPIN_ROUNDS && atomic_load(&p->done) != n; i++) cpu_relax();
+    for (int i = 0; i < MP_SPIN_ROUNDS + MP_YIELD_ROUNDS && atomic_load(&p->done) != n; i++)
+        cpu_relax(i);
     if (atomic_load(&p->done) != n) {
         pthread_mutex_lock(&p->mu);
         while (atomic_load(&p->done) != n) pthread_cond_wait(&p->done_cv, &p->mu);
