@@ -8,7 +8,8 @@
 
 #include "internal.h"
 
-enum { P_H = 1, P_W, P_HO, P_WO, P_KH, P_KW, P_SH, P_SW, P_PH, P_PW, P_DH, P_DW, P_INCL, P_DIV };
+enum { P_H = 1, P_W, P_HO, P_WO, P_KH, P_KW, P_SH, P_SW, P_PH, P_PW, P_DH, P_DW, P_INCL, P_DIV,
+       P_EXACT2 };
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -32,10 +33,12 @@ static void maxpool_plane(const int64_t* p, const float* x, float* y) {
         }
 }
 
-/* 2x2 window, stride 2, no padding (the common case): straight-line, vectorisable. */
-static void maxpool2x2_plane(const int64_t* p, const float* x, float* y) {
+/* 2x2 window, stride 2, no padding (the common case): straight-line, vectorisable; `rows`
+ * output rows (several planes at once when H = 2 Ho and W = 2 Wo: the rows of consecutive
+ * planes are then consecutive too). */
+static void maxpool2x2_rows(const int64_t* p, const float* x, float* y, int64_t rows) {
     int64_t W = p[P_W], Wo = p[P_WO];
-    for (int64_t yo = 0; yo < p[P_HO]; yo++) {
+    for (int64_t yo = 0; yo < rows; yo++) {
         const float* r0 = x + 2 * yo * W;
         const float* r1 = r0 + W;
         float* o = y + yo * Wo;
@@ -46,6 +49,10 @@ static void maxpool2x2_plane(const int64_t* p, const float* x, float* y) {
             o[xo] = (m1 > m2 || m1 != m1) ? m1 : m2;
         }
     }
+}
+
+static void maxpool2x2_plane(const int64_t* p, const float* x, float* y) {
+    maxpool2x2_rows(p, x, y, p[P_HO]);
 }
 
 static void avgpool_plane(const int64_t* p, const float* x, float* y) {
@@ -72,6 +79,11 @@ static void pool_task(void* ctx, size_t b, size_t e) {
     size_t out_plane = (size_t)(s->p[P_HO] * s->p[P_WO]);
     void (*plane)(const int64_t*, const float*, float*) =
         s->p[0] == 2 ? maxpool2x2_plane : s->p[0] == 1 ? maxpool_plane : avgpool_plane;
+    if (s->p[P_EXACT2]) { /* 2x2 pooling that tiles the planes: one run of rows */
+        maxpool2x2_rows(s->p, s->in[0] + b * in_plane, s->out + b * out_plane,
+                        (int64_t)(e - b) * s->p[P_HO]);
+        return;
+    }
     for (size_t t = b; t < e; t++) plane(s->p, s->in[0] + t * in_plane, s->out + t * out_plane);
 }
 
@@ -112,6 +124,7 @@ mp_status mp_pooling_setup(mp_step* s) {
               a[6] == 1 && a[7] == 1 && 2 * s->p[P_HO] <= s->p[P_H] &&
               2 * s->p[P_WO] <= s->p[P_W];
     s->p[0] = max ? (k2 ? 2 : 1) : 0;
+    s->p[P_EXACT2] = max && k2 && 2 * s->p[P_HO] == s->p[P_H] && 2 * s->p[P_WO] == s->p[P_W];
     s->fn = pool_task;
     s->kernel = max ? (k2 ? "maxpool-2x2" : "maxpool") : "avgpool";
     return MP_OK;
