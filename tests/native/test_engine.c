@@ -953,6 +953,25 @@ static void test_threads_big(void) {
     free(f);
 }
 
+/* A model without ops: its input is its output (twice); an unused second input. */
+static void test_no_ops(void) {
+    tb* b = tb_new();
+    const int64_t d[2] = {2, 3};
+    uint32_t x = tb_value(b, "x", 2, d, NONE), u = tb_value(b, "unused", 1, d, NONE);
+    uint32_t ins[2] = {x, u}, outs[2] = {x, x};
+    tb_io(b, ins, 2, outs, 2);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    free(b);
+    float xv[12], uv[4] = {0}, y0[12], y1[12];
+    fill(xv, 12);
+    const float* in[2] = {xv, uv};
+    float* out[2] = {y0, y1};
+    CHECK(run_model(f, size, 2, 2, in, out) == MP_OK);
+    CHECK(memcmp(xv, y0, sizeof xv) == 0 && memcmp(xv, y1, sizeof xv) == 0);
+    free(f);
+}
+
 /* The seed models of tests/native/data (gen_seeds.py): batch 2 against torch's output. */
 static uint8_t* read_all(const char* path, size_t* size) {
     FILE* fp = fopen(path, "rb");
@@ -1043,6 +1062,7 @@ int main(int argc, char** argv) {
     test_fusion();
     test_plan_api_threads();
     test_threads_big();
+    test_no_ops();
     test_seeds(dir);
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
