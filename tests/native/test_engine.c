@@ -412,6 +412,29 @@ static void expect_reject(const uint8_t* good, size_t size, const mutation* mu) 
     free(f);
 }
 
+/* hardtanh with min > max; files cut short anywhere. */
+static void test_hardtanh_and_truncations(const uint8_t* f, size_t size, size_t sm) {
+    uint32_t f_two = 0x40000000u;
+    /* hardtanh with min 2 > max 0 */
+    uint8_t* g = malloc(size);
+    memcpy(g, f, size);
+    put32(g + sm + 56, 1);
+    put32(g + sm + 136, f_two);
+    fix_crc(g, size);
+    mutation ht = {"hardtanh", SIZE_MAX, 0, 0, MP_INVALID_MODEL, "hardtanh: min_val > max_val"};
+    expect_reject(g, size, &ht);
+    free(g);
+    /* short and truncated files */
+    mp_model* m = NULL;
+    CHECK(mp_model_load(f, 100, &m) == MP_INVALID_MODEL && strstr(mp_last_error(), "shorter"));
+    for (size_t k = 0; k < size; k += 7) {
+        uint8_t* t = malloc(k ? k : 1); /* exact-size copy: ASan catches any over-read */
+        memcpy(t, f, k);
+        CHECK(mp_model_load(t, k, &m) == MP_INVALID_MODEL && m == NULL);
+        free(t);
+    }
+}
+
 static void test_rejections(void) {
     size_t size;
     cnn_ids id;
@@ -421,7 +444,7 @@ static void test_rejections(void) {
     size_t op = L.ops, val = L.values, arr = L.arrays;
     size_t c1 = op + 160 * id.c1, fc = op + 160 * id.fc, sm = op + 160 * id.sm;
     uint32_t fc_nnz = get32(f + fc + 56 + 12);
-    uint32_t f_nan = 0x7FC00000u, f_two = 0x40000000u;
+    uint32_t f_nan = 0x7FC00000u;
     size_t idx_data = L.data + get32(f + arr + 32 * id.a_indices + 8);
     const mutation cases[] = {
         {"magic", 0, 0x5053504Eu, 0, MP_INVALID_MODEL, "bad magic"},
@@ -492,24 +515,7 @@ static void test_rejections(void) {
     size_t n = sizeof cases / sizeof cases[0];
     for (size_t k = 0; k < n; k++)
         expect_reject(f, size, &cases[k]);
-    /* hardtanh with min 2 > max 0 */
-    uint8_t* g = malloc(size);
-    memcpy(g, f, size);
-    put32(g + sm + 56, 1);
-    put32(g + sm + 136, f_two);
-    fix_crc(g, size);
-    mutation ht = {"hardtanh", SIZE_MAX, 0, 0, MP_INVALID_MODEL, "hardtanh: min_val > max_val"};
-    expect_reject(g, size, &ht);
-    free(g);
-    /* short and truncated files */
-    mp_model* m = NULL;
-    CHECK(mp_model_load(f, 100, &m) == MP_INVALID_MODEL && strstr(mp_last_error(), "shorter"));
-    for (size_t k = 0; k < size; k += 7) {
-        uint8_t* t = malloc(k ? k : 1); /* exact-size copy: ASan catches any over-read */
-        memcpy(t, f, k);
-        CHECK(mp_model_load(t, k, &m) == MP_INVALID_MODEL && m == NULL);
-        free(t);
-    }
+    test_hardtanh_and_truncations(f, size, sm);
     free(b);
     free(f);
 }
@@ -863,6 +869,35 @@ static void test_plan_api_threads(void) {
     free(f);
 }
 
+/* Brute force of conv 3x3 pad 1 (8 -> 16 channels, 32x32) + relu + maxpool 2x2 against
+ * `got` (n, 16, 16, 16): the number of elements off by more than 1e-4 relative. */
+static int conv_relu_pool_errors(const float* xv, const float* w, const float* got, int B) {
+    int bad = 0;
+    for (int n = 0; n < B; n++)
+        for (int o = 0; o < 16; o++)
+            for (int yy = 0; yy < 16; yy++)
+                for (int xx = 0; xx < 16; xx++) {
+                    float m = 0; /* relu output >= 0 */
+                    for (int i = 0; i < 2; i++)
+                        for (int j = 0; j < 2; j++) {
+                            int oy = 2 * yy + i, ox = 2 * xx + j;
+                            float acc = 0;
+                            for (int ci = 0; ci < 8; ci++)
+                                for (int u = 0; u < 3; u++)
+                                    for (int v = 0; v < 3; v++) {
+                                        int iy = oy + u - 1, ix = ox + v - 1;
+                                        if (iy < 0 || iy >= 32 || ix < 0 || ix >= 32) continue;
+                                        acc += w[o * 72 + ci * 9 + u * 3 + v] *
+                                               xv[((n * 8 + ci) * 32 + iy) * 32 + ix];
+                                    }
+                            m = fmaxf(m, acc);
+                        }
+                    float g = got[((n * 16 + o) * 16 + yy) * 16 + xx];
+                    bad += !(fabsf(g - m) <= 1e-4f * (1 + fabsf(m)));
+                }
+    return bad;
+}
+
 /* A model large enough that every step runs on the pool (over 32768 elements per step):
  * x (8, 32, 32) -> conv2d 3x3 pad 1 (16, dense weights, half zero) + relu -> maxpool 2x2
  * -> avgpool 3x3 s1 p1 -> * 0.5 -> + itself -> softmax over channels -> global avgpool.
@@ -921,30 +956,7 @@ static void test_threads_big(void) {
     float sum = 0; /* softmax over channels, then the mean of each channel: sums to 1 */
     for (int k = 0; k < 16; k++) sum += ys[0][k];
     CHECK(fabsf(sum - 1.0f) < 1e-4f);
-    int bad = 0;
-    for (int n = 0; n < B; n++)
-        for (int o = 0; o < 16; o++)
-            for (int yy = 0; yy < 16; yy++)
-                for (int xx = 0; xx < 16; xx++) {
-                    float m = 0; /* relu output >= 0 */
-                    for (int i = 0; i < 2; i++)
-                        for (int j = 0; j < 2; j++) {
-                            int oy = 2 * yy + i, ox = 2 * xx + j;
-                            float acc = 0;
-                            for (int ci = 0; ci < 8; ci++)
-                                for (int u = 0; u < 3; u++)
-                                    for (int v = 0; v < 3; v++) {
-                                        int iy = oy + u - 1, ix = ox + v - 1;
-                                        if (iy < 0 || iy >= 32 || ix < 0 || ix >= 32) continue;
-                                        acc += w[o * 72 + ci * 9 + u * 3 + v] *
-                                               xv[((n * 8 + ci) * 32 + iy) * 32 + ix];
-                                    }
-                            m = fmaxf(m, acc);
-                        }
-                    float got = ps[0][((n * 16 + o) * 16 + yy) * 16 + xx];
-                    bad += !(fabsf(got - m) <= 1e-4f * (1 + fabsf(m)));
-                }
-    CHECK(bad == 0);
+    CHECK(conv_relu_pool_errors(xv, w, ps[0], B) == 0);
     for (int t = 0; t < 3; t++) {
         free(ys[t]);
         free(ps[t]);
