@@ -3,11 +3,10 @@
  * ops against torch (expected_torch.h, made by make_expected.py) or brute-force loops
  * written here, and threads (the same bits as one thread).
  *
- * Build (from the repository root; the conv / linear operators come from the library, or
- * from tests/native/stub_operators.c until they land):
+ * Build and run: `make native-check` (tests/native/Makefile), or from the repository root:
  *   gcc -std=c11 -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined -pthread \
  *       -I src/mobileprune/runtime/native/include src/mobileprune/runtime/native/src/ *.c \
- *       [src/mobileprune/runtime/native/src/kernels/ *.c] tests/native/test_engine.c -lm
+ *       src/mobileprune/runtime/native/src/kernels/ *.c tests/native/test_engine.c -lm
  * Run: ./a.out [directory of the seed models; default tests/native/data or ./data]
  */
 #include <math.h>
