@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .groups import from_groups, to_groups
+from .groups import to_groups
 from .projection import project_top_groups, project_topk, top_coupled_groups
 from .targets import LayerTarget, PruneConfig, resolve_targets
 
@@ -48,19 +48,39 @@ def project_layer(target: LayerTarget, w: Tensor, allowed: Tensor | None = None)
     """Project ``w`` onto the constraint set of ``target`` (seed 003, Eq. 6).
 
     Unstructured: keep the ``keep`` largest magnitudes. Structured (section 2.4): keep
-    the ``keep`` groups (filters, channels or GEMM columns) of largest l2 norm. Returns
+    the ``keep`` groups (filters, channels, GEMM columns, hidden units, heads:
+    :meth:`LayerTarget.to_groups`) of largest l2 norm. Returns
     ``(projection, element mask)``. ``allowed`` (element mask) restricts the choice;
     for structured sets a group is allowed when any of its elements is.
     """
     if target.structure == "unstructured":
         return project_topk(w, target.keep, allowed)
-    g = to_groups(w, target.structure)
+    g = target.to_groups(w)
     allowed_rows = None
     if allowed is not None:
-        allowed_rows = to_groups(allowed, target.structure).any(dim=1)
+        allowed_rows = target.to_groups(allowed).any(dim=1)
     proj, rows = project_top_groups(g, target.keep, allowed_rows)
-    mask = from_groups(rows[:, None].expand_as(g), target.structure, w.shape)
-    return from_groups(proj, target.structure, w.shape), mask
+    mask = target.from_groups(rows[:, None].expand_as(g))
+    return target.from_groups(proj), mask
+
+
+def _dead_outputs(t: LayerTarget, mask: Tensor) -> tuple[str | None, Tensor] | None:
+    """``(bias name, rows)`` of a target whose groups are output units (filters, hidden
+    units, ConvTranspose output channels, heads of ``in_proj_weight``): ``rows`` marks
+    the outputs (rows of the bias) ``mask`` keeps no weight of; the bias is ``None``
+    when the layer has no bias of that shape to name. ``None`` for other targets."""
+    if t.structure == "filter":
+        grouping = t.grouping or "filter"  # ConvTranspose: "channel" (its dim 1)
+    elif t.structure == "head" and t.grouping == "filter" and t.name.endswith("in_proj_weight"):
+        grouping = "filter"
+    else:
+        return None
+    rows = ~to_groups(mask, grouping).any(dim=1)
+    mod, _, attr = t.param_name.rpartition(".")
+    bias = {"weight": "bias", "in_proj_weight": "in_proj_bias"}.get(attr)
+    if bias is None and attr.startswith("weight_"):
+        bias = "bias_" + attr[len("weight_"):]
+    return (None if bias is None else f"{mod}.{bias}" if mod else bias), rows
 
 
 class ADMMPruner:
@@ -126,8 +146,7 @@ class ADMMPruner:
         self._n_ids = 0
         self._example = example_input
         self.reallocation_rounds = 0
-        if example_input is not None:
-            self._couple(example_input)
+        self._couple(example_input)
         self.Z: dict[str, Tensor] = {}
         self.U: dict[str, Tensor] = {}
         with torch.no_grad():
@@ -141,19 +160,18 @@ class ADMMPruner:
         return t.param_name if t.structure == "unstructured" else f"{t.param_name}:{t.structure}"
 
     def _couple(self, example_input: Any) -> None:
-        """Find the structured targets whose groups share channel ids (joint sets)."""
-        from .compact import channel_ids
-
-        structured = {k: t for k, t in self._keys.items() if t.structure in ("filter", "channel")}
-        if not structured:
-            return
-        ids = channel_ids(self.model, example_input)
-        self._all_ids = ids
-        members = {}
-        for key, t in structured.items():
-            got = ids.get(t.name, {}).get(t.structure)
-            if got is not None and got.numel() == t.units and t.param_name.endswith("weight"):
-                members[key] = got
+        """Find the structured targets whose groups share ids (joint sets): channels
+        coupled in the traced graph (with ``example_input``) and the heads of one
+        MultiheadAttention (always)."""
+        members = self._graph_members(example_input) if example_input is not None else {}
+        base = 1 + max((int(v.max()) for v in members.values() if v.numel()), default=-1)
+        labels: dict[str, int] = {}
+        for key, t in self._keys.items():
+            if t.joint is None:
+                continue
+            if t.joint not in labels:  # the heads of one attention: ids base .. base + heads - 1
+                labels[t.joint], base = base, base + t.units
+            members[key] = torch.arange(labels[t.joint], labels[t.joint] + t.units)
         # union-find over members through shared ids
         parent = {k: k for k in members}
 
@@ -177,6 +195,24 @@ class ADMMPruner:
         self._ids = {k: members[k] for c in self.coupled for k in c}
         self._n_ids = 1 + max((int(v.max()) for v in self._ids.values() if v.numel()), default=-1)
 
+    def _graph_members(self, example_input: Any) -> dict[str, Tensor]:
+        """Channel ids of the Linear / Conv filter and channel targets in the traced graph
+        (:func:`mobileprune.compact.channel_ids`)."""
+        from .compact import channel_ids
+
+        structured = {k: t for k, t in self._keys.items()
+                      if t.structure in ("filter", "channel") and t.plain}
+        if not structured:
+            return {}
+        ids = channel_ids(self.model, example_input)
+        self._all_ids = ids
+        members = {}
+        for key, t in structured.items():
+            got = ids.get(t.name, {}).get(t.structure)
+            if got is not None and got.numel() == t.units and t.param_name.endswith("weight"):
+                members[key] = got
+        return members
+
     def _project(self, values: Mapping[str, Tensor],
                  allowed: Mapping[str, Tensor] | None = None) -> dict[str, tuple[Tensor, Tensor]]:
         """Project ``values[key]`` onto each key's set (coupled sets jointly), Eq. 6.
@@ -195,9 +231,9 @@ class ADMMPruner:
             ok_ids = torch.ones(self._n_ids, dtype=torch.bool)
             for key in comp:
                 t = self._keys[key]
-                grouped[key] = to_groups(values[key], t.structure)
+                grouped[key] = t.to_groups(values[key])
                 a = allowed.get(t.param_name)
-                group_ok[key] = (to_groups(a, t.structure).any(dim=1).cpu() if a is not None
+                group_ok[key] = (t.to_groups(a).any(dim=1).cpu() if a is not None
                                  else torch.ones(grouped[key].shape[0], dtype=torch.bool))
                 ok_ids[self._ids[key][~group_ok[key]]] = False
             kept = top_coupled_groups(
@@ -208,8 +244,8 @@ class ADMMPruner:
                 rows = (kept[self._ids[key]] & group_ok[key]).to(grouped[key].device)
                 g = grouped[key]
                 proj = torch.where(rows[:, None], g, torch.zeros_like(g))
-                mask = from_groups(rows[:, None].expand_as(g), t.structure, t.shape)
-                out[key] = (from_groups(proj, t.structure, t.shape), mask)
+                mask = t.from_groups(rows[:, None].expand_as(g))
+                out[key] = (t.from_groups(proj), mask)
         for key, v in values.items():
             if key not in out:
                 t = self._keys[key]
@@ -343,7 +379,10 @@ class ADMMPruner:
         of every all-zero filter of a filter-pruned layer and, when the graph is known
         (``example_input``), the BatchNorm ``weight``/``bias`` of every channel whose
         producers' filters are all zero. The returned masks keep them at zero during
-        masked retraining.
+        masked retraining. The same holds for the other weights whose groups are output
+        units: the biases of a pruned hidden unit (``bias_ih_l*`` / ``bias_hh_l*`` rows
+        of ``weight_ih_l*`` / ``weight_hh_l*``), of a pruned ConvTranspose output
+        channel, and the ``in_proj_bias`` rows of a pruned head of ``in_proj_weight``.
         """
         modules = dict(self.model.named_modules())
         params = dict(self.model.named_parameters())
@@ -360,12 +399,14 @@ class ADMMPruner:
 
         dead_rows: dict[str, Tensor] = {}
         for t in self.targets:
-            if t.structure != "filter" or t.param_name not in masks:
+            found = _dead_outputs(t, masks[t.param_name]) if t.param_name in masks else None
+            if found is None:
                 continue
-            rows = ~to_groups(masks[t.param_name], "filter").any(dim=1)
-            dead_rows[t.name] = rows
-            if getattr(modules[t.name], "bias", None) is not None:
-                zero(f"{t.name}.bias", ~rows)
+            bias, rows = found
+            if t.plain:
+                dead_rows[t.name] = rows
+            if bias is not None:
+                zero(bias, ~rows)
         if not self._all_ids or not dead_rows:
             return out
         # a channel id is dead when every layer producing it has it pruned

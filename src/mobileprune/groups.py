@@ -52,6 +52,9 @@ __all__ = [
     "tree_view",
     "from_tree_view",
     "overlapping_group_prox",
+    "unit_group_shape",
+    "to_unit_groups",
+    "from_unit_groups",
 ]
 
 
@@ -179,6 +182,57 @@ def count_nonzero_groups(w: Tensor, grouping: Grouping | str) -> int:
     """Number of groups with at least one nonzero entry."""
     rows = to_groups(w, grouping)
     return int((rows != 0).any(dim=1).sum()) if rows.shape[1] else 0
+
+
+# ------------------------------------------------------------------ units of several rows
+def _unit_layout(shape: Sequence[int], grouping: Grouping | str, blocks: int, unit: int) -> tuple[int, int, int]:
+    """``(G, R, n)``: units, rows of :func:`to_groups` and their size, checked."""
+    kind = _grouping(grouping)
+    R, n = group_shape(shape, kind)
+    if kind is not Grouping.FILTER and blocks != 1:
+        raise ConfigError(f"blocks={blocks} is only defined for the 'filter' grouping, not {kind.value!r}")
+    if kind not in (Grouping.FILTER, Grouping.CHANNEL) and unit != 1:
+        raise ConfigError(f"unit={unit} is only defined for 'filter' and 'channel', not {kind.value!r}")
+    if blocks < 1 or unit < 1 or R % (blocks * unit):
+        raise ConfigError(f"{R} {kind.value} groups of a weight of shape {tuple(shape)} do not split "
+                          f"into {blocks} blocks of units of {unit}")
+    return R // (blocks * unit), R, n
+
+
+def unit_group_shape(shape: Sequence[int], grouping: Grouping | str, blocks: int = 1,
+                     unit: int = 1) -> tuple[int, int]:
+    """``(G, n)`` of :func:`to_unit_groups`."""
+    G, R, n = _unit_layout(shape, grouping, blocks, unit)
+    return G, R * n // G
+
+
+def to_unit_groups(w: Tensor, grouping: Grouping | str, blocks: int = 1, unit: int = 1) -> Tensor:
+    """Like :func:`to_groups`, with one group per *unit* of several rows of it.
+
+    The ``R`` rows of ``to_groups(w, grouping)`` are read as ``blocks`` stacked blocks
+    (``filter`` only) of ``G`` units of ``unit`` consecutive rows each, and group ``u``
+    joins rows ``b * G * unit + u * unit + j`` over every block ``b`` and ``j < unit``
+    (in that order).  Examples: an LSTM ``weight_ih`` ``(4H, C)`` with ``blocks=4``: one
+    group per hidden unit, its rows in the four gates; a packed attention
+    ``in_proj_weight`` ``(3E, E)`` with ``blocks=3, unit=E // heads``: one group per
+    head, its rows of q, k and v; an ``out_proj`` weight with ``("channel", unit=E //
+    heads)``: the columns of one head.  ``blocks = unit = 1`` is :func:`to_groups`.
+    Inverse: :func:`from_unit_groups`.
+    """
+    G, R, n = _unit_layout(w.shape, grouping, blocks, unit)
+    rows = to_groups(w, grouping)
+    return rows.reshape(blocks, G, unit * n).transpose(0, 1).reshape(G, -1)
+
+
+def from_unit_groups(g: Tensor, grouping: Grouping | str, shape: Sequence[int], blocks: int = 1,
+                     unit: int = 1) -> Tensor:
+    """Exact inverse of :func:`to_unit_groups` for a weight of ``shape``."""
+    G, R, n = _unit_layout(shape, grouping, blocks, unit)
+    if tuple(g.shape) != (G, R * n // G):
+        raise ConfigError(f"unit groups of shape {tuple(g.shape)} do not match a weight of shape "
+                          f"{tuple(shape)}: expected {(G, R * n // G)}")
+    rows = g.reshape(G, blocks, unit * n).transpose(0, 1).reshape(R, n)
+    return from_groups(rows, grouping, shape)
 
 
 # ------------------------------------------------------------------------------ tree

@@ -38,18 +38,24 @@ Config of :class:`ProximalPruner` (a dict or a YAML file)::
     lam: 1.0e-4                # group-norm weight
     eta: 1.0e-6                # l0 weight
     beta: 0.0                  # l1 weight (l1, sparse_group_lasso, l0_l1_group_lasso)
-    grouping: null             # default: linear_in for Linear, filter for conv
-    types: [Linear, Conv2d]    # prunable layer types (default Linear, Conv1d, Conv2d)
+    grouping: null             # default: linear_in for a 2-D weight, filter for conv
+    types: [Linear, Conv2d]    # prunable layer types (default: all supported types)
     exclude: [fc3]             # names / "re:" / "type:" patterns never regularised
     layers:                    # per-layer overrides, exact names first, then patterns
       fc1: {lam: 2.0e-4}       # no 'method': overrides the top-level values
       "re:conv.*": {method: tree_l0_group_lasso, lam: 1.0e-4, eta: 1.0e-6}
                                # own 'method': a complete spec, inherits nothing
 
-Layer keys follow :mod:`mobileprune.targets`: exact module names, ``re:<regex>``
-(full match) or ``type:<ClassName>``; an unknown exact name, an exclude name that is not
-a prunable layer, or a pattern matching nothing raises
-:class:`~mobileprune.errors.ConfigError`.
+The selection follows :mod:`mobileprune.targets` (:func:`~mobileprune.targets.select`):
+every prunable weight (Linear, Conv, ConvTranspose, RNN / LSTM / GRU ``weight_ih_l*`` /
+``weight_hh_l*``, MultiheadAttention ``in_proj_weight`` or ``q/k/v_proj_weight``,
+Embedding) named as there (``conv1``, ``lstm.weight_hh_l0``, ``attn.out_proj``); keys
+are exact names, module names of multi-weight modules, ``re:<regex>`` (full match),
+globs or ``type:<ClassName>``; an unknown exact name, an exclude name that is not a
+prunable weight, or a pattern matching nothing raises
+:class:`~mobileprune.errors.ConfigError`. Groupings act on the weight tensor as
+:mod:`mobileprune.groups` defines them (a 2-D weight defaults to ``linear_in``, its
+columns; a ConvTranspose weight ``(C_in, C_out, *k)`` to ``filter``, its dim 0).
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .masks import MaskEnforcer
 from .regularizers import Regularizer, _check_weight_param
-from .targets import DEFAULT_TYPES, TYPE_NAMES, load_yaml, matches, parse_types, prunable_layers
+from .targets import TYPE_NAMES, check_name, is_pattern, load_yaml, matches, parse_types, select, weight_slots
 from .train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
@@ -121,9 +127,12 @@ def _parse_config(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
-def _check_keys(keys: Iterable[str], candidates: Mapping[str, nn.Module], what: str) -> None:
+def _check_keys(keys: Iterable[str], model: nn.Module, types: tuple[type[nn.Module], ...], what: str) -> None:
+    """Every key names a selectable weight or is a valid pattern matching one."""
     import re
 
+    slots = weight_slots(model)
+    candidates = {n: s for n, s in slots.items() if isinstance(s.module, types)}
     names = ", ".join(candidates)
     for key in keys:
         if key.startswith("re:"):
@@ -131,15 +140,12 @@ def _check_keys(keys: Iterable[str], candidates: Mapping[str, nn.Module], what: 
                 re.compile(key[3:])
             except re.error as exc:
                 raise ConfigError(f"invalid regular expression in {key!r} ({what}): {exc}") from None
-            if not any(matches(key, n, m) for n, m in candidates.items()):
-                raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
-        elif key.startswith("type:"):
-            if key[5:] not in TYPE_NAMES:
-                raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
-            if not any(matches(key, n, m) for n, m in candidates.items()):
-                raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
-        elif key not in candidates:
-            raise ConfigError(f"unknown layer {key!r} in {what}; prunable layers are: {names}")
+        elif key.startswith("type:") and key[5:] not in TYPE_NAMES:
+            raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
+        if not is_pattern(key):
+            check_name(key, model, slots, candidates, types, what)
+        elif not any(matches(key, n, s.module) for n, s in candidates.items()):
+            raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
 
 
 # ------------------------------------------------------------------------ pruner
@@ -155,6 +161,8 @@ class ProximalPruner:
 
     Attributes:
         regularizers: ``{weight parameter name: Regularizer}`` in model order.
+        layer_names: ``{weight parameter name: weight name}`` (``conv1``, ``lstm.weight_hh_l0``).
+        dense: ``{weight name: why it is not regularised}`` for the other prunable weights.
         lipschitz: ``{block (module) name: last accepted L}`` kept by :func:`palm_step`.
     """
 
@@ -162,8 +170,7 @@ class ProximalPruner:
                  *, optimizer: torch.optim.Optimizer | None = None) -> None:
         cfg = _parse_config(config)
         types = parse_types(cfg.get("types"))
-        candidates = prunable_layers(model, types)
-        if not candidates:
+        if not any(isinstance(s.module, types) for s in weight_slots(model).values()):
             raise ConfigError(
                 f"model {type(model).__name__} has no prunable layer of types {[t.__name__ for t in types]}"
             )
@@ -175,14 +182,15 @@ class ProximalPruner:
         layers = cfg.get("layers") or {}
         if not isinstance(layers, Mapping):
             raise ConfigError("'layers' must be a mapping of layer name/pattern -> regulariser spec")
+        layers = {str(k): v for k, v in layers.items()}
         for key, spec in layers.items():
             if not isinstance(spec, Mapping):
                 raise ConfigError(f"spec of layer {key!r} must be a mapping, got {spec!r}")
             bad = set(spec) - _REG_KEYS
             if bad:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} for layer {key!r}; allowed: {sorted(_REG_KEYS)}")
-        _check_keys([str(k) for k in layers], candidates, "'layers'")
-        _check_keys(exclude, candidates, "'exclude'")
+        _check_keys(layers, model, types, "'layers'")
+        _check_keys(exclude, model, types, "'exclude'")
         base = {k: cfg[k] for k in _REG_KEYS if k in cfg and cfg[k] is not None}
         if "method" in base:
             Regularizer.from_dict(base)  # validate the top-level spec once, without a layer name
@@ -193,38 +201,25 @@ class ProximalPruner:
 
         self.model = model
         self.regularizers: dict[str, Regularizer] = {}
-        self.layer_names: dict[str, str] = {}  # param name -> module name
+        self.layer_names: dict[str, str] = {}  # param name -> weight name (targets)
         self._params: dict[str, nn.Parameter] = {}
-        for name, module in candidates.items():
-            if any(matches(p, name, module) for p in exclude):
-                continue
-            spec = layers.get(name)
-            if spec is None:
-                for key, val in layers.items():
-                    if str(key).startswith(("re:", "type:")) and matches(str(key), name, module):
-                        spec = val
-                        break
-            if spec is None:
-                if "method" not in base:
-                    continue
-                merged = dict(base)
-            elif "method" in spec:
-                merged = dict(spec)
-            else:
-                merged = {**base, **spec}
+        chosen, self.dense = select(model, layers, exclude, "method" in base, types, "'layers'")
+        for name, (slot, key) in chosen.items():
+            spec = None if key is None else layers[key]
+            merged = dict(base) if spec is None else dict(spec) if "method" in spec else {**base, **spec}
             if "method" not in merged:
                 raise ConfigError(
                     f"layer {name!r} has no regulariser 'method' (give one at the top level or in its entry)"
                 )
+            w = slot.weight
             try:
                 reg = Regularizer.from_dict(merged)
-                reg.check(module.weight)
+                reg.check(w)
             except ConfigError as exc:
-                raise ConfigError(f"layer {name!r} (weight shape {tuple(module.weight.shape)}): {exc}") from None
-            pname = f"{name}.weight" if name else "weight"
-            self.regularizers[pname] = reg
-            self.layer_names[pname] = name
-            self._params[pname] = module.weight
+                raise ConfigError(f"layer {name!r} (weight shape {tuple(w.shape)}): {exc}") from None
+            self.regularizers[slot.param_name] = reg
+            self.layer_names[slot.param_name] = name
+            self._params[slot.param_name] = w
         if not self.regularizers:
             raise ConfigError("the proximal pruning config selects no layer of this model")
         self.optimizer = optimizer

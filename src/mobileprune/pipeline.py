@@ -762,9 +762,9 @@ def cap_units(model: nn.Module, max_units: Mapping[str, int] | None = None,
     """
     from .groups import from_groups, to_groups
     from .projection import project_top_groups
-    from .targets import prunable_layers
+    from .targets import GEMM_TYPES, prunable_layers
 
-    layers = prunable_layers(model)
+    layers = prunable_layers(model, GEMM_TYPES)
     caps = [(name, k, "filter", "max_units") for name, k in (max_units or {}).items()] + \
            [(name, k, "channel", "max_inputs") for name, k in (max_inputs or {}).items()]
     for name, k, grouping, key in caps:
@@ -929,14 +929,14 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         shrink()  # fails early on a model torch.fx cannot trace
     after_prox = fold
     if capped:
-        from .targets import prunable_layers
+        from .targets import GEMM_TYPES, prunable_layers
 
         def first_cut() -> dict[str, dict[str, int]]:
             """The caps layer by layer in model order, outputs before inputs, with
             fold_dead after each, so that a layer's cut reaches its consumers before
             their own cut (an input cap then chooses among the live inputs)."""
             units, inputs = sched.max_units or {}, sched.max_inputs or {}
-            layers = prunable_layers(model)
+            layers = prunable_layers(model, GEMM_TYPES)
             for name in layers:
                 for caps in ({"max_units": {name: units[name]}} if name in units else None,
                              {"max_inputs": {name: inputs[name]}} if name in inputs else None):

@@ -3,17 +3,26 @@
 Counts are taken from the weights themselves (``count_nonzero``), never from the
 config, so the report shows what the model really holds.
 
-* ``weights``/``nonzero`` per layer: the layer's ``weight`` tensor.
+* ``layers``: one row per prunable weight (:mod:`mobileprune.targets`: a Linear /
+  Conv / ConvTranspose / Embedding ``weight``, every ``weight_ih_l*`` / ``weight_hh_l*``
+  of an RNN / LSTM / GRU, an attention ``in_proj_weight`` or ``q/k/v_proj_weight``);
+  ``layer`` is the weight's name (``conv1``, ``lstm.weight_hh_l0``).
+* ``parameters``: one row per parameter of the model, with its targets or the reason it
+  is left dense (``"bias: never pruned"``, ``"not selected: type LayerNorm is never
+  pruned (normalisation)"``, ``"excluded by config ('fc2')"``, ``"no default given"``).
+* ``weights``/``nonzero`` per layer: the weight tensor.
 * ``weight_compression``: total weights of the listed layers / their nonzero weights
   (the ratio seed 003 reports, e.g. 246x for LeNet-5).
 * ``param_compression``: all parameters of the model (biases and any other tensor
   included) / nonzero parameters: the stricter number.
-* ``active_out`` / ``active_in``: output units (conv filters, Linear rows) and input
-  units (conv input channels, Linear columns) with at least one nonzero weight, the
+* ``active_out`` / ``active_in``: output units (conv filters, Linear rows; for the other
+  weights their ``filter`` or ``head`` groups: hidden units, heads, ConvTranspose output
+  channels, embedding rows) and input units (conv input channels, Linear columns; the
+  ``channel`` groups) with at least one nonzero weight, the
   "active units" of MobilePrune (seed 000; e.g. 14-8-82-39 for LeNet-5 is conv1 and
   conv2 ``active_out``, fc1 and fc2 ``active_in``).
 * with an ``example_input`` (one sample, batch dimension included): per-sample
-  multiply-accumulates of the dense layer (``macs``), of a sparse kernel that skips
+  multiply-accumulates (Linear and Conv rows) of the dense layer (``macs``), of a sparse kernel that skips
   zero weights (``nonzero_macs`` = nonzeros x output positions) and of the layer with
   its inactive units removed (``active_macs``, within the layer).
 """
@@ -26,8 +35,9 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from .groups import count_nonzero_groups
-from .targets import DEFAULT_TYPES, LayerTarget, prunable_layers
+from .groups import count_nonzero_groups, to_unit_groups
+from .targets import (DEFAULT_TYPES, GEMM_TYPES, LayerTarget, WeightSlot, dense_reason,
+                      resolve_targets, weight_slots)
 
 
 @torch.no_grad()
@@ -64,15 +74,22 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
                  metrics: Mapping[str, Any] | None = None,
                  types: tuple[type[nn.Module], ...] = DEFAULT_TYPES,
                  example_input: Any = None,
-                 original: Mapping[str, int] | None = None) -> dict[str, Any]:
-    """Build the report of ``model``; ``targets`` adds each pruned layer's target.
+                 original: Mapping[str, int] | None = None,
+                 config: Any = None) -> dict[str, Any]:
+    """Build the report of ``model``; ``targets`` adds each pruned weight's target.
+
+    ``layers`` has one row per prunable weight (:func:`~mobileprune.targets.weight_slots`)
+    of ``types`` or with a target; ``parameters`` one row per parameter of the model
+    (:func:`parameter_rows`): its targets, or why it is left dense. The reasons come from
+    ``targets`` when it is what :func:`~mobileprune.targets.resolve_targets` returned,
+    else from ``config`` (resolved again), else they are generic.
 
     ``example_input`` (a tensor or tuple of tensors of batch size 1) enables the MAC
-    columns. ``original`` (``{"weights": n, "parameters": m}``, see :func:`size_of`):
-    the sizes of the model before its dead units were removed (pruning with
-    ``schedule.compact``); the compressions are then taken against those, the honest
-    ratio, and the totals keep both. When ``original`` is not given, the sizes recorded
-    on the model by :func:`~mobileprune.compact.compact`,
+    columns (Linear and Conv rows). ``original`` (``{"weights": n, "parameters": m}``,
+    see :func:`size_of`): the sizes of the model before its dead units were removed
+    (pruning with ``schedule.compact``); the compressions are then taken against those,
+    the honest ratio, and the totals keep both. When ``original`` is not given, the
+    sizes recorded on the model by :func:`~mobileprune.compact.compact`,
     :func:`~mobileprune.compact.compact_in_place` or
     :func:`~mobileprune.checkpoint.restore_model` of a compacted checkpoint are used
     (attribute :data:`ORIGINAL_SIZE`), so a model shrunk in the user's own loop is
@@ -80,42 +97,71 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     """
     if original is None:
         original = getattr(model, ORIGINAL_SIZE, None)
-    by_name: dict[str, list[LayerTarget]] = {}
+    reasons = getattr(targets, "reasons", None)
+    targets = list(targets)
+    if config is not None and reasons is None:
+        resolved = resolve_targets(model, config)
+        reasons, targets = resolved.reasons, targets or list(resolved)
+    by_param: dict[str, list[LayerTarget]] = {}
     for t in targets:
-        by_name.setdefault(t.name, []).append(t)
-    layers = prunable_layers(model, types)
-    positions = output_positions(model, example_input, layers) if example_input is not None else {}
-    rows = []
-    for name, m in layers.items():
-        w = m.weight.detach()
-        n = w.numel()
-        nz = int(torch.count_nonzero(w))
-        ts = by_name.get(name, [])
-        t = next((x for x in ts if x.structure == "unstructured"), None)
-        structured = {x.structure: {"keep": x.keep, "groups": x.units, "nonzero_groups": x.count(w)}
-                      for x in ts if x.structure != "unstructured"}
-        active_out = count_nonzero_groups(w, "filter")
-        active_in = count_nonzero_groups(w, "channel")
-        groups = getattr(m, "groups", 1)
+        by_param.setdefault(t.param_name, []).append(t)
+    slots = {n: s for n, s in weight_slots(model).items()
+             if isinstance(s.module, types) or s.param_name in by_param}
+    gemm = [n for n, s in slots.items() if isinstance(s.module, GEMM_TYPES) and s.attr == "weight"]
+    positions = output_positions(model, example_input, gemm) if example_input is not None else {}
+    rows = [_layer_row(s, by_param.get(s.param_name, []), positions.get(n)) for n, s in slots.items()]
+    return {"layers": rows, "totals": _totals(model, rows, original, bool(positions)),
+            "parameters": parameter_rows(model, by_param, reasons, types),
+            "metrics": dict(metrics or {})}
+
+
+def _units(slot: WeightSlot, w: torch.Tensor) -> dict[str, Any]:
+    """Output / input units of a weight and how many have a nonzero weight."""
+    if isinstance(slot.module, GEMM_TYPES) and slot.attr == "weight":  # (F, C / groups, *k)
+        return {"units_out": w.shape[0], "units_in": w.shape[1] * getattr(slot.module, "groups", 1),
+                "active_out": count_nonzero_groups(w, "filter"),
+                "active_in": count_nonzero_groups(w, "channel")}
+    out: dict[str, Any] = {}
+    for side, structures in (("out", ("filter", "head")), ("in", ("channel",))):
+        lay = next((slot.structures[k] for k in structures if k in slot.structures), None)
+        g = to_unit_groups(w, *lay) if lay is not None else None
+        out[f"units_{side}"] = None if g is None else g.shape[0]
+        out[f"active_{side}"] = None if g is None else int((g != 0).any(dim=1).sum())
+    return out
+
+
+def _layer_row(slot: WeightSlot, ts: list[LayerTarget], pos: int | None) -> dict[str, Any]:
+    """One row of ``layers``: counts of the weight of ``slot`` against its targets."""
+    w = slot.weight.detach()
+    n = w.numel()
+    nz = int(torch.count_nonzero(w))
+    t = next((x for x in ts if x.structure == "unstructured"), None)
+    structured = {x.structure: {"keep": x.keep, "groups": x.units, "nonzero_groups": x.count(w)}
+                  for x in ts if x.structure != "unstructured"}
+    row: dict[str, Any] = _units(slot, w)
+    if pos is not None:
+        groups = getattr(slot.module, "groups", 1)
         k = n // (w.shape[0] * w.shape[1])
-        extra: dict[str, Any] = {"units_out": w.shape[0], "units_in": w.shape[1] * groups,
-                                 "active_out": active_out, "active_in": active_in}
-        if name in positions:
-            pos = positions[name]
-            extra.update(macs=n * pos, nonzero_macs=nz * pos,
-                         active_macs=active_out * active_in * k * pos // max(groups, 1))
-        rows.append({**extra, 
-            "layer": name,
-            "type": type(m).__name__,
-            "shape": list(w.shape),
-            "weights": n,
-            "nonzero": nz,
-            "sparsity": 1.0 - nz / n if n else 0.0,
-            "target_keep": t.keep if t else None,
-            "target_sparsity": t.sparsity if t else None,
-            "structured_targets": structured,
-            "meets_target": all(x.count(w) <= x.keep for x in ts) if ts else None,
-        })
+        row.update(macs=n * pos, nonzero_macs=nz * pos,
+                   active_macs=row["active_out"] * row["active_in"] * k * pos // max(groups, 1))
+    row.update({
+        "layer": slot.name,
+        "parameter": slot.param_name,
+        "type": slot.type_name,
+        "shape": list(w.shape),
+        "weights": n,
+        "nonzero": nz,
+        "sparsity": 1.0 - nz / n if n else 0.0,
+        "target_keep": t.keep if t else None,
+        "target_sparsity": t.sparsity if t else None,
+        "structured_targets": structured,
+        "meets_target": all(x.count(w) <= x.keep for x in ts) if ts else None,
+    })
+    return row
+
+
+def _totals(model: nn.Module, rows: list[dict[str, Any]], original: Mapping[str, int] | None,
+            macs: bool) -> dict[str, Any]:
     total_w = sum(r["weights"] for r in rows)
     nz_w = sum(r["nonzero"] for r in rows)
     params = [p.detach() for p in model.parameters()]
@@ -134,21 +180,78 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     }
     if original:
         totals.update(original_weights=ref_w, original_parameters=ref_p)
-    if positions:
+    if macs:  # Linear and Conv rows (the others have no MAC columns)
         for key in ("macs", "nonzero_macs", "active_macs"):
-            totals[key] = sum(r[key] for r in rows)
-    return {"layers": rows, "totals": totals, "metrics": dict(metrics or {})}
+            totals[key] = sum(r.get(key, 0) for r in rows)
+    return totals
+
+
+def parameter_rows(model: nn.Module, by_param: Mapping[str, list[LayerTarget]],
+                   reasons: Mapping[str, str] | None = None,
+                   types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> list[dict[str, Any]]:
+    """One row per parameter of ``model``: ``parameter``, ``shape``, ``numel``,
+    ``nonzero``, ``targets`` (the names and structures of its targets, ``[]`` if none)
+    and ``dense_reason`` (why it has no target; ``None`` if it has one). ``reasons``
+    (``TargetList.reasons``) gives the config's reasons; without it they are generic."""
+    slots = {s.param_name: s for s in weight_slots(model).values()}
+    out = []
+    for name, p in model.named_parameters():
+        ts = by_param.get(name, [])
+        why = None
+        if not ts:
+            why = (reasons or {}).get(name) or _generic_reason(model, name, slots.get(name), types)
+        out.append({"parameter": name, "shape": list(p.shape), "numel": p.numel(),
+                    "nonzero": int(torch.count_nonzero(p.detach())),
+                    "targets": [f"{t.name} ({t.structure})" for t in ts], "dense_reason": why})
+    return out
+
+
+def _generic_reason(model: nn.Module, name: str, slot: WeightSlot | None,
+                    types: tuple[type[nn.Module], ...]) -> str:
+    if slot is None:
+        return dense_reason(name, model)
+    if slot.position:
+        return "position embedding: never pruned unless named exactly"
+    if not isinstance(slot.module, types):
+        return f"not selected: type {slot.type_name} is not in 'types'"
+    return "no target given (prunable)"
 
 
 def size_of(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> dict[str, int]:
-    """``{"weights": weights of the prunable layers, "parameters": all parameters}`` of
+    """``{"weights": prunable weights of ``types``, "parameters": all parameters}`` of
     ``model`` (the ``original`` argument of :func:`layer_report`)."""
-    return {"weights": sum(m.weight.numel() for m in prunable_layers(model, types).values()),
+    return {"weights": sum(s.weight.numel() for s in weight_slots(model).values()
+                           if isinstance(s.module, types)),
             "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def _fmt_pct(x: float | None) -> str:
     return "" if x is None else f"{100 * x:.2f}%"
+
+
+def _int(x: int | None) -> str:
+    return "" if x is None else f"{x:,}"
+
+
+def _units_cell(r: Mapping[str, Any]) -> str:
+    parts = [f"{r[f'active_{k}']}/{r[f'units_{k}']} {k}" for k in ("out", "in")
+             if r.get(f"units_{k}") is not None]
+    return ", ".join(parts)
+
+
+def _dense_lines(params: list[Mapping[str, Any]]) -> list[str]:
+    """The parameters left dense: each one with its reason, biases counted together."""
+    dense = [p for p in params if p["dense_reason"] is not None]
+    biases = [p for p in dense if p["dense_reason"].startswith("bias")]
+    others = [p for p in dense if not p["dense_reason"].startswith("bias")]
+    if not dense:
+        return []
+    lines = ["", f"Parameters left dense ({len(dense)}):"]
+    lines += [f"- {p['parameter']} ({'x'.join(map(str, p['shape'])) or 'scalar'}): {p['dense_reason']}"
+              for p in others]
+    if biases:
+        lines.append(f"- {len(biases)} biases ({sum(p['numel'] for p in biases):,} values): never pruned")
+    return lines
 
 
 def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
@@ -166,10 +269,10 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
         lines.append(
             f"| {r['layer']} | {r['type']} | {'x'.join(map(str, r['shape']))} | {r['weights']:,} | "
             f"{r['nonzero']:,} | {_fmt_pct(r['sparsity'])} | {_fmt_pct(r['target_sparsity'])} | {met} "
-            f"| {r['active_out']}/{r['units_out']} out, {r['active_in']}/{r['units_in']} in"
+            f"| {_units_cell(r)}"
             + "".join(f"; {k} {v['nonzero_groups']}/{v['groups']} (target {v['keep']})"
                       for k, v in r.get("structured_targets", {}).items()) + " |"
-            + (f" {r['macs']:,} | {r['nonzero_macs']:,} |" if macs else "")
+            + (f" {_int(r.get('macs'))} | {_int(r.get('nonzero_macs'))} |" if macs else "")
         )
     lines.append(f"| **total** | | | {t['weights']:,} | {t['nonzero']:,} | {_fmt_pct(t['sparsity'])} | | "
                  f"{'yes' if t['all_targets_met'] else 'NO'} | |"
@@ -184,6 +287,7 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
               f"({w_src} -> {t['nonzero']:,} nonzero{w_left})",
               f"- parameter compression (biases and all other parameters included): "
               f"{t['param_compression']:.1f}x ({p_src} -> {t['nonzero_parameters']:,}{p_left})"]
+    lines += _dense_lines(report.get("parameters") or [])
     m = report.get("metrics") or {}
     if "accuracy_before" in m or "accuracy_after" in m:
         before, after = m.get("accuracy_before"), m.get("accuracy_after")

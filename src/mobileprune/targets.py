@@ -1,76 +1,152 @@
-"""Choosing prunable layers and their per-layer targets, with validation.
+"""Choosing prunable weights and their per-weight targets, with validation.
 
-A pruning config says which layers are pruned and how much. It is a plain dict (or a
+A pruning config says which weights are pruned and how much. It is a plain dict (or a
 YAML file holding one)::
 
-    default: 0.9              # fraction pruned for every prunable layer not listed
-                              # below; omit it (or null) to leave those layers dense
-    types: [Conv2d, Linear]   # which layer types are prunable (default: Linear,
-                              # Conv1d, Conv2d)
+    default: 0.9              # fraction pruned for every selected weight not listed
+                              # below; omit it (or null) to leave those weights dense
+    types: [Conv2d, Linear]   # which layer types are prunable (default: all of
+                              # SUPPORTED_TYPES, see below)
     exclude: [fc2]            # names or patterns never pruned
-    layers:                   # per-layer targets, first match wins after exact names
+    layers:                   # per-weight targets, first match wins after exact names
       conv1: 0.8              # fraction of the weights pruned, in [0, 1)
       fc1: {keep: 4000}       # or the number of weights kept
       "re:conv[2-9]": {sparsity: 0.95}
+      "lstm.weight_hh_*": 0.95                        # a glob
       "type:Linear": 0.97
       conv2: {structure: filter, sparsity: 0.5}      # structured: half the filters
       conv3: [{structure: filter, keep: 40},          # several sets at once
               {structure: channel, keep: 30}]
 
+**The prunable unit is one weight parameter** of a supported layer (a :class:`WeightSlot`).
+It is named by the module's qualified name for layers with one weight (``conv1``,
+``features.0``, ``emb``, ``attn.out_proj``: the ``.weight`` suffix is left out) and by
+the qualified parameter name for layers with several (``lstm.weight_ih_l0``,
+``lstm.weight_hh_l1_reverse``, ``lstm.weight_hr_l0``, ``attn.in_proj_weight``,
+``attn.q_proj_weight``). Supported layer types (:data:`SUPPORTED_TYPES`): Linear (on
+an input of any rank), Conv1d/2d/3d, ConvTranspose1d/2d/3d, RNN, LSTM, GRU (every
+``weight_ih_l*``, ``weight_hh_l*``, ``weight_hr_l*``), MultiheadAttention (its
+``in_proj_weight`` or ``q/k/v_proj_weight``; ``out_proj`` is a Linear) and Embedding.
+
+**Default selection**: ``types`` defaults to every supported type, and ``default``
+applies to every weight of those types except position embeddings (an Embedding whose
+own name starts with ``pos``, e.g. ``pos_embed``, ``position_embeddings``), which only
+an exact name selects. Never pruned, whatever the config: biases (``bias``,
+``bias_ih_l*``, ``in_proj_bias``, ``bias_k``...), normalisation layers (BatchNorm,
+LayerNorm, GroupNorm, InstanceNorm, RMSNorm) and any parameter that is not the weight of
+a supported layer (``cls_token``, a bare ``pos_embed`` parameter, PReLU...).
+:func:`explain` (and :func:`mobileprune.report.layer_report`) lists every parameter of
+the model with its target or the reason it is left dense.
+
+Keys of ``layers`` (and of ``exclude``): an exact weight name (the parameter name with
+``.weight`` also works), the name of a multi-weight module (``lstm``: all its weights;
+``attn``: its ``in_proj_weight`` or ``q/k/v_proj_weight`` and its ``out_proj``),
+``re:<regex>`` (:func:`re.fullmatch` against the weight name), a glob with ``*``, ``?``
+or ``[...]`` (:func:`fnmatch.fnmatchcase` against the weight name) or
+``type:<ClassName>`` (the weight's layer is an instance of that supported class:
+``type:Linear`` also matches ``attn.out_proj``). Exact weight names take precedence,
+then module names, then patterns in the order listed.
+
 Structures (seed 003, section 2.4; the GEMM view of a conv weight ``(F, C, *k)`` is
 ``F`` rows by ``C*K`` columns): ``unstructured`` (single weights, the default),
-``filter`` (whole filters / Linear rows = output neurons), ``channel`` (whole input
-channels / Linear columns = input neurons) and ``shape`` (one ``(c, kh, kw)`` position
-across all filters = a GEMM column). For structured sets ``sparsity`` is the fraction
-of *groups* pruned and ``keep`` the number of groups kept. A list of targets puts
-several constraint sets on one layer; each gets its own ADMM variables.
+``filter`` (an output unit), ``channel`` (an input unit), ``shape`` (one ``(c, *k)``
+position across all filters = a GEMM column) and ``head`` (one attention head). For
+structured sets ``sparsity`` is the fraction of *groups* pruned and ``keep`` the number
+of groups kept. A list of targets puts several constraint sets on one weight; each gets
+its own ADMM variables. What a group is, per layer type: seed 003 (section 2.4) defines
+``filter`` as the GEMM rows producing one output unit and ``channel`` as the weights
+reading one input unit; a recurrent layer computes all its gates with one GEMM per input
+(``x`` and ``h``) whose rows are the gate blocks stacked, so the rows producing hidden
+unit ``h`` are its row in every gate block (one hidden unit is one group):
 
-Keys of ``layers`` are an exact module name (``model.named_modules()``), ``re:<regex>``
-(matched with :func:`re.fullmatch` against the module name) or ``type:<ClassName>``.
-Exact names take precedence over patterns; among patterns the first listed wins.
+========================= ============================== ===============================
+weight                    ``filter``                     ``channel``
+========================= ============================== ===============================
+Linear / Conv (F, C, *k)  a filter / output neuron       an input channel / feature
+ConvTranspose (C, F, *k)  output channel ``w[:, f]``     input channel ``w[c]``
+RNN ``weight_ih/hh``      a hidden unit ``h``: its row   a column: input feature
+(G*H, C), G gates         in every gate block (rows      (``ih_l0``), unit of the layer
+                          ``g*H + h``, g < G; LSTM       below, both directions
+                          i,f,g,o: G=4; GRU r,z,n: 3)    (``ih_l1+``), previous state
+RNN ``weight_hr`` (P, H)  a projected unit (row)         a hidden unit (column)
+Embedding (N, D)          one embedding row (token)      one embedding dimension
+========================= ============================== ===============================
+
+``shape`` exists for Linear and Conv only. ``head`` exists on attention weights only:
+head ``j`` (``d = embed_dim / num_heads`` rows or columns) is its rows of q, k and v in
+``in_proj_weight`` (rows ``b*E + j*d + i``, b < 3, i < d), its rows of
+``q/k/v_proj_weight``, its columns of ``out_proj``; the other structures of ``out_proj``
+are those of a Linear, and ``in_proj_weight`` / ``q/k/v_proj_weight`` take ``channel``
+(an input feature) but not ``filter`` (a single q, k or v feature does not remove
+anything). The head sets of one MultiheadAttention, and the hidden-unit (``filter``)
+sets of ``weight_ih_l<k>`` and ``weight_hh_l<k>`` of one layer and direction, are
+projected jointly by :class:`~mobileprune.admm.ADMMPruner` (each weight within its own
+``keep``), so the same heads and hidden units go from every weight. Grouped
+ConvTranspose takes ``unstructured`` only. A structure a weight does not take raises
+:class:`ConfigError` naming the weight and the structures it takes.
 
 Every problem raises :class:`~mobileprune.errors.ConfigError` naming it: an unknown
-layer name (with the list of prunable layers), a pattern matching nothing, a fraction
-outside ``[0, 1)``, a count larger than the layer, a model with no prunable layer.
+name (with the list of prunable weights), a pattern matching nothing, a fraction
+outside ``[0, 1)``, a count larger than the weight, a model with no prunable weight.
 
-The unit of a target is the layer's ``weight`` tensor; biases are not pruned (they are
-counted in the report). ``sparsity: s`` keeps ``floor(n * (1 - s))`` weights, so the
-achieved sparsity is never below the target.
+``sparsity: s`` keeps ``floor(n * (1 - s))`` weights (or groups), so the achieved
+sparsity is never below the target. Tied weights (one parameter used by two layers)
+are one unit, under the first name.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from .errors import ConfigError
 
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
-TYPE_NAMES = {t.__name__: t for t in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)}
-STRUCTURES = ("unstructured", "filter", "channel", "shape")
-_STRUCTURE_ALIASES = {"row": "filter", "neuron": "filter", "column": "channel", "input": "channel"}
+#: Layer types with prunable weights (``types:`` and ``type:`` keys name them).
+SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+    nn.ConvTranspose3d, nn.RNN, nn.LSTM, nn.GRU, nn.MultiheadAttention, nn.Embedding)
+#: The default ``types``: every supported type.
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = SUPPORTED_TYPES
+#: Layers whose weight is ``(out, in, *k)`` with one weight per module (unit caps, compaction).
+GEMM_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TYPE_NAMES = {t.__name__: t for t in SUPPORTED_TYPES}
+NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
+    t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None))
+    if t is not None)
+STRUCTURES = ("unstructured", "filter", "channel", "shape", "head")
+_STRUCTURE_ALIASES = {"row": "filter", "neuron": "filter", "column": "channel", "input": "channel",
+                      "unit": "filter", "hidden": "filter"}
 _KNOWN_TOP = {"default", "types", "exclude", "layers", "name"}
 _KNOWN_LAYER = {"sparsity", "keep", "structure"}
+_PATTERN_CHARS = "*?["
 
 
 @dataclass(frozen=True)
 class LayerTarget:
-    """The resolved target of one prunable layer.
+    """The resolved target of one prunable weight.
 
     Attributes:
-        name: qualified module name, e.g. ``"features.0"``.
+        name: the weight's name (module docstring), e.g. ``"features.0"`` or
+            ``"lstm.weight_hh_l0"``.
         param_name: qualified parameter name, e.g. ``"features.0.weight"``.
         shape: shape of the weight tensor.
         keep: number of weights (unstructured) or groups (structured) allowed to be
             nonzero (``alpha_i`` of seed 003).
-        structure: ``"unstructured"``, ``"filter"``, ``"channel"`` or ``"shape"``; for
-            the structured ones ``keep`` counts groups of :mod:`mobileprune.groups`.
+        structure: ``"unstructured"``, ``"filter"``, ``"channel"``, ``"shape"`` or
+            ``"head"``; for the structured ones ``keep`` counts groups.
+        module: qualified name of the module owning the weight (default: ``name``).
+        grouping, blocks, unit: the grouping of :func:`mobileprune.groups.to_unit_groups`
+            that makes one group per unit of ``structure`` (default: ``structure``, 1, 1).
+        joint: label shared by the targets whose groups are the same units and are
+            projected together (the heads of one MultiheadAttention, the hidden units of
+            one recurrent layer and direction), or ``None``.
     """
 
     name: str
@@ -78,31 +154,177 @@ class LayerTarget:
     shape: tuple[int, ...]
     keep: int
     structure: str = "unstructured"
+    module: str | None = None
+    grouping: str | None = None
+    blocks: int = 1
+    unit: int = 1
+    joint: str | None = None
+
+    @property
+    def module_name(self) -> str:
+        return self.name if self.module is None else self.module
+
+    @property
+    def plain(self) -> bool:
+        """Whether the groups are those of :func:`mobileprune.groups.to_groups` of
+        ``structure`` on a layer's own ``weight`` (Linear, Conv)."""
+        return (self.grouping in (None, self.structure) and self.blocks == 1 and self.unit == 1
+                and self.module_name == self.name)
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    def _layout(self) -> tuple[str, int, int]:
+        return self.grouping or self.structure, self.blocks, self.unit
 
     @property
     def units(self) -> int:
         """Number of weights (unstructured) or groups (structured) the target counts."""
         if self.structure == "unstructured":
             return self.numel
-        from .groups import group_shape
+        from .groups import unit_group_shape
 
-        return group_shape(self.shape, self.structure)[0]
+        return unit_group_shape(self.shape, *self._layout())[0]
 
     @property
     def sparsity(self) -> float:
         return 1.0 - self.keep / self.units
 
+    def to_groups(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (or a mask of its shape) as ``(groups, n)``, one group per unit."""
+        from .groups import to_unit_groups
+
+        return to_unit_groups(w, *self._layout())
+
+    def from_groups(self, g: torch.Tensor) -> torch.Tensor:
+        """Exact inverse of :meth:`to_groups`."""
+        from .groups import from_unit_groups
+
+        grouping, blocks, unit = self._layout()
+        return from_unit_groups(g, grouping, self.shape, blocks, unit)
+
     def count(self, w: torch.Tensor) -> int:
         """Nonzero weights (unstructured) or nonzero groups (structured) of ``w``."""
         if self.structure == "unstructured":
             return int(torch.count_nonzero(w))
-        from .groups import count_nonzero_groups
+        return int((self.to_groups(w) != 0).any(dim=1).sum())
 
-        return count_nonzero_groups(w, self.structure)
+
+@dataclass
+class WeightSlot:
+    """One prunable weight of a model: a (module, parameter) pair (module docstring).
+
+    ``structures`` maps each structure the weight takes to its ``(grouping, blocks,
+    unit)`` layout (:func:`mobileprune.groups.to_unit_groups`); ``notes`` says why a
+    structure is not taken, where that needs saying; ``joint`` maps a structure to the
+    label of the weights whose groups of it are the same units (``LayerTarget.joint``);
+    ``owner`` is the multi-weight module the weight belongs to (``lstm``, ``attn``).
+    """
+
+    name: str
+    param_name: str
+    module_name: str
+    attr: str
+    module: nn.Module = field(repr=False, compare=False)
+    structures: dict[str, tuple[str, int, int]]
+    notes: dict[str, str] = field(default_factory=dict)
+    position: bool = False
+    joint: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
+
+    @property
+    def type_name(self) -> str:
+        return type(self.module).__name__
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return getattr(self.module, self.attr)
+
+    def takes(self) -> list[str]:
+        return ["unstructured", *self.structures]
+
+
+_GEMM = {"filter": ("filter", 1, 1), "channel": ("channel", 1, 1), "shape": ("shape", 1, 1)}
+_GEMM_2D = {"filter": _GEMM["filter"], "channel": _GEMM["channel"]}
+_NO_SHAPE = "'shape' (a GEMM column of the seed's conv view) exists for Linear and Conv weights only"
+
+
+def _qual(prefix: str, attr: str) -> str:
+    return f"{prefix}.{attr}" if prefix else attr
+
+
+def _slot(mname: str, m: nn.Module, attr: str, structures, notes=None, *, own_name: bool = False,
+          joint: dict[str, str] | None = None) -> WeightSlot | None:
+    p = getattr(m, attr, None)
+    if not isinstance(p, torch.Tensor) or isinstance(p, nn.parameter.UninitializedParameter):
+        return None
+    name = mname if own_name else _qual(mname, attr)
+    pos = isinstance(m, nn.Embedding) and mname.rpartition(".")[2].lower().startswith("pos")
+    return WeightSlot(name, _qual(mname, attr), mname, attr, m, dict(structures), dict(notes or {}),
+                      pos, dict(joint or {}), None if own_name else mname)
+
+
+def _rnn_slot(mname: str, m: nn.RNNBase, attr: str, gates: int) -> WeightSlot | None:
+    """A recurrent weight; the hidden units of ``weight_ih_l<k>`` and ``weight_hh_l<k>``
+    (same layer and direction) are one joint set of units."""
+    if attr.startswith("weight_hr"):  # projection (P, H): rows are projected units
+        return _slot(mname, m, attr, _GEMM_2D, {"shape": _NO_SHAPE})
+    layer = attr.split("_", 2)[2]  # "l0", "l1_reverse"
+    return _slot(mname, m, attr, {"filter": ("filter", gates, 1), "channel": _GEMM["channel"]},
+                 {"shape": _NO_SHAPE}, joint={"filter": f"{mname}:{layer}"})
+
+
+def _module_slots(mname: str, m: nn.Module) -> list[WeightSlot]:
+    """The weight slots of one module (none for an unsupported type)."""
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        if m.groups == 1:
+            st = {"filter": ("channel", 1, 1), "channel": ("filter", 1, 1)}
+            return [_slot(mname, m, "weight", st, {"shape": _NO_SHAPE}, own_name=True)]
+        note = "a grouped ConvTranspose weight mixes the output channels of every group in dim 1"
+        return [_slot(mname, m, "weight", {}, dict.fromkeys(("filter", "channel", "shape"), note),
+                      own_name=True)]
+    if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+        return [_slot(mname, m, "weight", _GEMM, own_name=True)]
+    if isinstance(m, nn.Embedding):
+        return [_slot(mname, m, "weight", _GEMM_2D, {"shape": _NO_SHAPE}, own_name=True)]
+    if isinstance(m, nn.RNNBase):
+        gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
+        return [_rnn_slot(mname, m, a, gates) for a in m._flat_weights_names if a.startswith("weight")]
+    if isinstance(m, nn.MultiheadAttention):
+        d = m.head_dim
+        notes = {"filter": "one row of q, k or v removes nothing; prune whole heads with 'head'",
+                 "shape": _NO_SHAPE}
+        if m.in_proj_weight is not None:
+            layouts = {"in_proj_weight": ("filter", 3, d)}
+        else:
+            layouts = {a: ("filter", 1, d) for a in ("q_proj_weight", "k_proj_weight", "v_proj_weight")}
+        return [_slot(mname, m, a, {"head": lay, "channel": _GEMM["channel"]}, notes,
+                      joint={"head": f"{mname}:head"})
+                for a, lay in layouts.items()]
+    return []
+
+
+def weight_slots(model: nn.Module) -> dict[str, WeightSlot]:
+    """Every prunable weight of ``model`` (any supported type), in module order.
+
+    A parameter shared by several layers is listed once, under its first name (the
+    one ``model.named_parameters()`` uses).
+    """
+    out: dict[str, WeightSlot] = {}
+    seen: set[int] = set()
+    for mname, m in model.named_modules():
+        for slot in _module_slots(mname, m):
+            if slot is None or id(slot.weight) in seen:
+                continue
+            seen.add(id(slot.weight))
+            out[slot.name] = slot
+    for mname, m in model.named_modules():  # out_proj (a Linear) takes heads too
+        proj = out.get(_qual(mname, "out_proj")) if isinstance(m, nn.MultiheadAttention) else None
+        if proj is not None and proj.module is m.out_proj:
+            proj.structures["head"] = ("channel", 1, m.head_dim)
+            proj.joint["head"], proj.owner = f"{mname}:head", mname
+    return out
 
 
 @dataclass
@@ -294,18 +516,40 @@ def parse_types(raw: Any) -> tuple[type[nn.Module], ...]:
     return tuple(TYPE_NAMES[t] for t in raw)
 
 
+def _is_type(module: nn.Module, type_name: str) -> bool:
+    return any(c.__name__ == type_name for c in type(module).__mro__)
+
+
+def is_pattern(key: str) -> bool:
+    """Whether a config key is a pattern (``re:``, ``type:`` or a glob), not a name."""
+    return key.startswith(("re:", "type:")) or any(c in key for c in _PATTERN_CHARS)
+
+
 def matches(key: str, name: str, module: nn.Module) -> bool:
-    """Whether config key ``key`` (exact name, ``re:<regex>`` or ``type:<Class>``)
-    selects module ``module`` named ``name``."""
+    """Whether config key ``key`` (exact name, ``re:<regex>``, glob or ``type:<Class>``)
+    selects the weight ``name`` of ``module`` (patterns only for a module name)."""
     if key.startswith("re:"):
         return re.fullmatch(key[3:], name) is not None
     if key.startswith("type:"):
-        return type(module).__name__ == key[5:]
+        return _is_type(module, key[5:])
+    if any(c in key for c in _PATTERN_CHARS):
+        return fnmatch.fnmatchcase(name, key)
     return key == name
 
 
+def _exact(key: str, slot: WeightSlot) -> bool:
+    return key in (slot.name, slot.param_name)
+
+
+def _module_key(key: str, slot: WeightSlot) -> bool:
+    """``key`` names the multi-weight module owning ``slot`` (``lstm``; ``attn`` owns
+    its ``in_proj_weight`` or ``q/k/v_proj_weight`` and its ``out_proj``)."""
+    return key == slot.owner
+
+
 def prunable_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAULT_TYPES) -> dict[str, nn.Module]:
-    """Modules of ``model`` whose type is in ``types`` and that own a ``weight`` tensor."""
+    """Modules of ``model`` whose type is in ``types`` and that own a ``weight`` tensor
+    (layers with one prunable weight; :func:`weight_slots` lists every weight)."""
     return {
         name: m
         for name, m in model.named_modules()
@@ -313,90 +557,193 @@ def prunable_layers(model: nn.Module, types: tuple[type[nn.Module], ...] = DEFAU
     }
 
 
-def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | str | Path) -> list[LayerTarget]:
-    """Resolve ``config`` against ``model`` into one :class:`LayerTarget` per pruned layer.
+def _load(config: Mapping[str, Any] | PruneConfig | str | Path) -> PruneConfig:
+    if isinstance(config, (str, Path)):
+        return PruneConfig.from_yaml(config)
+    return PruneConfig.from_dict(config)
+
+
+def check_name(key: str, model: nn.Module, slots: Mapping[str, WeightSlot],
+                candidates: Mapping[str, WeightSlot], types, what: str = "pruning config") -> None:
+    """Raise :class:`ConfigError` unless exact key ``key`` names a candidate weight."""
+    if any(_exact(key, s) or _module_key(key, s) for s in candidates.values()):
+        return
+    modules = dict(model.named_modules())
+    params = {n: p for n, p in model.named_parameters()}
+    slot = next((s for s in slots.values() if _exact(key, s) or _module_key(key, s)), None)
+    if slot is not None:
+        why = (f"it is a {slot.type_name}, not one of {[t.__name__ for t in types]}" if not
+               isinstance(slot.module, types) else "excluded by 'types'")
+    elif key in modules:
+        why = f"it is a {type(modules[key]).__name__}, not one of {[t.__name__ for t in types]}"
+    elif key in params:
+        why = dense_reason(key, model)
+    else:
+        why = "no such module or parameter"
+    raise ConfigError(f"unknown layer {key!r} in {what} ({why}); prunable layers are: "
+                      f"{', '.join(candidates)}")
+
+
+def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], has_default: bool,
+           types: tuple[type[nn.Module], ...], what: str = "pruning config"
+           ) -> tuple[dict[str, tuple[WeightSlot, str | None]], dict[str, str]]:
+    """The weights a config selects, shared by :func:`resolve_targets` and
+    :class:`mobileprune.palm.ProximalPruner`.
+
+    Returns ``(chosen, reasons)``: ``chosen[name] = (slot, key)`` with the ``layers``
+    key that selects it (``None``: the default), in model order; ``reasons[name]`` why
+    a weight of ``model`` is not chosen. Raises :class:`ConfigError` for an exact key
+    naming no candidate weight and a pattern matching none.
+    """
+    slots = weight_slots(model)
+    candidates = {n: s for n, s in slots.items() if isinstance(s.module, types)}
+    if not candidates:
+        raise ConfigError(
+            f"model {type(model).__name__} has no prunable layer of types {[t.__name__ for t in types]}"
+            + (f" (it has {sorted(slots)})" if slots else ""))
+    for key in layers:
+        if not is_pattern(key):
+            check_name(key, model, slots, candidates, types, what)
+    exclude = tuple(exclude)
+    chosen: dict[str, tuple[WeightSlot, str | None]] = {}
+    reasons: dict[str, str] = {}
+    for name, slot in slots.items():
+        key = _pick(slot, layers)
+        why = _why_not(slot, key, exclude, has_default, types)
+        if why is None:
+            chosen[name] = (slot, key)
+        else:
+            reasons[name] = why
+    for key in layers:
+        if is_pattern(key) and not any(matches(key, n, s.module) for n, s in candidates.items()):
+            raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; "
+                              f"prunable layers are: {', '.join(candidates)}")
+    return chosen, reasons
+
+
+def _hits(key: str, slot: WeightSlot) -> bool:
+    if is_pattern(key):
+        return matches(key, slot.name, slot.module)
+    return _exact(key, slot) or _module_key(key, slot)
+
+
+def _pick(slot: WeightSlot, layers: Mapping[str, Any]) -> str | None:
+    """The ``layers`` key selecting ``slot``: exact name, module name, first pattern."""
+    for test in (_exact, _module_key):
+        key = next((k for k in layers if not is_pattern(k) and test(k, slot)), None)
+        if key is not None:
+            return key
+    return next((k for k in layers if is_pattern(k) and matches(k, slot.name, slot.module)), None)
+
+
+def _why_not(slot: WeightSlot, key: str | None, exclude: tuple[str, ...], has_default: bool,
+             types: tuple[type[nn.Module], ...]) -> str | None:
+    """Why ``slot`` stays dense (``None``: it is selected)."""
+    if not isinstance(slot.module, types):
+        return f"not selected: type {slot.type_name} is not in 'types'"
+    hit = next((e for e in exclude if _hits(e, slot)), None)
+    if hit is not None:
+        return f"excluded by config ({hit!r})"
+    if key is not None and (not slot.position or _exact(key, slot)):
+        return None
+    if slot.position:
+        return "position embedding: never pruned unless named exactly"
+    return None if has_default else "no default given"
+
+
+def dense_reason(param_name: str, model: nn.Module) -> str:
+    """Why parameter ``param_name`` of ``model`` is never a prunable weight."""
+    mname, _, attr = param_name.rpartition(".")
+    module = model.get_submodule(mname)
+    if "bias" in attr:
+        return "bias: never pruned"
+    if isinstance(module, NORM_TYPES):
+        return f"not selected: type {type(module).__name__} is never pruned (normalisation)"
+    if "pos" in attr.lower():
+        return "position embedding: never pruned"
+    return (f"not selected: {type(module).__name__}.{attr} is not the weight of a supported layer "
+            f"type ({', '.join(TYPE_NAMES)})")
+
+
+class TargetList(list):
+    """A list of :class:`LayerTarget` with ``reasons``: ``{parameter name: why it is
+    left dense}`` for every other parameter of the model (see :func:`explain`)."""
+
+    reasons: dict[str, str]
+
+
+def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | str | Path) -> TargetList:
+    """Resolve ``config`` against ``model`` into one :class:`LayerTarget` per constraint set.
 
     ``config`` is a dict, a :class:`PruneConfig` or the path of a YAML file. The result
-    follows the model's module order. Raises :class:`ConfigError` on any mismatch.
+    follows the model's module order; its ``reasons`` attribute says why every other
+    parameter is left dense. Raises :class:`ConfigError` on any mismatch.
     """
-    if isinstance(config, (str, Path)):
-        cfg = PruneConfig.from_yaml(config)
-    else:
-        cfg = PruneConfig.from_dict(config)
-    candidates = prunable_layers(model, cfg.types)
-    if not candidates:
-        all_prunable = prunable_layers(model, tuple(TYPE_NAMES.values()))
-        raise ConfigError(
-            f"model {type(model).__name__} has no prunable layer of types "
-            f"{[t.__name__ for t in cfg.types]}"
-            + (f" (it has {sorted(all_prunable)})" if all_prunable else "")
-        )
-    modules = dict(model.named_modules())
-    # Exact names must name a prunable layer.
-    for key in cfg.layers:
-        if key.startswith(("re:", "type:")):
-            continue
-        if key not in candidates:
-            why = (f"it is a {type(modules[key]).__name__}, not one of "
-                   f"{[t.__name__ for t in cfg.types]}") if key in modules else "no such module"
-            raise ConfigError(
-                f"unknown layer {key!r} in pruning config ({why}); prunable layers are: "
-                f"{', '.join(candidates)}"
-            )
-    used: set[str] = set()
-    out: list[LayerTarget] = []
-    for name, module in candidates.items():
-        if any(matches(p, name, module) for p in cfg.exclude):
-            continue
-        spec = cfg.layers.get(name)
-        if spec is not None:
-            used.add(name)
-        else:
-            for key, val in cfg.layers.items():
-                if key.startswith(("re:", "type:")) and matches(key, name, module):
-                    spec = val
-                    used.add(key)
-                    break
-        if spec is None:
-            spec = cfg.default
-        if spec is None:
-            continue
-        out.extend(_make_target(name, module, sp) for sp in spec)
-    for key in cfg.layers:
-        if key.startswith(("re:", "type:")) and key not in used:
-            if not any(matches(key, n, m) for n, m in candidates.items()):
-                raise ConfigError(
-                    f"pattern {key!r} in pruning config matches no prunable layer; "
-                    f"prunable layers are: {', '.join(candidates)}"
-                )
+    cfg = _load(config)
+    chosen, reasons = select(model, cfg.layers, cfg.exclude, cfg.default is not None, cfg.types)
+    out = TargetList()
+    for name, (slot, key) in chosen.items():
+        out.extend(_make_target(slot, sp) for sp in (cfg.default if key is None else cfg.layers[key]))
     if not out:
         raise ConfigError("the pruning config selects no layer of this model")
+    out.reasons = _all_reasons(model, weight_slots(model), reasons)
     return out
 
 
-def _make_target(name: str, module: nn.Module, spec: Mapping[str, Any]) -> LayerTarget:
-    shape = tuple(module.weight.shape)
+def _all_reasons(model: nn.Module, slots: Mapping[str, WeightSlot], reasons: Mapping[str, str]) -> dict[str, str]:
+    by_param = {s.param_name: reasons[n] for n, s in slots.items() if n in reasons}
+    prunable = {s.param_name for s in slots.values()}
+    return {p: by_param[p] if p in by_param else dense_reason(p, model)
+            for p, _ in model.named_parameters() if p in by_param or p not in prunable}
+
+
+def explain(model: nn.Module, config: Mapping[str, Any] | PruneConfig | str | Path | None = None
+            ) -> dict[str, str]:
+    """``{parameter name: what happens to it}`` for every parameter of ``model``: the
+    names of its targets (``"target conv1: unstructured keep 50"``) or the reason it is
+    left dense. Without ``config``, the weights a config could select say so."""
+    if config is None:
+        slots = weight_slots(model)
+        selectable = {s.param_name: f"prunable ({s.type_name}: {', '.join(s.takes())})" for s in slots.values()}
+        return {p: selectable.get(p) or dense_reason(p, model) for p, _ in model.named_parameters()}
+    targets = resolve_targets(model, config)
+    out = dict(targets.reasons)
+    for t in targets:
+        desc = f"{t.structure} keep {t.keep} of {t.units}"
+        prev = out.get(t.param_name)
+        out[t.param_name] = f"{prev}; {desc}" if prev else f"target {t.name}: {desc}"
+    return {p: out[p] for p, _ in model.named_parameters()}
+
+
+def _make_target(slot: WeightSlot, spec: Mapping[str, Any]) -> LayerTarget:
+    shape = tuple(slot.weight.shape)
+    name = slot.name
     structure = spec.get("structure", "unstructured")
+    layout = ("weight", 1, 1)
     if structure == "unstructured":
         n, unit = math.prod(shape), "weights"
+    elif structure not in slot.structures:
+        why = slot.notes.get(structure)
+        raise ConfigError(f"structure {structure!r} is not defined for {name!r} ({slot.type_name}, "
+                          f"weight {shape})" + (f": {why}" if why else "")
+                          + f"; it takes {', '.join(map(repr, slot.takes()))}")
     else:
-        from .groups import group_shape
+        from .groups import unit_group_shape
 
-        if len(shape) < 2:
-            raise ConfigError(f"structure {structure!r} needs a weight of >= 2 dims; {name!r} has {shape}")
-        n, unit = group_shape(shape, structure)[0], f"{structure} groups"
+        layout = slot.structures[structure]
+        n, unit = unit_group_shape(shape, *layout)[0], f"{structure} groups"
     if "keep" in spec:
         keep = spec["keep"]
         if keep > n:
-            raise ConfigError(
-                f"layer {name!r} has {n} {unit} but the config keeps {keep}"
-            )
+            raise ConfigError(f"layer {name!r} has {n} {unit} but the config keeps {keep}")
     else:
         keep = math.floor(n * (1.0 - spec["sparsity"]) + 1e-9)
         if keep < 1:
             raise ConfigError(
                 f"sparsity {spec['sparsity']} on layer {name!r} ({n} {unit}) keeps no {unit[:-1]}; "
-                "give a smaller sparsity or a 'keep' count"
-            )
-    return LayerTarget(name=name, param_name=f"{name}.weight" if name else "weight",
-                       shape=shape, keep=int(keep), structure=structure)
+                "give a smaller sparsity or a 'keep' count")
+    plain = structure == "unstructured" or (name == slot.module_name and layout == (structure, 1, 1))
+    return LayerTarget(name=name, param_name=slot.param_name, shape=shape, keep=int(keep),
+                       structure=structure, module=None if name == slot.module_name else slot.module_name,
+                       grouping=None if plain else layout[0], blocks=layout[1], unit=layout[2],
+                       joint=slot.joint.get(structure))
