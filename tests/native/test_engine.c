@@ -373,6 +373,8 @@ static void test_cnn(void) {
     CHECK(strstr(text, "p1 maxpool2d maxpool-2x2\n") != NULL);
     CHECK(strstr(text, "flat reshape alias (no copy)\n") != NULL);
     CHECK(strstr(text, "sm activation softmax\n") != NULL);
+    size_t need0 = 0;
+    CHECK(mp_plan_describe(p, NULL, 0, &need0) == MP_OK && need0 == need);
     char small[10];
     size_t need2 = 0;
     CHECK(mp_plan_describe(p, small, sizeof small, &need2) == MP_OK && need2 == need &&
