@@ -5,7 +5,10 @@ Public API (import from here):
 * :class:`ADMMPruner`, :func:`admm_prune` -- ADMM weight pruning (seed 003).
 * :class:`MaskEnforcer`, :func:`apply_masks` -- keep pruned weights exactly zero;
   :class:`RegrowingMaskEnforcer` -- masks that move at a constant count (RigL).
-* :class:`PruneConfig`, :func:`resolve_targets` -- per-layer targets.
+* :class:`PruneConfig`, :func:`resolve_targets` -- per-weight targets (every Linear,
+  Conv, ConvTranspose, RNN / LSTM / GRU, attention and Embedding weight);
+  :func:`weight_slots`, :func:`explain` -- the prunable weights, and what a config does
+  with every parameter.
 * :func:`layer_report` -- per-layer report.
 * :func:`compact` -- physically remove zero filters/channels/neurons (a smaller dense model).
 * :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`restore_model`.
@@ -36,6 +39,7 @@ _LAZY = {
     "cap_units": "pipeline",
     "Regularizer": "regularizers", "layer_report": "report", "LayerTarget": "targets",
     "PruneConfig": "targets", "resolve_targets": "targets", "load_config": "targets",
+    "explain": "targets", "weight_slots": "targets",
 }
 
 
@@ -59,6 +63,7 @@ __all__ = [
     "ProximalPruner", "Regularizer", "proximal_prune", "palm_step", "palm_epoch",
     "proximal_epoch", "run_rounds", "cap_units",
     "PruneConfig", "LayerTarget", "resolve_targets", "load_config", "layer_report",
+    "explain", "weight_slots",
     "save_checkpoint", "load_checkpoint", "restore_model",
     "compact", "compact_in_place", "dead_units", "fold_dead_weights", "CompactionError",
     "MobilePruneError", "ConfigError", "CheckpointError", "DataError", "UnsupportedModelError",

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from .errors import ConfigError
 from .masks import MaskEnforcer
 from .regularizers import Regularizer, _check_weight_param
-from .targets import TYPE_NAMES, check_name, is_pattern, load_yaml, matches, parse_types, select, weight_slots
+from .targets import TYPE_NAMES, check_keys, load_yaml, parse_types, select
 from .train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
@@ -127,13 +127,10 @@ def _parse_config(config: Any) -> dict[str, Any]:
     return dict(config)
 
 
-def _check_keys(keys: Iterable[str], model: nn.Module, types: tuple[type[nn.Module], ...], what: str) -> None:
-    """Every key names a selectable weight or is a valid pattern matching one."""
+def _check_syntax(keys: Iterable[str], what: str) -> None:
+    """Regular expressions compile and ``type:`` keys name supported types."""
     import re
 
-    slots = weight_slots(model)
-    candidates = {n: s for n, s in slots.items() if isinstance(s.module, types)}
-    names = ", ".join(candidates)
     for key in keys:
         if key.startswith("re:"):
             try:
@@ -142,10 +139,6 @@ def _check_keys(keys: Iterable[str], model: nn.Module, types: tuple[type[nn.Modu
                 raise ConfigError(f"invalid regular expression in {key!r} ({what}): {exc}") from None
         elif key.startswith("type:") and key[5:] not in TYPE_NAMES:
             raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
-        if not is_pattern(key):
-            check_name(key, model, slots, candidates, types, what)
-        elif not any(matches(key, n, s.module) for n, s in candidates.items()):
-            raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; prunable layers are: {names}")
 
 
 # ------------------------------------------------------------------------ pruner
@@ -170,10 +163,6 @@ class ProximalPruner:
                  *, optimizer: torch.optim.Optimizer | None = None) -> None:
         cfg = _parse_config(config)
         types = parse_types(cfg.get("types"))
-        if not any(isinstance(s.module, types) for s in weight_slots(model).values()):
-            raise ConfigError(
-                f"model {type(model).__name__} has no prunable layer of types {[t.__name__ for t in types]}"
-            )
         exclude = cfg.get("exclude") or ()
         if isinstance(exclude, str):
             exclude = (exclude,)
@@ -189,8 +178,9 @@ class ProximalPruner:
             bad = set(spec) - _REG_KEYS
             if bad:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} for layer {key!r}; allowed: {sorted(_REG_KEYS)}")
-        _check_keys(layers, model, types, "'layers'")
-        _check_keys(exclude, model, types, "'exclude'")
+        _check_syntax(layers, "'layers'")
+        _check_syntax(exclude, "'exclude'")
+        check_keys(model, exclude, types, "'exclude'")
         base = {k: cfg[k] for k in _REG_KEYS if k in cfg and cfg[k] is not None}
         if "method" in base:
             Regularizer.from_dict(base)  # validate the top-level spec once, without a layer name

@@ -596,14 +596,7 @@ def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], 
     naming no candidate weight and a pattern matching none.
     """
     slots = weight_slots(model)
-    candidates = {n: s for n, s in slots.items() if isinstance(s.module, types)}
-    if not candidates:
-        raise ConfigError(
-            f"model {type(model).__name__} has no prunable layer of types {[t.__name__ for t in types]}"
-            + (f" (it has {sorted(slots)})" if slots else ""))
-    for key in layers:
-        if not is_pattern(key):
-            check_name(key, model, slots, candidates, types, what)
+    check_keys(model, layers, types, what, slots)
     exclude = tuple(exclude)
     chosen: dict[str, tuple[WeightSlot, str | None]] = {}
     reasons: dict[str, str] = {}
@@ -614,11 +607,25 @@ def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], 
             chosen[name] = (slot, key)
         else:
             reasons[name] = why
-    for key in layers:
-        if is_pattern(key) and not any(matches(key, n, s.module) for n, s in candidates.items()):
+    return chosen, reasons
+
+
+def check_keys(model: nn.Module, keys: Iterable[str], types: tuple[type[nn.Module], ...],
+               what: str = "pruning config", slots: Mapping[str, WeightSlot] | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``model`` has a weight of ``types`` and every
+    exact key names one (:func:`check_name`) and every pattern matches one."""
+    slots = weight_slots(model) if slots is None else slots
+    candidates = {n: s for n, s in slots.items() if isinstance(s.module, types)}
+    if not candidates:
+        raise ConfigError(
+            f"model {type(model).__name__} has no prunable layer of types {[t.__name__ for t in types]}"
+            + (f" (it has {sorted(slots)})" if slots else ""))
+    for key in keys:
+        if not is_pattern(key):
+            check_name(key, model, slots, candidates, types, what)
+        elif not any(matches(key, n, s.module) for n, s in candidates.items()):
             raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; "
                               f"prunable layers are: {', '.join(candidates)}")
-    return chosen, reasons
 
 
 def _hits(key: str, slot: WeightSlot) -> bool:
