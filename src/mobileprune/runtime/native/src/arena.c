@@ -14,8 +14,10 @@ typedef struct mp_buf {
     size_t* where; /* where to store the offset */
 } mp_buf;
 
-/* No single buffer over 2^40 bytes: the sum of up to 2^21 of them cannot overflow. */
-#define MP_MAX_BUFFER ((uint64_t)1 << 40)
+/* No single buffer over 2^40 bytes (SIZE_MAX / 2^22 on 32-bit targets): the sum of up to
+ * 2^21 of them cannot overflow. */
+#define MP_MAX_BUFFER \
+    ((uint64_t)SIZE_MAX >> 22 < ((uint64_t)1 << 40) ? (uint64_t)SIZE_MAX >> 22 : (uint64_t)1 << 40)
 
 static size_t round64(size_t n) { return (n + MP_ALIGN - 1) / MP_ALIGN * MP_ALIGN; }
 

@@ -143,7 +143,7 @@ static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
     /* multiply-adds, roughly (double: batch x outputs x row length can pass 2^63) */
     double work = (double)plan->batch * (double)m->values[s->out_tensor].numel *
                   ((double)w.nnz / (w.rows ? w.rows : 1) + 1.0);
-    s->work = work < 1e18 ? (size_t)work : (size_t)1e18;
+    s->work = work < (double)(SIZE_MAX / 2) ? (size_t)work : SIZE_MAX / 2;
     if (!st && s->op->code == MP_OP_LINEAR) {
         mp_linear_desc d = {.in_features = w.cols, .out_features = w.rows, .act = s->act,
                             .act_min = s->act_min, .act_max = s->act_max};
