@@ -17,6 +17,8 @@ POOLS = [
     ("avg_k3_s2_p1_ceil_excl", (2, 5, 7), "avg", (3, 3), (2, 2), (1, 1), (1, 1), True, False, None),
     ("avg_k2_s2_p1_ceil_incl", (2, 5, 7), "avg", (2, 2), (2, 2), (1, 1), (1, 1), True, True, None),
     ("max_k2_s2_p1_ceil", (2, 5, 7), "max", (2, 2), (2, 2), (1, 1), (1, 1), True, True, None),
+    ("avg_k3_s2_p1_ceil_incl_clip", (2, 6, 6), "avg", (3, 3), (2, 2), (1, 1), (1, 1), True, True, None),
+    ("avg_k3_s2_p0_ceil_incl_clip", (2, 6, 6), "avg", (3, 3), (2, 2), (0, 0), (1, 1), True, True, None),
     ("avg_k23_s12_p11_div5", (2, 5, 7), "avg", (2, 3), (1, 2), (1, 1), (1, 1), False, True, 5),
     ("max1d_k3_s2_p1_d2", (2, 9), "max", (3,), (2,), (1,), (2,), False, True, None),
     ("avg1d_k3_s3_p1_ceil_excl", (2, 8), "avg", (3,), (3,), (1,), (1,), True, False, None),
