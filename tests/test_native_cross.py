@@ -189,7 +189,7 @@ def test_arm64_matches_torch(arm64_run, tmp_path, name, level):
 
 
 @pytest.mark.parametrize("kernels", ["--dense", "--sparse", "--portable"])
-@pytest.mark.parametrize("name", ["harcnn", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
 def test_arm64_forced_kernels_match_torch(arm64_run, tmp_path, name, kernels):
     """Every layer on the dense, the sparse or the portable C kernels (the NEON paths the
     cost model did not pick above), at the seed / repository config."""
