@@ -46,7 +46,7 @@ static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense"};
 /* Bytes of input a pixel block may read per channel chunk (L1 is 32-48 KB), and the
  * fewest nonzeros a row should have per chunk on average. */
 #define L1_INPUT_BUDGET (20 * 1024)
-#define MIN_CHUNK_NNZ 12.0
+#define MIN_CHUNK_NNZ 30.0
 /* A 4-row group goes blocked when its nonzeros fill at least this much of the block. */
 #define BLOCK_FILL 0.5
 /* Target tasks per image (threads take any split of them). */

@@ -8,7 +8,6 @@
 
 #if MP_ARCH_X86_64
 #include <immintrin.h>
-#include <math.h>
 
 MP_TARGET_AVX512 MP_INLINE void store16(float* out, const mp_pixvec* pv, __m512 y)
 {
@@ -61,14 +60,16 @@ MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk*
         }
     }
     const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
-    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    if (last)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+#pragma GCC unroll 8
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 8
-        for (int v = 0; v < nv; v++)
-            store16(out + (size_t)r * a->plane, &a->vec[v],
-                    _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi));
+        for (int v = 0; v < nv; v++) store16(out + (size_t)r * a->plane, &a->vec[v], acc[r][v]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb,
@@ -89,11 +90,12 @@ MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk*
             acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(base[v] + o), acc[v]);
     }
     const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
-    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    if (last)
 #pragma GCC unroll 8
-    for (int v = 0; v < nv; v++)
-        store16(out, &a->vec[v], _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi));
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi);
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) store16(out, &a->vec[v], acc[v]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void run(const mp_spconv_args* a, const int nv)
@@ -140,14 +142,16 @@ MP_TARGET_AVX512 MP_INLINE void block4c(const mp_spconv_args* a, const mp_rowblk
         }
     }
     const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
-    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    if (last)
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; r++)
+#pragma GCC unroll 6
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 6
-        for (int v = 0; v < nv; v++)
-            store16(out + (size_t)r * a->plane, &a->vec[v],
-                    _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi));
+        for (int v = 0; v < nv; v++) store16(out + (size_t)r * a->plane, &a->vec[v], acc[r][v]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* rb,
@@ -167,11 +171,12 @@ MP_TARGET_AVX512 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk
         for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * v), acc[v]);
     }
     const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(last ? a->act_min : -INFINITY);
-    const __m512 hi = _mm512_set1_ps(last ? a->act_max : INFINITY);
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    if (last)
 #pragma GCC unroll 16
-    for (int v = 0; v < nv; v++)
-        store16(out, &a->vec[v], _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi));
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi);
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) store16(out, &a->vec[v], acc[v]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)

@@ -1,6 +1,7 @@
-/* Direct sparse convolution, AVX2 + FMA: 8 output pixels per ymm vector, up to 8 vectors
- * per pixel block with 1-row blocks, 3 with 4-row blocks (12 accumulators + 3 inputs + 1
- * weight = the 16 registers), held in registers across the nonzeros of a row block (seed
+/* Direct sparse convolution, AVX2 + FMA: 8 output pixels per ymm vector, up to 12
+ * contiguous vectors (one base register; 8 scattered ones) per pixel block with 1-row
+ * blocks, 3 with 4-row blocks (12 accumulators + 3 inputs + 1 weight = the 16 registers),
+ * held in registers across the nonzeros of a row block (seed
  * 003, Algorithm 2: Y[row, :] += value * X[col, :]). Bias first, clamp before the store. */
 #include "kernels.h"
 
@@ -115,8 +116,69 @@ MP_TARGET_AVX2 MP_INLINE void run(const mp_spconv_args* a, const int nv)
     }
 }
 
+/* Contiguous vectors: one base pointer, vector v at displacement 32 * v bytes. */
+MP_TARGET_AVX2 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* rb,
+                                     const float* base, const int nv)
+{
+    __m256 acc[12];
+    const __m256 b = _mm256_set1_ps(a->bias[rb->row]);
+    float* out = a->output + (size_t)rb->row * a->plane;
+#pragma GCC unroll 12
+    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load8(out, &a->vec[v]);
+    const int32_t* off = a->off + rb->nz;
+    const float* val = a->val + rb->val;
+    for (int32_t k = 0; k < rb->count; k++) {
+        const float* p = base + off[k];
+        const __m256 w = _mm256_broadcast_ss(val + k);
+#pragma GCC unroll 12
+        for (int v = 0; v < nv; v++) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * v), acc[v]);
+    }
+    const int last = (rb->flags & MP_BLK_LAST) != 0;
+    const __m256 lo = _mm256_set1_ps(last ? a->act_min : -INFINITY);
+    const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
+#pragma GCC unroll 12
+    for (int v = 0; v < nv; v++)
+        store8(out, &a->vec[v], _mm256_min_ps(_mm256_max_ps(acc[v], lo), hi));
+}
+
+MP_TARGET_AVX2 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)
+{
+    const float* base[3];
+#pragma GCC unroll 3
+    for (int v = 0; v < 3; v++) base[v] = a->input + a->vec[0].in + 8 * v;
+    for (size_t b = a->b0; b < a->b1; b++) {
+        const mp_rowblk* rb = &a->blocks[b];
+        if (rb->mr == 4)
+            block4(a, rb, base, nv < 3 ? nv : 3); /* conv.c: nv <= 3 with 4-row blocks */
+        else
+            block1c(a, rb, a->input + a->vec[0].in, nv);
+    }
+}
+
+MP_TARGET_AVX2 static void contiguous(const mp_spconv_args* a)
+{
+    switch (a->nv) {
+    case 1: run_c(a, 1); break;
+    case 2: run_c(a, 2); break;
+    case 3: run_c(a, 3); break;
+    case 4: run_c(a, 4); break;
+    case 5: run_c(a, 5); break;
+    case 6: run_c(a, 6); break;
+    case 7: run_c(a, 7); break;
+    case 8: run_c(a, 8); break;
+    case 9: run_c(a, 9); break;
+    case 10: run_c(a, 10); break;
+    case 11: run_c(a, 11); break;
+    default: run_c(a, 12); break;
+    }
+}
+
 MP_TARGET_AVX2 void mp_f32_spconv_8x4__avx2(const mp_spconv_args* a)
 {
+    if (a->contig) {
+        contiguous(a);
+        return;
+    }
     switch (a->nv) {
     case 1: run(a, 1); break;
     case 2: run(a, 2); break;
