@@ -989,6 +989,39 @@ static void test_no_ops(void) {
     free(f);
 }
 
+/* The thread pool itself (internal API): every task of every job runs exactly once, for
+ * task counts around the chunk boundaries and 1 to 4 threads, many jobs in a row. */
+typedef struct mp_pool mp_pool;
+typedef void (*mp_task_fn)(void* ctx, size_t begin, size_t end);
+mp_status mp_pool_create(size_t threads, mp_pool** out);
+void mp_pool_run(mp_pool* pool, mp_task_fn fn, void* ctx, size_t n);
+void mp_pool_free(mp_pool* pool);
+
+static void count_tasks(void* ctx, size_t b, size_t e) {
+    int* hits = ctx;
+    for (size_t t = b; t < e; t++) __atomic_add_fetch(&hits[t], 1, __ATOMIC_RELAXED);
+}
+
+static void test_pool(void) {
+    static int hits[5000];
+    for (size_t threads = 1; threads <= 4; threads++) {
+        mp_pool* pool = NULL;
+        CHECK(mp_pool_create(threads, &pool) == MP_OK);
+        if (!pool) continue;
+        int bad = 0;
+        for (size_t n = 0; n < 300; n += 1 + n / 16) {
+            memset(hits, 0, sizeof hits);
+            for (int rep = 0; rep < 20; rep++) mp_pool_run(pool, count_tasks, hits, n);
+            for (size_t t = 0; t < n; t++) bad += hits[t] != 20;
+        }
+        memset(hits, 0, sizeof hits);
+        mp_pool_run(pool, count_tasks, hits, 4999);
+        for (size_t t = 0; t < 5000; t++) bad += hits[t] != (t < 4999);
+        CHECK(bad == 0);
+        mp_pool_free(pool);
+    }
+}
+
 /* The seed models of tests/native/data (gen_seeds.py): batch 2 against torch's output. */
 static uint8_t* read_all(const char* path, size_t* size) {
     FILE* fp = fopen(path, "rb");
@@ -1080,6 +1113,7 @@ int main(int argc, char** argv) {
     test_plan_api_threads();
     test_threads_big();
     test_no_ops();
+    test_pool();
     test_seeds(dir);
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
