@@ -41,6 +41,7 @@ struct mp_linear_op {
     int dense;
     const linear_kernel* k;   /* small batch */
     const linear_kernel* kt;  /* transposed */
+    const linear_kernel* ktr; /* x -> x^T */
     uint32_t* ptr;
     uint32_t* idx;
     float* val;
@@ -170,6 +171,7 @@ static void set_kernels(mp_linear_op* op, mp_isa isa)
 {
     op->k = pick(isa, op->dense ? MP_LIN_DENSE : MP_LIN_CSR);
     op->kt = pick(isa, op->dense ? MP_LIN_DENSE_T : MP_LIN_CSR_T);
+    op->ktr = pick(isa, MP_LIN_TRANSPOSE);
 }
 
 /* Time sparse and dense at batch 1; keep the faster (op is packed sparse on entry). */
@@ -277,16 +279,14 @@ static float* align64(const void* p)
     return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
 }
 
+/* x (batch, cols) -> x^T (cols, ld), zero-padded to ld (a multiple of 16). */
 void mp_linear_prepare(const mp_linear_op* op, size_t batch, const float* in, void* scratch)
 {
     if (batch < MP_LINEAR_T_BATCH) return;
-    float* xt = align64(scratch);
-    const size_t ld = padded_batch(batch), cols = (size_t)op->d.in_features;
-    for (size_t c0 = 0; c0 < cols; c0 += 16)
-        for (size_t n = 0; n < batch; n++)
-            for (size_t c = c0; c < cols && c < c0 + 16; c++) xt[c * ld + n] = in[n * cols + c];
-    for (size_t c = 0; c < cols; c++)
-        for (size_t n = batch; n < ld; n++) xt[c * ld + n] = 0.0f;
+    const size_t cols = (size_t)op->d.in_features;
+    const mp_linear_args a = {cols, cols, batch, NULL, NULL, NULL, NULL, in, cols,
+                              align64(scratch), padded_batch(batch), 0, cols, 0.0f, 0.0f};
+    op->ktr->fn(&a);
 }
 
 size_t mp_linear_num_tasks(const mp_linear_op* op, size_t batch)

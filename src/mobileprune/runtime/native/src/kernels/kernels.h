@@ -121,7 +121,7 @@ typedef void (*mp_linear_fn)(const mp_linear_args* a);
 #undef MP_LINEAR_UKERNEL
 
 /* Kinds of linear kernels (MP_LINEAR_UKERNEL's third field). */
-enum { MP_LIN_CSR = 0, MP_LIN_DENSE = 1, MP_LIN_CSR_T = 2, MP_LIN_DENSE_T = 3 };
+enum { MP_LIN_CSR = 0, MP_LIN_DENSE = 1, MP_LIN_CSR_T = 2, MP_LIN_DENSE_T = 3, MP_LIN_TRANSPOSE = 4 };
 
 /* mp_conv_create / mp_linear_create with the kernel family `isa` (at most
  * mp_cpu_best_isa()): the tests and the benchmark run every family the CPU has. */
