@@ -801,6 +801,59 @@ static void test_elementwise(void) {
     free(f);
 }
 
+/* add -> relu, batchnorm -> hardtanh(0, 0.5) and (number - x) -> relu fuse into one pass
+ * each; the results are those of the two ops in turn. */
+static void test_simple_fusion(void) {
+    tb* b = tb_new();
+    const int64_t d[3] = {3, 2, 4};
+    uint32_t xa = tb_value(b, "a", 3, d, NONE), xb = tb_value(b, "b", 3, d, NONE);
+    uint32_t ab[2] = {xa, xb};
+    uint32_t s = tb_op(b, OP_ADD, "s", ab, 2, 3, d);
+    uint32_t r = tb_op(b, OP_RELU, "r", &b->op_out[s], 1, 3, d);
+    const float scale[3] = {0.5f, -2.0f, 1.25f}, shift[3] = {1.0f, 0.0f, -0.75f};
+    uint32_t bn = tb_op(b, OP_BN, "bn", &xa, 1, 3, d);
+    tb_slot(b, bn, 0, tb_array(b, F32, scale, 3));
+    tb_slot(b, bn, 1, tb_array(b, F32, shift, 3));
+    uint32_t h = tb_op(b, OP_ACT, "h", &b->op_out[bn], 1, 3, d);
+    tb_iattr(b, h, 0, 1);
+    tb_fattr(b, h, 1, 0.5f);
+    uint32_t k = tb_op(b, OP_SUB, "k", &xb, 1, 3, d);
+    tb_iattr(b, k, 0, 1);
+    tb_iattr(b, k, 1, 1);
+    tb_fattr(b, k, 0, 0.25f);
+    uint32_t kr = tb_op(b, OP_RELU, "kr", &b->op_out[k], 1, 3, d);
+    uint32_t outs[3] = {b->op_out[r], b->op_out[h], b->op_out[kr]};
+    tb_io(b, ab, 2, outs, 3);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    free(b);
+    enum { N = 2 };
+    float va[N * 24], vb[N * 24], y0[N * 24], y1[N * 24], y2[N * 24];
+    fill(va, N * 24);
+    for (int i = 0; i < N * 24; i++) vb[i] = sample_value((size_t)i + 3) * 0.5f;
+    const float* in[2] = {va, vb};
+    float* out[3] = {y0, y1, y2};
+    mp_model* m = NULL;
+    mp_plan* p = NULL;
+    char text[1024];
+    CHECK(mp_model_load(f, size, &m) == MP_OK && mp_plan_create(m, N, 1, 0, &p) == MP_OK);
+    CHECK(mp_plan_run(p, in, out) == MP_OK);
+    CHECK(mp_plan_describe(p, text, sizeof text, NULL) == MP_OK);
+    CHECK(strstr(text, "s add binary +relu ('r')\nr relu fused into 's'\n") != NULL);
+    CHECK(strstr(text, "bn batchnorm batchnorm +hardtanh(0, 0.5) ('h')\n") != NULL);
+    CHECK(strstr(text, "k sub scalar-sub +relu ('kr')\n") != NULL);
+    for (int i = 0; i < N * 24; i++) {
+        int c = (i / 8) % 3;
+        float sum = va[i] + vb[i], t = va[i] * scale[c], bnv = t + shift[c], kv = 0.25f - vb[i];
+        CHECK(y0[i] == (sum < 0 ? 0.0f : sum));
+        CHECK(y1[i] == (bnv < 0 ? 0.0f : bnv > 0.5f ? 0.5f : bnv));
+        CHECK(y2[i] == (kv < 0 ? 0.0f : kv));
+    }
+    mp_plan_free(p);
+    mp_model_free(m);
+    free(f);
+}
+
 /* conv1d -> hardtanh(0, 6) is fused; a conv whose output is also a model output is not. */
 static void test_fusion(void) {
     tb* b = tb_new();
@@ -1155,6 +1208,7 @@ int main(int argc, char** argv) {
     test_activation_range();
     test_elementwise();
     test_fusion();
+    test_simple_fusion();
     test_plan_api_threads();
     test_threads_big();
     test_no_ops();

@@ -41,8 +41,13 @@ static void binary_task(void* ctx, size_t b, size_t e) {
             oa += ik * p[B_SA + k];
             ob += ik * p[B_SB + k];
         }
-        row(s->in[0] + oa, s->in[1] + ob, s->out + t * (size_t)p[B_INNER], (size_t)p[B_INNER],
-            p[B_IA], p[B_IB]);
+        float* y = s->out + t * (size_t)p[B_INNER];
+        row(s->in[0] + oa, s->in[1] + ob, y, (size_t)p[B_INNER], p[B_IA], p[B_IB]);
+        if (s->act != MP_ACT_NONE) { /* the fused relu / hardtanh, on the row still in L1 */
+            const float lo = s->act_min, hi = s->act_max;
+            for (size_t i = 0; i < (size_t)p[B_INNER]; i++)
+                y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
+        }
     }
 }
 

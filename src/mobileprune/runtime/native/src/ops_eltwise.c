@@ -92,10 +92,25 @@ MP_ELTWISE(tanh_task, tanhf(v))
 MP_ELTWISE(hardsigmoid_task, clampf(v / 6.0f + 0.5f, 0.0f, 1.0f))
 MP_ELTWISE(hardswish_task, v * clampf(v + 3.0f, 0.0f, 6.0f) / 6.0f)
 MP_ELTWISE(silu_task, v * sigmoidf(v))
-MP_ELTWISE(add_scalar_task, v + p0)
-MP_ELTWISE(sub_scalar_task, v - p0)
-MP_ELTWISE(rsub_scalar_task, p0 - v)
-MP_ELTWISE(mul_scalar_task, v * p0)
+/* a tensor and a number, with the fused clamp (act_min / act_max: -inf / +inf if none) */
+#define MP_SCALAR_OP(name, expr)                                        \
+    static void name(void* ctx, size_t b, size_t e) {                   \
+        const mp_step* s = ctx;                                         \
+        size_t i0, i1;                                                  \
+        chunk(s, b, e, &i0, &i1);                                       \
+        const float* restrict x = s->in[0];                             \
+        float* restrict y = s->out;                                     \
+        const float c = s->f[0], lo = s->act_min, hi = s->act_max;      \
+        for (size_t i = i0; i < i1; i++) {                              \
+            const float v = x[i];                                       \
+            y[i] = clampf(expr, lo, hi);                                \
+        }                                                               \
+    }
+
+MP_SCALAR_OP(add_scalar_task, v + c)
+MP_SCALAR_OP(sub_scalar_task, v - c)
+MP_SCALAR_OP(rsub_scalar_task, c - v)
+MP_SCALAR_OP(mul_scalar_task, v * c)
 
 /* softmax over one axis: task = one (sample, outer index) block of len x inner values;
  * e = exp(x - max), y = e / sum(e) (the Python runtime's order of operations). */
@@ -126,10 +141,10 @@ static void batchnorm_task(void* ctx, size_t b, size_t e) {
     for (size_t t = b; t < e; t++) {
         const float* restrict x = s->in[0] + t * inner;
         float* restrict y = s->out + t * inner;
-        const float a = s->scale[t % C], c = s->shift[t % C];
+        const float a = s->scale[t % C], c = s->shift[t % C], lo = s->act_min, hi = s->act_max;
         for (size_t i = 0; i < inner; i++) {
             float v = x[i] * a;
-            y[i] = v + c;
+            y[i] = clampf(v + c, lo, hi); /* the fused relu / hardtanh, if any */
         }
     }
 }

@@ -8,11 +8,22 @@
 
 #include "internal.h"
 
-/* ---- fusion: a conv / linear whose output is read only by one relu or hardtanh */
+/* ---- fusion: an op whose output is read only by one relu or hardtanh takes it as a clamp
+ * epilogue (conv / linear as operators.h's act; add / sub / mul / batchnorm in their loop) */
 
 static bool fusable_act(const mp_op* op) {
     return op->code == MP_OP_RELU ||
            (op->code == MP_OP_ACTIVATION && op->iattr[0] == MP_FN_HARDTANH);
+}
+
+/* Ops that apply a clamp epilogue: conv / linear (operators.h), add / sub / mul and
+ * batchnorm (ops_eltwise.c, ops_binary.c: a residual add + relu in one pass). */
+static bool takes_epilogue(const mp_op* op) {
+    switch (op->code) {
+    case MP_OP_CONV1D: case MP_OP_CONV2D: case MP_OP_LINEAR: case MP_OP_ADD: case MP_OP_SUB:
+    case MP_OP_MUL: case MP_OP_BATCHNORM: return true;
+    default: return false;
+    }
 }
 
 static mp_status find_fusions(mp_plan* plan) {
@@ -34,10 +45,8 @@ static mp_status find_fusions(mp_plan* plan) {
     for (uint32_t k = 0; k < m->num_outputs; k++) uses[m->outputs[k]]++;
     for (uint32_t i = 0; i < m->num_ops; i++) {
         const mp_op* op = &m->ops[i];
-        bool heavy = op->code == MP_OP_CONV1D || op->code == MP_OP_CONV2D ||
-                     op->code == MP_OP_LINEAR;
         uint32_t r = reader[op->output]; /* the one use may be a model output: MP_NONE */
-        if (heavy && uses[op->output] == 1 && r != MP_NONE && fusable_act(&m->ops[r])) {
+        if (takes_epilogue(op) && uses[op->output] == 1 && r != MP_NONE && fusable_act(&m->ops[r])) {
             plan->op_fused_into[r] = i;
             plan->op_act[i] = r;
         }
@@ -136,7 +145,6 @@ static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
 
 static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
     const mp_model* m = plan->model;
-    fused_act(plan, s->op_index, &s->act, &s->act_min, &s->act_max);
     mp_weights w;
     mp_wbuf b = {0};
     mp_status st = make_weights(m, s->op, &w, &b);
@@ -184,6 +192,7 @@ static mp_status add_step(mp_plan* plan, uint32_t i) {
     memcpy(s->in_tensor, mp_op_inputs(m, op), op->num_inputs * sizeof(uint32_t));
     s->out_tensor = op->output;
     plan->op_step[i] = (uint32_t)plan->num_steps++;
+    fused_act(plan, i, &s->act, &s->act_min, &s->act_max);
     if (op->code == MP_OP_CONV1D || op->code == MP_OP_CONV2D || op->code == MP_OP_LINEAR)
         return setup_heavy(plan, s);
     return mp_simple_setup(s);
