@@ -14,23 +14,51 @@ enum { P_H = 1, P_W, P_HO, P_WO, P_KH, P_KW, P_SH, P_SW, P_PH, P_PW, P_DH, P_DW,
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
+static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+
+/* Output columns [lo, hi) whose whole window row lies inside the input (no bounds checks
+ * there): xo s - p >= 0 and xo s - p + (k - 1) d <= W - 1. */
+static void interior(int64_t W, int64_t Wo, int64_t k, int64_t s, int64_t p, int64_t d,
+                     int64_t* lo, int64_t* hi) {
+    int64_t num = W - 1 + p - (k - 1) * d;
+    *lo = (p + s - 1) / s;
+    *hi = num < 0 ? 0 : num / s + 1;
+    if (*lo > Wo) *lo = Wo;
+    if (*hi > Wo) *hi = Wo;
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* One window row tap (input row `row`, column offset j d - p) into the running maxima of
+ * an output row: the interior columns in a plain strided loop, the borders checked. */
+static void max_tap(const int64_t* p, const float* row, float* o, int64_t off, int64_t lo,
+                    int64_t hi) {
+    int64_t sw = p[P_SW], W = p[P_W];
+    for (int64_t xo = 0; xo < lo; xo++) {
+        int64_t w = xo * sw + off;
+        if (w >= 0 && w < W) o[xo] = max_nan(o[xo], row[w]);
+    }
+    for (int64_t xo = lo; xo < hi; xo++) o[xo] = max_nan(o[xo], row[xo * sw + off]);
+    for (int64_t xo = hi; xo < p[P_WO]; xo++) {
+        int64_t w = xo * sw + off;
+        if (w >= 0 && w < W) o[xo] = max_nan(o[xo], row[w]);
+    }
+}
+
+/* Max over each window (padding ignored: implicit -inf); the updates of one output follow
+ * the window's row-major order, so ties and NaN resolve as in the Python runtime. */
 static void maxpool_plane(const int64_t* p, const float* x, float* y) {
-    for (int64_t yo = 0; yo < p[P_HO]; yo++)
-        for (int64_t xo = 0; xo < p[P_WO]; xo++) {
-            int64_t h0 = yo * p[P_SH] - p[P_PH], w0 = xo * p[P_SW] - p[P_PW];
-            float m = -INFINITY;
-            for (int64_t i = 0; i < p[P_KH]; i++) {
-                int64_t h = h0 + i * p[P_DH];
-                if (h < 0 || h >= p[P_H]) continue;
-                for (int64_t j = 0; j < p[P_KW]; j++) {
-                    int64_t w = w0 + j * p[P_DW];
-                    if (w < 0 || w >= p[P_W]) continue;
-                    float v = x[h * p[P_W] + w];
-                    if (v > m || v != v) m = v;
-                }
-            }
-            y[yo * p[P_WO] + xo] = m;
+    int64_t lo, hi;
+    interior(p[P_W], p[P_WO], p[P_KW], p[P_SW], p[P_PW], p[P_DW], &lo, &hi);
+    for (int64_t yo = 0; yo < p[P_HO]; yo++) {
+        float* o = y + yo * p[P_WO];
+        for (int64_t xo = 0; xo < p[P_WO]; xo++) o[xo] = -INFINITY;
+        for (int64_t i = 0; i < p[P_KH]; i++) {
+            int64_t h = yo * p[P_SH] - p[P_PH] + i * p[P_DH];
+            if (h < 0 || h >= p[P_H]) continue;
+            for (int64_t j = 0; j < p[P_KW]; j++)
+                max_tap(p, x + h * p[P_W], o, j * p[P_DW] - p[P_PW], lo, hi);
         }
+    }
 }
 
 /* 2x2 window, stride 2, no padding (the common case): straight-line, vectorisable; `rows`
@@ -55,20 +83,48 @@ static void maxpool2x2_plane(const int64_t* p, const float* x, float* y) {
     maxpool2x2_rows(p, x, y, p[P_HO]);
 }
 
+#define MP_AVG_BLOCK 256
+
+/* Window sums of output columns [x0, x1) of one output row, in double, tap by tap (input
+ * rows h0..h1, then columns left to right: the order of the Python runtime's sum). */
+static void avg_sums(const int64_t* p, const float* x, int64_t h0, int64_t h1, int64_t x0,
+                     int64_t x1, int64_t lo, int64_t hi, double* acc) {
+    int64_t W = p[P_W], sw = p[P_SW];
+    int64_t a = lo > x0 ? lo : x0, b = hi < x1 ? hi : x1; /* interior part of the block */
+    if (b < a) b = a;
+    for (int64_t xo = x0; xo < x1; xo++) acc[xo - x0] = 0.0;
+    for (int64_t h = h0; h < h1; h++) {
+        const float* row = x + h * W;
+        for (int64_t j = 0; j < p[P_KW]; j++) {
+            int64_t off = j - p[P_PW];
+            for (int64_t xo = a; xo < b; xo++) acc[xo - x0] += row[xo * sw + off];
+            for (int64_t xo = x0; xo < x1; xo++) {
+                int64_t w = xo * sw + off;
+                if ((xo < a || xo >= b) && w >= 0 && w < W) acc[xo - x0] += row[w];
+            }
+        }
+    }
+}
+
+/* Average pooling: torch's divisor (count_include_pad: the window clipped to the padded
+ * input; else the valid taps; divisor_override wins), the sum in double. */
 static void avgpool_plane(const int64_t* p, const float* x, float* y) {
-    int64_t H = p[P_H], W = p[P_W];
+    int64_t H = p[P_H], W = p[P_W], lo, hi;
+    double acc[MP_AVG_BLOCK];
+    interior(W, p[P_WO], p[P_KW], p[P_SW], p[P_PW], 1, &lo, &hi);
     for (int64_t yo = 0; yo < p[P_HO]; yo++) {
         int64_t hs = yo * p[P_SH] - p[P_PH], he = imin(hs + p[P_KH], H + p[P_PH]);
         int64_t h0 = imax(hs, 0), h1 = imin(he, H);
-        for (int64_t xo = 0; xo < p[P_WO]; xo++) {
-            int64_t ws = xo * p[P_SW] - p[P_PW], we = imin(ws + p[P_KW], W + p[P_PW]);
-            int64_t w0 = imax(ws, 0), w1 = imin(we, W);
-            double s = 0.0;
-            for (int64_t h = h0; h < h1; h++)
-                for (int64_t w = w0; w < w1; w++) s += x[h * W + w];
-            int64_t d = p[P_DIV] > 0 ? p[P_DIV]
-                        : p[P_INCL] ? (he - hs) * (we - ws) : (h1 - h0) * (w1 - w0);
-            y[yo * p[P_WO] + xo] = d > 0 ? (float)(s / (double)d) : 0.0f;
+        for (int64_t x0 = 0; x0 < p[P_WO]; x0 += MP_AVG_BLOCK) {
+            int64_t x1 = imin(x0 + MP_AVG_BLOCK, p[P_WO]);
+            avg_sums(p, x, h0, h1, x0, x1, lo, hi, acc);
+            for (int64_t xo = x0; xo < x1; xo++) {
+                int64_t ws = xo * p[P_SW] - p[P_PW], we = imin(ws + p[P_KW], W + p[P_PW]);
+                int64_t w0 = imax(ws, 0), w1 = imin(we, W);
+                int64_t d = p[P_DIV] > 0 ? p[P_DIV]
+                            : p[P_INCL] ? (he - hs) * (we - ws) : (h1 - h0) * (w1 - w0);
+                y[yo * p[P_WO] + xo] = d > 0 ? (float)(acc[xo - x0] / (double)d) : 0.0f;
+            }
         }
     }
 }
