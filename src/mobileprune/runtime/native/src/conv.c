@@ -8,6 +8,10 @@
  * cut into vectors of `lanes` pixels, inside output rows or along the flat buffer position
  * (whichever needs fewer vectors; lanes past a row end read garbage and are not stored),
  * and vectors into pixel blocks held in registers by the kernel (kernels/kernels.h).
+ * Flat vectors are contiguous: the kernel addresses a whole block from one base register.
+ * When the input rows a pixel block reads over all channels exceed L1, the input channels
+ * are cut in chunks (each row then has one block per chunk; partial sums wait in the
+ * output, the activation is applied after the last chunk).
  *
  * Weights are packed at create as row blocks: 1 row with its own nonzeros, or 4 rows of one
  * group sharing the union of their columns (zero-filled; one input load feeds 4 FMAs).
