@@ -648,6 +648,38 @@ static void test_pools(void) {
     }
 }
 
+/* Pools wider than one 256-column block of the average kernel, and a large max window:
+ * brute force over the padded window (count_include_pad), both 1-D. */
+static void test_wide_pools(void) {
+    enum { L = 600 };
+    static float x[2 * L], y[2 * L];
+    fill(x, 2 * L);
+    const int64_t d[2] = {1, L};
+    const float* in[1] = {x};
+    float* out[1] = {y};
+    for (int max = 0; max < 2; max++) {
+        size_t size;
+        const int32_t ia[11] = {1, 5, 1, 1, 0, 2, 1, 1, 0, 1, 0}; /* k 5, s 1, p 2 */
+        uint8_t* f = one_op(&size, max ? OP_MAXPOOL1D : OP_AVGPOOL1D, 2, d, 2, d, ia, 11, NULL, 0);
+        CHECK(run_model(f, size, 2, 1, in, out) == MP_OK);
+        int bad = 0;
+        for (int n = 0; n < 2; n++)
+            for (int o = 0; o < L; o++) {
+                double s = 0, m = -INFINITY;
+                for (int j = 0; j < 5; j++) {
+                    int w = o - 2 + j;
+                    if (w < 0 || w >= L) continue;
+                    s += x[n * L + w];
+                    m = x[n * L + w] > m ? x[n * L + w] : m;
+                }
+                float want = max ? (float)m : (float)(s / 5);
+                bad += y[n * L + o] != want;
+            }
+        CHECK(bad == 0);
+        free(f);
+    }
+}
+
 static void test_activations(void) {
     const struct {
         int32_t fn;
@@ -1205,6 +1237,7 @@ int main(int argc, char** argv) {
     test_rejections();
     test_mutations();
     test_pools();
+    test_wide_pools();
     test_activations();
     test_activation_range();
     test_elementwise();
