@@ -834,6 +834,45 @@ static void test_elementwise(void) {
     free(f);
 }
 
+/* Broadcast rows longer than one piece (4096): (2, 5000) - (1, 5000) and (2, 5000) * (2, 1),
+ * on 1 and 2 threads, against brute force. */
+static void test_long_rows(void) {
+    enum { L = 5000, N = 4 }; /* 40000 elements: the pool runs it */
+    tb* b = tb_new();
+    const int64_t da[2] = {2, L}, db[2] = {1, L}, dc[2] = {2, 1};
+    uint32_t xa = tb_value(b, "a", 2, da, NONE), xb = tb_value(b, "b", 2, db, NONE);
+    uint32_t xc = tb_value(b, "c", 2, dc, NONE);
+    uint32_t ab[2] = {xa, xb}, ac[2] = {xa, xc}, ins[3] = {xa, xb, xc};
+    uint32_t s = tb_op(b, OP_SUB, "s", ab, 2, 2, da);
+    uint32_t m = tb_op(b, OP_MUL, "m", ac, 2, 2, da);
+    uint32_t outs[2] = {b->op_out[s], b->op_out[m]};
+    tb_io(b, ins, 3, outs, 2);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    free(b);
+    static float va[N * 2 * L], vb[N * L], vc[N * 2], y0[N * 2 * L], y1[N * 2 * L];
+    fill(va, N * 2 * L);
+    for (int i = 0; i < N * L; i++) vb[i] = sample_value((size_t)i + 7);
+    for (int i = 0; i < N * 2; i++) vc[i] = 0.5f + (float)i;
+    const float* in[3] = {va, vb, vc};
+    float* out[2] = {y0, y1};
+    for (size_t threads = 1; threads <= 2; threads++) {
+        memset(y0, 0, sizeof y0);
+        memset(y1, 0, sizeof y1);
+        CHECK(run_model(f, size, N, threads, in, out) == MP_OK);
+        int bad = 0;
+        for (int n = 0; n < N; n++)
+            for (int r = 0; r < 2; r++)
+                for (int i = 0; i < L; i++) {
+                    int k = (n * 2 + r) * L + i;
+                    bad += y0[k] != va[k] - vb[n * L + i];
+                    bad += y1[k] != va[k] * vc[n * 2 + r];
+                }
+        CHECK(bad == 0);
+    }
+    free(f);
+}
+
 /* add -> relu, batchnorm -> hardtanh(0, 0.5) and (number - x) -> relu fuse into one pass
  * each; the results are those of the two ops in turn. */
 static void test_simple_fusion(void) {
@@ -1243,6 +1282,7 @@ int main(int argc, char** argv) {
     test_elementwise();
     test_fusion();
     test_simple_fusion();
+    test_long_rows();
     test_plan_api_threads();
     test_threads_big();
     test_no_ops();

@@ -4,10 +4,14 @@
  * Broadcasting: the (batch, dims...) shapes are simplified once at plan time: dims of size
  * 1 in the output are dropped and neighbours where each operand is either full or
  * broadcast alike are merged, so `(C, H, W) * (C, 1, 1)` becomes rows of H*W values
- * times one number. A task is one row of the innermost merged dim. */
+ * times one number. A task is one row of the innermost merged dim, or a piece of it. */
 #include "internal.h"
 
-enum { B_RANK = 0, B_DIMS = 1, B_SA = 11, B_SB = 21, B_ROWS = 31, B_INNER, B_IA, B_IB };
+enum { B_RANK = 0, B_DIMS = 1, B_SA = 11, B_SB = 21, B_ROWS = 31, B_INNER, B_IA, B_IB, B_PIECES };
+
+/* a long row (a residual add collapses to one row of the whole batch) is cut in pieces of
+ * this many elements, so that threads share it */
+#define MP_ROW_PIECE 4096
 
 #define MP_BINARY_ROW(name, OP)                                                      \
     static void name(const float* restrict a, const float* restrict b,              \
@@ -34,19 +38,22 @@ static void binary_task(void* ctx, size_t b, size_t e) {
     void (*row)(const float*, const float*, float*, size_t, int64_t, int64_t) =
         s->op->code == MP_OP_ADD ? add_row : s->op->code == MP_OP_SUB ? sub_row : mul_row;
     for (size_t t = b; t < e; t++) {
-        int64_t idx = (int64_t)t, oa = 0, ob = 0;
+        int64_t idx = (int64_t)t / p[B_PIECES], piece = (int64_t)t % p[B_PIECES], oa = 0, ob = 0;
+        int64_t start = piece * MP_ROW_PIECE, inner = p[B_INNER];
+        size_t len = (size_t)(inner - start < MP_ROW_PIECE ? inner - start : MP_ROW_PIECE);
+        float* y = s->out + idx * inner + start;
         for (int64_t k = r - 2; k >= 0; k--) {
             int64_t ik = idx % p[B_DIMS + k];
             idx /= p[B_DIMS + k];
             oa += ik * p[B_SA + k];
             ob += ik * p[B_SB + k];
         }
-        float* y = s->out + t * (size_t)p[B_INNER];
-        row(s->in[0] + oa, s->in[1] + ob, y, (size_t)p[B_INNER], p[B_IA], p[B_IB]);
-        if (s->act != MP_ACT_NONE) { /* the fused relu / hardtanh, on the row still in L1 */
+        oa += p[B_IA] ? start : 0;
+        ob += p[B_IB] ? start : 0;
+        row(s->in[0] + oa, s->in[1] + ob, y, len, p[B_IA], p[B_IB]);
+        if (s->act != MP_ACT_NONE) { /* the fused relu / hardtanh, on the piece still in L1 */
             const float lo = s->act_min, hi = s->act_max;
-            for (size_t i = 0; i < (size_t)p[B_INNER]; i++)
-                y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
+            for (size_t i = 0; i < len; i++) y[i] = y[i] < lo ? lo : (y[i] > hi ? hi : y[i]);
         }
     }
 }
@@ -89,7 +96,8 @@ mp_status mp_binary_setup(mp_step* s) {
     s->p[B_INNER] = od[r - 1];
     s->p[B_IA] = fa[r - 1];
     s->p[B_IB] = fb[r - 1];
-    s->num_tasks = (size_t)rows;
+    s->p[B_PIECES] = (od[r - 1] + MP_ROW_PIECE - 1) / MP_ROW_PIECE;
+    s->num_tasks = (size_t)(rows * s->p[B_PIECES]);
     s->fn = binary_task;
     s->kernel = fa[r - 1] && fb[r - 1] ? "binary" : "binary-broadcast";
     return MP_OK;
