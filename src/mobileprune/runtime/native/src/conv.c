@@ -609,9 +609,17 @@ static void choose(mp_conv_op* op, conv_pack* packs, uint32_t flags)
                          k_pack_name[cand[b]], t[b] * 1e6, k_pack_name[cand[s]], t[s] * 1e6);
             }
         }
-        if (op->reason[0] == '\0')
-            snprintf(op->reason, sizeof(op->reason), "model %s cost %.3g", k_pack_name[pick],
-                     packs[pick].cost);
+        if (op->reason[0] == '\0') {
+            int next = -1;
+            for (int m = 0; m < PACK_COUNT; m++)
+                if (m != pick && packs[m].blocks != NULL && (next < 0 || packs[m].cost < packs[next].cost))
+                    next = m;
+            if (next < 0)
+                snprintf(op->reason, sizeof(op->reason), "model %s", k_pack_name[pick]);
+            else
+                snprintf(op->reason, sizeof(op->reason), "model %s cost %.3g < %s %.3g",
+                         k_pack_name[pick], packs[pick].cost, k_pack_name[next], packs[next].cost);
+        }
     }
     op->mode = pick;
     op->pack = packs[pick];
