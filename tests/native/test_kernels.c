@@ -56,6 +56,7 @@ static float rfloat(void) { return (float)(rnd() % 20001u) / 10000.0f - 1.0f; }
 
 static float act(float y, mp_act_kind k, float lo, float hi)
 {
+    if (isnan(y)) return y; /* torch: relu / hardtanh keep a NaN */
     if (k == MP_ACT_RELU) return y > 0.0f ? y : 0.0f;
     if (k == MP_ACT_CLAMP) return y < lo ? lo : (y > hi ? hi : y);
     return y;
@@ -178,6 +179,7 @@ static int compare(const char* what, const float* got, const float* want, const 
                    size_t n, double tol)
 {
     for (size_t i = 0; i < n; i++) {
+        if (isnan(want[i]) && isnan(got[i])) continue;
         const double err = fabs((double)got[i] - (double)want[i]);
         if (!(err <= tol * (1.0 + (double)mag[i]))) {
             CHECK(0, "%s: element %zu = %g, reference %g", what, i, got[i], want[i]);
@@ -203,7 +205,17 @@ static const uint32_t k_flags[] = {MP_KERNEL_AUTO, MP_KERNEL_NO_TUNE, MP_KERNEL_
                                    MP_KERNEL_SPARSE, MP_KERNEL_PORTABLE | MP_KERNEL_NO_TUNE};
 
 /* One conv layer: every flag, weights dense and CSR, against the naive reference. */
+static void conv_case_x(const mp_conv_desc* d, double density, size_t batch, mp_isa isa,
+                        int with_nan);
 static void conv_case(const mp_conv_desc* d, double density, size_t batch, mp_isa isa)
+{
+    conv_case_x(d, density, batch, isa, 0);
+}
+
+/* with_nan: one input element is NaN (density 1: every weight multiplies it, as in torch's
+ * dense conv; the outputs that see it must be NaN, the others exact). */
+static void conv_case_x(const mp_conv_desc* d, double density, size_t batch, mp_isa isa,
+                        int with_nan)
 {
     const int cols = d->in_channels / d->groups * d->kernel_h * d->kernel_w;
     const size_t nw = (size_t)d->out_channels * (size_t)cols;
@@ -218,6 +230,7 @@ static void conv_case(const mp_conv_desc* d, double density, size_t batch, mp_is
     random_weights(w, nw, density);
     for (int o = 0; o < d->out_channels; o++) b[o] = rfloat();
     for (size_t i = 0; i < nx; i++) x[i] = rfloat();
+    if (with_nan) x[rnd() % nx] = NAN;
     const int with_bias = rnd() % 4 != 0;
     ref_conv(d, batch, x, w, with_bias ? b : NULL, want, mag);
     for (size_t f = 0; f < sizeof(k_flags) / sizeof(k_flags[0]); f++) {
@@ -317,7 +330,15 @@ static void lin_piece(const void* op, size_t t0, size_t t1, void* c)
     mp_linear_compute(op, k->batch, k->x, k->scratch, k->y, t0, t1);
 }
 
+static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa isa,
+                          int with_nan);
 static void linear_case(int in, int outn, double density, size_t batch, mp_isa isa)
+{
+    linear_case_x(in, outn, density, batch, isa, 0);
+}
+
+static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa isa,
+                          int with_nan)
 {
     const size_t nw = (size_t)in * (size_t)outn, nx = batch * (size_t)in, ny = batch * (size_t)outn;
     float* w = malloc(nw * sizeof(float));
@@ -329,6 +350,7 @@ static void linear_case(int in, int outn, double density, size_t batch, mp_isa i
     random_weights(w, nw, density);
     for (int o = 0; o < outn; o++) b[o] = rfloat();
     for (size_t i = 0; i < nx; i++) x[i] = rfloat();
+    if (with_nan) x[rnd() % nx] = NAN;
     const int a = (int)(rnd() % 3), with_bias = rnd() % 4 != 0;
     const mp_linear_desc d = {in, outn, (mp_act_kind)a, a == 2 ? -0.2f : 0.0f, a == 2 ? 0.5f : INFINITY};
     for (size_t n = 0; n < batch; n++)
@@ -378,6 +400,16 @@ static void test_linear(mp_isa isa)
         linear_case(rint_in(1, 300), rint_in(1, 70), dens[t % 4], batches[(t / 4) % 4], isa);
 }
 
+/* A NaN input stays NaN through every kernel and activation (density 1, every flag). */
+static void test_nan(mp_isa isa)
+{
+    for (int t = 0; t < 6; t++) {
+        const mp_conv_desc d = conv_desc(4, 8, 1, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
+        conv_case_x(&d, 1.0, t % 2 ? 3 : 1, isa, 1);
+        linear_case_x(40, 12, 1.0, t % 2 ? 9 : 1, isa, 1);
+    }
+}
+
 /* Bad arguments: a status and no operator. */
 static void test_errors(void)
 {
@@ -419,6 +451,7 @@ int main(void)
         if ((isa == MP_ISA_NEON) != (best == MP_ISA_NEON) && isa != MP_ISA_SCALAR) continue;
         test_conv(isa);
         test_linear(isa);
+        test_nan(isa);
         printf("  %s: done\n", isa_name(isa));
     }
     printf("test_kernels: %d checks, %d failures\n", g_checks, g_failures);

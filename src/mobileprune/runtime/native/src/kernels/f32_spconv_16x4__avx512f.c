@@ -9,6 +9,8 @@
 #if MP_ARCH_X86_64
 #include <immintrin.h>
 
+/* The activation is min(hi, max(lo, acc)), bounds first: x86 max / min return the second
+ * operand when one is NaN, so a NaN sum stays NaN (as in torch). */
 MP_TARGET_AVX512 MP_INLINE void store16(float* out, const mp_pixvec* pv, __m512 y)
 {
     if (pv->kind == MP_VEC_FULL)
@@ -65,7 +67,7 @@ MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk*
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++)
 #pragma GCC unroll 8
-            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi);
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[r][v]));
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 8
@@ -93,7 +95,7 @@ MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk*
     const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
     if (last)
 #pragma GCC unroll 8
-        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi);
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v]));
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++) store16(out, &a->vec[v], acc[v]);
 }
@@ -147,7 +149,7 @@ MP_TARGET_AVX512 MP_INLINE void block4c(const mp_spconv_args* a, const mp_rowblk
 #pragma GCC unroll 4
         for (int r = 0; r < 4; r++)
 #pragma GCC unroll 6
-            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(_mm512_max_ps(acc[r][v], lo), hi);
+            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[r][v]));
 #pragma GCC unroll 4
     for (int r = 0; r < 4; r++)
 #pragma GCC unroll 6
@@ -174,7 +176,7 @@ MP_TARGET_AVX512 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk
     const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
     if (last)
 #pragma GCC unroll 16
-        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(_mm512_max_ps(acc[v], lo), hi);
+        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v]));
 #pragma GCC unroll 16
     for (int v = 0; v < nv; v++) store16(out, &a->vec[v], acc[v]);
 }

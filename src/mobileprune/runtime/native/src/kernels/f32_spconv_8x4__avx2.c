@@ -9,6 +9,8 @@
 #include <immintrin.h>
 #include <math.h>
 
+/* The activation is min(hi, max(lo, acc)), bounds first: x86 max / min return the second
+ * operand when one is NaN, so a NaN sum stays NaN (as in torch). */
 MP_TARGET_AVX2 MP_INLINE void store8(float* out, const mp_pixvec* pv, __m256 y)
 {
     float* o = out + pv->out;
@@ -74,7 +76,7 @@ MP_TARGET_AVX2 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* r
 #pragma GCC unroll 3
         for (int v = 0; v < nv; v++)
             store8(out + (size_t)r * a->plane, &a->vec[v],
-                   _mm256_min_ps(_mm256_max_ps(acc[r][v], lo), hi));
+                   _mm256_min_ps(hi, _mm256_max_ps(lo, acc[r][v])));
 }
 
 MP_TARGET_AVX2 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb,
@@ -99,7 +101,7 @@ MP_TARGET_AVX2 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* r
     const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 8
     for (int v = 0; v < nv; v++)
-        store8(out, &a->vec[v], _mm256_min_ps(_mm256_max_ps(acc[v], lo), hi));
+        store8(out, &a->vec[v], _mm256_min_ps(hi, _mm256_max_ps(lo, acc[v])));
 }
 
 MP_TARGET_AVX2 MP_INLINE void run(const mp_spconv_args* a, const int nv)
@@ -138,7 +140,7 @@ MP_TARGET_AVX2 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* 
     const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 12
     for (int v = 0; v < nv; v++)
-        store8(out, &a->vec[v], _mm256_min_ps(_mm256_max_ps(acc[v], lo), hi));
+        store8(out, &a->vec[v], _mm256_min_ps(hi, _mm256_max_ps(lo, acc[v])));
 }
 
 MP_TARGET_AVX2 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)

@@ -11,8 +11,10 @@
 MP_TARGET_AVX512 MP_INLINE void put(const mp_linear_args* a, size_t r, size_t n0, __m512 acc)
 {
     float t[16];
-    _mm512_storeu_ps(t, _mm512_min_ps(_mm512_max_ps(acc, _mm512_set1_ps(a->act_min)),
-                                      _mm512_set1_ps(a->act_max)));
+    /* bound first: x86 max / min return the second operand when one is NaN, so a NaN
+     * sum stays NaN (as in torch) */
+    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+    _mm512_storeu_ps(t, _mm512_min_ps(hi, _mm512_max_ps(lo, acc)));
     const size_t nb = a->batch - n0 < 16 ? a->batch - n0 : 16;
     for (size_t l = 0; l < nb; l++) a->y[(n0 + l) * a->ldy + r] = t[l];
 }
