@@ -40,7 +40,7 @@ install_tools() {
       echo "cross_test: apt-get failed (offline?); the cross tests will be skipped" >&2
       return 1
     }
-  have_tools
+  have_tools || { echo "cross_test: $CROSS_CC / $QEMU still missing after installing $PACKAGES" >&2; return 1; }
 }
 
 if [ "${1:-}" = "--install" ]; then
