@@ -1,17 +1,19 @@
 """Torch-free inference runtime for mobileprune sparse model files.
 
-Only numpy is required; numba (``pip install mobileprune[runtime]``) makes the kernels
-fast (set ``MOBILEPRUNE_NO_NUMBA=1`` to force the numpy fallback). Nothing here imports
-torch, so a device only needs numpy (+ numba) to run a pruned model::
+The arithmetic runs in mobileprune's native engine, a C library (``runtime/native/``, public
+header ``native/include/mobileprune.h``) built when the package is installed and called
+through ctypes; besides it only numpy is required. Nothing here imports torch, so a device
+only needs numpy and the library to run a pruned model::
 
     from mobileprune.runtime import load
-    model = load("fernet.mpsparse")          # SparseFormatError if the file is bad
+    model = load("fernet.mps")                # SparseFormatError if the file is bad
     logits = model(images)                   # float32 (N, 1, 48, 48) -> (N, 6)
-    print(model.summary())                   # per layer: density and kernel used
+    print(model.summary())                   # per layer: kernel, storage, density, reason
 
 Files are written by :func:`mobileprune.sparse_format.export_sparse` (which needs
-torch). The file format, the kernels and the dense/sparse choice are documented in
-:mod:`mobileprune.runtime.model` and :mod:`mobileprune.runtime.kernels`.
+torch); the same file runs on a phone through the C API (:func:`mobileprune.export_native`
+writes a self-contained bundle). The file format and the execution are documented in
+:mod:`mobileprune.runtime.model` and ``docs/native_format.md``.
 """
 
 from __future__ import annotations
@@ -38,12 +40,11 @@ class NativeError(_Base, RuntimeError):
     the model or the arguments (``MP_UNSUPPORTED_HARDWARE``, ``MP_IO_ERROR``)."""
 
 
-from .kernels import HAVE_NUMBA, backend  # noqa: E402
 from .model import (  # noqa: E402
-    DENSITY_THRESHOLDS, FORMAT_VERSION, MAGIC, READ_VERSIONS, TUNE_BAND, LayerPlan, SparseModel, load,
+    FORMAT_VERSION, MAGIC, READ_VERSIONS, LayerPlan, SparseModel, backend, load, model_bytes,
     read_container, write_container,
 )
 
-__all__ = ["SparseFormatError", "SparseModel", "LayerPlan", "load", "read_container",
-           "write_container", "MAGIC", "FORMAT_VERSION", "READ_VERSIONS", "DENSITY_THRESHOLDS", "TUNE_BAND", "HAVE_NUMBA",
-           "backend"]
+__all__ = ["SparseFormatError", "UnsupportedOpError", "NativeError", "SparseModel", "LayerPlan",
+           "load", "read_container", "write_container", "model_bytes", "MAGIC", "FORMAT_VERSION",
+           "READ_VERSIONS", "backend"]
