@@ -5,7 +5,9 @@ layer), exported (BatchNorm folded), loaded and run with batch 1 and 3 in the th
 modes; the runtime output must match PyTorch (eval mode) to max abs error <= 1e-4 x
 max |output|. Plus: float16 storage, round trips, hand-counted size report, corrupt /
 truncated / foreign files, unsupported ops, and the runtime imported and run in a
-subprocess where ``import torch`` fails (with numba, and with the numpy fallback).
+subprocess where ``import torch`` fails (with the library it finds, and with one named by
+``MOBILEPRUNE_NATIVE_LIB``). The runtime runs on the native engine (C, through ctypes);
+its own tests are in test_native.py.
 """
 
 from __future__ import annotations
@@ -377,9 +379,10 @@ def test_round_trip_and_header(tmp_path):
     rep = export_sparse(model, torch.randn(1, 1, 28, 28), path)
     assert rep["file_bytes"] == os.path.getsize(path)
     header, arrays = read_container(path)
-    assert header["magic"] == "mobileprune.sparse" and header["format_version"] == 1
+    assert path.read_bytes()[:12] == b"MPSPARSE" + (3).to_bytes(4, "little")
+    assert header["magic"] == "mobileprune.sparse" and header["format_version"] == 3
     assert header["architecture"] == "LeNet300100"
-    assert header["input"]["shape"] == [1, 28, 28]
+    assert header["inputs"] == [{"name": "x", "shape": [1, 28, 28]}]
     assert [op["op"] for op in header["ops"]] == ["reshape", "linear", "relu", "linear",
                                                   "relu", "linear"]
     fc1 = header["ops"][1]["weight"]
@@ -389,8 +392,9 @@ def test_round_trip_and_header(tmp_path):
     a = load(path, tune=False)(x)  # fixed plan: bitwise comparisons between loads
     b = SparseModel(path.read_bytes(), tune=False)(x)  # from bytes
     np.testing.assert_array_equal(a, b)
-    # re-writing the same header + arrays gives a loadable, identical model
+    # re-writing the same description as a format-2 file gives a loadable, identical model
     h2 = {k: v for k, v in header.items() if k not in ("arrays", "data_nbytes", "data_crc32")}
+    h2["format_version"] = 2
     write_container(tmp_path / "copy.mpsparse", h2, {k: np.array(v) for k, v in arrays.items()})
     np.testing.assert_array_equal(load(tmp_path / "copy.mpsparse", tune=False)(x), a)
     assert not list(tmp_path.glob("*.tmp*"))  # atomic write leaves no temp file
@@ -474,6 +478,7 @@ def _rewrite(src: Path, dst: Path, edit) -> Path:
     arrays = {k: np.array(v) for k, v in arrays.items()}
     edit(header, arrays)
     h = {k: v for k, v in header.items() if k not in ("arrays", "data_nbytes", "data_crc32")}
+    h["format_version"] = 2  # the JSON container: load() converts it (format3.encode)
     write_container(dst, h, arrays)
     return dst
 
@@ -486,23 +491,26 @@ def test_inconsistent_files_rejected(tmp_path):
     def op(h, name):
         return next(o for o in h["ops"] if o["name"] == name)
 
+    def arr(h, name, key):  # the array name of a weight array of an op
+        return op(h, name)["weight"]["arrays"][key]
+
     def e_shape(h, a):
         op(h, "conv1")["shape"] = [20, 25, 24]
 
     def e_indptr(h, a):
-        a["fc1.indptr"] = a["fc1.indptr"][:-1]
+        a[arr(h, "fc1", "indptr")] = a[arr(h, "fc1", "indptr")][:-1]
 
     def e_index(h, a):
-        a["fc1.indices"][0] = 800
+        a[arr(h, "fc1", "indices")][0] = 800
 
     def e_nnz(h, a):
         op(h, "fc1")["weight"]["nnz"] += 1
 
     def e_bias(h, a):
-        a["fc1.bias"] = a["fc1.bias"][:3]
+        a[op(h, "fc1")["bias"]] = a[op(h, "fc1")["bias"]][:3]
 
     def e_missing(h, a):
-        del a["fc2.values"]
+        del a[arr(h, "fc2", "values")]
 
     def e_input(h, a):
         op(h, "fc2")["inputs"] = ["nowhere"]
@@ -517,7 +525,7 @@ def test_inconsistent_files_rejected(tmp_path):
         op(h, "conv2")["attrs"]["in_channels"] = 21
 
     def e_dtype(h, a):
-        a["fc1.indptr"] = a["fc1.indptr"].astype(np.int32)
+        a[arr(h, "fc1", "indptr")] = a[arr(h, "fc1", "indptr")].astype(np.int32)
 
     for i, edit in enumerate([e_shape, e_indptr, e_index, e_nnz, e_bias, e_missing, e_input,
                               e_opkind, e_magic, e_attrs, e_dtype]):
@@ -535,7 +543,7 @@ def test_several_inputs_and_a_shared_tower(tmp_path):
     path = tmp_path / "it.mpsparse"
     rep = export_sparse(model, list(_inputs(shape, 2)), path)
     header, arrays = read_container(path)
-    assert header["format_version"] == 2 and "input" not in header
+    assert header["format_version"] == 3 and "input" not in header
     assert [i["name"] for i in header["inputs"]] == ["face", "left", "right", "grid"]
     assert [tuple(i["shape"]) for i in header["inputs"]] == list(shape)
     convs = [op for op in header["ops"] if op["op"] == "conv2d"]
@@ -547,8 +555,9 @@ def test_several_inputs_and_a_shared_tower(tmp_path):
         assert pair[0]["bias"] == pair[1]["bias"]
     # every weight stored once: the stored values are exactly the model's nonzeros
     layers = _layers(model)
-    assert sum(a.size for k, a in arrays.items() if k.endswith(".values")) == \
-        sum(int((m.weight != 0).sum()) for m in layers)
+    values = {op["weight"]["arrays"]["values"] for op in header["ops"] if "weight" in op}
+    assert len(values) == len(layers)
+    assert sum(arrays[k].size for k in values) == sum(int((m.weight != 0).sum()) for m in layers)
     assert len(rep["layers"]) == len(layers)
     assert rep["totals"]["weights"] == sum(m.weight.numel() for m in layers)
     assert rep["totals"]["nnz"] == sum(int((m.weight != 0).sum()) for m in layers)
@@ -577,19 +586,20 @@ def test_several_inputs_and_a_shared_tower(tmp_path):
     with pytest.raises(ValueError, match="different batch sizes"):
         export_sparse(model, (face, left[:2], right, grid), tmp_path / "x.mpsparse")
 
-    # the format version is checked: a version-2 header without its input list, the binary
-    # prefix disagreeing with the header, and a version this runtime does not know
+    # the format version is checked: a version-2 header without its input list or with an
+    # input named twice, a format-3 file whose prefix says 1 or 2, and a version this
+    # runtime does not know
     def e_no_inputs(h, a):
         del h["inputs"]
 
     def e_dup(h, a):
         h["inputs"][1]["name"] = "face"
 
-    for edit in (e_no_inputs, e_dup):
-        with pytest.raises(SparseFormatError, match="input"):
+    for edit, msg in ((e_no_inputs, "input"), (e_dup, "face")):
+        with pytest.raises(SparseFormatError, match=msg):
             load(_rewrite(path, tmp_path / f"{edit.__name__}.mpsparse", edit))
     raw = bytearray(path.read_bytes())
-    for version, msg in ((1, "differs from the file's 1"), (3, "unsupported format_version 3")):
+    for version, msg in ((1, "header"), (2, "header"), (4, "unsupported format_version 4")):
         raw[8:12] = version.to_bytes(4, "little")
         with pytest.raises(SparseFormatError, match=msg):
             load(bytes(raw))
@@ -672,13 +682,14 @@ _BLOCK_TORCH = textwrap.dedent("""
         pkg.__path__ = [SRC + "/mobileprune"]
         sys.modules["mobileprune"] = pkg
     import numpy as np
-    from mobileprune.runtime import load, backend
+    from mobileprune.runtime import load, backend, _native
     m = load(sys.argv[2])
     x = np.load(sys.argv[3] + ".x.npy")
     y = m(x)
     assert "torch" not in sys.modules
     np.save(sys.argv[3] + ".y.npy", y)
     print(backend())
+    print(_native.library_path())
 """)
 
 
@@ -699,13 +710,21 @@ def _run_torch_free(tmp_path: Path, model: nn.Module, shape, mode: str, env_extr
 
 def test_torch_free_runtime_subprocess(tmp_path):
     model = _prune(build_model("lenet5"), 0.9)
-    proc, x, base = _run_torch_free(tmp_path, model, (1, 28, 28), "stub")
+    proc, x, base = _run_torch_free(tmp_path, model, (1, 28, 28), "stub",
+                                    {"MOBILEPRUNE_NATIVE_LIB": ""})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() in ("numba-simd", "numba")
+    kernels, lib = proc.stdout.split()
+    assert kernels.startswith("native-") and Path(lib).parent == SRC / "mobileprune" / "runtime"
     assert _rel_err(np.load(base + ".y.npy"), _ref(model, torch.from_numpy(x))) <= REL_TOL
 
 
-def test_torch_free_numpy_fallback_subprocess(tmp_path):
+def test_torch_free_named_library_subprocess(tmp_path):
+    """``MOBILEPRUNE_NATIVE_LIB`` selects the library (a sanitizer build, for instance): a
+    copy of the engine elsewhere runs the model, a missing one is a clear error."""
+    from mobileprune.runtime import _native
+
+    copy = tmp_path / "libcopy.so"
+    copy.write_bytes(Path(_native.library_path()).read_bytes())
     torch.manual_seed(3)
     model = _prune(_Zoo(), 0.6, seed=4)
 
@@ -719,10 +738,13 @@ def test_torch_free_numpy_fallback_subprocess(tmp_path):
 
     wrapped = First(model).eval()
     proc, x, base = _run_torch_free(tmp_path, wrapped, (3, 22, 22), "stub",
-                                    {"MOBILEPRUNE_NO_NUMBA": "1"})
+                                    {"MOBILEPRUNE_NATIVE_LIB": str(copy)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "numpy"
+    assert proc.stdout.split()[1] == str(copy)
     assert _rel_err(np.load(base + ".y.npy"), _ref(wrapped, torch.from_numpy(x))) <= REL_TOL
+    proc, _, _ = _run_torch_free(tmp_path, wrapped, (3, 22, 22), "stub",
+                                 {"MOBILEPRUNE_NATIVE_LIB": str(tmp_path / "missing.so")})
+    assert proc.returncode != 0 and "MOBILEPRUNE_NATIVE_LIB" in proc.stderr
 
 
 def test_torch_free_plain_import(tmp_path):
@@ -739,31 +761,25 @@ def test_torch_free_plain_import(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# load-time tuning of mode="auto" and the fast max-pool path
+# the engine's kernel choice (mode="auto", tune) and the max-pool path
 
-def test_auto_mode_tunes_mid_density_layers(tmp_path):
-    from mobileprune.runtime import DENSITY_THRESHOLDS, TUNE_BAND
-
+def test_auto_mode_plans_every_layer(tmp_path):
+    """mode="auto" picks a kernel per layer; tune=False plans by the cost model alone
+    (two loads plan alike and agree bitwise); tuned or not, the result is torch's."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Flatten(),
                           nn.Linear(16 * 12 * 12, 64), nn.ReLU(), nn.Linear(64, 10))
-    _prune(model, 0.6)  # density 0.4: inside both tuning bands
+    _prune(model, 0.6)  # density 0.4: where the dense / sparse choice is close
     path = tmp_path / "m.mpsparse"
     export_sparse(model, torch.randn(1, 8, 12, 12), path)
     x = torch.randn(2, 8, 12, 12)
     ref = _ref(model, x)
     tuned = load(path, mode="auto")
-    fixed = load(path, mode="auto", tune=False)
-    for plan in tuned.plan():
-        lo, hi = TUNE_BAND["conv" if plan.op.startswith("conv") else "linear"]
-        assert (lo <= plan.density <= hi and plan.macs_dense >= 4096) == ("tuned_us" in plan.extra)
-        if "tuned_us" in plan.extra:  # the faster measured kernel is the one kept
-            t = plan.extra["tuned_us"]
-            assert (t["sparse"] <= t["dense"]) == (plan.kernel != "gemm" and "gemm" not in plan.kernel)
-    for plan in fixed.plan():
-        assert "tuned_us" not in plan.extra
-        th = DENSITY_THRESHOLDS["conv" if plan.op.startswith("conv") else "linear"]
-        assert ("gemm" not in plan.kernel) == (plan.density < th or plan.macs_dense < 4096)
+    fixed, fixed2 = load(path, mode="auto", tune=False), load(path, mode="auto", tune=False)
+    assert [p.name for p in tuned.plan()] == ["0", "3", "5"]
+    assert all(p.kernel for p in tuned.plan())
+    assert fixed.summary() == fixed2.summary()
+    np.testing.assert_array_equal(fixed(x.numpy()), fixed2(x.numpy()))
     for sm in (tuned, fixed):
         assert _rel_err(sm(x.numpy()), ref) <= REL_TOL
 
@@ -804,16 +820,19 @@ def test_outputs_are_fresh_arrays(mode, tail, tmp_path):
     assert not any(np.shares_memory(a, b) for i, a in enumerate(outs) for b in outs[i + 1:])
 
 
-def test_aligned_buffers():
-    from mobileprune.runtime import kernels
-
-    for shape in [(5,), (3, 7), (1, 32, 48, 48)]:
-        for zero in (False, True):
-            a = kernels.aligned_empty(shape, np.float32, zero)
-            assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous
-            assert a.ctypes.data % kernels.ALIGN_BYTES == 0
-            if zero:
-                assert not a.any()
+def test_model_bytes_are_aligned_and_kept(tmp_path):
+    """The engine reads the weights in place: the model keeps its file bytes alive, 64-byte
+    aligned (as the format aligns its arrays) and read-only, for as long as it lives."""
+    model = _prune(build_model("lenet5"), 0.9)
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 1, 28, 28), path)
+    sm = load(path.read_bytes())
+    assert sm._data.ctypes.data % 64 == 0 and not sm._data.flags.writeable
+    assert sm._data.tobytes() == path.read_bytes()
+    x = torch.randn(2, 1, 28, 28)
+    import gc
+    gc.collect()
+    assert _rel_err(sm(x.numpy()), _ref(model, x)) <= REL_TOL
 
 
 @pytest.mark.parametrize("mode", ["auto", "sparse", "dense"])
@@ -884,65 +903,31 @@ def test_out_argument_several_outputs(tmp_path):
 
 
 @pytest.mark.parametrize("conv,hw", [
-    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), 16),  # Wo 16: 16 lanes
-    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), 12),  # Wo 12: 8 lanes
+    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), 16),  # Wo 16: full vectors
+    (dict(in_channels=3, out_channels=5, kernel_size=3, padding=1), 12),  # Wo 12: a remainder
     (dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1), 32),
     (dict(in_channels=2, out_channels=3, kernel_size=3, dilation=2, padding=2), 48),
+    (dict(in_channels=4, out_channels=20, kernel_size=1), 7),             # pointwise, odd width
 ])
-def test_conv_kernel_every_vector_width(conv, hw, tmp_path):
-    """The direct sparse conv kernel, SIMD (LLVM IR) and plain numba loops, with 8 and
-    16 lanes per vector (whichever the layer would pick by default), against torch."""
-    from mobileprune.runtime import kernels
-
-    if not kernels.HAVE_NUMBA:
-        pytest.skip("numba kernels not available")
+def test_conv_kernels_simd_and_portable(conv, hw, tmp_path):
+    """A sparse convolution layer, through the SIMD kernels this CPU runs and through the
+    portable C kernels (MP_PLAN_PORTABLE), sparse and dense, batch 1 and 2, against torch."""
     layer = _prune(nn.Conv2d(**conv), 0.6, seed=3)
     x = torch.randn(2, conv["in_channels"], hw, hw, generator=torch.Generator().manual_seed(4))
     ref = _ref(layer, x)
     path = tmp_path / "c.mpsparse"
     export_sparse(layer, x[:1], path)
-    st = load(path, mode="sparse")._steps[0]
-    N, O, Ho, Wo = ref.shape
-    assert st.width == (16 if Wo % 16 == 0 else 8)
-    xn = np.ascontiguousarray(x.numpy())
-    for width in kernels.VEC_WIDTHS:
-        blk, rs, plane, w = kernels.conv_block_table(Ho, Wo, st.Wq, width=width)
-        assert w == width and blk.shape[1] // 2 in kernels.BLOCK_SIZES
-        for simd in (True, False):
-            buf = np.zeros(N * st.P + 64, np.float32)
-            out = np.full(N * O * plane, np.nan, np.float32)
-            if simd:
-                kernels.conv_forward_sparse(xn, buf, st.P, st.pt, st.pl, st.sh, st.sw, st.Hq,
-                                            st.Wq, st.indptr, st.offs, st.vals, st.bias, blk,
-                                            False, out, O * plane, plane, False, width)
-            else:
-                kernels.conv_fill_input(xn, buf, st.P, st.pt, st.pl, st.sh, st.sw, st.Hq, st.Wq)
-                kernels._conv_sparse_loops(buf, st.P, N, st.indptr, st.offs, st.vals, st.bias,
-                                           blk, False, out, O * plane, plane, width)
-            got = out.reshape(N, O, plane)[:, :, :Ho * rs].reshape(N, O, Ho, rs)[..., :Wo]
-            assert _rel_err(got, ref) <= REL_TOL, (width, simd)
-        # the same through the packed constants (conv_pack), compiled and Python unpacking
-        geom = kernels.conv_geometry(st.P, st.pt, st.pl, st.sh, st.sw, st.Hq, st.Wq, O * plane,
-                                     plane, False, False, width)
-        parts = (st.indptr, st.offs, st.vals, st.bias, blk, geom)
-        blob, views = kernels.conv_pack(*parts)
-        assert blob.ctypes.data % kernels.ALIGN_BYTES == 0
-        for v, a in zip(views, (geom, st.indptr, blk, st.offs, st.vals, st.bias)):
-            assert np.shares_memory(v, blob) and np.array_equal(v, a)
-        for into in (kernels._conv_forward_blob_into, kernels._conv_forward_blob_into_py):
-            raw = np.full(N * O * plane + kernels.ALIGN_PAD, np.nan, np.float32)
-            o = into(xn, np.zeros(N * st.P + 64, np.float32), blob, raw)
-            got = raw[o:o + N * O * plane].reshape(N, O, plane)[:, :, :Ho * rs]
-            got = got.reshape(N, O, Ho, rs)[..., :Wo]
-            assert _rel_err(got, ref) <= REL_TOL, (width, into)
-    with pytest.raises(ValueError, match="width"):
-        kernels.conv_block_table(Ho, Wo, st.Wq, width=4)
+    for portable in (False, True):
+        for mode in ("sparse", "dense"):
+            sm = load(path, mode=mode, portable=portable)
+            for n in (1, 2):
+                assert _rel_err(sm(x[:n].numpy()), ref[:n]) <= REL_TOL, (portable, mode, n)
 
 
 def test_batch1_fast_path_keeps_every_check(tmp_path):
-    """After the first call ``SparseModel.__call__`` runs a bound chain found by the
-    whole input shape; inputs it cannot take (other shape, dtype, layout) still go through
-    the checked path and give the torch result or a clear error."""
+    """After the first call ``SparseModel.__call__`` reuses the plan made for the batch
+    size; inputs of another shape, dtype or layout are still checked and give the torch
+    result or a clear error."""
     layer = _prune(nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(),
                                  nn.Conv2d(4, 3, 3, padding=1)), 0.7, seed=5)
     path = tmp_path / "c.mpsparse"
@@ -951,7 +936,7 @@ def test_batch1_fast_path_keeps_every_check(tmp_path):
     g = torch.Generator().manual_seed(6)
     x = torch.randn(1, 2, 16, 16, generator=g)
     first = sm(x.numpy())
-    assert list(sm._scratch.fast) == [(1, 2, 16, 16)]  # the fast path is armed
+    assert [p.N for p in sm._plans] == [1]  # the plan of batch 1 is kept
     second = sm(x.numpy())
     assert _rel_err(second, _ref(layer, x)) <= REL_TOL and np.array_equal(first, second)
     assert not np.shares_memory(first, second) and second.flags.c_contiguous

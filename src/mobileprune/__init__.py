@@ -11,6 +11,8 @@ Public API (import from here):
   with every parameter.
 * :func:`layer_report` -- per-layer report.
 * :func:`compact` -- physically remove zero filters/channels/neurons (a smaller dense model).
+* :func:`export_native` -- a self-contained bundle (sparse model file + the C engine's
+  sources + CMakeLists.txt) that runs the pruned model on a phone.
 * :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`restore_model`.
 * :class:`ProximalPruner`, :class:`Regularizer`, :func:`proximal_prune`,
   :func:`palm_step` -- MobilePrune, l0 sparse group lasso and baselines (seed 000).
@@ -37,6 +39,7 @@ _LAZY = {
     "palm_epoch": "palm", "palm_step": "palm", "proximal_epoch": "palm", "run_rounds": "palm",
     "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
     "cap_units": "pipeline",
+    "export_native": "export",
     "Regularizer": "regularizers", "layer_report": "report", "LayerTarget": "targets",
     "PruneConfig": "targets", "resolve_targets": "targets", "load_config": "targets",
     "explain": "targets", "weight_slots": "targets",
@@ -66,5 +69,6 @@ __all__ = [
     "explain", "weight_slots",
     "save_checkpoint", "load_checkpoint", "restore_model",
     "compact", "compact_in_place", "dead_units", "fold_dead_weights", "CompactionError",
+    "export_native",
     "MobilePruneError", "ConfigError", "CheckpointError", "DataError", "UnsupportedModelError",
 ]

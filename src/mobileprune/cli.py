@@ -1,6 +1,7 @@
 """The ``mobileprune`` command line: a thin layer over the library.
 
-Sub-commands: ``train``, ``prune``, ``eval``, ``report``, ``demo``. Every library error
+Sub-commands: ``train``, ``prune``, ``compact``, ``export``, ``convert``, ``bench``,
+``eval``, ``report``, ``demo``. Every library error
 (:class:`~mobileprune.errors.MobilePruneError`) is printed as ``error: ...`` and exits
 with status 2; outputs are written atomically, so a failed run never overwrites an
 existing file.
@@ -245,7 +246,7 @@ def cmd_compact(args) -> int:
 
 
 # -- export ------------------------------------------------------------------------------
-EXPORT_FORMATS = {"sparse": ".mps", "ptl": ".ptl", "onnx": ".onnx", "pte": ".pte"}
+EXPORT_FORMATS = {"sparse": ".mps", "ptl": ".ptl", "onnx": ".onnx", "pte": ".pte", "native": ""}
 
 
 def cmd_export(args) -> int:
@@ -253,6 +254,16 @@ def cmd_export(args) -> int:
     model.eval()
     example = _example_input(args, ckpt)
     out = Path(args.out)
+    if args.format == "native":
+        from .export import export_native
+
+        rep = export_native(model, example, out, value_dtype=args.value_dtype)
+        check = (f"max abs diff {rep['max_abs_diff']:.2e}" if rep["verified"]
+                 else rep.get("note", "not verified"))
+        print(f"wrote native bundle {out} ({len(rep['files'])} files, model.mps "
+              f"{rep['bytes']:,} bytes; {check}); build it with: cmake -S {out} -B build && "
+              f"cmake --build build")
+        return 0
     if args.format == "sparse":
         from .sparse_format import export_sparse, format_size_report
 
@@ -269,6 +280,17 @@ def cmd_export(args) -> int:
 
 
 # -- bench -------------------------------------------------------------------------------
+def cmd_convert(args) -> int:
+    from .runtime import SparseFormatError, convert
+
+    try:
+        size = convert(args.old, args.new)
+    except (SparseFormatError, ValueError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"wrote {args.new} (format 3, {size:,} bytes)")
+    return 0
+
+
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(","))
@@ -446,18 +468,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
     p.set_defaults(func=cmd_compact)
 
-    p = sub.add_parser("export", help="export for deployment: sparse runtime file, .ptl, ONNX, .pte",
+    p = sub.add_parser("export", help="export for deployment: sparse runtime file, native bundle, "
+                                      ".ptl, ONNX, .pte",
                        description="Export a checkpoint: 'sparse' (mobileprune.runtime file, CSR "
-                                   "weights), 'ptl' (TorchScript lite), 'onnx' or 'pte' (ExecuTorch, "
-                                   "XNNPACK). Each export is checked numerically against the torch model.")
+                                   "weights), 'native' (a directory: the sparse file, the C engine's "
+                                   "sources, CMakeLists.txt, an example input and output), 'ptl' "
+                                   "(TorchScript lite), 'onnx' or 'pte' (ExecuTorch, XNNPACK). Each "
+                                   "export is checked numerically against the torch model.")
     p.add_argument("checkpoint")
     p.add_argument("--format", required=True, choices=sorted(EXPORT_FORMATS))
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output file (a directory for --format native)")
     p.add_argument("--input-shape", help="input shape without batch, e.g. 1,28,28; several inputs: "
                                          "one shape each, separated by ';' (default: recorded)")
     p.add_argument("--value-dtype", default="float32", choices=["float32", "float16"],
-                   help="sparse format: value type")
+                   help="sparse / native format: value type")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="rewrite an old sparse model file (format 1/2) as format 3",
+                       description="Rewrite a sparse model file of format version 1 or 2 (JSON "
+                                   "header) as version 3, the native engine's format (checked by "
+                                   "its loader, written atomically).")
+    p.add_argument("old", help="the format 1/2 file")
+    p.add_argument("new", help="the format 3 file to write (not OLD)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("bench", help="latency and size: dense, pruned, compacted, sparse runtime, ORT, ExecuTorch",
                        description="Measure, in one run, batch-1 and larger-batch latency (median of "

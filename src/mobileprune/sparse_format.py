@@ -3,8 +3,10 @@
 :func:`export_sparse` traces the model with :func:`torch.fx.symbolic_trace` (in eval
 mode, on a float32 CPU copy; the model itself is not modified), runs ``example_input``
 through the traced graph (``ShapeProp``) to learn every shape, and writes the graph as a
-flat list of runtime ops plus the weights (file format: :mod:`mobileprune.runtime.model`).
-:mod:`mobileprune.runtime` loads and runs the file with numpy (+ numba), no torch.
+flat list of runtime ops plus the weights, in the model file format version 3
+(``docs/native_format.md``). :mod:`mobileprune.runtime` loads and runs the file with the
+native engine (C), no torch; the same file runs on a phone through the engine's C API
+(:func:`mobileprune.export.export_native` writes a self-contained bundle).
 
 Supported graph
 ---------------
@@ -74,7 +76,8 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .errors import UnsupportedModelError
-from .runtime.model import MAGIC, read_container, write_container
+from .runtime import format3
+from .runtime.model import MAGIC, read_container, write_bytes
 
 __all__ = ["export_sparse", "size_report", "format_size_report"]
 
@@ -764,13 +767,12 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
         from . import __version__ as version
     except ImportError:  # pragma: no cover
         version = "unknown"
-    # one input: format version 1 (readable by every runtime); several: version 2
-    inputs = ({"format_version": 1, "input": ex.inputs[0]} if len(ex.inputs) == 1
-              else {"format_version": 2, "inputs": ex.inputs})
-    header = {"magic": MAGIC, **inputs, "producer": f"mobileprune {version}",
+    header = {"magic": MAGIC, "inputs": ex.inputs, "producer": f"mobileprune {version}",
               "architecture": arch, "value_dtype": value_dtype, "fold_bn": bool(fold_bn),
               "outputs": ex.outputs, "ops": ex.ops}
-    write_container(path, header, _dedupe_arrays(ex.ops, arrays))
+    # the graph described as in format versions 1 / 2, written as version 3 (the native
+    # engine's format; shapes and attributes are checked by its loader when it is read)
+    write_bytes(path, format3.encode(header, _dedupe_arrays(ex.ops, arrays)))
     return size_report(path)
 
 

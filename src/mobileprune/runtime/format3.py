@@ -371,7 +371,7 @@ def decode(raw: bytes, where: str = "<bytes>") -> tuple[dict, dict[str, np.ndarr
             raise SparseFormatError(f"{where}: value reference out of range")
         return [vname[r] for r in refs[start:start + n]]
 
-    meta = json.loads(_string(strings, meta_at, f"{where}: metadata") or "{}")
+    meta = _metadata(_string(strings, meta_at, f"{where}: metadata"))
     ops = [_decode_op(rec, names, vname, vshape, strings, arrays, meta.get("modules", {}), where)
            for rec in op_recs]
     inputs = [{"name": n, "shape": vshape[vname.index(n)]} for n in names(in_ref, nin)]
@@ -383,6 +383,21 @@ def decode(raw: bytes, where: str = "<bytes>") -> tuple[dict, dict[str, np.ndarr
     if "fold_bn" in meta:
         header["fold_bn"] = meta["fold_bn"]
     return header, arrays
+
+
+def _metadata(text: str) -> dict:
+    """The descriptive metadata string (header field 64): the JSON object the encoder
+    writes, or, for a file written otherwise, ``{"architecture": text}`` (the engine
+    never reads it, so a file need not carry JSON there)."""
+    try:
+        meta = json.loads(text)
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        return {"architecture": text.strip() or None}
+    if not isinstance(meta.get("modules", {}), dict):
+        meta["modules"] = {}
+    return meta
 
 
 def _decode_arrays(raw, doff, recs, where) -> dict[str, np.ndarray]:

@@ -70,12 +70,12 @@ from typing import Any
 
 import numpy as np
 
-from . import SparseFormatError
-from . import _native
+from . import SparseFormatError, _native, format3
 
 __all__ = [
     "MAGIC", "MAGIC_BYTES", "FORMAT_VERSION", "READ_VERSIONS", "SparseModel", "LayerPlan", "load",
-    "read_container", "write_container", "OP_TYPES", "ACTIVATIONS", "model_bytes",
+    "read_container", "write_container", "OP_TYPES", "ACTIVATIONS", "model_bytes", "write_bytes",
+    "check_model", "convert", "backend",
 ]
 
 MAGIC = "mobileprune.sparse"
@@ -91,18 +91,11 @@ _PREFIX = struct.Struct("<8sIIQ")
 _DTYPES = {"<f4": np.float32, "<f2": np.float16, "<u2": np.uint16, "<u4": np.uint32,
            "<i4": np.int32, "<i8": np.int64, "<u1": np.uint8}
 
-#: the op names of the runtime, in the order of their codes in native/src/ops.inc (code =
-#: position + 1; a test checks the two agree)
-OP_TYPES = ("conv1d", "conv2d", "linear", "maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d",
-            "global_avgpool", "batchnorm", "relu", "activation", "reshape", "add", "sub", "mul", "concat")
-
-#: ``activation`` ops: ``attrs["fn"]`` and the attributes each one takes, in the order of
-#: their codes in native/src/activations.inc (code = position + 1)
-ACTIVATIONS: dict[str, tuple[str, ...]] = {
-    "hardtanh": ("min_val", "max_val"),  # relu6 is hardtanh(0, 6)
-    "leaky_relu": ("negative_slope",), "elu": ("alpha",), "sigmoid": (), "tanh": (),
-    "hardsigmoid": (), "hardswish": (), "silu": (), "softmax": ("axis",),
-}
+#: the op names of the runtime (codes: :data:`mobileprune.runtime.format3.OP_CODES`, the
+#: same as native/src/ops.inc)
+OP_TYPES = tuple(format3.OP_CODES)
+#: the functions of ``activation`` ops (codes: ``format3.ACTIVATION_CODES``)
+ACTIVATIONS = tuple(format3.ACTIVATION_CODES)
 
 # =======================================================================================
 # container
@@ -201,15 +194,14 @@ def file_version(raw: bytes, where: str = "<bytes>") -> int:
 def read_container(source: str | os.PathLike | bytes) -> tuple[dict, dict[str, np.ndarray]]:
     """Read and verify a sparse model file; return ``(header, arrays)``: the JSON header
     of a version 1 / 2 file, or for a version-3 file the same description decoded from
-    its records (:func:`mobileprune.runtime.format3.read`, after the C loader accepted it).
+    its records (:func:`mobileprune.runtime.format3.decode`).
 
     Arrays are read-only numpy views of the file bytes. Raises
     :class:`SparseFormatError` on any inconsistency of the container itself.
     """
     raw, where = _read_raw(source)
     if file_version(raw, where) == 3:
-        from . import format3
-        return format3.read(raw)
+        return format3.decode(raw, where)
     return _read_json_container(raw, where)
 
 
@@ -285,54 +277,73 @@ def _read_json_container(raw: bytes, where: str) -> tuple[dict, dict[str, np.nda
 
 
 # =======================================================================================
-# version-3 records read back for names and layer sizes (after the C loader accepted them)
+# version 3
 
-_V3_HEADER = struct.Struct("<8sIIQ12I7Q")
-_V3_VALUE = struct.Struct("<II8III")
-_V3_OP = struct.Struct("<6I8I20i6f")
-_CONV_OPS = ("conv1d", "conv2d", "linear")
+def _layers(header: dict) -> list[dict]:
+    """Per Conv/Linear op of a decoded description: its name, the module it came from,
+    and its weight's GEMM view ``(rows, cols)`` and nonzeros."""
+    res = []
+    for op in header["ops"]:
+        if op["op"] in ("conv1d", "conv2d", "linear"):
+            w = op["weight"]
+            res.append({"name": op["name"], "module": op.get("module") or op["name"],
+                        "op": op["op"], "rows": w["rows"], "cols": w["cols"], "nnz": w["nnz"]})
+    return res
 
 
-def _v3_string(raw: bytes, base: int, size: int, off: int) -> str:
-    end = raw.index(b"\0", base + off, base + size)
-    return raw[base + off:end].decode("utf-8", "replace")
+def write_bytes(path: str | os.PathLike, data: bytes) -> int:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync,
+    ``os.replace``: a failure leaves no partial file); return its size."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return len(data)
 
 
-def _v3_info(raw: bytes) -> dict:
-    """Names, shapes and weight sizes of a version-3 file the C loader has validated
-    (so every offset read here is in bounds): the model's inputs and outputs, its
-    architecture, and per Conv/Linear op ``(name, op, rows, cols, nnz)``."""
-    h = _V3_HEADER.unpack_from(raw, 0)
-    (nvals, nops, _narr, _nrefs, nin, nout, inref, outref, _prod, arch, vdt) = h[5:16]
-    voff, ooff, roff, _aoff, soff, ssize = h[16:22]
-    s = lambda o: _v3_string(raw, soff, ssize, o)  # noqa: E731
-    refs = lambda i: struct.unpack_from("<I", raw, roff + 4 * i)[0]  # noqa: E731
-    names = [s(_V3_VALUE.unpack_from(raw, voff + 48 * i)[0]) for i in range(nvals)]
-    layers = []
-    for i in range(nops):
-        rec = _V3_OP.unpack_from(raw, ooff + 160 * i)
-        code, name, out = rec[0], rec[1], rec[2]
-        kind = OP_TYPES[code - 1] if 1 <= code <= len(OP_TYPES) else str(code)
-        if kind in _CONV_OPS:
-            iattr = rec[14:34]
-            layers.append({"name": s(name), "value": names[out], "op": kind, "rows": iattr[1],
-                           "cols": iattr[2], "nnz": iattr[3],
-                           "groups": iattr[6] if kind != "linear" else 1})
-    return {"architecture": s(arch), "value_dtype": {1: "float32", 2: "float16"}.get(vdt),
-            "inputs": [names[refs(inref + i)] for i in range(nin)],
-            "outputs": [names[refs(outref + i)] for i in range(nout)], "layers": layers}
+def check_model(data: bytes) -> None:
+    """Load ``data`` (version-3 bytes) with the engine's loader and free it: raises
+    :class:`SparseFormatError` with the loader's message when the bytes are not a valid
+    model."""
+    L = _native.lib()
+    buf = _aligned_bytes(data)
+    h = ctypes.c_void_p()
+    _native.check(L.mp_model_load(buf.ctypes.data, len(data), ctypes.byref(h)))
+    L.mp_model_free(h)
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Rewrite the version 1 / 2 model file ``src`` as a version-3 file ``dst`` (written
+    atomically, checked by the engine's loader first); return its size. Refuses
+    ``dst == src`` and a ``src`` that is already version 3 (``ValueError``);
+    :class:`SparseFormatError` for a file that is not a readable model."""
+    if os.path.abspath(os.fspath(src)) == os.path.abspath(os.fspath(dst)) or (
+            os.path.exists(dst) and os.path.samefile(src, dst)):
+        raise ValueError(f"convert: the new file must differ from the old one ({os.fspath(src)})")
+    raw, where = _read_raw(src)
+    if file_version(raw, where) == 3:
+        raise ValueError(f"convert: {where} is already a format-3 file")
+    data = model_bytes(raw)
+    check_model(data)
+    return write_bytes(dst, data)
 
 
 def model_bytes(source: str | os.PathLike | bytes) -> bytes:
     """The version-3 bytes of a model file (or of the bytes given): a version-3 file as
-    it is, a version 1 / 2 file converted (:func:`mobileprune.runtime.format3.from_container`).
+    it is, a version 1 / 2 file converted (:func:`mobileprune.runtime.format3.encode`).
     Raises :class:`SparseFormatError` for a file that is not a readable model."""
     raw, where = _read_raw(source)
     if file_version(raw, where) == 3:
         return raw
-    from . import format3
     header, arrays = _read_json_container(raw, where)
-    return format3.from_container(header, arrays)
+    return format3.encode(header, arrays)
 
 
 # =======================================================================================
@@ -421,6 +432,8 @@ class SparseModel:
             then choose differently, and agree to float rounding, not bitwise).
             ``tune=False`` chooses by the cost model alone (a plan that does not depend
             on timing).
+        portable: run the portable C kernels only (no SIMD; ``MP_PLAN_PORTABLE``): the
+            reference path, slower.
         blas_threads: former name of ``threads`` (``None`` means 1).
 
     Calling the model on a float32 array ``(N, *input_shape)`` (``N >= 1``; other float
@@ -437,7 +450,7 @@ class SparseModel:
     """
 
     def __init__(self, source: str | os.PathLike | bytes, *, mode: str = "auto",
-                 threads: int | None = None, tune: bool = True,
+                 threads: int | None = None, tune: bool = True, portable: bool = False,
                  blas_threads: int | None = None) -> None:
         if mode not in _MODES:
             raise ValueError(f"mode must be 'auto', 'sparse' or 'dense', got {mode!r}")
@@ -446,6 +459,7 @@ class SparseModel:
         self._threads = _check_threads(threads)
         self.mode = mode
         self.tune = bool(tune)
+        self.portable = bool(portable)
         raw = model_bytes(source)
         self._data = _aligned_bytes(raw)
         L = _native.lib()
@@ -458,14 +472,13 @@ class SparseModel:
         nin, nout = L.mp_model_num_inputs(h), L.mp_model_num_outputs(h)
         self.input_shapes = [_native.shape(L.mp_model_input_shape, h, i) for i in range(nin)]
         self.output_shapes = [_native.shape(L.mp_model_output_shape, h, i) for i in range(nout)]
-        info = _v3_info(raw)
-        self.header = {"format_version": 3,
-                       "architecture": info["architecture"], "value_dtype": info["value_dtype"]}
-        self.architecture = info["architecture"]
-        self.value_dtype = info["value_dtype"]
-        self.input_names = info["inputs"]
-        self.output_names = info["outputs"]
-        self._layers = info["layers"]
+        header, _ = format3.decode(raw)  # names and layer sizes (the engine checked the bytes)
+        self._layers = _layers(header)
+        self.header = {k: v for k, v in header.items() if k != "ops"}
+        self.architecture = header.get("architecture")
+        self.value_dtype = header.get("value_dtype")
+        self.input_names = [i["name"] for i in header["inputs"]]
+        self.output_names = list(header["outputs"])
         single = nin == 1
         # the single input (None when the model has several: see input_shapes)
         self.input_name = self.input_names[0] if single else None
@@ -498,8 +511,9 @@ class SparseModel:
 
     @property
     def flags(self) -> int:
-        """The ``mp_plan_create`` flags of :attr:`mode` and :attr:`tune`."""
-        return _MODES[self.mode] | (0 if self.tune else _native.PLAN_NO_TUNE)
+        """The ``mp_plan_create`` flags of :attr:`mode`, :attr:`tune` and :attr:`portable`."""
+        return (_MODES[self.mode] | (0 if self.tune else _native.PLAN_NO_TUNE)
+                | (_native.PLAN_PORTABLE if self.portable else 0))
 
     def _drop_plans(self) -> None:
         with self._lock:
@@ -629,10 +643,10 @@ class SparseModel:
                 lines.setdefault(toks[0], line)
         res = []
         for lay in self._layers:
-            line = lines.get(lay["name"]) or lines.get(lay["value"]) or ""
+            line = lines.get(lay["name"]) or lines.get(lay["module"]) or ""
             rows, cols, nnz = lay["rows"], lay["cols"], lay["nnz"]
             kernel = _kernel_of(line)
-            res.append(LayerPlan(lay["name"], lay["op"], rows, cols, nnz,
+            res.append(LayerPlan(lay["module"], lay["op"], rows, cols, nnz,
                                  nnz / (rows * cols) if rows * cols else 0.0, kernel,
                                  relu_fused="relu" in line.lower(),
                                  macs_dense=rows * cols, macs_sparse=nnz,
@@ -676,6 +690,7 @@ def backend() -> str:
 
 
 def load(path: str | os.PathLike | bytes, mode: str = "auto", threads: int | None = None,
-         tune: bool = True, blas_threads: int | None = None) -> SparseModel:
+         tune: bool = True, portable: bool = False, blas_threads: int | None = None) -> SparseModel:
     """Load a sparse model file (see :class:`SparseModel`)."""
-    return SparseModel(path, mode=mode, threads=threads, tune=tune, blas_threads=blas_threads)
+    return SparseModel(path, mode=mode, threads=threads, tune=tune, portable=portable,
+                       blas_threads=blas_threads)
