@@ -936,7 +936,7 @@ def test_batch1_fast_path_keeps_every_check(tmp_path):
     g = torch.Generator().manual_seed(6)
     x = torch.randn(1, 2, 16, 16, generator=g)
     first = sm(x.numpy())
-    assert [p.N for p in sm._plans] == [1]  # the plan of batch 1 is kept
+    assert list(sm._pool) == [1] and len(sm._pool[1]) == 1  # the plan of batch 1 is kept
     second = sm(x.numpy())
     assert _rel_err(second, _ref(layer, x)) <= REL_TOL and np.array_equal(first, second)
     assert not np.shares_memory(first, second) and second.flags.c_contiguous

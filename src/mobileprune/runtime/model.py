@@ -354,8 +354,10 @@ def model_bytes(source: str | os.PathLike | bytes) -> bytes:
 _F32 = np.dtype(np.float32)
 _MODES = {"auto": _native.PLAN_DEFAULT, "sparse": _native.PLAN_FORCE_SPARSE,
           "dense": _native.PLAN_FORCE_DENSE}
-#: plans kept per model (batch sizes x concurrent callers); older ones are freed
-MAX_PLANS = 8
+#: batch sizes a model keeps plans for (the oldest size's plans are freed for a new one)
+MAX_BATCH_SIZES = 8
+#: idle plans kept per batch size (one per concurrent caller)
+MAX_IDLE = 4
 
 
 @dataclass
@@ -380,15 +382,17 @@ class LayerPlan:
 class _Plan:
     """One ``mp_plan`` (batch size ``N``) with its reusable pointer arrays."""
 
-    __slots__ = ("handle", "N", "ins", "outs", "__weakref__")
+    __slots__ = ("handle", "N", "settings", "ins", "outs")
 
-    def __init__(self, model_handle, N: int, threads: int, flags: int, nin: int, nout: int):
+    def __init__(self, model_handle, N: int, settings: tuple[int, int], nin: int, nout: int):
         L = _native.lib()
         h = ctypes.c_void_p()
+        threads, flags = settings
         _native.check(L.mp_plan_create(model_handle, N, threads, flags, ctypes.byref(h)),
                       f"planning the model for batch {N}")
         self.handle = h
         self.N = N
+        self.settings = settings
         self.ins = (ctypes.c_void_p * nin)()
         self.outs = (ctypes.c_void_p * nout)()
 
@@ -398,15 +402,27 @@ class _Plan:
             self.handle = None
 
 
-def _free_all(model_handle, plans: list, lock: threading.Lock, data) -> None:
+def _free_all(model_handle, pool: dict, lock: threading.Lock, data) -> None:
     """Finalizer of a :class:`SparseModel`: its plans, then its model (``data``, the
     bytes the model reads, is kept alive until here)."""
     with lock:
-        for p in plans:
-            p.free()
-        plans.clear()
+        for idle in pool.values():
+            for p in idle:
+                p.free()
+        pool.clear()
     if model_handle:
         _native.lib().mp_model_free(model_handle)
+
+
+def _address(a: np.ndarray) -> int:
+    """The data address of a C-contiguous array (the fast way for a writeable one)."""
+    try:
+        return _addressof(_c_char.from_buffer(a))
+    except (TypeError, ValueError):  # read-only
+        return a.__array_interface__["data"][0]
+
+
+_addressof, _c_char = ctypes.addressof, ctypes.c_char
 
 
 def _aligned_bytes(raw: bytes) -> np.ndarray:
@@ -459,9 +475,9 @@ class SparseModel:
         if threads is None:
             threads = blas_threads if blas_threads is not None else 1
         self._threads = _check_threads(threads)
-        self.mode = mode
-        self.tune = bool(tune)
-        self.portable = bool(portable)
+        self._mode = mode
+        self._tune = bool(tune)
+        self._portable = bool(portable)
         raw = model_bytes(source)
         self._data = _aligned_bytes(raw)
         L = _native.lib()
@@ -469,9 +485,12 @@ class SparseModel:
         _native.check(L.mp_model_load(self._data.ctypes.data, len(raw), ctypes.byref(h)))
         self._handle = h
         self._run = L.mp_plan_run
-        self._plans: list[_Plan] = []  # idle plans, most recently used last
+        # idle plans by batch size: a call pops one (list.pop is atomic: two concurrent
+        # calls never get the same plan), or makes a new one, and puts it back
+        self._pool: dict[int, list[_Plan]] = {}
         self._lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _free_all, h, self._plans, self._lock, self._data)
+        self._current = self._settings()  # (threads, flags) of the plans in the pool
+        self._finalizer = weakref.finalize(self, _free_all, h, self._pool, self._lock, self._data)
         nin, nout = L.mp_model_num_inputs(h), L.mp_model_num_outputs(h)
         self.input_shapes = [_native.shape(L.mp_model_input_shape, h, i) for i in range(nin)]
         self.output_shapes = [_native.shape(L.mp_model_output_shape, h, i) for i in range(nout)]
@@ -513,34 +532,73 @@ class SparseModel:
         self.threads = 1 if value is None else value
 
     @property
+    def mode(self) -> str:
+        """``"auto"``, ``"sparse"`` or ``"dense"``; setting it drops the plans made before."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in _MODES:
+            raise ValueError(f"mode must be 'auto', 'sparse' or 'dense', got {value!r}")
+        self._mode = value
+        self._drop_plans()
+
+    @property
     def flags(self) -> int:
         """The ``mp_plan_create`` flags of :attr:`mode`, :attr:`tune` and :attr:`portable`."""
-        return (_MODES[self.mode] | (0 if self.tune else _native.PLAN_NO_TUNE)
-                | (_native.PLAN_PORTABLE if self.portable else 0))
+        return (_MODES[self._mode] | (0 if self._tune else _native.PLAN_NO_TUNE)
+                | (_native.PLAN_PORTABLE if self._portable else 0))
+
+    def _settings(self) -> tuple[int, int]:
+        return self._threads, self.flags
+
+    @property
+    def tune(self) -> bool:
+        """Whether plans of ``mode="auto"`` time close choices (set at load)."""
+        return self._tune
+
+    @property
+    def portable(self) -> bool:
+        """Whether plans use the portable C kernels only (set at load)."""
+        return self._portable
 
     def _drop_plans(self) -> None:
+        """Free the idle plans (after a change of settings; plans in use are freed when
+        they come back)."""
         with self._lock:
-            for p in self._plans:
-                p.free()
-            self._plans.clear()
+            self._current = self._settings()
+            for idle in self._pool.values():
+                for p in idle:
+                    p.free()
+            self._pool.clear()
 
     def _acquire(self, N: int) -> _Plan:
         """An idle plan for batch ``N`` (taken out of the pool), or a new one."""
+        idle = self._pool.get(N)
+        if idle:
+            try:
+                return idle.pop()
+            except IndexError:  # another thread took the last one
+                pass
         with self._lock:
-            for i in range(len(self._plans) - 1, -1, -1):
-                if self._plans[i].N == N:
-                    return self._plans.pop(i)
-        return _Plan(self._handle, N, self._threads, self.flags, len(self.input_shapes),
+            if N not in self._pool:
+                if len(self._pool) >= MAX_BATCH_SIZES:  # forget the oldest batch size
+                    for p in self._pool.pop(next(iter(self._pool))):
+                        p.free()
+                self._pool[N] = []
+        return _Plan(self._handle, N, self._current, len(self.input_shapes),
                      len(self.output_shapes))
 
-    def _release(self, plan: _Plan, threads: int) -> None:
+    def _release(self, plan: _Plan) -> None:
+        """Put ``plan`` back in the pool (or free it if the settings changed meanwhile,
+        its batch size was forgotten, or enough plans of its size are idle)."""
         with self._lock:
-            if threads != self._threads or not self._finalizer.alive:
+            idle = self._pool.get(plan.N)
+            if idle is None or len(idle) >= MAX_IDLE or plan.settings != self._current \
+                    or not self._finalizer.alive:
                 plan.free()
-                return
-            self._plans.append(plan)
-            while len(self._plans) > MAX_PLANS:
-                self._plans.pop(0).free()
+            else:
+                idle.append(plan)
 
     # ---- execution
     def __call__(self, x: Any, *more: Any, out: np.ndarray | tuple[np.ndarray, ...] | None = None
@@ -563,26 +621,28 @@ class SparseModel:
             xs = self._check_inputs((x,) + more)
         N = xs[0].shape[0]
         if out is None:
-            outs = tuple([np.empty((N,) + s, np.float32) for s in self.output_shapes])
+            if self._out0 is not None:
+                outs = (np.empty((N,) + self._out0, _F32),)
+            else:
+                outs = tuple([np.empty((N,) + s, _F32) for s in self.output_shapes])
         else:
             outs = self._check_out(out, N)
             if any(np.may_share_memory(o, a) for o in outs for a in xs):
                 xs = tuple(a.copy() for a in xs)
-        threads = self._threads
         plan = self._acquire(N)
         try:
             ins, ptrs = plan.ins, plan.outs
             for i, a in enumerate(xs):
-                ins[i] = a.__array_interface__["data"][0]
+                ins[i] = _address(a)
             for i, o in enumerate(outs):
-                ptrs[i] = o.__array_interface__["data"][0]
+                ptrs[i] = _addressof(_c_char.from_buffer(o))
             status = self._run(plan.handle, ins, ptrs)
             if status:
                 _native.check(status)
         except BaseException:
             plan.free()
             raise
-        self._release(plan, threads)
+        self._release(plan)
         if out is not None:
             return out
         return outs[0] if len(outs) == 1 else outs
@@ -640,7 +700,7 @@ class SparseModel:
         try:
             return _native.describe(plan.handle)
         finally:
-            self._release(plan, self._threads)
+            self._release(plan)
 
     def plan(self) -> list[LayerPlan]:
         """Per Conv/Linear layer: shape, density and the kernel the engine chose for it
