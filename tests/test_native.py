@@ -220,19 +220,23 @@ def test_structured_pruning_reaches_the_file(exported):
 
 
 def test_modes_choose_the_kernels(exported):
-    """mode="dense" / "sparse" force the kernel of every conv / linear layer (the plan
-    says which it runs); plan() lists every layer with its size and density."""
+    """mode="dense" / "sparse" force the weight storage of every conv / linear layer (the
+    plan says which); plan() lists every layer with its size, density and MACs."""
     model, path = exported("lenet5", "90")
     dense = load(path, mode="dense").plan()
     sparse = load(path, mode="sparse").plan()
-    assert [p.name for p in dense] == ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    names = [n for n, m in model.named_modules() if m in _layers(model)]
+    assert [p.name for p in dense] == [p.name for p in sparse] == names
     for p, m in zip(dense, _layers(model)):
         assert (p.rows, p.nnz) == (m.weight.shape[0], int((m.weight != 0).sum()))
         assert p.cols == m.weight[0].numel() and abs(p.density - p.nnz / (p.rows * p.cols)) < 1e-12
-    assert all("sparse" not in p.extra["describe"].lower() or "dense" in p.extra["describe"].lower()
-               for p in dense)
-    assert [p.kernel for p in dense] != [p.kernel for p in sparse]
-    assert load(path).summary().strip()
+        assert p.macs_sparse * p.rows * p.cols == p.macs_dense * p.nnz
+    assert all(p.storage == "dense" for p in dense)
+    assert all(p.storage and p.storage != "dense" for p in sparse)
+    assert all(p.kernel for p in dense + sparse)
+    fc1 = next(p for p in dense if p.name == "fc1")
+    assert fc1.relu_fused  # fc1 -> relu: fused into the layer
+    assert "fc1" in load(path).summary()
 
 
 def test_tune_false_gives_a_fixed_plan(exported):
@@ -368,13 +372,16 @@ def test_bad_files_get_the_loaders_message(tmp_path):
     def big_dim(b):
         struct.pack_into("<I", b, h[16] + 8, 1 << 30)  # first value (the input): dims[0]
 
-    cases = {"unknown op": unknown_op, "input ref": bad_input_ref, "huge count": huge_count,
-             "big dim": big_dim}
-    for what, patch in cases.items():
+    cases = {"unknown op code 99": unknown_op, "inputs_ref": bad_input_ref,
+             "num_values": huge_count, "elements per sample": big_dim}
+    for needle, patch in cases.items():
+        bad = tmp_path / "bad.mps"
+        bad.write_bytes(_v3(raw, patch))
         with pytest.raises(SparseFormatError) as ei:
-            load(_v3(raw, patch))
-        msg = str(ei.value)
-        assert msg and "\n" not in msg, what
+            load(bad)
+        msg = str(ei.value)  # the C loader's one-line message, after the file name
+        assert msg == f"{bad}: {_native.last_error()}" and "\n" not in msg, msg
+        assert needle in msg, msg
     with pytest.raises(SparseFormatError, match="CRC|crc"):
         load(raw[:-100] + bytes([raw[-100] ^ 0xFF]) + raw[-99:])
     for bad in (raw[:len(raw) // 2], raw[:127], raw[:10], b"", raw + b"\0" * 64,

@@ -342,6 +342,10 @@ def model_bytes(source: str | os.PathLike | bytes) -> bytes:
     it is, a version 1 / 2 file converted (:func:`mobileprune.runtime.format3.encode`).
     Raises :class:`SparseFormatError` for a file that is not a readable model."""
     raw, where = _read_raw(source)
+    return _v3_bytes(raw, where)
+
+
+def _v3_bytes(raw: bytes, where: str) -> bytes:
     if file_version(raw, where) == 3:
         return raw
     header, arrays = _read_json_container(raw, where)
@@ -363,8 +367,10 @@ MAX_IDLE = 4
 @dataclass
 class LayerPlan:
     """How one Conv/Linear layer runs (see :meth:`SparseModel.plan`): its GEMM view
-    (``rows`` output channels / features x ``cols``), nonzero weights, and the kernel the
-    engine chose, with its storage and reason (``mp_plan_describe``)."""
+    (``rows`` output channels / features x ``cols``), nonzero weights, multiply-adds per
+    sample (dense / nonzero), and the kernel and weight storage the engine chose
+    (``"dense"``, ``"csr"``, blocked...) with its reason (``extra["describe"]``: the
+    line of ``mp_plan_describe``)."""
 
     name: str
     op: str
@@ -377,6 +383,7 @@ class LayerPlan:
     macs_dense: int = 0
     macs_sparse: int = 0
     extra: dict = field(default_factory=dict)
+    storage: str = ""
 
 
 class _Plan:
@@ -478,11 +485,13 @@ class SparseModel:
         self._mode = mode
         self._tune = bool(tune)
         self._portable = bool(portable)
-        raw = model_bytes(source)
+        raw, where = _read_raw(source)
+        raw = _v3_bytes(raw, where)
         self._data = _aligned_bytes(raw)
         L = _native.lib()
         h = ctypes.c_void_p()
-        _native.check(L.mp_model_load(self._data.ctypes.data, len(raw), ctypes.byref(h)))
+        _native.check(L.mp_model_load(self._data.ctypes.data, len(raw), ctypes.byref(h)),
+                      "" if where == "<bytes>" else where)
         self._handle = h
         self._run = L.mp_plan_run
         # idle plans by batch size: a call pops one (list.pop is atomic: two concurrent
@@ -715,13 +724,15 @@ class SparseModel:
         for lay in self._layers:
             line = lines.get(lay["name"]) or lines.get(lay["module"]) or ""
             rows, cols, nnz = lay["rows"], lay["cols"], lay["nnz"]
-            kernel = _kernel_of(line)
+            toks = line.split()  # name op kernel storage density=... reason [+relu ...]
             res.append(LayerPlan(lay["module"], lay["op"], rows, cols, nnz,
-                                 nnz / (rows * cols) if rows * cols else 0.0, kernel,
-                                 relu_fused="+relu" in line,
+                                 nnz / (rows * cols) if rows * cols else 0.0,
+                                 toks[2] if len(toks) > 2 else "",
+                                 relu_fused="+relu" in toks,
                                  macs_dense=rows * cols * lay["pixels"],
                                  macs_sparse=nnz * lay["pixels"],
-                                 extra={"describe": line.strip()}))
+                                 extra={"describe": line.strip()},
+                                 storage=toks[3] if len(toks) > 3 else ""))
         return res
 
     def summary(self) -> str:
@@ -737,16 +748,6 @@ class SparseModel:
     def close(self) -> None:
         """Free the engine's model and plans now (otherwise when the object is collected)."""
         self._finalizer()
-
-
-def _kernel_of(line: str) -> str:
-    """The kernel named in a ``mp_plan_describe`` line (``kernel=NAME`` or the third
-    field), or the whole line."""
-    for tok in line.replace(",", " ").split():
-        if tok.startswith("kernel="):
-            return tok[len("kernel="):]
-    toks = line.split()
-    return toks[2] if len(toks) > 2 else line.strip()
 
 
 def _check_threads(value: Any) -> int:
