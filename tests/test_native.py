@@ -35,7 +35,7 @@ from mobileprune.cli import main as cli_main
 from mobileprune.errors import ConfigError
 from mobileprune.export import export_native
 from mobileprune.models import build_model
-from mobileprune.runtime import (SparseFormatError, SparseModel, _native, format3, load,
+from mobileprune.runtime import (SparseFormatError, _native, format3, load,
                                  read_container, write_container)
 from mobileprune.runtime.model import ACTIVATIONS, OP_TYPES
 from mobileprune.sparse_format import export_sparse

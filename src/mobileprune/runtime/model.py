@@ -515,8 +515,6 @@ class SparseModel:
         self.input_name = self.input_names[0] if single else None
         self.input_shape = self.input_shapes[0] if single else None
         self._out0 = self.output_shapes[0] if nout == 1 else None
-        self._described: list[LayerPlan] | None = None
-        self._description = ""
 
     # ---- settings
     @property
