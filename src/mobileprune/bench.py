@@ -43,8 +43,8 @@ Threads
   is loaded and a resize frees the old pool, so every loaded method is released before a
   resize and reloaded after it (settings are timed thread count by thread count); if the
   function is missing the pool is left as it is and ``"threading"`` says so.
-* sparse runtime: its numba kernels are single-threaded; ``t`` is only passed as the
-  BLAS thread count of its dense (BLAS) layers (``SparseModel.blas_threads``).
+* sparse runtime: the native engine (C) runs each call on ``t`` threads
+  (``SparseModel.threads``; a plan per thread count and batch size).
 
 Batch sizes and ExecuTorch
 --------------------------
@@ -544,15 +544,14 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             sizes["sparse"] = {"path": path.name, "bytes": path.stat().st_size}
             sm = runtime.load(path)
             be = _Backend("sparse_runtime", "sparse", "pruned", False, "torch_pruned",
-                          f"single-threaded {runtime.backend()} kernels; t = BLAS threads of "
-                          f"its dense layers only")
+                          f"{runtime.backend()} kernels; t = the engine's threads")
             be.files = [path.name]
             be.info = {"kernels": runtime.backend(),
                        "layers": [{"name": p.name, "density": p.density, "kernel": p.kernel}
                                   for p in sm.plan()]}
 
             def sparse_call(b: int, t: int, sm=sm):
-                sm.blas_threads = t  # called just before the timing of this setting
+                sm.threads = t  # called just before the timing of this setting
                 a = inputs_np[b]
                 return lambda *_x: sm(*a)
             be.call = sparse_call
@@ -577,7 +576,7 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     for k, s in sizes.items():
         s["vs_dense_state"] = sizes["dense_state"]["bytes"] / s["bytes"] if s["bytes"] else None
 
-    # ---- output check (before timing: also compiles numba kernels, loads ORT sessions)
+    # ---- output check (before timing: also plans the native engine, loads ORT sessions)
     for name, be in backends.items():
         worst, tol = 0.0, math.inf
         for b in batch_sizes:
