@@ -167,6 +167,10 @@ struct mp_step {
     float* out;
     void* scratch;
     size_t scratch_bytes, scratch_offset;
+    /* conv over sample groups (batch >= 2 on several threads): task g = samples
+     * [g B / groups, (g + 1) B / groups), prepared and computed by one thread in its own
+     * scratch of group_scratch bytes (no single-threaded prepare); 0: tasks of the op */
+    size_t groups, group_scratch;
     mp_conv_op* conv;
     mp_linear_op* linear;
     mp_act_kind act;

@@ -121,6 +121,19 @@ static void fused_act(const mp_plan* plan, uint32_t i, mp_act_kind* act, float* 
     *hi = a->code == MP_OP_RELU ? INFINITY : a->fattr[1];
 }
 
+/* A conv at batch 2 or more on several threads: one task per sample group (see mp_step;
+ * its prepare then runs on every thread: FER-like CNN at batch 16, 2 threads / 1 thread
+ * 1.6x -> 1.8x). Linear layers keep the operator's own tasks (a batch split did not pay). */
+static void set_groups(const mp_plan* plan, mp_step* s) {
+    if (plan->threads < 2 || plan->batch < 2) return;
+    s->groups = plan->threads < plan->batch ? plan->threads : plan->batch;
+    size_t most = (plan->batch + s->groups - 1) / s->groups;
+    size_t one = mp_conv_scratch_bytes(s->conv, most);
+    s->group_scratch = (one + MP_ALIGN - 1) / MP_ALIGN * MP_ALIGN;
+    s->scratch_bytes = s->group_scratch * s->groups;
+    s->num_tasks = s->groups;
+}
+
 static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
     const mp_model* m = plan->model;
     const mp_op* op = s->op;
@@ -140,6 +153,7 @@ static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
     if (st) return st;
     s->scratch_bytes = mp_conv_scratch_bytes(s->conv, plan->batch);
     s->num_tasks = mp_conv_num_tasks(s->conv, plan->batch);
+    set_groups(plan, s);
     return MP_OK;
 }
 

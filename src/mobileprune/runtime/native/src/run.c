@@ -11,6 +11,28 @@ static void conv_task(void* ctx, size_t b, size_t e) {
     mp_conv_compute(s->conv, s->batch, s->in[0], s->scratch, s->out, b, e);
 }
 
+/* Sample groups [b, e): each prepared and computed whole, in its own scratch. */
+static void group_task(void* ctx, size_t b, size_t e) {
+    const mp_step* s = ctx;
+    const mp_value* vi = &s->model->values[s->in_tensor[0]];
+    const mp_value* vo = &s->model->values[s->out_tensor];
+    for (size_t g = b; g < e; g++) {
+        size_t n0 = s->batch * g / s->groups, n1 = s->batch * (g + 1) / s->groups;
+        const float* in = s->in[0] + n0 * (size_t)vi->numel;
+        void* scratch = (uint8_t*)s->scratch + g * s->group_scratch;
+        float* out = s->out + n0 * (size_t)vo->numel;
+        if (s->conv) {
+            mp_conv_prepare(s->conv, n1 - n0, in, scratch);
+            mp_conv_compute(s->conv, n1 - n0, in, scratch, out, 0,
+                            mp_conv_num_tasks(s->conv, n1 - n0));
+        } else {
+            mp_linear_prepare(s->linear, n1 - n0, in, scratch);
+            mp_linear_compute(s->linear, n1 - n0, in, scratch, out, 0,
+                              mp_linear_num_tasks(s->linear, n1 - n0));
+        }
+    }
+}
+
 static void linear_task(void* ctx, size_t b, size_t e) {
     const mp_step* s = ctx;
     mp_linear_compute(s->linear, s->batch, s->in[0], s->scratch, s->out, b, e);
@@ -18,7 +40,9 @@ static void linear_task(void* ctx, size_t b, size_t e) {
 
 static void run_step(mp_plan* p, mp_step* s) {
     mp_task_fn fn = s->fn;
-    if (s->conv) {
+    if (s->groups) {
+        fn = group_task;
+    } else if (s->conv) {
         mp_conv_prepare(s->conv, s->batch, s->in[0], s->scratch);
         fn = conv_task;
     } else if (s->linear) {
