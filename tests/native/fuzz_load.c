@@ -16,7 +16,8 @@
  *      extensions and splices, mostly with file_size and CRC fixed up.
  * Property checked (besides "no crash, over-read, UB, leak or hang", which the sanitizers
  * and a per-case alarm check): a refused file returns a known status with a non-empty
- * message, one line (a warning unless --strict); every seed loads. Cases are numbered and reproducible from --seed.
+ * message, one line (a warning unless --strict); every seed loads. Cases are numbered and
+ * reproducible from --seed.
  * Exit status: 0 ok, 1 a property failed, 2 bad usage or no seed file.
  */
 #if !defined(_WIN32) && !defined(_POSIX_C_SOURCE)
@@ -140,7 +141,8 @@ static uint32_t crc32_of(const fuzzer* f, const unsigned char* p, size_t n) {
 /* Make the header's file_size and CRC agree with the bytes (when the header is whole). */
 static void fix_header(const fuzzer* f, unsigned char* p, size_t size, int fix_size, int fix_crc) {
     if (fix_size && size >= 24) wr64(p + 16, size);
-    if (fix_crc && size >= HEADER_SIZE) wr32(p + 24, crc32_of(f, p + HEADER_SIZE, size - HEADER_SIZE));
+    if (fix_crc && size >= HEADER_SIZE)
+        wr32(p + 24, crc32_of(f, p + HEADER_SIZE, size - HEADER_SIZE));
 }
 
 /* ---- running one case ------------------------------------------------------------------ */
@@ -231,7 +233,8 @@ static void plan_and_run(fuzzer* f, const mp_model* m) {
     size_t nin = mp_model_num_inputs(m), nout = mp_model_num_outputs(m);
     if (nin == 0 || nout == 0 || nin > MAX_IO || nout > MAX_IO) return;
     if (io_elements(m, 1, nin, in_each) == 0 || io_elements(m, 0, nout, out_each) == 0) return;
-    static const uint32_t flag_sets[] = {MP_PLAN_DEFAULT, MP_PLAN_NO_TUNE, MP_PLAN_NO_TUNE | MP_PLAN_FORCE_DENSE,
+    static const uint32_t flag_sets[] = {MP_PLAN_DEFAULT, MP_PLAN_NO_TUNE,
+                                         MP_PLAN_NO_TUNE | MP_PLAN_FORCE_DENSE,
                                          MP_PLAN_NO_TUNE | MP_PLAN_FORCE_SPARSE,
                                          MP_PLAN_NO_TUNE | MP_PLAN_PORTABLE};
     size_t batch = 1 + random_below(f, 2), threads = 1 + (random_below(f, 4) == 0);
@@ -405,8 +408,12 @@ static void integer_arrays(fuzzer* f, const seed_file* s) {
             size_t at = (size_t)(data + off + picks[p] * item);
             for (size_t v = 0; v < sizeof vals / sizeof vals[0]; v++) {
                 memcpy(f->work, s->data, s->size);
-                if (item == 2) f->work[at] = (unsigned char)vals[v], f->work[at + 1] = (unsigned char)(vals[v] >> 8);
-                else wr32(f->work + at, vals[v]);
+                if (item == 2) {
+                    f->work[at] = (unsigned char)vals[v];
+                    f->work[at + 1] = (unsigned char)(vals[v] >> 8);
+                } else {
+                    wr32(f->work + at, vals[v]);
+                }
                 snprintf(current_case, sizeof current_case, "%s: array %llu entry %llu = %u",
                          s->path, (unsigned long long)a, (unsigned long long)picks[p], vals[v]);
                 fix_header(f, f->work, s->size, 0, 1);
@@ -442,8 +449,14 @@ static size_t mutate_once(fuzzer* f, size_t size, size_t struct_end) {
     switch (random_below(f, 7)) {
     case 0: if (size) p[at] ^= (unsigned char)(1u << random_below(f, 8)); break;
     case 1: if (size) p[at] = (unsigned char)next_random(f); break;
-    case 2: if (at + 4 <= size) wr32(p + (at & ~(size_t)3), (uint32_t)interesting[random_below(f, N_INTERESTING_32)]); break;
-    case 3: if ((at & ~(size_t)7) + 8 <= size) wr64(p + (at & ~(size_t)7), interesting[random_below(f, N_INTERESTING_64)]); break;
+    case 2:
+        if ((at & ~(size_t)3) + 4 <= size)
+            wr32(p + (at & ~(size_t)3), (uint32_t)interesting[random_below(f, N_INTERESTING_32)]);
+        break;
+    case 3:
+        if ((at & ~(size_t)7) + 8 <= size)
+            wr64(p + (at & ~(size_t)7), interesting[random_below(f, N_INTERESTING_64)]);
+        break;
     case 4: return random_below(f, size + 1); /* truncate */
     case 5: { /* extend with random bytes */
         size_t add = 1 + random_below(f, 256);
@@ -502,11 +515,15 @@ static void api_edges(fuzzer* f, const char* a_seed_path) {
     static const unsigned char foreign[HEADER_SIZE] = "MPSPARSE\x02\0\0\0{\"format_version\": 2}";
     mp_model* m = NULL;
     snprintf(current_case, sizeof current_case, "API edge cases");
-    if (mp_model_load(NULL, 10, &m) != MP_INVALID_ARGUMENT) fail(f, "load(NULL, 10) not MP_INVALID_ARGUMENT");
-    if (mp_model_load(foreign, sizeof foreign, NULL) != MP_INVALID_ARGUMENT) fail(f, "load(out=NULL) not MP_INVALID_ARGUMENT");
+    if (mp_model_load(NULL, 10, &m) != MP_INVALID_ARGUMENT)
+        fail(f, "load(NULL, 10) not MP_INVALID_ARGUMENT");
+    if (mp_model_load(foreign, sizeof foreign, NULL) != MP_INVALID_ARGUMENT)
+        fail(f, "load(out=NULL) not MP_INVALID_ARGUMENT");
     if (mp_model_load(foreign, 0, &m) == MP_OK) fail(f, "an empty buffer loaded");
-    if (mp_model_load(foreign, sizeof foreign, &m) != MP_INVALID_MODEL) fail(f, "a version-2 header not MP_INVALID_MODEL");
-    if (mp_model_load_file("/nonexistent/dir/model.mps", &m) != MP_IO_ERROR) fail(f, "a missing file not MP_IO_ERROR");
+    if (mp_model_load(foreign, sizeof foreign, &m) != MP_INVALID_MODEL)
+        fail(f, "a version-2 header not MP_INVALID_MODEL");
+    if (mp_model_load_file("/nonexistent/dir/model.mps", &m) != MP_IO_ERROR)
+        fail(f, "a missing file not MP_IO_ERROR");
     if (mp_model_load_file(".", &m) != MP_IO_ERROR) fail(f, "a directory not MP_IO_ERROR");
     if (mp_model_load_file(a_seed_path, &m) != MP_OK) fail(f, "mp_model_load_file refused a seed");
     mp_model_free(m);
