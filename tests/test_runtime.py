@@ -784,20 +784,7 @@ def test_auto_mode_plans_every_layer(tmp_path):
         assert _rel_err(sm(x.numpy()), ref) <= REL_TOL
 
 
-def _simd_conv_nan_known_bug() -> bool:
-    from mobileprune.runtime import _native
-    return _native.isa().startswith(("avx2", "avx512"))
-
-
-# Known engine bug (native/src/kernels/f32_spconv_*__avx2.c / __avx512f.c): the output
-# clamp min_ps(max_ps(acc, lo), hi) drops a NaN (x86 max/min return the second operand
-# when one is NaN; max_ps(lo, acc) / min_ps(hi, .) would keep it). The portable kernels
-# propagate it as torch does. Not strict: the mark is to go once the kernels are fixed.
-_NAN_SIMD = pytest.mark.xfail(condition=_simd_conv_nan_known_bug(), strict=False,
-                              reason="AVX2/AVX-512 sparse conv clamp drops NaN (kernel bug)")
-
-
-@pytest.mark.parametrize("portable", [pytest.param(False, marks=_NAN_SIMD), True])
+@pytest.mark.parametrize("portable", [False, True])  # SIMD and portable kernels
 @pytest.mark.parametrize("k, H, W", [(2, 9, 7), (3, 12, 12), (2, 2, 3)])
 def test_maxpool_fast_path_matches_torch_with_nan(k, H, W, portable, tmp_path):
     model = nn.Sequential(nn.Conv2d(2, 3, 1), nn.MaxPool2d(k)).eval()
