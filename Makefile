@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv clean bench-lenet5 native
+.PHONY: demo test venv clean bench-lenet5 native peers
 
 # the native engine (C, loaded by mobileprune.runtime with ctypes): `pip install -e .`
 # builds it; a change to a .c/.h/.inc file rebuilds it in place before the demo / tests
@@ -33,6 +33,12 @@ demo: $(STAMP) $(NATIVE_STAMP)
 
 test: $(STAMP) $(NATIVE_STAMP)
 	$(PY) -m pytest -q
+
+# peer engines for benchmarks/engines.py, apart from .venv (DeepSparse 1.8 needs onnx < 1.15
+# and numpy 1.x): OpenVINO and DeepSparse in .venv-peers
+peers:
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q 'deepsparse==1.8.0' 'numpy<2' 'openvino==2026.4.1'
 
 bench-lenet5: $(STAMP)
 	$(PY) benchmarks/lenet5_admm.py

@@ -361,3 +361,22 @@ def test_export_and_compact_several_inputs(tmp_path, capsys):
     assert res["max_abs_diff"] < 1e-4
     assert res["parameters"]["compacted"] < res["parameters"]["pruned"]
     capsys.readouterr()
+
+
+def test_report_targets_cover_multi_weight_modules():
+    """`mobileprune report` rebuilds the recorded targets of every prunable weight, also
+    the weights of an LSTM (named by parameter), not only modules with a `.weight`."""
+    from mobileprune.cli import _targets_from
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(4, 6)
+            self.fc = torch.nn.Linear(6, 3)
+
+    model = Tagger()
+    ckpt = {"extra": {"targets": {"lstm.weight_ih_l0": 10, "lstm.weight_hh_l0": 20, "fc": 5, "gone": 1}}}
+    got = {t.name: (t.param_name, t.shape, t.keep) for t in _targets_from(ckpt, model)}
+    assert got == {"lstm.weight_ih_l0": ("lstm.weight_ih_l0", (24, 4), 10),
+                   "lstm.weight_hh_l0": ("lstm.weight_hh_l0", (24, 6), 20),
+                   "fc": ("fc.weight", (3, 6), 5)}

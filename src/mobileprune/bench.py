@@ -740,7 +740,7 @@ def _environment(load: dict) -> dict:
     return {"python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "processor": platform.processor() or None,
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__,
-            "numba": _version("numba"), "onnx": _version("onnx"),
+            "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime"), "executorch": _version("executorch"),
             "sparse_kernels": kernels, "load_average": load}
 

@@ -359,12 +359,15 @@ def cmd_eval(args) -> int:
 
 
 def _targets_from(ckpt, model):
-    from .targets import LayerTarget, prunable_layers
+    """The targets a prune run recorded (``extra.targets``: weight name -> kept count),
+    on any prunable weight (:func:`mobileprune.targets.weight_slots`)."""
+    from .targets import LayerTarget, weight_slots
 
     keeps = (ckpt.get("extra") or {}).get("targets") or {}
-    layers = prunable_layers(model)
-    return [LayerTarget(name=n, param_name=f"{n}.weight", shape=tuple(layers[n].weight.shape), keep=k)
-            for n, k in keeps.items() if k is not None and n in layers]
+    slots = weight_slots(model)
+    return [LayerTarget(name=n, param_name=slots[n].param_name, shape=tuple(slots[n].weight.shape), keep=k,
+                        module=slots[n].module_name)
+            for n, k in keeps.items() if k is not None and n in slots]
 
 
 def cmd_report(args) -> int:

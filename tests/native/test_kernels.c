@@ -163,7 +163,7 @@ static void run_split(size_t total, run_fn f, const void* op, void* ctx)
 typedef struct conv_ctx {
     size_t batch;
     const float* x;
-    const void* scratch;
+    void* scratch;
     float* y;
 } conv_ctx;
 

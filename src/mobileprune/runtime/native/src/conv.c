@@ -493,10 +493,6 @@ size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch)
     return batch * op->buf_floats * sizeof(float) + 64;
 }
 
-static float* align64(const void* p)
-{
-    return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
-}
 
 /* Stride 1: each padded row written once (zeros, then the input row). */
 static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0, int32_t c1)
@@ -569,7 +565,7 @@ static size_t in_floats(const mp_conv_op* op)
 
 void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* scratch)
 {
-    float* buf = align64(scratch);
+    float* buf = mp_align64(scratch);
     const size_t used = op->chan * (size_t)op->d.in_channels;
     for (size_t n = 0; n < batch; n++) {
         float* b = buf + n * op->buf_floats;
@@ -611,12 +607,11 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* 
     }
 }
 
-void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, const void* scratch,
+void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, void* scratch,
                      float* out, size_t task_begin, size_t task_end)
 {
     (void)batch;
-    /* align64 drops the const: depthwise tasks pad their own channels into the scratch */
-    compute_pack(op, &op->pack, in, align64(scratch), out, task_begin, task_end);
+    compute_pack(op, &op->pack, in, mp_align64(scratch), out, task_begin, task_end);
 }
 
 /* Median-free quick timing: the best of a few interleaved runs of each pack. */
@@ -626,7 +621,7 @@ static void time_packs(mp_conv_op* op, conv_pack* packs, const int* cand, int nc
     float* out = malloc(((size_t)op->d.out_channels * op->plane + 16) * sizeof(float));
     float* in = calloc(in_floats(op), sizeof(float));
     if (raw == NULL || out == NULL || in == NULL) goto done;
-    float* buf = align64(raw);
+    float* buf = mp_align64(raw);
     for (size_t i = 0; i < op->chan * (size_t)op->d.in_channels; i++)
         buf[i] = (float)((i * 2654435761u) % 1000u) * 1e-3f;
     for (int c = 0; c < ncand; c++) best[c] = INFINITY;

@@ -274,10 +274,6 @@ size_t mp_linear_scratch_bytes(const mp_linear_op* op, size_t batch)
     return padded_batch(batch) * (size_t)op->d.in_features * sizeof(float) + 64;
 }
 
-static float* align64(const void* p)
-{
-    return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
-}
 
 /* x (batch, cols) -> x^T (cols, ld), zero-padded to ld (a multiple of 16). */
 void mp_linear_prepare(const mp_linear_op* op, size_t batch, const float* in, void* scratch)
@@ -285,7 +281,7 @@ void mp_linear_prepare(const mp_linear_op* op, size_t batch, const float* in, vo
     if (batch < MP_LINEAR_T_BATCH) return;
     const size_t cols = (size_t)op->d.in_features;
     const mp_linear_args a = {cols, cols, batch, NULL, NULL, NULL, NULL, in, cols,
-                              align64(scratch), padded_batch(batch), 0, cols, 0.0f, 0.0f};
+                              mp_align64(scratch), padded_batch(batch), 0, cols, 0.0f, 0.0f};
     op->ktr->fn(&a);
 }
 
@@ -305,7 +301,7 @@ void mp_linear_compute(const mp_linear_op* op, size_t batch, const float* in,
     if (batch < MP_LINEAR_T_BATCH)
         run_rows(op, batch, in, (size_t)op->d.in_features, out, r0, r1, 0);
     else
-        run_rows(op, batch, align64(scratch), padded_batch(batch), out, r0, r1, 1);
+        run_rows(op, batch, mp_align64_const(scratch), padded_batch(batch), out, r0, r1, 1);
 }
 
 void mp_linear_describe(const mp_linear_op* op, char* buf, size_t size)

@@ -12,6 +12,10 @@
  *     num_tasks(op, batch)                       (pieces of the output, any split is valid)
  *     compute(op, batch, in, scratch, out, t0, t1) (tasks [t0, t1): any thread, no allocation)
  *
+ * compute reads the scratch that prepare filled; a conv task may also write the part of the
+ * scratch that only it reads (a depthwise / grouped conv pads its own channels while they
+ * are in cache, so its prepare does nothing). Tasks never write what another task reads.
+ *
  * Tensors are float32, C order, contiguous: conv input (batch, C, H, W) -> output (batch, O,
  * Ho, Wo) (1-D convs: H = Ho = 1); linear input (batch, in) -> output (batch, out). Bias and
  * the fused activation (act) are applied inside compute.
@@ -70,7 +74,7 @@ mp_status mp_conv_create(const mp_conv_desc* desc, const mp_weights* w, uint32_t
 size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch);
 void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* scratch);
 size_t mp_conv_num_tasks(const mp_conv_op* op, size_t batch);
-void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, const void* scratch,
+void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, void* scratch,
                      float* out, size_t task_begin, size_t task_end);
 /* "kernel-name storage density=0.100 reason" (one line, no newline). */
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size);

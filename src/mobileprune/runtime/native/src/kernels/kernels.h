@@ -42,6 +42,13 @@
 #define MP_TARGET_AVX512
 #endif
 
+/* The first 64-byte aligned float of a scratch block (scratch sizes include 64 spare bytes). */
+static inline float* mp_align64(void* p) { return (float*)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+static inline const float* mp_align64_const(const void* p)
+{
+    return (const float*)(((uintptr_t)p + 63) & ~(uintptr_t)63);
+}
+
 /* Most vectors per pixel block of any kernel when the vectors are scattered (each its own
  * input delta), when they are contiguous (vector v at delta vec[0].in + v * lanes: one base
  * register and constant displacements), and most rows per row block. */
