@@ -206,17 +206,11 @@ def read_container(source: str | os.PathLike | bytes) -> tuple[dict, dict[str, n
 
 
 def _read_json_container(raw: bytes, where: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """A version 1 / 2 file (its magic and version already checked by :func:`file_version`)."""
     if len(raw) < _PREFIX.size:
         raise SparseFormatError(f"{where}: file too short ({len(raw)} bytes) to be a "
                                 f"mobileprune sparse model (truncated?)")
-    magic, version, hcrc, hlen = _PREFIX.unpack_from(raw, 0)
-    if magic != MAGIC_BYTES:
-        raise SparseFormatError(f"{where}: not a mobileprune sparse model file "
-                                f"(bad magic {magic!r}, expected {MAGIC_BYTES!r})")
-    if version not in CONTAINER_VERSIONS:
-        raise SparseFormatError(f"{where}: unsupported format_version {version} "
-                                f"(this runtime reads versions "
-                                f"{', '.join(map(str, READ_VERSIONS))})")
+    _, version, hcrc, hlen = _PREFIX.unpack_from(raw, 0)
     hstart = _PREFIX.size
     if hlen > len(raw) - hstart:
         raise SparseFormatError(f"{where}: truncated file (header of {hlen} bytes announced, "
