@@ -279,7 +279,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-# -- bench -------------------------------------------------------------------------------
+# -- convert -----------------------------------------------------------------------------
 def cmd_convert(args) -> int:
     from .runtime import SparseFormatError, convert
 
@@ -291,6 +291,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
+# -- bench -------------------------------------------------------------------------------
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(","))
