@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from mobileprune.datasets import load_dataset, make_loaders
+from mobileprune.data.registry import load_dataset, make_loaders
 from mobileprune.errors import DataError
-from mobileprune.targets import load_yaml
+from mobileprune.sparsity.targets import load_yaml
 
 
 def prepare(case_file: Path, data_dir: str | None, work_dir: Path):

@@ -3,7 +3,7 @@
 One case (a model at a sparsity) and one setting (batch, threads) run in a fresh process
 pinned with ``taskset`` (1 thread: CPU 1; 2 threads: CPUs 0-1), so every engine's threads
 live on the same cores. In that process every engine is loaded, its output checked
-against torch, then all are timed **interleaved** (:func:`mobileprune.latency.
+against torch, then all are timed **interleaved** (:func:`mobileprune.measure.latency.
 compare_latency`: warm-up, then rounds in rotating order; min / p10 / median / p90 / max).
 The reference for "peak" is measured in the same process: a dense fp32 1024x1024 matrix
 product in torch at one thread (GMAC/s) and the raw FMA peak of the core
@@ -22,7 +22,7 @@ DeepSparse run in ``.venv-peers`` (``make peers``; DeepSparse needs onnx < 1.15)
 ``benchmarks/peer_worker.py``; without that environment they are reported as skipped.
 
 A speedup is printed only when the two engines' p10-p90 ranges do not overlap
-(:func:`mobileprune.latency.speedup`), else "within noise". Results are saved per case and
+(:func:`mobileprune.measure.latency.speedup`), else "within noise". Results are saved per case and
 setting under ``docs/benchmarks/engines/`` (a finished pair is not re-run: an interrupted
 run resumes; ``--fresh`` re-runs everything) and summarised in ``docs/benchmarks/engines.md``.
 
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from whole_model import LENET5_71X, TABLE3, magnitude_prune  # noqa: E402
 
 from mobileprune.checkpoint import atomic_write_text  # noqa: E402
-from mobileprune.latency import compare_latency, speedup  # noqa: E402
+from mobileprune.measure.latency import compare_latency, speedup  # noqa: E402
 from mobileprune.models import build_model  # noqa: E402
 
 OUT = ROOT / "docs" / "benchmarks" / "engines"
@@ -168,9 +168,9 @@ class PeerTimer:
 
 def _in_process_engines(model, x, b, t, d: Path, skipped: dict) -> dict:
     """name -> (callable, output) for the engines of this interpreter."""
-    from mobileprune.export import export_executorch, export_onnx
+    from mobileprune.deploy.export import export_executorch, export_onnx
     from mobileprune.runtime import load
-    from mobileprune.sparse_format import export_sparse
+    from mobileprune.deploy.sparse import export_sparse
     xn = x.numpy()
     engines = {"torch": (lambda: model(x), model(x).detach().numpy())}
     export_sparse(model, x, d / "m.mps")

@@ -20,14 +20,14 @@ from pathlib import Path
 import torch
 
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model, save_checkpoint
-from mobileprune.compact import compact
-from mobileprune.datasets import load_dataset, make_loaders
+from mobileprune.surgery.compact import compact
+from mobileprune.data.registry import load_dataset, make_loaders
 from mobileprune.errors import DataError
 from mobileprune.models import build_model
-from mobileprune.pipeline import PipelineConfig, admm_prune
-from mobileprune.report import layer_report, to_markdown
-from mobileprune.targets import resolve_targets
-from mobileprune.train import cosine_lr, evaluate, make_optimizer, train_epoch
+from mobileprune.pipeline.prune import PipelineConfig, admm_prune
+from mobileprune.sparsity.report import layer_report, to_markdown
+from mobileprune.sparsity.targets import resolve_targets
+from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = str(ROOT / "benchmarks" / "lenet5_admm.yaml")
@@ -142,7 +142,7 @@ def main() -> int:
                   f"{r['accuracy_change_points']:+.2f} | {L['conv1']}/{L['conv2']}/{L['fc1']}/{L['fc2']} | "
                   f"{r['wall_seconds']:.0f} s | {r['live_nonzero_weights']:,} "
                   f"({r['live_weight_compression']:.0f}x) | {r['active_units']} |")
-    md += ["", "Live weights: nonzeros left after `mobileprune.compact` removes the units that cannot "
+    md += ["", "Live weights: nonzeros left after `mobileprune.surgery.compact` removes the units that cannot "
            "affect the output (a hidden neuron whose outgoing weights were all pruned, a filter "
            "nothing reads); the outputs are unchanged, so the model really needs only these. "
            "Active units: conv1 and conv2 filters, fc1 and fc2 inputs of that compacted model "

@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model, save_checkpoint
-from mobileprune.compact import compact
+from mobileprune.surgery.compact import compact
 from mobileprune.models import build_model
-from mobileprune.pipeline import admm_prune, fit, proximal_prune
-from mobileprune.report import layer_report, size_of
-from mobileprune.train import evaluate
+from mobileprune.pipeline.prune import admm_prune, fit, proximal_prune
+from mobileprune.sparsity.report import layer_report, size_of
+from mobileprune.pipeline.train import evaluate
 
 from _common import prepare
 

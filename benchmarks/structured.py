@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model
-from mobileprune.compact import compact
-from mobileprune.latency import compare_latency
+from mobileprune.surgery.compact import compact
+from mobileprune.measure.latency import compare_latency
 from mobileprune.models import build_model
-from mobileprune.pipeline import PipelineConfig, admm_prune, fit
-from mobileprune.report import layer_report
-from mobileprune.train import evaluate
+from mobileprune.pipeline.prune import PipelineConfig, admm_prune, fit
+from mobileprune.sparsity.report import layer_report
+from mobileprune.pipeline.train import evaluate
 
 from _common import prepare
 

@@ -1,6 +1,6 @@
 """Benchmark: whole-model latency and storage of pruned models, every deployment path.
 
-Runs `mobileprune.bench.benchmark_model` (dense torch, pruned torch, compacted torch,
+Runs `mobileprune.measure.bench.benchmark_model` (dense torch, pruned torch, compacted torch,
 the sparse runtime, ONNX Runtime and ExecuTorch of the dense and compacted models, all
 in one interleaved run) on:
 
@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
-from mobileprune.bench import benchmark_model
+from mobileprune.measure.bench import benchmark_model
 from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model
-from mobileprune.masks import apply_masks
+from mobileprune.sparsity.masks import apply_masks
 from mobileprune.models import build_model
-from mobileprune.projection import topk_mask
-from mobileprune.targets import load_config
+from mobileprune.math.projection import topk_mask
+from mobileprune.sparsity.targets import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE3 = {"conv1": 0.20, "conv2": 0.60, "conv3": 0.70, "conv4": 0.80, "conv5": 0.80, "conv6": 0.85,

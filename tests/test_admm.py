@@ -1,4 +1,4 @@
-"""Tests of mobileprune.admm against hand-worked ADMM iterations (seed 003, Eqs. 5-7).
+"""Tests of mobileprune.sparsity.admm against hand-worked ADMM iterations (seed 003, Eqs. 5-7).
 
 All numbers below are worked out by hand for W in R^{2x3}, keep = 2:
 Z = top-2 magnitudes of (W + U), U <- U + W - Z, then rho <- min(rho * 2, rho_max) and
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from mobileprune.admm import ADMMPruner
+from mobileprune.sparsity.admm import ADMMPruner
 from mobileprune.errors import ConfigError
 
 f64 = torch.float64

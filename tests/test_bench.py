@@ -1,4 +1,4 @@
-"""mobileprune.bench: one-run deployment benchmark (torch, compacted, sparse runtime, ONNX
+"""mobileprune.measure.bench: one-run deployment benchmark (torch, compacted, sparse runtime, ONNX
 Runtime, ExecuTorch), its JSON / markdown / PNG outputs, and missing backends.
 
 Kept short (the machine may be busy): LeNet-5, repeats=3, warmup=1, one thread. The
@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from mobileprune import runtime
-from mobileprune.bench import bench_checkpoint, bench_inputs, benchmark_model
+from mobileprune.measure.bench import bench_checkpoint, bench_inputs, benchmark_model
 from mobileprune.checkpoint import save_checkpoint
 from mobileprune.errors import ConfigError
-from mobileprune.masks import masks_from_weights
+from mobileprune.sparsity.masks import masks_from_weights
 from mobileprune.models import LeNet5, build_model
 
 

@@ -1,4 +1,4 @@
-"""Physical removal of dead filters / channels / neurons (mobileprune.compact).
+"""Physical removal of dead filters / channels / neurons (mobileprune.surgery.compact).
 
 Every case checks: the compacted model reproduces the original (max abs diff <= 1e-5 on
 random inputs, eval mode), its parameter count equals a hand count of the surviving
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from mobileprune.compact import compact, dead_units
+from mobileprune.surgery.compact import compact, dead_units
 from mobileprune.errors import ConfigError, UnsupportedModelError
 from mobileprune.models.har import HARCNN
 from mobileprune.models.lenet import LeNet5, LeNet300100

@@ -9,10 +9,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mobileprune.checkpoint import load_checkpoint, restore_model, save_checkpoint
-from mobileprune.compact import compact, compact_in_place
+from mobileprune.surgery.compact import compact, compact_in_place
 from mobileprune.errors import CheckpointError, ConfigError, UnsupportedModelError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import proximal_prune
+from mobileprune.pipeline.prune import proximal_prune
 
 
 class Net(nn.Module):
@@ -188,7 +188,7 @@ def test_schedule_compact_validated(data):
 
 
 def _compressions(model):
-    from mobileprune.report import layer_report
+    from mobileprune.sparsity.report import layer_report
 
     t = layer_report(model)["totals"]
     return t["weight_compression"], t["param_compression"]
@@ -224,7 +224,7 @@ def test_reports_of_a_model_shrunk_in_the_users_loop_count_against_the_model_it_
     assert fresh.fc1.out_features == 7
     assert _compressions(fresh)[0] == pytest.approx(weights / nz2)
     # an explicit original wins; a model never compacted has no recorded size
-    from mobileprune.report import layer_report
+    from mobileprune.sparsity.report import layer_report
     assert layer_report(m, original={"weights": 10 * nz2, "parameters": 1})["totals"][
         "weight_compression"] == pytest.approx(10.0)
     assert "original_weights" not in layer_report(Net())["totals"]

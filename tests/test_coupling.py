@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from mobileprune.admm import ADMMPruner
-from mobileprune.compact import channel_ids, compact, dead_units
-from mobileprune.groups import count_nonzero_groups
+from mobileprune.sparsity.admm import ADMMPruner
+from mobileprune.surgery.compact import channel_ids, compact, dead_units
+from mobileprune.math.groups import count_nonzero_groups
 from mobileprune.models import build_model
-from mobileprune.projection import top_coupled_groups
+from mobileprune.math.projection import top_coupled_groups
 
 
 # --------------------------------------------------------------- the pure projection
@@ -221,7 +221,7 @@ def test_coupled_update_keeps_z_consistent_and_respects_allowed():
 # --------------------------------------------------------------- dead weights
 
 def test_dead_weights_by_hand_and_compaction_agrees():
-    from mobileprune.compact import dead_weights
+    from mobileprune.surgery.compact import dead_weights
 
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
@@ -243,7 +243,7 @@ def test_dead_weights_by_hand_and_compaction_agrees():
 
 
 def test_reallocation_leaves_no_dead_weight_and_keeps_counts():
-    from mobileprune.compact import dead_weights
+    from mobileprune.surgery.compact import dead_weights
 
     torch.manual_seed(3)
     m = build_model("lenet300100").eval()

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from mobileprune import ADMMPruner, MaskEnforcer, RegrowingMaskEnforcer
-from mobileprune.masks import masks_from_weights
+from mobileprune.sparsity.masks import masks_from_weights
 
 WORLD = 2
 STEPS = 6

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mobileprune.errors import ConfigError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import admm_prune
-from mobileprune.train import train_epoch
+from mobileprune.pipeline.prune import admm_prune
+from mobileprune.pipeline.train import train_epoch
 
 
 def _loader():
@@ -72,7 +72,7 @@ def test_pipeline_distills_from_the_teacher_given(tmp_path):
 
 @pytest.mark.parametrize("shape", [(5, 2, 6, 7), (4, 3, 9)])
 def test_random_shift_is_a_per_sample_translation(shape):
-    from mobileprune.train import random_shift
+    from mobileprune.pipeline.train import random_shift
 
     x = torch.randn(*shape)
     s = 2
@@ -94,7 +94,7 @@ def test_random_shift_is_a_per_sample_translation(shape):
 
 
 def test_shift_setting_validated():
-    from mobileprune.pipeline import PipelineConfig
+    from mobileprune.pipeline.prune import PipelineConfig
 
     assert PipelineConfig.from_dict({"default": 0.5, "retrain": {"shift": 2}}).retrain.shift == 2
     with pytest.raises(ConfigError, match="retrain.shift"):

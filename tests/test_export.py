@@ -1,4 +1,4 @@
-"""Deployment exports (mobileprune.export): .ptl, ONNX and ExecuTorch .pte.
+"""Deployment exports (mobileprune.deploy.export): .ptl, ONNX and ExecuTorch .pte.
 
 Every export is run back in its runtime and compared with the eager model; compacted
 models give smaller files; models that cannot be exported raise UnsupportedModelError;
@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-import mobileprune.export as ex
-from mobileprune.compact import compact
+import mobileprune.deploy.export as ex
+from mobileprune.surgery.compact import compact
 from mobileprune.errors import ConfigError, MobilePruneError, UnsupportedModelError
-from mobileprune.export import (ExportDependencyError, export_executorch, export_onnx,
+from mobileprune.deploy.export import (ExportDependencyError, export_executorch, export_onnx,
                                 export_torchscript_lite)
 from mobileprune.models import FERNet, LeNet5, LeNet300100
 from mobileprune.models.resnet_cifar import CifarResNet

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mobileprune.errors import CheckpointError, ConfigError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import fit
+from mobileprune.pipeline.prune import fit
 
 
 def _loader(seed=0):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobileprune.compact import compact, dead_weights, fold_dead_weights
+from mobileprune.surgery.compact import compact, dead_weights, fold_dead_weights
 from mobileprune.errors import UnsupportedModelError
 
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 from mobileprune.models import build_model
 from mobileprune.runtime import SparseFormatError, SparseModel, read_container, write_container
 from mobileprune.runtime import format3
-from mobileprune.sparse_format import export_sparse
+from mobileprune.deploy.sparse import export_sparse
 
 NATIVE_SRC = Path(__file__).resolve().parents[1] / "src/mobileprune/runtime/native/src"
 

@@ -16,7 +16,7 @@ from mobileprune import ADMMPruner, MaskEnforcer, load_config, resolve_targets
 from mobileprune.data.gaze import GazeArrays, GazeDataset
 from mobileprune.models import build_model
 from mobileprune.runtime import load
-from mobileprune.sparse_format import export_sparse
+from mobileprune.deploy.sparse import export_sparse
 
 # seed 003, Table 5: "Matrices sparsity" per layer (fc2 not pruned)
 TABLE5 = {"conv_e1": 0.30, "conv_e2": 0.995, "conv_e3": 0.995, "conv_e4": 0.85,
@@ -130,7 +130,7 @@ def test_admm_prune_pipeline_regression_metric(tmp_path):
     ``metric`` (mean distance in the targets' unit) replace cross-entropy and accuracy;
     every layer lands on its Table 5 budget; the report counts MACs through all inputs."""
     from mobileprune import admm_prune
-    from mobileprune.train import mean_distance
+    from mobileprune.pipeline.train import mean_distance
 
     torch.manual_seed(0)
     data = GazeDataset(_gaze_batches(32, 32, seed=2))
@@ -160,6 +160,6 @@ def test_admm_prune_pipeline_regression_metric(tmp_path):
     assert res.report["totals"]["macs"] > 0  # MACs counted with the four example inputs
     # the accuracy default refuses regression targets with a clear message
     from mobileprune.errors import ConfigError
-    from mobileprune.train import evaluate
+    from mobileprune.pipeline.train import evaluate
     with pytest.raises(ConfigError, match="not class indices"):
         evaluate(model, test)

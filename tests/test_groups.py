@@ -9,10 +9,10 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mobileprune import groups as Gr
-from mobileprune import prox as P
+from mobileprune.math import groups as Gr
+from mobileprune.math import prox as P
 from mobileprune.errors import ConfigError
-from mobileprune.groups import Grouping
+from mobileprune.math.groups import Grouping
 
 LINEAR = (3, 4)
 CONV1D = (5, 3, 2)

@@ -15,7 +15,7 @@ import torch
 import torch.fx
 
 from mobileprune.data.paths import ENV_CACHE, ENV_DATA
-from mobileprune.datasets import DATASETS, load_dataset
+from mobileprune.data.registry import DATASETS, load_dataset
 from mobileprune.errors import ConfigError, DataError
 from mobileprune.models import MODELS, build_model
 from mobileprune.models.fer import FERNet

@@ -1,4 +1,4 @@
-"""mobileprune.latency: interleaved timing, timers that time themselves, honest speedups."""
+"""mobileprune.measure.latency: interleaved timing, timers that time themselves, honest speedups."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from mobileprune.latency import compare_latency, speedup
+from mobileprune.measure.latency import compare_latency, speedup
 
 
 class _Timer:

@@ -1,4 +1,4 @@
-"""Tests of mobileprune.masks: pruned weights stay exactly 0.0 under every optimizer."""
+"""Tests of mobileprune.sparsity.masks: pruned weights stay exactly 0.0 under every optimizer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from mobileprune.masks import MaskEnforcer, apply_masks, masks_from_weights
+from mobileprune.sparsity.masks import MaskEnforcer, apply_masks, masks_from_weights
 
 OPTIMIZERS = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9, weight_decay=1e-2),

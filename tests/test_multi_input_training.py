@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from mobileprune import ProximalPruner
 from mobileprune.errors import ConfigError
-from mobileprune.palm import palm_step
-from mobileprune.train import evaluate, forward, train_epoch
+from mobileprune.sparsity.proximal import palm_step
+from mobileprune.pipeline.train import evaluate, forward, train_epoch
 
 
 class TwoInputs(nn.Module):

@@ -33,12 +33,12 @@ from torch import nn
 
 from mobileprune.cli import main as cli_main
 from mobileprune.errors import ConfigError
-from mobileprune.export import export_native
+from mobileprune.deploy.export import export_native
 from mobileprune.models import build_model
 from mobileprune.runtime import (SparseFormatError, _native, format3, load,
                                  read_container, write_container)
 from mobileprune.runtime.model import ACTIVATIONS, OP_TYPES
-from mobileprune.sparse_format import export_sparse
+from mobileprune.deploy.sparse import export_sparse
 
 NATIVE = Path(__file__).resolve().parents[1] / "src" / "mobileprune" / "runtime" / "native"
 REL_TOL = 1e-4

@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 import torch
 
-from mobileprune.admm import ADMMPruner
+from mobileprune.sparsity.admm import ADMMPruner
 from mobileprune.models import build_model
 from mobileprune.runtime import format3
 from mobileprune.runtime.model import read_container
-from mobileprune.sparse_format import export_sparse
-from mobileprune.targets import load_config
+from mobileprune.deploy.sparse import export_sparse
+from mobileprune.sparsity.targets import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NATIVE = ROOT / "src" / "mobileprune" / "runtime" / "native"

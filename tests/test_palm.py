@@ -1,7 +1,7 @@
-"""Tests of mobileprune.regularizers and mobileprune.palm (methods.md section 2, seed 000).
+"""Tests of mobileprune.sparsity.regularizers and mobileprune.sparsity.proximal (methods.md section 2, seed 000).
 
 * Regularizer values against hand computation on tiny weights, and its prox against the
-  functions of mobileprune.prox applied to hand-built groups;
+  functions of mobileprune.math.prox applied to hand-built groups;
 * PALM (methods.md 2.3) on a small full-batch float64 problem: the objective
   F = loss + sum r never increases, groups get zeroed for a large lam, and the accepted
   Lipschitz constant satisfies the backtracking inequality (checked by recomputation);
@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from mobileprune import prox as P
+from mobileprune.math import prox as P
 from mobileprune.errors import ConfigError
-from mobileprune.groups import count_nonzero_groups
-from mobileprune.palm import ProximalPruner, palm_epoch, palm_step, proximal_epoch, run_rounds
-from mobileprune.regularizers import METHODS, Regularizer, default_grouping
+from mobileprune.math.groups import count_nonzero_groups
+from mobileprune.sparsity.proximal import ProximalPruner, palm_epoch, palm_step, proximal_epoch, run_rounds
+from mobileprune.sparsity.regularizers import METHODS, Regularizer, default_grouping
 
 f64 = torch.float64
 CE = nn.functional.cross_entropy

@@ -1,4 +1,4 @@
-"""End-to-end tests of mobileprune.pipeline.admm_prune on tiny generated data."""
+"""End-to-end tests of mobileprune.pipeline.prune.admm_prune on tiny generated data."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mobileprune.checkpoint import load_checkpoint
 from mobileprune.errors import CheckpointError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import PipelineConfig, admm_prune
-from mobileprune.report import to_json, to_markdown
+from mobileprune.pipeline.prune import PipelineConfig, admm_prune
+from mobileprune.sparsity.report import to_json, to_markdown
 
 LAYERS = {"fc1": 300 * 784, "fc2": 100 * 300, "fc3": 10 * 100}
 CONFIG = {

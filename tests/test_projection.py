@@ -1,4 +1,4 @@
-"""Tests of mobileprune.projection against brute force over all supports.
+"""Tests of mobileprune.math.projection against brute force over all supports.
 
 The Euclidean projection onto ``{X : nnz(X) <= k}`` restricted to a support ``S`` is
 ``w`` on ``S`` and 0 elsewhere, with squared distance ``sum_{i not in S} w_i^2``; so the
@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from mobileprune.projection import project_top_groups, project_topk, topk_mask
+from mobileprune.math.projection import project_top_groups, project_topk, topk_mask
 
 
 def brute_force_dist2(w: torch.Tensor, k: int, allowed: torch.Tensor | None = None) -> float:

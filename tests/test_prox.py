@@ -1,4 +1,4 @@
-"""Proxes of mobileprune.prox against brute force over all supports (methods.md section 2).
+"""Proxes of mobileprune.math.prox against brute force over all supports (methods.md section 2).
 
 References are written independently in numpy float64: for a fixed support the convex
 part is solved in closed form (group shrink of the soft-thresholded entries, and the
@@ -17,7 +17,7 @@ import pytest
 import torch
 from scipy.optimize import minimize
 
-from mobileprune import prox as P
+from mobileprune.math import prox as P
 from mobileprune.errors import ConfigError
 
 RTOL = 1e-9

@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mobileprune.errors import CheckpointError, ConfigError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import proximal_prune
+from mobileprune.pipeline.prune import proximal_prune
 
 
 @pytest.fixture()
@@ -148,8 +148,8 @@ def test_schedule_additions_validated(data, bad, match):
     (0.5, None, 0.5, 0.5)])  # default: the same weight in both phases
 def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, final_distill,
                                         expect_rounds, expect_final):
-    import mobileprune.palm as palm
-    import mobileprune.pipeline as pipeline
+    import mobileprune.sparsity.proximal as palm
+    import mobileprune.pipeline.prune as pipeline
 
     seen = {"rounds": [], "final": []}
     run_rounds, train_epoch = palm.run_rounds, pipeline.train_epoch
@@ -176,7 +176,7 @@ def test_final_project_lands_on_the_budget_and_resumes(data, tmp_path):
     """Rounds that stop above target_nonzero: final_project trims every layer to its
     largest magnitudes, per-layer counts proportional to the rounds' (independent
     computation below), and the final retraining keeps exactly that support."""
-    from mobileprune.projection import proportional_counts
+    from mobileprune.math.projection import proportional_counts
 
     ds = data.dataset
 
@@ -228,7 +228,7 @@ def test_final_project_lands_on_the_budget_and_resumes(data, tmp_path):
 
 
 def test_proportional_counts():
-    from mobileprune.projection import proportional_counts
+    from mobileprune.math.projection import proportional_counts
 
     assert proportional_counts([3979, 1187, 115], 4800) == [3617, 1079, 104]
     assert proportional_counts([1, 1, 1], 2) == [1, 1, 0]      # ties: lower index first
@@ -249,7 +249,7 @@ def test_proportional_counts():
 
 
 def test_fold_dead_zeroes_the_outgoing_weights_of_dead_units(data):
-    from mobileprune.compact import dead_weights
+    from mobileprune.surgery.compact import dead_weights
 
     cfg = {**CFG, "layers": {"fc1": {"grouping": "linear_out", "lam": 60.0}}}
     cfg["schedule"] = {**CFG["schedule"], "rounds": 2, "fold_dead": True, "target_nonzero": 10 ** 9,
@@ -272,7 +272,7 @@ def test_fold_dead_zeroes_the_outgoing_weights_of_dead_units(data):
 def test_shift_augments_every_phase(data, monkeypatch):
     """schedule.shift reaches the proximal, retraining and final phases (one random_shift
     call per batch with that maximum)."""
-    import mobileprune.train as train
+    import mobileprune.pipeline.train as train
 
     calls = []
     real = train.random_shift

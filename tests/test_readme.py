@@ -187,7 +187,7 @@ def _yaml_block(marker: str) -> str:
 
 def _same_under_library_loader(block: str, tmp_path: Path) -> Any:
     """yaml.safe_load and the library's YAML reader (the CLI's) agree on the block."""
-    from mobileprune.targets import load_yaml
+    from mobileprune.sparsity.targets import load_yaml
 
     raw = yaml.safe_load(block)
     path = tmp_path / "config.yaml"
@@ -219,8 +219,8 @@ class _ConfigModel(nn.Module):
 
 def test_yaml_pruning_config(tmp_path: Path) -> None:
     """The pruning-config block is a valid pipeline config whose targets resolve."""
-    from mobileprune.pipeline import PipelineConfig
-    from mobileprune.targets import resolve_targets
+    from mobileprune.pipeline.prune import PipelineConfig
+    from mobileprune.sparsity.targets import resolve_targets
 
     raw = _same_under_library_loader(_yaml_block(r"^default:[\s\S]*^layers:"), tmp_path)
     cfg = PipelineConfig.from_dict(raw)
@@ -248,8 +248,8 @@ def test_yaml_proximal_config(tmp_path: Path) -> None:
     """The proximal-config block passes proximal_prune's validation (the schedule and
     the ProximalPruner spec) on LeNet-300-100, whose fc3 it names."""
     from mobileprune.models.lenet import LeNet300100
-    from mobileprune.palm import ProximalPruner
-    from mobileprune.pipeline import split_prox_config
+    from mobileprune.sparsity.proximal import ProximalPruner
+    from mobileprune.pipeline.prune import split_prox_config
 
     raw = _same_under_library_loader(_yaml_block(r"^method:\s*l0_group_lasso"), tmp_path)
     pruner_cfg, sched = split_prox_config(raw)

@@ -14,9 +14,9 @@ from torch import nn
 from conftest import tiny_images
 from mobileprune.checkpoint import load_checkpoint
 from mobileprune.errors import ConfigError
-from mobileprune.masks import MaskEnforcer, RegrowingMaskEnforcer, live_structure, regrow
+from mobileprune.sparsity.masks import MaskEnforcer, RegrowingMaskEnforcer, live_structure, regrow
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import proximal_prune
+from mobileprune.pipeline.prune import proximal_prune
 
 
 def _brute_regrow(mask, weight, score, allowed, k):
@@ -238,7 +238,7 @@ def test_admm_retrain_regrow_keeps_exact_targets_and_structure_and_resumes(tmp_p
     """retrain.regrow in admm_prune: unstructured layers' masks move at their exact
     count, a structured (filter) layer keeps its mask, and an interrupted run resumes
     to the same weights and masks."""
-    from mobileprune.pipeline import admm_prune
+    from mobileprune.pipeline.prune import admm_prune
 
     cfg = {"stages": [{"layers": {"fc1": {"sparsity": 0.9},
                                   "fc2": {"structure": "filter", "sparsity": 0.5}}}],
@@ -277,7 +277,7 @@ def test_admm_retrain_regrow_keeps_exact_targets_and_structure_and_resumes(tmp_p
 
 
 def test_admm_retrain_regrow_validated():
-    from mobileprune.pipeline import PipelineConfig
+    from mobileprune.pipeline.prune import PipelineConfig
 
     for bad, msg in (({"regrow": 2.0}, "fraction"), ({"regrow_every": 0}, "regrow_every"),
                      ({"regrow": -1}, "regrow")):
@@ -286,7 +286,7 @@ def test_admm_retrain_regrow_validated():
 
 
 def test_refill_matches_brute_force():
-    from mobileprune.masks import refill
+    from mobileprune.sparsity.masks import refill
 
     g = torch.Generator().manual_seed(2)
     for trial in range(40):
@@ -313,7 +313,7 @@ def test_final_refill_fills_the_budget_after_a_late_cap_and_final_shift(data, tm
     """A second run with a late input cap (rounds: 0): the cut leaves the model below
     target_nonzero; final_refill grows it back to exactly the target inside the kept
     units, and final_shift shifts the inputs of the final retraining only."""
-    import mobileprune.train as train_mod
+    import mobileprune.pipeline.train as train_mod
 
     torch.manual_seed(0)
     model = LeNet300100()

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from mobileprune.models import LeNet5, LeNet300100
-from mobileprune.report import layer_report, to_json, to_markdown
-from mobileprune.targets import resolve_targets
+from mobileprune.sparsity.report import layer_report, to_json, to_markdown
+from mobileprune.sparsity.targets import resolve_targets
 
 
 def test_lenet5_hand_counts():

@@ -1,4 +1,4 @@
-"""Sparse model files (mobileprune.sparse_format) and the torch-free runtime.
+"""Sparse model files (mobileprune.deploy.sparse) and the torch-free runtime.
 
 Equivalence: every built-in model, pruned to 0 / 50 / 90 / 99 % (and with an all-zero
 layer), exported (BatchNorm folded), loaded and run with batch 1 and 3 in the three
@@ -29,7 +29,7 @@ from torch import nn
 from mobileprune.errors import UnsupportedModelError
 from mobileprune.models import build_model
 from mobileprune.runtime import SparseFormatError, SparseModel, load, read_container, write_container
-from mobileprune.sparse_format import export_sparse, format_size_report, size_report
+from mobileprune.deploy.sparse import export_sparse, format_size_report, size_report
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 REL_TOL = 1e-4

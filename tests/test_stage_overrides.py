@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mobileprune.errors import ConfigError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import PipelineConfig, admm_prune
+from mobileprune.pipeline.prune import PipelineConfig, admm_prune
 
 
 def test_overrides_apply_to_their_stage_only():

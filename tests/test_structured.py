@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from mobileprune.admm import ADMMPruner, project_layer
+from mobileprune.sparsity.admm import ADMMPruner, project_layer
 from mobileprune.errors import ConfigError
-from mobileprune.report import layer_report
-from mobileprune.targets import resolve_targets
+from mobileprune.sparsity.report import layer_report
+from mobileprune.sparsity.targets import resolve_targets
 
 
 def _brute_groups(groups: torch.Tensor, k: int) -> float:

@@ -1,4 +1,4 @@
-"""Tests of mobileprune.targets: config validation and target resolution."""
+"""Tests of mobileprune.sparsity.targets: config validation and target resolution."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from mobileprune.errors import ConfigError
 from mobileprune.models import LeNet5
-from mobileprune.targets import PruneConfig, prunable_layers, resolve_targets
+from mobileprune.sparsity.targets import PruneConfig, prunable_layers, resolve_targets
 
 
 class Net(nn.Module):

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from mobileprune.admm import ADMMPruner
+from mobileprune.sparsity.admm import ADMMPruner
 from mobileprune.checkpoint import load_checkpoint, save_checkpoint
 from mobileprune.errors import ConfigError
-from mobileprune.groups import from_unit_groups, to_unit_groups
-from mobileprune.masks import MaskEnforcer
-from mobileprune.palm import ProximalPruner
-from mobileprune.report import layer_report, to_markdown
-from mobileprune.targets import explain, resolve_targets, weight_slots
+from mobileprune.math.groups import from_unit_groups, to_unit_groups
+from mobileprune.sparsity.masks import MaskEnforcer
+from mobileprune.sparsity.proximal import ProximalPruner
+from mobileprune.sparsity.report import layer_report, to_markdown
+from mobileprune.sparsity.targets import explain, resolve_targets, weight_slots
 
 T = 5  # sequence length
 

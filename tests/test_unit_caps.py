@@ -14,7 +14,7 @@ from conftest import tiny_images
 from mobileprune.checkpoint import load_checkpoint
 from mobileprune.errors import ConfigError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline import cap_units, proximal_prune
+from mobileprune.pipeline.prune import cap_units, proximal_prune
 
 
 def _active(w: torch.Tensor) -> tuple[int, int]:

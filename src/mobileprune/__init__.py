@@ -16,7 +16,7 @@ Public API (import from here):
 * :func:`save_checkpoint`, :func:`load_checkpoint`, :func:`restore_model`.
 * :class:`ProximalPruner`, :class:`Regularizer`, :func:`proximal_prune`,
   :func:`palm_step` -- MobilePrune, l0 sparse group lasso and baselines (seed 000).
-* :mod:`mobileprune.prox`, :mod:`mobileprune.groups` -- proximal operators and groupings.
+* :mod:`mobileprune.math.prox`, :mod:`mobileprune.math.groups` -- proximal operators and groupings.
 """
 
 from __future__ import annotations
@@ -24,25 +24,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .errors import (CheckpointError, CompactionError, ConfigError, DataError, MobilePruneError,
-                     UnsupportedModelError)
+from mobileprune.errors import (CheckpointError, CompactionError, ConfigError, DataError, MobilePruneError,
+                                UnsupportedModelError)
 
 # The public names live in submodules that import torch. They are loaded on first
 # access (PEP 562), so torch-free parts such as ``mobileprune.runtime`` can be imported
 # on a device without torch.
 _LAZY = {
-    "ADMMPruner": "admm", "load_checkpoint": "checkpoint", "restore_model": "checkpoint",
-    "save_checkpoint": "checkpoint", "compact": "compact", "dead_units": "compact",
-    "fold_dead_weights": "compact", "compact_in_place": "compact",
-    "MaskEnforcer": "masks", "apply_masks": "masks", "RegrowingMaskEnforcer": "masks",
-    "ProximalPruner": "palm",
-    "palm_epoch": "palm", "palm_step": "palm", "proximal_epoch": "palm", "run_rounds": "palm",
-    "PipelineConfig": "pipeline", "admm_prune": "pipeline", "proximal_prune": "pipeline",
-    "cap_units": "pipeline",
-    "export_native": "export",
-    "Regularizer": "regularizers", "layer_report": "report", "LayerTarget": "targets",
-    "PruneConfig": "targets", "resolve_targets": "targets", "load_config": "targets",
-    "explain": "targets", "weight_slots": "targets",
+    "ADMMPruner": "sparsity.admm", "load_checkpoint": "checkpoint", "restore_model": "checkpoint",
+    "save_checkpoint": "checkpoint", "compact": "surgery.compact", "dead_units": "surgery.compact",
+    "fold_dead_weights": "surgery.compact", "compact_in_place": "surgery.compact",
+    "MaskEnforcer": "sparsity.masks", "apply_masks": "sparsity.masks", "RegrowingMaskEnforcer": "sparsity.masks",
+    "ProximalPruner": "sparsity.proximal",
+    "palm_epoch": "sparsity.proximal", "palm_step": "sparsity.proximal", "proximal_epoch": "sparsity.proximal", "run_rounds": "sparsity.proximal",
+    "PipelineConfig": "pipeline.prune", "admm_prune": "pipeline.prune", "proximal_prune": "pipeline.prune",
+    "cap_units": "pipeline.prune",
+    "export_native": "deploy.export", "export_onnx": "deploy.export",
+    "export_torchscript_lite": "deploy.export", "export_executorch": "deploy.export",
+    "export_sparse": "deploy.sparse", "size_report": "deploy.sparse",
+    "Regularizer": "sparsity.regularizers", "layer_report": "sparsity.report", "LayerTarget": "sparsity.targets",
+    "PruneConfig": "sparsity.targets", "resolve_targets": "sparsity.targets", "load_config": "sparsity.targets",
+    "explain": "sparsity.targets", "weight_slots": "sparsity.targets",
 }
 
 
@@ -69,6 +71,7 @@ __all__ = [
     "explain", "weight_slots",
     "save_checkpoint", "load_checkpoint", "restore_model",
     "compact", "compact_in_place", "dead_units", "fold_dead_weights", "CompactionError",
-    "export_native",
+    "export_native", "export_sparse", "export_onnx", "export_torchscript_lite", "export_executorch",
+    "size_report",
     "MobilePruneError", "ConfigError", "CheckpointError", "DataError", "UnsupportedModelError",
 ]

@@ -27,8 +27,8 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import CheckpointError
-from .report import ORIGINAL_SIZE, size_of
+from mobileprune.errors import CheckpointError
+from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
 FORMAT = "mobileprune.checkpoint"
 FORMAT_VERSION = 1
@@ -123,7 +123,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
     (e.g. the run state of a pruning run that removes dead units between rounds), the
     layer sizes are recorded too (:func:`layer_sizes`), so that :func:`restore_model`
     can rebuild the smaller layers, with the size of the model before compaction when
-    the model carries it (:data:`mobileprune.report.ORIGINAL_SIZE`).
+    the model carries it (:data:`mobileprune.sparsity.report.ORIGINAL_SIZE`).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -207,11 +207,11 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
     The architecture is checked before any weight is copied. A checkpoint of a compacted
     model first swaps its smaller layers into ``model`` (in place); the model then
     remembers the size it had before compaction (the one saved in the checkpoint, else
-    that of the model as built or given; :data:`mobileprune.report.ORIGINAL_SIZE`), so
+    that of the model as built or given; :data:`mobileprune.sparsity.report.ORIGINAL_SIZE`), so
     reports count compressions against it.
     """
     if model is None:
-        from .models import build_model
+        from mobileprune.models import build_model
 
         name = ckpt["model"].get("name")
         if not name:

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError, MobilePruneError
-from .regularizers import METHODS as PROX_METHODS
+from mobileprune.errors import ConfigError, MobilePruneError
+from mobileprune.sparsity.regularizers import METHODS as PROX_METHODS
 
 
 def _config_path(arg: str) -> Path:
-    from .targets import config_path
+    from mobileprune.sparsity.targets import config_path
     return config_path(arg)
 
 
@@ -41,7 +41,7 @@ def _no_progress(args) -> bool | None:
 
 
 def _loaders(args, dataset: str):
-    from .datasets import load_dataset, make_loaders
+    from mobileprune.data.registry import load_dataset, make_loaders
 
     bundle = load_dataset(dataset, args.data_dir)
     return make_loaders(bundle, batch_size=args.batch_size, seed=args.seed)
@@ -51,9 +51,9 @@ def _loaders(args, dataset: str):
 def cmd_train(args) -> int:
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .models import build_model
-    from .train import cosine_lr, evaluate, make_optimizer, train_epoch
+    from mobileprune.checkpoint import save_checkpoint
+    from mobileprune.models import build_model
+    from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
     torch.manual_seed(args.seed)
     train_loader, test_loader = _loaders(args, args.dataset)
@@ -77,14 +77,14 @@ def cmd_train(args) -> int:
 
 # -- prune -------------------------------------------------------------------------------
 def _load_model(path: str):
-    from .checkpoint import load_checkpoint, restore_model
+    from mobileprune.checkpoint import load_checkpoint, restore_model
 
     ckpt = load_checkpoint(path)
     return ckpt, restore_model(ckpt, source=str(path))
 
 
 def _read_config(arg: str | None) -> dict[str, Any]:
-    from .targets import load_yaml
+    from mobileprune.sparsity.targets import load_yaml
 
     if arg is None:
         return {}
@@ -96,7 +96,7 @@ def _read_config(arg: str | None) -> dict[str, Any]:
 
 def _admm_config(args) -> tuple[dict[str, Any], Any]:
     """The pipeline config of ``--method admm`` from the file and the flags."""
-    from .pipeline import PipelineConfig
+    from mobileprune.pipeline.prune import PipelineConfig
 
     if args.config is None and args.sparsity is None:
         raise ConfigError("give --config FILE|NAME or --sparsity S")
@@ -140,7 +140,7 @@ def _prox_config(args) -> dict[str, Any]:
 def cmd_prune(args) -> int:
     import torch
 
-    from .pipeline import admm_prune, proximal_prune
+    from mobileprune.pipeline.prune import admm_prune, proximal_prune
 
     if args.method == "admm":
         raw, cfg = _admm_config(args)
@@ -162,8 +162,8 @@ def cmd_prune(args) -> int:
 
 
 def _finish_prune(args, ckpt, model, res, config, dataset, what, input_shape) -> int:
-    from .checkpoint import atomic_write_text, save_checkpoint
-    from .report import to_json, to_markdown
+    from mobileprune.checkpoint import atomic_write_text, save_checkpoint
+    from mobileprune.sparsity.report import to_json, to_markdown
 
     out = Path(args.out)
     save_checkpoint(out, model, kind="pruned", model_name=ckpt["model"]["name"],
@@ -202,11 +202,11 @@ def _example_input(args, ckpt, n: int = 1):
 def cmd_compact(args) -> int:
     import torch
 
-    from .checkpoint import atomic_write_text, save_checkpoint
-    from .compact import compact
-    from .latency import compare_latency
-    from .report import layer_report
-    from .train import forward
+    from mobileprune.checkpoint import atomic_write_text, save_checkpoint
+    from mobileprune.surgery.compact import compact
+    from mobileprune.measure.latency import compare_latency
+    from mobileprune.sparsity.report import layer_report
+    from mobileprune.pipeline.train import forward
 
     ckpt, model = _load_model(args.checkpoint)
     model.eval()
@@ -255,7 +255,7 @@ def cmd_export(args) -> int:
     example = _example_input(args, ckpt)
     out = Path(args.out)
     if args.format == "native":
-        from .export import export_native
+        from mobileprune.deploy.export import export_native
 
         rep = export_native(model, example, out, value_dtype=args.value_dtype)
         check = (f"max abs diff {rep['max_abs_diff']:.2e}" if rep["verified"]
@@ -265,12 +265,12 @@ def cmd_export(args) -> int:
               f"cmake --build build")
         return 0
     if args.format == "sparse":
-        from .sparse_format import export_sparse, format_size_report
+        from mobileprune.deploy.sparse import export_sparse, format_size_report
 
         rep = export_sparse(model, example, out, value_dtype=args.value_dtype)
         print(format_size_report(rep))
     else:
-        from . import export as ex
+        from mobileprune.deploy import export as ex
 
         fn = {"ptl": ex.export_torchscript_lite, "onnx": ex.export_onnx, "pte": ex.export_executorch}[args.format]
         rep = fn(model, example, out)
@@ -281,7 +281,7 @@ def cmd_export(args) -> int:
 
 # -- convert -----------------------------------------------------------------------------
 def cmd_convert(args) -> int:
-    from .runtime import SparseFormatError, convert
+    from mobileprune.runtime import SparseFormatError, convert
 
     try:
         size = convert(args.old, args.new)
@@ -325,7 +325,7 @@ def _parse_input_shape(text: str) -> tuple[int, ...] | list[tuple[int, ...]]:
 
 
 def cmd_bench(args) -> int:
-    from .bench import bench_checkpoint
+    from mobileprune.measure.bench import bench_checkpoint
 
     out_dir = Path(args.out_dir or Path(args.checkpoint).with_suffix("").name + "_bench")
     shape = _parse_input_shape(args.input_shape) if args.input_shape else None
@@ -341,7 +341,7 @@ def cmd_bench(args) -> int:
 
 # -- eval / report -----------------------------------------------------------------------
 def cmd_eval(args) -> int:
-    from .train import evaluate
+    from mobileprune.pipeline.train import evaluate
 
     ckpt, model = _load_model(args.checkpoint)
     dataset = args.dataset or ckpt["extra"].get("dataset") or "mnist-sample"
@@ -361,8 +361,8 @@ def cmd_eval(args) -> int:
 
 def _targets_from(ckpt, model):
     """The targets a prune run recorded (``extra.targets``: weight name -> kept count),
-    on any prunable weight (:func:`mobileprune.targets.weight_slots`)."""
-    from .targets import LayerTarget, weight_slots
+    on any prunable weight (:func:`mobileprune.sparsity.targets.weight_slots`)."""
+    from mobileprune.sparsity.targets import LayerTarget, weight_slots
 
     keeps = (ckpt.get("extra") or {}).get("targets") or {}
     slots = weight_slots(model)
@@ -372,8 +372,8 @@ def _targets_from(ckpt, model):
 
 
 def cmd_report(args) -> int:
-    from .checkpoint import atomic_write_text
-    from .report import layer_report, to_json, to_markdown
+    from mobileprune.checkpoint import atomic_write_text
+    from mobileprune.sparsity.report import layer_report, to_json, to_markdown
 
     ckpt, model = _load_model(args.checkpoint)
     rep = layer_report(model, _targets_from(ckpt, model), metrics=ckpt.get("metrics"))
@@ -409,7 +409,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from mobileprune import __version__
 
     ap = argparse.ArgumentParser(prog="mobileprune", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"mobileprune {__version__}")

@@ -31,7 +31,7 @@ class UnsupportedModelError(MobilePruneError, TypeError):
 
 class CompactionError(MobilePruneError, RuntimeError):
     """A compacted model does not reproduce the original's outputs (an internal error:
-    :func:`mobileprune.compact.compact` never returns such a model)."""
+    :func:`mobileprune.surgery.compact.compact` never returns such a model)."""
 
 
 class ExportDependencyError(MobilePruneError, ImportError):

@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python tests/native/gen_seeds.py [OUT_DIR]
 
-Each is a tiny torch model exported with :func:`mobileprune.sparse_format.export_sparse` and
+Each is a tiny torch model exported with :func:`mobileprune.deploy.sparse.export_sparse` and
 written as format version 3 (:mod:`mobileprune.runtime.format3`); together they use every op
 code, CSR and dense storage, float32 and float16 values, uint16 indices, one and several
 inputs. Besides each ``NAME.mps`` it writes ``NAME.in`` / ``NAME.out``: a random input
@@ -24,7 +24,7 @@ from torch import nn
 
 from mobileprune.runtime import format3
 from mobileprune.runtime.model import read_container
-from mobileprune.sparse_format import export_sparse
+from mobileprune.deploy.sparse import export_sparse
 
 
 def _prune(model: nn.Module, sparsity: float) -> nn.Module:

@@ -10,7 +10,7 @@ only needs numpy and the library to run a pruned model::
     logits = model(images)                   # float32 (N, 1, 48, 48) -> (N, 6)
     print(model.summary())                   # per layer: kernel, storage, density, reason
 
-Files are written by :func:`mobileprune.sparse_format.export_sparse` (which needs
+Files are written by :func:`mobileprune.deploy.sparse.export_sparse` (which needs
 torch); the same file runs on a phone through the C API (:func:`mobileprune.export_native`
 writes a self-contained bundle). The file format and the execution are documented in
 :mod:`mobileprune.runtime.model` and ``docs/native_format.md``.

@@ -440,7 +440,7 @@ class SparseModel:
     """A model loaded from a mobileprune sparse file, run by the native engine.
 
     Args:
-        source: path of a file written by :func:`mobileprune.sparse_format.export_sparse`
+        source: path of a file written by :func:`mobileprune.deploy.sparse.export_sparse`
             (format 3; files of format 1 and 2 are converted in memory), or its bytes.
         mode: ``"auto"`` (default: the engine picks a sparse or dense kernel per
             Conv/Linear layer by cost), ``"sparse"`` or ``"dense"`` (every layer the same

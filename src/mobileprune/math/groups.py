@@ -2,7 +2,7 @@
 
 A grouping is a pair of pure functions: :func:`to_groups` views a weight as a 2-D
 ``(G, n)`` tensor with one group per row (the layout every row-wise prox of
-:mod:`mobileprune.prox` expects) and :func:`from_groups` is its exact inverse (a
+:mod:`mobileprune.math.prox` expects) and :func:`from_groups` is its exact inverse (a
 permutation of entries, no arithmetic).  Supported weights: Linear ``(out, in)``,
 Conv1d ``(F, C, k)``, Conv2d ``(F, C, kh, kw)`` (and generally ``(F, C, *k)``).
 
@@ -26,7 +26,7 @@ With ``w`` of shape ``(F, C, *k)`` (a Linear weight ``(out, in)`` has ``F = out`
 :class:`~mobileprune.errors.ConfigError` pointing at ``channel`` / ``filter``.
 
 Also here: :func:`tree_view` (the input channel > GEMM column > weight tree of methods.md
-section 2.2 as the ``(R, C, n)`` tensor of :func:`mobileprune.prox.tree_l0_group_lasso`)
+section 2.2 as the ``(R, C, n)`` tensor of :func:`mobileprune.math.prox.tree_l0_group_lasso`)
 and :func:`overlapping_group_prox` (latent duplicated variables for overlapping groups).
 """
 
@@ -39,8 +39,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
-from .prox import _l0_group_lasso_core, _param, _safe_norm, _tau
+from mobileprune.errors import ConfigError
+from mobileprune.math.prox import _l0_group_lasso_core, _param, _safe_norm, _tau
 
 __all__ = [
     "Grouping",

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from .errors import ConfigError
+from mobileprune.errors import ConfigError
 
 
 @dataclass
@@ -25,7 +25,7 @@ class DataBundle:
 
 
 def _mnist(arrays) -> DataBundle:
-    from .data import to_tensor_dataset
+    from mobileprune.data import to_tensor_dataset
 
     return DataBundle(train=to_tensor_dataset(arrays.train_x, arrays.train_y),
                       test=to_tensor_dataset(arrays.test_x, arrays.test_y),
@@ -33,13 +33,13 @@ def _mnist(arrays) -> DataBundle:
 
 
 def _mnist_full(data_dir):
-    from .data import load_mnist
+    from mobileprune.data import load_mnist
 
     return _mnist(load_mnist(data_dir))
 
 
 def _mnist_sample(data_dir):
-    from .data import load_mnist_sample
+    from mobileprune.data import load_mnist_sample
 
     return _mnist(load_mnist_sample())
 
@@ -49,7 +49,7 @@ def _har(name: str) -> Callable[..., DataBundle]:
     channel (or feature) with training statistics."""
 
     def load(data_dir) -> DataBundle:
-        from .data.har import load_har_dataset, normalize
+        from mobileprune.data.har import load_har_dataset, normalize
 
         d = normalize(load_har_dataset(name, data_dir))
         tensors = [torch.from_numpy(a) for a in (d.train_x, d.train_y, d.test_x, d.test_y)]
@@ -64,7 +64,7 @@ def _images(loader_name: str) -> Callable[..., DataBundle]:
     with the mean and standard deviation of its training split."""
 
     def load(data_dir) -> DataBundle:
-        from .data import images
+        from mobileprune.data import images
 
         d = getattr(images, loader_name)(data_dir)
         mean, std = images.channel_stats(d.train_x)

@@ -5,9 +5,9 @@ the grouping of the layer weight it acts on.  It knows its value ``r(W)``
 (:meth:`Regularizer.value`, used for logging the objective ``H(W) + sum_i r_i(W_i)``)
 and the proximal map ``prox_{s r}(V) = argmin_X 1/2 ||X - V||^2 + s r(X)``
 (:meth:`Regularizer.prox`): the weight is cut into groups with
-:func:`mobileprune.groups.to_groups`, the exact prox of :mod:`mobileprune.prox` is
+:func:`mobileprune.math.groups.to_groups`, the exact prox of :mod:`mobileprune.math.prox` is
 applied with every penalty weight multiplied by the step ``s``, and the result is put
-back with :func:`mobileprune.groups.from_groups`.
+back with :func:`mobileprune.math.groups.from_groups`.
 
 Penalty weights (all non-negative finite numbers): ``lam`` weighs the (plain,
 non-squared) l2 norms of groups (or of the whole layer for ``l2``), ``eta`` the l0 norm
@@ -31,10 +31,10 @@ error rather than a silent no-op):
 Groupings (``grouping=None`` picks the default of the public MobilePrune code): a 2-D
 (Linear ``(out, in)``) weight uses ``"linear_in"`` (one group per column = all outgoing
 weights of one input neuron), a conv weight ``(F, C, *k)`` uses ``"filter"``.  Any
-grouping of :mod:`mobileprune.groups` can be given instead (``"linear_out"``,
+grouping of :mod:`mobileprune.math.groups` can be given instead (``"linear_out"``,
 ``"channel"``, ``"shape"``, ``"weight"``...); one that does not fit the weight (e.g.
 ``"linear_in"`` on a conv weight) raises :class:`ConfigError`.  The tree method uses
-:func:`mobileprune.groups.tree_view` (root = input channel, child columns = GEMM
+:func:`mobileprune.math.groups.tree_view` (root = input channel, child columns = GEMM
 columns, leaves = single weights; for a Linear weight the degenerate tree with one
 column per input neuron); its grouping is ``None`` or ``"tree"``.  ``l0``, ``l1`` and
 ``l2`` do not use a grouping (a valid grouping name given to them is ignored).
@@ -42,7 +42,7 @@ column per input neuron); its grouping is ``None`` or ``"tree"``.  ``l0``, ``l1`
 ``lam_root=None`` (the default) makes the tree's root weight equal to ``lam``.
 
 Biases are not regularised: a :class:`Regularizer` is meant for a layer's ``weight``
-(:class:`mobileprune.palm.ProximalPruner` applies it to weights only; biases take plain
+(:class:`mobileprune.sparsity.proximal.ProximalPruner` applies it to weights only; biases take plain
 gradient steps).
 """
 
@@ -56,9 +56,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import prox as P
-from .errors import ConfigError
-from .groups import Grouping, from_groups, from_tree_view, group_norms, group_shape, to_groups, tree_view
+from mobileprune.math import prox as P
+from mobileprune.errors import ConfigError
+from mobileprune.math.groups import Grouping, from_groups, from_tree_view, group_norms, group_shape, to_groups, tree_view
 
 __all__ = ["METHODS", "METHOD_PARAMS", "Regularizer", "default_grouping"]
 
@@ -154,7 +154,7 @@ class Regularizer:
             child-column groups for the tree).
         eta: weight of the l0 norm.
         beta: weight of the l1 norm.
-        grouping: a grouping name of :mod:`mobileprune.groups`, ``"tree"`` for the tree
+        grouping: a grouping name of :mod:`mobileprune.math.groups`, ``"tree"`` for the tree
             method, or ``None`` for the default (``linear_in`` for Linear, ``filter`` for
             conv).
         lam_root: weight of the root (input-channel) groups of the tree; ``None`` means
@@ -260,7 +260,7 @@ class Regularizer:
         """``prox_{step * r}(w)``: a new tensor of ``w``'s shape, dtype and device.
 
         Every penalty weight is multiplied by ``step`` (>= 0) before calling the exact
-        prox of :mod:`mobileprune.prox` on the groups of ``w``; ``w`` is not modified and
+        prox of :mod:`mobileprune.math.prox` on the groups of ``w``; ``w`` is not modified and
         no autograd graph is recorded.
         """
         if not isinstance(w, Tensor) or not w.is_floating_point():

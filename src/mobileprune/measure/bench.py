@@ -2,7 +2,7 @@
 
 :func:`benchmark_model` builds, in one process and one run, every way this project can
 deploy a pruned model, checks that each one computes the same outputs as PyTorch, times
-them **interleaved** (:func:`mobileprune.latency.compare_latency`: warm-up, then
+them **interleaved** (:func:`mobileprune.measure.latency.compare_latency`: warm-up, then
 ``repeats`` rounds in which every backend runs once, in rotating order, so a burst of
 load on a shared machine hits all backends alike) and writes ``bench.json``,
 ``bench.md`` and ``bench.png`` into ``out_dir``. :func:`bench_checkpoint` does the same
@@ -14,9 +14,9 @@ reference)
 ========================  ===============================================================
 ``torch_dense``           the unpruned ``dense_model`` in eager PyTorch (only when given)
 ``torch_pruned``          the pruned model as given (zeros inside full-size tensors)
-``torch_compacted``       :func:`mobileprune.compact.compact` of the pruned model
+``torch_compacted``       :func:`mobileprune.surgery.compact.compact` of the pruned model
                           (``"compacted"``)
-``sparse_runtime``        :func:`mobileprune.sparse_format.export_sparse` of the pruned
+``sparse_runtime``        :func:`mobileprune.deploy.sparse.export_sparse` of the pruned
                           model, run by :func:`mobileprune.runtime.load` (``"sparse"``)
 ``onnx_dense``            ONNX Runtime (CPU provider) on the ONNX export of the dense model
 ``onnx_compacted``        ... of the compacted model (``"onnx"``)
@@ -71,7 +71,7 @@ session input (in the session's input order, which is the ``forward`` order), al
 them for ExecuTorch. Before timing, every backend's output is compared with its
 PyTorch reference (``torch_dense`` for the dense exports, ``torch_pruned`` for the
 compacted and sparse ones): ``max_abs_diff`` over all batch sizes, tolerance ``1e-4 * (1 +
-max|reference|)`` as in :mod:`mobileprune.export`; a mismatch is recorded
+max|reference|)`` as in :mod:`mobileprune.deploy.export`; a mismatch is recorded
 (``outputs_match: false`` plus a note), not raised.
 
 Result (``bench.json``)
@@ -127,9 +127,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write, atomic_write_text
-from .errors import ConfigError, ExportDependencyError
-from .latency import compare_latency
+from mobileprune.checkpoint import atomic_write, atomic_write_text
+from mobileprune.errors import ConfigError, ExportDependencyError
+from mobileprune.measure.latency import compare_latency
 
 __all__ = ["benchmark_model", "bench_checkpoint", "bench_inputs", "FORMAT_NAMES",
            "format_markdown"]
@@ -516,7 +516,7 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     if fmts & {"compacted", "onnx", "pte"}:
         t0 = time.perf_counter()
         try:
-            from .compact import compact
+            from mobileprune.surgery.compact import compact
 
             compacted = compact(pruned, example).eval()
         except Exception as exc:  # noqa: BLE001
@@ -536,8 +536,8 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     if "sparse" in fmts:
         t0 = time.perf_counter()
         try:
-            from . import runtime
-            from .sparse_format import export_sparse
+            from mobileprune import runtime
+            from mobileprune.deploy.sparse import export_sparse
 
             path = out / "pruned.mpsparse"
             export_sparse(pruned, example, path)
@@ -732,7 +732,7 @@ def _loadavg() -> list[float] | None:
 
 def _environment(load: dict) -> dict:
     try:
-        from .runtime import backend as rt_backend
+        from mobileprune.runtime import backend as rt_backend
 
         kernels = rt_backend()
     except Exception:  # noqa: BLE001
@@ -751,7 +751,7 @@ def _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, exampl
               inputs_np, batch_sizes, dense_torch) -> None:
     """``example``: a tensor or a tuple of tensors (batch 1); ``inputs[b]`` /
     ``inputs_np[b]``: tuples, one tensor / array per model input."""
-    from .export import export_onnx
+    from mobileprune.deploy.export import export_onnx
 
     examples = example if isinstance(example, tuple) else (example,)
     n_inputs = len(examples)
@@ -852,7 +852,7 @@ def _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, exampl
 
 def _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs, batch_sizes,
              pte_batches, dense_torch):
-    from .export import export_executorch
+    from mobileprune.deploy.export import export_executorch
 
     try:
         with warnings.catch_warnings():
@@ -1083,8 +1083,8 @@ def _plot(result: dict, path: Path) -> Path | None:
 # --------------------------------------------------------------------------- checkpoints
 
 def _load(path: str | os.PathLike, what: str):
-    from .checkpoint import load_checkpoint, restore_model
-    from .masks import apply_masks
+    from mobileprune.checkpoint import load_checkpoint, restore_model
+    from mobileprune.sparsity.masks import apply_masks
 
     ckpt = load_checkpoint(path)
     model = restore_model(ckpt, source=str(path)).eval()

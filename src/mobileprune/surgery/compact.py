@@ -123,8 +123,8 @@ from torch import Tensor, fx, nn
 from torch.fx.node import Node, map_arg
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
-from .errors import CompactionError, ConfigError, UnsupportedModelError
-from .report import ORIGINAL_SIZE, size_of
+from mobileprune.errors import CompactionError, ConfigError, UnsupportedModelError
+from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
 __all__ = ["compact", "dead_units", "CompactionError"]
 
@@ -1089,9 +1089,9 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0,
         The compacted model: normally a deep copy of ``model`` (same class) with smaller
         layers; a :class:`torch.fx.GraphModule` if the class's own ``forward`` cannot run
         with the smaller layers (hard-coded sizes). See the module docstring. When units
-        were removed it records the :func:`~mobileprune.report.size_of` of the model it
-        started as (attribute :data:`mobileprune.report.ORIGINAL_SIZE`; kept through
-        repeated compactions), which :func:`~mobileprune.report.layer_report` uses.
+        were removed it records the :func:`~mobileprune.sparsity.report.size_of` of the model it
+        started as (attribute :data:`mobileprune.sparsity.report.ORIGINAL_SIZE`; kept through
+        repeated compactions), which :func:`~mobileprune.sparsity.report.layer_report` uses.
 
     Raises:
         UnsupportedModelError: the model cannot be traced by ``torch.fx``, ``example_input``
@@ -1193,7 +1193,7 @@ def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Ten
     filters and the consumer's input channels they feed, the ``H*W`` features a
     ``flatten`` makes from one channel. Compaction can remove such units only all
     together, so structured pruning that wants a physical speed-up must zero them
-    together (:class:`mobileprune.admm.ADMMPruner` does, given ``example_input``).
+    together (:class:`mobileprune.sparsity.admm.ADMMPruner` does, given ``example_input``).
     BatchNorm layers are listed too (the same ids under both keys). Ids are ``0..n-1``
     over the whole model; ``model`` is not modified. Layers compaction cannot resize (grouped convs, modules called twice, ...) are absent.
     """
@@ -1271,7 +1271,7 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
     constant unit and its consumer normalises with batch statistics, so the folded
     constant is the eval-mode one. Call it outside the optimizer step (the optimizer's
     moment estimates of the zeroed weights are not reset; keep them zero with a mask,
-    e.g. :class:`mobileprune.masks.MaskEnforcer`).
+    e.g. :class:`mobileprune.sparsity.masks.MaskEnforcer`).
     """
     work, gm, an, args, ref_out, flags = _analyze(model, example_input, 0.0)
     dec = an.decide()
@@ -1331,12 +1331,12 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
     constant) are copied over. Used between pruning rounds, so that training continues
     on the smaller network; hooks, parametrizations and optimizer state attached to the
     replaced layers do not carry over (build optimizers and
-    :class:`~mobileprune.masks.MaskEnforcer` after this call).
+    :class:`~mobileprune.sparsity.masks.MaskEnforcer` after this call).
 
     Returns ``{module name: (old weight shape, new weight shape)}`` of the replaced
     layers (empty when nothing is dead; ``model`` is then untouched). As with
     :func:`compact`, the model remembers the size it started as
-    (:data:`mobileprune.report.ORIGINAL_SIZE`), so :func:`~mobileprune.report.layer_report`
+    (:data:`mobileprune.sparsity.report.ORIGINAL_SIZE`), so :func:`~mobileprune.sparsity.report.layer_report`
     counts its compression against that.
 
     Raises:

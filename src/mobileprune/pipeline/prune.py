@@ -29,13 +29,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .admm import ADMMPruner
-from .checkpoint import architecture_of, load_checkpoint, restore_model, save_checkpoint
-from .errors import CheckpointError, ConfigError, UnsupportedModelError
-from .masks import MaskEnforcer
-from .report import layer_report
-from .targets import PruneConfig, resolve_targets
-from .train import cosine_lr, evaluate, make_optimizer, train_epoch
+from mobileprune.sparsity.admm import ADMMPruner
+from mobileprune.checkpoint import architecture_of, load_checkpoint, restore_model, save_checkpoint
+from mobileprune.errors import CheckpointError, ConfigError, UnsupportedModelError
+from mobileprune.sparsity.masks import MaskEnforcer
+from mobileprune.sparsity.report import layer_report
+from mobileprune.sparsity.targets import PruneConfig, resolve_targets
+from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
 
 @dataclass
@@ -67,7 +67,7 @@ class RetrainSettings(_TrainSettings):
     """Settings of masked retraining after each stage's masked mapping.
 
     ``regrow = a > 0``: the masks of unstructured layers move at their exact count
-    (RigL, :class:`~mobileprune.masks.RegrowingMaskEnforcer`): every ``regrow_every``
+    (RigL, :class:`~mobileprune.sparsity.masks.RegrowingMaskEnforcer`): every ``regrow_every``
     steps of the first 75% of the retraining, each such layer swaps its
     ``a/2 (1 + cos(pi t / T))`` fraction of smallest weights for the inactive weights
     with the largest gradients, inside its live filters/neurons and inputs. Layers with
@@ -168,7 +168,7 @@ class PipelineConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineConfig":
-        from .targets import load_yaml
+        from mobileprune.sparsity.targets import load_yaml
 
         return cls.from_dict(load_yaml(path))
 
@@ -251,8 +251,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             tracker :class:`~mobileprune.models.ITrackerMobile` (batches may hold several
             inputs: ``((x1, x2, ...), target)``).
         metric: ``metric(model, eval_loader) -> float`` measured on ``eval_loader``
-            (default: :func:`~mobileprune.train.evaluate`, top-1 accuracy), e.g.
-            :func:`~mobileprune.train.mean_distance` (lower is better).
+            (default: :func:`~mobileprune.pipeline.train.evaluate`, top-1 accuracy), e.g.
+            :func:`~mobileprune.pipeline.train.mean_distance` (lower is better).
         metric_name: its name in the history (``test_<name>``), the report's metrics
             (``<name>_before``, ``<name>_after``) and the log; default ``"accuracy"``
             for the default metric, else the function's ``__name__``.
@@ -391,7 +391,7 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
                 opt_state = sched_state = None
             t0 = time.perf_counter()
             if r.regrow:
-                from .masks import RegrowingMaskEnforcer, live_structure
+                from mobileprune.sparsity.masks import RegrowingMaskEnforcer, live_structure
 
                 if allowed is None:  # growth only in unstructured layers, inside live units
                     kinds: dict[str, set] = {}
@@ -510,7 +510,7 @@ class ProxSchedule:
     learning-rate decay from ``final_retrain_lr`` (default ``retrain_lr``) and
     distillation weight ``final_distill`` (default ``distill``). ``final_regrow = a > 0``
     makes the final retraining dynamic at a constant count per layer (RigL, Evci et al.
-    2020; :class:`~mobileprune.masks.RegrowingMaskEnforcer`): every ``regrow_every``
+    2020; :class:`~mobileprune.sparsity.masks.RegrowingMaskEnforcer`): every ``regrow_every``
     steps during its first 75%, each layer swaps its ``a/2 (1 + cos(pi t / T))`` fraction
     of smallest weights for the same number of inactive weights with the largest
     gradients, inside the units still alive (a cut unit stays cut, ``max_units`` and the
@@ -521,7 +521,7 @@ class ProxSchedule:
     target when the final retraining starts (a late cap removed some), the budget is
     filled first with the inactive weights inside the live units whose gradient,
     accumulated in magnitude over up to 50 minibatches, is largest
-    (:func:`~mobileprune.masks.refill`; they start at 0). ``final_shift``: random
+    (:func:`~mobileprune.sparsity.masks.refill`; they start at 0). ``final_shift``: random
     translations of the inputs in the final retraining only (default ``shift``).
 
     ``final_project`` (needs ``target_nonzero``): if the rounds end with more than
@@ -529,7 +529,7 @@ class ProxSchedule:
     final retraining, so it lands on the target instead of wherever the last round
     stopped: the exact projection onto ``{nnz <= k}`` (top-k magnitudes, seed 003 Eq. 6)
     of every layer, with ``k`` per layer proportional to what the rounds left in it
-    (:func:`~mobileprune.projection.proportional_counts`): the rounds decide where the
+    (:func:`~mobileprune.math.projection.proportional_counts`): the rounds decide where the
     weights go, the projection only trims. ``project_margin`` (with ``final_project``):
     stop the rounds as soon as the model is within ``target_nonzero * (1 +
     project_margin)`` nonzeros and let the projection trim the rest, instead of running
@@ -538,14 +538,14 @@ class ProxSchedule:
     ``fold_dead`` (needs a model :func:`torch.fx` can trace): after every prox phase and
     around the final projection, zero the weights that cannot change the output and fold
     the constants they carried into the consumers' biases
-    (:func:`~mobileprune.compact.fold_dead_weights`), e.g. the outgoing weights of a hidden
+    (:func:`~mobileprune.surgery.compact.fold_dead_weights`), e.g. the outgoing weights of a hidden
     neuron whose incoming weights are all zero. The budget then goes to weights that
     matter, and the nonzero counts only count those.
 
     ``compact`` (needs a model :func:`torch.fx` can trace and whose ``forward`` runs with
     smaller layers): after every round and after the final projection, remove the dead
     filters/channels/neurons from the model in place
-    (:func:`~mobileprune.compact.compact_in_place`), so that the following rounds and the
+    (:func:`~mobileprune.surgery.compact.compact_in_place`), so that the following rounds and the
     final retraining train the smaller network (LeNet-5 with 9 of 50 conv2 filters and
     60 of 500 hidden units: an epoch takes a third of the time). The outputs do not
     change; the regularisers must not depend on the layer sizes (explicit group index
@@ -557,7 +557,7 @@ class ProxSchedule:
     its ``k`` output units (filters, neurons: rows of the weight) / input units (input
     channels, a Linear's columns) of largest l2 norm: the exact projection onto ``{at
     most k nonzero groups}`` (seed 003 sec. 2.4,
-    :func:`~mobileprune.projection.project_top_groups`), layer by layer in the model's
+    :func:`~mobileprune.math.projection.project_top_groups`), layer by layer in the model's
     layer order, outputs before inputs; with ``fold_dead`` (recommended) each cut
     reaches the consumers before their own cut, so e.g. fc1's input cap chooses among the
     inputs of the conv2 filters that were kept. ``structure_epochs``: epochs of masked
@@ -598,7 +598,7 @@ class ProxSchedule:
     final_shift: int | None = None
 
     def __post_init__(self) -> None:
-        from .palm import _nonneg_int, _positive
+        from mobileprune.sparsity.proximal import _nonneg_int, _positive
 
         for key in ("distill", "final_distill"):  # weights in [0, 1]; final_distill may be None
             v = getattr(self, key)
@@ -687,8 +687,8 @@ def _masked_retrain(model, train_loader, pruner, sched: ProxSchedule, epochs: in
     is called after every epoch (the final retraining and the ``structure_epochs``).
     ``regrow > 0``: the masks move (:class:`RegrowingMaskEnforcer` with ``alpha = regrow``
     over the first 75% of the steps); they are part of ``state``."""
-    from .masks import RegrowingMaskEnforcer
-    from .palm import check_finite
+    from mobileprune.sparsity.masks import RegrowingMaskEnforcer
+    from mobileprune.sparsity.proximal import check_finite
 
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=sched.retrain_weight_decay)
     steps = epochs * len(train_loader)
@@ -725,7 +725,7 @@ def _grad_magnitudes(model: nn.Module, loader, masks: Mapping[str, Tensor], kd: 
     of the masked weights, summed over the first ``batches`` minibatches, in eval mode
     (BatchNorm statistics untouched, no dropout); the model is left unchanged (its
     gradients are cleared)."""
-    from .train import training_loss
+    from mobileprune.pipeline.train import training_loss
 
     params = dict(model.named_parameters())
     acc = {n: torch.zeros_like(params[n]) for n in masks}
@@ -751,18 +751,18 @@ def cap_units(model: nn.Module, max_units: Mapping[str, int] | None = None,
     the named layers: the units of largest l2 norm (filters or neurons: rows of the
     weight; input channels or a Linear's columns), the others zeroed in place. The exact
     projection onto ``{at most k nonzero groups}`` (seed 003 sec. 2.4,
-    :func:`~mobileprune.projection.project_top_groups`). Biases are left alone (a cut
-    unit with a bias is a constant; :func:`~mobileprune.compact.fold_dead_weights` or
-    :func:`~mobileprune.compact.compact` folds it into the next layer).
+    :func:`~mobileprune.math.projection.project_top_groups`). Biases are left alone (a cut
+    unit with a bias is a constant; :func:`~mobileprune.surgery.compact.fold_dead_weights` or
+    :func:`~mobileprune.surgery.compact.compact` folds it into the next layer).
 
     Returns ``{name: {"out": active output units, "in": active input units}}`` after the
     cut. Raises :class:`ConfigError` for a name that is not a Conv/Linear layer of
     ``model`` or (``strict``) a count larger than the layer; with ``strict=False`` such a
     layer is left as it is (a layer already made smaller by :func:`compact`).
     """
-    from .groups import from_groups, to_groups
-    from .projection import project_top_groups
-    from .targets import GEMM_TYPES, prunable_layers
+    from mobileprune.math.groups import from_groups, to_groups
+    from mobileprune.math.projection import project_top_groups
+    from mobileprune.sparsity.targets import GEMM_TYPES, prunable_layers
 
     layers = prunable_layers(model, GEMM_TYPES)
     caps = [(name, k, "filter", "max_units") for name, k in (max_units or {}).items()] + \
@@ -786,7 +786,7 @@ def cap_units(model: nn.Module, max_units: Mapping[str, int] | None = None,
 def _unit_counts(weight: Tensor) -> dict[str, int]:
     """Active output units (nonzero rows / filters) and input units (nonzero columns /
     input channels) of a Conv/Linear weight."""
-    from .groups import count_nonzero_groups
+    from mobileprune.math.groups import count_nonzero_groups
 
     w = weight.detach()
     return {"out": count_nonzero_groups(w, "filter"), "in": count_nonzero_groups(w, "channel")}
@@ -816,7 +816,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                    log: Callable[[str], None] = print) -> PipelineResult:
     """MobilePrune pruning (seed 000): a regulariser's exact prox inside training.
 
-    ``config`` holds the :class:`~mobileprune.palm.ProximalPruner` keys (``method``,
+    ``config`` holds the :class:`~mobileprune.sparsity.proximal.ProximalPruner` keys (``method``,
     ``lam``, ``eta``, ``beta``, ``layers``...) and a ``schedule:`` mapping
     (:class:`ProxSchedule`). ``model`` is pruned in place (with ``schedule.compact`` its
     dead units are also removed in place, so its layers get smaller). With ``run_dir``
@@ -826,7 +826,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     ``teacher``: the model to distill from when ``schedule.distill`` (or
     ``final_distill``) is positive; by default a frozen copy of ``model`` as given.
     """
-    from .palm import ProximalPruner, run_rounds
+    from mobileprune.sparsity.proximal import ProximalPruner, run_rounds
 
     pruner_cfg, sched = split_prox_config(config)
     ProximalPruner(model, pruner_cfg)  # validate the config against the model first
@@ -900,7 +900,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
                               "(loader.dataset[0] gives the example input that torch.fx traces)")
     fold = None
     if sched.fold_dead:
-        from .compact import fold_dead_weights
+        from mobileprune.surgery.compact import fold_dead_weights
 
         def fold() -> int:
             return sum(fold_dead_weights(model, example).values())
@@ -910,7 +910,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         """schedule.compact: remove dead units in place and rebuild the pruner on the
         smaller layers (same regularisers, lam/eta and counters)."""
         nonlocal pruner, compacted
-        from .compact import compact_in_place
+        from mobileprune.surgery.compact import compact_in_place
 
         changed = compact_in_place(model, example)
         if changed:
@@ -929,7 +929,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         shrink()  # fails early on a model torch.fx cannot trace
     after_prox = fold
     if capped:
-        from .targets import GEMM_TYPES, prunable_layers
+        from mobileprune.sparsity.targets import GEMM_TYPES, prunable_layers
 
         def first_cut() -> dict[str, dict[str, int]]:
             """The caps layer by layer in model order, outputs before inputs, with
@@ -1016,7 +1016,7 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         masks = pruner.masks()
         have = sum(int(m.sum()) for m in masks.values())
         if have < sched.target_nonzero:
-            from .masks import live_structure, refill
+            from mobileprune.sparsity.masks import live_structure, refill
 
             scores = _grad_magnitudes(model, train_loader, masks, kd_args(final_kd), batches=50)
             masks = refill(masks, scores, {n: live_structure(m) for n, m in masks.items()},

@@ -6,7 +6,7 @@ through the traced graph (``ShapeProp``) to learn every shape, and writes the gr
 flat list of runtime ops plus the weights, in the model file format version 3
 (``docs/native_format.md``). :mod:`mobileprune.runtime` loads and runs the file with the
 native engine (C), no torch; the same file runs on a phone through the engine's C API
-(:func:`mobileprune.export.export_native` writes a self-contained bundle).
+(:func:`mobileprune.deploy.export.export_native` writes a self-contained bundle).
 
 Supported graph
 ---------------
@@ -75,9 +75,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import UnsupportedModelError
-from .runtime import format3
-from .runtime.model import MAGIC, read_container, write_bytes
+from mobileprune.errors import UnsupportedModelError
+from mobileprune.runtime import format3
+from mobileprune.runtime.model import MAGIC, read_container, write_bytes
 
 __all__ = ["export_sparse", "size_report", "format_size_report"]
 
@@ -764,7 +764,7 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
             arrays[op["scale"]] = sc.astype(np.float32)
             arrays[op["shift"]] = sf.astype(np.float32)
     try:
-        from . import __version__ as version
+        from mobileprune import __version__ as version
     except ImportError:  # pragma: no cover
         version = "unknown"
     header = {"magic": MAGIC, "inputs": ex.inputs, "producer": f"mobileprune {version}",

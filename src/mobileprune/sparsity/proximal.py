@@ -4,7 +4,7 @@ Problem (``docs/methods.md`` section 2)::
 
     min_W  F(W) = H(W) + sum_i r_i(W_i),   r_i = lam ||.||_{2,groups} + eta ||.||_0 (+ ...)
 
-with ``H`` the training loss and ``r_i`` the :class:`~mobileprune.regularizers.Regularizer`
+with ``H`` the training loss and ``r_i`` the :class:`~mobileprune.sparsity.regularizers.Regularizer`
 of layer ``i``'s weight (biases and unselected layers are not regularised).
 
 Two ways to optimise it:
@@ -20,7 +20,7 @@ Two ways to optimise it:
   ``W_i <- prox_{lr r_i}(W_i)`` with the optimizer's learning rate as the step.
 
 :func:`run_rounds` chains them into the round schedule of the public MobilePrune code:
-prox epochs, masked retraining with Adam (:class:`~mobileprune.masks.MaskEnforcer`), and
+prox epochs, masked retraining with Adam (:class:`~mobileprune.sparsity.masks.MaskEnforcer`), and
 ``lam`` / ``eta`` raised every few rounds.
 
 Use it inside your own training loop::
@@ -46,7 +46,7 @@ Config of :class:`ProximalPruner` (a dict or a YAML file)::
       "re:conv.*": {method: tree_l0_group_lasso, lam: 1.0e-4, eta: 1.0e-6}
                                # own 'method': a complete spec, inherits nothing
 
-The selection follows :mod:`mobileprune.targets` (:func:`~mobileprune.targets.select`):
+The selection follows :mod:`mobileprune.sparsity.targets` (:func:`~mobileprune.sparsity.targets.select`):
 every prunable weight (Linear, Conv, ConvTranspose, RNN / LSTM / GRU ``weight_ih_l*`` /
 ``weight_hh_l*``, MultiheadAttention ``in_proj_weight`` or ``q/k/v_proj_weight``,
 Embedding) named as there (``conv1``, ``lstm.weight_hh_l0``, ``attn.out_proj``); keys
@@ -54,7 +54,7 @@ are exact names, module names of multi-weight modules, ``re:<regex>`` (full matc
 globs or ``type:<ClassName>``; an unknown exact name, an exclude name that is not a
 prunable weight, or a pattern matching nothing raises
 :class:`~mobileprune.errors.ConfigError`. Groupings act on the weight tensor as
-:mod:`mobileprune.groups` defines them (a 2-D weight defaults to ``linear_in``, its
+:mod:`mobileprune.math.groups` defines them (a 2-D weight defaults to ``linear_in``, its
 columns; a ConvTranspose weight ``(C_in, C_out, *k)`` to ``filter``, its dim 0).
 """
 
@@ -68,11 +68,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .masks import MaskEnforcer
-from .regularizers import Regularizer, _check_weight_param
-from .targets import TYPE_NAMES, check_keys, load_yaml, parse_types, select
-from .train import _progress, evaluate, forward, make_optimizer, train_epoch
+from mobileprune.errors import ConfigError
+from mobileprune.sparsity.masks import MaskEnforcer
+from mobileprune.sparsity.regularizers import Regularizer, _check_weight_param
+from mobileprune.sparsity.targets import TYPE_NAMES, check_keys, load_yaml, parse_types, select
+from mobileprune.pipeline.train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
     "ProximalPruner",
@@ -282,9 +282,9 @@ class ProximalPruner:
         """Trim the selected weights to at most ``budget`` nonzeros in all: each weight is
         projected onto ``{nnz <= k}`` (its ``k`` largest magnitudes, seed 003 Eq. 6) with
         ``k`` proportional to its current count
-        (:func:`~mobileprune.projection.proportional_counts`). Returns False (and changes
+        (:func:`~mobileprune.math.projection.proportional_counts`). Returns False (and changes
         nothing) if the weights are already within the budget."""
-        from .projection import project_topk, proportional_counts
+        from mobileprune.math.projection import project_topk, proportional_counts
 
         nnz = self.nonzero()
         if sum(nnz.values()) <= budget:
@@ -524,9 +524,9 @@ def proximal_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Op
     """One epoch of the practical proximal variant (methods.md 2.3): after every
     ``optimizer.step()``, :meth:`ProximalPruner.prox_step` with ``step`` (default: the
     optimizer's current learning rate).  ``teacher`` / ``distill`` / ``temperature``: the
-    smooth loss distills from ``teacher`` (:func:`mobileprune.train.train_epoch`);
-    ``shift``: random translations of the inputs (:func:`mobileprune.train.random_shift`).
-    Returns :func:`mobileprune.train.train_epoch`'s stats plus ``penalty`` and
+    smooth loss distills from ``teacher`` (:func:`mobileprune.pipeline.train.train_epoch`);
+    ``shift``: random translations of the inputs (:func:`mobileprune.pipeline.train.random_shift`).
+    Returns :func:`mobileprune.pipeline.train.train_epoch`'s stats plus ``penalty`` and
     ``objective``; raises ``FloatingPointError`` on NaN/inf."""
     stats = train_epoch(model, loader, optimizer, loss_fn=loss_fn,
                         after_step=lambda: pruner.prox_step(step, optimizer=optimizer),
@@ -563,11 +563,11 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     With ``teacher`` and ``distill > 0`` the smooth loss of both phases distills from
     ``teacher`` (the PALM phase keeps ``loss_fn``). ``shift > 0`` augments the batches of
     the proximal and retraining phases with random translations of up to ``shift``
-    pixels (:func:`mobileprune.train.random_shift`; not with ``mode="palm"``, whose
+    pixels (:func:`mobileprune.pipeline.train.random_shift`; not with ``mode="palm"``, whose
     backtracking compares losses on one fixed minibatch).
 
     ``after_prox`` (optional) is called after the prox phase of every round, before the
-    retraining masks are taken (e.g. :func:`mobileprune.compact.fold_dead_weights`); its
+    retraining masks are taken (e.g. :func:`mobileprune.surgery.compact.fold_dead_weights`); its
     return value is stored in the round's record under ``"after_prox"``.
 
     Returns one dict per round: hyper-parameters used, prox / retrain stats, nonzero

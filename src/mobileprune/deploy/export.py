@@ -8,7 +8,7 @@ modified), writes the file **atomically** (temporary file in the destination fol
 one), and **verifies** the written file by running it in the matching runtime and comparing
 with the eager PyTorch outputs, on ``example_input`` and on a seeded random input of the
 same shape. The tolerance is ``1e-4 * (1 + max|output|)`` per output (float32), as in
-:mod:`mobileprune.compact`. A file that does not reproduce the model is not written
+:mod:`mobileprune.surgery.compact`. A file that does not reproduce the model is not written
 (:class:`~mobileprune.errors.UnsupportedModelError`).
 
 Every exporter returns a dict::
@@ -26,8 +26,8 @@ These formats store every weight tensor **densely**: the zeros that unstructured
 group pruning leaves inside full-size tensors are written like any other value, so a
 pruned model's ``.onnx`` / ``.ptl`` / ``.pte`` file is as large as the dense one (and runs
 as fast). To get a genuinely smaller and faster file, first remove whole dead units with
-:func:`mobileprune.compact.compact`, which returns a smaller dense model, and export that;
-to keep unstructured sparsity, use :func:`mobileprune.sparse_format.export_sparse` (CSR
+:func:`mobileprune.surgery.compact.compact`, which returns a smaller dense model, and export that;
+to keep unstructured sparsity, use :func:`mobileprune.deploy.sparse.export_sparse` (CSR
 weights, :mod:`mobileprune.runtime`). The result's ``"zero_fraction"`` (share of exactly
 zero parameters that the file stores) flags a model that was pruned but not compacted.
 
@@ -72,9 +72,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import atomic_write
-from .compact import _tensors
-from .errors import ConfigError, ExportDependencyError, UnsupportedModelError
+from mobileprune.checkpoint import atomic_write
+from mobileprune.surgery.compact import _tensors
+from mobileprune.errors import ConfigError, ExportDependencyError, UnsupportedModelError
 
 __all__ = ["export_torchscript_lite", "export_onnx", "export_executorch", "export_native",
            "ExportDependencyError", "FORMATS"]
@@ -653,7 +653,7 @@ libmobileprune.a into your JNI library (mp_model_load_file / mp_plan_create / mp
 
 
 def _native_dir() -> Path:
-    from . import runtime
+    from mobileprune import runtime
     return Path(runtime.__file__).resolve().parent / "native"
 
 
@@ -709,7 +709,7 @@ def _float32_bytes(tensors) -> bytes:
 def _check_bundle_model(path: Path, args: tuple, ref: list[Tensor], name: str) -> tuple:
     """Run ``model.mps`` in the Python runtime (the same engine): ``(max diff, verified,
     note)``; not verified when the engine is not built here."""
-    from . import runtime
+    from mobileprune import runtime
 
     try:
         sm = runtime.load(path)
@@ -729,7 +729,7 @@ def export_native(model: nn.Module, example_input: Any, out_dir: str | os.PathLi
     """Write a self-contained native bundle of ``model`` to the directory ``out_dir``.
 
     The bundle (no Python or torch needed to use it): ``model.mps`` (the sparse model
-    file, :func:`mobileprune.sparse_format.export_sparse`), the engine's public header
+    file, :func:`mobileprune.deploy.sparse.export_sparse`), the engine's public header
     (``include/mobileprune.h``) and C sources (``src/``), ``CMakeLists.txt`` (a static
     library and the example program ``mobileprune_run``, ``examples/``), ``input.bin`` /
     ``expected.bin`` (``example_input`` and the model's output on it, raw little-endian
@@ -752,7 +752,7 @@ def export_native(model: nn.Module, example_input: Any, out_dir: str | os.PathLi
     import shutil
     import tempfile
 
-    from .sparse_format import export_sparse
+    from mobileprune.deploy.sparse import export_sparse
 
     fn = "export_native"
     args = _as_args(example_input, fn)

@@ -5,7 +5,7 @@ scaled dual variables ``U_i``:
 
 * W-step (Eq. 5): train on ``f(W) + sum_i rho_i / 2 * ||W_i - Z_i + U_i||_F^2``;
   :meth:`ADMMPruner.penalty` returns the second term, add it to your loss.
-* Z-step (Eq. 6): ``Z_i = Proj_{S_i}(W_i + U_i)`` (:mod:`mobileprune.projection`).
+* Z-step (Eq. 6): ``Z_i = Proj_{S_i}(W_i + U_i)`` (:mod:`mobileprune.math.projection`).
 * dual update (Eq. 7): ``U_i = U_i + W_i - Z_i``.
 
 Steps 2-3 run every ``update_every`` optimizer steps (:meth:`ADMMPruner.step`) or when
@@ -16,7 +16,7 @@ rho grows, so the unscaled dual ``y`` is unchanged (Boyd et al. 2011, section 3.
 
 After the ADMM phase, :meth:`ADMMPruner.finalize` performs masked mapping
 (``W_i = Proj_{S_i}(W_i)``) and returns the masks for masked retraining
-(:class:`mobileprune.masks.MaskEnforcer`). Every layer then has at most ``keep``
+(:class:`mobileprune.sparsity.masks.MaskEnforcer`). Every layer then has at most ``keep``
 nonzero weights: the result is feasible by construction.
 
 Use it inside your own training loop::
@@ -38,10 +38,10 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .groups import to_groups
-from .projection import project_top_groups, project_topk, top_coupled_groups
-from .targets import LayerTarget, PruneConfig, resolve_targets
+from mobileprune.errors import ConfigError
+from mobileprune.math.groups import to_groups
+from mobileprune.math.projection import project_top_groups, project_topk, top_coupled_groups
+from mobileprune.sparsity.targets import LayerTarget, PruneConfig, resolve_targets
 
 
 def project_layer(target: LayerTarget, w: Tensor, allowed: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -88,8 +88,8 @@ class ADMMPruner:
 
     Args:
         model: any ``nn.Module``.
-        config: pruning config (dict, :class:`~mobileprune.targets.PruneConfig` or YAML
-            path); see :mod:`mobileprune.targets`.
+        config: pruning config (dict, :class:`~mobileprune.sparsity.targets.PruneConfig` or YAML
+            path); see :mod:`mobileprune.sparsity.targets`.
         rho: initial penalty parameter ``rho`` (the same for every layer).
         rho_multiplier: factor applied to ``rho`` after every Z/U update (>= 1).
         rho_max: cap on ``rho``.
@@ -101,10 +101,10 @@ class ADMMPruner:
         example_input: optional model input (batch included). When given, structured
             (filter / channel) targets whose units are coupled in the traced graph
             (residual adds, concatenations, depthwise convs, a producer's filters and
-            the next layer's input channels; :func:`mobileprune.compact.channel_ids`)
-            are projected *jointly* (:func:`~mobileprune.projection.top_coupled_groups`):
+            the next layer's input channels; :func:`mobileprune.surgery.compact.channel_ids`)
+            are projected *jointly* (:func:`~mobileprune.math.projection.top_coupled_groups`):
             the same channels are zeroed in every coupled layer, so
-            :func:`~mobileprune.compact.compact` can physically remove them. Each
+            :func:`~mobileprune.surgery.compact.compact` can physically remove them. Each
             layer still keeps at most its own ``keep`` groups. Without it, every layer
             is projected on its own.
     """
@@ -197,8 +197,8 @@ class ADMMPruner:
 
     def _graph_members(self, example_input: Any) -> dict[str, Tensor]:
         """Channel ids of the Linear / Conv filter and channel targets in the traced graph
-        (:func:`mobileprune.compact.channel_ids`)."""
-        from .compact import channel_ids
+        (:func:`mobileprune.surgery.compact.channel_ids`)."""
+        from mobileprune.surgery.compact import channel_ids
 
         structured = {k: t for k, t in self._keys.items()
                       if t.structure in ("filter", "channel") and t.plain}
@@ -311,7 +311,7 @@ class ADMMPruner:
         ``reallocate_dead=True`` (needs ``example_input``): the projection can keep
         weights that cannot affect the output, e.g. the incoming weights of a hidden
         neuron all of whose outgoing weights were pruned
-        (:func:`mobileprune.compact.dead_weights`). The dead units are excluded and the
+        (:func:`mobileprune.surgery.compact.dead_weights`). The dead units are excluded and the
         layers projected again, so their budget goes to live units instead; repeated
         until no kept weight is dead (at most ``max_rounds`` times; a unit excluded once
         stays excluded).
@@ -323,7 +323,7 @@ class ADMMPruner:
         masks = self._map(allowed)
         rounds = 0
         while reallocate_dead and rounds < max_rounds:
-            from .compact import dead_weights
+            from mobileprune.surgery.compact import dead_weights
 
             units = {k: v.to(masks[k].device) for k, v in
                      dead_weights(self.model, self._example, nonzero_only=False).items()
@@ -374,7 +374,7 @@ class ADMMPruner:
 
         A filter pruned to zero still outputs its bias, and a following BatchNorm
         turns even a zero channel into the constant ``beta - gamma * mean / std``: the
-        channel is not really gone, and :func:`~mobileprune.compact.compact` cannot
+        channel is not really gone, and :func:`~mobileprune.surgery.compact.compact` cannot
         remove it in front of a zero-padded conv. So masked mapping also zeros the bias
         of every all-zero filter of a filter-pruned layer and, when the graph is known
         (``example_input``), the BatchNorm ``weight``/``bias`` of every channel whose

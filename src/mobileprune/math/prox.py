@@ -35,7 +35,7 @@ from typing import Union
 import torch
 from torch import Tensor
 
-from .errors import ConfigError
+from mobileprune.errors import ConfigError
 
 __all__ = [
     "hard_threshold",
@@ -72,7 +72,7 @@ def _check_2d(v: object, func: str) -> Tensor:
     if v.dim() != 2:
         raise ConfigError(
             f"{func} works row-wise on a 2-D tensor of shape (groups, n); got shape "
-            f"{tuple(v.shape)} (use mobileprune.groups.to_groups to build the rows)"
+            f"{tuple(v.shape)} (use mobileprune.math.groups.to_groups to build the rows)"
         )
     return v
 
@@ -300,7 +300,7 @@ def _check_tree(v: object, func: str) -> Tensor:
     if v.dim() != 3:
         raise ConfigError(
             f"{func} expects v of shape (roots, columns, n); got shape {tuple(v.shape)} "
-            f"(use mobileprune.groups.tree_view for a conv weight)"
+            f"(use mobileprune.math.groups.tree_view for a conv weight)"
         )
     return v
 

@@ -3,7 +3,7 @@
 Counts are taken from the weights themselves (``count_nonzero``), never from the
 config, so the report shows what the model really holds.
 
-* ``layers``: one row per prunable weight (:mod:`mobileprune.targets`: a Linear /
+* ``layers``: one row per prunable weight (:mod:`mobileprune.sparsity.targets`: a Linear /
   Conv / ConvTranspose / Embedding ``weight``, every ``weight_ih_l*`` / ``weight_hh_l*``
   of an RNN / LSTM / GRU, an attention ``in_proj_weight`` or ``q/k/v_proj_weight``);
   ``layer`` is the weight's name (``conv1``, ``lstm.weight_hh_l0``).
@@ -35,8 +35,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from .groups import count_nonzero_groups, to_unit_groups
-from .targets import (DEFAULT_TYPES, GEMM_TYPES, LayerTarget, WeightSlot, dense_reason,
+from mobileprune.math.groups import count_nonzero_groups, to_unit_groups
+from mobileprune.sparsity.targets import (DEFAULT_TYPES, GEMM_TYPES, LayerTarget, WeightSlot, dense_reason,
                       resolve_targets, weight_slots)
 
 
@@ -78,10 +78,10 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
                  config: Any = None) -> dict[str, Any]:
     """Build the report of ``model``; ``targets`` adds each pruned weight's target.
 
-    ``layers`` has one row per prunable weight (:func:`~mobileprune.targets.weight_slots`)
+    ``layers`` has one row per prunable weight (:func:`~mobileprune.sparsity.targets.weight_slots`)
     of ``types`` or with a target; ``parameters`` one row per parameter of the model
     (:func:`parameter_rows`): its targets, or why it is left dense. The reasons come from
-    ``targets`` when it is what :func:`~mobileprune.targets.resolve_targets` returned,
+    ``targets`` when it is what :func:`~mobileprune.sparsity.targets.resolve_targets` returned,
     else from ``config`` (resolved again), else they are generic.
 
     ``example_input`` (a tensor or tuple of tensors of batch size 1) enables the MAC
@@ -89,8 +89,8 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     see :func:`size_of`): the sizes of the model before its dead units were removed
     (pruning with ``schedule.compact``); the compressions are then taken against those,
     the honest ratio, and the totals keep both. When ``original`` is not given, the
-    sizes recorded on the model by :func:`~mobileprune.compact.compact`,
-    :func:`~mobileprune.compact.compact_in_place` or
+    sizes recorded on the model by :func:`~mobileprune.surgery.compact.compact`,
+    :func:`~mobileprune.surgery.compact.compact_in_place` or
     :func:`~mobileprune.checkpoint.restore_model` of a compacted checkpoint are used
     (attribute :data:`ORIGINAL_SIZE`), so a model shrunk in the user's own loop is
     still counted against the model it started as.

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .errors import ConfigError
+from mobileprune.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -162,7 +162,7 @@ def evaluate(model: nn.Module, loader: DataLoader, *, progress: bool | None = Fa
             model.train(was_training)
             raise ConfigError(f"evaluate measures classification accuracy, but the targets "
                               f"are {y.dtype} of shape {tuple(y.shape)} (not class indices); "
-                              f"pass another metric, e.g. mobileprune.train.mean_distance")
+                              f"pass another metric, e.g. mobileprune.pipeline.train.mean_distance")
         correct += int((forward(model, x).argmax(1) == y).sum())
         n += y.shape[0]
     model.train(was_training)

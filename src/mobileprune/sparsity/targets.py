@@ -35,7 +35,7 @@ an exact name selects. Never pruned, whatever the config: biases (``bias``,
 ``bias_ih_l*``, ``in_proj_bias``, ``bias_k``...), normalisation layers (BatchNorm,
 LayerNorm, GroupNorm, InstanceNorm, RMSNorm) and any parameter that is not the weight of
 a supported layer (``cls_token``, a bare ``pos_embed`` parameter, PReLU...).
-:func:`explain` (and :func:`mobileprune.report.layer_report`) lists every parameter of
+:func:`explain` (and :func:`mobileprune.sparsity.report.layer_report`) lists every parameter of
 the model with its target or the reason it is left dense.
 
 Keys of ``layers`` (and of ``exclude``): an exact weight name (the parameter name with
@@ -80,7 +80,7 @@ are those of a Linear, and ``in_proj_weight`` / ``q/k/v_proj_weight`` take ``cha
 (an input feature) but not ``filter`` (a single q, k or v feature does not remove
 anything). The head sets of one MultiheadAttention, and the hidden-unit (``filter``)
 sets of ``weight_ih_l<k>`` and ``weight_hh_l<k>`` of one layer and direction, are
-projected jointly by :class:`~mobileprune.admm.ADMMPruner` (each weight within its own
+projected jointly by :class:`~mobileprune.sparsity.admm.ADMMPruner` (each weight within its own
 ``keep``), so the same heads and hidden units go from every weight. Grouped
 ConvTranspose takes ``unstructured`` only. A structure a weight does not take raises
 :class:`ConfigError` naming the weight and the structures it takes.
@@ -106,7 +106,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from mobileprune.errors import ConfigError
 
 #: Layer types with prunable weights (``types:`` and ``type:`` keys name them).
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
@@ -142,7 +142,7 @@ class LayerTarget:
         structure: ``"unstructured"``, ``"filter"``, ``"channel"``, ``"shape"`` or
             ``"head"``; for the structured ones ``keep`` counts groups.
         module: qualified name of the module owning the weight (default: ``name``).
-        grouping, blocks, unit: the grouping of :func:`mobileprune.groups.to_unit_groups`
+        grouping, blocks, unit: the grouping of :func:`mobileprune.math.groups.to_unit_groups`
             that makes one group per unit of ``structure`` (default: ``structure``, 1, 1).
         joint: label shared by the targets whose groups are the same units and are
             projected together (the heads of one MultiheadAttention, the hidden units of
@@ -166,7 +166,7 @@ class LayerTarget:
 
     @property
     def plain(self) -> bool:
-        """Whether the groups are those of :func:`mobileprune.groups.to_groups` of
+        """Whether the groups are those of :func:`mobileprune.math.groups.to_groups` of
         ``structure`` on a layer's own ``weight`` (Linear, Conv)."""
         return (self.grouping in (None, self.structure) and self.blocks == 1 and self.unit == 1
                 and self.module_name == self.name)
@@ -183,7 +183,7 @@ class LayerTarget:
         """Number of weights (unstructured) or groups (structured) the target counts."""
         if self.structure == "unstructured":
             return self.numel
-        from .groups import unit_group_shape
+        from mobileprune.math.groups import unit_group_shape
 
         return unit_group_shape(self.shape, *self._layout())[0]
 
@@ -193,13 +193,13 @@ class LayerTarget:
 
     def to_groups(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` (or a mask of its shape) as ``(groups, n)``, one group per unit."""
-        from .groups import to_unit_groups
+        from mobileprune.math.groups import to_unit_groups
 
         return to_unit_groups(w, *self._layout())
 
     def from_groups(self, g: torch.Tensor) -> torch.Tensor:
         """Exact inverse of :meth:`to_groups`."""
-        from .groups import from_unit_groups
+        from mobileprune.math.groups import from_unit_groups
 
         grouping, blocks, unit = self._layout()
         return from_unit_groups(g, grouping, self.shape, blocks, unit)
@@ -216,7 +216,7 @@ class WeightSlot:
     """One prunable weight of a model: a (module, parameter) pair (module docstring).
 
     ``structures`` maps each structure the weight takes to its ``(grouping, blocks,
-    unit)`` layout (:func:`mobileprune.groups.to_unit_groups`); ``notes`` says why a
+    unit)`` layout (:func:`mobileprune.math.groups.to_unit_groups`); ``notes`` says why a
     structure is not taken, where that needs saying; ``joint`` maps a structure to the
     label of the weights whose groups of it are the same units (``LayerTarget.joint``);
     ``owner`` is the multi-weight module the weight belongs to (``lstm``, ``attn``).
@@ -588,7 +588,7 @@ def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], 
            types: tuple[type[nn.Module], ...], what: str = "pruning config"
            ) -> tuple[dict[str, tuple[WeightSlot, str | None]], dict[str, str]]:
     """The weights a config selects, shared by :func:`resolve_targets` and
-    :class:`mobileprune.palm.ProximalPruner`.
+    :class:`mobileprune.sparsity.proximal.ProximalPruner`.
 
     Returns ``(chosen, reasons)``: ``chosen[name] = (slot, key)`` with the ``layers``
     key that selects it (``None``: the default), in model order; ``reasons[name]`` why
@@ -735,7 +735,7 @@ def _make_target(slot: WeightSlot, spec: Mapping[str, Any]) -> LayerTarget:
                           f"weight {shape})" + (f": {why}" if why else "")
                           + f"; it takes {', '.join(map(repr, slot.takes()))}")
     else:
-        from .groups import unit_group_shape
+        from mobileprune.math.groups import unit_group_shape
 
         layout = slot.structures[structure]
         n, unit = unit_group_shape(shape, *layout)[0], f"{structure} groups"

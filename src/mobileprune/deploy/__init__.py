@@ -1,0 +1,1 @@
+"""Deployment: sparse model files for the native engine, ONNX, TorchScript Lite, ExecuTorch, device bundles."""

@@ -1,0 +1,1 @@
+"""Pure tensor functions: proximal operators, projections, groupings (no nn.Module, no I/O)."""

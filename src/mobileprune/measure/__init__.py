@@ -1,0 +1,1 @@
+"""Measurement: latency timing and the side-by-side benchmark."""

@@ -1,0 +1,1 @@
+"""Composition: training loops and the pruning pipelines (ADMM, proximal) with resume."""

@@ -1,0 +1,1 @@
+"""Structural surgery: physically smaller models (compaction, dead units, folding)."""
