@@ -1,0 +1,36 @@
+"""Eval-mode no-ops: the output is the input (Identity, Dropout in eval, StochasticDepth
+in eval, casts to the same dtype); ``torch._assert`` produces no tensor."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from mobileprune.graph.registry import OpHandler, args_of, register
+
+
+@register
+class Identity(OpHandler):
+    key = "identity"
+    eval_noop = True
+
+
+@register
+class Dropout(OpHandler):
+    key = "dropout"
+    eval_noop = True
+
+    def check(self, node: fx.Node, ctx) -> str | None:
+        if args_of(node).get("training") is not False:
+            return "dropout with training=True in the traced (eval-mode) graph"
+        return None
+
+
+@register
+class StochasticDepth(Dropout):
+    key = "stochastic_depth"
+
+
+@register
+class Assert(OpHandler):
+    key = "assert"
+    eval_noop = True

@@ -1,0 +1,114 @@
+"""The one tracer of the graph layer: an eval-mode float copy of the model, traced by
+torch.fx with every layer of the op table kept whole, shapes propagated, canonicalised.
+
+``compact``, ``dead_units`` / ``fold_dead_weights``, structured coupling in ADMM and
+``export_sparse`` all start here (``docs/methods.md`` section 4).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from mobileprune.errors import ConfigError, UnsupportedModelError
+from mobileprune.graph.canonical import canonicalize, module_spec
+
+__all__ = ["Traced", "trace", "as_args", "tensor_meta", "shape_of", "leaf_module"]
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def leaf_module(m: nn.Module) -> bool:
+    """A module the tracer keeps whole: one in the op table, or any other ``torch.nn``
+    layer (not a container) -- those appear as ops of key ``"unknown"`` rather than
+    being traced into (their ``forward`` often has data-dependent fast paths)."""
+    if module_spec(m) is not None:
+        return True
+    mod = type(m).__module__
+    return mod.startswith("torch.nn") and not isinstance(m, _CONTAINERS)
+
+
+class _Tracer(fx.Tracer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return leaf_module(m)
+
+
+@dataclass
+class Traced:
+    """A traced model: ``gm`` (canonicalised, shapes in ``node.meta["tensor_meta"]``),
+    ``work`` the eval-mode deep copy it was traced from (``gm`` shares its layers),
+    ``args`` the example inputs and ``out`` the traced graph's output on them."""
+
+    gm: fx.GraphModule
+    work: nn.Module
+    args: tuple
+    out: Any
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        return dict(self.gm.named_modules())
+
+
+def as_args(example_input: Any) -> tuple:
+    """``example_input`` (a tensor, or a tuple/list with one tensor per positional input)
+    as a tuple."""
+    if isinstance(example_input, Tensor):
+        return (example_input,)
+    if isinstance(example_input, (tuple, list)) and example_input:
+        return tuple(example_input)
+    raise ConfigError(f"example_input must be a tensor or a non-empty tuple/list of tensors, "
+                      f"got {type(example_input).__name__}")
+
+
+def trace(model: nn.Module, example_input: Any, *, who: str = "mobileprune",
+          copy_model: bool = True) -> Traced:
+    """Trace ``model`` (an eval-mode deep copy unless ``copy_model=False``) and propagate
+    ``example_input`` through the graph.
+
+    Raises :class:`UnsupportedModelError` (its message starts with ``who``) when torch.fx
+    cannot trace the forward or ``example_input`` does not run through the traced graph.
+    """
+    args = as_args(example_input)
+    work = copy.deepcopy(model) if copy_model else model
+    work.eval()
+    name = type(model).__name__
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(work)
+        gm = fx.GraphModule(tracer.root, graph, name)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
+        raise UnsupportedModelError(
+            f"{who}: torch.fx cannot trace {name} ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); the forward must be traceable "
+            f"(no Python control flow on tensor values)") from exc
+    try:
+        with torch.no_grad():
+            out = ShapeProp(gm).propagate(*args)
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModelError(
+            f"{who}: example_input does not run through the traced graph of {name} "
+            f"({type(exc).__name__}: {exc})") from exc
+    canonicalize(gm)
+    return Traced(gm, work, args, out)
+
+
+def tensor_meta(node: Any) -> TensorMetadata | None:
+    """The ShapeProp metadata of a node that produces one tensor, else None."""
+    if not isinstance(node, fx.Node):
+        return None
+    tm = node.meta.get("tensor_meta")
+    return tm if isinstance(tm, TensorMetadata) else None
+
+
+def shape_of(node: Any) -> tuple[int, ...] | None:
+    tm = tensor_meta(node)
+    return tuple(int(s) for s in tm.shape) if tm is not None else None
