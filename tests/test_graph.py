@@ -95,10 +95,10 @@ def test_unknown_ops_say_why_and_where():
 
 
 def test_other_torch_layers_stay_whole_as_unknown():
-    m = nn.Sequential(nn.Linear(4, 4), nn.PixelShuffle(1))
-    t = trace(m, torch.randn(1, 4, 1, 1).flatten(1).view(1, 4))
+    m = nn.Sequential(nn.Conv2d(4, 4, 1), nn.PixelShuffle(2))
+    t = trace(m, torch.randn(1, 4, 2, 2))
     keys = [n.meta["mp_op"] for n in t.gm.graph.nodes if n.op == "call_module"]
-    assert keys == ["linear", "unknown"]
+    assert keys == ["conv", "unknown"]
 
 
 def test_untraceable_forward_is_one_clear_error():
