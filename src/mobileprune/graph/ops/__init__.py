@@ -1,3 +1,4 @@
 """Op handlers, one module per family; importing this package registers them all."""
 
-from mobileprune.graph.ops import noop  # noqa: F401
+from mobileprune.graph.ops import (  # noqa: F401
+    activation, concat, conv, elementwise, linear, noop, norm, pool, shape)

@@ -34,3 +34,16 @@ class StochasticDepth(Dropout):
 class Assert(OpHandler):
     key = "assert"
     eval_noop = True
+
+
+@register
+class To(OpHandler):
+    key = "to"
+    eval_noop = True
+
+    def check(self, node: fx.Node, ctx) -> str | None:
+        tm = node.meta.get("tensor_meta")
+        dtype = getattr(tm, "dtype", None)
+        if dtype is not None and str(dtype) != "torch.float32":
+            return f"a cast to {dtype} (the runtime computes float32)"
+        return None

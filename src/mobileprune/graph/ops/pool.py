@@ -1,0 +1,114 @@
+"""Pooling and reductions: max / average pooling, adaptive average pooling, ``mean``."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from mobileprune.graph.ops.conv import _ints
+from mobileprune.graph.registry import OpHandler, args_of, register
+
+
+def _spatial(emit, node: fx.Node, inp) -> tuple[list[int], int]:
+    """The per-sample shape ``(C, *spatial)`` of a pooling input and its 1 or 2 spatial
+    dims."""
+    s = emit.sample(node, inp)
+    if len(s) not in (2, 3):
+        raise emit.fail(node, f"pooling on input {emit.shape(node, inp)} (needs (N, C, L) or "
+                              f"(N, C, H, W))")
+    return s, len(s) - 1
+
+
+def _pool_attrs(emit, node: fx.Node, a: dict, nd: int) -> dict:
+    a = emit.static(node, {k: v for k, v in a.items() if k not in ("input", "module")},
+                    "a pooling parameter")
+    stride = a["stride"] if a["stride"] not in (None, [], ()) else a["kernel_size"]
+    return {"kernel": _ints(a["kernel_size"], nd), "stride": _ints(stride, nd),
+            "padding": _ints(a["padding"], nd), "ceil_mode": bool(a["ceil_mode"])}
+
+
+@register
+class MaxPool(OpHandler):
+    key = "max_pool"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        if a["return_indices"]:
+            raise emit.fail(node, "return_indices=True")
+        _, nd = _spatial(emit, node, a["input"])
+        attrs = _pool_attrs(emit, node, a, nd)
+        attrs["dilation"] = _ints(emit.static(node, a["dilation"]), nd)
+        emit.op(node, f"maxpool{nd}d", [emit.value(node, a["input"])], attrs)
+
+
+@register
+class AvgPool(OpHandler):
+    key = "avg_pool"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        _, nd = _spatial(emit, node, a["input"])
+        attrs = _pool_attrs(emit, node, a, nd)
+        div = a.get("divisor_override")
+        attrs.update(count_include_pad=bool(a["count_include_pad"]),
+                     divisor_override=int(div) if div else None)
+        emit.op(node, f"avgpool{nd}d", [emit.value(node, a["input"])], attrs)
+
+
+@register
+class AdaptiveAvgPool(OpHandler):
+    key = "adaptive_avg_pool"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """To size 1: ``global_avgpool``; to a size dividing the input: ``avgpool``
+        (kernel = stride = L / O); else ``adaptive_avgpool`` (PyTorch's bins)."""
+        a = args_of(node)
+        s, nd = _spatial(emit, node, a["input"])
+        outs = emit.sample(node)[1:]
+        x = emit.value(node, a["input"])
+        if all(o == 1 for o in outs):
+            emit.op(node, "global_avgpool", [x], {"keepdim": True})
+        elif all(L % o == 0 for L, o in zip(s[1:], outs)):
+            k = [L // o for L, o in zip(s[1:], outs)]
+            emit.op(node, f"avgpool{nd}d", [x], {
+                "kernel": k, "stride": k, "padding": [0] * nd, "ceil_mode": False,
+                "count_include_pad": True, "divisor_override": None})
+        else:
+            emit.op(node, f"adaptive_avgpool{nd}d", [x], {"output_size": outs})
+
+
+@register
+class AdaptiveMaxPool(OpHandler):
+    key = "adaptive_max_pool"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        raise emit.fail(node, "the runtime has no adaptive max pooling")
+
+
+def _axes(emit, node: fx.Node, dim, rank: int) -> list[int]:
+    """Reduction axes as sorted per-sample axes (the batch axis refused)."""
+    dims = emit.static(node, dim, "the dims")
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    if dims == [] or dims == [None]:
+        raise emit.fail(node, "a reduction over every axis (the batch too)")
+    axes = sorted({int(d) % rank for d in dims})
+    if 0 in axes:
+        raise emit.fail(node, "a reduction over the batch axis")
+    return [d - 1 for d in axes]
+
+
+@register
+class Mean(OpHandler):
+    key = "mean"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """Over every spatial axis: ``global_avgpool``; over other axes: ``mean``."""
+        a = args_of(node)
+        if a["dtype"] is not None:
+            raise emit.fail(node, "mean with a dtype")
+        s = emit.sample(node, a["input"])
+        axes = _axes(emit, node, a["dim"], len(s) + 1)
+        x, keep = emit.value(node, a["input"]), bool(a["keepdim"])
+        if len(s) >= 2 and axes == list(range(1, len(s))):
+            emit.op(node, "global_avgpool", [x], {"keepdim": keep})
+        else:
+            emit.op(node, "mean", [x], {"axes": axes, "keepdim": keep})

@@ -1,0 +1,306 @@
+"""Shape ops: views (flatten, view / reshape, squeeze, unsqueeze), axis moves (permute,
+transpose), indexing and splitting (``x[...]``, chunk, split, unbind), ``expand`` and the
+size queries (``x.size()``, ``x.shape``, ``x.dim()``) whose values are static."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from torch import fx
+
+from mobileprune.graph.passes.lower import Ref
+from mobileprune.graph.registry import OpHandler, args_of, register
+
+
+def reshape(node: fx.Node, emit, x: Any) -> None:
+    """``node`` as a ``reshape`` of tensor ``x`` (batch first on both sides, the same
+    number of elements per sample); no op when the per-sample shape is unchanged."""
+    si, so = emit.sample(node, x), emit.sample(node)
+    if math.prod(si) != math.prod(so):
+        raise emit.fail(node, f"view {emit.shape(node, x)} -> {emit.shape(node)} changes the "
+                              f"per-sample size")
+    src = emit.value(node, x)
+    if si == so:
+        emit.bind(node, src)
+    else:
+        emit.op(node, "reshape", [src])
+
+
+def permute(node: fx.Node, emit, x: Any, dims: list[int]) -> None:
+    """``node = x.permute(dims)`` (torch axes): the batch may move (the output's ``bdim``
+    follows it); the runtime permutes the per-sample axes."""
+    r = emit.ref(node, x)
+    rank = len(emit.shape(node, x))
+    dims = [int(d) % rank for d in dims]
+    b_out = dims.index(r.bdim)
+    rin = [r.bdim] + [k for k in range(rank) if k != r.bdim]   # torch axes, runtime order
+    rout = [b_out] + [k for k in range(rank) if k != b_out]
+    perm = [rin.index(dims[k]) - 1 for k in rout[1:]]
+    emit.sample(node, bdim=b_out)
+    if perm == sorted(perm):
+        emit.bind(node, Ref(r.name, b_out))
+    else:
+        emit.op(node, "permute", [r.name], {"perm": perm}, bdim=b_out)
+
+
+@register
+class Flatten(OpHandler):
+    key = "flatten"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        rank = len(emit.shape(node, a["input"]))
+        if int(emit.static(node, a["start_dim"])) % rank == 0:
+            raise emit.fail(node, "flatten merges the batch dimension")
+        reshape(node, emit, a["input"])
+
+
+@register
+class Reshape(OpHandler):
+    key = "reshape"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """``view`` / ``reshape``: the sizes may be computed from ``x.size()`` / ``x.shape``
+        (static); the output shape is the traced one."""
+        a = args_of(node)
+        emit.static(node, a["shape"], "the shape")
+        reshape(node, emit, a["input"])
+
+
+@register
+class Squeeze(OpHandler):
+    key = "squeeze"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """Drop axes of size 1 (not the batch's): a reshape; the batch axis moves left by
+        the dropped axes before it."""
+        a = args_of(node)
+        r, si = emit.ref(node, a["input"]), emit.shape(node, a["input"])
+        dim = emit.static(node, a["dim"])
+        dims = range(len(si)) if dim is None else (dim if isinstance(dim, (list, tuple))
+                                                   else [dim])
+        gone = {int(d) % len(si) for d in dims if si[int(d) % len(si)] == 1} - {r.bdim}
+        _view(node, emit, r, r.bdim - sum(1 for d in gone if d < r.bdim))
+
+
+@register
+class Unsqueeze(OpHandler):
+    key = "unsqueeze"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        r = emit.ref(node, a["input"])
+        d = int(emit.static(node, a["dim"])) % len(emit.shape(node))
+        _view(node, emit, r, r.bdim + (1 if d <= r.bdim else 0))
+
+
+def _view(node: fx.Node, emit, r: Ref, b_out: int) -> None:
+    """``node`` is ``r`` with axes of size 1 added or removed (a reshape of the per-sample
+    data, the batch on torch axis ``b_out``)."""
+    so = emit.sample(node, bdim=b_out)
+    if so == emit.producer_shape(r):
+        emit.bind(node, Ref(r.name, b_out))
+    else:
+        emit.op(node, "reshape", [r.name], bdim=b_out)
+
+
+@register
+class Permute(OpHandler):
+    key = "permute"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        permute(node, emit, a["input"], list(emit.static(node, a["dims"], "the dims")))
+
+
+@register
+class Transpose(OpHandler):
+    key = "transpose"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        rank = len(emit.shape(node, a["input"]))
+        d0, d1 = (int(emit.static(node, a[k])) % rank for k in ("dim0", "dim1"))
+        dims = list(range(rank))
+        dims[d0], dims[d1] = d1, d0
+        permute(node, emit, a["input"], dims)
+
+
+@register
+class Expand(OpHandler):
+    key = "expand"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        if emit.shape(node) != emit.shape(node, a["input"]):
+            raise emit.fail(node, "expand that repeats data (the runtime broadcasts in "
+                                  "add / sub / mul instead)")
+        emit.bind(node, emit.ref(node, a["input"]))
+
+
+@register
+class Size(OpHandler):
+    key = "size"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        s = emit.shape(node, a["input"])
+        d = emit.static(node, a["dim"])
+        emit.set_static(node, s if d is None else s[int(d)])
+
+
+@register
+class Ndim(OpHandler):
+    key = "ndim"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        emit.set_static(node, len(emit.shape(node, args_of(node)["input"])))
+
+
+@register
+class GetAttr(OpHandler):
+    key = "getattr"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """``x.shape`` / ``x.ndim`` of a tensor; any attribute of a static value."""
+        a = args_of(node)
+        x, name = a["input"], a["name"]
+        if emit.is_static(x):
+            emit.set_static(node, getattr(emit.static(node, x), name))
+        elif name == "shape":
+            emit.set_static(node, emit.shape(node, x))
+        elif name == "ndim":
+            emit.set_static(node, len(emit.shape(node, x)))
+        else:
+            raise emit.fail(node, f"tensor attribute {name!r}")
+
+
+def _slice(node: fx.Node, emit, r: Ref, shape: list[int], axis: int, start: int, stop: int,
+           step: int, tag: str) -> tuple[Ref, list[int]]:
+    """``r[..., start:stop:step, ...]`` on torch axis ``axis`` (not the batch): a ``slice``
+    op on the per-sample axis (no op when it keeps everything); the new ref and shape."""
+    if axis == r.bdim:
+        raise emit.fail(node, "indexing or splitting the batch axis")
+    rt = axis if axis < r.bdim else axis - 1
+    n = len(range(start, stop, step))
+    if n == 0:
+        raise emit.fail(node, "an empty slice")
+    if (start, n, step) == (0, shape[rt], 1):
+        return r, shape
+    shape = shape[:rt] + [n] + shape[rt + 1:]
+    name = emit.op(node, "slice", [r.name], {"axis": rt, "start": start, "end": stop,
+                                             "step": step}, shape=shape,
+                   name=f"{node.name}.{tag}")
+    return Ref(name, r.bdim), shape
+
+
+def _finish(node: fx.Node, emit, r: Ref, shape: list[int], b_out: int, out: Any = None) -> Ref:
+    """The ref of ``out`` (default ``node``; an element of a tuple result is named by its
+    tag): ``r`` reshaped to its per-sample shape if needed."""
+    target = emit.sample(node, out, bdim=b_out)
+    if target != shape:
+        tag = None if out is None else f"{node.name}.{out.name}"
+        name = emit.op(node, "reshape", [r.name], shape=target, name=tag or f"{node.name}.v")
+        r = Ref(name, r.bdim)
+    return Ref(r.name, b_out)
+
+
+def _index_items(emit, node: fx.Node, idx: Any, rank: int) -> list:
+    """A basic index (ints, slices, None, Ellipsis) as one item per axis (+ the Nones)."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    if not all(i is None or i is Ellipsis or isinstance(i, (int, slice)) for i in items):
+        raise emit.fail(node, f"advanced indexing {idx!r} (only ints, slices, None, ...)")
+    real = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        items[k:k + 1] = [slice(None)] * (rank - real)
+    return items + [slice(None)] * (rank - sum(1 for i in items if i is not None))
+
+
+@register
+class GetItem(OpHandler):
+    key = "getitem"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """An element of a static value or of a tuple result; or basic indexing of a
+        tensor: ``slice`` ops, then one reshape for the axes ints remove and None adds."""
+        a = args_of(node)
+        x, idx = a["input"], emit.static(node, a["index"], "the index")
+        if not emit.is_tensor(x):
+            item = emit.static(node, x)[idx]
+            if isinstance(item, Ref):
+                emit.bind(node, item)
+            else:
+                emit.set_static(node, item)
+            return
+        r, shp = emit.ref(node, x), emit.shape(node, x)
+        shape = emit.sample(node, x, bdim=r.bdim)
+        axis, b_out, out_axis, cur = 0, 0, 0, r
+        for k, it in enumerate(_index_items(emit, node, idx, len(shp))):
+            if it is None:
+                out_axis += 1
+                continue
+            if axis == r.bdim:
+                if it != slice(None):
+                    raise emit.fail(node, "indexing the batch axis")
+                b_out = out_axis
+            else:
+                s = it if isinstance(it, slice) else slice(it % shp[axis], it % shp[axis] + 1)
+                cur, shape = _slice(node, emit, cur, shape, axis, *s.indices(shp[axis]), f"s{k}")
+            out_axis += 1 if isinstance(it, slice) else 0
+            axis += 1
+        emit.bind(node, _finish(node, emit, cur, shape, b_out))
+
+
+class Split(OpHandler):
+    """A tuple of pieces along one axis (``chunk``, ``split``, ``unbind``): one ``slice``
+    each (and a reshape for ``unbind``); the tuple is static, of refs."""
+
+    def sizes(self, node: fx.Node, emit, a: dict, n: int) -> list[int]:
+        raise NotImplementedError
+
+    def lower(self, node: fx.Node, emit) -> None:
+        a = args_of(node)
+        x = a["input"]
+        r, shp = emit.ref(node, x), emit.shape(node, x)
+        axis = int(emit.static(node, a["dim"])) % len(shp)
+        shape = emit.sample(node, x, bdim=r.bdim)
+        pieces, start = [], 0
+        for k, n in enumerate(self.sizes(node, emit, a, shp[axis])):
+            p, s = _slice(node, emit, r, shape, axis, start, start + n, 1, f"p{k}")
+            if self.key == "unbind":
+                name = emit.op(node, "reshape", [p.name], shape=s[:axis - (axis > r.bdim)]
+                               + s[axis + 1 - (axis > r.bdim):], name=f"{node.name}.u{k}")
+                p = Ref(name, r.bdim - (axis < r.bdim))
+            pieces.append(p)
+            start += n
+        emit.set_static(node, tuple(pieces))
+
+
+@register
+class Chunk(Split):
+    key = "chunk"
+
+    def sizes(self, node, emit, a, n):
+        c = math.ceil(n / int(emit.static(node, a["chunks"])))
+        return [min(c, n - i) for i in range(0, n, c)]
+
+
+@register
+class SplitSizes(Split):
+    key = "split"
+
+    def sizes(self, node, emit, a, n):
+        s = emit.static(node, a["split_size_or_sections"])
+        if isinstance(s, int):
+            return [min(s, n - i) for i in range(0, n, s)]
+        return [int(v) for v in s]
+
+
+@register
+class Unbind(Split):
+    key = "unbind"
+
+    def sizes(self, node, emit, a, n):
+        return [1] * n
