@@ -142,7 +142,9 @@ def _inc(name: str, macro: str) -> list[tuple[str, int]]:
 def test_python_tables_equal_the_c_enumerators():
     ops = _inc("ops.inc", "MP_OP")
     acts = _inc("activations.inc", "MP_ACT")
-    assert len(ops) == 16 and len(acts) == 9
+    # codes run 1..N without gaps (the engine's MP_NUM_OPS / MP_NUM_FNS count them)
+    for table in (ops, acts):
+        assert sorted(c for _, c in table) == list(range(1, len(table) + 1))
     assert list(OP_TYPES) == [n for n, _ in sorted(ops, key=lambda t: t[1])]
     assert list(ACTIVATIONS) == [n for n, _ in sorted(acts, key=lambda t: t[1])]
     assert format3.OP_CODES == dict(ops) and format3.ACTIVATION_CODES == dict(acts)
@@ -302,6 +304,13 @@ def test_pools_arithmetic_and_conv_variants(tmp_path):
                 assert _rel_err(g_, r[:n]) <= REL_TOL, mode
 
 
+#: ops and activations the exporter does not lower yet: tests/test_native_ops.py runs each
+#: of them from files written with format3.encode (drop a name once the exporter emits it)
+_NOT_EXPORTED_YET = {"layer_norm", "group_norm", "permute", "matmul", "div", "mean", "slice",
+                     "adaptive_avgpool1d", "adaptive_avgpool2d", "lstm", "gru", "constant",
+                     "gelu"}
+
+
 class _Acts(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -337,8 +346,8 @@ def test_every_activation_and_op_is_reached(tmp_path):
             seen_ops.add(op["op"])
             if op["op"] == "activation":
                 seen_acts.add(op["attrs"]["fn"])
-    assert seen_acts == set(ACTIVATIONS)
-    assert seen_ops == set(OP_TYPES), set(OP_TYPES) - seen_ops
+    assert seen_acts | (_NOT_EXPORTED_YET & set(ACTIVATIONS)) == set(ACTIVATIONS)
+    assert seen_ops | (_NOT_EXPORTED_YET & set(OP_TYPES)) == set(OP_TYPES), set(OP_TYPES) - seen_ops
 
 
 # ---------------------------------------------------------------------------------------

@@ -45,12 +45,14 @@ _ALIGN = 64
 OP_CODES: dict[str, int] = {
     "conv1d": 1, "conv2d": 2, "linear": 3, "maxpool1d": 4, "maxpool2d": 5, "avgpool1d": 6,
     "avgpool2d": 7, "global_avgpool": 8, "batchnorm": 9, "relu": 10, "activation": 11,
-    "reshape": 12, "add": 13, "sub": 14, "mul": 15, "concat": 16,
+    "reshape": 12, "add": 13, "sub": 14, "mul": 15, "concat": 16, "layer_norm": 17,
+    "group_norm": 18, "permute": 19, "matmul": 20, "div": 21, "mean": 22, "slice": 23,
+    "adaptive_avgpool1d": 24, "adaptive_avgpool2d": 25, "lstm": 26, "gru": 27, "constant": 28,
 }
 #: activation fn -> code (``native/src/activations.inc``)
 ACTIVATION_CODES: dict[str, int] = {
     "hardtanh": 1, "leaky_relu": 2, "elu": 3, "sigmoid": 4, "tanh": 5, "hardsigmoid": 6,
-    "hardswish": 7, "silu": 8, "softmax": 9,
+    "hardswish": 7, "silu": 8, "softmax": 9, "gelu": 10,
 }
 #: the numbers each activation takes, in fattr order
 _ACT_PARAMS = {"hardtanh": ("min_val", "max_val"), "leaky_relu": ("negative_slope",),
@@ -59,9 +61,12 @@ _DTYPE_CODES = {np.dtype("<f4"): 1, np.dtype("<f2"): 2, np.dtype("<u2"): 3, np.d
                 np.dtype("<i4"): 5}
 _CODE_DTYPES = {c: d for d, c in _DTYPE_CODES.items()}
 _VALUE_DTYPES = {"float32": 1, "float16": 2}
-# weight array slots of conv / linear records
+_GELU_APPROX = {"none": 0, "tanh": 1}
+# weight array slots of conv / linear records (lstm / gru: W_ih at 0..3, W_hh at 4..7)
 _W_SLOTS = ("values", "indptr", "indices")
 _BIAS_SLOT = 3
+_BINARY = ("add", "sub", "mul", "div")
+_RNN_WEIGHTS = (("weight_ih", "bias_ih"), ("weight_hh", "bias_hh"))
 
 
 def is_format3(raw: bytes) -> bool:
@@ -127,23 +132,20 @@ def _conv_attrs(op, a, iat) -> None:
     iat[7:17] = k + s + d + pads[0] + pads[1]
 
 
-def _weight(op, a, iat, slots, ids) -> None:
-    w = op.get("weight")
+def _weight(op, key, bias_key, at, iat, slots, ids) -> None:
+    """A weight record ``op[key]`` and its bias ``op[bias_key]``: iattr ``at..at+3``
+    (storage, rows, cols, nnz), array slots ``at..at+3`` (values, indptr, indices, bias)."""
+    w = op.get(key)
     if not isinstance(w, dict) or not isinstance(w.get("arrays"), dict):
-        raise _bad(op, "missing weight record")
+        raise _bad(op, f"missing {key} record")
     storage = {"dense": 0, "csr": 1}.get(w.get("storage"))
     if storage is None:
-        raise _bad(op, f"unknown weight storage {w.get('storage')!r}")
-    iat[0:4] = [storage] + [_int(op, w.get(key), f"weight {key}", 0) for key in ("rows", "cols", "nnz")]
-    for slot, key in enumerate(_W_SLOTS[:1] if storage == 0 else _W_SLOTS):
-        slots[slot] = ids(op, w["arrays"].get(key), key)
-    if op.get("bias") is not None:
-        slots[_BIAS_SLOT] = ids(op, op["bias"], "bias")
-    if op["op"] == "linear":
-        if not isinstance(a, dict):
-            raise _bad(op, "attrs must be an object")
-    else:
-        _conv_attrs(op, a, iat)
+        raise _bad(op, f"unknown {key} storage {w.get('storage')!r}")
+    iat[at:at + 4] = [storage] + [_int(op, w.get(k), f"{key} {k}", 0) for k in ("rows", "cols", "nnz")]
+    for slot, k in enumerate(_W_SLOTS[:1] if storage == 0 else _W_SLOTS):
+        slots[at + slot] = ids(op, w["arrays"].get(k), f"{key} {k}")
+    if op.get(bias_key) is not None:
+        slots[at + _BIAS_SLOT] = ids(op, op[bias_key], bias_key)
 
 
 def _pool_attrs(op, a, iat) -> None:
@@ -168,6 +170,11 @@ def _activation_attrs(op, a, iat, fat) -> None:
     iat[0] = ACTIVATION_CODES[fn]
     if fn == "softmax":
         iat[1] = _int(op, a.get("axis"), "softmax axis", 0)
+    if fn == "gelu":
+        approx = a.get("approximate", "none")
+        if approx not in _GELU_APPROX:
+            raise _bad(op, f"gelu approximate must be 'none' or 'tanh', got {approx!r}")
+        iat[1] = _GELU_APPROX[approx]
     for i, key in enumerate(_ACT_PARAMS.get(fn, ())):
         fat[i] = _num(op, a.get(key), f"activation {fn} {key}")
 
@@ -179,6 +186,42 @@ def _binary_attrs(op, a, iat, fat) -> None:
         fat[0] = _num(op, a["scalar"], "scalar operand")
 
 
+def _norm_fields(op, a, iat, fat, slots, ids) -> None:
+    """layer_norm / group_norm: iattr 0 (normalized_ndim / num_groups), fattr 0 eps,
+    optional scale / shift arrays in slots 0 / 1."""
+    key = "normalized_ndim" if op["op"] == "layer_norm" else "num_groups"
+    iat[0] = _int(op, a.get(key), key, 1)
+    fat[0] = _num(op, a.get("eps"), "eps")
+    for slot, k in enumerate(("scale", "shift")):
+        if op.get(k) is not None:
+            slots[slot] = ids(op, op[k], k)
+
+
+def _layout_attrs(op, a, iat) -> None:
+    """permute / mean / slice / adaptive pooling."""
+    kind = op["op"]
+    if kind == "permute":
+        perm = a.get("perm")
+        if not isinstance(perm, list) or not 1 <= len(perm) <= MAX_DIMS:
+            raise _bad(op, f"attribute 'perm' must be a list of 1..{MAX_DIMS} axes, got {perm!r}")
+        iat[0:len(perm)] = [_int(op, p, "perm entry", 0) for p in perm]
+    elif kind == "mean":
+        axes = a.get("axes")
+        if not isinstance(axes, list) or not axes:
+            raise _bad(op, f"attribute 'axes' must be a non-empty list of axes, got {axes!r}")
+        ax = [_int(op, x, "mean axis", 0) for x in axes]
+        if max(ax) >= MAX_DIMS:
+            raise _bad(op, f"mean axes {axes!r}: per-sample axes are < {MAX_DIMS}")
+        iat[0], iat[1] = _bool(op, a, "keepdim", False), sum(1 << x for x in set(ax))
+    elif kind == "slice":
+        iat[0:3] = [_int(op, a.get(k), f"slice {k}", 0) for k in ("axis", "start", "end")]
+        iat[3] = _int(op, a.get("step", 1), "slice step", 1)
+    else:
+        nd = 1 if kind.endswith("1d") else 2
+        size = _ints(op, a, "output_size", nd, 1)
+        iat[0:2] = [1] + size if nd == 1 else size
+
+
 def _op_fields(op: dict, ids) -> tuple[list[int], list[float], list[int]]:
     """``(iattr, fattr, array slots)`` of one op of a version-1/2 description."""
     iat, fat, slots = [0] * 20, [0.0] * 6, [NONE] * 8
@@ -186,19 +229,32 @@ def _op_fields(op: dict, ids) -> tuple[list[int], list[float], list[int]]:
     if not isinstance(a, dict):
         raise _bad(op, "attrs must be an object")
     if kind in ("conv1d", "conv2d", "linear"):
-        _weight(op, a, iat, slots, ids)
+        _weight(op, "weight", "bias", 0, iat, slots, ids)
+        if kind != "linear":
+            _conv_attrs(op, a, iat)
+    elif kind in ("lstm", "gru"):
+        for k, (w, b) in enumerate(_RNN_WEIGHTS):
+            _weight(op, w, b, 4 * k, iat, slots, ids)
+        iat[8] = _int(op, a.get("hidden_size"), "hidden_size", 1)
+        iat[9] = _bool(op, a, "bidirectional", False)
     elif kind in ("maxpool1d", "maxpool2d", "avgpool1d", "avgpool2d"):
         _pool_attrs(op, a, iat)
     elif kind == "global_avgpool":
         iat[0] = _bool(op, a, "keepdim")
     elif kind == "batchnorm":
         slots[0], slots[1] = ids(op, op.get("scale"), "scale"), ids(op, op.get("shift"), "shift")
+    elif kind in ("layer_norm", "group_norm"):
+        _norm_fields(op, a, iat, fat, slots, ids)
     elif kind == "activation":
         _activation_attrs(op, a, iat, fat)
-    elif kind in ("add", "sub", "mul"):
+    elif kind in _BINARY:
         _binary_attrs(op, a, iat, fat)
     elif kind == "concat":
         iat[0] = _int(op, a.get("axis"), "concat axis", 0)
+    elif kind in ("permute", "mean", "slice", "adaptive_avgpool1d", "adaptive_avgpool2d"):
+        _layout_attrs(op, a, iat)
+    elif kind == "constant":
+        slots[0] = ids(op, op.get("value"), "value")
     return iat, fat, slots
 
 
@@ -422,24 +478,37 @@ def _decode_op(rec, names, vname, vshape, strings, arrays, modules, where) -> di
         raise SparseFormatError(f"{where}: op record with unknown code {code} or output {out}")
     name = _string(strings, name_at, f"{where}: op name")
     op: dict[str, Any] = {"name": name, "op": kind, "inputs": names(r0, nin), "shape": vshape[out],
-                          "attrs": _decode_attrs(kind, iat, fat)}
+                          "attrs": _decode_attrs(kind, iat, fat, len(vshape[out]))}
     if name in modules:
         op["module"] = modules[name]
     arr = [f"a{s}" if s != NONE else None for s in slots]
     if kind in ("conv1d", "conv2d", "linear"):
-        storage = "csr" if iat[0] == 1 else "dense"
-        rows, cols = iat[1], iat[2]
-        w = {"rows": rows, "cols": cols, "nnz": iat[3], "storage": storage,
-             "arrays": {k: arr[i] for i, k in enumerate(_W_SLOTS if storage == "csr" else _W_SLOTS[:1])}}
-        if storage == "dense" and arr[0] in arrays and arrays[arr[0]].size == rows * cols:
-            arrays[arr[0]] = arrays[arr[0]].reshape(rows, cols)
-        op["weight"], op["bias"] = w, arr[_BIAS_SLOT]
-    elif kind == "batchnorm":
+        op["weight"], op["bias"] = _decode_weight(iat, arr, 0, arrays)
+    elif kind in ("lstm", "gru"):
+        for k, (w, b) in enumerate(_RNN_WEIGHTS):
+            op[w], op[b] = _decode_weight(iat, arr, 4 * k, arrays)
+    elif kind in ("batchnorm", "layer_norm", "group_norm"):
         op["scale"], op["shift"] = arr[0], arr[1]
+    elif kind == "constant":
+        op["value"] = arr[0]
     return op
 
 
-def _decode_attrs(kind, iat, fat) -> dict:
+def _decode_weight(iat, arr, at, arrays) -> tuple[dict, str | None]:
+    """The weight record at iattr / slots ``at..at+3`` and its bias array name."""
+    storage = "csr" if iat[at] == 1 else "dense"
+    rows, cols = iat[at + 1], iat[at + 2]
+    names = _W_SLOTS if storage == "csr" else _W_SLOTS[:1]
+    w = {"rows": rows, "cols": cols, "nnz": iat[at + 3], "storage": storage,
+         "arrays": {k: arr[at + i] for i, k in enumerate(names)}}
+    v = arr[at]
+    if storage == "dense" and v in arrays and arrays[v].size == rows * cols:
+        arrays[v] = arrays[v].reshape(rows, cols)
+    return w, arr[at + _BIAS_SLOT]
+
+
+def _decode_attrs(kind, iat, fat, rank) -> dict:
+    """The description's attrs of an op record (``rank``: its output's)."""
     if kind in ("conv1d", "conv2d"):
         k, s, d, p = iat[7:9], iat[9:11], iat[11:13], [iat[13:15], iat[15:17]]
         nd = 1 if kind == "conv1d" else 2
@@ -464,9 +533,30 @@ def _decode_attrs(kind, iat, fat) -> dict:
         a = {"fn": fn, **{k: fat[i] for i, k in enumerate(_ACT_PARAMS.get(fn, ()))}}
         if fn == "softmax":
             a["axis"] = iat[1]
+        if fn == "gelu":
+            a["approximate"] = {v: k for k, v in _GELU_APPROX.items()}.get(iat[1], f"<code {iat[1]}>")
         return a
-    if kind in ("add", "sub", "mul") and iat[0]:
+    if kind in _BINARY and iat[0]:
         return {"scalar": fat[0], "scalar_first": bool(iat[1])}
+    return _decode_new_attrs(kind, iat, fat, rank)
+
+
+def _decode_new_attrs(kind, iat, fat, rank) -> dict:
+    """Attributes of concat and of the ops after it in ops.inc."""
     if kind == "concat":
         return {"axis": iat[0]}
+    if kind == "layer_norm":
+        return {"normalized_ndim": iat[0], "eps": fat[0]}
+    if kind == "group_norm":
+        return {"num_groups": iat[0], "eps": fat[0]}
+    if kind == "permute":  # one entry per axis of the output (the input's rank)
+        return {"perm": iat[:rank]}
+    if kind == "mean":
+        return {"axes": [k for k in range(MAX_DIMS) if iat[1] >> k & 1], "keepdim": bool(iat[0])}
+    if kind == "slice":
+        return dict(zip(("axis", "start", "end", "step"), iat[0:4]))
+    if kind.startswith("adaptive_avgpool"):
+        return {"output_size": iat[1:2] if kind.endswith("1d") else iat[0:2]}
+    if kind in ("lstm", "gru"):
+        return {"hidden_size": iat[8], "bidirectional": bool(iat[9])}
     return {}

@@ -42,6 +42,19 @@ typedef enum mp_fn_code {
 #undef MP_ACT
 } mp_fn_code;
 
+/* Codes run 1..MP_NUM_OPS (ops.inc) and 1..MP_NUM_FNS (activations.inc), without gaps. */
+enum {
+    MP_NUM_OPS = 0
+#define MP_OP(e, code, name) + 1
+#include "ops.inc"
+#undef MP_OP
+    ,
+    MP_NUM_FNS = 0
+#define MP_ACT(e, code, name) + 1
+#include "activations.inc"
+#undef MP_ACT
+};
+
 typedef enum mp_dtype {
     MP_DT_F32 = 1, MP_DT_F16 = 2, MP_DT_U16 = 3, MP_DT_U32 = 4, MP_DT_I32 = 5
 } mp_dtype;
@@ -142,6 +155,18 @@ mp_status mp_op_error(const mp_model* m, uint32_t index, mp_status st, const cha
  * dims equal the inferred ones (shapes.c). Inputs are already known to be defined. */
 mp_status mp_check_op(const mp_model* m, uint32_t index);
 
+/* The weight stored at iattr / array slots at..at+3 of a conv / linear (at 0) or lstm /
+ * gru (W_ih at 0, W_hh at 4) record, converted to float32 / uint32 in buffers the caller
+ * frees with mp_wbuf_free (plan.c). */
+typedef struct mp_wbuf {
+    float* values;
+    float* bias;
+    uint32_t* indptr;
+    uint32_t* indices;
+} mp_wbuf;
+mp_status mp_make_weights(const mp_model* m, const mp_op* op, int at, mp_weights* w, mp_wbuf* b);
+void mp_wbuf_free(mp_wbuf* b);
+
 /* ---- thread pool (threads.c) */
 typedef void (*mp_task_fn)(void* ctx, size_t begin, size_t end);
 typedef struct mp_pool mp_pool;
@@ -173,6 +198,8 @@ struct mp_step {
     size_t groups, group_scratch;
     mp_conv_op* conv;
     mp_linear_op* linear;
+    size_t rows;         /* linear: samples x leading dims, the rows the operator sees */
+    struct mp_rnn* rnn;  /* lstm / gru (ops_rnn.c): its linear operators and scratch layout */
     mp_act_kind act;
     float act_min, act_max;
     /* simple ops: fn(step, begin, end) over tasks [0, num_tasks) */
@@ -211,13 +238,30 @@ struct mp_plan {
     mp_pool* pool;
 };
 
+/* The values of a (batch, dims...) tensor around per-sample axis `ax`: outer = batch x the
+ * dims before it, inner = the product of the dims after it. */
+static inline void mp_axis_split(const mp_value* v, size_t batch, uint32_t ax, int64_t* outer,
+                                 int64_t* inner) {
+    *outer = (int64_t)batch;
+    *inner = 1;
+    for (uint32_t d = 0; d < ax; d++) *outer *= v->dims[d];
+    for (uint32_t d = ax + 1; d < v->ndim; d++) *inner *= v->dims[d];
+}
+
 mp_status mp_plan_place(mp_plan* plan);  /* arena.c: offsets + ws_size */
 void mp_plan_bind(mp_plan* plan);        /* arena.c: step pointers for plan->ws */
 /* Set fn / num_tasks / work / kernel / parameters of a simple op's step (in, out and
  * model, batch, op already set): ops_eltwise.c dispatches to the others. */
 mp_status mp_simple_setup(mp_step* s);
 mp_status mp_pooling_setup(mp_step* s);    /* ops_pool.c: max / avg / global average */
-mp_status mp_binary_setup(mp_step* s);     /* ops_binary.c: broadcast add / sub / mul */
+mp_status mp_binary_setup(mp_step* s);     /* ops_binary.c: broadcast add / sub / mul / div */
 mp_status mp_concat_setup(mp_step* s);     /* ops_binary.c */
+mp_status mp_norm_setup(mp_step* s);       /* ops_norm.c: layer_norm, group_norm */
+mp_status mp_layout_setup(mp_step* s);     /* ops_layout.c: permute, slice, constant */
+mp_status mp_matmul_setup(mp_step* s);     /* ops_matmul.c: matmul, mean */
+/* ops_rnn.c: lstm / gru (creates linear operators: the plan's flags and threads) */
+mp_status mp_rnn_setup(mp_step* s, uint32_t flags, size_t threads);
+void mp_rnn_describe(const mp_step* s, char* buf, size_t size);
+void mp_rnn_free(struct mp_rnn* rnn);
 
 #endif /* MP_INTERNAL_H */

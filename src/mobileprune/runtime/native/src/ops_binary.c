@@ -1,4 +1,4 @@
-/* add / sub / mul of two tensors that broadcast (numpy rules on same-rank per-sample
+/* add / sub / mul / div of two tensors that broadcast (numpy rules on same-rank per-sample
  * shapes), and concat along one per-sample axis.
  *
  * Broadcasting: the (batch, dims...) shapes are simplified once at plan time: dims of size
@@ -30,13 +30,15 @@ enum { B_RANK = 0, B_DIMS = 1, B_SA = 11, B_SB = 21, B_ROWS = 31, B_INNER, B_IA,
 MP_BINARY_ROW(add_row, +)
 MP_BINARY_ROW(sub_row, -)
 MP_BINARY_ROW(mul_row, *)
+MP_BINARY_ROW(div_row, /)
 
 static void binary_task(void* ctx, size_t b, size_t e) {
     const mp_step* s = ctx;
     const int64_t* p = s->p;
     int64_t r = p[B_RANK];
     void (*row)(const float*, const float*, float*, size_t, int64_t, int64_t) =
-        s->op->code == MP_OP_ADD ? add_row : s->op->code == MP_OP_SUB ? sub_row : mul_row;
+        s->op->code == MP_OP_ADD ? add_row : s->op->code == MP_OP_SUB ? sub_row
+        : s->op->code == MP_OP_MUL ? mul_row : div_row;
     for (size_t t = b; t < e; t++) {
         int64_t idx = (int64_t)t / p[B_PIECES], piece = (int64_t)t % p[B_PIECES], oa = 0, ob = 0;
         int64_t start = piece * MP_ROW_PIECE, inner = p[B_INNER];
@@ -121,9 +123,8 @@ static void concat_task(void* ctx, size_t b, size_t e) {
 mp_status mp_concat_setup(mp_step* s) {
     const mp_value* out = &s->model->values[s->out_tensor];
     uint32_t ax = (uint32_t)s->op->iattr[0];
-    int64_t outer = (int64_t)s->batch, inner = 1;
-    for (uint32_t d = 0; d < ax; d++) outer *= out->dims[d];
-    for (uint32_t d = ax + 1; d < out->ndim; d++) inner *= out->dims[d];
+    int64_t outer, inner;
+    mp_axis_split(out, s->batch, ax, &outer, &inner);
     s->p[1] = inner;
     s->p[2] = out->dims[ax];
     s->p[3] = ax;

@@ -5,6 +5,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "fastmath.h"
 #include "internal.h"
 
 #define MP_CHUNK 4096
@@ -17,75 +18,6 @@ static inline void chunk(const mp_step* s, size_t b, size_t e, size_t* i0, size_
 
 static inline float clampf(float v, float lo, float hi) {
     return v < lo ? lo : (v > hi ? hi : v); /* NaN passes through, like np.clip */
-}
-
-static inline uint32_t f2u(float f) {
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-static inline float u2f(uint32_t u) {
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-/* (a & m) | (b & ~m): a select on bits that gcc vectorises (a select on a float compare
- * stays a branch under the default -ftrapping-math). */
-static inline uint32_t select_bits(uint32_t m, uint32_t a, uint32_t b) { return (a & m) | (b & ~m); }
-
-/* e^x for x <= 0 (the uses here: e^-|x| and e^(x - max)), branch-free so that loops
- * vectorise: x = n ln2 + f with n = round(x / ln2) (rounding by the 1.5 * 2^23 trick,
- * Cody-Waite split of ln2), e^f by its Taylor polynomial of degree 7 on |f| <= ln2 / 2
- * (truncation under 1e-8), times 2^n written into the exponent bits. At most 1.8 ulp from
- * the exact value over [-87.3, 0] (checked against double exp on every 7th float); 0 below
- * -87.3 (e^x under FLT_MIN); NaN stays NaN. */
-static inline float exp_neg(float x) {
-    uint32_t xb = f2u(x), ab = xb & 0x7FFFFFFFu;
-    uint32_t big = 0u - (uint32_t)(ab > 0x42AE999Au); /* |x| > 87.3, or NaN */
-    uint32_t nan = 0u - (uint32_t)(ab > 0x7F800000u);
-    float xc = u2f(select_bits(big, 0xC2AE999Au, xb)); /* clamped to -87.3 */
-    float r = xc * 1.44269504f + 12582912.0f;
-    float n = r - 12582912.0f;
-    float f = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * f + 1.0f / 720.0f;
-    p = p * f + 1.0f / 120.0f;
-    p = p * f + 1.0f / 24.0f;
-    p = p * f + 1.0f / 6.0f;
-    p = p * f + 0.5f;
-    p = p * f + 1.0f;
-    p = p * f + 1.0f;
-    float y = p * u2f((f2u(r) << 23) + 0x3F800000u); /* low bits of r hold n: 2^n */
-    return u2f(select_bits(big, 0x7FC00000u & nan, f2u(y)));
-}
-
-/* tanh, branch-free: |x| >= 0.4: (1 - e) / (1 + e) with e = e^-2|x| (no cancellation:
- * 1 - e > 0.55); |x| < 0.4: its Taylor series to x^13 (truncation under 1e-8 relative);
- * the sign of x put back. At most 2.7 ulp from the exact value (every 3rd float checked
- * against double tanh); tanh(-0) = -0, NaN stays NaN. */
-static inline float tanh_fast(float x) {
-    uint32_t xb = f2u(x), ab = xb & 0x7FFFFFFFu;
-    float a = u2f(ab);
-    float e = exp_neg(-2.0f * a);
-    float large = (1.0f - e) / (1.0f + e);
-    float z = a * a;
-    float p = 21844.0f / 6081075.0f;
-    p = p * z - 1382.0f / 155925.0f;
-    p = p * z + 62.0f / 2835.0f;
-    p = p * z - 17.0f / 315.0f;
-    p = p * z + 2.0f / 15.0f;
-    p = p * z - 1.0f / 3.0f;
-    float small = a + a * (z * p);
-    uint32_t m = 0u - (uint32_t)(ab < 0x3ECCCCCDu); /* |x| < 0.4 */
-    return u2f(select_bits(m, f2u(small), f2u(large)) | (xb & 0x80000000u));
-}
-
-/* 1 / (1 + e^-x) without overflow, e = e^-|x|: x >= 0 gives 1 / (1 + e), x < 0 e / (1 + e)
- * (the Python runtime's formula; the sign bit picks the numerator, -0 included: e = 1). */
-static inline float sigmoidf(float v) {
-    float e = exp_neg(-fabsf(v));
-    float num = u2f(select_bits(0u - (f2u(v) >> 31), f2u(e), 0x3F800000u));
-    return num / (1.0f + e);
 }
 
 #define MP_ELTWISE(name, expr)                                          \
@@ -113,6 +45,11 @@ MP_ELTWISE(tanh_task, tanh_fast(v))
 MP_ELTWISE(hardsigmoid_task, clampf(v / 6.0f + 0.5f, 0.0f, 1.0f))
 MP_ELTWISE(hardswish_task, v * clampf(v + 3.0f, 0.0f, 6.0f) / 6.0f)
 MP_ELTWISE(silu_task, v * sigmoidf(v))
+/* gelu as torch computes it: x / 2 (1 + erf(x / sqrt 2)), or with approximate="tanh"
+ * x / 2 (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) */
+MP_ELTWISE(gelu_task, 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)))
+MP_ELTWISE(gelu_tanh_task,
+           0.5f * v * (1.0f + tanh_fast(0.79788456080286536f * (v + 0.044715f * v * v * v))))
 /* a tensor and a number, with the fused clamp (act_min / act_max: -inf / +inf if none) */
 #define MP_SCALAR_OP(name, expr)                                        \
     static void name(void* ctx, size_t b, size_t e) {                   \
@@ -132,18 +69,28 @@ MP_SCALAR_OP(add_scalar_task, v + c)
 MP_SCALAR_OP(sub_scalar_task, v - c)
 MP_SCALAR_OP(rsub_scalar_task, c - v)
 MP_SCALAR_OP(mul_scalar_task, v * c)
+MP_SCALAR_OP(div_scalar_task, v / c)
+MP_SCALAR_OP(rdiv_scalar_task, c / v)
 
 /* softmax over one axis: task = one (sample, outer index) block of len x inner values;
- * e = exp(x - max), y = e / sum(e) (the Python runtime's order of operations). */
+ * e = exp(x - max), y = e / sum(e) (the Python runtime's order of operations). Over the
+ * last axis (inner = 1) the exponentials and the division run in separate loops that
+ * vectorise; the sum is added in the same order either way. */
 static void softmax_task(void* ctx, size_t b, size_t e) {
     const mp_step* s = ctx;
     size_t len = (size_t)s->p[1], inner = (size_t)s->p[2];
     for (size_t t = b; t < e; t++) {
-        const float* x = s->in[0] + t * len * inner;
-        float* y = s->out + t * len * inner;
+        const float* restrict x = s->in[0] + t * len * inner;
+        float* restrict y = s->out + t * len * inner;
         for (size_t j = 0; j < inner; j++) {
             float mx = x[j], sum = 0.0f;
             for (size_t k = 1; k < len; k++) mx = x[k * inner + j] > mx ? x[k * inner + j] : mx;
+            if (inner == 1) {
+                for (size_t k = 0; k < len; k++) y[k] = exp_neg(x[k] - mx);
+                for (size_t k = 0; k < len; k++) sum += y[k];
+                for (size_t k = 0; k < len; k++) y[k] /= sum;
+                continue;
+            }
             for (size_t k = 0; k < len; k++) {
                 float v = exp_neg(x[k * inner + j] - mx);
                 y[k * inner + j] = v;
@@ -172,21 +119,27 @@ static void batchnorm_task(void* ctx, size_t b, size_t e) {
 
 static mp_status setup_activation(mp_step* s) {
     static const mp_task_fn fns[] = {NULL, hardtanh_task, leaky_task, elu_task, sigmoid_task,
-                                     tanh_task, hardsigmoid_task, hardswish_task, silu_task};
+                                     tanh_task, hardsigmoid_task, hardswish_task, silu_task,
+                                     NULL, gelu_task};
     static const char* const names[] = {NULL, "hardtanh", "leaky-relu", "elu", "sigmoid",
-                                        "tanh", "hardsigmoid", "hardswish", "silu"};
+                                        "tanh", "hardsigmoid", "hardswish", "silu", NULL,
+                                        "gelu-erf"};
     int32_t fn = s->op->iattr[0];
     s->f[0] = s->op->fattr[0];
     s->f[1] = s->op->fattr[1];
+    if (fn == MP_FN_GELU && s->op->iattr[1] == 1) {
+        s->fn = gelu_tanh_task;
+        s->kernel = "gelu-tanh";
+        return MP_OK;
+    }
     if (fn != MP_FN_SOFTMAX) { /* codes checked at load */
         s->fn = fns[fn];
         s->kernel = names[fn];
         return MP_OK;
     }
     const mp_value* v = &s->model->values[s->in_tensor[0]];
-    int64_t outer = (int64_t)s->batch, inner = 1;
-    for (int32_t d = 0; d < s->op->iattr[1]; d++) outer *= v->dims[d];
-    for (uint32_t d = (uint32_t)s->op->iattr[1] + 1; d < v->ndim; d++) inner *= v->dims[d];
+    int64_t outer, inner;
+    mp_axis_split(v, s->batch, (uint32_t)s->op->iattr[1], &outer, &inner);
     s->p[1] = v->dims[s->op->iattr[1]];
     s->p[2] = inner;
     s->fn = softmax_task;
@@ -225,6 +178,10 @@ static mp_status setup_scalar(mp_step* s) {
         s->fn = s->op->iattr[1] ? rsub_scalar_task : sub_scalar_task;
         s->kernel = s->op->iattr[1] ? "scalar-sub" : "sub-scalar";
         break;
+    case MP_OP_DIV:
+        s->fn = s->op->iattr[1] ? rdiv_scalar_task : div_scalar_task;
+        s->kernel = s->op->iattr[1] ? "scalar-div" : "div-scalar";
+        break;
     default: s->fn = mul_scalar_task; s->kernel = "mul-scalar"; break;
     }
     return MP_OK;
@@ -239,9 +196,12 @@ mp_status mp_simple_setup(mp_step* s) {
     case MP_OP_RELU: s->fn = relu_task; s->kernel = "relu"; return MP_OK;
     case MP_OP_ACTIVATION: return setup_activation(s);
     case MP_OP_BATCHNORM: return setup_batchnorm(s);
-    case MP_OP_ADD: case MP_OP_SUB: case MP_OP_MUL:
+    case MP_OP_ADD: case MP_OP_SUB: case MP_OP_MUL: case MP_OP_DIV:
         return s->op->iattr[0] ? setup_scalar(s) : mp_binary_setup(s);
     case MP_OP_CONCAT: return mp_concat_setup(s);
+    case MP_OP_LAYER_NORM: case MP_OP_GROUP_NORM: return mp_norm_setup(s);
+    case MP_OP_PERMUTE: case MP_OP_SLICE: case MP_OP_CONSTANT: return mp_layout_setup(s);
+    case MP_OP_MATMUL: case MP_OP_MEAN: return mp_matmul_setup(s);
     default: return mp_pooling_setup(s);
     }
 }

@@ -129,12 +129,28 @@ static void avgpool_plane(const int64_t* p, const float* x, float* y) {
     }
 }
 
+/* Adaptive average pooling: output bin i of a length-L axis with O bins averages input
+ * positions [floor(i L / O), ceil((i + 1) L / O)) (PyTorch's rule), summed in double. */
+static void adaptive_plane(const int64_t* p, const float* x, float* y) {
+    for (int64_t yo = 0; yo < p[P_HO]; yo++) {
+        int64_t h0 = yo * p[P_H] / p[P_HO], h1 = ((yo + 1) * p[P_H] + p[P_HO] - 1) / p[P_HO];
+        for (int64_t xo = 0; xo < p[P_WO]; xo++) {
+            int64_t w0 = xo * p[P_W] / p[P_WO], w1 = ((xo + 1) * p[P_W] + p[P_WO] - 1) / p[P_WO];
+            double sum = 0.0;
+            for (int64_t h = h0; h < h1; h++)
+                for (int64_t w = w0; w < w1; w++) sum += x[h * p[P_W] + w];
+            y[yo * p[P_WO] + xo] = (float)(sum / (double)((h1 - h0) * (w1 - w0)));
+        }
+    }
+}
+
 static void pool_task(void* ctx, size_t b, size_t e) {
     const mp_step* s = ctx;
     size_t in_plane = (size_t)(s->p[P_H] * s->p[P_W]);
     size_t out_plane = (size_t)(s->p[P_HO] * s->p[P_WO]);
     void (*plane)(const int64_t*, const float*, float*) =
-        s->p[0] == 2 ? maxpool2x2_plane : s->p[0] == 1 ? maxpool_plane : avgpool_plane;
+        s->p[0] == 3 ? adaptive_plane : s->p[0] == 2 ? maxpool2x2_plane
+        : s->p[0] == 1 ? maxpool_plane : avgpool_plane;
     if (s->p[P_EXACT2]) { /* 2x2 pooling that tiles the planes: one run of rows */
         maxpool2x2_rows(s->p, s->in[0] + b * in_plane, s->out + b * out_plane,
                         (int64_t)(e - b) * s->p[P_HO]);
@@ -173,6 +189,12 @@ mp_status mp_pooling_setup(mp_step* s) {
     s->p[P_W] = in->dims[in->ndim - 1];
     s->p[P_HO] = one ? 1 : out->dims[1];
     s->p[P_WO] = out->dims[out->ndim - 1];
+    s->fn = pool_task;
+    if (s->op->code == MP_OP_ADAPTIVE_AVGPOOL1D || s->op->code == MP_OP_ADAPTIVE_AVGPOOL2D) {
+        s->p[0] = 3;
+        s->kernel = "adaptive-avgpool";
+        return MP_OK;
+    }
     for (int k = 0; k < 8; k++) s->p[P_KH + k] = a[k];
     s->p[P_INCL] = a[9];
     s->p[P_DIV] = a[10];

@@ -21,7 +21,7 @@ static bool fusable_act(const mp_op* op) {
 static bool takes_epilogue(const mp_op* op) {
     switch (op->code) {
     case MP_OP_CONV1D: case MP_OP_CONV2D: case MP_OP_LINEAR: case MP_OP_ADD: case MP_OP_SUB:
-    case MP_OP_MUL: case MP_OP_BATCHNORM: return true;
+    case MP_OP_MUL: case MP_OP_DIV: case MP_OP_BATCHNORM: return true;
     default: return false;
     }
 }
@@ -58,42 +58,37 @@ static mp_status find_fusions(mp_plan* plan) {
 
 /* ---- weights in the form operators.h takes */
 
-typedef struct mp_wbuf {
-    float* values;
-    float* bias;
-    uint32_t* indptr;
-    uint32_t* indices;
-} mp_wbuf;
-
-static void wbuf_free(mp_wbuf* b) {
+void mp_wbuf_free(mp_wbuf* b) {
     free(b->values);
     free(b->bias);
     free(b->indptr);
     free(b->indices);
 }
 
-static mp_status make_weights(const mp_model* m, const mp_op* op, mp_weights* w, mp_wbuf* b) {
+mp_status mp_make_weights(const mp_model* m, const mp_op* op, int at, mp_weights* w, mp_wbuf* b) {
     memset(w, 0, sizeof *w);
-    w->rows = op->iattr[1];
-    w->cols = op->iattr[2];
-    w->nnz = op->iattr[3];
-    const mp_array* va = &m->arrays[op->arrays[0]];
+    memset(b, 0, sizeof *b);
+    w->rows = op->iattr[at + 1];
+    w->cols = op->iattr[at + 2];
+    w->nnz = op->iattr[at + 3];
+    const uint32_t* slot = op->arrays + at;
+    const mp_array* va = &m->arrays[slot[0]];
     b->values = malloc((va->count ? va->count : 1) * sizeof(float));
-    bool csr = op->iattr[0] == 1, ok = b->values != NULL;
+    bool csr = op->iattr[at] == 1, ok = b->values != NULL;
     if (csr) {
         b->indptr = malloc(((size_t)w->rows + 1) * sizeof(uint32_t));
         b->indices = malloc((va->count ? va->count : 1) * sizeof(uint32_t));
         ok = ok && b->indptr && b->indices;
     }
-    if (op->arrays[3] != MP_NONE) {
+    if (slot[3] != MP_NONE) {
         b->bias = malloc((size_t)w->rows * sizeof(float));
         ok = ok && b->bias;
     }
     if (!ok) return mp_set_error(MP_OUT_OF_MEMORY, "out of memory converting weights");
     for (uint64_t k = 0; k < va->count; k++) b->values[k] = mp_array_float(va, k);
     if (csr) {
-        const mp_array* ip = &m->arrays[op->arrays[1]];
-        const mp_array* ix = &m->arrays[op->arrays[2]];
+        const mp_array* ip = &m->arrays[slot[1]];
+        const mp_array* ix = &m->arrays[slot[2]];
         for (uint64_t k = 0; k <= (uint64_t)w->rows; k++) b->indptr[k] = (uint32_t)mp_array_uint(ip, k);
         for (uint64_t k = 0; k < ix->count; k++) b->indices[k] = (uint32_t)mp_array_uint(ix, k);
         w->indptr = b->indptr;
@@ -103,7 +98,7 @@ static mp_status make_weights(const mp_model* m, const mp_op* op, mp_weights* w,
         w->dense = b->values;
     }
     if (b->bias) {
-        const mp_array* ba = &m->arrays[op->arrays[3]];
+        const mp_array* ba = &m->arrays[slot[3]];
         for (int32_t k = 0; k < w->rows; k++) b->bias[k] = mp_array_float(ba, (uint64_t)k);
         w->bias = b->bias;
     }
@@ -160,8 +155,8 @@ static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
 static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
     const mp_model* m = plan->model;
     mp_weights w;
-    mp_wbuf b = {0};
-    mp_status st = make_weights(m, s->op, &w, &b);
+    mp_wbuf b;
+    mp_status st = mp_make_weights(m, s->op, 0, &w, &b);
     /* multiply-adds, roughly (double: batch x outputs x row length can pass 2^63) */
     double work = (double)plan->batch * (double)m->values[s->out_tensor].numel *
                   ((double)w.nnz / (w.rows ? w.rows : 1) + 1.0);
@@ -170,14 +165,16 @@ static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
         mp_linear_desc d = {.in_features = w.cols, .out_features = w.rows, .act = s->act,
                             .act_min = s->act_min, .act_max = s->act_max};
         st = mp_linear_create(&d, &w, plan->flags, &s->linear);
+        /* an N-D input: the leading per-sample dims are more rows */
+        s->rows = plan->batch * (size_t)(m->values[s->in_tensor[0]].numel / w.cols);
         if (!st) {
-            s->scratch_bytes = mp_linear_scratch_bytes(s->linear, plan->batch);
-            s->num_tasks = mp_linear_num_tasks(s->linear, plan->batch);
+            s->scratch_bytes = mp_linear_scratch_bytes(s->linear, s->rows);
+            s->num_tasks = mp_linear_num_tasks(s->linear, s->rows);
         }
     } else if (!st) {
         st = setup_conv(plan, s, &w);
     }
-    wbuf_free(&b);
+    mp_wbuf_free(&b);
     if (st && !strstr(mp_last_error(), "op '"))
         return mp_op_error(m, s->op_index, st, "%s", mp_last_error());
     return st;
@@ -200,8 +197,8 @@ static mp_status add_step(mp_plan* plan, uint32_t i) {
     s->code = op->code;
     s->op = op;
     s->num_in = op->num_inputs;
-    s->in_tensor = malloc(op->num_inputs * sizeof(uint32_t));
-    s->in = calloc(op->num_inputs, sizeof(float*));
+    s->in_tensor = malloc((op->num_inputs ? op->num_inputs : 1) * sizeof(uint32_t));
+    s->in = calloc(op->num_inputs ? op->num_inputs : 1, sizeof(float*));
     if (!s->in_tensor || !s->in) return mp_set_error(MP_OUT_OF_MEMORY, "out of memory (plan)");
     memcpy(s->in_tensor, mp_op_inputs(m, op), op->num_inputs * sizeof(uint32_t));
     s->out_tensor = op->output;
@@ -209,6 +206,12 @@ static mp_status add_step(mp_plan* plan, uint32_t i) {
     fused_act(plan, i, &s->act, &s->act_min, &s->act_max);
     if (op->code == MP_OP_CONV1D || op->code == MP_OP_CONV2D || op->code == MP_OP_LINEAR)
         return setup_heavy(plan, s);
+    if (op->code == MP_OP_LSTM || op->code == MP_OP_GRU) {
+        mp_status st = mp_rnn_setup(s, plan->flags, plan->threads);
+        if (st && !strstr(mp_last_error(), "op '"))
+            return mp_op_error(m, i, st, "%s", mp_last_error());
+        return st;
+    }
     return mp_simple_setup(s);
 }
 
@@ -305,6 +308,7 @@ void mp_plan_free(mp_plan* plan) {
         mp_step* s = &plan->steps[i];
         mp_conv_free(s->conv);
         mp_linear_free(s->linear);
+        mp_rnn_free(s->rnn);
         free(s->in_tensor);
         free(s->in);
         free(s->owned);
@@ -385,6 +389,7 @@ static void describe_op(const mp_plan* p, uint32_t i, mp_text* t) {
     line[0] = '\0';
     if (s->conv) mp_conv_describe(s->conv, line, sizeof line);
     else if (s->linear) mp_linear_describe(s->linear, line, sizeof line);
+    else if (s->rnn) mp_rnn_describe(s, line, sizeof line);
     else snprintf(line, sizeof line, "%s", s->kernel);
     text_add(t, "%.80s %s %s", name, mp_op_name(op->code), line);
     if (s->act == MP_ACT_RELU)

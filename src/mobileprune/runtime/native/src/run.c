@@ -35,7 +35,7 @@ static void group_task(void* ctx, size_t b, size_t e) {
 
 static void linear_task(void* ctx, size_t b, size_t e) {
     const mp_step* s = ctx;
-    mp_linear_compute(s->linear, s->batch, s->in[0], s->scratch, s->out, b, e);
+    mp_linear_compute(s->linear, s->rows, s->in[0], s->scratch, s->out, b, e);
 }
 
 static void run_step(mp_plan* p, mp_step* s) {
@@ -46,7 +46,7 @@ static void run_step(mp_plan* p, mp_step* s) {
         mp_conv_prepare(s->conv, s->batch, s->in[0], s->scratch);
         fn = conv_task;
     } else if (s->linear) {
-        mp_linear_prepare(s->linear, s->batch, s->in[0], s->scratch);
+        mp_linear_prepare(s->linear, s->rows, s->in[0], s->scratch);
         fn = linear_task;
     }
     if (s->work < MP_PARALLEL_WORK || mp_pool_threads(p->pool) == 1)

@@ -11,7 +11,10 @@ typedef struct mp_shape {
     int64_t d[MP_MAX_DIMS];
 } mp_shape;
 
-static const char* const slot_names[4] = {"values", "indptr", "indices", "bias"};
+/* array slot names of a weight record (lstm / gru: W_ih at 0..3, W_hh at 4..7) */
+static const char* const slot_names[MP_ARRAY_SLOTS] = {
+    "values", "indptr", "indices", "bias", "W_hh values", "W_hh indptr", "W_hh indices",
+    "W_hh bias"};
 
 static void fmt_shape(char* buf, size_t size, const int64_t* d, uint32_t n) {
     size_t k = (size_t)snprintf(buf, size, "(");
@@ -48,10 +51,10 @@ static mp_status check_array(const mp_model* m, uint32_t i, int slot, uint32_t d
     return MP_OK;
 }
 
-static mp_status check_csr(const mp_model* m, uint32_t i, int64_t rows, int64_t cols,
+static mp_status check_csr(const mp_model* m, uint32_t i, int at, int64_t rows, int64_t cols,
                            int64_t nnz) {
-    const mp_array* ip = &m->arrays[m->ops[i].arrays[1]];
-    const mp_array* ix = &m->arrays[m->ops[i].arrays[2]];
+    const mp_array* ip = &m->arrays[m->ops[i].arrays[at + 1]];
+    const mp_array* ix = &m->arrays[m->ops[i].arrays[at + 2]];
     if (mp_array_uint(ip, 0) != 0 || (int64_t)mp_array_uint(ip, (uint64_t)rows) != nnz)
         return mp_op_error(m, i, MP_INVALID_MODEL, "indptr must start at 0 and end at nnz %lld",
                            (long long)nnz);
@@ -73,11 +76,11 @@ static mp_status check_csr(const mp_model* m, uint32_t i, int64_t rows, int64_t 
     return MP_OK;
 }
 
-static mp_status check_dense(const mp_model* m, uint32_t i, int64_t nnz) {
-    const mp_array* a = &m->arrays[m->ops[i].arrays[0]];
+static mp_status check_dense(const mp_model* m, uint32_t i, int at, int64_t nnz) {
+    const mp_array* a = &m->arrays[m->ops[i].arrays[at]];
     uint64_t found = 0;
     for (uint64_t k = 0; k < a->count; k++) found += mp_array_float(a, k) != 0.0f;
-    if (m->ops[i].arrays[1] != MP_NONE || m->ops[i].arrays[2] != MP_NONE)
+    if (m->ops[i].arrays[at + 1] != MP_NONE || m->ops[i].arrays[at + 2] != MP_NONE)
         return err(m, i, MP_INVALID_MODEL, "dense storage with an indptr or indices array");
     if (found != (uint64_t)nnz)
         return mp_op_error(m, i, MP_INVALID_MODEL, "nnz is %lld but the dense values hold %llu "
@@ -85,8 +88,10 @@ static mp_status check_dense(const mp_model* m, uint32_t i, int64_t nnz) {
     return MP_OK;
 }
 
-static mp_status check_weight(const mp_model* m, uint32_t i, int64_t rows, int64_t cols) {
-    const int32_t* a = m->ops[i].iattr;
+/* The weight at iattr / array slots at..at+3 (storage, rows, cols, nnz; values, indptr,
+ * indices, bias) is rows x cols, stored as it says. */
+static mp_status check_weight(const mp_model* m, uint32_t i, int at, int64_t rows, int64_t cols) {
+    const int32_t* a = m->ops[i].iattr + at;
     if (a[0] != 0 && a[0] != 1)
         return mp_op_error(m, i, MP_INVALID_MODEL, "storage %d (0 dense, 1 csr)", a[0]);
     if (a[1] != rows || a[2] != cols)
@@ -96,16 +101,16 @@ static mp_status check_weight(const mp_model* m, uint32_t i, int64_t rows, int64
         return mp_op_error(m, i, MP_INVALID_MODEL, "nnz %d out of range", a[3]);
     mp_status st;
     if (a[0] == 1) {
-        st = check_array(m, i, 0, MP_DT_F32, MP_DT_F16, (uint64_t)a[3], "nnz");
-        if (!st) st = check_array(m, i, 1, MP_DT_U32, MP_DT_U32, (uint64_t)rows + 1, "rows + 1");
-        if (!st) st = check_array(m, i, 2, MP_DT_U16, MP_DT_U32, (uint64_t)a[3], "nnz");
-        if (!st) st = check_csr(m, i, rows, cols, a[3]);
+        st = check_array(m, i, at, MP_DT_F32, MP_DT_F16, (uint64_t)a[3], "nnz");
+        if (!st) st = check_array(m, i, at + 1, MP_DT_U32, MP_DT_U32, (uint64_t)rows + 1, "rows + 1");
+        if (!st) st = check_array(m, i, at + 2, MP_DT_U16, MP_DT_U32, (uint64_t)a[3], "nnz");
+        if (!st) st = check_csr(m, i, at, rows, cols, a[3]);
     } else {
-        st = check_array(m, i, 0, MP_DT_F32, MP_DT_F16, (uint64_t)(rows * cols), "rows * cols");
-        if (!st) st = check_dense(m, i, a[3]);
+        st = check_array(m, i, at, MP_DT_F32, MP_DT_F16, (uint64_t)(rows * cols), "rows * cols");
+        if (!st) st = check_dense(m, i, at, a[3]);
     }
-    if (!st && m->ops[i].arrays[3] != MP_NONE)
-        st = check_array(m, i, 3, MP_DT_F32, MP_DT_F32, (uint64_t)rows, "rows");
+    if (!st && m->ops[i].arrays[at + 3] != MP_NONE)
+        st = check_array(m, i, at + 3, MP_DT_F32, MP_DT_F32, (uint64_t)rows, "rows");
     return st;
 }
 
@@ -141,7 +146,7 @@ static mp_status infer_conv(const mp_model* m, uint32_t i, mp_shape* out) {
     if (!mp_mul_u64((uint64_t)(a[4] / a[6]), (uint64_t)a[7] * (uint64_t)a[8], &cols) ||
         cols > (uint64_t)INT32_MAX)
         return err(m, i, MP_INVALID_MODEL, "kernel too large");
-    return check_weight(m, i, a[5], (int64_t)cols);
+    return check_weight(m, i, 0, a[5], (int64_t)cols);
 }
 
 static mp_status infer_linear(const mp_model* m, uint32_t i, mp_shape* out) {
@@ -149,12 +154,13 @@ static mp_status infer_linear(const mp_model* m, uint32_t i, mp_shape* out) {
     const mp_value* in = input_value(m, op, 0);
     if (op->iattr[1] < 1 || op->iattr[2] < 1)
         return err(m, i, MP_INVALID_MODEL, "rows and cols must be >= 1");
-    if (in->ndim != 1 || in->dims[0] != op->iattr[2])
-        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "input must be (%d,) per sample",
-                           op->iattr[2]);
-    out->n = 1;
-    out->d[0] = op->iattr[1];
-    return check_weight(m, i, op->iattr[1], op->iattr[2]);
+    if (in->dims[in->ndim - 1] != op->iattr[2])
+        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "input must be (..., %d) per sample, its "
+                           "last dim is %lld", op->iattr[2], (long long)in->dims[in->ndim - 1]);
+    out->n = in->ndim;
+    memcpy(out->d, in->dims, sizeof out->d);
+    out->d[in->ndim - 1] = op->iattr[1];
+    return check_weight(m, i, 0, op->iattr[1], op->iattr[2]);
 }
 
 static int64_t pool_len(int64_t L, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil) {
@@ -222,12 +228,16 @@ static mp_status infer_activation(const mp_model* m, uint32_t i, mp_shape* out) 
     memcpy(out->d, in->dims, sizeof out->d);
     if (op->code == MP_OP_RELU) return MP_OK;
     int32_t fn = op->iattr[0];
-    if (fn < MP_FN_HARDTANH || fn > MP_FN_SOFTMAX)
-        return mp_op_error(m, i, MP_UNSUPPORTED_OP, "unknown activation function code %d", fn);
+    if (fn < 1 || fn > MP_NUM_FNS)
+        return mp_op_error(m, i, MP_UNSUPPORTED_OP, "unknown activation function code %d (this "
+                           "library knows codes 1..%d)", fn, MP_NUM_FNS);
     if (fn == MP_FN_HARDTANH && !(op->fattr[0] <= op->fattr[1]))
         return err(m, i, MP_INVALID_MODEL, "hardtanh: min_val > max_val");
     if (fn == MP_FN_SOFTMAX && (op->iattr[1] < 0 || (uint32_t)op->iattr[1] >= in->ndim))
         return mp_op_error(m, i, MP_INVALID_MODEL, "softmax: bad axis %d", op->iattr[1]);
+    if (fn == MP_FN_GELU && (op->iattr[1] & ~1))
+        return mp_op_error(m, i, MP_INVALID_MODEL, "gelu: approximate %d (0 none, 1 tanh)",
+                           op->iattr[1]);
     return MP_OK;
 }
 
@@ -285,13 +295,173 @@ static mp_status infer_concat(const mp_model* m, uint32_t i, mp_shape* out) {
     return MP_OK;
 }
 
+/* ---- ops of tensors and sequences (layer_norm ... constant) */
+
+static void same_shape(const mp_value* in, mp_shape* out) {
+    out->n = in->ndim;
+    memcpy(out->d, in->dims, sizeof out->d);
+}
+
+/* Optional float32 arrays in slots 0 and 1 (scale, shift) of `count` elements each. */
+static mp_status check_affine(const mp_model* m, uint32_t i, int64_t count, const char* what) {
+    mp_status st = MP_OK;
+    for (int slot = 0; slot < 2 && !st; slot++)
+        if (m->ops[i].arrays[slot] != MP_NONE) {
+            const mp_array* a = &m->arrays[m->ops[i].arrays[slot]];
+            if (a->dtype != MP_DT_F32 || a->count != (uint64_t)count)
+                st = mp_op_error(m, i, MP_INVALID_MODEL, "%s array (slot %d) must be float32 "
+                                 "with %lld elements (%s), got %llu %s", slot ? "shift" : "scale",
+                                 slot, (long long)count, what, (unsigned long long)a->count,
+                                 mp_dtype_name(a->dtype));
+        }
+    return st;
+}
+
+static mp_status infer_norm(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_op* op = &m->ops[i];
+    const mp_value* in = input_value(m, op, 0);
+    int32_t k = op->iattr[0];
+    same_shape(in, out);
+    if (!(op->fattr[0] >= 0.0f)) return err(m, i, MP_INVALID_MODEL, "eps must be >= 0");
+    if (op->code == MP_OP_GROUP_NORM) {
+        if (k < 1 || in->dims[0] % k)
+            return mp_op_error(m, i, MP_SHAPE_MISMATCH, "num_groups %d does not divide the %lld "
+                               "channels of the input", k, (long long)in->dims[0]);
+        return check_affine(m, i, in->dims[0], "one per channel");
+    }
+    if (k < 1 || (uint32_t)k > in->ndim)
+        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "normalized_ndim %d is not in 1..%u (the "
+                           "input's rank)", k, in->ndim);
+    int64_t inner = 1;
+    for (uint32_t d = in->ndim - (uint32_t)k; d < in->ndim; d++) inner *= in->dims[d];
+    return check_affine(m, i, inner, "the normalized dims");
+}
+
+static mp_status infer_permute(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_op* op = &m->ops[i];
+    const mp_value* in = input_value(m, op, 0);
+    uint32_t seen = 0;
+    out->n = in->ndim;
+    for (uint32_t k = 0; k < in->ndim; k++) {
+        int32_t p = op->iattr[k];
+        if (p < 0 || (uint32_t)p >= in->ndim || (seen >> p & 1u))
+            return mp_op_error(m, i, MP_INVALID_MODEL, "perm[%u] = %d: perm must hold each axis "
+                               "0..%u once", k, p, in->ndim - 1);
+        seen |= 1u << p;
+        out->d[k] = in->dims[p];
+    }
+    return MP_OK;
+}
+
+/* (..., M, K) x (..., K, N) of the same rank; the leading dims broadcast (size 1). */
+static mp_status infer_matmul(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_value* a = input_value(m, &m->ops[i], 0);
+    const mp_value* b = input_value(m, &m->ops[i], 1);
+    if (a->ndim < 2 || a->ndim != b->ndim)
+        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "operands of rank %u and %u: both need the "
+                           "same rank >= 2 per sample", a->ndim, b->ndim);
+    if (a->dims[a->ndim - 1] != b->dims[b->ndim - 2])
+        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "A is (..., %lld, %lld) but B is (..., %lld, "
+                           "%lld): the inner sizes differ", (long long)a->dims[a->ndim - 2],
+                           (long long)a->dims[a->ndim - 1], (long long)b->dims[b->ndim - 2],
+                           (long long)b->dims[b->ndim - 1]);
+    out->n = a->ndim;
+    for (uint32_t k = 0; k + 2 < out->n; k++) {
+        int64_t da = a->dims[k], db = b->dims[k];
+        if (da != db && da != 1 && db != 1)
+            return mp_op_error(m, i, MP_SHAPE_MISMATCH, "leading dims %lld and %lld (axis %u) "
+                               "do not broadcast", (long long)da, (long long)db, k);
+        out->d[k] = da == 1 ? db : da;
+    }
+    out->d[out->n - 2] = a->dims[a->ndim - 2];
+    out->d[out->n - 1] = b->dims[b->ndim - 1];
+    return MP_OK;
+}
+
+static mp_status infer_mean(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_op* op = &m->ops[i];
+    const mp_value* in = input_value(m, op, 0);
+    int32_t keep = op->iattr[0], mask = op->iattr[1];
+    if (keep != 0 && keep != 1) return err(m, i, MP_INVALID_MODEL, "keepdim must be 0 or 1");
+    if (mask <= 0 || mask >> in->ndim)
+        return mp_op_error(m, i, MP_INVALID_MODEL, "axes mask 0x%x must name some of the %u "
+                           "axes of the input", (unsigned)mask, in->ndim);
+    out->n = 0;
+    for (uint32_t k = 0; k < in->ndim; k++)
+        if (!(mask >> k & 1)) out->d[out->n++] = in->dims[k];
+        else if (keep) out->d[out->n++] = 1;
+    if (out->n == 0) out->d[out->n++] = 1; /* every axis dropped: a per-sample scalar */
+    return MP_OK;
+}
+
+static mp_status infer_slice(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_op* op = &m->ops[i];
+    const mp_value* in = input_value(m, op, 0);
+    const int32_t* a = op->iattr;
+    if (a[0] < 0 || (uint32_t)a[0] >= in->ndim)
+        return mp_op_error(m, i, MP_INVALID_MODEL, "axis %d is not an axis of the input (rank "
+                           "%u)", a[0], in->ndim);
+    if (a[1] < 0 || a[2] <= a[1] || a[2] > in->dims[a[0]] || a[3] < 1)
+        return mp_op_error(m, i, MP_INVALID_MODEL, "start %d, end %d, step %d: need 0 <= start < "
+                           "end <= %lld and step >= 1", a[1], a[2], a[3],
+                           (long long)in->dims[a[0]]);
+    same_shape(in, out);
+    out->d[a[0]] = ((int64_t)a[2] - a[1] + a[3] - 1) / a[3];
+    return MP_OK;
+}
+
+static mp_status infer_adaptive(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_op* op = &m->ops[i];
+    const mp_value* in = input_value(m, op, 0);
+    bool one = op->code == MP_OP_ADAPTIVE_AVGPOOL1D;
+    if (op->iattr[0] < 1 || op->iattr[1] < 1 || (one && op->iattr[0] != 1))
+        return mp_op_error(m, i, MP_INVALID_MODEL, "output size %d x %d (each >= 1; 1-D: height "
+                           "1)", op->iattr[0], op->iattr[1]);
+    if (in->ndim != (one ? 2u : 3u))
+        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "input must be (C, %s), got %u dims",
+                           one ? "L" : "H, W", in->ndim);
+    same_shape(in, out);
+    if (!one) out->d[1] = op->iattr[0];
+    out->d[in->ndim - 1] = op->iattr[1];
+    return MP_OK;
+}
+
+static mp_status infer_rnn(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_op* op = &m->ops[i];
+    const mp_value* in = input_value(m, op, 0);
+    int64_t H = op->iattr[8], dirs = op->iattr[9] + 1, G = op->code == MP_OP_LSTM ? 4 : 3;
+    if (H < 1 || (op->iattr[9] & ~1))
+        return mp_op_error(m, i, MP_INVALID_MODEL, "hidden_size %d (>= 1), bidirectional %d "
+                           "(0/1)", op->iattr[8], op->iattr[9]);
+    if (dirs * G * H > INT32_MAX) return err(m, i, MP_INVALID_MODEL, "hidden_size too large");
+    if (in->ndim != 2)
+        return mp_op_error(m, i, MP_SHAPE_MISMATCH, "input must be (T, input_size) per sample, "
+                           "got %u dims", in->ndim);
+    out->n = 2;
+    out->d[0] = in->dims[0];
+    out->d[1] = dirs * H;
+    mp_status st = check_weight(m, i, 0, dirs * G * H, in->dims[1]);
+    return st ? st : check_weight(m, i, 4, dirs * G * H, H);
+}
+
+static mp_status infer_constant(const mp_model* m, uint32_t i, mp_shape* out) {
+    const mp_value* o = &m->values[m->ops[i].output];
+    out->n = o->ndim;
+    memcpy(out->d, o->dims, sizeof out->d);
+    return check_array(m, i, 0, MP_DT_F32, MP_DT_F16, (uint64_t)o->numel, "the output size");
+}
+
 /* Number of inputs the op takes (0: one or more) and the array slots it may name. */
 static mp_status check_arity(const mp_model* m, uint32_t i) {
     const mp_op* op = &m->ops[i];
     uint32_t code = op->code, want = 1, slots = 0;
     if (code == MP_OP_CONV1D || code == MP_OP_CONV2D || code == MP_OP_LINEAR) slots = 0xF;
-    if (code == MP_OP_BATCHNORM) slots = 0x3;
-    if (code == MP_OP_ADD || code == MP_OP_SUB || code == MP_OP_MUL) {
+    if (code == MP_OP_LSTM || code == MP_OP_GRU) slots = 0xFF;
+    if (code == MP_OP_BATCHNORM || code == MP_OP_LAYER_NORM || code == MP_OP_GROUP_NORM)
+        slots = 0x3;
+    if (code == MP_OP_CONSTANT) slots = 0x1, want = 0;
+    if (code == MP_OP_MATMUL) want = 2;
+    if (code == MP_OP_ADD || code == MP_OP_SUB || code == MP_OP_MUL || code == MP_OP_DIV) {
         if ((op->iattr[0] | op->iattr[1]) & ~1)
             return err(m, i, MP_INVALID_MODEL, "has_scalar / scalar_first must be 0 or 1");
         want = op->iattr[0] ? 1 : 2;
@@ -320,8 +490,18 @@ static mp_status infer(const mp_model* m, uint32_t i, mp_shape* out) {
     case MP_OP_BATCHNORM: return infer_batchnorm(m, i, out);
     case MP_OP_RELU: case MP_OP_ACTIVATION: return infer_activation(m, i, out);
     case MP_OP_RESHAPE: return infer_reshape(m, i, out);
-    case MP_OP_ADD: case MP_OP_SUB: case MP_OP_MUL: return infer_binary(m, i, out);
+    case MP_OP_ADD: case MP_OP_SUB: case MP_OP_MUL: case MP_OP_DIV:
+        return infer_binary(m, i, out);
     case MP_OP_CONCAT: return infer_concat(m, i, out);
+    case MP_OP_LAYER_NORM: case MP_OP_GROUP_NORM: return infer_norm(m, i, out);
+    case MP_OP_PERMUTE: return infer_permute(m, i, out);
+    case MP_OP_MATMUL: return infer_matmul(m, i, out);
+    case MP_OP_MEAN: return infer_mean(m, i, out);
+    case MP_OP_SLICE: return infer_slice(m, i, out);
+    case MP_OP_ADAPTIVE_AVGPOOL1D: case MP_OP_ADAPTIVE_AVGPOOL2D:
+        return infer_adaptive(m, i, out);
+    case MP_OP_LSTM: case MP_OP_GRU: return infer_rnn(m, i, out);
+    case MP_OP_CONSTANT: return infer_constant(m, i, out);
     default:
         return mp_op_error(m, i, MP_UNSUPPORTED_OP, "unknown op code %u", m->ops[i].code);
     }
@@ -330,7 +510,7 @@ static mp_status infer(const mp_model* m, uint32_t i, mp_shape* out) {
 mp_status mp_check_op(const mp_model* m, uint32_t i) {
     if (!*mp_op_name(m->ops[i].code) || mp_op_name(m->ops[i].code)[0] == '?')
         return mp_op_error(m, i, MP_UNSUPPORTED_OP, "unknown op code %u (this library knows "
-                           "codes 1..16)", m->ops[i].code);
+                           "codes 1..%d)", m->ops[i].code, MP_NUM_OPS);
     mp_shape s;
     memset(&s, 0, sizeof s);
     mp_status st = check_arity(m, i);
