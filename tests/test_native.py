@@ -304,8 +304,8 @@ def test_pools_arithmetic_and_conv_variants(tmp_path):
                 assert _rel_err(g_, r[:n]) <= REL_TOL, mode
 
 
-#: ops and activations the exporter does not lower yet: tests/test_native_ops.py runs each
-#: of them from files written with format3.encode (drop a name once the exporter emits it)
+#: ops and activations the models below do not reach: tests/test_native_ops.py runs each
+#: of them from files written with format3.encode (drop a name once a model here uses it)
 _NOT_EXPORTED_YET = {"layer_norm", "group_norm", "permute", "matmul", "div", "mean", "slice",
                      "adaptive_avgpool1d", "adaptive_avgpool2d", "lstm", "gru", "constant",
                      "gelu"}

@@ -646,9 +646,9 @@ def test_unsupported_ops_name_the_node(tmp_path):
     x = torch.randn(1, 4)
     cases = [
         (_Exp(), x, "exp"),
-        (nn.Sequential(nn.Linear(4, 4), nn.GELU()), x, "'1'"),
+        (nn.Sequential(nn.Linear(4, 4), nn.Mish()), x, "'1'"),
         (_InplaceAlias(), x, "relu"),
-        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveAvgPool2d(3)), torch.randn(1, 1, 9, 8),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.AdaptiveMaxPool2d(3)), torch.randn(1, 1, 9, 8),
          "'1'"),
         (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")),
          torch.randn(1, 1, 6, 6), "reflect"),
