@@ -197,6 +197,10 @@ SPECS: tuple[Spec, ...] = (
          inplace=(operator.itruediv, "div_", "__itruediv__"), reverse=("__rtruediv__",)),
     Spec("floordiv", ("input", "other"), functions=(operator.floordiv,),
          methods=("__floordiv__",)),
+    # comparisons: of sizes (``torch._assert(x.shape[1] == 3)``)
+    *(Spec(k, ("input", "other"), functions=(f, getattr(torch, k)), methods=(k, f"__{k}__"))
+      for k, f in (("eq", operator.eq), ("ne", operator.ne), ("lt", operator.lt),
+                   ("le", operator.le), ("gt", operator.gt), ("ge", operator.ge))),
     Spec("matmul", ("input", "other"), functions=(torch.matmul, operator.matmul, torch.bmm),
          methods=("matmul", "__matmul__", "bmm")),
     Spec("sdpa", ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"),

@@ -117,3 +117,17 @@ class Square(OpHandler):
         """``x ** 2`` is ``x * x``."""
         x = emit.value(node, args_of(node)["input"])
         emit.op(node, "mul", [x, x])
+
+
+class Compare(Binary):
+    """A comparison of sizes or numbers (static); of tensor values it is refused (the
+    runtime computes float32 tensors, not booleans)."""
+
+    def tensors(self, node: fx.Node, emit, x: Any, y: Any) -> None:
+        raise emit.fail(node, "a comparison of tensor values (the runtime has no boolean "
+                              "tensors)")
+
+
+for _k in ("eq", "ne", "lt", "le", "gt", "ge"):
+    register(type(_k.title(), (Compare,), {"key": _k, "py": getattr(operator, _k),
+                                           "__module__": __name__}))

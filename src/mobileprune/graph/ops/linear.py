@@ -9,20 +9,35 @@ from mobileprune.graph.passes.lower import as_float64
 from mobileprune.graph.registry import OpHandler, args_of, register
 
 
+def linear(node: fx.Node, emit, x: str, shape: list[int], w, b, name: str | None = None,
+           bdim: int = 0, module: str | None = None) -> str:
+    """A ``linear`` op ``y = x W^T + b`` over the last axis of runtime value ``x``
+    (per-sample ``shape``); ``w`` / ``b`` static parameters (``b`` may be None)."""
+    if shape[-1] != w.shape[1]:
+        raise emit.fail(node, f"linear of {shape[-1]} features with a {tuple(w.shape)} weight")
+    return emit.op(node, "linear", [x], {"in_features": int(w.shape[1]),
+                                         "out_features": int(w.shape[0])},
+                   shape=shape[:-1] + [int(w.shape[0])], name=name, bdim=bdim,
+                   weight=as_float64(w), bias=None if b is None else as_float64(b),
+                   module=module)
+
+
 @register
 class Linear(OpHandler):
     key = "linear"
 
     def lower(self, node: fx.Node, emit) -> None:
-        """``linear`` over the last axis (``(..., in) -> (..., out)``); the weight and bias
-        are the module's or ``F.linear``'s parameters (static)."""
+        """``linear`` over the last axis (``(..., in) -> (..., out)``, any rank; the batch
+        may be on any axis but the last); the weight and bias are the module's or
+        ``F.linear``'s parameters (static)."""
         a = args_of(node)
+        r = emit.ref(node, a["input"])
         w = emit.static(node, a["weight"], "the weight")
         b = emit.static(node, a["bias"], "the bias")
-        emit.op(node, "linear", [emit.value(node, a["input"])],
-                {"in_features": int(w.shape[1]), "out_features": int(w.shape[0])},
-                weight=as_float64(w), bias=None if b is None else as_float64(b),
-                module=a.get("module_name"))
+        if r.bdim == len(emit.shape(node)) - 1:
+            raise emit.fail(node, "linear over the batch axis")
+        linear(node, emit, r.name, emit.sample(node, a["input"], bdim=r.bdim), w, b,
+               bdim=r.bdim, module=a.get("module_name"))
 
 
 @register
@@ -38,12 +53,19 @@ class Matmul(OpHandler):
             w = emit.static(node, y, "the right operand")
             if getattr(w, "dim", lambda: 0)() != 2:
                 raise emit.fail(node, "a product with a constant that is not a matrix")
-            emit.op(node, "linear", [emit.value(node, x)],
-                    {"in_features": int(w.shape[0]), "out_features": int(w.shape[1])},
-                    weight=as_float64(w).T.copy(), bias=None)
+            linear(node, emit, emit.value(node, x), emit.sample(node, x), w.t(), None)
             return
         sx, sy = emit.shape(node, x), emit.shape(node, y)
         if len(sx) != len(sy) or len(sx) < 3:
             raise emit.fail(node, f"matmul of shapes {sx} and {sy} (two activations of the same "
                                   f"rank >= 3, batch first)")
         emit.op(node, "matmul", [emit.value(node, x), emit.value(node, y)])
+
+
+@register
+class Embedding(OpHandler):
+    key = "embedding"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        raise emit.fail(node, "an embedding looks up integer indices (the runtime computes "
+                              "float32 tensors and has no gather op)")

@@ -62,3 +62,48 @@ class BatchNorm(OpHandler):
                                   f"{emit.shape(node, inp)}")
         emit.op(node, "batchnorm", [emit.value(node, inp)], scale=scale.astype(np.float32),
                 shift=shift.astype(np.float32), module=a.get("module_name"))
+
+
+def layer_norm(node: fx.Node, emit, x: str, shape: list[int], k: int, eps: float, w, b,
+               name: str | None = None, bdim: int = 0) -> str:
+    """A ``layer_norm`` op over the last ``k`` axes of runtime value ``x`` (per-sample
+    ``shape``); ``w`` / ``b`` the static affine parameters (or None)."""
+    if not 1 <= k <= len(shape):
+        raise emit.fail(node, f"layer norm over {k} axes of a per-sample shape {shape}")
+    return emit.op(node, "layer_norm", [x], {"normalized_ndim": k, "eps": float(eps)},
+                   shape=shape, name=name, bdim=bdim,
+                   scale=None if w is None else as_float64(w).reshape(-1),
+                   shift=None if b is None else as_float64(b).reshape(-1))
+
+
+@register
+class LayerNorm(OpHandler):
+    key = "layer_norm"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last
+        ``len(normalized_shape)`` axes (biased variance): one ``layer_norm`` op."""
+        a = args_of(node)
+        r = emit.ref(node, a["input"])
+        ns = emit.static(node, a["normalized_shape"], "normalized_shape")
+        k = len(ns) if isinstance(ns, (list, tuple)) else 1
+        if r.bdim >= len(emit.shape(node)) - k:
+            raise emit.fail(node, "layer norm over the batch axis")
+        w, b = (emit.static(node, a[n], f"the {n}") for n in ("weight", "bias"))
+        layer_norm(node, emit, r.name, emit.sample(node, bdim=r.bdim), k, a["eps"], w, b,
+                   bdim=r.bdim)
+        emit.out.ops[-1]["module"] = a.get("module_name")
+
+
+@register
+class GroupNorm(OpHandler):
+    key = "group_norm"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """Channels in ``num_groups`` groups, each normalised over its channels and
+        positions, then ``* weight[c] + bias[c]``: one ``group_norm`` op."""
+        a = args_of(node)
+        w, b = _affine(emit, node, a)
+        emit.op(node, "group_norm", [emit.value(node, a["input"])],
+                {"num_groups": int(emit.static(node, a["num_groups"])), "eps": float(a["eps"])},
+                scale=w, shift=b, module=a.get("module_name"))

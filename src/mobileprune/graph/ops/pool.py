@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import fx
 
 from mobileprune.graph.ops.conv import _ints
@@ -100,15 +102,48 @@ def _axes(emit, node: fx.Node, dim, rank: int) -> list[int]:
 class Mean(OpHandler):
     key = "mean"
 
-    def lower(self, node: fx.Node, emit) -> None:
-        """Over every spatial axis: ``global_avgpool``; over other axes: ``mean``."""
+    def reduce(self, node: fx.Node, emit, name: str | None) -> tuple[str, int]:
+        """The mean (over every spatial axis: ``global_avgpool``; over other axes:
+        ``mean``) and the number of elements averaged."""
         a = args_of(node)
         if a["dtype"] is not None:
-            raise emit.fail(node, "mean with a dtype")
+            raise emit.fail(node, f"{self.key} with a dtype")
         s = emit.sample(node, a["input"])
         axes = _axes(emit, node, a["dim"], len(s) + 1)
         x, keep = emit.value(node, a["input"]), bool(a["keepdim"])
+        count = math.prod(s[d] for d in axes)
+        shape = emit.sample(node)
         if len(s) >= 2 and axes == list(range(1, len(s))):
-            emit.op(node, "global_avgpool", [x], {"keepdim": keep})
-        else:
-            emit.op(node, "mean", [x], {"axes": axes, "keepdim": keep})
+            return emit.op(node, "global_avgpool", [x], {"keepdim": keep}, shape=shape,
+                           name=name), count
+        return emit.op(node, "mean", [x], {"axes": axes, "keepdim": keep}, shape=shape,
+                       name=name), count
+
+    def lower(self, node: fx.Node, emit) -> None:
+        self.reduce(node, emit, None)
+
+
+@register
+class Sum(Mean):
+    key = "sum"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """The mean times the number of elements summed."""
+        m, count = self.reduce(node, emit, f"{node.name}.mean")
+        emit.op(node, "mul", [m], {"scalar": float(count), "scalar_first": False})
+
+
+@register
+class Amax(OpHandler):
+    key = "amax"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        raise emit.fail(node, "the runtime has no max reduction")
+
+
+@register
+class Interpolate(OpHandler):
+    key = "interpolate"
+
+    def lower(self, node: fx.Node, emit) -> None:
+        raise emit.fail(node, "the runtime has no resampling (interpolate / Upsample) op")

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import fx
 
-from mobileprune.graph.passes.lower import Ref
+from mobileprune.graph.passes.lower import Missing, Ref
 from mobileprune.graph.registry import OpHandler, args_of, register
 
 
@@ -132,7 +132,16 @@ class Expand(OpHandler):
     key = "expand"
 
     def lower(self, node: fx.Node, emit) -> None:
+        """No data repeated (a no-op), or a static tensor expanded over the batch (it
+        stays static: a leading axis of size 1 is the batch's)."""
         a = args_of(node)
+        if emit.is_static(a["input"]):
+            t = emit.static(node, a["input"])
+            if not (t.dim() == len(emit.shape(node)) and t.shape[0] == 1
+                    and tuple(t.shape[1:]) == emit.shape(node)[1:]):
+                raise emit.fail(node, "expand of a constant over other than the batch axis")
+            emit.set_static(node, t)
+            return
         if emit.shape(node) != emit.shape(node, a["input"]):
             raise emit.fail(node, "expand that repeats data (the runtime broadcasts in "
                                   "add / sub / mul instead)")
@@ -228,7 +237,8 @@ class GetItem(OpHandler):
         a = args_of(node)
         x, idx = a["input"], emit.static(node, a["index"], "the index")
         if not emit.is_tensor(x):
-            item = emit.static(node, x)[idx]
+            val = emit.static(node, x)
+            item = val if isinstance(val, Missing) else val[idx]
             if isinstance(item, Ref):
                 emit.bind(node, item)
             else:

@@ -38,7 +38,7 @@ from mobileprune.graph.registry import handler
 from mobileprune.graph.trace import Traced, tensor_meta
 from mobileprune.runtime import format3
 
-__all__ = ["Ref", "Emit", "Lowered", "lower", "message"]
+__all__ = ["Ref", "Missing", "Emit", "Lowered", "lower", "message"]
 
 
 class Ref(NamedTuple):
@@ -46,6 +46,13 @@ class Ref(NamedTuple):
 
     name: str
     bdim: int = 0
+
+
+class Missing(NamedTuple):
+    """A part of a result the runtime does not compute (an LSTM's final cell state):
+    reading it as a tensor fails with ``why``."""
+
+    why: str
 
 
 @dataclass
@@ -100,6 +107,8 @@ class Emit:
             arg, lambda a: self.statics[a] if isinstance(a, fx.Node) else a)
 
     def ref(self, node: fx.Node, arg: Any) -> Ref:
+        if isinstance(self.statics.get(arg) if isinstance(arg, fx.Node) else None, Missing):
+            raise self.fail(node, f"{arg.name!r}: {self.statics[arg].why}")
         if not self.is_tensor(arg):
             raise self.fail(node, f"argument {getattr(arg, 'name', arg)!r} is not a tensor "
                                   f"produced by a supported op")
