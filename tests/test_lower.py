@@ -14,7 +14,7 @@ from torch import nn
 from mobileprune.deploy.sparse import export_sparse
 from mobileprune.errors import UnsupportedModelError
 from mobileprune.graph import HANDLERS, SPECS, OpHandler
-from mobileprune.runtime import format3, load, read_container
+from mobileprune.runtime import load, read_container
 
 REL_TOL = 1e-4
 
@@ -216,26 +216,10 @@ REFUSED = {
 }
 
 
-def _needs(ops: list[str]) -> None:
-    missing = [o for o in ops if o not in format3.OP_CODES and o not in format3.ACTIVATION_CODES]
-    if missing:
-        pytest.skip(f"the runtime has no {missing} yet")
-
-
 def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
     scale = float(np.abs(ref).max())
     assert scale > 0, "degenerate reference output"
     return float(np.abs(got - ref).max()) / scale
-
-
-_NEEDS = {"layer_norm": ["layer_norm"], "group_norm": ["group_norm"],
-          "multihead_attention": ["matmul", "permute"], "transformer_layer": ["layer_norm"],
-          "rnn": ["lstm", "gru", "slice"], "gelu": ["gelu"], "matmul": ["matmul"],
-          "sdpa": ["matmul"], "permute": ["permute"], "transpose": ["permute"],
-          "getitem": ["slice"], "chunk": ["slice"], "split": ["slice"], "unbind": ["slice"],
-          "floordiv": ["permute"], "sum": ["mean"], "squeeze": ["mean"], "div": ["div"],
-          "adaptive_avg_pool": ["adaptive_avgpool2d"], "cat": ["constant"], "add": ["constant"],
-          "linear": ["layer_norm"], "mean": ["mean"], "softmax": ["gelu"], "sub": ["mean"]}
 
 
 @pytest.mark.parametrize("key,case,build,shape", [
@@ -243,7 +227,6 @@ _NEEDS = {"layer_norm": ["layer_norm"], "group_norm": ["group_norm"],
 def test_lowered_op_matches_torch(key, case, build, shape, tmp_path):
     """Export (which checks batch 1 itself), then run a new batch of 3 on the engine:
     equal to torch within 1e-4 of the largest output."""
-    _needs(_NEEDS.get(key, []))
     torch.manual_seed(0)
     model = build().eval()
     path = tmp_path / "m.mpsparse"
@@ -306,7 +289,6 @@ def test_training_mode_dropout_and_batch_axis_are_refused(tmp_path):
 
 
 def test_lstm_cell_state_is_refused_by_name(tmp_path):
-    _needs(["lstm"])
     m = _Fn(lambda s, x: s.r(x)[1][1][0], r=nn.LSTM(6, 4, batch_first=True))
     with pytest.raises(UnsupportedModelError, match="final cell state"):
         export_sparse(m, torch.randn(1, *_X3), tmp_path / "m.mpsparse")
