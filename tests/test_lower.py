@@ -95,6 +95,14 @@ CASES = {
         ("pre_gelu", lambda: nn.TransformerEncoderLayer(6, 3, 8, activation="gelu",
                                                         norm_first=True, batch_first=True),
          _X3)],
+    "transformer_encoder": [
+        ("two_layers_norm", lambda: nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(6, 2, 8, batch_first=True), 2, norm=nn.LayerNorm(6),
+            enable_nested_tensor=False), _X3),
+        ("seq_first_mask", lambda: _Fn(lambda s, x: s.e(x.transpose(0, 1), mask=s.m).transpose(
+            0, 1), e=nn.TransformerEncoder(nn.TransformerEncoderLayer(6, 3, 8), 1,
+                                           enable_nested_tensor=False),
+            m=nn.Buffer(nn.Transformer.generate_square_subsequent_mask(5))), _X3)],
     "rnn": [("lstm", lambda: _Fn(lambda s, x: s.r(x)[0], r=nn.LSTM(6, 4, batch_first=True)),
              _X3),
             ("lstm_h", lambda: _Fn(lambda s, x: s.f(s.r(x)[1][0][-1]), f=nn.Linear(8, 2),

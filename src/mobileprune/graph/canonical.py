@@ -110,6 +110,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("transformer_layer", ("src", "src_mask", "src_key_padding_mask", "is_causal"),
          {"src_mask": None, "src_key_padding_mask": None, "is_causal": False},
          modules=(nn.TransformerEncoderLayer,)),
+    Spec("transformer_encoder", ("src", "mask", "src_key_padding_mask", "is_causal"),
+         {"mask": None, "src_key_padding_mask": None, "is_causal": None},
+         modules=(nn.TransformerEncoder,)),
     # ---- activations (elementwise)
     _act("relu", (nn.ReLU,), (F.relu, torch.relu, F.relu_, torch.relu_), ("relu", "relu_"),
          inplace=(F.relu_, torch.relu_, "relu_")),

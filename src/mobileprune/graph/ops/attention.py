@@ -157,49 +157,77 @@ def _activation(node: fx.Node, emit, act, x: str, shape: list[int], tag: str) ->
     raise emit.fail(node, f"transformer activation {act!r} (ReLU or GELU)")
 
 
+def encoder_layer(node: fx.Node, emit, m: nn.TransformerEncoderLayer, x: str,
+                  shape: list[int], mask, t: str) -> str:
+    """One ``nn.TransformerEncoderLayer`` on runtime value ``x`` (per-sample ``(S, E)``):
+    ``x + SA(LN1(x))``, ``+ FF(LN2(.))`` (``norm_first``), else ``LN1(x + SA(x))``,
+    ``LN2(. + FF(.))``; ``FF(x) = linear2(act(linear1(x)))``; dropout is the identity."""
+    hidden = shape[:-1] + [m.linear1.out_features]
+
+    def norm(x, ln, tag):
+        return layer_norm(node, emit, x, shape, 1, ln.eps, ln.weight, ln.bias, name=f"{t}.{tag}")
+
+    def sa(x):
+        return self_attention(node, emit, m.self_attn, [x] * 3, [shape] * 3, mask, f"{t}.sa")[0]
+
+    def ff(x):
+        h = linear(node, emit, x, shape, m.linear1.weight, m.linear1.bias, name=f"{t}.ff1")
+        h = _activation(node, emit, m.activation, h, hidden, f"{t}.act")
+        return linear(node, emit, h, hidden, m.linear2.weight, m.linear2.bias, name=f"{t}.ff2")
+
+    def add(x, y, tag):
+        return emit.op(node, "add", [x, y], shape=shape, name=f"{t}.{tag}")
+
+    if m.norm_first:
+        x = add(x, sa(norm(x, m.norm1, "n1")), "r1")
+        return add(x, ff(norm(x, m.norm2, "n2")), "r2")
+    x = norm(add(x, sa(x), "r1"), m.norm1, "n1")
+    return norm(add(x, ff(x), "r2"), m.norm2, "n2")
+
+
 @register
 class TransformerEncoderLayer(OpHandler):
     key = "transformer_layer"
+    mask_arg = "src_mask"
 
     def check(self, node: fx.Node, ctx) -> str | None:
-        a = args_of(node)
-        if a["src_key_padding_mask"] is not None:
+        if args_of(node)["src_key_padding_mask"] is not None:
             return "a src_key_padding_mask (per-sample masks are not supported)"
         return None
 
+    def layers(self, m: nn.Module) -> tuple[list, nn.Module | None]:
+        """The encoder layers and the final norm (None) of the module."""
+        return [m], None
+
     def lower(self, node: fx.Node, emit) -> None:
-        """``x + SA(LN1(x))``, ``+ FF(LN2(.))`` (``norm_first``), else ``LN1(x + SA(x))``,
-        ``LN2(. + FF(.))``; ``FF(x) = linear2(act(linear1(x)))``; dropout is the identity."""
+        """Each layer by :func:`encoder_layer`, then the final norm if any."""
         a = args_of(node)
-        m, t = a["module"], node.name
-        bdim = 0 if m.self_attn.batch_first else 1
+        layers, final = self.layers(a["module"])
+        bdim = 0 if layers[0].self_attn.batch_first else 1
         shape = emit.sample(node, a["src"], bdim=bdim)
-        mask = _mask(emit, node, a["src_mask"], bool(a["is_causal"]), shape[0], shape[0])
-
-        def norm(x, ln, tag):
-            return layer_norm(node, emit, x, shape, 1, ln.eps, ln.weight, ln.bias,
-                              name=f"{t}.{tag}")
-
-        def sa(x):
-            return self_attention(node, emit, m.self_attn, [x] * 3, [shape] * 3, mask,
-                                  f"{t}.sa")[0]
-
-        def ff(x):
-            hid = linear(node, emit, x, shape, m.linear1.weight, m.linear1.bias,
-                         name=f"{t}.ff1")
-            hid = _activation(node, emit, m.activation, hid, shape[:-1] + [
-                m.linear1.out_features], f"{t}.act")
-            return linear(node, emit, hid, shape[:-1] + [m.linear1.out_features],
-                          m.linear2.weight, m.linear2.bias, name=f"{t}.ff2")
-
-        def add(x, y, tag):
-            return emit.op(node, "add", [x, y], shape=shape, name=f"{t}.{tag}")
-
+        # is_causal is a hint that the mask is causal (torch needs the mask with it)
+        mask = _mask(emit, node, a[self.mask_arg], False, shape[0], shape[0])
         x = emit.value(node, a["src"], bdim)
-        if m.norm_first:
-            x = add(x, sa(norm(x, m.norm1, "n1")), "r1")
-            x = add(x, ff(norm(x, m.norm2, "n2")), "r2")
-        else:
-            x = norm(add(x, sa(x), "r1"), m.norm1, "n1")
-            x = norm(add(x, ff(x), "r2"), m.norm2, "n2")
+        for i, layer in enumerate(layers):
+            x = encoder_layer(node, emit, layer, x, shape, mask, f"{node.name}.{i}")
+        if final is not None:
+            x = layer_norm(node, emit, x, shape, 1, final.eps, final.weight, final.bias,
+                           name=f"{node.name}.norm")
         emit.bind(node, Ref(x, bdim))
+
+
+@register
+class TransformerEncoder(TransformerEncoderLayer):
+    key = "transformer_encoder"
+    mask_arg = "mask"
+
+    def layers(self, m: nn.Module) -> tuple[list, nn.Module | None]:
+        return list(m.layers), m.norm
+
+    def check(self, node: fx.Node, ctx) -> str | None:
+        m = args_of(node)["module"]
+        if m.norm is not None and not isinstance(m.norm, nn.LayerNorm):
+            return f"a final norm {type(m.norm).__name__} (LayerNorm only)"
+        if not all(isinstance(x, nn.TransformerEncoderLayer) for x in m.layers):
+            return "layers other than nn.TransformerEncoderLayer"
+        return super().check(node, ctx)
