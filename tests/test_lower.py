@@ -113,6 +113,9 @@ CASES = {
             ("gru_last_step", lambda: _Fn(lambda s, x: s.r(x)[0][:, -1, :],
                                           r=nn.GRU(6, 4, bidirectional=True, batch_first=True)),
              _X3)],
+    # constant indices (position ids): folded to a constant at export
+    "embedding": [("positions", lambda: _Fn(lambda s, x: x + s.e(s.i), e=nn.Embedding(5, 6),
+                                            i=nn.Buffer(torch.arange(5))), _X3)],
     "relu": [("m", lambda: nn.ReLU(), _X2), ("inplace", lambda: _seq(nn.Linear(6, 6),
                                                                      nn.ReLU(inplace=True)), _X2),
              ("method", lambda: _Fn(lambda s, x: x.relu()), _X2)],
@@ -159,7 +162,9 @@ CASES = {
     "sub": [("rsub", lambda: _Fn(lambda s, x: 2 - x), _X2),
             ("bcast", lambda: _Fn(lambda s, x: x - x.mean((2, 3), keepdim=True)), _X4)],
     "mul": [("gate", lambda: _Fn(lambda s, x: x * x.mean((2, 3), keepdim=True).sigmoid()),
-             _X4), ("inplace", lambda: _Fn(lambda s, x: x.sigmoid().mul_(3.0)), _X2)],
+             _X4), ("inplace", lambda: _Fn(lambda s, x: x.sigmoid().mul_(3.0)), _X2),
+            ("layer_scale", lambda: _Fn(lambda s, x: x.mul(s.g.reshape(1, -1, 1, 1)),
+                                        g=nn.Parameter(torch.rand(4))), _X4)],
     "div": [("scalar", lambda: _Fn(lambda s, x: x / 3), _X2),
             ("tensors", lambda: _Fn(lambda s, x: x / (x.sigmoid() + 1)), _X2),
             ("rdiv", lambda: _Fn(lambda s, x: 2 / (x.sigmoid() + 1)), _X2)],
@@ -204,8 +209,6 @@ CASES = {
 # key -> (model factory, per-sample input shape, text the refusal names)
 REFUSED = {
     "conv_transpose": (lambda: nn.ConvTranspose2d(4, 2, 2), _X4, "transposed convolution"),
-    "embedding": (lambda: _Fn(lambda s, x: s.e(s.i) + x, e=nn.Embedding(3, 6),
-                              i=nn.Buffer(torch.tensor([2]))), _X2, "integer indices"),
     **{k: (lambda: _Fn(lambda s, x: x * (x > 0)), _X2, "comparison of tensor values")
        for k in ("gt",)},
     **{k: (lambda k=k: _Fn(lambda s, x: getattr(x, f"__{k}__")(0.5).float()), _X2,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import torch
 from torch import fx
 
 from mobileprune.errors import UnsupportedModelError
@@ -83,6 +84,7 @@ class Emit:
         self.statics: dict[fx.Node, Any] = {}
         self.producer: dict[str, dict] = {}  # value name -> the op that writes it
         self.shapes: dict[str, list[int]] = {}  # value name -> its per-sample shape
+        self.symbolic: set[fx.Node] = set()  # static tuples holding refs (not constants)
 
     # ---- failures
     def fail(self, node: fx.Node, why: str) -> UnsupportedModelError:
@@ -97,6 +99,12 @@ class Emit:
         found: list[fx.Node] = []
         fx.node.map_arg(arg, lambda n: found.append(n) or n)
         return all(n in self.statics for n in found)
+
+    def is_constant(self, arg: Any) -> bool:
+        """Static, and no runtime value inside (it can be computed at export)."""
+        found: list[fx.Node] = []
+        fx.node.map_arg(arg, lambda n: found.append(n) or n)
+        return all(n in self.statics and n not in self.symbolic for n in found)
 
     def static(self, node: fx.Node, arg: Any, what: str = "argument") -> Any:
         """The Python value of ``arg`` (nodes inside lists / tuples replaced)."""
@@ -122,21 +130,24 @@ class Emit:
                                   f"op needs it on axis {bdim}")
         return r.name
 
-    def shape(self, node: fx.Node, arg: Any = None) -> tuple[int, ...]:
-        """Torch's full shape of tensor node ``arg`` (default ``node``), float32."""
+    def shape(self, node: fx.Node, arg: Any = None, any_dtype: bool = False
+              ) -> tuple[int, ...]:
+        """Torch's full shape of tensor node ``arg`` (default ``node``), float32 unless
+        ``any_dtype``."""
         arg = node if arg is None else arg
         tm = tensor_meta(arg)
         if tm is None:
             raise self.fail(node, f"{getattr(arg, 'name', arg)!r} is not a single tensor")
-        if str(tm.dtype) != "torch.float32":
+        if str(tm.dtype) != "torch.float32" and not any_dtype:
             raise self.fail(node, f"{arg.name!r} is a {tm.dtype} tensor (the runtime computes "
                                   f"float32 tensors only)")
         return tuple(int(s) for s in tm.shape)
 
-    def sample(self, node: fx.Node, arg: Any = None, bdim: int = 0) -> list[int]:
+    def sample(self, node: fx.Node, arg: Any = None, bdim: int = 0,
+               any_dtype: bool = False) -> list[int]:
         """The per-sample shape of ``arg`` (default ``node``): its shape without axis
         ``bdim``, which must be the batch."""
-        s = self.shape(node, arg)
+        s = self.shape(node, arg, any_dtype)
         if len(s) <= bdim or s[bdim] != self.batch:
             raise self.fail(node, f"shape {s} does not keep the batch ({self.batch}) on "
                                   f"axis {bdim}")
@@ -190,6 +201,8 @@ class Emit:
 
     def set_static(self, node: fx.Node, value: Any) -> None:
         self.statics[node] = value
+        if _holds_ref(value):
+            self.symbolic.add(node)
 
     def check_inplace(self, node: fx.Node, inp: Any) -> None:
         """An in-place op on ``inp`` is only exact when nothing reads ``inp`` after it."""
@@ -201,12 +214,21 @@ class Emit:
                                   f"{later}")
 
 
+def _holds_ref(v: Any) -> bool:
+    """A :class:`Ref` or :class:`Missing` in (nested tuples / lists of) ``v``."""
+    if isinstance(v, (Ref, Missing)):
+        return True
+    return isinstance(v, (tuple, list)) and any(_holds_ref(x) for x in v)
+
+
 def _structural(node: fx.Node, emit: Emit) -> bool:
     """Inputs, parameters and the output; True when ``node`` was one."""
     key = node.meta.get("mp_op")
-    if key == "input":
-        emit.out.inputs.append({"name": node.name, "shape": emit.sample(node)})
-        emit.shapes[node.name] = emit.sample(node)
+    if key == "input" and tensor_meta(node) is None and node.args:
+        emit.set_static(node, node.args[0])  # an optional argument left at its default
+    elif key == "input":  # its dtype is checked where it is used (named by that op)
+        emit.out.inputs.append({"name": node.name, "shape": emit.sample(node, any_dtype=True)})
+        emit.shapes[node.name] = emit.out.inputs[-1]["shape"]
         emit.bind(node, node.name)
     elif key == "get_attr":
         gm = node.graph.owning_module
@@ -222,6 +244,18 @@ def _structural(node: fx.Node, emit: Emit) -> bool:
         emit.out.outputs = [emit.value(node, r) for r in items]
     else:
         return False
+    return True
+
+
+def _fold(node: fx.Node, emit: Emit, interp: fx.Interpreter) -> bool:
+    """Compute a node whose arguments are all static (constant folding: a parameter
+    reshaped, ``torch.arange``, an embedding of constant indices); True when folded."""
+    if node.op not in ("call_function", "call_method", "call_module") or not emit.is_constant(
+            (node.args, node.kwargs)):
+        return False
+    args, kwargs = emit.static(node, node.args), emit.static(node, node.kwargs)
+    with torch.no_grad():
+        emit.set_static(node, getattr(interp, node.op)(node.target, args, kwargs))
     return True
 
 
@@ -251,8 +285,9 @@ def lower(traced: Traced, fold_bn: bool = True) -> Lowered:
     nodes = list(traced.gm.graph.nodes)
     batch = int(traced.args[0].shape[0])
     emit = Emit(batch, fold_bn, {n: i for i, n in enumerate(nodes)})
+    interp = fx.Interpreter(traced.gm)
     for node in nodes:
-        if _structural(node, emit):
+        if _structural(node, emit) or _fold(node, emit, interp):
             continue
         if node.meta.get("mp_op") == "unknown":
             raise emit.fail(node, node.meta.get("mp_why", "not in the op table"))
