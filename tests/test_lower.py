@@ -328,3 +328,12 @@ def test_a_wrong_lowering_is_caught_before_writing(tmp_path, monkeypatch):
     with pytest.raises(UnsupportedModelError, match="differs from torch"):
         export_sparse(_seq(nn.Linear(6, 6), nn.ReLU()), torch.randn(2, 6), tmp_path / "m.mps")
     assert not (tmp_path / "m.mps").exists()
+
+
+def test_a_constant_computed_from_the_batch_size_is_refused(tmp_path):
+    """``torch.arange(x.size(0))`` is folded at export from the example's batch of 1;
+    the second check (a batch of 2) finds that the file would be wrong there."""
+    m = _Fn(lambda s, x: x + torch.arange(x.size(0)).float()[:, None])
+    with pytest.raises(UnsupportedModelError, match="a batch of 2"):
+        export_sparse(m, torch.randn(1, 6), tmp_path / "m.mps")
+    assert not (tmp_path / "m.mps").exists()

@@ -170,27 +170,42 @@ def _encode(low: Lowered, arch: str, value_dtype: str, fold_bn: bool, storage: s
     return format3.encode(header, _dedupe_arrays(ops, arrays))
 
 
-def _verify(data: bytes, xs: tuple[torch.Tensor, ...], ref: Any, arch: str) -> None:
-    """Run ``data`` on the native engine on the example inputs and compare with torch's
-    outputs ``ref``: max |runtime - torch| <= VERIFY_RTOL * max |torch| per output."""
+def _compare(got: Any, ref: Any, what: str) -> None:
+    """Raise unless max |runtime - torch| <= VERIFY_RTOL * max |torch| for every output."""
     refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
-    try:
-        got = SparseModel(data, tune=False)(*[x.numpy() for x in xs])
-    except SparseFormatError as e:
-        raise UnsupportedModelError(f"export_sparse: the runtime cannot run the lowered "
-                                    f"{arch}: {e}") from e
     got = [got] if isinstance(got, np.ndarray) else list(got)
     for i, (g, r) in enumerate(zip(got, refs)):
         r = r.detach().numpy()
-        err = float(np.abs(g - r).max()) if r.size else 0.0
-        scale = float(np.abs(r).max()) if r.size else 0.0
-        if not np.isfinite(err) and np.array_equal(np.isnan(g), np.isnan(r)):
+        nan = np.isnan(r)
+        if not r.size or np.array_equal(g, r, equal_nan=True):
             continue
-        if not err <= VERIFY_RTOL * max(scale, 1e-30):
+        err = float(np.abs(g - r)[~nan].max(initial=0.0))
+        scale = float(np.abs(r)[~nan].max(initial=0.0))
+        if not (np.array_equal(nan, np.isnan(g)) and err <= VERIFY_RTOL * scale):
             raise UnsupportedModelError(
-                f"export_sparse: the runtime's output {i} of {arch} differs from torch's on "
-                f"example_input (max |diff| {err:.3g}, max |torch| {scale:.3g}); "
-                f"nothing was written")
+                f"export_sparse: the runtime's output {i} differs from torch's on {what} "
+                f"(max |diff| {err:.3g}, max |torch| {scale:.3g}); nothing was written")
+
+
+def _verify(data: bytes, traced, arch: str) -> None:
+    """Run ``data`` on the native engine and compare with torch (:func:`_compare`): on
+    the example inputs, and on a batch one sample larger (the example with its first
+    sample halved appended), so that nothing computed from the batch size at export
+    (a folded constant) passes unnoticed; skipped when torch itself refuses that batch."""
+    try:
+        model = SparseModel(data, tune=False)
+    except SparseFormatError as e:
+        raise UnsupportedModelError(f"export_sparse: the runtime cannot run the lowered "
+                                    f"{arch}: {e}") from e
+    xs = traced.args
+    _compare(model(*[x.numpy() for x in xs]), traced.out, "example_input")
+    more = tuple(torch.cat([x, x[:1] * 0.5]) for x in xs)
+    try:
+        with torch.no_grad():
+            ref = traced.gm(*more)
+    except Exception:  # noqa: BLE001 - a model that only runs at the example's batch size
+        return
+    _compare(model(*[x.numpy() for x in more]), ref, f"a batch of {len(more[0])}")
 
 
 def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike, *,
@@ -239,7 +254,7 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
     traced = trace(m, xs, who="export_sparse", copy_model=False)
     low = lower(traced, fold_bn)
     data = _encode(low, arch, "float32", fold_bn, storage)
-    _verify(data, xs, traced.out, arch)
+    _verify(data, traced, arch)
     if value_dtype != "float32":
         data = _encode(low, arch, value_dtype, fold_bn, storage)
     write_bytes(path, data)

@@ -290,7 +290,8 @@ def lower(traced: Traced, fold_bn: bool = True) -> Lowered:
         if _structural(node, emit) or _fold(node, emit, interp):
             continue
         if node.meta.get("mp_op") == "unknown":
-            raise emit.fail(node, node.meta.get("mp_why", "not in the op table"))
+            why = node.meta.get("mp_why", "it is not in the op table")
+            raise emit.fail(node, why.replace(f"{describe(node)} is", "it is", 1))
         h = handler(node)
         why = h.check(node, emit)
         if why is not None:
