@@ -87,6 +87,9 @@ CASES = {
         ("seq_first", lambda: _Fn(lambda s, x: s.a(*[x.transpose(0, 1)] * 3,
                                                    need_weights=False)[0].transpose(0, 1),
                                   a=nn.MultiheadAttention(6, 3)), _X3),
+        ("cross_kdim", lambda: _Fn(lambda s, x: s.a(x, x[..., :4], x[..., 3:])[0],
+                                   a=nn.MultiheadAttention(6, 2, kdim=4, vdim=3,
+                                                           batch_first=True)), _X3),
         ("weights", lambda: _Fn(lambda s, x: s.a(x, x, x)[1],
                                 a=nn.MultiheadAttention(6, 2, batch_first=True)), _X3)],
     "transformer_layer": [
@@ -293,7 +296,11 @@ def test_training_mode_dropout_and_batch_axis_are_refused(tmp_path):
              (_Fn(lambda s, x: x.softmax(0)), _X2, "softmax over dim 0"),
              (_Fn(lambda s, x: x[1:]), _X2, "batch axis"),
              (_Fn(lambda s, x: x.sum(0)), _X2, "batch axis"),
-             (_Fn(lambda s, x: s.l(x)[0], l=nn.LSTM(6, 4)), _X3, "batch")]  # (T, N, I) wanted
+             (_Fn(lambda s, x: s.l(x)[0], l=nn.LSTM(6, 4)), _X3, "batch"),  # (T, N, I) wanted
+             (_Fn(lambda s, x: s.l(x)[0], l=nn.RNN(6, 4, batch_first=True)), _X3,
+              "no RNN op"),
+             (_Fn(lambda s, x: s.l(x, s.h)[0], l=nn.GRU(6, 4, batch_first=True),
+                  h=nn.Buffer(torch.zeros(1, 2, 4))), _X3, "initial state")]
     for model, shape, needle in cases:
         with pytest.raises(UnsupportedModelError, match=needle):
             export_sparse(model, torch.randn(2, *shape), tmp_path / "m.mpsparse")
