@@ -158,7 +158,8 @@ def test_prune_target_nonzero_stops_the_rounds(dense, tmp_path):
     total = 430500  # LeNet-5 weights: round 1 (huge lam) goes far below this target
     assert run("prune", str(dense), "--method", "l0_group_lasso", "--lam", "50", "--eta", "1e-4",
                "--rounds", "3", "--prox-epochs", "1", "--retrain-epochs", "0",
-               "--target-nonzero", str(total - 1), "--out", str(out), "--quiet") == 0
+               "--target-nonzero", str(total - 1), "--out", str(out), "--quiet",
+               "--keep-run") == 0
     ck = load_checkpoint(out)
     assert ck["config"]["schedule"]["target_nonzero"] == total - 1
     rep = json.loads(out.with_suffix(".json").read_text())
@@ -178,7 +179,7 @@ def test_prune_with_compact_schedule_saves_a_loadable_smaller_model(dense, tmp_p
                    "schedule: {compact: true}\n")
     out = tmp_path / "c.pt"
     args = ("prune", str(dense), "--method", "l0_group_lasso", "--config", str(cfg), "--rounds", "1",
-            "--prox-epochs", "1", "--retrain-epochs", "0", "--out", str(out), "--quiet")
+            "--prox-epochs", "1", "--retrain-epochs", "0", "--out", str(out), "--quiet", "--keep-run")
     assert run(*args) == 0
     ck = load_checkpoint(out)
     assert ck["extra"]["compacted"] is True
@@ -380,3 +381,86 @@ def test_report_targets_cover_multi_weight_modules():
     assert got == {"lstm.weight_ih_l0": ("lstm.weight_ih_l0", (24, 4), 10),
                    "lstm.weight_hh_l0": ("lstm.weight_hh_l0", (24, 6), 20),
                    "fc": ("fc.weight", (3, 6), 5)}
+
+
+def _one_line_error(capsys, *words: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv", [
+    ("compact", "{ck}", "--out", "{ck}"),
+    ("export", "{ck}", "--format", "sparse", "--out", "{ck}"),
+    ("export", "{ck}", "--format", "onnx", "--out", "{dir}/./dense.pt"),
+    ("report", "{ck}", "--out", "{ck}"),
+    ("prune", "{ck}", "--sparsity", "0.5", "--out", "{ck}"),
+    ("prune", "{ck}", "--sparsity", "0.5", "--out", "{dir}/dense.pt", "--run-dir", "{dir}"),
+    ("export", "{ck}", "--format", "native", "--out", "{dir}"),
+])
+def test_an_output_that_is_an_input_is_refused(dense, tmp_path, capsys, argv):
+    """Issue 20: `export --out X` / `compact --out X` where X is the input overwrote it."""
+    ck = tmp_path / "dense.pt"
+    ck.write_bytes(dense.read_bytes())
+    before = sorted(p.name for p in tmp_path.iterdir())
+    argv = [a.format(ck=ck, dir=tmp_path) for a in argv]
+    assert run(*argv) == 2
+    _one_line_error(capsys, "input", "choose another")
+    assert ck.read_bytes() == dense.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_prune_report_beside_the_input_is_refused(dense, tmp_path, capsys):
+    """OUT.json is written beside OUT: a config file called OUT.json is an input."""
+    cfg = tmp_path / "p.json"
+    cfg.write_text('{"default": 0.5, "admm": {"epochs": 1}, "retrain": {"epochs": 1}}')
+    text = cfg.read_text()
+    assert run("prune", str(dense), "--config", str(cfg), "--out", str(tmp_path / "p.pt")) == 2
+    _one_line_error(capsys, "p.json")
+    assert cfg.read_text() == text and not (tmp_path / "p.pt").exists()
+
+
+def test_prune_removes_its_run_dir_unless_kept(dense, tmp_path):
+    common = ("--sparsity", "0.5", "--admm-epochs", "1", "--retrain-epochs", "0", "--quiet")
+    out = tmp_path / "a.pt"
+    assert run("prune", str(dense), *common, "--out", str(out)) == 0
+    assert out.exists() and not (tmp_path / "a.run").exists()
+    assert not (tmp_path / "a.pt.lock").exists() and not (tmp_path / "a.run.lock").exists()
+    assert run("prune", str(dense), *common, "--out", str(tmp_path / "b.pt"), "--keep-run") == 0
+    assert (tmp_path / "b.run" / "state.pt").exists()
+    mine = tmp_path / "mine"
+    assert run("prune", str(dense), *common, "--out", str(tmp_path / "c.pt"), "--run-dir", str(mine)) == 0
+    assert (mine / "state.pt").exists()  # a run dir the user named is never removed
+
+
+def test_a_second_run_on_the_same_output_is_refused(dense, tmp_path, capsys):
+    from mobileprune.files import output_lock
+
+    out = tmp_path / "p.pt"
+    with output_lock(out):  # as if another process were pruning into p.pt
+        assert run("compact", str(dense), "--out", str(out), "--repeats", "1") == 2
+        _one_line_error(capsys, "another mobileprune run", "p.pt")
+        assert not out.exists()
+    assert not (tmp_path / "p.pt.lock").exists()
+    with output_lock(out):  # the lock is free again once released
+        pass
+
+
+def test_interrupt_exits_130_in_one_line(dense, monkeypatch, capsys):
+    import mobileprune.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "cmd_report", interrupted)
+    assert run("report", str(dense)) == 130
+    _one_line_error(capsys, "interrupted")
+
+
+def test_unwritable_output_is_a_one_line_error(dense, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert run("report", str(dense), "--out", str(blocker / "sub" / "r.md")) == 2
+    _one_line_error(capsys, "file")
+    assert blocker.read_text() == "x"

@@ -177,7 +177,7 @@ def test_schedule_compact_resumes_across_the_change_of_shapes(data, tmp_path):
     for k in sd_a:
         assert torch.allclose(sd_a[k], sd_b[k], atol=1e-6), k
     # a different starting model is refused
-    with pytest.raises(CheckpointError, match="different model"):
+    with pytest.raises(CheckpointError, match="other model weights"):
         proximal_prune(LeNet300100(num_classes=3), data, _cfg(), run_dir=tmp_path / "b",
                        log=lambda s: None)
 

@@ -194,8 +194,8 @@ def test_resume_after_interruption(data, reference, tmp_path, crash_after):
     done_epochs = crash_after // BATCHES_PER_EPOCH
     assert len(epoch_records(saved["extra"]["history"])) == done_epochs
     # resume into a differently initialised model, with a different RNG seed
+    fresh = initial_model()  # the weights the run started from (a digest checks them)
     torch.manual_seed(999)
-    fresh = LeNet300100()
     result, logs = run(data, run_dir, model=fresh, seed=999)
     assert any("resuming" in line for line in logs)
     assert result.model is fresh
@@ -215,7 +215,7 @@ def test_rerun_of_finished_run_does_not_train_again(data, reference, tmp_path):
     run_dir = tmp_path / "run"
     first, _ = run(data, run_dir)
     state_before = (run_dir / "state.pt").read_bytes()
-    again, logs = run(data, run_dir, model=LeNet300100())
+    again, logs = run(data, run_dir, model=initial_model())
     assert any("resuming" in line for line in logs)
     assert len(epoch_records(again.history)) == EPOCH_RECORDS
     for k, v in first.model.state_dict().items():
@@ -239,3 +239,40 @@ def test_different_config_same_run_dir_raises(data, tmp_path):
     assert len(epoch_records(result.history)) == EPOCH_RECORDS
     saved = load_checkpoint(run_dir / "state.pt")
     assert saved["extra"]["fingerprint"] == PipelineConfig.from_dict(other).fingerprint()
+
+
+def test_different_input_model_same_run_dir_raises(data, tmp_path):
+    """An interrupted `prune a.pt --out p.pt` must not be resumed by `prune b.pt --out p.pt`
+    (issue 20: the resumed run returned the model pruned from a.pt)."""
+    run_dir = tmp_path / "run"
+    run(data, run_dir)  # a finished run: its state stays in run_dir
+    other = initial_model()
+    with torch.no_grad():
+        other.fc2.weight[0, 0] += 1e-3  # one weight differs
+    before = (run_dir / "state.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="other model weights.*--fresh"):
+        run(data, run_dir, model=other)
+    assert (run_dir / "state.pt").read_bytes() == before  # the refused run wrote nothing
+    # other training data (a different size) is refused too
+    train, test = data
+    smaller = (torch.utils.data.Subset(train, range(len(train) - 64)), test)
+    with pytest.raises(CheckpointError, match="other training data"):
+        run(smaller, run_dir)
+    # starting over is explicit
+    result, logs = run(data, run_dir, model=other, resume=False)
+    assert not any("resuming" in line for line in logs)
+    saved = load_checkpoint(run_dir / "state.pt")
+    from mobileprune.checkpoint import state_digest
+    assert saved["extra"]["input_digest"] != state_digest(initial_model())
+
+
+def test_state_digest_sees_every_value_and_name():
+    from mobileprune.checkpoint import state_digest
+    a, b = initial_model(), initial_model()
+    assert state_digest(a) == state_digest(b)
+    with torch.no_grad():
+        b.fc3.bias[-1] = torch.nextafter(b.fc3.bias[-1], torch.tensor(1.0))  # one ulp
+    assert state_digest(a) != state_digest(b)
+    c = initial_model()
+    c.fc1.weight.data = c.fc1.weight.data.double()  # same values, other dtype
+    assert state_digest(a) != state_digest(c)

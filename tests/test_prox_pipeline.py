@@ -18,6 +18,12 @@ def data():
                       generator=torch.Generator().manual_seed(1))
 
 
+def _net() -> LeNet300100:
+    """The same initial model every time (a run resumes only from the weights it started from)."""
+    torch.manual_seed(0)
+    return LeNet300100()
+
+
 CFG = {"method": "l0_group_lasso", "lam": 20.0, "eta": 1e-3,
        "schedule": {"rounds": 3, "prox_epochs": 1, "retrain_epochs": 1, "lam_factor": 2.0,
                     "eta_factor": 2.0, "increase_every": 1}}
@@ -25,7 +31,7 @@ CFG = {"method": "l0_group_lasso", "lam": 20.0, "eta": 1e-3,
 
 def test_rounds_prune_groups_and_keep_them_pruned(data, tmp_path):
     torch.manual_seed(0)
-    m = LeNet300100()
+    m = _net()
     res = proximal_prune(m, data, CFG, eval_loader=data, run_dir=tmp_path / "run", log=lambda s: None)
     assert [h["round"] for h in res.history] == [1, 2, 3]
     # lam doubled after rounds 1 and 2 (not after the last one)
@@ -47,22 +53,22 @@ def test_rounds_prune_groups_and_keep_them_pruned(data, tmp_path):
 def test_resume_and_config_mismatch(data, tmp_path):
     torch.manual_seed(0)
     short = {**CFG, "schedule": {**CFG["schedule"], "rounds": 2}}
-    proximal_prune(LeNet300100(), data, short, run_dir=tmp_path / "run", log=lambda s: None)
+    proximal_prune(_net(), data, short, run_dir=tmp_path / "run", log=lambda s: None)
     logs = []
-    m = LeNet300100()
+    m = _net()
     # Same run dir, same config: nothing left to do, model restored from the state.
     res = proximal_prune(m, data, short, run_dir=tmp_path / "run", log=logs.append)
     assert any("resuming" in s and "2 of 2" in s for s in logs)
     assert len(res.history) == 2
     with pytest.raises(CheckpointError, match="different config"):
-        proximal_prune(LeNet300100(), data, CFG, run_dir=tmp_path / "run", log=lambda s: None)
+        proximal_prune(_net(), data, CFG, run_dir=tmp_path / "run", log=lambda s: None)
 
 
 def test_config_errors(data):
     with pytest.raises(ConfigError, match="schedule"):
-        proximal_prune(LeNet300100(), data, {**CFG, "schedule": {"epochs": 3}}, log=lambda s: None)
+        proximal_prune(_net(), data, {**CFG, "schedule": {"epochs": 3}}, log=lambda s: None)
     with pytest.raises(ConfigError, match="lam"):
-        proximal_prune(LeNet300100(), data, {**CFG, "lam": -1.0}, log=lambda s: None)
+        proximal_prune(_net(), data, {**CFG, "lam": -1.0}, log=lambda s: None)
 
 
 def _sched(**kw):
@@ -74,12 +80,12 @@ def test_project_margin_stops_early_and_trims(data):
         return DataLoader(data.dataset, batch_size=32, shuffle=True,
                           generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    full = proximal_prune(LeNet300100(), loader(), _sched(rounds=4), log=lambda s: None)
+    full = proximal_prune(_net(), loader(), _sched(rounds=4), log=lambda s: None)
     nz = [h["nonzero_total"] for h in full.history]
     target = nz[1] - 1  # round 2 misses it by one weight
     margin = 2 / target  # ... but is within the margin
     torch.manual_seed(0)
-    res = proximal_prune(LeNet300100(), loader(), _sched(rounds=4, target_nonzero=target, final_project=True,
+    res = proximal_prune(_net(), loader(), _sched(rounds=4, target_nonzero=target, final_project=True,
                                                      project_margin=margin), log=lambda s: None)
     assert [(h["round"], h.get("projected", False)) for h in res.history] == [(1, False), (2, False),
                                                                               (2, True)]
@@ -88,12 +94,12 @@ def test_project_margin_stops_early_and_trims(data):
 
 def test_target_nonzero_stops_the_rounds(data):
     torch.manual_seed(0)
-    full = proximal_prune(LeNet300100(), data, _sched(rounds=4), log=lambda s: None)
+    full = proximal_prune(_net(), data, _sched(rounds=4), log=lambda s: None)
     nz = [h["nonzero_total"] for h in full.history]
     assert nz[0] > nz[1] > nz[2]  # each round prunes further
     target = (nz[0] + nz[1]) // 2  # reached after round 2, not after round 1
     torch.manual_seed(0)
-    res = proximal_prune(LeNet300100(), data, _sched(rounds=4, target_nonzero=target),
+    res = proximal_prune(_net(), data, _sched(rounds=4, target_nonzero=target),
                          log=lambda s: None)
     assert [h["round"] for h in res.history] == [1, 2]
     assert res.history[0]["nonzero_total"] > target >= res.history[1]["nonzero_total"]
@@ -102,7 +108,7 @@ def test_target_nonzero_stops_the_rounds(data):
 def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     torch.manual_seed(0)
     cfg = _sched(rounds=2, distill=0.5, final_retrain_epochs=3, final_retrain_lr=1e-3)
-    m = LeNet300100()
+    m = _net()
 
     class Stop(Exception):
         pass
@@ -114,7 +120,7 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
         proximal_prune(m, data, cfg, run_dir=tmp_path / "run", log=interrupt)
     assert (tmp_path / "run" / "teacher.pt").exists()  # the dense model, for the resume
     logs = []
-    m2 = LeNet300100()
+    m2 = _net()
     res = proximal_prune(m2, data, cfg, run_dir=tmp_path / "run", log=logs.append)
     assert [s.split(":")[0] for s in logs if s.startswith("final")] == ["final retrain 3/3"]
     assert len(res.history) == 2
@@ -139,7 +145,7 @@ def test_final_retrain_keeps_masks_distills_and_resumes(data, tmp_path):
     ({"shift": 2, "mode": "palm"}, "schedule.shift needs mode 'proximal'")])
 def test_schedule_additions_validated(data, bad, match):
     with pytest.raises(ConfigError, match=match):
-        proximal_prune(LeNet300100(), data, _sched(**bad), log=lambda s: None)
+        proximal_prune(_net(), data, _sched(**bad), log=lambda s: None)
 
 
 @pytest.mark.parametrize("distill, final_distill, expect_rounds, expect_final", [
@@ -164,7 +170,7 @@ def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, fi
     monkeypatch.setattr(palm, "run_rounds", rounds_spy)
     monkeypatch.setattr(pipeline, "train_epoch", final_spy)
     torch.manual_seed(0)
-    proximal_prune(LeNet300100(), data, _sched(rounds=2, distill=distill, final_distill=final_distill,
+    proximal_prune(_net(), data, _sched(rounds=2, distill=distill, final_distill=final_distill,
                                                final_retrain_epochs=2),
                    run_dir=tmp_path / "run", log=lambda s: None)
     assert seen["rounds"] == [expect_rounds] * 2
@@ -184,7 +190,7 @@ def test_final_project_lands_on_the_budget_and_resumes(data, tmp_path):
         return DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(1))
     ev = DataLoader(ds, batch_size=64)
     torch.manual_seed(0)
-    plain = LeNet300100()
+    plain = _net()
     ref = proximal_prune(plain, loader(), _sched(rounds=2), log=lambda s: None)
     after = {n: dict(plain.named_parameters())[n].detach().clone() for n in ref.masks}
     nnz = {n: int((w != 0).sum()) for n, w in after.items()}
@@ -210,13 +216,13 @@ def test_final_project_lands_on_the_budget_and_resumes(data, tmp_path):
         if s.startswith("final retrain 1/2"):
             raise Stop
     torch.manual_seed(0)
-    m = LeNet300100()
+    m = _net()
     logs = []
     with pytest.raises(Stop):
         proximal_prune(m, loader(), cfg, eval_loader=ev, run_dir=tmp_path / "run",
                        log=lambda s: (logs.append(s), interrupt(s)))
     assert any(s.startswith(f"projected onto {budget:,}") for s in logs)
-    m2 = LeNet300100()
+    m2 = _net()
     logs = []
     res = proximal_prune(m2, loader(), cfg, eval_loader=ev, run_dir=tmp_path / "run", log=logs.append)
     assert not any(s.startswith("projected") for s in logs)  # not projected twice
@@ -255,7 +261,7 @@ def test_fold_dead_zeroes_the_outgoing_weights_of_dead_units(data):
     cfg["schedule"] = {**CFG["schedule"], "rounds": 2, "fold_dead": True, "target_nonzero": 10 ** 9,
                        "final_project": True, "final_retrain_epochs": 1}
     torch.manual_seed(0)
-    m = LeNet300100()
+    m = _net()
     with torch.no_grad():
         m.fc1.weight[:50] *= 0.01  # 50 weak hidden units: the row group lasso kills them
     res = proximal_prune(m, data, cfg, log=lambda s: None)
@@ -281,7 +287,7 @@ def test_shift_augments_every_phase(data, monkeypatch):
         calls.append(max_shift)
         return real(x, max_shift, generator)
     monkeypatch.setattr(train, "random_shift", spy)
-    proximal_prune(LeNet300100(), data, _sched(rounds=1, shift=2, final_retrain_epochs=1),
+    proximal_prune(_net(), data, _sched(rounds=1, shift=2, final_retrain_epochs=1),
                    log=lambda s: None)
     batches = len(data)
     assert calls == [2] * (3 * batches)  # 1 prox + 1 retrain + 1 final epoch

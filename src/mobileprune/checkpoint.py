@@ -19,8 +19,7 @@ truncated file nor destroys the previous one.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from mobileprune.errors import CheckpointError
+from mobileprune.files import atomic_write, atomic_write_text  # noqa: F401 (re-exported)
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
 FORMAT = "mobileprune.checkpoint"
@@ -80,30 +80,16 @@ def _resize_layers(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]]) -> 
         setattr(modules[parent_name] if parent_name else model, attr, new)
 
 
-def atomic_write(path: str | Path, write) -> Path:
-    """Call ``write(tmp_path)`` then atomically rename ``tmp_path`` to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual mode
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def state_digest(model: nn.Module) -> str:
+    """SHA-256 of ``model``'s state dict (names, dtypes, shapes and values, in order):
+    the fingerprint of the weights a run starts from (issue 20, item 3), equal for two
+    models exactly when their states are."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def architecture_of(model: nn.Module) -> dict[str, list[int]]:

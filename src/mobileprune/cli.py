@@ -10,13 +10,16 @@ existing file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from mobileprune.errors import ConfigError, MobilePruneError
+from mobileprune.files import output_lock, refuse_inputs_as_outputs
 from mobileprune.sparsity.regularizers import METHODS as PROX_METHODS
 
 
@@ -155,10 +158,13 @@ def cmd_prune(args) -> int:
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else out.with_name(out.stem + ".run")
     res = run(model, train_loader, cfg, eval_loader=test_loader, run_dir=run_dir,
-              resume=not args.no_resume, progress=_no_progress(args),
+              resume=not args.fresh, progress=_no_progress(args),
               model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
-    return _finish_prune(args, ckpt, model, res, saved_cfg, dataset, what,
-                         train_loader.dataset[0][0].shape)
+    status = _finish_prune(args, ckpt, model, res, saved_cfg, dataset, what,
+                           train_loader.dataset[0][0].shape)
+    if not args.run_dir and not args.keep_run:
+        shutil.rmtree(run_dir, ignore_errors=True)  # finished: its state is in OUT now
+    return status
 
 
 def _finish_prune(args, ckpt, model, res, config, dataset, what, input_shape) -> int:
@@ -402,7 +408,7 @@ def cmd_demo(args) -> int:
     print("\n== 2/2 ADMM prune + masked retrain ==")
     prune_args = ["prune", str(dense), "--config", "demo", "--out", str(out_dir / "lenet5-admm.pt")] + common
     if args.fresh:
-        prune_args.append("--no-resume")
+        prune_args.append("--fresh")
     main(prune_args)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s; outputs in {out_dir}/")
     return 0
@@ -454,8 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "methods: schedule.final_regrow, needs final_retrain_epochs)")
     p.add_argument("--out", required=True, help="output pruned checkpoint (.pt); the report goes "
                                                 "next to it as .md and .json")
-    p.add_argument("--run-dir", help="directory for resumable state (default: OUT.run/)")
-    p.add_argument("--no-resume", action="store_true", help="ignore existing state in the run dir")
+    p.add_argument("--run-dir", help="directory for resumable state (default: OUT.run/, removed "
+                                     "once the run has finished unless --keep-run)")
+    p.add_argument("--fresh", "--no-resume", dest="fresh", action="store_true",
+                   help="start over, ignoring the state of an interrupted run in the run dir")
+    p.add_argument("--keep-run", action="store_true",
+                   help="keep the default run dir OUT.run/ (per-stage checkpoints) after success")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_data_args(p, default_dataset=None)
     p.set_defaults(func=cmd_prune)
@@ -542,16 +552,64 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _side_files(out: str | None) -> list[Path]:
+    """``OUT`` and the reports written beside it (``OUT.md``, ``OUT.json``)."""
+    return [] if out is None else [Path(out), Path(out).with_suffix(".md"), Path(out).with_suffix(".json")]
+
+
+def _existing(*paths: str | None) -> list[str]:
+    return [p for p in paths if p is not None and Path(p).exists()]
+
+
+def _io(args) -> tuple[list, list, list]:
+    """The files a command reads, the files it writes and the folders it fills."""
+    cmd, ck = args.command, getattr(args, "checkpoint", None)
+    if cmd == "prune":
+        run_dir = args.run_dir or Path(args.out).with_name(Path(args.out).stem + ".run")
+        return [ck, *_existing(args.config)], _side_files(args.out), [run_dir]
+    if cmd == "compact":
+        return [ck], _side_files(args.out), []
+    if cmd == "export":
+        native = args.format == "native"
+        return [ck], [] if native else [args.out], [args.out] if native else []
+    if cmd == "convert":
+        return [args.old], [args.new], []
+    if cmd == "report":
+        return [ck], [args.out], []
+    if cmd == "bench":
+        return [ck, args.dense], [], [args.out_dir]
+    if cmd == "train":
+        return [], [args.out], []
+    return [], [], []
+
+
+def _run(args) -> int:
+    """Refuse outputs that are inputs, lock the outputs, then run the command."""
+    inputs, outputs, folders = _io(args)
+    refuse_inputs_as_outputs(inputs, outputs, folders)
+    with contextlib.ExitStack() as stack:
+        for out in [*outputs[:1], *folders]:
+            if out is not None:
+                stack.enter_context(output_lock(out))
+        return args.func(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except MobilePruneError as exc:
+        return _run(args)
+    except (MobilePruneError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except FloatingPointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}; check the path and its permissions",
+              file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted; a resumable run continues where it stopped when the same "
+              "command is run again", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 
 from mobileprune.data.paths import cache_dir, locate_dataset
 from mobileprune.errors import DataError
+from mobileprune.files import atomic_write
 
 __all__ = [
     "HARData",
@@ -477,18 +477,10 @@ def _load_cached(path: Path) -> HARData | None:
 
 
 def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, write)
 
 
 def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,

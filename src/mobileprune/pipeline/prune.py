@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,7 +31,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mobileprune.sparsity.admm import ADMMPruner
-from mobileprune.checkpoint import architecture_of, load_checkpoint, restore_model, save_checkpoint
+from mobileprune.checkpoint import (architecture_of, load_checkpoint, restore_model,
+                                   save_checkpoint, state_digest)
 from mobileprune.errors import CheckpointError, ConfigError, UnsupportedModelError
 from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.report import layer_report
@@ -205,6 +207,34 @@ def _same_run(extra: Mapping[str, Any], stored_config: Any, cfg: "PipelineConfig
         return False
 
 
+def run_inputs(model: nn.Module, loader: DataLoader) -> dict[str, Any]:
+    """What a run starts from besides its config (issue 20, item 3): the digest of the
+    model's weights, the training data (type and size) and the package version."""
+    from mobileprune import __version__
+
+    data = getattr(loader, "dataset", None)
+    size = len(data) if hasattr(data, "__len__") else None
+    return {"input_digest": state_digest(model),
+            "data": f"{type(data).__name__}[{size}]" if data is not None else None,
+            "version": __version__}
+
+
+def check_resume(state_path: Path, stored: Mapping[str, Any], now: Mapping[str, Any]) -> None:
+    """Refuse to resume the run in ``state_path`` when it started from other weights or
+    data than ``now`` (:func:`run_inputs`); a state of another package version resumes
+    with a warning. Keys missing from an older state are not compared."""
+    what = {"input_digest": "model weights", "data": "training data"}
+    for key, name in what.items():
+        if stored.get(key) is not None and stored[key] != now[key]:
+            raise CheckpointError(
+                f"{state_path} belongs to a run started from other {name} ({stored[key]} vs "
+                f"{now[key]}); pass --fresh (resume=False) to start over or --run-dir DIR "
+                "to keep both runs")
+    if stored.get("version") not in (None, now["version"]):
+        warnings.warn(f"{state_path} was written by mobileprune {stored['version']}; resuming it "
+                      f"with {now['version']}", stacklevel=3)
+
+
 @dataclass
 class PipelineResult:
     model: nn.Module
@@ -276,13 +306,15 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
     allowed = None  # where retraining with retrain.regrow may grow weights (run state)
     acc_before = None
     state_path = run_dir / STATE_FILE if run_dir else None
+    inputs = run_inputs(model, train_loader)
     if state_path is not None and resume and state_path.exists():
         st = load_checkpoint(state_path)
         extra = st["extra"]
         if not _same_run(extra, st.get("config"), cfg):
             raise CheckpointError(
                 f"{state_path} belongs to a run with a different config; use another run "
-                "directory or pass resume=False (--no-resume) to start over")
+                "directory or pass resume=False (--fresh) to start over")
+        check_resume(state_path, extra, inputs)
         restore_model(st, model, str(state_path))
         pos = dict(extra["position"])
         history = list(extra["history"])
@@ -312,7 +344,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             return
         save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
                         model_kwargs=model_kwargs, masks=masks, config=cfg.to_dict(),
-                        extra={"fingerprint": cfg.fingerprint(), "position": pos, "history": history,
+                        extra={**inputs, "fingerprint": cfg.fingerprint(), "position": pos,
+                               "history": history,
                                "admm": pruner.state_dict() if pruner else None,
                                "optimizer": opt.state_dict() if opt else None,
                                "scheduler": sched.state_dict() if sched else None,
@@ -842,12 +875,14 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     final: dict[str, Any] = {}
     structure: dict[str, Any] = {}  # the state of the max_units / max_inputs phase
     given_arch = architecture_of(model)
+    inputs = run_inputs(model, train_loader)
     st = None
     if state_path is not None and resume and state_path.exists():
         st = load_checkpoint(state_path)
         if st["extra"].get("fingerprint") != fingerprint:
             raise CheckpointError(f"{state_path} belongs to a run with a different config; use another "
-                                  "run directory or pass resume=False (--no-resume)")
+                                  "run directory or pass resume=False (--fresh)")
+        check_resume(state_path, st["extra"], inputs)
         if st["extra"].get("given_architecture", given_arch) != given_arch:
             raise CheckpointError(f"{state_path} was started from a different model than the one "
                                   "given (parameter shapes differ); pass the model as given to "
@@ -886,7 +921,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
             save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
                             model_kwargs=model_kwargs, masks=pruner.masks(),
                             config={"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
-                            extra={"fingerprint": fingerprint, "pruner": pruner.state_dict(),
+                            extra={**inputs, "fingerprint": fingerprint,
+                                   "pruner": pruner.state_dict(),
                                    "history": history, "rounds_done": done,
                                    "accuracy_before": acc_before, "final": final_state,
                                    "given_architecture": given_arch, "compacted": compacted,

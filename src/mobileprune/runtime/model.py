@@ -70,6 +70,8 @@ from typing import Any
 
 import numpy as np
 
+from mobileprune.files import atomic_write_bytes
+
 from . import SparseFormatError, _native, format3
 
 __all__ = [
@@ -144,18 +146,7 @@ def write_container(path: str | os.PathLike, header: dict, arrays: dict[str, np.
     prefix = _PREFIX.pack(MAGIC_BYTES, version, zlib.crc32(hbytes), len(hbytes))
     head = prefix + hbytes
     head += b"\0" * _pad(len(head))
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(head)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, head + data)
     return len(head) + len(data)
 
 
@@ -288,20 +279,9 @@ def _layers(header: dict) -> list[dict]:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> int:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync,
-    ``os.replace``: a failure leaves no partial file); return its size."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return len(data)
+    """Write ``data`` to ``path`` atomically (:func:`mobileprune.files.atomic_write`: a
+    failure leaves no partial file); return its size."""
+    return atomic_write_bytes(path, data)
 
 
 def check_model(data: bytes) -> None:
