@@ -304,7 +304,7 @@ def test_prune_regrow_flag(dense, tmp_path, capsys):
 
 def test_parse_input_shape_of_several_inputs(tmp_path, capsys):
     """bench --input-shape: one shape, or one per input separated by ';' (iTracker: four)."""
-    from mobileprune.cli import _parse_input_shape
+    from mobileprune.cli.args import parse_input_shape as _parse_input_shape
     from mobileprune.models import build_model
 
     assert _parse_input_shape("1,28,28") == (1, 28, 28)
@@ -367,7 +367,7 @@ def test_export_and_compact_several_inputs(tmp_path, capsys):
 def test_report_targets_cover_multi_weight_modules():
     """`mobileprune report` rebuilds the recorded targets of every prunable weight, also
     the weights of an LSTM (named by parameter), not only modules with a `.weight`."""
-    from mobileprune.cli import _targets_from
+    from mobileprune.cli.train import targets_from as _targets_from
 
     class Tagger(torch.nn.Module):
         def __init__(self):
@@ -449,7 +449,7 @@ def test_a_second_run_on_the_same_output_is_refused(dense, tmp_path, capsys):
 
 
 def test_interrupt_exits_130_in_one_line(dense, monkeypatch, capsys):
-    import mobileprune.cli as cli
+    import mobileprune.cli.train as cli
 
     def interrupted(args):
         raise KeyboardInterrupt
