@@ -464,3 +464,78 @@ def test_unwritable_output_is_a_one_line_error(dense, tmp_path, capsys):
     assert run("report", str(dense), "--out", str(blocker / "sub" / "r.md")) == 2
     _one_line_error(capsys, "file")
     assert blocker.read_text() == "x"
+
+
+@pytest.mark.parametrize("model, shape", [
+    ("lenet5", (1, 28, 28)), ("lenet300100", (1, 28, 28)), ("harcnn", (9, 128)),
+    ("fernet", (1, 48, 48)), ("resnet20", (3, 32, 32)), ("resnet56", (3, 32, 32)),
+    ("vggcifar", (3, 32, 32)),
+])
+def test_train_every_built_in_model_on_its_data(tmp_path, monkeypatch, model, shape):
+    """Issue 20: `train --model harcnn --dataset ucihar` crashed (the model needs settings
+    the CLI could not pass); the settings now follow the data set."""
+    from torch.utils.data import TensorDataset
+
+    from mobileprune.checkpoint import restore_model
+    from mobileprune.data import registry
+
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 5, (n,), generator=g))
+    bundle = registry.DataBundle(split(8), split(4), num_classes=5, input_shape=shape)
+    monkeypatch.setitem(registry.DATASETS, "tiny", lambda data_dir: bundle)
+    out = tmp_path / "m.pt"
+    extra = ["--model-arg", "width=8", "--model-arg", "depth=2"] if model == "harcnn" else []
+    assert run("train", "--model", model, "--dataset", "tiny", "--epochs", "1", "--batch-size", "4",
+               "--out", str(out), "--quiet", *extra) == 0
+    ck = load_checkpoint(out)
+    m = restore_model(ck)  # rebuilt from the recorded settings
+    with torch.no_grad():
+        assert m.eval()(torch.zeros(2, *shape)).shape == (2, 5)
+    if model == "harcnn":
+        assert ck["model"]["kwargs"] == {"in_channels": 9, "num_classes": 5, "window": 128,
+                                         "width": 8, "depth": 2}
+
+
+def test_help_lists_every_model_and_data_set(capsys):
+    from mobileprune.data.registry import DATASETS
+    from mobileprune.models import MODELS
+
+    assert run("train", "--help") == 0
+    text = "".join(capsys.readouterr().out.split())  # help wraps lines, also at hyphens
+    for name in MODELS:
+        assert f"{name}(" in text
+    assert "harcnn(in_channels,num_classes,window,width=128" in text
+    for name in DATASETS:
+        assert name in text
+    assert "default:10" in text  # epochs
+
+
+def test_a_users_own_model_from_a_state_dict(tmp_path, monkeypatch, capsys):
+    """prune / compact / export / report take `--model package.module:factory` and a
+    plain state dict."""
+    (tmp_path / "mymodels.py").write_text(
+        "import torch\n"
+        "def tiny():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 32), torch.nn.ReLU(),\n"
+        "                               torch.nn.Linear(32, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    net = importlib.import_module("mymodels").tiny()
+    with torch.no_grad():
+        net[1].weight[::2] = 0  # every other hidden unit is dead
+    torch.save(net.state_dict(), tmp_path / "sd.pt")
+    assert run("report", str(tmp_path / "sd.pt"), "--model", "mymodels:tiny", "--format", "json") == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["totals"]["nonzero"] == 16 * 784 + 10 * 32  # the weights of both Linear layers
+    out = tmp_path / "small.pt"
+    assert run("compact", str(tmp_path / "sd.pt"), "--model", "mymodels:tiny", "--input-shape", "1,28,28",
+               "--out", str(out), "--repeats", "2") == 0
+    assert load_checkpoint(out)["architecture"]["1.weight"] == [16, 784]
+    mps = tmp_path / "m.mps"
+    assert run("export", str(tmp_path / "sd.pt"), "--model", "mymodels:tiny", "--format", "sparse",
+               "--input-shape", "1,28,28", "--out", str(mps)) == 0
+    from mobileprune import runtime
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert abs(runtime.load(mps)(x.numpy()) - ref).max() <= 1e-4 * abs(ref).max()

@@ -186,6 +186,27 @@ def check_architecture(ckpt: Mapping[str, Any], model: nn.Module, source: str = 
         )
 
 
+_SIZE_DIMS = {"out_features": 0, "out_channels": 0, "num_features": 0, "in_features": 1}
+
+
+def _check_sizes(sizes: Mapping[str, Any], state: Mapping[str, Tensor], source: str) -> None:
+    """The recorded layer sizes of a compacted checkpoint must be those of its stored
+    weights: checked before any layer is rebuilt, so a damaged or crafted file cannot
+    make the loader allocate more than the file holds."""
+    for name, d in sizes.items():
+        w = state.get(f"{name}.weight", state.get(f"{name}.running_mean"))
+        if not isinstance(d, Mapping) or w is None:
+            raise CheckpointError(f"{source} is damaged: layer_sizes names {name!r}, whose weight "
+                                  "it does not hold")
+        for attr, dim in _SIZE_DIMS.items():
+            if attr in d and (w.dim() <= dim or d[attr] != w.shape[dim]):
+                raise CheckpointError(f"{source} is damaged: layer_sizes gives {name}.{attr} = "
+                                      f"{d[attr]!r}, its stored weight is {tuple(w.shape)}")
+        if "in_channels" in d and (w.dim() < 2 or d["in_channels"] != w.shape[1] * d.get("groups", 1)):
+            raise CheckpointError(f"{source} is damaged: layer_sizes gives {name}.in_channels = "
+                                  f"{d['in_channels']!r}, its stored weight is {tuple(w.shape)}")
+
+
 def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
                   source: str = "checkpoint") -> nn.Module:
     """Rebuild the model of ``ckpt`` (from the zoo, or into the given ``model``).
@@ -209,6 +230,7 @@ def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,
     sizes = extra.get("layer_sizes")
     if sizes and (ckpt.get("kind") == "compacted" or extra.get("compacted") is True):
         before = extra.get("original_size") or getattr(model, ORIGINAL_SIZE, None) or size_of(model)
+        _check_sizes(sizes, ckpt["state_dict"], source)
         _resize_layers(model, sizes)
         setattr(model, ORIGINAL_SIZE, dict(before))
     check_architecture(ckpt, model, source)

@@ -116,7 +116,8 @@ def _load_user_model(path: str, factory: str) -> tuple[dict, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path} is not a readable state dict or checkpoint ({exc})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable state dict or checkpoint ({first})") from None
     if isinstance(raw, dict) and raw.get("format") == "mobileprune.checkpoint":
         ckpt = load_checkpoint(path)
         return ckpt, restore_model(ckpt, model, str(path))

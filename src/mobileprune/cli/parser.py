@@ -96,14 +96,19 @@ def _prune(sub) -> None:
     _data_args(p, default=None)
 
 
+def _model_io(p: argparse.ArgumentParser, out_help: str) -> None:
+    """CHECKPOINT, --model, --out and --input-shape of a command that transforms a model."""
+    p.add_argument("checkpoint")
+    p.add_argument("--model", help=USER_MODEL_HELP)
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--input-shape", help=SHAPE_HELP)
+
+
 def _compact(sub) -> None:
     p = _add(sub, "compact", deploy.cmd_compact, "physically remove zero filters/channels/neurons",
              "Build a smaller dense model without the pruned units (graph traced with torch.fx), "
              "check it gives the same outputs, and compare parameters, MACs and batch-1 latency.")
-    p.add_argument("checkpoint")
-    p.add_argument("--model", help=USER_MODEL_HELP)
-    p.add_argument("--out", required=True, help="output checkpoint of the compacted model")
-    p.add_argument("--input-shape", help=SHAPE_HELP)
+    _model_io(p, "output checkpoint of the compacted model")
     p.add_argument("--repeats", type=count(1), default=50, help="timed runs per model (default: %(default)s)")
     p.add_argument("--threads", type=count(1), default=1, help="torch threads while timing (default: %(default)s)")
 
@@ -115,11 +120,8 @@ def _export(sub) -> None:
              "directory: the sparse file, the C engine's sources, CMakeLists.txt, an example input "
              "and output), 'ptl' (TorchScript lite), 'onnx' or 'pte' (ExecuTorch, XNNPACK). Each "
              "export is checked numerically against the torch model.")
-    p.add_argument("checkpoint")
-    p.add_argument("--model", help=USER_MODEL_HELP)
+    _model_io(p, "output file (a directory for --format native)")
     p.add_argument("--format", required=True, choices=sorted(deploy.EXPORT_FORMATS))
-    p.add_argument("--out", required=True, help="output file (a directory for --format native)")
-    p.add_argument("--input-shape", help=SHAPE_HELP)
     p.add_argument("--value-dtype", default="float32", choices=["float32", "float16"],
                    help="sparse / native format: value type (default: %(default)s)")
     p = _add(sub, "convert", deploy.cmd_convert, "rewrite an old sparse model file (format 1/2) as format 3",

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mobileprune.errors import ConfigError
+from mobileprune.errors import ConfigError, DataError
 
 
 @dataclass
@@ -97,7 +97,12 @@ def load_dataset(name: str, data_dir=None) -> DataBundle:
     """Load data set ``name`` (see :data:`DATASETS`)."""
     if name not in DATASETS:
         raise ConfigError(f"unknown data set {name!r}; available: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](data_dir)
+    bundle = DATASETS[name](data_dir)
+    for split in ("train", "test"):
+        if len(getattr(bundle, split)) == 0:
+            raise DataError(f"data set {name} has an empty {split} split; check the files in its "
+                            "folder (--data-dir or $MOBILEPRUNE_DATA)")
+    return bundle
 
 
 def make_loaders(bundle: DataBundle, batch_size: int = 128, eval_batch_size: int = 1000,

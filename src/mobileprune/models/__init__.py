@@ -32,7 +32,7 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     key = _key(name)
     try:
         return MODELS[key](**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise ConfigError(f"model {name} cannot be built with {kwargs}: {exc}") from None
 
 

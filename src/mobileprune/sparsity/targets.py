@@ -423,7 +423,10 @@ def load_yaml(path: str | Path) -> Any:
     try:
         return yaml.load(p.read_text(), Loader=_yaml_loader())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"malformed YAML in {p}: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"malformed YAML in {p}{where}: {what}") from None
 
 
 def builtin_configs() -> list[str]:
