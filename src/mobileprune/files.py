@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -26,10 +27,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
     The temporary file lies in ``path``'s folder (created when missing), so the rename
     never crosses a file system; it gets the usual mode (``0666 & ~umask``) and is
-    fsynced before the rename. On any exception, ``KeyboardInterrupt`` included, the
+    fsynced before the rename. In a ``torchrun`` group only rank 0 writes. On any exception, ``KeyboardInterrupt`` included, the
     temporary file is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if not _writer():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -46,6 +49,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
             os.unlink(tmp)
         raise
     return path
+
+
+def _writer() -> bool:
+    """Whether this process writes files: always, except ranks other than 0 of a
+    ``torchrun`` group (:mod:`mobileprune.pipeline.distributed`), where rank 0 writes."""
+    dist = sys.modules.get("torch.distributed")
+    return not (dist is not None and dist.is_available() and dist.is_initialized()
+                and dist.get_rank() != 0)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> int:

@@ -12,6 +12,7 @@ written atomically, so a failed run never overwrites an existing file.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -56,14 +57,26 @@ def _io(args) -> tuple[list, list, list]:
 
 
 def _run(args) -> int:
-    """Refuse outputs that are inputs, lock the outputs, then run the command."""
+    """Refuse outputs that are inputs, lock the outputs, then run the command; under
+    ``torchrun`` join the group first (rank 0 locks, writes and prints)."""
     inputs, outputs, folders = _io(args)
     refuse_inputs_as_outputs(inputs, outputs, folders)
+    main_rank = True
+    if args.command in ("train", "prune"):
+        from mobileprune.pipeline import distributed
+
+        if distributed.init_from_env():
+            main_rank = distributed.is_main()
     with contextlib.ExitStack() as stack:
-        for out in [*outputs[:1], *folders]:
+        if not main_rank:
+            stack.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
+        for out in [*outputs[:1], *folders] if main_rank else []:
             if out is not None:
                 stack.enter_context(output_lock(out))
-        return args.func(args)
+        status = args.func(args)
+    if args.command in ("train", "prune"):
+        distributed.finish()
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -64,6 +64,13 @@ def _prox_config(args) -> dict[str, Any]:
     return raw
 
 
+def _world() -> dict[str, Any]:
+    """How many processes trained (``torchrun``) and over which backend."""
+    from mobileprune.pipeline import distributed
+
+    return {"world_size": distributed.world_size(), "backend": distributed.backend()}
+
+
 def run_dir_of(args) -> Path:
     """``--run-dir``, or ``OUT.run/`` beside ``--out``."""
     return Path(args.run_dir) if args.run_dir else Path(args.out).with_name(Path(args.out).stem + ".run")
@@ -72,6 +79,7 @@ def run_dir_of(args) -> Path:
 def cmd_prune(args) -> int:
     import torch
 
+    from mobileprune.pipeline import distributed
     from mobileprune.pipeline.prune import admm_prune, proximal_prune
 
     if args.method == "admm":
@@ -89,7 +97,7 @@ def cmd_prune(args) -> int:
               resume=not args.fresh, progress=progress(args),
               model_name=ckpt["model"]["name"], model_kwargs=ckpt["model"]["kwargs"])
     _save(args, ckpt, model, res, saved_cfg, dataset, what, train_loader.dataset[0][0].shape)
-    if not args.run_dir and not args.keep_run:
+    if not args.run_dir and not args.keep_run and distributed.is_main():
         shutil.rmtree(run_dir, ignore_errors=True)  # finished: its state is in OUT now
     return 0
 
@@ -104,10 +112,11 @@ def _save(args, ckpt, model, res, config, dataset, what, input_shape) -> None:
                     model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=config,
                     metrics=res.report["metrics"],
                     extra={"dataset": dataset, "input_shape": list(input_shape),
+                           "distributed": _world(),
                            "compacted": res.compacted, "history": res.history, "targets":
                            {r["layer"]: r["target_keep"] for r in res.report["layers"]}})
     md = to_markdown(res.report, title=f"{ckpt['model']['name'] or args.model} {what}")
     atomic_write_text(out.with_suffix(".md"), md)
-    atomic_write_text(out.with_suffix(".json"), to_json(res.report))
+    atomic_write_text(out.with_suffix(".json"), to_json({**res.report, "distributed": _world()}))
     print(md)
     print(f"saved pruned model to {out} (report: {out.with_suffix('.md')}, {out.with_suffix('.json')})")

@@ -31,6 +31,7 @@ def cmd_train(args) -> int:
     from mobileprune.checkpoint import save_checkpoint
     from mobileprune.data.registry import load_dataset, make_loaders
     from mobileprune.models import build_model, kwargs_for_data
+    from mobileprune.pipeline import distributed
     from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
     torch.manual_seed(args.seed)
@@ -52,7 +53,9 @@ def cmd_train(args) -> int:
     save_checkpoint(args.out, model, kind="dense", model_name=args.model, model_kwargs=kwargs,
                     metrics={"test_accuracy": acc, "epochs": args.epochs,
                              "train_seconds": time.perf_counter() - t0},
-                    extra={"dataset": args.dataset, "input_shape": list(bundle.input_shape)})
+                    extra={"dataset": args.dataset, "input_shape": list(bundle.input_shape),
+                           "distributed": {"world_size": distributed.world_size(),
+                                           "backend": distributed.backend()}})
     print(f"saved dense model to {args.out}")
     return 0
 

@@ -107,7 +107,13 @@ def load_dataset(name: str, data_dir=None) -> DataBundle:
 
 def make_loaders(bundle: DataBundle, batch_size: int = 128, eval_batch_size: int = 1000,
                  seed: int = 0) -> tuple[DataLoader, DataLoader]:
-    """Shuffled training loader (seeded) and sequential test loader."""
+    """Shuffled training loader (seeded) and sequential test loader; in a ``torchrun``
+    group the training loader reads this rank's share (``batch_size`` per rank)."""
+    from mobileprune.pipeline import distributed
+
+    test = DataLoader(bundle.test, batch_size=eval_batch_size)
+    if distributed.active():  # this rank's share of each epoch (torchrun)
+        return DataLoader(bundle.train, batch_size=batch_size,
+                          sampler=distributed.sampler(bundle.train, seed)), test
     g = torch.Generator().manual_seed(seed)
-    return (DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g),
-            DataLoader(bundle.test, batch_size=eval_batch_size))
+    return DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g), test

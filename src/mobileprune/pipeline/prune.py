@@ -37,6 +37,7 @@ from mobileprune.errors import CheckpointError, ConfigError, UnsupportedModelErr
 from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.report import layer_report
 from mobileprune.sparsity.targets import PruneConfig, resolve_targets
+from mobileprune.pipeline import distributed
 from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
 
@@ -769,6 +770,8 @@ def _grad_magnitudes(model: nn.Module, loader, masks: Mapping[str, Tensor], kd: 
             break
         model.zero_grad(set_to_none=True)
         training_loss(model, x, y, **kd)[0].backward()
+        if distributed.active():
+            distributed.average_gradients(model)
         for n in masks:
             if params[n].grad is not None:
                 acc[n] += params[n].grad.abs()

@@ -7,6 +7,9 @@ own loop. These helpers exist so the one-command pipeline has one well-tested lo
 from __future__ import annotations
 
 import math
+import os
+import sys
+import time
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -14,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mobileprune.errors import ConfigError
+from mobileprune.pipeline import distributed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -34,12 +38,59 @@ def make_optimizer(name: str, params: Iterable[nn.Parameter], lr: float, *,
 
 
 def _progress(iterable, progress: bool | None, desc: str, total: int | None = None):
-    if progress is False:
+    """``iterable`` with progress: a tqdm bar on a terminal; elsewhere (logs, CI, nohup) a
+    line every ``$MOBILEPRUNE_PROGRESS_SECONDS`` (default 30) seconds
+    (:class:`LineProgress`); nothing with ``progress=False`` or on a rank other than 0."""
+    if progress is False or not distributed.is_main():
         return iterable
+    if progress is None and not sys.stderr.isatty():
+        every = float(os.environ.get("MOBILEPRUNE_PROGRESS_SECONDS", "30"))
+        return LineProgress(iterable, desc, total, every)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False,
                 disable=None if progress is None else False, dynamic_ncols=True)
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class LineProgress:
+    """Progress for a log: one line to stderr at most every ``every`` seconds and at the
+    end, ``desc: step i/total (p%), loss ..., acc ..., elapsed ..., ETA ...``."""
+
+    def __init__(self, iterable: Iterable, desc: str, total: int | None, every: float,
+                 stream=None, clock=time.monotonic) -> None:
+        self.iterable, self.desc, self.total, self.every = iterable, desc, total, every
+        self.stream, self.clock, self.postfix = stream or sys.stderr, clock, {}
+
+    def set_postfix(self, refresh: bool = False, **values) -> None:
+        self.postfix = values
+
+    def line(self, step: int, elapsed: float) -> str:
+        parts = [f"{self.desc}: step {step}" + (f"/{self.total} ({100 * step / self.total:.0f}%)"
+                                                  if self.total else "")]
+        parts += [f"{k} {v}" for k, v in self.postfix.items()]
+        parts.append(f"elapsed {_clock(elapsed)}")
+        if self.total and 0 < step < self.total:
+            parts.append(f"ETA {_clock(elapsed / step * (self.total - step))}")
+        return ", ".join(parts)
+
+    def __iter__(self):
+        start = last = self.clock()
+        step = 0
+        for item in self.iterable:
+            yield item
+            step += 1
+            now = self.clock()
+            if now - last >= self.every:
+                print(self.line(step, now - start), file=self.stream, flush=True)
+                last = now
+        if step:
+            print(self.line(step, self.clock() - start), file=self.stream, flush=True)
 
 
 def random_shift(x: Tensor, max_shift: int, generator: torch.Generator | None = None) -> Tensor:
@@ -132,11 +183,15 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
             raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or the regularisation strength (rho, lam)")
         optimizer.zero_grad(set_to_none=True)
         full.backward()
+        if distributed.active():  # every rank steps as one process on the joint batch
+            distributed.average_gradients(model)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if after_step is not None:
             after_step()
+        if distributed.active():
+            distributed.sync_buffers(model)
         b = y.shape[0]
         total += loss.item() * b
         n += b
