@@ -396,3 +396,26 @@ def test_bench_checkpoint_several_input_shapes(tmp_path):
     with pytest.raises(ConfigError, match=r"input_shape\[1\] must hold positive integers"):
         bench_checkpoint(ck, tmp_path / "o3", input_shape=[[3, 32, 32], [0]], **fast)
     assert not (tmp_path / "o3").exists()
+
+
+def test_a_ratio_inside_the_noise_is_not_called_a_speedup():
+    """Issue 20: bench reported noise as a speedup (a masked model "2.41x")."""
+    from mobileprune.measure.bench import _fmt_x
+    from mobileprune.measure.latency import speedup
+
+    a = {"median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.3}
+    b = {"median_ms": 1.2, "p10_ms": 1.1, "p90_ms": 1.5}  # overlaps a
+    c = {"median_ms": 3.0, "p10_ms": 2.8, "p90_ms": 3.3}
+    assert speedup(a, b) is None and speedup(a, c) == pytest.approx(3.0)
+    assert _fmt_x(1.2, True) == "within noise (1.20x)" and _fmt_x(3.0, False) == "3.00x"
+
+
+def test_thread_counts_beyond_the_cpu_affinity_are_dropped(monkeypatch):
+    from mobileprune.errors import ConfigError
+    from mobileprune.measure import bench
+
+    monkeypatch.setattr(bench.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert bench._allowed_threads((1, 2)) == ((1,), [2])
+    with pytest.raises(ConfigError, match="1 CPU"):
+        bench._allowed_threads((2, 4))
+    assert bench._environment({})["cpu_affinity"] == [3]

@@ -41,7 +41,7 @@ def cmd_compact(args) -> int:
 
     from mobileprune.checkpoint import save_checkpoint
     from mobileprune.files import atomic_write_text
-    from mobileprune.measure.latency import compare_latency
+    from mobileprune.measure.latency import compare_latency, speedup
     from mobileprune.pipeline.train import forward
     from mobileprune.sparsity.report import layer_report
     from mobileprune.surgery.compact import compact
@@ -62,6 +62,7 @@ def cmd_compact(args) -> int:
               "latency_batch1_ms": {k: v["median_ms"] for k, v in lat.items()},
               "latency_detail": lat}
     result["speedup"] = lat["pruned"]["median_ms"] / lat["compacted"]["median_ms"]
+    result["within_noise"] = speedup(lat["compacted"], lat["pruned"]) is None
     out = Path(args.out)
     save_checkpoint(out, small, kind="compacted", model_name=ckpt["model"]["name"],
                     model_kwargs=ckpt["model"]["kwargs"], metrics=ckpt.get("metrics"),
@@ -83,7 +84,8 @@ def _compact_markdown(args, ckpt, result) -> str:
         f"| pruned (masked, dense layers) | {p['pruned']:,} | {m['pruned']:,} | {l['pruned']:.3f} |",
         f"| compacted | {p['compacted']:,} | {m['compacted']:,} | {l['compacted']:.3f} |", "",
         f"- parameters {p['pruned'] / p['compacted']:.2f}x fewer, MACs {m['pruned'] / m['compacted']:.2f}x "
-        f"fewer, latency {result['speedup']:.2f}x ({args.repeats} interleaved runs, {args.threads} thread(s))",
+        f"fewer, latency {'within noise ' if result['within_noise'] else ''}{result['speedup']:.2f}x "
+        f"({args.repeats} interleaved runs, {args.threads} thread(s))",
         f"- max |compacted - pruned| on random inputs: {result['max_abs_diff']:.2e}", ""])
 
 

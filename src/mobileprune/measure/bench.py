@@ -129,7 +129,7 @@ from torch import Tensor, nn
 
 from mobileprune.checkpoint import atomic_write, atomic_write_text
 from mobileprune.errors import ConfigError, ExportDependencyError
-from mobileprune.measure.latency import compare_latency
+from mobileprune.measure.latency import compare_latency, speedup
 
 __all__ = ["benchmark_model", "bench_checkpoint", "bench_inputs", "FORMAT_NAMES",
            "format_markdown"]
@@ -439,6 +439,7 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     """
     batch_sizes = _check_ints("batch_sizes", batch_sizes)
     threads = _check_ints("threads", threads)
+    threads, dropped = _allowed_threads(threads)
     pte_batches = batch_sizes if pte_batch_sizes is None else _check_ints("pte_batch_sizes",
                                                                          pte_batch_sizes)
     for name, v, lo in (("repeats", repeats, 1), ("warmup", warmup, 0), ("inner", inner, 1)):
@@ -459,6 +460,9 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     notes: list[str] = []
+    if dropped:
+        notes.append(f"thread counts {dropped} skipped: this process may run on "
+                     f"{len(_affinity() or [])} CPU(s) {_affinity()}")
     skipped: dict[str, str] = {}
     sizes: dict[str, dict[str, Any]] = {}
 
@@ -666,8 +670,11 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
         for k, r in latency[n].items():
             base = latency[dense_torch].get(k)
             r["speedup_vs_dense_torch"] = base["median_ms"] / r["median_ms"] if base else None
+            r["within_noise_vs_dense_torch"] = bool(base) and speedup(r, base) is None
             f = fastest.get(k)
             r["speedup_vs_fastest_dense"] = f["median_ms"] / r["median_ms"] if f else None
+            fr = latency[f["backend"]].get(k) if f else None
+            r["within_noise_vs_fastest_dense"] = bool(fr) and speedup(r, fr) is None
 
     # ---- result
     stats: dict[str, Any] = {}
@@ -730,6 +737,27 @@ def _loadavg() -> list[float] | None:
         return None
 
 
+def _affinity() -> list[int] | None:
+    """The CPUs this process may run on (``taskset``, cgroups), where the OS tells."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
+
+
+def _allowed_threads(threads: tuple[int, ...]) -> tuple[tuple[int, ...], list[int]]:
+    """Thread counts that fit the CPUs this process may use; the others are dropped
+    (timing 2 threads pinned to one core measures contention, not the engine)."""
+    cpus = _affinity()
+    if cpus is None:
+        return threads, []
+    keep = tuple(t for t in threads if t <= len(cpus))
+    if not keep:
+        raise ConfigError(f"threads {list(threads)}: this process may run on {len(cpus)} CPU(s) "
+                          f"({cpus}); ask for at most {len(cpus)} thread(s) or widen the affinity")
+    return keep, [t for t in threads if t > len(cpus)]
+
+
 def _environment(load: dict) -> dict:
     try:
         from mobileprune.runtime import backend as rt_backend
@@ -742,7 +770,7 @@ def _environment(load: dict) -> dict:
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "numpy": np.__version__,
             "onnx": _version("onnx"),
             "onnxruntime": _version("onnxruntime"), "executorch": _version("executorch"),
-            "sparse_kernels": kernels, "load_average": load}
+            "sparse_kernels": kernels, "load_average": load, "cpu_affinity": _affinity()}
 
 
 # --------------------------------------------------------------------------- ONNX Runtime
@@ -941,11 +969,15 @@ def _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs,
 def _fmt_ms(r: dict | None) -> str:
     if not r:
         return "-"
-    return f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f})"
+    return f"{r['median_ms']:.3f} ({r['min_ms']:.3f}-{r['max_ms']:.3f})"
 
 
-def _fmt_x(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+def _fmt_x(v: float | None, noise: bool = False) -> str:
+    """A ratio; one whose timing spreads overlap is printed as within noise, not as a
+    speedup."""
+    if v is None:
+        return "-"
+    return f"within noise ({v:.2f}x)" if noise else f"{v:.2f}x"
 
 
 def _fmt_bytes(n: int) -> str:
@@ -990,12 +1022,14 @@ def format_markdown(result: Mapping[str, Any]) -> str:
         lines.extend(extra or [])
         lines.append("")
 
-    table("Median latency (ms)", _fmt_ms)
+    table("Median latency, ms (min-max)", _fmt_ms)
     table(f"Speedup vs dense torch (`{result['dense_torch']}`)",
-          lambda r: _fmt_x(r.get("speedup_vs_dense_torch") if r else None))
+          lambda r: _fmt_x(r.get("speedup_vs_dense_torch"), r.get("within_noise_vs_dense_torch"))
+          if r else "-")
     fd = result["fastest_dense"]
     table("Speedup vs the fastest dense runtime (same setting)",
-          lambda r: _fmt_x(r.get("speedup_vs_fastest_dense") if r else None),
+          lambda r: _fmt_x(r.get("speedup_vs_fastest_dense"), r.get("within_noise_vs_fastest_dense"))
+          if r else "-",
           ["| *fastest dense* | " + " | ".join(
               f"`{fd[s['key']]['backend']}` {fd[s['key']]['median_ms']:.3f}" if s["key"] in fd
               else "-" for s in settings) + " |"])
