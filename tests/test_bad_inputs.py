@@ -150,7 +150,7 @@ CASES = [
     (["prune", "{d}/dense.pt", "--sparsity", "0.5", "--lam", "1", "--out", "{d}/o.pt"], ["--lam"]),
     (["prune", "{d}/dense.pt", "--method", "l0_group_lasso", "--sparsity", "0.5", "--out", "{d}/o.pt"],
      ["--sparsity"]),
-    (["prune", "{d}/dense.pt", "--method", "l1", "--rounds", "0", "--out", "{d}/o.pt"], ["--rounds"]),
+    (["prune", "{d}/dense.pt", "--method", "l1", "--rounds", "-1", "--out", "{d}/o.pt"], ["--rounds"]),
     (["prune", "{d}/dense.pt", "--method", "l1", "--lam", "-1", "--out", "{d}/o.pt"], ["--lam"]),
     (["prune", "{d}/dense.pt", "--sparsity", "0.5", "--admm-epochs", "-1", "--out", "{d}/o.pt"],
      ["--admm-epochs"]),

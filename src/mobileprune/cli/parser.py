@@ -74,7 +74,7 @@ def _prune(sub) -> None:
     p.add_argument("--sparsity", type=real(0, 1), help="ADMM: prune every Linear/Conv layer to this fraction")
     for flag, what in (("--lam", "group-norm weight"), ("--eta", "l0 weight"), ("--beta", "l1 weight")):
         p.add_argument(flag, type=real(0), help=f"proximal methods: {what}")
-    p.add_argument("--rounds", type=count(1), help="proximal methods: number of rounds")
+    p.add_argument("--rounds", type=count(0), help="proximal methods: number of rounds")
     p.add_argument("--prox-epochs", type=count(0), help="proximal methods: prox epochs per round")
     p.add_argument("--target-nonzero", type=count(1),
                    help="proximal methods: stop the rounds once at most this many weights are nonzero")
@@ -94,6 +94,19 @@ def _prune(sub) -> None:
                    help="keep the default run dir OUT.run/ (per-stage checkpoints) after success")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _data_args(p, default=None)
+
+
+def _config(sub) -> None:
+    from mobileprune.sparsity.regularizers import METHODS
+
+    p = _add(sub, "config", prune.cmd_config, "show a built-in pruning config, or check one",
+             "config show NAME: print a built-in config (demo, lenet5-71x, ...). config check FILE: "
+             "validate a config whole, listing every error with its YAML line (docs/config.md "
+             "lists every key).")
+    p.add_argument("action", choices=["show", "check"])
+    p.add_argument("name", help="a built-in name (show) or a YAML file (check)")
+    p.add_argument("--method", choices=["admm", *METHODS], help="check: the method the config is for "
+                   "(default: its method key, else admm)")
 
 
 def _model_io(p: argparse.ArgumentParser, out_help: str) -> None:
@@ -181,6 +194,6 @@ def build_parser() -> Parser:
                                                 "export and measure PyTorch models for phones.")
     ap.add_argument("--version", action="version", version=f"mobileprune {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
-    for add in (_train, _prune, _compact, _export, _bench, _inspect):
+    for add in (_train, _prune, _config, _compact, _export, _bench, _inspect):
         add(sub)
     return ap

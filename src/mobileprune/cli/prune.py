@@ -11,15 +11,34 @@ from mobileprune.cli.train import loaders, progress
 from mobileprune.errors import ConfigError
 
 
-def _read_config(arg: str | None) -> dict[str, Any]:
-    from mobileprune.sparsity.targets import config_path, load_yaml
+def _read_config(arg: str | None, method: str) -> dict[str, Any]:
+    """The config file or built-in ``arg``, validated whole (every error at once) before
+    any work."""
+    from mobileprune.pipeline.config import check_config
 
     if arg is None:
         return {}
-    raw = load_yaml(config_path(arg))
+    raw = check_config(arg, method)
     if not isinstance(raw, dict):
         raise ConfigError(f"config {arg} must be a mapping")
-    return raw
+    return dict(raw)
+
+
+def cmd_config(args) -> int:
+    """``config show NAME`` prints a built-in config; ``config check FILE`` validates one."""
+    from mobileprune.pipeline.config import check_config
+    from mobileprune.sparsity.targets import builtin_configs, config_path
+
+    if args.action == "show":
+        if args.name not in builtin_configs():
+            raise ConfigError(f"no built-in config {args.name!r}; built-in: {', '.join(builtin_configs())}")
+        print(config_path(args.name).read_text(), end="")
+        return 0
+    raw = check_config(args.name, args.method)
+    kind = raw.get("method") or args.method or "admm"
+    stages = len(raw.get("stages") or [raw]) if kind == "admm" else None
+    print(f"ok: {args.name} is a valid {kind} config" + (f" ({stages} stage(s))" if stages else ""))
+    return 0
 
 
 def _admm_config(args) -> tuple[dict[str, Any], Any]:
@@ -33,7 +52,7 @@ def _admm_config(args) -> tuple[dict[str, Any], Any]:
     for key in ("lam", "eta", "beta", "rounds", "prox_epochs", "target_nonzero"):
         if getattr(args, key) is not None:
             raise ConfigError(f"--{key.replace('_', '-')} is for the proximal methods, not --method admm")
-    raw = _read_config(args.config) if args.config else {"default": args.sparsity}
+    raw = _read_config(args.config, "admm") if args.config else {"default": args.sparsity}
     for key, section in (("admm_epochs", "admm"), ("retrain_epochs", "retrain")):
         if getattr(args, key) is not None:
             raw.setdefault(section, {})["epochs"] = getattr(args, key)
@@ -48,7 +67,7 @@ def _prox_config(args) -> dict[str, Any]:
         raise ConfigError("--sparsity is for --method admm; proximal methods take --lam/--eta")
     if args.admm_epochs is not None:
         raise ConfigError("--admm-epochs is for --method admm")
-    raw = _read_config(args.config)
+    raw = _read_config(args.config, args.method)
     if raw.get("method") not in (None, args.method):
         raise ConfigError(f"--method {args.method} disagrees with method {raw['method']!r} in the config")
     raw["method"] = args.method

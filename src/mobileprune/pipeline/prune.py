@@ -38,7 +38,7 @@ from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.report import layer_report
 from mobileprune.sparsity.targets import PruneConfig, resolve_targets
 from mobileprune.pipeline import distributed
-from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
+from mobileprune.pipeline.train import OPTIMIZERS, cosine_lr, evaluate, make_optimizer, train_epoch
 
 
 @dataclass
@@ -88,6 +88,9 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in '{section}'; allowed: {sorted(names)}")
     obj = cls(**raw)
+    if obj.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"'{section}.optimizer' must be one of {', '.join(OPTIMIZERS)}, got "
+                          f"{obj.optimizer!r}")
     for key in ("nested", "reallocate_dead", "cosine"):
         if not isinstance(getattr(obj, key, True), bool):
             raise ConfigError(f"'{section}.{key}' must be true or false, got {getattr(obj, key)!r}")
@@ -642,6 +645,16 @@ class ProxSchedule:
             if v > 1:
                 raise ConfigError(f"schedule.{key} must be in [0, 1], got {v}")
         _positive(self.temperature, "schedule.temperature")
+        for key, low in (("rounds", 0), ("prox_epochs", 0), ("retrain_epochs", 0),
+                         ("increase_every", 1), ("regrow_every", 1)):
+            _nonneg_int(getattr(self, key), f"schedule.{key}", minimum=low)
+        for key in ("lam_factor", "eta_factor", "prox_lr", "retrain_lr"):
+            _positive(getattr(self, key), f"schedule.{key}")
+        _positive(self.retrain_weight_decay, "schedule.retrain_weight_decay", strict=False)
+        for key, allowed in (("mode", ("palm", "proximal")), ("prox_optimizer", OPTIMIZERS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"schedule.{key} must be one of {', '.join(allowed)}, got "
+                                  f"{getattr(self, key)!r}")
         if self.target_nonzero is not None:
             _nonneg_int(self.target_nonzero, "schedule.target_nonzero")
         _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
