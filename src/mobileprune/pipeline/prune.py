@@ -255,6 +255,204 @@ def _stage_label(i: int, cfg: PruneConfig) -> str:
     return f"stage{i + 1}" + (f"-{cfg.name}" if cfg.name else "")
 
 
+@dataclass
+class _ADMMRun:
+    """The state of one :func:`admm_prune` run, shared by its phases (ADMM, masked
+    mapping, masked retraining) and saved after every epoch and phase: the runner's
+    part of issue 20's phase design (one resume path, one epoch loop)."""
+
+    model: nn.Module
+    loader: DataLoader
+    cfg: PipelineConfig
+    eval_loader: DataLoader | None
+    state_path: Path | None
+    progress: bool | None
+    log: Callable[[str], None]
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    metric: Callable[[nn.Module, DataLoader], float]
+    metric_name: str
+    model_name: str | None
+    model_kwargs: Mapping[str, Any] | None
+    inputs: dict[str, Any]
+    teacher: nn.Module | None = None
+    pos: dict[str, Any] = field(default_factory=lambda: {"stage": 0, "phase": "admm", "epoch": 0})
+    history: list[dict[str, Any]] = field(default_factory=list)
+    masks: dict[str, Tensor] = field(default_factory=dict)
+    saved: dict[str, Any] = field(default_factory=dict)  # optimizer / ADMM / scheduler states to restore
+    allowed: dict[str, Tensor] | None = None  # where retrain.regrow may grow weights
+    acc_before: float | None = None
+
+    @property
+    def test_key(self) -> str:
+        return f"test_{self.metric_name}"
+
+    def ev(self) -> float | None:
+        return self.metric(self.model, self.eval_loader) if self.eval_loader is not None else None
+
+    def restore(self) -> bool:
+        """Load the saved state of this run (``True``), refusing one of another run."""
+        if self.state_path is None or not self.state_path.exists():
+            return False
+        st = load_checkpoint(self.state_path)
+        extra = st["extra"]
+        if not _same_run(extra, st.get("config"), self.cfg):
+            raise CheckpointError(
+                f"{self.state_path} belongs to a run with a different config; use another run "
+                "directory or pass resume=False (--fresh) to start over")
+        check_resume(self.state_path, extra, self.inputs)
+        restore_model(st, self.model, str(self.state_path))
+        self.pos, self.history = dict(extra["position"]), list(extra["history"])
+        self.masks = {k: v.bool() for k, v in st["masks"].items()}
+        self.saved = {k: extra.get(k) for k in ("admm", "optimizer", "scheduler")}
+        self.allowed, self.acc_before = extra.get("allowed"), extra.get("accuracy_before")
+        if "rng" in extra:
+            torch.set_rng_state(extra["rng"])
+        gen = getattr(self.loader, "generator", None)
+        if gen is not None and extra.get("loader_rng") is not None:
+            gen.set_state(extra["loader_rng"])
+        si = self.pos["stage"]
+        where = _stage_label(si, self.cfg.stages[si]) if si < len(self.cfg.stages) else "done"
+        self.log(f"resuming from {self.state_path}: {where}, {self.pos['phase']} epoch {self.pos['epoch']}")
+        return True
+
+    def save(self, pruner=None, opt=None, sched=None) -> None:
+        if self.state_path is None:
+            return
+        gen = getattr(self.loader, "generator", None)
+        save_checkpoint(self.state_path, self.model, kind="run-state", model_name=self.model_name,
+                        model_kwargs=self.model_kwargs, masks=self.masks, config=self.cfg.to_dict(),
+                        extra={**self.inputs, "fingerprint": self.cfg.fingerprint(),
+                               "position": self.pos, "history": self.history,
+                               "admm": pruner.state_dict() if pruner else None,
+                               "optimizer": opt.state_dict() if opt else None,
+                               "scheduler": sched.state_dict() if sched else None,
+                               "accuracy_before": self.acc_before, "rng": torch.get_rng_state(),
+                               "allowed": self.allowed,
+                               "loader_rng": gen.get_state() if gen is not None else None})
+
+    def take(self, key: str) -> Any:
+        """A saved optimizer / ADMM / scheduler state, once (``None`` on a fresh start)."""
+        return self.saved.pop(key, None)
+
+    def epochs(self, phase: str, total: int, opt, train: Mapping[str, Any], *, sched=None,
+               pruner=None, after=None) -> None:
+        """The one epoch loop of the run: train, measure, record, log and save after every
+        epoch, from ``pos["epoch"]`` to ``total``."""
+        label = _stage_label(self.pos["stage"], self.cfg.stages[self.pos["stage"]])
+        t0 = time.perf_counter()
+        while self.pos["epoch"] < total:
+            ep = self.pos["epoch"]
+            stats = train_epoch(self.model, self.loader, opt, scheduler=sched, progress=self.progress,
+                                desc=f"{label} {phase} {ep + 1}/{total}", teacher=self.teacher,
+                                loss_fn=self.loss_fn, **train)
+            if after is not None:
+                stats.update(after())
+            stats.update({"stage": label, "phase": phase, "epoch": ep + 1,
+                          self.test_key: self.ev(), "seconds": time.perf_counter() - t0})
+            self.history.append(stats)
+            self.log(_fmt_epoch(stats))
+            self.pos["epoch"] += 1
+            self.save(pruner, opt, sched)
+
+
+def _train_kwargs(s: _TrainSettings) -> dict[str, Any]:
+    return {"distill": s.distill, "temperature": s.temperature, "shift": s.shift}
+
+
+def _admm_phase(run: _ADMMRun, targets) -> None:
+    """ADMM regularisation (seed 003, Eqs. 5-7), then masked mapping (Eq. 6)."""
+    si = run.pos["stage"]
+    stage, a = run.cfg.stages[si], run.cfg.settings(si)[0]
+    label = _stage_label(si, stage)
+
+    def make_pruner(example):
+        return ADMMPruner(run.model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
+                          rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
+                          allowed=(run.masks or None) if a.nested else None, example_input=example)
+
+    example = _coupling_input(targets, run.loader, needed=a.reallocate_dead)
+    try:
+        pruner = make_pruner(example)
+    except UnsupportedModelError as exc:
+        if example is None or a.reallocate_dead:
+            raise
+        run.log(f"warning: structured targets are projected layer by layer, channel coupling "
+                f"unknown: {exc}")
+        pruner = make_pruner(None)
+    opt = make_optimizer(a.optimizer, run.model.parameters(), a.lr, momentum=a.momentum,
+                         weight_decay=a.weight_decay)
+    admm_state, opt_state = run.take("admm"), run.take("optimizer")
+    if admm_state is not None:
+        pruner.load_state_dict(admm_state)
+        opt.load_state_dict(opt_state)
+    enforcer = MaskEnforcer(run.model, run.masks, opt) if run.masks and a.nested else None
+    run.epochs("admm", a.epochs, opt, {**_train_kwargs(a), "penalty": pruner.penalty,
+                                        "after_step": pruner.step},
+               pruner=pruner, after=pruner.update if a.update_every is None else None)
+    if enforcer is not None:
+        enforcer.remove()
+    run.masks = pruner.finalize(reallocate_dead=a.reallocate_dead)
+    if a.reallocate_dead:
+        run.log(f"{label}: dead weights reallocated in {pruner.reallocation_rounds} round(s)")
+    acc_mapped = run.ev()
+    run.history.append({"stage": label, "phase": "masked-mapping", run.test_key: acc_mapped})
+    if acc_mapped is not None:
+        run.log(f"{label}: {run.metric_name} right after masked mapping: "
+                f"{_fmt_metric(run.metric_name, acc_mapped)}")
+    run.pos.update(phase="retrain", epoch=0)
+    run.save()
+
+
+def _retrain_enforcer(run: _ADMMRun, r: RetrainSettings, targets, opt):
+    """The masks of masked retraining: fixed, or moving at a constant count (RigL) inside
+    the live units of unstructured layers with ``retrain.regrow``."""
+    if not r.regrow:
+        return MaskEnforcer(run.model, run.masks, opt)
+    from mobileprune.sparsity.masks import RegrowingMaskEnforcer, live_structure
+
+    if run.allowed is None:
+        kinds: dict[str, set] = {}
+        for t in targets:
+            kinds.setdefault(t.param_name, set()).add(t.structure)
+        run.allowed = {n: live_structure(m) if kinds.get(n) == {"unstructured"} else m.clone()
+                       for n, m in run.masks.items()}
+    steps = r.epochs * len(run.loader)
+    enforcer = RegrowingMaskEnforcer(run.model, run.masks, opt, end_step=int(0.75 * steps),
+                                     alpha=r.regrow, every=r.regrow_every, allowed=run.allowed,
+                                     step=run.pos["epoch"] * len(run.loader))
+    run.masks = enforcer.masks  # they move; saved with the run state
+    return enforcer
+
+
+def _retrain_phase(run: _ADMMRun, targets, run_dir: Path | None) -> None:
+    """Masked retraining of the stage, its report and checkpoint."""
+    si = run.pos["stage"]
+    stage, r = run.cfg.stages[si], run.cfg.settings(si)[1]
+    opt = make_optimizer(r.optimizer, run.model.parameters(), r.lr, momentum=r.momentum,
+                         weight_decay=r.weight_decay)
+    sched = cosine_lr(opt, r.epochs * len(run.loader)) if r.cosine else None
+    opt_state, sched_state = run.take("optimizer"), run.take("scheduler")
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+        if sched is not None and sched_state is not None:
+            sched.load_state_dict(sched_state)
+    with _retrain_enforcer(run, r, targets, opt):
+        run.epochs("retrain", r.epochs, opt, _train_kwargs(r), sched=sched)
+    name = run.metric_name
+    rep = layer_report(run.model, targets, metrics={f"{name}_before": run.acc_before,
+                                                    f"{name}_after": run.ev()})
+    label = _stage_label(si, stage)
+    run.history.append({"stage": label, "phase": "done", "report": rep["totals"],
+                        run.test_key: rep["metrics"][f"{name}_after"]})
+    if run_dir is not None:
+        save_checkpoint(run_dir / f"{label}.pt", run.model, kind="pruned", model_name=run.model_name,
+                        model_kwargs=run.model_kwargs, masks=run.masks, config=stage.to_dict(),
+                        metrics=rep["metrics"])
+    run.pos.update(stage=si + 1, phase="admm", epoch=0)
+    run.allowed = None
+    run.save()
+
+
 def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfig | Mapping[str, Any],
                *, eval_loader: DataLoader | None = None, run_dir: str | Path | None = None,
                resume: bool = True, progress: bool | None = None,
@@ -292,185 +490,31 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
             for the default metric, else the function's ``__name__``.
     """
     cfg = config if isinstance(config, PipelineConfig) else PipelineConfig.from_dict(config)
-    if loss_fn is None:
-        loss_fn = nn.functional.cross_entropy
     if metric is None:
         metric, metric_name = evaluate, metric_name or "accuracy"
-    metric_name = metric_name or getattr(metric, "__name__", "metric")
-    test_key = f"test_{metric_name}"
     # Validate every stage against the model before any training.
     stage_targets = [resolve_targets(model, s) for s in cfg.stages]
     run_dir = Path(run_dir) if run_dir is not None else None
-    ev = (lambda: metric(model, eval_loader)) if eval_loader is not None else (lambda: None)
-
-    pos = {"stage": 0, "phase": "admm", "epoch": 0}
-    history: list[dict[str, Any]] = []
-    masks: dict[str, Tensor] = {}
-    admm_state = opt_state = sched_state = None
-    allowed = None  # where retraining with retrain.regrow may grow weights (run state)
-    acc_before = None
-    state_path = run_dir / STATE_FILE if run_dir else None
-    inputs = run_inputs(model, train_loader)
-    if state_path is not None and resume and state_path.exists():
-        st = load_checkpoint(state_path)
-        extra = st["extra"]
-        if not _same_run(extra, st.get("config"), cfg):
-            raise CheckpointError(
-                f"{state_path} belongs to a run with a different config; use another run "
-                "directory or pass resume=False (--fresh) to start over")
-        check_resume(state_path, extra, inputs)
-        restore_model(st, model, str(state_path))
-        pos = dict(extra["position"])
-        history = list(extra["history"])
-        masks = {k: v.bool() for k, v in st["masks"].items()}
-        admm_state, opt_state, sched_state = extra.get("admm"), extra.get("optimizer"), extra.get("scheduler")
-        allowed = extra.get("allowed")
-        acc_before = extra.get("accuracy_before")
-        if "rng" in extra:
-            torch.set_rng_state(extra["rng"])
-        gen = getattr(train_loader, "generator", None)
-        if gen is not None and extra.get("loader_rng") is not None:
-            gen.set_state(extra["loader_rng"])
-        log(f"resuming from {state_path}: {_stage_label(pos['stage'], cfg.stages[pos['stage']]) if pos['stage'] < len(cfg.stages) else 'done'}, "
-            f"{pos['phase']} epoch {pos['epoch']}")
-    elif eval_loader is not None:
-        acc_before = ev()
-        log(f"{metric_name} before pruning: {_fmt_metric(metric_name, acc_before)}")
-
+    run = _ADMMRun(model, train_loader, cfg, eval_loader, run_dir / STATE_FILE if run_dir else None,
+                   progress, log, loss_fn or nn.functional.cross_entropy, metric,
+                   metric_name or getattr(metric, "__name__", "metric"), model_name, model_kwargs,
+                   run_inputs(model, train_loader))
+    if not (resume and run.restore()) and eval_loader is not None:
+        run.acc_before = run.ev()
+        log(f"{run.metric_name} before pruning: {_fmt_metric(run.metric_name, run.acc_before)}")
     if any(a.distill > 0 or r.distill > 0 for a, r in map(cfg.settings, range(len(cfg.stages)))):
-        teacher = _teacher(teacher if teacher is not None else model, run_dir,
-                           resumed=bool(history) or pos != {"stage": 0, "phase": "admm", "epoch": 0})
-    else:
-        teacher = None
-
-    def save_state(pruner=None, opt=None, sched=None):
-        if state_path is None:
-            return
-        save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
-                        model_kwargs=model_kwargs, masks=masks, config=cfg.to_dict(),
-                        extra={**inputs, "fingerprint": cfg.fingerprint(), "position": pos,
-                               "history": history,
-                               "admm": pruner.state_dict() if pruner else None,
-                               "optimizer": opt.state_dict() if opt else None,
-                               "scheduler": sched.state_dict() if sched else None,
-                               "accuracy_before": acc_before, "rng": torch.get_rng_state(),
-                               "allowed": allowed,
-                               "loader_rng": (train_loader.generator.get_state()
-                                              if getattr(train_loader, "generator", None) is not None
-                                              else None)})
-
-    while pos["stage"] < len(cfg.stages):
-        si = pos["stage"]
-        stage = cfg.stages[si]
-        label = _stage_label(si, stage)
-        targets = stage_targets[si]
-        if pos["phase"] == "admm":
-            a = cfg.settings(si)[0]
-            def make_pruner(example):
-                return ADMMPruner(model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
-                                  rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
-                                  allowed=(masks or None) if a.nested else None,
-                                  example_input=example)
-
-            example = _coupling_input(targets, train_loader, needed=a.reallocate_dead)
-            try:
-                pruner = make_pruner(example)
-            except UnsupportedModelError as exc:
-                if example is None or a.reallocate_dead:
-                    raise
-                log(f"warning: structured targets are projected layer by layer, channel "
-                    f"coupling unknown: {exc}")
-                pruner = make_pruner(None)
-            opt = make_optimizer(a.optimizer, model.parameters(), a.lr, momentum=a.momentum,
-                                 weight_decay=a.weight_decay)
-            if admm_state is not None:
-                pruner.load_state_dict(admm_state)
-                opt.load_state_dict(opt_state)
-                admm_state = opt_state = None
-            enforcer = MaskEnforcer(model, masks, opt) if masks and a.nested else None
-            t0 = time.perf_counter()
-            while pos["epoch"] < a.epochs:
-                ep = pos["epoch"]
-                stats = train_epoch(model, train_loader, opt, penalty=pruner.penalty,
-                                    after_step=pruner.step, progress=progress,
-                                    desc=f"{label} admm {ep + 1}/{a.epochs}", teacher=teacher,
-                                    distill=a.distill, temperature=a.temperature, shift=a.shift,
-                                    loss_fn=loss_fn)
-                if a.update_every is None:
-                    stats.update(pruner.update())
-                stats.update({"stage": label, "phase": "admm", "epoch": ep + 1,
-                              test_key: ev(), "seconds": time.perf_counter() - t0})
-                history.append(stats)
-                log(_fmt_epoch(stats))
-                pos["epoch"] += 1
-                save_state(pruner, opt)
-            if enforcer is not None:
-                enforcer.remove()
-            masks = pruner.finalize(reallocate_dead=a.reallocate_dead)
-            if a.reallocate_dead:
-                log(f"{label}: dead weights reallocated in {pruner.reallocation_rounds} round(s)")
-            acc_mapped = ev()
-            history.append({"stage": label, "phase": "masked-mapping", test_key: acc_mapped})
-            if acc_mapped is not None:
-                log(f"{label}: {metric_name} right after masked mapping: "
-                    f"{_fmt_metric(metric_name, acc_mapped)}")
-            pos.update(phase="retrain", epoch=0)
-            save_state()
-        if pos["phase"] == "retrain":
-            r = cfg.settings(si)[1]
-            opt = make_optimizer(r.optimizer, model.parameters(), r.lr, momentum=r.momentum,
-                                 weight_decay=r.weight_decay)
-            sched = cosine_lr(opt, r.epochs * len(train_loader)) if r.cosine else None
-            if opt_state is not None:
-                opt.load_state_dict(opt_state)
-                if sched is not None and sched_state is not None:
-                    sched.load_state_dict(sched_state)
-                opt_state = sched_state = None
-            t0 = time.perf_counter()
-            if r.regrow:
-                from mobileprune.sparsity.masks import RegrowingMaskEnforcer, live_structure
-
-                if allowed is None:  # growth only in unstructured layers, inside live units
-                    kinds: dict[str, set] = {}
-                    for t in targets:
-                        kinds.setdefault(t.param_name, set()).add(t.structure)
-                    allowed = {n: live_structure(m) if kinds.get(n) == {"unstructured"} else m.clone()
-                               for n, m in masks.items()}
-                steps = r.epochs * len(train_loader)
-                enforcer = RegrowingMaskEnforcer(model, masks, opt, end_step=int(0.75 * steps),
-                                                 alpha=r.regrow, every=r.regrow_every,
-                                                 allowed=allowed, step=pos["epoch"] * len(train_loader))
-                masks = enforcer.masks  # they move; saved with the run state
-            else:
-                enforcer = MaskEnforcer(model, masks, opt)
-            with enforcer:
-                while pos["epoch"] < r.epochs:
-                    ep = pos["epoch"]
-                    stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
-                                        desc=f"{label} retrain {ep + 1}/{r.epochs}", teacher=teacher,
-                                        distill=r.distill, temperature=r.temperature, shift=r.shift,
-                                        loss_fn=loss_fn)
-                    stats.update({"stage": label, "phase": "retrain", "epoch": ep + 1,
-                                  test_key: ev(), "seconds": time.perf_counter() - t0})
-                    history.append(stats)
-                    log(_fmt_epoch(stats))
-                    pos["epoch"] += 1
-                    save_state(None, opt, sched)
-            rep = layer_report(model, targets, metrics={f"{metric_name}_before": acc_before,
-                                                        f"{metric_name}_after": ev()})
-            history.append({"stage": label, "phase": "done", "report": rep["totals"],
-                            test_key: rep["metrics"][f"{metric_name}_after"]})
-            if run_dir is not None:
-                save_checkpoint(run_dir / f"{label}.pt", model, kind="pruned", model_name=model_name,
-                                model_kwargs=model_kwargs, masks=masks,
-                                config=stage.to_dict(), metrics=rep["metrics"])
-            pos.update(stage=si + 1, phase="admm", epoch=0)
-            allowed = None
-            save_state()
+        started = bool(run.history) or run.pos != {"stage": 0, "phase": "admm", "epoch": 0}
+        run.teacher = _teacher(teacher if teacher is not None else model, run_dir, resumed=started)
+    while run.pos["stage"] < len(cfg.stages):
+        targets = stage_targets[run.pos["stage"]]
+        if run.pos["phase"] == "admm":
+            _admm_phase(run, targets)
+        if run.pos["phase"] == "retrain":
+            _retrain_phase(run, targets, run_dir)
+    name = run.metric_name
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
-                          metrics={f"{metric_name}_before": acc_before,
-                                   f"{metric_name}_after": ev()})
-    return PipelineResult(model=model, masks=masks, report=report, history=history)
+                          metrics={f"{name}_before": run.acc_before, f"{name}_after": run.ev()})
+    return PipelineResult(model=model, masks=run.masks, report=report, history=run.history)
 
 
 TEACHER_FILE = "teacher.pt"
