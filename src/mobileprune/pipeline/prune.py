@@ -901,6 +901,232 @@ def split_prox_config(raw: Mapping[str, Any]) -> tuple[dict[str, Any], ProxSched
     return raw, ProxSchedule(**sched)
 
 
+@dataclass
+class _ProxRun:
+    """The state of one :func:`proximal_prune` run, shared by its phases (the structure
+    cut, the rounds, the final projection, refill and retraining) and saved after each:
+    one resume path, one place that rebuilds the pruner when layers shrink."""
+
+    model: nn.Module
+    loader: DataLoader
+    pruner_cfg: dict[str, Any]
+    sched: ProxSchedule
+    eval_loader: DataLoader | None
+    state_path: Path | None
+    progress: bool | None
+    log: Callable[[str], None]
+    model_name: str | None
+    model_kwargs: Mapping[str, Any] | None
+    inputs: dict[str, Any]
+    fingerprint: str
+    given_arch: dict[str, list[int]]
+    pruner: Any = None
+    teacher: nn.Module | None = None
+    example: Any = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    done: int = 0
+    acc_before: float | None = None
+    final: dict[str, Any] = field(default_factory=dict)
+    structure: dict[str, Any] = field(default_factory=dict)  # the max_units / max_inputs phase
+    compacted: bool = False
+
+    def load(self) -> dict | None:
+        """The saved state of this run (checked: same config, weights and data), or None."""
+        if self.state_path is None or not self.state_path.exists():
+            return None
+        st = load_checkpoint(self.state_path)
+        extra = st["extra"]
+        if extra.get("fingerprint") != self.fingerprint:
+            raise CheckpointError(f"{self.state_path} belongs to a run with a different config; use "
+                                  "another run directory or pass resume=False (--fresh)")
+        check_resume(self.state_path, extra, self.inputs)
+        if extra.get("given_architecture", self.given_arch) != self.given_arch:
+            raise CheckpointError(f"{self.state_path} was started from a different model than the "
+                                  "one given (parameter shapes differ); pass the model as given to "
+                                  "the first run")
+        self.history, self.done = list(extra["history"]), int(extra["rounds_done"])
+        return st
+
+    def restore(self, st: dict) -> None:
+        extra = st["extra"]
+        restore_model(st, self.model, str(self.state_path))  # resizes a compacted run's layers
+        self.acc_before = extra.get("accuracy_before")
+        self.final = dict(extra.get("final") or {})
+        self.structure = dict(extra.get("structure") or {})
+        self.compacted = bool(extra.get("compacted"))
+        self.log(f"resuming from {self.state_path}: {self.done} of {self.sched.rounds} rounds done")
+
+    def save(self, final_state=None) -> None:
+        if self.state_path is None:
+            return
+        save_checkpoint(self.state_path, self.model, kind="run-state", model_name=self.model_name,
+                        model_kwargs=self.model_kwargs, masks=self.pruner.masks(),
+                        config={"pruner": self.pruner_cfg, "schedule": dataclasses.asdict(self.sched)},
+                        extra={**self.inputs, "fingerprint": self.fingerprint,
+                               "pruner": self.pruner.state_dict(), "history": self.history,
+                               "rounds_done": self.done, "accuracy_before": self.acc_before,
+                               "final": final_state, "given_architecture": self.given_arch,
+                               "compacted": self.compacted, "structure": self.structure})
+
+    def kd(self, weight: float) -> dict[str, Any]:
+        return ({"teacher": self.teacher, "distill": weight, "temperature": self.sched.temperature}
+                if weight > 0 else {})
+
+    def fold(self) -> int | None:
+        """schedule.fold_dead: zero the weights that cannot change the output."""
+        if not self.sched.fold_dead:
+            return None
+        from mobileprune.surgery.compact import fold_dead_weights
+
+        return sum(fold_dead_weights(self.model, self.example).values())
+
+    def shrink(self) -> dict[str, Any]:
+        """schedule.compact: remove dead units in place and rebuild the pruner on the
+        smaller layers (same regularisers, lam/eta and counters)."""
+        from mobileprune.sparsity.proximal import ProximalPruner
+        from mobileprune.surgery.compact import compact_in_place
+
+        changed = compact_in_place(self.model, self.example)
+        if changed:
+            state = self.pruner.state_dict()
+            try:
+                self.pruner = ProximalPruner(self.model, self.pruner_cfg)
+                self.pruner.load_state_dict(state)
+            except ConfigError as exc:
+                raise ConfigError(f"schedule.compact: the regularisers do not fit the compacted "
+                                  f"layers ({exc}); use shape-independent groupings") from None
+            self.compacted = True
+            self.log("compacted: " + ", ".join(f"{k} {tuple(a)} -> {tuple(b)}"
+                                               for k, (a, b) in changed.items()))
+        return {k: [list(a), list(b)] for k, (a, b) in changed.items()}
+
+    def record(self, rec: dict[str, Any], message: str) -> dict[str, Any]:
+        """Add the nonzero counts and the test accuracy to ``rec``, keep and log it."""
+        nnz = self.pruner.nonzero()
+        rec.update(nonzero=nnz, nonzero_total=sum(nnz.values()))
+        if self.eval_loader is not None:
+            rec["accuracy"] = evaluate(self.model, self.eval_loader)
+        self.history.append(rec)
+        self.log(message + (f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""))
+        return rec
+
+
+def _first_cut(run: _ProxRun) -> dict[str, dict[str, int]]:
+    """The caps layer by layer in model order, outputs before inputs, with fold_dead after
+    each, so that a layer's cut reaches its consumers before their own cut (an input cap
+    then chooses among the live inputs)."""
+    from mobileprune.sparsity.targets import GEMM_TYPES, prunable_layers
+
+    units, ins = run.sched.max_units or {}, run.sched.max_inputs or {}
+    layers = prunable_layers(run.model, GEMM_TYPES)
+    for name in layers:
+        for caps in ({"max_units": {name: units[name]}} if name in units else None,
+                     {"max_inputs": {name: ins[name]}} if name in ins else None):
+            if caps:
+                cap_units(run.model, **caps)
+                run.fold()
+    return {name: _unit_counts(layers[name].weight) for name in layers if name in units or name in ins}
+
+
+def _structure_phase(run: _ProxRun) -> None:
+    """max_units / max_inputs: the first cut, then ``structure_epochs`` of retraining."""
+    sched, structure = run.sched, run.structure
+    if structure.get("done"):
+        return
+    if not structure:  # the first cut (a resumed run has it in its state)
+        units = _first_cut(run)
+        run.log("capped units: " + ", ".join(f"{k} {v['out']} out / {v['in']} in" for k, v in units.items()))
+        if sched.compact:
+            run.shrink()
+        structure.update(units=units, epochs=0)
+        run.save()
+    if sched.structure_epochs:
+        def save_structure(state):
+            structure.update(state)
+            run.save()
+        lr = sched.structure_lr if sched.structure_lr is not None else sched.retrain_lr
+        _masked_retrain(run.model, run.loader, run.pruner, sched, sched.structure_epochs, lr,
+                        structure, run.kd(sched.distill), run.eval_loader, run.progress,
+                        save_structure, run.log, "structure retrain")
+    run.record({"round": 0, "capped": structure["units"]}, "structure cut")
+    for key in ("optimizer", "scheduler"):
+        structure.pop(key, None)
+    structure["done"] = True
+    run.save()
+
+
+def _rounds_phase(run: _ProxRun) -> None:
+    """The rounds of seed 000: prox epochs, masked retraining, lam / eta increase."""
+    from mobileprune.sparsity.proximal import run_rounds
+
+    sched = run.sched
+    capped = bool(sched.max_units or sched.max_inputs)
+
+    def after_prox():  # a cut unit must not grow back during the prox phase
+        if capped:
+            cap_units(run.model, sched.max_units, sched.max_inputs, strict=False)
+        return run.fold()
+
+    def reached() -> bool:
+        return sched.target_nonzero is not None and bool(run.history) and \
+            run.history[-1]["nonzero_total"] <= sched.target_nonzero * (1 + sched.project_margin)
+
+    t0 = time.perf_counter()
+    while run.done < sched.rounds and not reached():
+        rec = run_rounds(run.model, run.loader, run.pruner, 1, sched.prox_epochs, sched.retrain_epochs,
+                         increase_every=None, retrain_lr=sched.retrain_lr,
+                         retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
+                         eval_loader=run.eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
+                         prox_lr=sched.prox_lr, progress=run.progress,
+                         after_prox=after_prox if capped or sched.fold_dead else None,
+                         shift=sched.shift, **run.kd(sched.distill))[0]
+        run.done += 1
+        rec.update(round=run.done, seconds=time.perf_counter() - t0)
+        if sched.increase_every and run.done % sched.increase_every == 0 and run.done < sched.rounds:
+            run.pruner.increase(sched.lam_factor, sched.eta_factor)
+            rec["increased"] = True
+        run.history.append(rec)
+        acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
+        run.log(f"round {run.done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
+        if sched.compact:
+            rec["compacted"] = run.shrink()
+        run.save()
+
+
+def _project_phase(run: _ProxRun) -> None:
+    """schedule.final_project: trim onto target_nonzero (seed 003 Eq. 6, per layer in
+    proportion to what the rounds left)."""
+    if not run.sched.final_project or run.final:
+        return
+    run.fold()  # the trim below then only keeps weights that matter
+    if run.pruner.project_nonzero(run.sched.target_nonzero):
+        run.fold()
+        rec = run.record({"round": run.done, "projected": True},
+                         f"projected onto {run.sched.target_nonzero:,} nonzero weights")
+        if run.sched.compact:
+            rec["compacted"] = run.shrink()
+        run.save({"epochs": 0, "projected": True})
+
+
+def _refill_phase(run: _ProxRun, final_kd: float) -> None:
+    """schedule.final_refill: fill the budget with the largest-gradient inactive weights."""
+    if not run.sched.final_refill or "masks" in run.final:
+        return
+    masks = run.pruner.masks()
+    have = sum(int(m.sum()) for m in masks.values())
+    if have >= run.sched.target_nonzero:
+        return
+    from mobileprune.sparsity.masks import live_structure, refill
+
+    scores = _grad_magnitudes(run.model, run.loader, masks, run.kd(final_kd), batches=50)
+    masks = refill(masks, scores, {n: live_structure(m) for n, m in masks.items()},
+                   run.sched.target_nonzero - have)
+    run.final.update(masks=masks, epochs=0)
+    now = sum(int(m.sum()) for m in masks.values())
+    run.log(f"refilled to {now:,} weights (+{now - have:,} by gradient magnitude)")
+    run.save(run.final)
+
+
 def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[str, Any], *,
                    eval_loader: DataLoader | None = None, run_dir: str | Path | None = None,
                    resume: bool = True, progress: bool | None = None,
@@ -919,220 +1145,60 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     ``teacher``: the model to distill from when ``schedule.distill`` (or
     ``final_distill``) is positive; by default a frozen copy of ``model`` as given.
     """
-    from mobileprune.sparsity.proximal import ProximalPruner, run_rounds
+    from mobileprune.sparsity.proximal import ProximalPruner
 
     pruner_cfg, sched = split_prox_config(config)
     ProximalPruner(model, pruner_cfg)  # validate the config against the model first
-    capped = bool(sched.max_units or sched.max_inputs)
-    if capped:  # validate the caps against the model as given
+    if sched.max_units or sched.max_inputs:  # validate the caps against the model as given
         cap_units(copy.deepcopy(model), sched.max_units, sched.max_inputs)
-    fingerprint = _prox_fingerprint(pruner_cfg, sched)
     run_dir = Path(run_dir) if run_dir is not None else None
-    state_path = run_dir / STATE_FILE if run_dir else None
-    history: list[dict[str, Any]] = []
-    done = 0
-    acc_before = None
-    final: dict[str, Any] = {}
-    structure: dict[str, Any] = {}  # the state of the max_units / max_inputs phase
-    given_arch = architecture_of(model)
-    inputs = run_inputs(model, train_loader)
-    st = None
-    if state_path is not None and resume and state_path.exists():
-        st = load_checkpoint(state_path)
-        if st["extra"].get("fingerprint") != fingerprint:
-            raise CheckpointError(f"{state_path} belongs to a run with a different config; use another "
-                                  "run directory or pass resume=False (--fresh)")
-        check_resume(state_path, st["extra"], inputs)
-        if st["extra"].get("given_architecture", given_arch) != given_arch:
-            raise CheckpointError(f"{state_path} was started from a different model than the one "
-                                  "given (parameter shapes differ); pass the model as given to "
-                                  "the first run")
-        history, done = list(st["extra"]["history"]), int(st["extra"]["rounds_done"])
+    run = _ProxRun(model, train_loader, pruner_cfg, sched, eval_loader,
+                   run_dir / STATE_FILE if run_dir else None, progress, log, model_name, model_kwargs,
+                   run_inputs(model, train_loader), _prox_fingerprint(pruner_cfg, sched),
+                   architecture_of(model))
+    st = run.load() if resume else None
     final_kd = sched.final_distill_weight if sched.final_retrain_epochs else 0.0
-    if sched.distill > 0 or final_kd > 0:
-        # the model as given (a resumed run reloads it from run_dir)
-        teacher = _teacher(teacher if teacher is not None else model, run_dir,
-                           resumed=st is not None)
+    if sched.distill > 0 or final_kd > 0:  # the model as given (a resumed run reloads it)
+        run.teacher = _teacher(teacher if teacher is not None else model, run_dir, resumed=st is not None)
     if st is not None:
-        restore_model(st, model, str(state_path))  # resizes the layers of a compacted run
-        acc_before = st["extra"].get("accuracy_before")
-        final = dict(st["extra"].get("final") or {})
-        structure = dict(st["extra"].get("structure") or {})
-        log(f"resuming from {state_path}: {done} of {sched.rounds} rounds done")
+        run.restore(st)
     elif eval_loader is not None:
-        acc_before = evaluate(model, eval_loader)
-        log(f"accuracy before pruning: {100 * acc_before:.2f}%")
-    pruner = ProximalPruner(model, pruner_cfg)
+        run.acc_before = evaluate(model, eval_loader)
+        log(f"accuracy before pruning: {100 * run.acc_before:.2f}%")
+    run.pruner = ProximalPruner(model, pruner_cfg)
     if st is not None:
-        pruner.load_state_dict(st["extra"]["pruner"])
-    compacted = bool(st is not None and st["extra"].get("compacted"))
-
-    def kd_args(weight: float) -> dict[str, Any]:
-        return ({"teacher": teacher, "distill": weight, "temperature": sched.temperature}
-                if weight > 0 else {})
-    kd = kd_args(sched.distill)
-
-    def reached() -> bool:
-        return sched.target_nonzero is not None and bool(history) \
-            and history[-1]["nonzero_total"] <= sched.target_nonzero * (1 + sched.project_margin)
-
-    def save(final_state=None):
-        if state_path is not None:
-            save_checkpoint(state_path, model, kind="run-state", model_name=model_name,
-                            model_kwargs=model_kwargs, masks=pruner.masks(),
-                            config={"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)},
-                            extra={**inputs, "fingerprint": fingerprint,
-                                   "pruner": pruner.state_dict(),
-                                   "history": history, "rounds_done": done,
-                                   "accuracy_before": acc_before, "final": final_state,
-                                   "given_architecture": given_arch, "compacted": compacted,
-                                   "structure": structure})
-
-    example = None
-    if sched.fold_dead or sched.compact:
-        example = _example_input(train_loader)
-        if example is None:
-            raise ConfigError("schedule.fold_dead and schedule.compact need a map-style dataset "
-                              "(loader.dataset[0] gives the example input that torch.fx traces)")
-    fold = None
-    if sched.fold_dead:
-        from mobileprune.surgery.compact import fold_dead_weights
-
-        def fold() -> int:
-            return sum(fold_dead_weights(model, example).values())
-        fold()  # fails early on a model torch.fx cannot trace
-
-    def shrink() -> dict[str, Any]:
-        """schedule.compact: remove dead units in place and rebuild the pruner on the
-        smaller layers (same regularisers, lam/eta and counters)."""
-        nonlocal pruner, compacted
-        from mobileprune.surgery.compact import compact_in_place
-
-        changed = compact_in_place(model, example)
-        if changed:
-            state = pruner.state_dict()
-            try:
-                pruner = ProximalPruner(model, pruner_cfg)
-                pruner.load_state_dict(state)
-            except ConfigError as exc:
-                raise ConfigError(f"schedule.compact: the regularisers do not fit the compacted "
-                                  f"layers ({exc}); use shape-independent groupings") from None
-            compacted = True
-            log("compacted: " + ", ".join(f"{k} {tuple(a)} -> {tuple(b)}" for k, (a, b) in changed.items()))
-        return {k: [list(a), list(b)] for k, (a, b) in changed.items()}
-
-    if sched.compact and done == 0:
-        shrink()  # fails early on a model torch.fx cannot trace
-    after_prox = fold
-    if capped:
-        from mobileprune.sparsity.targets import GEMM_TYPES, prunable_layers
-
-        def first_cut() -> dict[str, dict[str, int]]:
-            """The caps layer by layer in model order, outputs before inputs, with
-            fold_dead after each, so that a layer's cut reaches its consumers before
-            their own cut (an input cap then chooses among the live inputs)."""
-            units, inputs = sched.max_units or {}, sched.max_inputs or {}
-            layers = prunable_layers(model, GEMM_TYPES)
-            for name in layers:
-                for caps in ({"max_units": {name: units[name]}} if name in units else None,
-                             {"max_inputs": {name: inputs[name]}} if name in inputs else None):
-                    if caps:
-                        cap_units(model, **caps)
-                        if fold is not None:
-                            fold()
-            return {name: _unit_counts(layers[name].weight) for name in layers
-                    if name in units or name in inputs}
-
-        def after_prox():  # a cut unit must not grow back during the prox phase
-            cap_units(model, sched.max_units, sched.max_inputs, strict=False)
-            return fold() if fold is not None else None
-
-        if not structure.get("done"):
-            if not structure:  # the first cut (a resumed run has it in its state)
-                units = first_cut()
-                log("capped units: " + ", ".join(f"{k} {v['out']} out / {v['in']} in" for k, v in units.items()))
-                if sched.compact:
-                    shrink()
-                structure.update(units=units, epochs=0)
-                save()
-            if sched.structure_epochs:
-                def save_structure(state):
-                    structure.update(state)
-                    save()
-                lr = sched.structure_lr if sched.structure_lr is not None else sched.retrain_lr
-                _masked_retrain(model, train_loader, pruner, sched, sched.structure_epochs, lr,
-                                structure, kd, eval_loader, progress, save_structure, log,
-                                "structure retrain")
-            nnz = pruner.nonzero()
-            rec = {"round": 0, "capped": structure["units"], "nonzero": nnz,
-                   "nonzero_total": sum(nnz.values())}
-            if eval_loader is not None:
-                rec["accuracy"] = evaluate(model, eval_loader)
-            history.append(rec)
-            for key in ("optimizer", "scheduler"):
-                structure.pop(key, None)
-            structure["done"] = True
-            save()
-    t0 = time.perf_counter()
-    while done < sched.rounds and not reached():
-        rec = run_rounds(model, train_loader, pruner, 1, sched.prox_epochs, sched.retrain_epochs,
-                         increase_every=None, retrain_lr=sched.retrain_lr,
-                         retrain_weight_decay=sched.retrain_weight_decay, mode=sched.mode,
-                         eval_loader=eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
-                         prox_lr=sched.prox_lr, progress=progress, after_prox=after_prox,
-                         shift=sched.shift, **kd)[0]
-        done += 1
-        rec.update(round=done, seconds=time.perf_counter() - t0)
-        if sched.increase_every and done % sched.increase_every == 0 and done < sched.rounds:
-            pruner.increase(sched.lam_factor, sched.eta_factor)
-            rec["increased"] = True
-        history.append(rec)
-        acc = f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""
-        log(f"round {done}/{sched.rounds}: nonzero weights {rec['nonzero_total']:,}{acc}")
-        if sched.compact:
-            rec["compacted"] = shrink()
-        save()
-    if sched.final_project and not final:
-        if fold is not None:
-            fold()  # the trim below then only keeps weights that matter
-        if pruner.project_nonzero(sched.target_nonzero):
-            if fold is not None:
-                fold()
-            nnz = pruner.nonzero()
-            rec = {"round": done, "projected": True, "nonzero": nnz, "nonzero_total": sum(nnz.values())}
-            if eval_loader is not None:
-                rec["accuracy"] = evaluate(model, eval_loader)
-            history.append(rec)
-            log(f"projected onto {sched.target_nonzero:,} nonzero weights"
-                + (f", test acc {100 * rec['accuracy']:.2f}%" if "accuracy" in rec else ""))
-            if sched.compact:
-                rec["compacted"] = shrink()
-            save({"epochs": 0, "projected": True})
-    if sched.final_refill and "masks" not in final:
-        masks = pruner.masks()
-        have = sum(int(m.sum()) for m in masks.values())
-        if have < sched.target_nonzero:
-            from mobileprune.sparsity.masks import live_structure, refill
-
-            scores = _grad_magnitudes(model, train_loader, masks, kd_args(final_kd), batches=50)
-            masks = refill(masks, scores, {n: live_structure(m) for n, m in masks.items()},
-                           sched.target_nonzero - have)
-            final.update(masks=masks, epochs=0)
-            log(f"refilled to {sum(int(m.sum()) for m in masks.values()):,} weights "
-                f"(+{sum(int(m.sum()) for m in masks.values()) - have:,} by gradient magnitude)")
-            save(final)
+        run.pruner.load_state_dict(st["extra"]["pruner"])
+    _prepare_surgery(run)
+    if sched.max_units or sched.max_inputs:
+        _structure_phase(run)
+    _rounds_phase(run)
+    _project_phase(run)
+    _refill_phase(run, final_kd)
     if sched.final_retrain_epochs:
         lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
-        _masked_retrain(model, train_loader, pruner, sched, sched.final_retrain_epochs, lr, final,
-                        kd_args(final_kd), eval_loader, progress, save, log, "final retrain",
-                        regrow=sched.final_regrow, shift=sched.final_shift)
+        _masked_retrain(model, train_loader, run.pruner, sched, sched.final_retrain_epochs, lr,
+                        run.final, run.kd(final_kd), eval_loader, progress, run.save, log,
+                        "final retrain", regrow=sched.final_regrow, shift=sched.final_shift)
     # (a compacted model carries the size it started as: compressions against the model as given)
     report = layer_report(model, example_input=_example_input(train_loader),
-                          metrics={"accuracy_before": acc_before,
+                          metrics={"accuracy_before": run.acc_before,
                                    "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
                                    "method": pruner_cfg.get("method")})
-    return PipelineResult(model=model, masks=pruner.masks(), report=report, history=history,
-                          compacted=compacted)
+    return PipelineResult(model=model, masks=run.pruner.masks(), report=report, history=run.history,
+                          compacted=run.compacted)
+
+
+def _prepare_surgery(run: _ProxRun) -> None:
+    """fold_dead / compact need an example input and a model torch.fx traces: fail early."""
+    if not (run.sched.fold_dead or run.sched.compact):
+        return
+    run.example = _example_input(run.loader)
+    if run.example is None:
+        raise ConfigError("schedule.fold_dead and schedule.compact need a map-style dataset "
+                          "(loader.dataset[0] gives the example input that torch.fx traces)")
+    run.fold()
+    if run.sched.compact and run.done == 0:
+        run.shrink()
 
 
 def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: str = "adam",
