@@ -32,6 +32,12 @@ def _data_args(p: argparse.ArgumentParser, default: str | None = "mnist-sample")
     p.add_argument("--seed", type=count(0), default=0, help="default: %(default)s")
 
 
+def _speed_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"],
+                   help="training arithmetic: auto (the default, or $MOBILEPRUNE_PRECISION) uses "
+                        "bf16 autocast where the CPU computes it natively, else fp32")
+
+
 def _add(sub, name: str, func, help: str, description: str | None = None, **kw) -> Parser:
     p = sub.add_parser(name, help=help, description=description or help, **kw)
     p.set_defaults(func=func)
@@ -55,6 +61,7 @@ def _train(sub) -> None:
     p.add_argument("--out", required=True, help="output checkpoint (.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _data_args(p)
+    _speed_args(p)
 
 
 def _prune(sub) -> None:
@@ -94,6 +101,7 @@ def _prune(sub) -> None:
                    help="keep the default run dir OUT.run/ (per-stage checkpoints) after success")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _data_args(p, default=None)
+    _speed_args(p)
 
 
 def _config(sub) -> None:

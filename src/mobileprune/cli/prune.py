@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from mobileprune.pipeline.train import set_training_speed, training_precision
 from mobileprune.cli.models import load_model
 from mobileprune.cli.train import loaders, progress
 from mobileprune.errors import ConfigError
@@ -107,6 +108,8 @@ def cmd_prune(args) -> int:
     else:
         raw = cfg = _prox_config(args)
         run, saved_cfg, what = proximal_prune, raw, f"pruned with {args.method}"
+    if args.precision:
+        set_training_speed(args.precision)
     ckpt, model = load_model(args.checkpoint, args.model)
     dataset = args.dataset or ckpt["extra"].get("dataset") or raw.get("dataset") or "mnist-sample"
     torch.manual_seed(args.seed)
@@ -131,7 +134,7 @@ def _save(args, ckpt, model, res, config, dataset, what, input_shape) -> None:
                     model_kwargs=ckpt["model"]["kwargs"], masks=res.masks, config=config,
                     metrics=res.report["metrics"],
                     extra={"dataset": dataset, "input_shape": list(input_shape),
-                           "distributed": _world(),
+                           "distributed": _world(), "precision": training_precision(),
                            "compacted": res.compacted, "history": res.history, "targets":
                            {r["layer"]: r["target_keep"] for r in res.report["layers"]}})
     md = to_markdown(res.report, title=f"{ckpt['model']['name'] or args.model} {what}")

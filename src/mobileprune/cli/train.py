@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from mobileprune.pipeline.train import set_training_speed, training_precision
 from mobileprune.cli.models import check_accepts, load_model, parse_model_args
 
 
@@ -34,6 +35,8 @@ def cmd_train(args) -> int:
     from mobileprune.pipeline import distributed
     from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
 
+    if args.precision:
+        set_training_speed(args.precision)
     torch.manual_seed(args.seed)
     bundle = load_dataset(args.dataset, args.data_dir)
     kwargs = kwargs_for_data(args.model, bundle.input_shape, bundle.num_classes,
@@ -51,7 +54,7 @@ def cmd_train(args) -> int:
         acc = evaluate(model, test_loader)
         print(f"epoch {ep + 1}/{args.epochs} | loss {stats['loss']:.4f} | test acc {100 * acc:.2f}%")
     save_checkpoint(args.out, model, kind="dense", model_name=args.model, model_kwargs=kwargs,
-                    metrics={"test_accuracy": acc, "epochs": args.epochs,
+                    metrics={"test_accuracy": acc, "epochs": args.epochs, "precision": training_precision(),
                              "train_seconds": time.perf_counter() - t0},
                     extra={"dataset": args.dataset, "input_shape": list(bundle.input_shape),
                            "distributed": {"world_size": distributed.world_size(),

@@ -6,10 +6,14 @@ own loop. These helpers exist so the one-command pipeline has one well-tested lo
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -142,6 +146,57 @@ def training_loss(model: nn.Module, x: Tensor, y: Tensor, *,
     return loss, out
 
 
+PRECISIONS = ("auto", "bf16", "fp32")
+_SPEED = {"precision": os.environ.get("MOBILEPRUNE_PRECISION", "auto"), "channels_last": "auto"}
+
+
+@functools.lru_cache(maxsize=1)
+def bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), read from
+    ``/proc/cpuinfo`` (``False`` where the OS does not tell)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def set_training_speed(precision: str = "auto", channels_last: str | bool = "auto") -> None:
+    """How every training loop computes (issue 21): ``precision`` ``"bf16"`` runs forward
+    passes under ``torch.autocast`` in bfloat16 (weights, gradients and optimizer stay
+    float32, so masks stay exact), ``"fp32"`` does not, ``"auto"`` picks bf16 where the
+    CPU has it natively (:func:`bf16_supported`); ``channels_last`` (``"auto"``: on for
+    models with 2-D convolutions) trains in that memory layout and puts the model back
+    to the standard layout after every epoch."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if channels_last not in ("auto", True, False):
+        raise ConfigError(f"channels_last must be 'auto', true or false, got {channels_last!r}")
+    _SPEED.update(precision=precision, channels_last=channels_last)
+
+
+def training_precision() -> str:
+    """``"bf16"`` or ``"fp32"``: what :func:`train_epoch` runs in now."""
+    p = _SPEED["precision"]
+    return ("bf16" if bf16_supported() else "fp32") if p == "auto" else p
+
+
+@contextlib.contextmanager
+def fast_training(model: nn.Module):
+    """Yield ``(bf16, layout)`` for the training loop (see :func:`set_training_speed`)."""
+    cl = _SPEED["channels_last"]
+    if cl == "auto":
+        cl = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    layout = torch.channels_last if cl else None
+    if layout is not None:
+        model.to(memory_format=layout)
+    try:
+        yield training_precision() == "bf16", layout
+    finally:
+        if layout is not None:
+            model.to(memory_format=torch.contiguous_format)
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
                 loss_fn: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
                 penalty: Callable[[], Tensor] | None = None,
@@ -170,40 +225,51 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     total, n, correct = 0.0, 0, 0
     classes = None
     bar = _progress(loader, progress, desc, total=len(loader))
-    for x, y in bar:
-        if shift:
-            if isinstance(x, (tuple, list)):
-                raise ConfigError("shift augments one image input; this loader yields "
-                                  f"{len(x)} inputs per batch")
-            x = random_shift(x, shift)
-        loss, out = training_loss(model, x, y, loss_fn=loss_fn, teacher=teacher, distill=distill,
-                                  temperature=temperature)
-        full = loss + penalty() if penalty is not None else loss
-        if not torch.isfinite(full):
-            raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or the regularisation strength (rho, lam)")
-        optimizer.zero_grad(set_to_none=True)
-        full.backward()
-        if distributed.active():  # every rank steps as one process on the joint batch
-            distributed.average_gradients(model)
-        optimizer.step()
-        if scheduler is not None:
-            scheduler.step()
-        if after_step is not None:
-            after_step()
-        if distributed.active():
-            distributed.sync_buffers(model)
-        b = y.shape[0]
-        total += loss.item() * b
-        n += b
-        if classes is None:  # class-index targets: report a training accuracy
-            classes = not y.is_floating_point() and y.dim() == 1
-        if classes:
-            correct += int((out.argmax(1) == y).sum())
-        if hasattr(bar, "set_postfix") and n:
-            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False,
-                            **({"acc": f"{correct / n:.4f}"} if classes else {}))
+    with fast_training(model) as (bf16, layout):
+        for x, y in bar:
+            if shift:
+                if isinstance(x, (tuple, list)):
+                    raise ConfigError("shift augments one image input; this loader yields "
+                                      f"{len(x)} inputs per batch")
+                x = random_shift(x, shift)
+            if layout is not None and isinstance(x, Tensor) and x.dim() == 4:
+                x = x.contiguous(memory_format=layout)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, out = training_loss(model, x, y, loss_fn=loss_fn, teacher=teacher,
+                                          distill=distill, temperature=temperature)
+            loss = loss.float()
+            stats = _step(model, loss, penalty, optimizer, scheduler, after_step, desc)
+            b = y.shape[0]
+            total += stats * b
+            n += b
+            if classes is None:  # class-index targets: report a training accuracy
+                classes = not y.is_floating_point() and y.dim() == 1
+            if classes:
+                correct += int((out.argmax(1) == y).sum())
+            if hasattr(bar, "set_postfix") and n:
+                bar.set_postfix(loss=f"{total / n:.4f}", refresh=False,
+                                **({"acc": f"{correct / n:.4f}"} if classes else {}))
     return {"loss": total / max(n, 1),
             "train_accuracy": correct / max(n, 1) if classes else None}
+
+
+def _step(model: nn.Module, loss: Tensor, penalty, optimizer, scheduler, after_step, desc: str) -> float:
+    """Backward, (gradient average across ranks,) optimizer and scheduler step; the loss."""
+    full = loss + penalty() if penalty is not None else loss
+    if not torch.isfinite(full):
+        raise FloatingPointError(f"loss diverged ({float(full)}) in {desc}; lower the learning rate or the regularisation strength (rho, lam)")
+    optimizer.zero_grad(set_to_none=True)
+    full.backward()
+    if distributed.active():  # every rank steps as one process on the joint batch
+        distributed.average_gradients(model)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    if after_step is not None:
+        after_step()
+    if distributed.active():
+        distributed.sync_buffers(model)
+    return loss.item()
 
 
 @torch.no_grad()

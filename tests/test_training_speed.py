@@ -1,0 +1,70 @@
+"""Fast CPU training (issue 21, item 1): bf16 autocast and channels_last change how the
+forward pass computes, never what is stored: weights, gradients and masks stay float32,
+pruned weights stay exactly zero, the model leaves an epoch in the standard layout, and
+a bf16 loss is the fp32 loss up to bf16 rounding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from mobileprune.errors import ConfigError
+from mobileprune.models import LeNet5
+from mobileprune.pipeline import train as T
+from mobileprune.sparsity.masks import MaskEnforcer, masks_from_weights
+
+
+@pytest.fixture()
+def fast():
+    T.set_training_speed("bf16", True)
+    yield
+    T.set_training_speed("fp32", False)
+
+
+def _data():
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(64, 1, 28, 28, generator=g),
+                                    torch.randint(0, 10, (64,), generator=g)), batch_size=16)
+
+
+def test_masks_stay_exact_in_bf16_channels_last(fast):
+    torch.manual_seed(0)
+    m = LeNet5()
+    with torch.no_grad():
+        m.conv2.weight[m.conv2.weight.abs() < 0.02] = 0
+        m.fc1.weight[:, ::2] = 0
+    masks = masks_from_weights(m, ["conv2.weight", "fc1.weight"])
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    MaskEnforcer(m, masks).attach(opt)
+    before = m.conv1.weight.detach().clone()
+    T.train_epoch(m, _data(), opt, progress=False)
+    assert not torch.equal(before, m.conv1.weight)  # it trained
+    for name, mask in masks.items():
+        w = dict(m.named_parameters())[name]
+        assert w.dtype == torch.float32 and w.is_contiguous()
+        assert torch.equal(w.detach() != 0, mask)
+
+
+def test_bf16_loss_is_the_fp32_loss_up_to_rounding(fast):
+    torch.manual_seed(0)
+    m = LeNet5()
+    x, y = next(iter(_data()))
+    with torch.no_grad():
+        ref = torch.nn.functional.cross_entropy(m(x), y)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = T.training_loss(m, x.contiguous(memory_format=torch.channels_last), y)[0].float()
+    assert abs(float(got) - float(ref)) <= 0.02 * float(ref)
+
+
+def test_settings_are_validated_and_resolved():
+    with pytest.raises(ConfigError, match="precision"):
+        T.set_training_speed("fp16")
+    with pytest.raises(ConfigError, match="channels_last"):
+        T.set_training_speed("fp32", "yes")
+    T.set_training_speed("auto", False)
+    try:
+        assert T.training_precision() == ("bf16" if T.bf16_supported() else "fp32")
+    finally:
+        T.set_training_speed("fp32", False)
+    assert T.training_precision() == "fp32"
