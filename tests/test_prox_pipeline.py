@@ -155,7 +155,7 @@ def test_schedule_additions_validated(data, bad, match):
 def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, final_distill,
                                         expect_rounds, expect_final):
     import mobileprune.sparsity.proximal as palm
-    import mobileprune.pipeline.prune as pipeline
+    import mobileprune.pipeline.proximal_run as pipeline
 
     seen = {"rounds": [], "final": []}
     run_rounds, train_epoch = palm.run_rounds, pipeline.train_epoch

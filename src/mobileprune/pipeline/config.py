@@ -71,9 +71,9 @@ META_KEYS = {"model": "the model the config was written for (informative)",
 
 
 def _classes():
-    from mobileprune.pipeline import prune as p
+    from mobileprune.pipeline import admm_run as p, proximal_run as q
 
-    return {"admm": p.ADMMSettings, "retrain": p.RetrainSettings, "schedule": p.ProxSchedule}
+    return {"admm": p.ADMMSettings, "retrain": p.RetrainSettings, "schedule": q.ProxSchedule}
 
 
 class _Marks:
