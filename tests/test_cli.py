@@ -539,3 +539,19 @@ def test_a_users_own_model_from_a_state_dict(tmp_path, monkeypatch, capsys):
     with torch.no_grad():
         ref = net(x).numpy()
     assert abs(runtime.load(mps)(x.numpy()) - ref).max() <= 1e-4 * abs(ref).max()
+
+
+def test_export_into_a_missing_directory_creates_it(tmp_path):
+    """Issue 20: a sparse export into a missing directory ended in a traceback."""
+    torch.manual_seed(0)
+    src = tmp_path / "m.pt"
+    net = LeNet300100().eval()
+    save_checkpoint(src, net, kind="dense", model_name="lenet300100",
+                    extra={"input_shape": [1, 28, 28]})
+    out = tmp_path / "new" / "deeper" / "m.mps"
+    assert run("export", str(src), "--format", "sparse", "--out", str(out)) == 0
+    from mobileprune import runtime
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        ref = net(x).numpy()
+    assert abs(runtime.load(out)(x.numpy()) - ref).max() <= 1e-4 * abs(ref).max()
