@@ -246,13 +246,14 @@ def test_attention_heads_packed_and_separate_match_brute_force():
     assert {j for j in range(2) if bool((m.attn2.out_proj.weight[:, j * d2:(j + 1) * d2] != 0).any())} == want2
 
 
-def test_embedding_rows_and_conv_transpose_output_channels():
+def test_embedding_tokens_dims_and_conv_transpose_output_channels():
     m = zoo(6)
     emb, ct = m.emb.weight.detach().clone(), m.convt.weight.detach().clone()
-    rows = brute_force_units([emb], 4)
+    rows = brute_force_units([emb], 4)          # channel: a token (input unit) = a row
+    dims = brute_force_units([emb.t()], 5)      # filter: an embedding dimension = a column
     outs = brute_force_units([ct.transpose(0, 1).reshape(4, -1)], 2)  # output channel = dim 1
     ins = brute_force_units([ct.reshape(2, -1)], 1)
-    ADMMPruner(m, {"layers": {"emb": {"structure": "row", "keep": 4},
+    ADMMPruner(m, {"layers": {"emb": {"structure": "channel", "keep": 4},
                               "convt": [{"structure": "filter", "keep": 2},
                                         {"structure": "channel", "keep": 1}]}}).finalize()
     assert {i for i in range(10) if bool((m.emb.weight[i] != 0).any())} == rows
@@ -260,6 +261,9 @@ def test_embedding_rows_and_conv_transpose_output_channels():
     assert {f for f in range(4) if bool((w[:, f] != 0).any())} == outs
     assert {c for c in range(2) if bool((w[c] != 0).any())} <= ins
     assert {f for f in range(4) if m.convt.bias[f] != 0} <= outs  # bias of pruned outputs zeroed
+    m = zoo(6)
+    ADMMPruner(m, {"layers": {"emb": {"structure": "filter", "keep": 5}}}).finalize()
+    assert {d for d in range(12) if bool((m.emb.weight[:, d] != 0).any())} == dims
 
 
 def test_unit_groups_roundtrip_and_layout():
