@@ -330,7 +330,8 @@ def test_admm_on_tiny_lstm_classifier_reaches_exact_budgets():
 def test_report_lists_every_parameter_with_target_or_reason():
     m = zoo()
     targets = resolve_targets(m, {"layers": {"lstm": 0.5, "attn2": 0.5}, "exclude": ["attn2.out_proj"]})
-    rep = layer_report(m, targets)
+    with pytest.warns(UserWarning, match="the model is dense"):
+        rep = layer_report(m, targets)
     rows = {r["parameter"]: r for r in rep["parameters"]}
     assert list(rows) == [n for n, _ in m.named_parameters()]
     for r in rows.values():
@@ -347,8 +348,9 @@ def test_report_lists_every_parameter_with_target_or_reason():
     assert "norm.weight (12): not selected: type LayerNorm is never pruned" in md
     assert "| lstm.weight_hh_l0_reverse | LSTM | 24x6 | 144 |" in md
     # the same reasons from a config, or generic ones without
-    assert layer_report(m, config={"default": 0.5})["parameters"][0]["targets"] == ["emb (unstructured)"]
-    generic = {r["parameter"]: r["dense_reason"] for r in layer_report(m)["parameters"]}
+    with pytest.warns(UserWarning, match="the model is dense"):
+        assert layer_report(m, config={"default": 0.5})["parameters"][0]["targets"] == ["emb (unstructured)"]
+        generic = {r["parameter"]: r["dense_reason"] for r in layer_report(m)["parameters"]}
     assert generic["conv3.weight"] == "no target given (prunable)"
     ex = explain(m, {"default": 0.9})
     assert ex["lstm.weight_ih_l1"] == "target lstm.weight_ih_l1: unstructured keep 28 of 288"

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -141,6 +142,20 @@ def _check_syntax(keys: Iterable[str], what: str) -> None:
             raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
 
 
+def _warn_zero_weights(regs: Mapping[str, Regularizer], names: Mapping[str, str]) -> None:
+    """Warn naming the weights whose regulariser has every penalty weight 0 (its prox is
+    the identity: :meth:`ProximalPruner.prox_step` leaves them as they are)."""
+    from mobileprune.sparsity.regularizers import METHOD_PARAMS
+
+    idle = [names[p] for p, r in regs.items()
+            if not any(getattr(r, k) for k in METHOD_PARAMS[r.method] if k != "lam_root")
+            and not (r.method == "tree_l0_group_lasso" and r.root_weight)]
+    if idle:
+        warnings.warn(f"the regulariser of {len(idle)} weight(s) has every penalty weight 0, so "
+                      f"prox_step prunes nothing there: {', '.join(idle)}; give lam / eta / beta > 0",
+                      UserWarning, stacklevel=3)
+
+
 # ------------------------------------------------------------------------ pruner
 class ProximalPruner:
     """Layer selection + one :class:`Regularizer` per selected weight (methods.md 2, seed 000).
@@ -212,6 +227,7 @@ class ProximalPruner:
             self._params[slot.param_name] = w
         if not self.regularizers:
             raise ConfigError("the proximal pruning config selects no layer of this model")
+        _warn_zero_weights(self.regularizers, self.layer_names)
         self.optimizer = optimizer
         self.lipschitz: dict[str, float] = {}
         self.steps = 0
