@@ -556,22 +556,37 @@ def matches_slot(key: str, slot: WeightSlot) -> bool:
 
 
 def closest_names(key: str, names: Iterable[str], n: int = 3) -> list[str]:
-    """The (at most ``n``) ``names`` most similar to config key ``key``, best first
-    (:func:`difflib.get_close_matches`, ratio >= 0.5; the ``re:`` / ``type:`` prefix is
-    left out of the comparison)."""
-    probe = key.split(":", 1)[1] if key.startswith(("re:", "type:")) else key
-    return difflib.get_close_matches(probe, list(dict.fromkeys(names)), n=n, cutoff=0.5)
+    """The (at most ``n``) ``names`` most similar to config key ``key``, best first.
+
+    A glob or ``re:`` key: the names containing the most characters of its literal
+    fragments (``encoder.*.in_proj`` -> ``encoder.`` and ``.in_proj``), ties in model
+    order; an exact key, or a pattern no name shares a fragment with:
+    :func:`difflib.get_close_matches` (ratio >= 0.5) of the key without its prefix.
+    """
+    names = list(dict.fromkeys(names))
+    probe = key[3:] if key.startswith("re:") else key
+    if is_pattern(key):
+        parts = [f for f in re.split(r"[*?\[\]().+^$|\\{}]+" if key.startswith("re:") else r"[*?\[\]]+",
+                                     probe) if f]
+        score = {s: sum(len(f) for f in parts if f in s) for s in names}
+        best = [s for s in sorted(names, key=lambda s: -score[s]) if score[s] > 0][:n]
+        if best:
+            return best
+        probe = "".join(parts)
+    return difflib.get_close_matches(probe, names, n=n, cutoff=0.5)
 
 
 def _listing(key: str, candidates: Mapping[str, WeightSlot], limit: int = 30) -> str:
-    """``closest names: ...; prunable layers are: ...`` for an error about ``key``."""
-    pool = [s.type_name for s in candidates.values()] if key.startswith("type:") else \
-        [x for s in candidates.values() for x in (s.name, s.param_name)]
-    close = closest_names(key, pool)
+    """``closest names: ...; prunable layers are: ...`` for an error about ``key`` (for a
+    ``type:`` key: the types of the prunable weights instead of the closest names)."""
+    if key.startswith("type:"):
+        hint = f"types of the prunable weights: {', '.join(dict.fromkeys(s.type_name for s in candidates.values()))}; "
+    else:
+        close = closest_names(key, [x for s in candidates.values() for x in (s.name, s.param_name)])
+        hint = f"closest names: {', '.join(close)}; " if close else ""
     names = list(candidates)
     more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ((f"closest {'types' if key.startswith('type:') else 'names'}: {', '.join(close)}; "
-             if close else "") + f"prunable layers are: {', '.join(names[:limit])}{more}")
+    return f"{hint}prunable layers are: {', '.join(names[:limit])}{more}"
 
 
 def _exact(key: str, slot: WeightSlot) -> bool:
@@ -615,6 +630,8 @@ def check_name(key: str, model: nn.Module, slots: Mapping[str, WeightSlot],
         why = f"it is a {type(modules[key]).__name__}, not one of {[t.__name__ for t in types]}"
     elif key in params:
         why = dense_reason(key, model)
+    elif key in TYPE_NAMES:
+        why = f"no module or parameter has that name; to select by type write 'type:{key}'"
     else:
         why = "no such module or parameter"
     raise ConfigError(f"unknown layer {key!r} in {what} ({why}); {_listing(key, candidates)}")
