@@ -72,7 +72,7 @@ from torch import Tensor, nn
 from mobileprune.errors import ConfigError
 from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.regularizers import Regularizer, _check_weight_param
-from mobileprune.sparsity.targets import TYPE_NAMES, check_keys, load_yaml, parse_types, select
+from mobileprune.sparsity.targets import TYPE_NAMES, load_yaml, parse_types, select
 from mobileprune.pipeline.train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
@@ -195,7 +195,6 @@ class ProximalPruner:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} for layer {key!r}; allowed: {sorted(_REG_KEYS)}")
         _check_syntax(layers, "'layers'")
         _check_syntax(exclude, "'exclude'")
-        check_keys(model, exclude, types, "'exclude'")
         base = {k: cfg[k] for k in _REG_KEYS if k in cfg and cfg[k] is not None}
         if "method" in base:
             Regularizer.from_dict(base)  # validate the top-level spec once, without a layer name

@@ -646,11 +646,12 @@ def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], 
     Returns ``(chosen, reasons)``: ``chosen[name] = (slot, key)`` with the ``layers``
     key that selects it (``None``: the default), in model order; ``reasons[name]`` why
     a weight of ``model`` is not chosen. Raises :class:`ConfigError` for an exact key
-    naming no candidate weight and a pattern matching none.
+    (of ``layers`` or ``exclude``) naming no candidate weight and a pattern matching none.
     """
     slots = weight_slots(model)
-    check_keys(model, layers, types, what, slots)
     exclude = tuple(exclude)
+    check_keys(model, layers, types, what, slots)
+    check_keys(model, exclude, types, "'exclude'", slots)
     chosen: dict[str, tuple[WeightSlot, str | None]] = {}
     reasons: dict[str, str] = {}
     for name, slot in slots.items():
