@@ -260,3 +260,36 @@ def test_structured_units_of_recurrent_and_attention_weights():
         assert int(alive.sum()) == 4
     ip = model.encoder.layers[0].self_attn.in_proj_weight.detach().reshape(3, 2, 5, 10)  # (qkv, head, d, E)
     assert int((ip != 0).any(3).any(2).any(0).sum()) == 1
+
+
+def test_proximal_unit_grouping_is_the_exact_group_prox_of_hidden_units_and_heads():
+    """``grouping: unit``: the group lasso prox on whole hidden units (rows ``g*H + h``
+    of every gate) and whole heads, checked against the closed form
+    ``x_g * max(0, 1 - s lam / ||x_g||)`` computed on groups built by hand."""
+    from mobileprune.sparsity.proximal import ProximalPruner
+
+    model = Mixed()
+    lam, s = 2.0, 0.5
+    hh = model.rnn.weight_hh_l0.detach().clone()                    # (4 * 10, 10)
+    ip = model.encoder.layers[0].self_attn.in_proj_weight.detach().clone()  # (3 * 10, 10), 2 heads
+    pr = ProximalPruner(model, {"method": "group_lasso", "lam": lam, "grouping": "unit",
+                                "types": ["LSTM", "MultiheadAttention"]})
+    pr.prox_step(s)
+    units = [[g * 10 + h for g in range(4)] for h in range(10)]
+    heads = [[b * 10 + j * 5 + i for b in range(3) for i in range(5)] for j in range(2)]
+    for before, after, groups in ((hh, model.rnn.weight_hh_l0, units),
+                                  (ip, model.encoder.layers[0].self_attn.in_proj_weight, heads)):
+        want = before.clone()
+        for rows in groups:
+            want[rows] = before[rows] * max(0.0, 1 - s * lam / float(before[rows].norm()))
+        assert torch.allclose(after.detach(), want, atol=1e-6)
+    model = Mixed()
+    norms = model.rnn.weight_hh_l0.detach().reshape(4, 10, 10).pow(2).sum((0, 2)).sqrt()
+    ProximalPruner(model, {"method": "l0_group_lasso", "lam": float(norms.median()), "eta": 1e-6,
+                           "grouping": "unit", "types": ["LSTM"]}).prox_step(1.0)
+    rows = (model.rnn.weight_hh_l0.detach().reshape(4, 10, 10) != 0).any(2)  # (gate, unit)
+    assert 0 < int(rows[0].sum()) < 10
+    assert bool((rows == rows[:1]).all()), "a unit goes from every gate block at once"
+    with pytest.raises(ConfigError, match="grouping 'unit' is not defined for '0'.*grouped ConvTranspose"):
+        ProximalPruner(nn.Sequential(nn.ConvTranspose2d(4, 4, 3, groups=2)),
+                       {"method": "group_lasso", "lam": 1.0, "grouping": "unit"})
