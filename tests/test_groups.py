@@ -288,3 +288,26 @@ def test_overlapping_empty_group_allowed():
     x = Gr.overlapping_group_prox(v, [[], [0, 1, 2]], 0.5, 0.1)
     exp = P.l0_group_lasso(v[None], 0.5, 0.1)[0]
     assert torch.equal(x, exp)
+
+
+# ------------------------------------------------------------------ unit groups
+@pytest.mark.parametrize("rows,cols,blocks,unit", [(24, 5, 4, 1), (18, 3, 3, 2), (12, 4, 1, 3), (6, 2, 3, 1)])
+def test_unit_groups_are_the_blocked_row_sets_by_brute_force(rows, cols, blocks, unit):
+    """Every entry lands in exactly one group, and group ``u`` holds exactly the rows
+    ``b * G * unit + u * unit + j`` (b < blocks, j < unit): an LSTM hidden unit
+    (blocks=4), a GRU one (3), an attention head of q / k / v rows (3, head_dim)."""
+    w = torch.arange(rows * cols, dtype=torch.float64).reshape(rows, cols)
+    g = Gr.to_unit_groups(w, "filter", blocks, unit)
+    G = rows // (blocks * unit)
+    assert g.shape == Gr.unit_group_shape(w.shape, "filter", blocks, unit) == (G, blocks * unit * cols)
+    assert sorted(g.reshape(-1).tolist()) == w.reshape(-1).tolist()  # a partition
+    for u in range(G):
+        want = {r for b in range(blocks) for j in range(unit) for r in [b * G * unit + u * unit + j]}
+        got = {int(x) // cols for x in g[u].tolist()}
+        assert got == want
+    assert torch.equal(Gr.from_unit_groups(g, "filter", w.shape, blocks, unit), w)
+    norms = Gr.group_norms(w, "filter", blocks, unit)
+    assert torch.allclose(norms, torch.stack([w[sorted(want_rows)].norm() for want_rows in (
+        {b * G * unit + u * unit + j for b in range(blocks) for j in range(unit)} for u in range(G))]))
+    c = Gr.to_unit_groups(w.t(), "channel", 1, unit)  # columns in units: the heads of out_proj
+    assert torch.equal(Gr.from_unit_groups(c, "channel", (cols, rows), 1, unit), w.t())

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -44,7 +45,9 @@ def test_lenet5_hand_counts():
 
 def test_dense_model_report_and_inf_compression():
     m = LeNet300100()
-    r = layer_report(m)
+    with pytest.warns(UserWarning, match="the model is dense: none of its 3 prunable weights"):
+        r = layer_report(m)
+    assert "nothing was pruned" in r["totals"]["note"] and "- note: the model is dense" in to_markdown(r)
     assert r["totals"]["weights"] == 784 * 300 + 300 * 100 + 100 * 10
     assert r["totals"]["weight_compression"] == 1.0
     z = nn.Sequential(nn.Linear(3, 2, bias=False))

@@ -97,8 +97,9 @@ def test_keep_larger_than_layer():
     raises(Net(), {"layers": {"conv2": {"keep": 81}}}, "'conv2'", "80 weights", "keeps 81")
 
 
-def test_keep_equal_to_layer_is_fine():
-    assert targets_by_name(Net(), {"layers": {"conv2": {"keep": 80}}})["conv2"].keep == 80
+def test_keep_equal_to_layer_is_valid_but_warns():
+    with pytest.warns(UserWarning, match=r"prune nothing: conv2 \(unstructured keep 80 of 80\)"):
+        assert targets_by_name(Net(), {"layers": {"conv2": {"keep": 80}}})["conv2"].keep == 80
 
 
 def test_sparsity_that_keeps_nothing():
@@ -172,8 +173,9 @@ def test_config_errors_are_value_errors():
 
 
 def test_keep_is_floor_of_n_times_one_minus_s():
-    t = targets_by_name(Net(), {"layers": {"conv1": 0.9, "head.0": 0.5, "fc1": 0.97,
-                                           "conv2": 0.0}})
+    with pytest.warns(UserWarning, match="conv2"):
+        t = targets_by_name(Net(), {"layers": {"conv1": 0.9, "head.0": 0.5, "fc1": 0.97,
+                                               "conv2": 0.0}})
     assert t["conv1"].keep == 50        # 500 * 0.1 (0.1 is inexact in binary)
     assert t["head.0"].keep == 3        # floor(3.5)
     assert t["fc1"].keep == 3           # floor(100 * 0.03)

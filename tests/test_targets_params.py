@@ -246,13 +246,14 @@ def test_attention_heads_packed_and_separate_match_brute_force():
     assert {j for j in range(2) if bool((m.attn2.out_proj.weight[:, j * d2:(j + 1) * d2] != 0).any())} == want2
 
 
-def test_embedding_rows_and_conv_transpose_output_channels():
+def test_embedding_tokens_dims_and_conv_transpose_output_channels():
     m = zoo(6)
     emb, ct = m.emb.weight.detach().clone(), m.convt.weight.detach().clone()
-    rows = brute_force_units([emb], 4)
+    rows = brute_force_units([emb], 4)          # channel: a token (input unit) = a row
+    dims = brute_force_units([emb.t()], 5)      # filter: an embedding dimension = a column
     outs = brute_force_units([ct.transpose(0, 1).reshape(4, -1)], 2)  # output channel = dim 1
     ins = brute_force_units([ct.reshape(2, -1)], 1)
-    ADMMPruner(m, {"layers": {"emb": {"structure": "row", "keep": 4},
+    ADMMPruner(m, {"layers": {"emb": {"structure": "channel", "keep": 4},
                               "convt": [{"structure": "filter", "keep": 2},
                                         {"structure": "channel", "keep": 1}]}}).finalize()
     assert {i for i in range(10) if bool((m.emb.weight[i] != 0).any())} == rows
@@ -260,6 +261,9 @@ def test_embedding_rows_and_conv_transpose_output_channels():
     assert {f for f in range(4) if bool((w[:, f] != 0).any())} == outs
     assert {c for c in range(2) if bool((w[c] != 0).any())} <= ins
     assert {f for f in range(4) if m.convt.bias[f] != 0} <= outs  # bias of pruned outputs zeroed
+    m = zoo(6)
+    ADMMPruner(m, {"layers": {"emb": {"structure": "filter", "keep": 5}}}).finalize()
+    assert {d for d in range(12) if bool((m.emb.weight[:, d] != 0).any())} == dims
 
 
 def test_unit_groups_roundtrip_and_layout():
@@ -326,7 +330,8 @@ def test_admm_on_tiny_lstm_classifier_reaches_exact_budgets():
 def test_report_lists_every_parameter_with_target_or_reason():
     m = zoo()
     targets = resolve_targets(m, {"layers": {"lstm": 0.5, "attn2": 0.5}, "exclude": ["attn2.out_proj"]})
-    rep = layer_report(m, targets)
+    with pytest.warns(UserWarning, match="the model is dense"):
+        rep = layer_report(m, targets)
     rows = {r["parameter"]: r for r in rep["parameters"]}
     assert list(rows) == [n for n, _ in m.named_parameters()]
     for r in rows.values():
@@ -343,8 +348,9 @@ def test_report_lists_every_parameter_with_target_or_reason():
     assert "norm.weight (12): not selected: type LayerNorm is never pruned" in md
     assert "| lstm.weight_hh_l0_reverse | LSTM | 24x6 | 144 |" in md
     # the same reasons from a config, or generic ones without
-    assert layer_report(m, config={"default": 0.5})["parameters"][0]["targets"] == ["emb (unstructured)"]
-    generic = {r["parameter"]: r["dense_reason"] for r in layer_report(m)["parameters"]}
+    with pytest.warns(UserWarning, match="the model is dense"):
+        assert layer_report(m, config={"default": 0.5})["parameters"][0]["targets"] == ["emb (unstructured)"]
+        generic = {r["parameter"]: r["dense_reason"] for r in layer_report(m)["parameters"]}
     assert generic["conv3.weight"] == "no target given (prunable)"
     ex = explain(m, {"default": 0.9})
     assert ex["lstm.weight_ih_l1"] == "target lstm.weight_ih_l1: unstructured keep 28 of 288"

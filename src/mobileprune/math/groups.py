@@ -168,9 +168,10 @@ def from_groups(g: Tensor, grouping: Grouping | str, shape: Sequence[int]) -> Te
     return g.t().reshape(shape).contiguous()  # SHAPE
 
 
-def group_norms(w: Tensor, grouping: Grouping | str) -> Tensor:
-    """Euclidean norm of every group, shape ``(G,)`` (overflow-safe)."""
-    rows = to_groups(w, grouping)
+def group_norms(w: Tensor, grouping: Grouping | str, blocks: int = 1, unit: int = 1) -> Tensor:
+    """Euclidean norm of every group, shape ``(G,)`` (overflow-safe); with ``blocks`` /
+    ``unit`` of every unit group of :func:`to_unit_groups`."""
+    rows = to_unit_groups(w, grouping, blocks, unit)
     if rows.numel() == 0:
         return rows.new_zeros(rows.shape[0])
     if not rows.is_floating_point():

@@ -19,6 +19,7 @@ Unlike :mod:`torch.nn.utils.prune`, the model keeps its plain parameters: the
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, Mapping
 
 import torch
@@ -54,6 +55,16 @@ def masks_from_weights(model: nn.Module, names: Iterable[str]) -> Masks:
     return {n: params[n].detach() != 0 for n in names}
 
 
+def _warn_idle(masks: Mapping[str, Tensor]) -> None:
+    """Warn when masks hold nothing at zero: none given, or every entry ``True``."""
+    if not masks:
+        warnings.warn("MaskEnforcer got no masks: no weight is held at zero (pass the masks of "
+                      "ADMMPruner.finalize() or ProximalPruner.masks())", UserWarning, stacklevel=3)
+    elif all(bool(m.all()) for m in masks.values()):
+        warnings.warn(f"MaskEnforcer: the masks of all {len(masks)} weights keep every entry, so no "
+                      "weight is held at zero (prune before masked retraining)", UserWarning, stacklevel=3)
+
+
 class MaskEnforcer:
     """Keep the weights of ``model`` inside ``masks`` during training.
 
@@ -62,6 +73,11 @@ class MaskEnforcer:
         enforcer = MaskEnforcer(model, masks, optimizer)
         ...  # train as usual: loss.backward(); optimizer.step()
         enforcer.remove()
+
+    Works on any parameter: recurrent weights (an ``nn.LSTM`` reads the same
+    ``Parameter`` objects through ``_flat_weights``, which are masked in place) and
+    attention ``in_proj_weight`` included. Masks that hold nothing at zero (none, or all
+    ``True``) raise a ``UserWarning``.
 
     Args:
         model: the model whose parameters are masked.
@@ -76,6 +92,7 @@ class MaskEnforcer:
                  optimizers: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None) -> None:
         self.model = model
         self._params = _params(model, masks)
+        _warn_idle(masks)
         self.masks: Masks = {
             n: masks[n].to(device=p.device).bool() for n, p in self._params.items()
         }

@@ -38,7 +38,9 @@ Config of :class:`ProximalPruner` (a dict or a YAML file)::
     lam: 1.0e-4                # group-norm weight
     eta: 1.0e-6                # l0 weight
     beta: 0.0                  # l1 weight (l1, sparse_group_lasso, l0_l1_group_lasso)
-    grouping: null             # default: linear_in for a 2-D weight, filter for conv
+    grouping: null             # default: linear_in for a 2-D weight, filter for conv;
+                               # unit: whole output units (hidden units of an RNN
+                               # weight across its gate blocks, attention heads...)
     types: [Linear, Conv2d]    # prunable layer types (default: all supported types)
     exclude: [fc3]             # names / "re:" / "type:" patterns never regularised
     layers:                    # per-layer overrides, exact names first, then patterns
@@ -56,12 +58,18 @@ prunable weight, or a pattern matching nothing raises
 :class:`~mobileprune.errors.ConfigError`. Groupings act on the weight tensor as
 :mod:`mobileprune.math.groups` defines them (a 2-D weight defaults to ``linear_in``, its
 columns; a ConvTranspose weight ``(C_in, C_out, *k)`` to ``filter``, its dim 0).
+``grouping: unit`` groups by output unit as :mod:`mobileprune.sparsity.targets` defines it
+per weight (:func:`unit_spec`): one hidden unit of a ``weight_ih_l*`` / ``weight_hh_l*``
+(its rows in every gate block: 4 for LSTM, 3 for GRU), one attention head, one filter;
+each weight is regularised on its own (a head goes from the model when it goes from each
+of its weights).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -71,7 +79,7 @@ from torch import Tensor, nn
 from mobileprune.errors import ConfigError
 from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.regularizers import Regularizer, _check_weight_param
-from mobileprune.sparsity.targets import TYPE_NAMES, check_keys, load_yaml, parse_types, select
+from mobileprune.sparsity.targets import TYPE_NAMES, WeightSlot, load_yaml, parse_types, select
 from mobileprune.pipeline.train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
@@ -141,6 +149,40 @@ def _check_syntax(keys: Iterable[str], what: str) -> None:
             raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
 
 
+#: ``grouping: unit``: one group per output unit as the targets define it (below)
+UNIT = "unit"
+
+
+def unit_spec(spec: Mapping[str, Any], slot: WeightSlot) -> dict[str, Any]:
+    """``spec`` with ``grouping: unit`` replaced by the output-unit groups of ``slot``
+    (:class:`~mobileprune.sparsity.targets.WeightSlot`): a head of an attention weight
+    (its q, k, v rows of ``in_proj_weight``, its rows of ``q/k/v_proj_weight``, its columns
+    of ``out_proj``), else the ``filter`` structure: a hidden unit of an RNN weight (its
+    row in every gate block), a filter / Linear row, a ConvTranspose output channel, an
+    embedding dimension. Other specs are returned as they are."""
+    if spec.get("grouping") != UNIT:
+        return dict(spec)
+    layout = slot.structures.get("head") or slot.structures.get("filter")
+    if layout is None:
+        raise ConfigError(f"grouping 'unit' is not defined for {slot.name!r} ({slot.type_name}): "
+                          f"{slot.notes.get('filter', 'it has no output-unit groups')}")
+    return {**spec, "grouping": layout[0], "blocks": layout[1], "unit": layout[2]}
+
+
+def _warn_zero_weights(regs: Mapping[str, Regularizer], names: Mapping[str, str]) -> None:
+    """Warn naming the weights whose regulariser has every penalty weight 0 (its prox is
+    the identity: :meth:`ProximalPruner.prox_step` leaves them as they are)."""
+    from mobileprune.sparsity.regularizers import METHOD_PARAMS
+
+    idle = [names[p] for p, r in regs.items()
+            if not any(getattr(r, k) for k in METHOD_PARAMS[r.method] if k != "lam_root")
+            and not (r.method == "tree_l0_group_lasso" and r.root_weight)]
+    if idle:
+        warnings.warn(f"the regulariser of {len(idle)} weight(s) has every penalty weight 0, so "
+                      f"prox_step prunes nothing there: {', '.join(idle)}; give lam / eta / beta > 0",
+                      UserWarning, stacklevel=3)
+
+
 # ------------------------------------------------------------------------ pruner
 class ProximalPruner:
     """Layer selection + one :class:`Regularizer` per selected weight (methods.md 2, seed 000).
@@ -180,10 +222,9 @@ class ProximalPruner:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} for layer {key!r}; allowed: {sorted(_REG_KEYS)}")
         _check_syntax(layers, "'layers'")
         _check_syntax(exclude, "'exclude'")
-        check_keys(model, exclude, types, "'exclude'")
         base = {k: cfg[k] for k in _REG_KEYS if k in cfg and cfg[k] is not None}
-        if "method" in base:
-            Regularizer.from_dict(base)  # validate the top-level spec once, without a layer name
+        if "method" in base:  # validate the top-level spec once, without a layer name
+            Regularizer.from_dict({**base, "grouping": None} if base.get("grouping") == UNIT else base)
         else:  # parameters without a method: validate their values now for a clear message
             for k in ("lam", "eta", "beta", "lam_root"):
                 if k in base:
@@ -203,7 +244,7 @@ class ProximalPruner:
                 )
             w = slot.weight
             try:
-                reg = Regularizer.from_dict(merged)
+                reg = Regularizer.from_dict(unit_spec(merged, slot))
                 reg.check(w)
             except ConfigError as exc:
                 raise ConfigError(f"layer {name!r} (weight shape {tuple(w.shape)}): {exc}") from None
@@ -212,6 +253,7 @@ class ProximalPruner:
             self._params[slot.param_name] = w
         if not self.regularizers:
             raise ConfigError("the proximal pruning config selects no layer of this model")
+        _warn_zero_weights(self.regularizers, self.layer_names)
         self.optimizer = optimizer
         self.lipschitz: dict[str, float] = {}
         self.steps = 0

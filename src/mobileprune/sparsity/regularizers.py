@@ -41,6 +41,12 @@ column per input neuron); its grouping is ``None`` or ``"tree"``.  ``l0``, ``l1`
 
 ``lam_root=None`` (the default) makes the tree's root weight equal to ``lam``.
 
+``blocks`` / ``unit`` (default 1) make each group a *unit* of several rows of the
+``filter`` (or ``channel``) grouping, :func:`mobileprune.math.groups.to_unit_groups`: with
+``blocks=4`` the groups of an LSTM weight ``(4H, C)`` are its hidden units (row ``h`` of
+every gate block), with ``blocks=3, unit=E // heads`` those of an attention
+``in_proj_weight`` its heads. ``ProximalPruner``'s ``grouping: unit`` sets them per weight.
+
 Biases are not regularised: a :class:`Regularizer` is meant for a layer's ``weight``
 (:class:`mobileprune.sparsity.proximal.ProximalPruner` applies it to weights only; biases take plain
 gradient steps).
@@ -58,7 +64,8 @@ from torch import Tensor, nn
 
 from mobileprune.math import prox as P
 from mobileprune.errors import ConfigError
-from mobileprune.math.groups import Grouping, from_groups, from_tree_view, group_norms, group_shape, to_groups, tree_view
+from mobileprune.math.groups import (Grouping, from_tree_view, from_unit_groups, group_norms, to_unit_groups,
+                                     tree_view, unit_group_shape)
 
 __all__ = ["METHODS", "METHOD_PARAMS", "Regularizer", "default_grouping"]
 
@@ -115,6 +122,20 @@ def _check_step(step: Any) -> float:
     return x
 
 
+def _check_layout(blocks: Any, unit: Any, method: str, grouping: str | None) -> tuple[int, int]:
+    """Validate the unit layout of :func:`mobileprune.math.groups.to_unit_groups`: positive
+    ints, other than ``(1, 1)`` only for a grouped method with grouping ``filter`` (blocks
+    and unit) or ``channel`` (unit)."""
+    for name, v in (("blocks", blocks), ("unit", unit)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or int(v) < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+    if (blocks, unit) != (1, 1) and (method in _UNGROUPED or method == _TREE
+                                     or grouping not in ("filter", "channel")):
+        raise ConfigError(f"blocks={blocks}, unit={unit} (unit groups) need a group method and the "
+                          f"'filter' or 'channel' grouping, got {method!r} with grouping {grouping!r}")
+    return int(blocks), int(unit)
+
+
 def default_grouping(layer: nn.Module | Tensor | Sequence[int]) -> str:
     """Grouping of the public MobilePrune code for a layer (or its weight / weight shape).
 
@@ -164,10 +185,11 @@ class Regularizer:
     infinite weight (naming it), or a nonzero weight the method does not use.
     """
 
-    __slots__ = ("method", "lam", "eta", "beta", "lam_root", "grouping")
+    __slots__ = ("method", "lam", "eta", "beta", "lam_root", "grouping", "blocks", "unit")
 
     def __init__(self, method: str, lam: float = 0.0, eta: float = 0.0, beta: float = 0.0,
-                 grouping: str | Grouping | None = None, *, lam_root: float | None = None) -> None:
+                 grouping: str | Grouping | None = None, *, lam_root: float | None = None,
+                 blocks: int = 1, unit: int = 1) -> None:
         if not isinstance(method, str) or method.lower() not in METHODS:
             raise ConfigError(f"unknown regulariser method {method!r}; expected one of {', '.join(METHODS)}")
         method = method.lower()
@@ -198,6 +220,7 @@ class Regularizer:
             if grouping == "tree" and method != _TREE:
                 raise ConfigError(f"grouping 'tree' is only for method {_TREE!r}, not {method!r}")
         self.grouping = grouping
+        self.blocks, self.unit = _check_layout(blocks, unit, method, grouping)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -220,7 +243,7 @@ class Regularizer:
                 )
             return "tree"
         g = self.grouping if self.grouping is not None else default_grouping(shape)
-        group_shape(shape, g)  # raises ConfigError if the grouping does not fit
+        unit_group_shape(shape, g, self.blocks, self.unit)  # ConfigError if it does not fit
         return g
 
     def check(self, weight: Tensor | Sequence[int]) -> None:
@@ -253,7 +276,7 @@ class Regularizer:
             if root:
                 total = total + root * torch.linalg.vector_norm(t, dim=(1, 2)).sum()
         elif g is not None and self.lam:
-            total = total + self.lam * group_norms(w, g).sum()
+            total = total + self.lam * group_norms(w, g, self.blocks, self.unit).sum()
         return total
 
     def prox(self, w: Tensor, step: float) -> Tensor:
@@ -279,7 +302,7 @@ class Regularizer:
             if m == _TREE:
                 out = P.tree_l0_group_lasso(tree_view(v), self.lam * s, self.root_weight * s, self.eta * s)
                 return from_tree_view(out, v.shape)
-            rows = to_groups(v, g)
+            rows = to_unit_groups(v, g, self.blocks, self.unit)
             if m == "group_lasso":
                 out = P.group_lasso(rows, self.lam * s)
             elif m == "sparse_group_lasso":
@@ -288,7 +311,7 @@ class Regularizer:
                 out = P.l0_group_lasso(rows, self.lam * s, self.eta * s)
             else:  # l0_l1_group_lasso
                 out = P.l0_l1_group_lasso(rows, self.lam * s, self.eta * s, self.beta * s)
-            return from_groups(out, g, v.shape)
+            return from_unit_groups(out, g, v.shape, self.blocks, self.unit)
 
     # ------------------------------------------------------------ schedule / io
     def scaled(self, lam_factor: float = 1.0, eta_factor: float = 1.0,
@@ -299,7 +322,8 @@ class Regularizer:
         ef = _check_weight_param(eta_factor, "eta_factor")
         bf = lf if beta_factor is None else _check_weight_param(beta_factor, "beta_factor")
         return Regularizer(self.method, self.lam * lf, self.eta * ef, self.beta * bf, self.grouping,
-                           lam_root=None if self.lam_root is None else self.lam_root * lf)
+                           lam_root=None if self.lam_root is None else self.lam_root * lf,
+                           blocks=self.blocks, unit=self.unit)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (YAML/JSON-serialisable) that :meth:`from_dict` reads back."""
@@ -307,6 +331,8 @@ class Regularizer:
                              "beta": self.beta, "grouping": self.grouping}
         if self.lam_root is not None:
             d["lam_root"] = self.lam_root
+        if (self.blocks, self.unit) != (1, 1):
+            d.update(blocks=self.blocks, unit=self.unit)
         return d
 
     @classmethod
@@ -317,14 +343,15 @@ class Regularizer:
             return d
         if not isinstance(d, Mapping):
             raise ConfigError(f"a regulariser spec must be a mapping, got {type(d).__name__}")
-        allowed = {"method", "lam", "eta", "beta", "grouping", "lam_root"}
+        allowed = {"method", "lam", "eta", "beta", "grouping", "lam_root", "blocks", "unit"}
         unknown = set(d) - allowed
         if unknown:
             raise ConfigError(f"unknown key(s) {sorted(unknown)} in regulariser spec; allowed: {sorted(allowed)}")
         if "method" not in d:
             raise ConfigError(f"regulariser spec needs a 'method' (one of {', '.join(METHODS)})")
         return cls(d["method"], d.get("lam", 0.0), d.get("eta", 0.0), d.get("beta", 0.0),
-                   d.get("grouping"), lam_root=d.get("lam_root"))
+                   d.get("grouping"), lam_root=d.get("lam_root"), blocks=d.get("blocks", 1),
+                   unit=d.get("unit", 1))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Regularizer) and self.to_dict() == other.to_dict()
@@ -337,4 +364,6 @@ class Regularizer:
                 parts.append(f"{name}={val:g}")
         if self.grouping is not None:
             parts.append(f"grouping={self.grouping!r}")
+        if (self.blocks, self.unit) != (1, 1):
+            parts.append(f"blocks={self.blocks}, unit={self.unit}")
         return f"Regularizer({', '.join(parts)})"

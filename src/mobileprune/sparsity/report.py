@@ -11,14 +11,17 @@ config, so the report shows what the model really holds.
   is left dense (``"bias: never pruned"``, ``"not selected: type LayerNorm is never
   pruned (normalisation)"``, ``"excluded by config ('fc2')"``, ``"no default given"``).
 * ``weights``/``nonzero`` per layer: the weight tensor.
+* never silent: a report of a model whose prunable weights hold no zero (nothing was
+  pruned), or of a model with no prunable weight, warns (``UserWarning``) and says so in
+  ``totals["note"]`` and the markdown (:func:`dense_note`).
 * ``weight_compression``: total weights of the listed layers / their nonzero weights
   (the ratio seed 003 reports, e.g. 246x for LeNet-5).
 * ``param_compression``: all parameters of the model (biases and any other tensor
   included) / nonzero parameters: the stricter number.
 * ``active_out`` / ``active_in``: output units (conv filters, Linear rows; for the other
   weights their ``filter`` or ``head`` groups: hidden units, heads, ConvTranspose output
-  channels, embedding rows) and input units (conv input channels, Linear columns; the
-  ``channel`` groups) with at least one nonzero weight, the
+  channels, embedding dimensions) and input units (conv input channels, Linear columns,
+  tokens of an Embedding; the ``channel`` groups) with at least one nonzero weight, the
   "active units" of MobilePrune (seed 000; e.g. 14-8-82-39 for LeNet-5 is conv1 and
   conv2 ``active_out``, fc1 and fc2 ``active_in``).
 * with an ``example_input`` (one sample, batch dimension included): per-sample
@@ -30,6 +33,7 @@ config, so the report shows what the model really holds.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -110,9 +114,26 @@ def layer_report(model: nn.Module, targets: Iterable[LayerTarget] = (),
     gemm = [n for n, s in slots.items() if isinstance(s.module, GEMM_TYPES) and s.attr == "weight"]
     positions = output_positions(model, example_input, gemm) if example_input is not None else {}
     rows = [_layer_row(s, by_param.get(s.param_name, []), positions.get(n)) for n, s in slots.items()]
-    return {"layers": rows, "totals": _totals(model, rows, original, bool(positions)),
+    totals = _totals(model, rows, original, bool(positions))
+    note = dense_note(model, rows, totals)
+    if note:
+        totals["note"] = note
+        warnings.warn(f"layer_report: {note}", UserWarning, stacklevel=2)
+    return {"layers": rows, "totals": totals,
             "parameters": parameter_rows(model, by_param, reasons, types),
             "metrics": dict(metrics or {})}
+
+
+def dense_note(model: nn.Module, rows: list[dict[str, Any]], totals: Mapping[str, Any]) -> str | None:
+    """Why a report shows nothing pruned (``None`` if some prunable weight is zero, or
+    units were removed from the model as given, ``totals["original_weights"]``)."""
+    if not rows:
+        return (f"{type(model).__name__} has no prunable weight (Linear, Conv, ConvTranspose, "
+                "RNN / LSTM / GRU, MultiheadAttention, Embedding): the report lists its parameters only")
+    if totals["nonzero"] < totals["weights"] or totals.get("original_weights", 0) > totals["weights"]:
+        return None
+    return (f"the model is dense: none of its {len(rows)} prunable weights has a zero, so nothing "
+            "was pruned (prune it first: ADMMPruner / admm_prune / ProximalPruner)")
 
 
 def _units(slot: WeightSlot, w: torch.Tensor) -> dict[str, Any]:
@@ -287,6 +308,8 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
               f"({w_src} -> {t['nonzero']:,} nonzero{w_left})",
               f"- parameter compression (biases and all other parameters included): "
               f"{t['param_compression']:.1f}x ({p_src} -> {t['nonzero_parameters']:,}{p_left})"]
+    if t.get("note"):
+        lines.append(f"- note: {t['note']}")
     lines += _dense_lines(report.get("parameters") or [])
     m = report.get("metrics") or {}
     if "accuracy_before" in m or "accuracy_after" in m:

@@ -41,8 +41,9 @@ the model with its target or the reason it is left dense.
 Keys of ``layers`` (and of ``exclude``): an exact weight name (the parameter name with
 ``.weight`` also works), the name of a multi-weight module (``lstm``: all its weights;
 ``attn``: its ``in_proj_weight`` or ``q/k/v_proj_weight`` and its ``out_proj``),
-``re:<regex>`` (:func:`re.fullmatch` against the weight name), a glob with ``*``, ``?``
-or ``[...]`` (:func:`fnmatch.fnmatchcase` against the weight name) or
+``re:<regex>`` (:func:`re.fullmatch` against the weight name or the parameter name), a
+glob with ``*``, ``?`` or ``[...]`` (:func:`fnmatch.fnmatchcase`, the same two names:
+``encoder.*.in_proj_weight``, ``*.out_proj.weight``) or
 ``type:<ClassName>`` (the weight's layer is an instance of that supported class:
 ``type:Linear`` also matches ``attn.out_proj``). Exact weight names take precedence,
 then module names, then patterns in the order listed.
@@ -69,7 +70,8 @@ RNN ``weight_ih/hh``      a hidden unit ``h``: its row   a column: input feature
                           ``g*H + h``, g < G; LSTM       below, both directions
                           i,f,g,o: G=4; GRU r,z,n: 3)    (``ih_l1+``), previous state
 RNN ``weight_hr`` (P, H)  a projected unit (row)         a hidden unit (column)
-Embedding (N, D)          one embedding row (token)      one embedding dimension
+Embedding (N, D)          one embedding dimension        one token: its embedding row
+                          ``w[:, d]`` (an output)        ``w[n]`` (an input, one-hot)
 ========================= ============================== ===============================
 
 ``shape`` exists for Linear and Conv only. ``head`` exists on attention weights only:
@@ -85,9 +87,14 @@ projected jointly by :class:`~mobileprune.sparsity.admm.ADMMPruner` (each weight
 ConvTranspose takes ``unstructured`` only. A structure a weight does not take raises
 :class:`ConfigError` naming the weight and the structures it takes.
 
-Every problem raises :class:`~mobileprune.errors.ConfigError` naming it: an unknown
-name (with the list of prunable weights), a pattern matching nothing, a fraction
-outside ``[0, 1)``, a count larger than the weight, a model with no prunable weight.
+Nothing is silent. Every problem raises :class:`~mobileprune.errors.ConfigError` naming
+it: an unknown name or a pattern matching no prunable weight (with the closest names,
+:func:`closest_names`, and the list of prunable weights), a config that selects no
+weight of the model (with the reasons), a model with no prunable weight, a structure
+the weight does not take, a fraction outside ``[0, 1)``, a count larger than the
+weight. A target that keeps every unit (``sparsity: 0``, or ``keep`` = the size) prunes
+nothing and raises a ``UserWarning`` naming it (:func:`warn_no_op`); ``exclude`` leaves
+a weight dense without one.
 
 ``sparsity: s`` keeps ``floor(n * (1 - s))`` weights (or groups), so the achieved
 sparsity is never below the target. Tied weights (one parameter used by two layers)
@@ -96,9 +103,11 @@ are one unit, under the first name.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -247,6 +256,8 @@ class WeightSlot:
 
 _GEMM = {"filter": ("filter", 1, 1), "channel": ("channel", 1, 1), "shape": ("shape", 1, 1)}
 _GEMM_2D = {"filter": _GEMM["filter"], "channel": _GEMM["channel"]}
+#: weights stored (inputs, outputs, ...): ConvTranspose (C, F, *k), Embedding (N, D)
+_TRANSPOSED = {"filter": ("channel", 1, 1), "channel": ("filter", 1, 1)}
 _NO_SHAPE = "'shape' (a GEMM column of the seed's conv view) exists for Linear and Conv weights only"
 
 
@@ -279,15 +290,14 @@ def _module_slots(mname: str, m: nn.Module) -> list[WeightSlot]:
     """The weight slots of one module (none for an unsupported type)."""
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         if m.groups == 1:
-            st = {"filter": ("channel", 1, 1), "channel": ("filter", 1, 1)}
-            return [_slot(mname, m, "weight", st, {"shape": _NO_SHAPE}, own_name=True)]
+            return [_slot(mname, m, "weight", _TRANSPOSED, {"shape": _NO_SHAPE}, own_name=True)]
         note = "a grouped ConvTranspose weight mixes the output channels of every group in dim 1"
         return [_slot(mname, m, "weight", {}, dict.fromkeys(("filter", "channel", "shape"), note),
                       own_name=True)]
     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
         return [_slot(mname, m, "weight", _GEMM, own_name=True)]
-    if isinstance(m, nn.Embedding):
-        return [_slot(mname, m, "weight", _GEMM_2D, {"shape": _NO_SHAPE}, own_name=True)]
+    if isinstance(m, nn.Embedding):  # (N, D): a lookup of one-hot inputs, transposed GEMM
+        return [_slot(mname, m, "weight", _TRANSPOSED, {"shape": _NO_SHAPE}, own_name=True)]
     if isinstance(m, nn.RNNBase):
         gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
         return [_rnn_slot(mname, m, a, gates) for a in m._flat_weights_names if a.startswith("weight")]
@@ -540,6 +550,48 @@ def matches(key: str, name: str, module: nn.Module) -> bool:
     return key == name
 
 
+def matches_slot(key: str, slot: WeightSlot) -> bool:
+    """Whether pattern ``key`` selects ``slot``: a glob or ``re:`` key against its weight
+    name or its parameter name (``*.out_proj.weight`` and ``*.out_proj`` both work), a
+    ``type:`` key against its layer."""
+    return (matches(key, slot.name, slot.module)
+            or (slot.param_name != slot.name and matches(key, slot.param_name, slot.module)))
+
+
+def closest_names(key: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """The (at most ``n``) ``names`` most similar to config key ``key``, best first.
+
+    A glob or ``re:`` key: the names containing the most characters of its literal
+    fragments (``encoder.*.in_proj`` -> ``encoder.`` and ``.in_proj``), ties in model
+    order; an exact key, or a pattern no name shares a fragment with:
+    :func:`difflib.get_close_matches` (ratio >= 0.5) of the key without its prefix.
+    """
+    names = list(dict.fromkeys(names))
+    probe = key[3:] if key.startswith("re:") else key
+    if is_pattern(key):
+        parts = [f for f in re.split(r"[*?\[\]().+^$|\\{}]+" if key.startswith("re:") else r"[*?\[\]]+",
+                                     probe) if f]
+        score = {s: sum(len(f) for f in parts if f in s) for s in names}
+        best = [s for s in sorted(names, key=lambda s: -score[s]) if score[s] > 0][:n]
+        if best:
+            return best
+        probe = "".join(parts)
+    return difflib.get_close_matches(probe, names, n=n, cutoff=0.5)
+
+
+def _listing(key: str, candidates: Mapping[str, WeightSlot], limit: int = 30) -> str:
+    """``closest names: ...; prunable layers are: ...`` for an error about ``key`` (for a
+    ``type:`` key: the types of the prunable weights instead of the closest names)."""
+    if key.startswith("type:"):
+        hint = f"types of the prunable weights: {', '.join(dict.fromkeys(s.type_name for s in candidates.values()))}; "
+    else:
+        close = closest_names(key, [x for s in candidates.values() for x in (s.name, s.param_name)])
+        hint = f"closest names: {', '.join(close)}; " if close else ""
+    names = list(candidates)
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return f"{hint}prunable layers are: {', '.join(names[:limit])}{more}"
+
+
 def _exact(key: str, slot: WeightSlot) -> bool:
     return key in (slot.name, slot.param_name)
 
@@ -581,10 +633,11 @@ def check_name(key: str, model: nn.Module, slots: Mapping[str, WeightSlot],
         why = f"it is a {type(modules[key]).__name__}, not one of {[t.__name__ for t in types]}"
     elif key in params:
         why = dense_reason(key, model)
+    elif key in TYPE_NAMES:
+        why = f"no module or parameter has that name; to select by type write 'type:{key}'"
     else:
         why = "no such module or parameter"
-    raise ConfigError(f"unknown layer {key!r} in {what} ({why}); prunable layers are: "
-                      f"{', '.join(candidates)}")
+    raise ConfigError(f"unknown layer {key!r} in {what} ({why}); {_listing(key, candidates)}")
 
 
 def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], has_default: bool,
@@ -596,11 +649,12 @@ def select(model: nn.Module, layers: Mapping[str, Any], exclude: Iterable[str], 
     Returns ``(chosen, reasons)``: ``chosen[name] = (slot, key)`` with the ``layers``
     key that selects it (``None``: the default), in model order; ``reasons[name]`` why
     a weight of ``model`` is not chosen. Raises :class:`ConfigError` for an exact key
-    naming no candidate weight and a pattern matching none.
+    (of ``layers`` or ``exclude``) naming no candidate weight and a pattern matching none.
     """
     slots = weight_slots(model)
-    check_keys(model, layers, types, what, slots)
     exclude = tuple(exclude)
+    check_keys(model, layers, types, what, slots)
+    check_keys(model, exclude, types, "'exclude'", slots)
     chosen: dict[str, tuple[WeightSlot, str | None]] = {}
     reasons: dict[str, str] = {}
     for name, slot in slots.items():
@@ -626,14 +680,14 @@ def check_keys(model: nn.Module, keys: Iterable[str], types: tuple[type[nn.Modul
     for key in keys:
         if not is_pattern(key):
             check_name(key, model, slots, candidates, types, what)
-        elif not any(matches(key, n, s.module) for n, s in candidates.items()):
+        elif not any(matches_slot(key, s) for s in candidates.values()):
             raise ConfigError(f"pattern {key!r} in {what} matches no prunable layer; "
-                              f"prunable layers are: {', '.join(candidates)}")
+                              f"{_listing(key, candidates)}")
 
 
 def _hits(key: str, slot: WeightSlot) -> bool:
     if is_pattern(key):
-        return matches(key, slot.name, slot.module)
+        return matches_slot(key, slot)
     return _exact(key, slot) or _module_key(key, slot)
 
 
@@ -643,7 +697,7 @@ def _pick(slot: WeightSlot, layers: Mapping[str, Any]) -> str | None:
         key = next((k for k in layers if not is_pattern(k) and test(k, slot)), None)
         if key is not None:
             return key
-    return next((k for k in layers if is_pattern(k) and matches(k, slot.name, slot.module)), None)
+    return next((k for k in layers if is_pattern(k) and matches_slot(k, slot)), None)
 
 
 def _why_not(slot: WeightSlot, key: str | None, exclude: tuple[str, ...], has_default: bool,
@@ -695,9 +749,28 @@ def resolve_targets(model: nn.Module, config: Mapping[str, Any] | PruneConfig | 
     for name, (slot, key) in chosen.items():
         out.extend(_make_target(slot, sp) for sp in (cfg.default if key is None else cfg.layers[key]))
     if not out:
-        raise ConfigError("the pruning config selects no layer of this model")
+        raise ConfigError(f"the pruning config selects no layer of this model ({_summary(reasons)}); "
+                          "give a 'default' or name weights under 'layers'")
+    warn_no_op(out)
     out.reasons = _all_reasons(model, weight_slots(model), reasons)
     return out
+
+
+def _summary(reasons: Mapping[str, str], limit: int = 4) -> str:
+    """``name: reason`` for the first ``limit`` weights left dense, and how many more."""
+    items = [f"{n}: {r}" for n, r in list(reasons.items())[:limit]]
+    more = len(reasons) - limit
+    return "; ".join(items) + (f"; and {more} more" if more > 0 else "")
+
+
+def warn_no_op(targets: Iterable[LayerTarget]) -> None:
+    """Warn (``UserWarning``) naming every target that keeps all of its weight's units
+    (``sparsity: 0``, or ``keep`` = the size): such a target prunes nothing."""
+    idle = [f"{t.name} ({t.structure} keep {t.keep} of {t.units})" for t in targets if t.keep >= t.units]
+    if idle:
+        warnings.warn(f"{len(idle)} pruning target(s) keep every unit and prune nothing: "
+                      f"{', '.join(idle)}; give a sparsity > 0, or 'exclude' the weight to leave it "
+                      "dense on purpose", UserWarning, stacklevel=3)
 
 
 def _all_reasons(model: nn.Module, slots: Mapping[str, WeightSlot], reasons: Mapping[str, str]) -> dict[str, str]:
