@@ -195,7 +195,7 @@ def _analyze(model: nn.Module, example_input: Any, atol: float,
     atol = _check_atol(atol)
     flags = {n: m.training for n, m in model.named_modules()}
     t = trace(model, example_input, who=who)
-    return t, ChannelFlow(t.gm, atol), flags
+    return t, ChannelFlow(t.gm, atol, t.work), flags
 
 
 def _producers(flow: ChannelFlow) -> list[Layer]:
@@ -277,11 +277,22 @@ def _rebuild(flow: ChannelFlow, dec: Decision) -> list[tuple[str, str, list[int]
         shift = flow.fold(lay, keep_out, rem_in.nonzero().flatten()) \
             if lay.kind in ("conv", "linear") else None
         handler(lay.node).resize(lay.module, keep_in, keep_out, shift)
+        _mirror(flow.gm, lay)
         if bool(rem_out.any()):
             history.append((lay.name, "out", keep_out.tolist()))
         if lay.kind in ("conv", "linear") and bool(rem_in.any()):
             history.append((lay.name, "in", keep_in.tolist()))
     return history
+
+
+def _mirror(gm: fx.GraphModule, lay: Layer) -> None:
+    """The graph module's copy of a layer read by ``get_attr`` gets the resized tensors."""
+    copy_ = gm.get_submodule(lay.name)
+    if copy_ is lay.module:
+        return
+    for name, _ in list(copy_.named_parameters(recurse=False)) + \
+            list(copy_.named_buffers(recurse=False)):
+        setattr(copy_, name, getattr(lay.module, name))
 
 
 def _rewrite_views(flow: ChannelFlow, dec: Decision) -> None:

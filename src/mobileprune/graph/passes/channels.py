@@ -141,10 +141,14 @@ def where(node: fx.Node) -> str:
 # --------------------------------------------------------------------------- the pass
 
 class ChannelFlow:
-    """The channel slots, constants and resizable layers of a canonical graph."""
+    """The channel slots, constants and resizable layers of a canonical graph; ``root``
+    is the model ``gm`` was traced from (the owner of the tensors a functional call reads
+    by ``get_attr``: ``gm`` holds copies of those modules)."""
 
-    def __init__(self, gm: fx.GraphModule, atol: float = 0.0) -> None:
+    def __init__(self, gm: fx.GraphModule, atol: float = 0.0, root: nn.Module | None = None
+                 ) -> None:
         self.gm = gm
+        self.root = root if root is not None else gm  # the model gm was traced from
         self.atol = atol
         self.parent: list[int] = []
         self.slots: dict[fx.Node, Tensor] = {}
@@ -330,7 +334,7 @@ class ChannelFlow:
         if self.calls.get(name) or any(self.attrs[t] != 1 for t in targets.values()) or \
                 any(t.startswith(name + ".") and t not in targets.values() for t in self.attrs):
             return None, name, f"module {name!r} is also used elsewhere"
-        return self.gm.get_submodule(name), name, None
+        return self.root.get_submodule(name), name, None
 
     def value(self, arg: Any) -> Any:
         """A tensor argument read by ``get_attr`` (its value), or the argument itself."""
