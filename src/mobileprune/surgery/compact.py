@@ -8,8 +8,14 @@ outputs do not change (up to float rounding of folded biases, typically ~1e-7).
 
 API
 ---
-* :func:`compact(model, example_input, *, atol=0.0, strict=False) <compact>` returns a
-  **new** module; ``model`` is never modified (it is ``copy.deepcopy``-ed first).
+* :func:`compact(model, example_input, *, atol=0.0, strict=False, return_record=False)
+  <compact>` returns a **new** module; ``model`` is never modified (it is
+  ``copy.deepcopy``-ed first). ``return_record=True`` returns ``(model, record)``
+  (:class:`CompactionRecord`: units removed per layer, the zero units kept and the op or
+  layer that keeps them, parameters and MACs before / after, the resize history). When
+  nothing can be removed it warns (:class:`CompactionWarning`); never silent.
+* :func:`channel_ids` / :func:`dead_weights`: the coupled channel ids (ADMM structured
+  coupling) and the weights ``compact`` drops, from the same analysis.
 * :func:`dead_units(model, example_input, *, atol=0.0) <dead_units>` is the dry run: per
   producer layer (Conv/Linear, by qualified name), which output units ``compact`` removes.
 * :func:`compact_in_place(model, example_input) <compact_in_place>` does the same to
@@ -25,7 +31,11 @@ one channel of a flattened ``(C, H, W)`` map.
 
 Semantics
 ---------
-The graph is traced with :func:`torch.fx.symbolic_trace` (model in **eval mode**: BatchNorm
+The analysis is the graph layer's: the model is traced by :func:`mobileprune.graph.trace`
+(torch.fx, every spelling canonicalised) and the :class:`~mobileprune.graph.passes.channels.
+ChannelFlow` pass asks each op's handler (:mod:`mobileprune.graph.ops`) how channels and
+constants flow through it; layers are resized by their handler's ``resize`` (model in
+**eval mode**: BatchNorm
 uses its running statistics, Dropout is the identity; equivalence is guaranteed in eval
 mode). Every tensor of shape ``(N, C, ...)`` has a *channel dimension* (dim 1); every
 position of it carries a *slot*. Slots are tied together with a union-find: an elementwise
@@ -60,17 +70,23 @@ A slot is **removed** when, at every place it is used, dropping it is exact:
   input); with zero padding the border outputs would see ``0`` instead of ``v``, so the
   position is removable only if ``v == 0``. When a fold is needed and the consumer has no
   bias, a bias is created (``out`` extra parameters).
-* at a pass-through op (elementwise, BatchNorm, pooling, add, cat, flatten, depthwise conv)
-  it is always exact: the same slot is removed on the other side too.
+* at a pass-through op (elementwise, BatchNorm as a module or ``F.batch_norm``, a
+  one-channel-per-group GroupNorm, LayerNorm over axes after the channels, pooling, add,
+  a squeeze-excitation ``mul``, cat, ``chunk`` of the channels (its pieces coupled
+  position by position), flatten, depthwise conv) it is always exact: the same slot is
+  removed on the other side too.
 * never when it reaches a graph output (the model's output size never changes), a graph
   input (the input signature never changes), a ``get_attr`` tensor, or any op that is not
-  recognised (transpose, softmax over channels, LayerNorm/GroupNorm, ConvTranspose,
+  recognised (transpose of the channels, softmax over channels, LayerNorm over the
+  channels, GroupNorm over groups of channels, ConvTranspose, attention, LSTM / GRU,
+  a read of the channel count ``x.size(1)`` (e.g. a channel shuffle),
   grouped conv with ``groups`` not in ``{1, in_channels}``, Linear on a 3-D input, a layer
   called at several places, a view that is not a flatten, an in-place op on a tensor that
   has other users, ...): all channels of that op's inputs are kept intact, so its inputs and
-  outputs are bit-for-bit what they were (conservative, never a wrong model). With
-  ``strict=True`` an :class:`~mobileprune.errors.UnsupportedModelError` naming the op is
-  raised instead when it keeps a channel that would otherwise be removed.
+  outputs are bit-for-bit what they were (conservative, never a wrong model); the op, the
+  user's source line and the reason are recorded. With ``strict=True`` an
+  :class:`~mobileprune.errors.UnsupportedModelError` is raised instead when any zero unit
+  is kept (naming the op or layer that keeps it) or nothing can be removed.
 
 Removing output units of a producer can make more input columns of that producer
 "zero among kept rows", which can free more units upstream; the decision is iterated to a

@@ -385,11 +385,12 @@ class ChannelFlow:
                 zero = zero[~removed[root[self.slots[lay.node]]]]
             c = self.const[lay.inp]
             ok = torch.isfinite(c) if lay.no_pad else c == 0
-            bad = root[self.slots[lay.inp][~(zero.all(0) | ok)]]
-            blocked[bad] = True
-            for r in bad.tolist():
-                why.setdefault(r, f"layer {lay.name!r} reads it with nonzero weights (and it "
-                                  f"is not a constant that folds into its bias)")
+            pos = ~(zero.all(0) | ok)
+            blocked[root[self.slots[lay.inp][pos]]] = True
+            for r, v in zip(root[self.slots[lay.inp][pos]].tolist(), c[pos].tolist()):
+                why.setdefault(r, f"layer {lay.name!r} reads it with nonzero weights and its "
+                               + (f"constant {v:.4g} cannot fold through zero padding"
+                                  if math.isfinite(v) else "values are not a constant"))
         return blocked
 
     def _keep_one(self, removed: Tensor, root: Tensor, why: dict[int, str]) -> None:
