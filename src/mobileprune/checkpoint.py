@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from mobileprune.errors import CheckpointError
 from mobileprune.files import atomic_write, atomic_write_text  # noqa: F401 (re-exported)
+from mobileprune.graph.registry import module_handler
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
 FORMAT = "mobileprune.checkpoint"
@@ -54,30 +55,39 @@ def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def _resize_layers(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]]) -> None:
-    """Replace every listed layer of ``model`` by one of the recorded sizes (new weights,
-    same type/dtype/device; values come from the following ``load_state_dict``)."""
+    """Cut every listed layer of ``model`` to the recorded sizes, in place, through its op
+    handler's ``resize`` (the one place a layer is resized; the values come from the
+    following ``load_state_dict``)."""
     modules = dict(model.named_modules())
     for name, d in sizes.items():
         old = modules.get(name)
-        if old is None or not isinstance(old, _RESIZABLE):
+        h = module_handler(old) if isinstance(old, _RESIZABLE) else None
+        if h is None:
             raise CheckpointError(f"checkpoint resizes layer {name!r}, which the model does not have")
         cur = {a: getattr(old, a) for a in _SIZE_ATTRS if hasattr(old, a)}
-        if cur == {a: d[a] for a in cur} and (getattr(old, "bias", None) is not None) == d["bias"]:
+        has_bias = getattr(old, "bias", None) is not None
+        if cur == {a: d[a] for a in cur} and has_bias == d["bias"]:
             continue
-        ref = old.weight if getattr(old, "weight", None) is not None else None
-        kw = {"device": ref.device, "dtype": ref.dtype} if ref is not None else {}
-        if isinstance(old, nn.Linear):
-            new = type(old)(d["in_features"], d["out_features"], bias=d["bias"], **kw)
-        elif isinstance(old, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            new = type(old)(d["in_channels"], d["out_channels"], old.kernel_size, stride=old.stride,
-                            padding=old.padding, dilation=old.dilation, groups=d["groups"],
-                            bias=d["bias"], padding_mode=old.padding_mode, **kw)
-        else:
-            new = type(old)(d["num_features"], eps=old.eps, momentum=old.momentum, affine=old.affine,
-                            track_running_stats=old.track_running_stats, **kw)
-        new.train(old.training)
-        parent_name, _, attr = name.rpartition(".")
-        setattr(modules[parent_name] if parent_name else model, attr, new)
+        if has_bias and not d["bias"]:
+            raise CheckpointError(f"checkpoint has no bias for layer {name!r}, the model has one")
+        n_in, n_out = _unit_counts(d)
+        shift = torch.zeros(n_out, dtype=torch.float64) if d["bias"] and not has_bias else None
+        try:
+            h.resize(old, None if n_in is None else torch.arange(n_in), torch.arange(n_out), shift)
+        except (ValueError, IndexError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint sizes of layer {name!r} do not fit it ({exc})") from None
+        if any(getattr(old, a) != d[a] for a in cur):
+            raise CheckpointError(f"checkpoint sizes of layer {name!r} do not fit it: "
+                                  f"{ {a: d[a] for a in cur} }")
+
+
+def _unit_counts(d: Mapping[str, Any]) -> tuple[int | None, int]:
+    """(inputs, outputs) of a recorded layer size (BatchNorm: (None, features))."""
+    if "num_features" in d:
+        return None, int(d["num_features"])
+    if "in_features" in d:
+        return int(d["in_features"]), int(d["out_features"])
+    return int(d["in_channels"]), int(d["out_channels"])
 
 
 def state_digest(model: nn.Module) -> str:

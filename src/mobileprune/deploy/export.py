@@ -73,7 +73,7 @@ import torch
 from torch import Tensor, nn
 
 from mobileprune.checkpoint import atomic_write
-from mobileprune.surgery.compact import _tensors
+from mobileprune.graph.trace import flat_tensors as _tensors
 from mobileprune.errors import ConfigError, ExportDependencyError, UnsupportedModelError
 
 __all__ = ["export_torchscript_lite", "export_onnx", "export_executorch", "export_native",

@@ -6,8 +6,10 @@ section 1), each method with a conservative default:
 
 * ``check(node, ctx)``: why the node cannot be handled here (``None``: it can);
 * ``channels(node, flow)``: how channel slots and constants move through it
-  (:mod:`mobileprune.graph.passes.channels`); ``False``: unknown, its channels are kept;
-* ``resize(module, keep_in, keep_out)``: the one place a layer is resized;
+  (:class:`mobileprune.graph.passes.channels.ChannelFlow`); returns ``None`` when it
+  handled the node, else why it cannot (the node's channels are then kept);
+* ``resize(module, keep_in, keep_out, shift)``: the one place a layer is resized
+  (``compact`` and checkpoint restore);
 * ``lower(node, emit)``: the runtime op(s) for :func:`~mobileprune.export_sparse`;
 * ``eval_noop``: the op is the identity in eval mode (Dropout, Identity, ...).
 """
@@ -18,7 +20,8 @@ from typing import Any, ClassVar
 
 from torch import fx, nn
 
-__all__ = ["OpHandler", "HANDLERS", "register", "handler", "args_of", "op_of"]
+__all__ = ["OpHandler", "HANDLERS", "register", "handler", "args_of", "op_of",
+           "module_handler"]
 
 
 class OpHandler:
@@ -30,10 +33,12 @@ class OpHandler:
     def check(self, node: fx.Node, ctx: Any) -> str | None:
         return None
 
-    def channels(self, node: fx.Node, flow: Any) -> bool:
-        return False
+    def channels(self, node: fx.Node, flow: Any) -> str | None:
+        return f"op {self.key or 'unknown'!r} has no channel rule"
 
-    def resize(self, module: nn.Module, keep_in: Any, keep_out: Any) -> None:
+    def resize(self, module: nn.Module, keep_in: Any, keep_out: Any, shift: Any = None) -> None:
+        """Cut ``module`` to the kept input / output units (index tensors, None: all);
+        ``shift`` (float64 per kept output) is added to its bias."""
         raise NotImplementedError(f"op {self.key!r} has no weights to resize")
 
     def lower(self, node: fx.Node, emit: Any) -> None:
@@ -71,3 +76,15 @@ def handler(node: fx.Node) -> OpHandler:
 
 
 _UNKNOWN = OpHandler()
+
+
+def module_handler(m: nn.Module) -> OpHandler | None:
+    """The handler of a layer's type (its class or a base class in the op table, own
+    ``forward`` or not: what its parameters are), or None."""
+    from mobileprune.graph.canonical import BY_MODULE
+
+    for base in type(m).__mro__:
+        spec = BY_MODULE.get(base)
+        if spec is not None:
+            return HANDLERS.get(spec.key)
+    return None

@@ -18,7 +18,8 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 from mobileprune.errors import ConfigError, UnsupportedModelError
 from mobileprune.graph.canonical import canonicalize, module_spec
 
-__all__ = ["Traced", "trace", "as_args", "tensor_meta", "shape_of", "leaf_module"]
+__all__ = ["Traced", "trace", "as_args", "tensor_meta", "shape_of", "leaf_module",
+           "flat_tensors"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -89,7 +90,7 @@ def trace(model: nn.Module, example_input: Any, *, who: str = "mobileprune",
         raise UnsupportedModelError(
             f"{who}: torch.fx cannot trace {name} ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); the forward must be traceable "
-            f"(no Python control flow on tensor values)") from exc
+            f"by torch.fx.symbolic_trace (no Python control flow on tensor values)") from exc
     try:
         with torch.no_grad():
             out = ShapeProp(gm).propagate(*args)
@@ -112,3 +113,14 @@ def tensor_meta(node: Any) -> TensorMetadata | None:
 def shape_of(node: Any) -> tuple[int, ...] | None:
     tm = tensor_meta(node)
     return tuple(int(s) for s in tm.shape) if tm is not None else None
+
+
+def flat_tensors(obj: Any) -> list[Tensor]:
+    """The tensors of a (nested) model output, in order (dict values by sorted key)."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in flat_tensors(o)]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in flat_tensors(obj[k])]
+    return []

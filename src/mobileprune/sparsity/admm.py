@@ -32,13 +32,14 @@ Use it inside your own training loop::
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from mobileprune.errors import ConfigError
+from mobileprune.errors import ConfigError, UnsupportedModelError
 from mobileprune.math.groups import to_groups
 from mobileprune.math.projection import project_top_groups, project_topk, top_coupled_groups
 from mobileprune.sparsity.targets import LayerTarget, PruneConfig, resolve_targets
@@ -106,7 +107,8 @@ class ADMMPruner:
             the same channels are zeroed in every coupled layer, so
             :func:`~mobileprune.surgery.compact.compact` can physically remove them. Each
             layer still keeps at most its own ``keep`` groups. Without it, every layer
-            is projected on its own.
+            is projected on its own; so is every layer of a model torch.fx cannot trace,
+            with a warning that names the structured targets whose coupling is lost.
     """
 
     def __init__(self, model: nn.Module, config: Mapping[str, Any] | PruneConfig | str | Path,
@@ -204,7 +206,17 @@ class ADMMPruner:
                       if t.structure in ("filter", "channel") and t.plain}
         if not structured:
             return {}
-        ids = channel_ids(self.model, example_input)
+        try:
+            ids = channel_ids(self.model, example_input)
+        except UnsupportedModelError as exc:
+            names = sorted({t.name for t in structured.values()})
+            warnings.warn(
+                f"ADMMPruner: the graph of {type(self.model).__name__} cannot be traced, so "
+                f"the structured targets {names} are projected per layer: the coupling of "
+                f"their channels through residual adds, concatenations, depthwise convs and "
+                f"consumer layers is lost (compact may not remove their zero units) "
+                f"({str(exc).splitlines()[0]})", UserWarning, stacklevel=4)
+            return {}
         self._all_ids = ids
         members = {}
         for key, t in structured.items():

@@ -8,8 +8,14 @@ outputs do not change (up to float rounding of folded biases, typically ~1e-7).
 
 API
 ---
-* :func:`compact(model, example_input, *, atol=0.0, strict=False) <compact>` returns a
-  **new** module; ``model`` is never modified (it is ``copy.deepcopy``-ed first).
+* :func:`compact(model, example_input, *, atol=0.0, strict=False, return_record=False)
+  <compact>` returns a **new** module; ``model`` is never modified (it is
+  ``copy.deepcopy``-ed first). ``return_record=True`` returns ``(model, record)``
+  (:class:`CompactionRecord`: units removed per layer, the zero units kept and the op or
+  layer that keeps them, parameters and MACs before / after, the resize history). When
+  nothing can be removed it warns (:class:`CompactionWarning`); never silent.
+* :func:`channel_ids` / :func:`dead_weights`: the coupled channel ids (ADMM structured
+  coupling) and the weights ``compact`` drops, from the same analysis.
 * :func:`dead_units(model, example_input, *, atol=0.0) <dead_units>` is the dry run: per
   producer layer (Conv/Linear, by qualified name), which output units ``compact`` removes.
 * :func:`compact_in_place(model, example_input) <compact_in_place>` does the same to
@@ -25,7 +31,11 @@ one channel of a flattened ``(C, H, W)`` map.
 
 Semantics
 ---------
-The graph is traced with :func:`torch.fx.symbolic_trace` (model in **eval mode**: BatchNorm
+The analysis is the graph layer's: the model is traced by :func:`mobileprune.graph.trace`
+(torch.fx, every spelling canonicalised) and the :class:`~mobileprune.graph.passes.channels.
+ChannelFlow` pass asks each op's handler (:mod:`mobileprune.graph.ops`) how channels and
+constants flow through it; layers are resized by their handler's ``resize`` (model in
+**eval mode**: BatchNorm
 uses its running statistics, Dropout is the identity; equivalence is guaranteed in eval
 mode). Every tensor of shape ``(N, C, ...)`` has a *channel dimension* (dim 1); every
 position of it carries a *slot*. Slots are tied together with a union-find: an elementwise
@@ -60,17 +70,23 @@ A slot is **removed** when, at every place it is used, dropping it is exact:
   input); with zero padding the border outputs would see ``0`` instead of ``v``, so the
   position is removable only if ``v == 0``. When a fold is needed and the consumer has no
   bias, a bias is created (``out`` extra parameters).
-* at a pass-through op (elementwise, BatchNorm, pooling, add, cat, flatten, depthwise conv)
-  it is always exact: the same slot is removed on the other side too.
+* at a pass-through op (elementwise, BatchNorm as a module or ``F.batch_norm``, a
+  one-channel-per-group GroupNorm, LayerNorm over axes after the channels, pooling, add,
+  a squeeze-excitation ``mul``, cat, ``chunk`` of the channels (its pieces coupled
+  position by position), flatten, depthwise conv) it is always exact: the same slot is
+  removed on the other side too.
 * never when it reaches a graph output (the model's output size never changes), a graph
   input (the input signature never changes), a ``get_attr`` tensor, or any op that is not
-  recognised (transpose, softmax over channels, LayerNorm/GroupNorm, ConvTranspose,
+  recognised (transpose of the channels, softmax over channels, LayerNorm over the
+  channels, GroupNorm over groups of channels, ConvTranspose, attention, LSTM / GRU,
+  a read of the channel count ``x.size(1)`` (e.g. a channel shuffle),
   grouped conv with ``groups`` not in ``{1, in_channels}``, Linear on a 3-D input, a layer
   called at several places, a view that is not a flatten, an in-place op on a tensor that
   has other users, ...): all channels of that op's inputs are kept intact, so its inputs and
-  outputs are bit-for-bit what they were (conservative, never a wrong model). With
-  ``strict=True`` an :class:`~mobileprune.errors.UnsupportedModelError` naming the op is
-  raised instead when it keeps a channel that would otherwise be removed.
+  outputs are bit-for-bit what they were (conservative, never a wrong model); the op, the
+  user's source line and the reason are recorded. With ``strict=True`` an
+  :class:`~mobileprune.errors.UnsupportedModelError` is raised instead when any zero unit
+  is kept (naming the op or layer that keeps it) or nothing can be removed.
 
 Removing output units of a producer can make more input columns of that producer
 "zero among kept rows", which can free more units upstream; the decision is iterated to a
@@ -110,867 +126,70 @@ silently returns a wrong model).
 
 from __future__ import annotations
 
-import copy
-import inspect
 import math
-import operator
-from dataclasses import dataclass
-from typing import Any, Callable
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
-from torch.fx.node import Node, map_arg
-from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from mobileprune.errors import CompactionError, ConfigError, UnsupportedModelError
+from mobileprune.graph import trace
+from mobileprune.graph.passes.channels import ChannelFlow, Decision, Layer, positions
+from mobileprune.graph.registry import args_of, handler, op_of
+from mobileprune.graph.trace import Traced, as_args, flat_tensors
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
-__all__ = ["compact", "dead_units", "CompactionError"]
+__all__ = ["compact", "dead_units", "channel_ids", "dead_weights", "fold_dead_weights",
+           "compact_in_place", "CompactionError", "CompactionRecord", "CompactionWarning",
+           "KeptUnits"]
 
 
-# --------------------------------------------------------------------------- op tables
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_BN_NDIM = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
-
-# elementwise modules without parameters: constants are mapped through the module itself
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.ELU, nn.CELU,
-    nn.SELU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Mish, nn.Softsign,
-    nn.Tanhshrink, nn.LogSigmoid, nn.Threshold, nn.Hardshrink, nn.Softshrink,
-)
-# per-channel modules that keep a constant channel constant (eval mode)
-_KEEP_CONST_MODULES = (
-    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.FeatureAlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
-)
-_AVG_POOL_MODULES = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
-
-_ELEMENTWISE_FUNCTIONS = {
-    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.leaky_relu_, F.elu,
-    F.elu_, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardtanh, F.hardtanh_, F.hardswish,
-    F.hardsigmoid, F.softplus, F.softsign, F.tanhshrink, F.logsigmoid, torch.sigmoid,
-    F.sigmoid, torch.tanh, F.tanh, torch.clamp, torch.clip, torch.abs, torch.neg,
-    operator.neg, torch.exp, torch.square, torch.sqrt, operator.pos,
-}
-_ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip",
-    "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "abs", "abs_", "neg",
-    "neg_", "exp", "exp_", "square", "sqrt",
-}
-_KEEP_CONST_FUNCTIONS = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d,
-    F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d,
-    F.adaptive_max_pool3d, F.interpolate, F.upsample,
-}
-_IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "half", "bfloat16",
-                     "to", "cpu", "cuda"}
-_IDENTITY_FUNCTIONS = {torch.clone, torch.detach}
-_AVG_POOL_PARAMS = ("input", "kernel_size", "stride", "padding", "ceil_mode",
-                    "count_include_pad", "divisor_override")
-_AVG_POOL_FUNCTIONS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
-_DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
-_ALPHA_DROPOUT_FUNCTIONS = {F.alpha_dropout, F.feature_alpha_dropout}
-
-_ADD = {operator.add, operator.iadd, torch.add}
-_SUB = {operator.sub, operator.isub, torch.sub}
-_MUL = {operator.mul, operator.imul, torch.mul}
-_DIV = {operator.truediv, operator.itruediv, torch.div}
-_BINARY_METHODS = {"add": "add", "add_": "add", "sub": "sub", "sub_": "sub", "mul": "mul",
-                   "mul_": "mul", "div": "div", "div_": "div"}
-_CAT = {torch.cat, torch.concat, torch.concatenate}
-_REDUCE_FUNCTIONS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
-_REDUCE_METHODS = {"mean": "mean", "sum": "sum", "amax": "amax"}
-_FLATTEN_FUNCTIONS = {torch.flatten}
-_VIEW_METHODS = {"view", "reshape"}
-_VIEW_FUNCTIONS = {torch.reshape}
-
-
-# --------------------------------------------------------------------------- helpers
-
-def _tm(node: Any) -> TensorMetadata | None:
-    if not isinstance(node, Node):
-        return None
-    tm = node.meta.get("tensor_meta")
-    return tm if isinstance(tm, TensorMetadata) else None
-
-
-def _shape(node: Any) -> tuple[int, ...] | None:
-    tm = _tm(node)
-    return tuple(int(s) for s in tm.shape) if tm is not None else None
-
-
-def _nodes_in(*objs: Any) -> list[Node]:
-    found: list[Node] = []
-    for o in objs:
-        map_arg(o, lambda n: found.append(n) or n)
-    return found
-
-
-def _has_node(*objs: Any) -> bool:
-    return bool(_nodes_in(*objs))
-
-
-def _bind(args: tuple, kwargs: dict, names: tuple[str, ...], defaults: dict) -> dict | None:
-    if len(args) > len(names):
-        return None
-    out = dict(defaults)
-    out.update(zip(names, args))
-    for k, v in kwargs.items():
-        if k not in names:
-            return None
-        out[k] = v
-    return out
-
-
-def _norm_dims(dim: Any, ndim: int) -> list[int] | None:
-    if isinstance(dim, int) and not isinstance(dim, bool):
-        dims = [dim]
-    elif isinstance(dim, (tuple, list)) and dim and all(
-            isinstance(d, int) and not isinstance(d, bool) for d in dim):
-        dims = list(dim)
-    else:
-        return None
-    out = []
-    for d in dims:
-        if not -ndim <= d < ndim:
-            return None
-        out.append(d % ndim)
-    return out
-
-
-def _zero_padding(padding: Any) -> bool:
-    if isinstance(padding, str):
-        return padding == "valid"
-    if isinstance(padding, int):
-        return padding == 0
-    return all(p == 0 for p in padding)
-
-
-def _conv_no_pad(m: nn.Module) -> bool:
-    """True when a constant input channel gives a constant contribution everywhere."""
-    if m.padding_mode != "zeros":
-        return True  # reflect/replicate/circular padding of a constant is that constant
-    if m.padding == "same":
-        return all(k == 1 for k in m.kernel_size)
-    return _zero_padding(m.padding)
-
-
-def _nan(n: int) -> Tensor:
-    return torch.full((n,), float("nan"), dtype=torch.float64)
-
-
-def _map_const(fn: Callable[[Tensor], Tensor], const: Tensor, dtype: torch.dtype) -> Tensor:
-    """Apply an elementwise function to a vector of constants (NaN = not constant)."""
-    ok = torch.isfinite(const)
-    if not bool(ok.any()):
-        return _nan(const.numel())
-    try:
-        with torch.no_grad():
-            t = torch.where(ok, const, torch.zeros_like(const)).to(dtype)
-            r = fn(t)
-        if not isinstance(r, Tensor) or r.shape != const.shape:
-            return _nan(const.numel())
-        r = r.detach().to("cpu", torch.float64)
-    except Exception:  # noqa: BLE001 - any failure just means "not a known constant"
-        return _nan(const.numel())
-    return torch.where(ok & torch.isfinite(r), r, _nan(const.numel()))
+class CompactionWarning(UserWarning):
+    """:func:`compact` removed nothing (the warning says why the zero units stay)."""
 
 
 @dataclass
-class _Layer:
-    """A Conv/Linear/BatchNorm call site that compaction cuts."""
+class KeptUnits:
+    """Zero output units of ``layer`` that could not be removed, and why (the op that
+    blocks them, with its source line, or the consumer that needs them)."""
 
-    node: Node
-    name: str
-    module: nn.Module
-    kind: str  # "conv" | "linear" | "dw" | "bn"
-    inp: Node
-    zero: Tensor | None = None  # (O, C) bool: |w| <= atol reduced over kernel dims
-    zero_row: Tensor | None = None
-    no_pad: bool = True
+    layer: str
+    units: list[int]
+    reason: str
 
 
 @dataclass
-class _Block:
-    ids: Tensor
-    kind: str  # "input" | "attr" | "output" | "unknown_in" | "unknown_out"
-    node: Node
+class CompactionRecord:
+    """What :func:`compact` did.
 
+    ``history``: ``[(layer, "out" | "in", kept indices)]`` for every resized layer, in
+    graph order (replayable); ``removed``: ``{layer: {"out": n, "in": n}}`` units removed;
+    ``kept_zero``: the zero units that stay, with the reason; ``params_*``: all
+    parameters of the model; ``macs_*``: multiply-accumulates per sample of its Conv /
+    Linear layers (weights x output positions, as :func:`~mobileprune.sparsity.report.
+    layer_report` counts them), before and after.
+    """
 
-@dataclass
-class _Decision:
-    removed_root: Tensor  # bool over slot ids (meaningful at roots)
-    root: Tensor  # slot id -> root id
-    iterations: int = 1  # -1: no fixed point, the first (full-column) decision is used
+    history: list[tuple[str, str, list[int]]] = field(default_factory=list)
+    removed: dict[str, dict[str, int]] = field(default_factory=dict)
+    kept_zero: list[KeptUnits] = field(default_factory=list)
+    params_before: int = 0
+    params_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+
+    def summary(self) -> str:
+        """One line per fact, for messages and logs."""
+        lines = [f"parameters {self.params_before:,} -> {self.params_after:,}, MACs "
+                 f"{self.macs_before:,} -> {self.macs_after:,}"]
+        lines += [f"{k}: -{v['out']} out, -{v['in']} in" for k, v in self.removed.items()]
+        lines += [f"kept zero units {k.units} of {k.layer!r}: {k.reason}" for k in self.kept_zero]
+        return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- analysis
-
-class _Analysis:
-    def __init__(self, gm: fx.GraphModule, atol: float) -> None:
-        self.gm = gm
-        self.atol = atol
-        self.modules = dict(gm.named_modules())
-        self.parent: list[int] = []
-        self.slots: dict[Node, Tensor] = {}
-        self.const: dict[Node, Tensor] = {}
-        self.blocks: list[_Block] = []
-        self.layers: list[_Layer] = []
-        self.flat_views: list[Node] = []
-        self.unknown: list[Node] = []
-        calls: dict[str, int] = {}
-        attrs: list[str] = []
-        for n in gm.graph.nodes:
-            if n.op == "call_module":
-                calls[n.target] = calls.get(n.target, 0) + 1
-            elif n.op == "get_attr":
-                attrs.append(n.target)
-        self.calls = calls
-        self.attr_targets = attrs
-        for n in gm.graph.nodes:
-            self._visit(n)
-
-    # ---- union-find
-    def _new(self, n: int) -> Tensor:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        return torch.arange(start, start + n, dtype=torch.long)
-
-    def _find(self, i: int) -> int:
-        p = self.parent
-        root = i
-        while p[root] != root:
-            root = p[root]
-        while p[i] != root:
-            p[i], i = root, p[i]
-        return root
-
-    def _union(self, a: Tensor, b: Tensor) -> None:
-        for x, y in zip(a.tolist(), b.tolist()):
-            rx, ry = self._find(x), self._find(y)
-            if rx != ry:
-                self.parent[ry] = rx
-
-    def roots(self) -> Tensor:
-        return torch.tensor([self._find(i) for i in range(len(self.parent))], dtype=torch.long)
-
-    # ---- bookkeeping
-    def _tracked(self, node: Any) -> bool:
-        return isinstance(node, Node) and node in self.slots
-
-    def _fresh(self, node: Node, kind: str | None) -> None:
-        shape = _shape(node)
-        if shape is None or len(shape) < 2:
-            return
-        self.slots[node] = self._new(shape[1])
-        self.const[node] = _nan(shape[1])
-        if kind is not None:
-            self.blocks.append(_Block(self.slots[node], kind, node))
-
-    def _block_inputs(self, node: Node, kind: str) -> None:
-        for n in _nodes_in(node.args, node.kwargs):
-            if n in self.slots:
-                self.blocks.append(_Block(self.slots[n], kind, node))
-
-    def _visit(self, node: Node) -> None:
-        if node.op == "placeholder":
-            self._fresh(node, "input")
-        elif node.op == "get_attr":
-            self._fresh(node, "attr")
-        elif node.op == "output":
-            self._block_inputs(node, "output")
-        elif self._aliased_inplace(node) or not self._handle(node):
-            self.unknown.append(node)
-            self._block_inputs(node, "unknown_in")
-            self._fresh(node, "unknown_out")
-
-    def _aliased_inplace(self, node: Node) -> bool:
-        """An in-place op on a tensor that is used elsewhere too: the other users may see
-        the mutated values, so the op is treated as unknown (its channels are kept)."""
-        x = node.args[0] if node.args else None
-        if not isinstance(x, Node) or len(x.users) <= 1:
-            return False
-        t = node.target
-        if node.op == "call_module":
-            return bool(getattr(self.modules.get(t), "inplace", False))
-        if node.op == "call_method":
-            return t.endswith("_") and not t.endswith("__")
-        if t in (operator.iadd, operator.isub, operator.imul, operator.itruediv):
-            return True
-        if getattr(t, "__name__", "").endswith("_") or node.kwargs.get("inplace"):
-            return True
-        try:
-            bound = inspect.signature(t).bind(*node.args, **node.kwargs)
-        except (TypeError, ValueError):
-            return False
-        return bool(bound.arguments.get("inplace", False))
-
-    def _same(self, node: Node, inp: Node, const: Tensor) -> bool:
-        """``node`` keeps the channel positions of ``inp`` (per-channel op)."""
-        si, so = _shape(inp), _shape(node)
-        if so is None or si is None or len(so) < 2 or so[1] != si[1] or so[0] != si[0]:
-            return False
-        self.slots[node] = self.slots[inp]
-        self.const[node] = const
-        return True
-
-    def _dtype(self, node: Node) -> torch.dtype:
-        tm = _tm(node)
-        return tm.dtype if tm is not None else torch.float32
-
-    # ---- dispatch
-    def _handle(self, node: Node) -> bool:
-        if node.op == "call_module":
-            return self._module(node)
-        if node.op == "call_function":
-            return self._function(node)
-        if node.op == "call_method":
-            return self._method(node)
-        return False
-
-    def _single_input(self, node: Node) -> Node | None:
-        if len(node.args) != 1 or node.kwargs or not self._tracked(node.args[0]):
-            return None
-        return node.args[0]
-
-    def _frozen(self, name: str, m: nn.Module) -> bool:
-        """A parametrised layer compaction must not resize."""
-        if self.calls.get(name, 0) != 1:
-            return True
-        if any(t == name or t.startswith(name + ".") for t in self.attr_targets):
-            return True
-        try:
-            from torch.nn.utils import parametrize
-            if parametrize.is_parametrized(m):
-                return True
-        except ImportError:  # pragma: no cover
-            pass
-        return hasattr(m, "weight_orig")
-
-    def _module(self, node: Node) -> bool:
-        m = self.modules.get(node.target)
-        inp = self._single_input(node)
-        if m is None or inp is None:
-            return False
-        t = type(m)
-        c_in = self.const[inp]
-        if t in _CONV:
-            return self._conv(node, m, inp)
-        if t is nn.Linear:
-            return self._linear(node, m, inp)
-        if t in _BN:
-            return self._bn(node, m, inp)
-        if t in _ELEMENTWISE_MODULES:
-            # m.forward, not m(...): the user's forward hooks must not see constants
-            return self._same(node, inp, _map_const(m.forward, c_in, self._dtype(node)))
-        if t in _KEEP_CONST_MODULES:
-            return self._same(node, inp, c_in.clone())
-        if t in _AVG_POOL_MODULES:
-            return self._same(node, inp, self._avg_const(
-                c_in, m.padding, m.count_include_pad, getattr(m, "divisor_override", None)))
-        if t is nn.Flatten:
-            return self._flatten(node, inp, m.start_dim, m.end_dim)
-        return False
-
-    def _function(self, node: Node) -> bool:
-        f = node.target
-        args, kwargs = node.args, node.kwargs
-        if f is getattr:
-            return self._shape_access(node)
-        if f in _ADD or f in _SUB or f in _MUL or f in _DIV:
-            kind = "add" if f in _ADD else "sub" if f in _SUB else "mul" if f in _MUL else "div"
-            return self._binary(node, kind, f)
-        if f in _CAT:
-            return self._cat(node)
-        if not args or not self._tracked(args[0]):
-            return False
-        inp = args[0]
-        c_in = self.const[inp]
-        if f in _ELEMENTWISE_FUNCTIONS or f in _IDENTITY_FUNCTIONS:
-            if _has_node(args[1:], kwargs):
-                return False
-            return self._same(node, inp, _map_const(
-                lambda t: f(t, *args[1:], **kwargs), c_in, self._dtype(node)))
-        if f in _KEEP_CONST_FUNCTIONS:
-            if _has_node(args[1:], kwargs):
-                return False
-            return self._same(node, inp, c_in.clone())
-        if f in _AVG_POOL_FUNCTIONS:
-            b = _bind(args, kwargs, _AVG_POOL_PARAMS,
-                      {"stride": None, "padding": 0, "ceil_mode": False,
-                       "count_include_pad": True, "divisor_override": None})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._same(node, inp, self._avg_const(
-                c_in, b["padding"], b["count_include_pad"], b["divisor_override"]))
-        if f in _DROPOUT_FUNCTIONS or f in _ALPHA_DROPOUT_FUNCTIONS:
-            b = _bind(args, kwargs, ("input", "p", "training", "inplace"),
-                      {"p": 0.5, "training": True, "inplace": False})
-            if b is None or _has_node(args[1:], kwargs) or not isinstance(b["training"], bool):
-                return False
-            if not b["training"]:
-                return self._same(node, inp, c_in.clone())
-            if f in _ALPHA_DROPOUT_FUNCTIONS:
-                return False
-            # random per-element mask: only an exact 0 stays constant
-            return self._same(node, inp, torch.where(c_in == 0, c_in, _nan(c_in.numel())))
-        if f in _FLATTEN_FUNCTIONS:
-            b = _bind(args, kwargs, ("input", "start_dim", "end_dim"),
-                      {"start_dim": 0, "end_dim": -1})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._flatten(node, inp, b["start_dim"], b["end_dim"])
-        if f in _VIEW_FUNCTIONS:
-            return self._view(node, inp)
-        if f in _REDUCE_FUNCTIONS:
-            b = _bind(args, kwargs, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._reduce(node, inp, _REDUCE_FUNCTIONS[f], b["dim"])
-        if f in (torch.squeeze, torch.unsqueeze):
-            b = _bind(args, kwargs, ("input", "dim"), {"dim": None})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._squeeze(node, inp, b["dim"], unsqueeze=f is torch.unsqueeze)
-        return False
-
-    def _method(self, node: Node) -> bool:
-        name = node.target
-        args, kwargs = node.args, node.kwargs
-        if name in ("size", "dim", "ndimension"):
-            return self._shape_access(node)
-        if name in _BINARY_METHODS:
-            return self._binary(node, _BINARY_METHODS[name], name)
-        if not args or not self._tracked(args[0]):
-            return False
-        inp = args[0]
-        c_in = self.const[inp]
-        if name == "type_as":  # dtype cast to another tensor's dtype
-            return len(args) == 2 and not kwargs and self._same(node, inp, c_in.clone())
-        if name in _ELEMENTWISE_METHODS or name in _IDENTITY_METHODS:
-            if _has_node(args[1:], kwargs):
-                return False
-            return self._same(node, inp, _map_const(
-                lambda t: getattr(t, name)(*args[1:], **kwargs), c_in, self._dtype(node)))
-        if name == "flatten":
-            b = _bind(args, kwargs, ("input", "start_dim", "end_dim"),
-                      {"start_dim": 0, "end_dim": -1})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._flatten(node, inp, b["start_dim"], b["end_dim"])
-        if name in _VIEW_METHODS:
-            return self._view(node, inp)
-        if name in _REDUCE_METHODS:
-            b = _bind(args, kwargs, ("input", "dim", "keepdim"), {"dim": None, "keepdim": False})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._reduce(node, inp, _REDUCE_METHODS[name], b["dim"])
-        if name in ("squeeze", "unsqueeze"):
-            b = _bind(args, kwargs, ("input", "dim"), {"dim": None})
-            if b is None or _has_node(args[1:], kwargs):
-                return False
-            return self._squeeze(node, inp, b["dim"], unsqueeze=name == "unsqueeze")
-        return False
-
-    # ---- pattern handlers
-    def _shape_access(self, node: Node) -> bool:
-        """``x.size(0)``, ``x.shape[0]``, ``x.dim()``: harmless; other sizes pin ``x``."""
-        args = node.args
-        if not args or not self._tracked(args[0]):
-            return False
-        x = args[0]
-        if node.op == "call_function":  # getattr(x, attr)
-            attr = args[1] if len(args) > 1 else None
-            if attr in ("ndim", "dtype", "device", "is_cuda", "requires_grad"):
-                return True
-            if attr != "shape":
-                return False
-            return self._batch_only_users(node)
-        if node.target in ("dim", "ndimension"):
-            return True
-        dim = args[1] if len(args) > 1 else node.kwargs.get("dim")
-        if dim is None:
-            return self._batch_only_users(node)
-        ndim = len(_shape(x))
-        return isinstance(dim, int) and -ndim <= dim < ndim and dim % ndim == 0
-
-    @staticmethod
-    def _batch_only_users(node: Node) -> bool:
-        return all(u.op == "call_function" and u.target is operator.getitem
-                   and len(u.args) == 2 and u.args[1] == 0 for u in node.users)
-
-    def _avg_const(self, c: Tensor, padding: Any, count_include_pad: bool,
-                   divisor_override: Any) -> Tensor:
-        keeps = divisor_override is None and (not count_include_pad or _zero_padding(padding))
-        if keeps:
-            return c.clone()
-        return torch.where(c == 0, c, _nan(c.numel()))
-
-    def _flatten(self, node: Node, inp: Node, start: Any, end: Any) -> bool:
-        si, so = _shape(inp), _shape(node)
-        if si is None or so is None or not isinstance(start, int) or not isinstance(end, int):
-            return False
-        nd = len(si)
-        if not (-nd <= start < nd and -nd <= end < nd):
-            return False
-        start, end = start % nd, end % nd
-        if start == 0 or end < start:
-            return False  # merges the batch dimension: unknown
-        if start >= 2:
-            return self._same(node, inp, self.const[inp].clone())
-        factor = math.prod(si[2:end + 1])
-        return self._expand(node, inp, factor)
-
-    def _expand(self, node: Node, inp: Node, factor: int) -> bool:
-        si, so = _shape(inp), _shape(node)
-        if so is None or len(so) < 2 or so[0] != si[0] or so[1] != si[1] * factor:
-            return False
-        self.slots[node] = self.slots[inp].repeat_interleave(factor)
-        self.const[node] = self.const[inp].repeat_interleave(factor)
-        return True
-
-    def _view(self, node: Node, inp: Node) -> bool:
-        si, so = _shape(inp), _shape(node)
-        if si is None or so is None:
-            return False
-        # only a flatten from dim 1 is understood: (N, C, *S) -> (N, C*prod(S))
-        if len(so) != 2 or so[0] != si[0] or so[1] != math.prod(si[1:]):
-            return False
-        if not self._expand(node, inp, math.prod(si[2:])):
-            return False
-        self.flat_views.append(node)
-        return True
-
-    def _reduce(self, node: Node, inp: Node, kind: str, dim: Any) -> bool:
-        si = _shape(inp)
-        dims = _norm_dims(dim, len(si))
-        if dims is None or 0 in dims or 1 in dims:
-            return False
-        c = self.const[inp]
-        if kind == "sum":
-            c = c * math.prod(si[d] for d in set(dims))
-        return self._same(node, inp, c.clone())
-
-    def _squeeze(self, node: Node, inp: Node, dim: Any, unsqueeze: bool) -> bool:
-        so = _shape(node)
-        if so is None:
-            return False
-        ref = len(so) if unsqueeze else len(_shape(inp))
-        dims = _norm_dims(dim, ref)
-        if dims is None or any(d < 2 for d in dims):
-            return False
-        return self._same(node, inp, self.const[inp].clone())
-
-    def _binary(self, node: Node, kind: str, op: Any) -> bool:
-        args, kwargs = node.args, dict(node.kwargs)
-        if len(args) != 2:
-            return False
-        a, b = args
-        ta, tb = self._tracked(a), self._tracked(b)
-        so = _shape(node)
-        if so is None or len(so) < 2:
-            return False
-        if isinstance(op, str):
-            def fn(x, y, _n=op, _k=kwargs):
-                return getattr(x, _n)(y, **_k)
-        else:
-            def fn(x, y, _f=op, _k=kwargs):
-                return _f(x, y, **_k)
-        if _has_node(kwargs):
-            return False
-        scalar = (int, float, bool)
-        if ta and isinstance(b, scalar):
-            return self._same(node, a, _map_const(lambda t: fn(t, b), self.const[a],
-                                                  self._dtype(node)))
-        if tb and isinstance(a, scalar) and not isinstance(op, str):
-            return self._same(node, b, _map_const(lambda t: fn(a, t), self.const[b],
-                                                  self._dtype(node)))
-        if not (ta and tb) or kind == "div":
-            return False
-        sa, sb = _shape(a), _shape(b)
-        if not (len(sa) == len(sb) == len(so) and sa[1] == sb[1] == so[1]):
-            return False
-        if set(kwargs) - ({"alpha"} if kind in ("add", "sub") else set()):
-            return False
-        self._union(self.slots[a], self.slots[b])
-        ca, cb = self.const[a], self.const[b]
-        ok = torch.isfinite(ca) & torch.isfinite(cb)
-        alpha = float(kwargs.get("alpha", 1))
-        if kind == "add":
-            c = ca + alpha * cb
-        elif kind == "sub":
-            c = ca - alpha * cb
-        else:
-            c = ca * cb
-        c = torch.where(ok, c, _nan(c.numel()))
-        if kind == "mul":  # 0 * (finite anything) == 0
-            c = torch.where((ca == 0) | (cb == 0), torch.zeros_like(c), c)
-        self.slots[node] = self.slots[a]
-        self.const[node] = c
-        return True
-
-    def _cat(self, node: Node) -> bool:
-        b = _bind(node.args, node.kwargs, ("tensors", "dim"), {"dim": 0})
-        if b is None or not isinstance(b["tensors"], (list, tuple)) or not b["tensors"]:
-            return False
-        ts = b["tensors"]
-        if not all(self._tracked(t) for t in ts):
-            return False
-        shapes = [_shape(t) for t in ts]
-        so = _shape(node)
-        nd = len(shapes[0])
-        dim = b["dim"]
-        if so is None or not isinstance(dim, int) or any(len(s) != nd for s in shapes) \
-                or not -nd <= dim < nd:
-            return False
-        dim %= nd
-        if dim == 1:
-            if so[1] != sum(s[1] for s in shapes):
-                return False
-            self.slots[node] = torch.cat([self.slots[t] for t in ts])
-            self.const[node] = torch.cat([self.const[t] for t in ts])
-            return True
-        if any(s[1] != so[1] for s in shapes):
-            return False
-        for t in ts[1:]:
-            self._union(self.slots[ts[0]], self.slots[t])
-        c = self.const[ts[0]].clone()
-        for t in ts[1:]:
-            c = torch.where(self.const[t] == c, c, _nan(c.numel()))
-        self.slots[node] = self.slots[ts[0]]
-        self.const[node] = c
-        return True
-
-    def _zero(self, w: Tensor) -> Tensor:
-        """(O, C) bool: every kernel weight of (out o, in c) is zero (|w| <= atol)."""
-        z = w.detach().abs() <= self.atol
-        return z.reshape(z.shape[0], z.shape[1], -1).all(2).cpu()
-
-    def _out_const(self, m: nn.Module, zero_row: Tensor) -> Tensor:
-        bias = m.bias.detach().to("cpu", torch.float64) if m.bias is not None \
-            else torch.zeros(zero_row.numel(), dtype=torch.float64)
-        return torch.where(zero_row, bias, _nan(zero_row.numel()))
-
-    def _conv(self, node: Node, m: nn.Module, inp: Node) -> bool:
-        si, so = _shape(inp), _shape(node)
-        if self._frozen(node.target, m) or so is None or len(si) != m.weight.dim() \
-                or si[1] != m.in_channels or len(so) != len(si) or so[1] != m.out_channels:
-            return False
-        zero = self._zero(m.weight)
-        zero_row = zero.all(1)
-        no_pad = _conv_no_pad(m)
-        if m.groups == 1:
-            self.layers.append(_Layer(node, node.target, m, "conv", inp, zero, zero_row, no_pad))
-            self.slots[node] = self._new(m.out_channels)
-            self.const[node] = self._out_const(m, zero_row)
-            return True
-        if m.groups == m.in_channels and m.out_channels % m.in_channels == 0:
-            mult = m.out_channels // m.in_channels
-            self.layers.append(_Layer(node, node.target, m, "dw", inp, zero, zero_row, no_pad))
-            # sharing slot ids couples input channel c with output channels c*mult+j
-            self.slots[node] = self.slots[inp].repeat_interleave(mult)
-            c_in = self.const[inp].repeat_interleave(mult)
-            w = m.weight.detach().to("cpu", torch.float64).reshape(m.out_channels, -1).sum(1)
-            bias = m.bias.detach().to("cpu", torch.float64) if m.bias is not None \
-                else torch.zeros(m.out_channels, dtype=torch.float64)
-            ok = torch.isfinite(c_in)
-            if not no_pad:  # zero padding: only a 0 input stays constant at the borders
-                ok &= c_in == 0
-            c = torch.where(ok, c_in * w + bias, _nan(m.out_channels))
-            self.const[node] = torch.where(zero_row, bias, c)
-            return True
-        return False
-
-    def _linear(self, node: Node, m: nn.Linear, inp: Node) -> bool:
-        si, so = _shape(inp), _shape(node)
-        if self._frozen(node.target, m) or so is None or len(si) != 2 or len(so) != 2 \
-                or si[1] != m.in_features or so[1] != m.out_features:
-            return False
-        zero = self._zero(m.weight)
-        zero_row = zero.all(1)
-        self.layers.append(_Layer(node, node.target, m, "linear", inp, zero, zero_row, True))
-        self.slots[node] = self._new(m.out_features)
-        self.const[node] = self._out_const(m, zero_row)
-        return True
-
-    def _bn(self, node: Node, m: nn.Module, inp: Node) -> bool:
-        si = _shape(inp)
-        if self._frozen(node.target, m) or len(si) not in _BN_NDIM[type(m)] \
-                or si[1] != m.num_features:
-            return False
-        c = self.const[inp]
-        if m.track_running_stats and m.running_mean is not None and m.running_var is not None:
-            mean = m.running_mean.detach().to("cpu", torch.float64)
-            var = m.running_var.detach().to("cpu", torch.float64)
-            c = (c - mean) / torch.sqrt(var + m.eps)
-            if m.weight is not None:
-                c = c * m.weight.detach().to("cpu", torch.float64)
-            if m.bias is not None:
-                c = c + m.bias.detach().to("cpu", torch.float64)
-        else:  # batch statistics: not a known constant
-            c = _nan(c.numel())
-        if not self._same(node, inp, c):
-            return False
-        self.layers.append(_Layer(node, node.target, m, "bn", inp))
-        return True
-
-    # ---- decision
-    def decide(self, *, ignore_unknown: bool = False) -> _Decision:
-        root = self.roots()
-        n = len(self.parent)
-        structural = torch.zeros(n, dtype=torch.bool)
-        for b in self.blocks:
-            if ignore_unknown and b.kind == "unknown_in":
-                continue
-            structural[root[b.ids]] = True
-        removed = None
-        decisions: list[Tensor] = []
-        for it in range(1, len(self.layers) + 3):
-            blocked = structural.clone()
-            for lay in self.layers:
-                if lay.kind not in ("conv", "linear"):
-                    continue
-                zero = lay.zero
-                if removed is not None:  # only the rows that survive matter
-                    kept_rows = ~removed[root[self.slots[lay.node]]]
-                    zero = zero[kept_rows]
-                zero_col = zero.all(0)
-                c = self.const[lay.inp]
-                fold_ok = torch.isfinite(c)
-                if not lay.no_pad:
-                    fold_ok &= c == 0
-                tol = zero_col | fold_ok
-                blocked[root[self.slots[lay.inp][~tol]]] = True
-            new = ~blocked
-            self._keep_one(new, root)
-            if removed is not None and torch.equal(new, removed):
-                return _Decision(new, root, it)
-            decisions.append(new)
-            if removed is not None and bool((removed & ~new).any()):
-                break  # not monotone (keep-one interplay): use the first, sound decision
-            removed = new
-        return _Decision(decisions[0], root, -1)
-
-    def _keep_one(self, removed: Tensor, root: Tensor) -> None:
-        for node, s in self.slots.items():
-            r = root[s]
-            if s.numel() and bool(removed[r].all()):
-                removed[r[0]] = False
-
-    def removed_pos(self, dec: _Decision, node: Node) -> Tensor:
-        return dec.removed_root[dec.root[self.slots[node]]]
-
-
-# --------------------------------------------------------------------------- rebuild
-
-def _param(old: Tensor | None, new: Tensor) -> nn.Parameter:
-    rg = old.requires_grad if old is not None else True
-    return nn.Parameter(new.detach().clone(), requires_grad=rg)
-
-
-def _fold(an: _Analysis, lay: _Layer, rows: Tensor, removed_in: Tensor) -> Tensor:
-    """Bias increment (float64, one per row of ``rows``) of a conv/linear consumer whose
-    input positions ``removed_in`` are dropped: ``sum_c W[r, c] * v_c`` over the removed
-    positions that carry a finite constant ``v_c`` (a conv's weights summed over the kernel;
-    exact for the convs whose constants may be folded, see :meth:`_Analysis.decide`). The
-    removed positions without a constant have all-zero weights among ``rows``."""
-    w = lay.module.weight.detach()
-    fold = torch.zeros(rows.numel(), dtype=torch.float64)
-    if not removed_in.numel():
-        return fold
-    c = an.const[lay.inp][removed_in]
-    use = torch.isfinite(c)
-    w64 = w.index_select(0, rows.to(w.device)).to("cpu", torch.float64)
-    w64 = w64.reshape(w64.shape[0], w64.shape[1], -1).sum(2)  # (rows, C)
-    return (w64[:, removed_in][:, use] * c[use]).sum(1)
-
-
-@torch.no_grad()
-def _rebuild(an: _Analysis, dec: _Decision) -> None:
-    for lay in an.layers:
-        m = lay.module
-        keep_in = ~an.removed_pos(dec, lay.inp)
-        keep_out = ~an.removed_pos(dec, lay.node)
-        if bool(keep_in.all()) and bool(keep_out.all()):
-            continue
-        w = m.weight
-        dev = w.device if w is not None else None
-        idx_out = keep_out.nonzero().flatten()
-        if lay.kind == "bn":
-            def cut(t: Tensor) -> Tensor:
-                return t.index_select(0, idx_out.to(t.device))
-            if m.weight is not None:
-                m.weight = _param(m.weight, cut(m.weight))
-            if m.bias is not None:
-                m.bias = _param(m.bias, cut(m.bias))
-            if m.running_mean is not None:
-                m.running_mean = cut(m.running_mean).clone()
-            if m.running_var is not None:
-                m.running_var = cut(m.running_var).clone()
-            m.num_features = int(idx_out.numel())
-            continue
-        idx_in = keep_in.nonzero().flatten()
-        if lay.kind == "dw":
-            mult = m.out_channels // m.in_channels
-            m.weight = _param(w, w.index_select(0, idx_out.to(dev)))
-            if m.bias is not None:
-                m.bias = _param(m.bias, m.bias.index_select(0, idx_out.to(dev)))
-            m.in_channels = int(idx_in.numel())
-            m.groups = int(idx_in.numel())
-            m.out_channels = int(idx_in.numel()) * mult
-            assert m.out_channels == idx_out.numel()
-            continue
-        # conv (groups == 1) / linear: fold the constants of removed inputs into the bias
-        fold = _fold(an, lay, idx_out, (~keep_in).nonzero().flatten())
-        new_w = w.index_select(0, idx_out.to(dev)).index_select(1, idx_in.to(dev))
-        m.weight = _param(w, new_w)
-        if m.bias is not None:
-            b = m.bias.detach().index_select(0, idx_out.to(dev))
-            if bool((fold != 0).any()):
-                b = (b.to(torch.float64) + fold.to(b.device)).to(m.bias.dtype)
-            m.bias = _param(m.bias, b)
-        elif bool((fold != 0).any()):
-            m.bias = _param(w, fold.to(device=dev, dtype=w.dtype))
-        if lay.kind == "linear":
-            m.in_features, m.out_features = int(idx_in.numel()), int(idx_out.numel())
-        else:
-            m.in_channels, m.out_channels = int(idx_in.numel()), int(idx_out.numel())
-
-
-def _rewrite_views(an: _Analysis, dec: _Decision) -> bool:
-    changed = False
-    for node in an.flat_views:
-        if not bool(an.removed_pos(dec, node).any()):
-            continue
-        x = node.args[0]
-        if node.op == "call_method":
-            node.target = "flatten"
-        else:
-            node.target = torch.flatten
-        node.args, node.kwargs = (x, 1), {}
-        changed = True
-    if changed:
-        an.gm.graph.lint()
-        an.gm.recompile()
-    return changed
-
-
-# --------------------------------------------------------------------------- driver
-
-def _as_args(example_input: Any) -> tuple:
-    if isinstance(example_input, Tensor):
-        return (example_input,)
-    if isinstance(example_input, (tuple, list)):
-        return tuple(example_input)
-    raise ConfigError(
-        f"example_input must be a tensor or a tuple/list of tensors, got {type(example_input).__name__}")
-
 
 def _check_atol(atol: float) -> float:
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) \
@@ -985,50 +204,125 @@ def _set_training(model: nn.Module, flags: dict[str, bool]) -> None:
             mod.training = flags[name]
 
 
-def _trace(work: nn.Module, args: tuple) -> tuple[fx.GraphModule, Any]:
-    name = type(work).__name__
-    try:
-        gm = fx.symbolic_trace(work)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(
-            f"compact: torch.fx.symbolic_trace cannot trace {name} ({type(exc).__name__}: "
-            f"{exc}); compaction needs a traceable forward (no data-dependent control flow)"
-        ) from exc
-    try:
-        with torch.no_grad():
-            out = ShapeProp(gm).propagate(*args)
-    except Exception as exc:  # noqa: BLE001
-        raise UnsupportedModelError(
-            f"compact: example_input does not run through the traced graph of {name} "
-            f"({type(exc).__name__}: {exc})") from exc
-    return gm, out
-
-
-def _analyze(model: nn.Module, example_input: Any, atol: float):
+def _analyze(model: nn.Module, example_input: Any, atol: float,
+             who: str) -> tuple[Traced, ChannelFlow, dict[str, bool]]:
+    """The traced eval-mode copy of ``model``, its :class:`ChannelFlow` and the
+    ``training`` flags of ``model``'s modules."""
     atol = _check_atol(atol)
-    args = _as_args(example_input)
-    work = copy.deepcopy(model)
     flags = {n: m.training for n, m in model.named_modules()}
-    work.eval()
-    gm, out = _trace(work, args)
-    an = _Analysis(gm, atol)
-    return work, gm, an, args, out, flags
+    t = trace(model, example_input, who=who)
+    return t, ChannelFlow(t.gm, atol, t.work), flags
 
 
-def _describe(node: Node) -> str:
-    t = node.target
-    what = t if isinstance(t, str) else getattr(t, "__name__", repr(t))
-    return f"node {node.name!r} ({node.op} {what})"
+def _producers(flow: ChannelFlow) -> list[Layer]:
+    """The Conv / Linear layers compaction resizes (rows and columns)."""
+    return [lay for lay in flow.layers if lay.kind in ("conv", "linear")]
 
 
-def _tensors(obj: Any) -> list[Tensor]:
-    if isinstance(obj, Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
-    return []
+def _weight_nodes(flow: ChannelFlow) -> list[tuple[fx.Node, str, nn.Module]]:
+    """Every Conv / Linear module call of the graph: (node, name, module)."""
+    out = []
+    for node in flow.gm.graph.nodes:
+        a = args_of(node)
+        if op_of(node) in ("conv", "linear") and a.get("module") is not None:
+            out.append((node, a["module_name"], a["module"]))
+    return out
+
+
+def _kept_zero(flow: ChannelFlow, dec: Decision) -> list[KeptUnits]:
+    """The zero output units that stay, grouped by layer and reason."""
+    refused = dict(flow.refused)
+    resized = {lay.node: lay for lay in _producers(flow)}
+    out: list[KeptUnits] = []
+    for node, name, m in _weight_nodes(flow):
+        lay = resized.get(node)
+        if lay is None:
+            zero = flow.zero(m.weight).all(1)
+            why = refused.get(node, "the layer is not resized")
+            units = {why: zero.nonzero().flatten().tolist()} if bool(zero.any()) else {}
+        else:
+            kept = lay.zero_row & ~flow.removed_pos(dec, node)
+            roots = dec.root[flow.slots[node]]
+            units: dict[str, list[int]] = {}
+            for u in kept.nonzero().flatten().tolist():
+                units.setdefault(dec.why.get(int(roots[u]), "kept"), []).append(u)
+        out += [KeptUnits(name, us, why) for why, us in units.items()]
+    return out
+
+
+def _macs(flow: ChannelFlow, pos: dict[fx.Node, int]) -> int:
+    return sum(m.weight.numel() * pos[node] for node, _, m in _weight_nodes(flow))
+
+
+def _record(t: Traced, flow: ChannelFlow, dec: Decision) -> tuple[CompactionRecord, dict]:
+    """The record before resizing (removed units, kept zero units, sizes before) and the
+    output positions per unit of every Conv / Linear node."""
+    pos = {node: positions(node, m.weight.shape[0]) for node, _, m in _weight_nodes(flow)}
+    rec = CompactionRecord(kept_zero=_kept_zero(flow, dec))
+    rec.params_before = rec.params_after = sum(p.numel() for p in t.work.parameters())
+    rec.macs_before = rec.macs_after = _macs(flow, pos)
+    for lay in _producers(flow):
+        n_out = int(flow.removed_pos(dec, lay.node).sum())
+        n_in = int(flow.removed_pos(dec, lay.inp).sum())
+        if n_out or n_in:
+            rec.removed[lay.name] = {"out": n_out, "in": n_in}
+    return rec, pos
+
+
+def _refusal(rec: CompactionRecord, model: nn.Module) -> str:
+    """Why nothing (or not everything) can be removed, in one message."""
+    if not rec.kept_zero:
+        return f"compact: {type(model).__name__} has no zero filters, channels or neurons"
+    parts = "; ".join(f"layer {k.layer!r} units {k.units[:8]}{'...' if len(k.units) > 8 else ''}"
+                      f": {k.reason}" for k in rec.kept_zero)
+    return f"compact: zero units of {type(model).__name__} cannot be removed: {parts}"
+
+
+# --------------------------------------------------------------------------- rebuild
+
+@torch.no_grad()
+def _rebuild(flow: ChannelFlow, dec: Decision) -> list[tuple[str, str, list[int]]]:
+    """Resize every layer through its handler (constants of removed inputs folded into
+    the biases); returns the history ``[(layer, "out" | "in", kept indices)]``."""
+    history = []
+    for lay in flow.layers:
+        rem_in, rem_out = flow.removed_pos(dec, lay.inp), flow.removed_pos(dec, lay.node)
+        if not bool(rem_in.any()) and not bool(rem_out.any()):
+            continue
+        keep_in, keep_out = (~rem_in).nonzero().flatten(), (~rem_out).nonzero().flatten()
+        shift = flow.fold(lay, keep_out, rem_in.nonzero().flatten()) \
+            if lay.kind in ("conv", "linear") else None
+        handler(lay.node).resize(lay.module, keep_in, keep_out, shift)
+        _mirror(flow.gm, lay)
+        if bool(rem_out.any()):
+            history.append((lay.name, "out", keep_out.tolist()))
+        if lay.kind in ("conv", "linear") and bool(rem_in.any()):
+            history.append((lay.name, "in", keep_in.tolist()))
+    return history
+
+
+def _mirror(gm: fx.GraphModule, lay: Layer) -> None:
+    """The graph module's copy of a layer read by ``get_attr`` gets the resized tensors."""
+    copy_ = gm.get_submodule(lay.name)
+    if copy_ is lay.module:
+        return
+    for name, _ in list(copy_.named_parameters(recurse=False)) + \
+            list(copy_.named_buffers(recurse=False)):
+        setattr(copy_, name, getattr(lay.module, name))
+
+
+def _rewrite_views(flow: ChannelFlow, dec: Decision) -> None:
+    """Views that flatten removed channels become ``torch.flatten(x, 1)`` (their sizes
+    may be hard-coded)."""
+    changed = False
+    for node in flow.flat_views:
+        if bool(flow.removed_pos(dec, node).any()):
+            node.op, node.target = "call_function", torch.flatten
+            node.args, node.kwargs = (args_of(node)["input"], 1), {}
+            changed = True
+    if changed:
+        flow.gm.graph.lint()
+        flow.gm.recompile()
 
 
 def _random_like(args: tuple) -> tuple:
@@ -1056,8 +350,7 @@ def _agrees(candidate: nn.Module, inputs: list[tuple], refs: list[Any], exact: b
     try:
         with torch.no_grad():
             for args, ref in zip(inputs, refs):
-                got = _tensors(candidate(*args))
-                want = _tensors(ref)
+                got, want = flat_tensors(candidate(*args)), flat_tensors(ref)
                 if len(got) != len(want):
                     return "different number of outputs"
                 for g, w in zip(got, want):
@@ -1072,8 +365,10 @@ def _agrees(candidate: nn.Module, inputs: list[tuple], refs: list[Any], exact: b
     return None
 
 
-def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0,
-            strict: bool = False) -> nn.Module:
+# --------------------------------------------------------------------------- public API
+
+def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0, strict: bool = False,
+            return_record: bool = False) -> nn.Module | tuple[nn.Module, CompactionRecord]:
     """Return a new, smaller model in which dead filters/channels/neurons are removed.
 
     Args:
@@ -1082,69 +377,66 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0,
             batch dimension included; used to trace shapes.
         atol: weights with ``|w| <= atol`` count as zero (``0.0``: exact zeros only; with
             ``atol > 0`` outputs differ by the dropped weights' contribution).
-        strict: raise :class:`UnsupportedModelError` naming the op when an unsupported op
-            keeps a channel that would otherwise be removed (default: keep it silently).
+        strict: raise :class:`UnsupportedModelError` when zero units cannot be removed
+            (naming the op or layer that keeps them) or when nothing can be removed.
+        return_record: also return the :class:`CompactionRecord` (units removed per
+            layer, zero units kept and why, parameters and MACs before / after).
 
     Returns:
-        The compacted model: normally a deep copy of ``model`` (same class) with smaller
-        layers; a :class:`torch.fx.GraphModule` if the class's own ``forward`` cannot run
-        with the smaller layers (hard-coded sizes). See the module docstring. When units
-        were removed it records the :func:`~mobileprune.sparsity.report.size_of` of the model it
-        started as (attribute :data:`mobileprune.sparsity.report.ORIGINAL_SIZE`; kept through
-        repeated compactions), which :func:`~mobileprune.sparsity.report.layer_report` uses.
+        The compacted model (``(model, record)`` with ``return_record``): normally a deep
+        copy of ``model`` (same class) with smaller layers; a :class:`torch.fx.GraphModule`
+        if the class's own ``forward`` cannot run with the smaller layers (hard-coded
+        sizes). See the module docstring. When units were removed it records the
+        :func:`~mobileprune.sparsity.report.size_of` of the model it started as (attribute
+        :data:`mobileprune.sparsity.report.ORIGINAL_SIZE`), which
+        :func:`~mobileprune.sparsity.report.layer_report` uses. When nothing can be
+        removed it warns (:class:`CompactionWarning`, saying why) and returns the copy.
 
     Raises:
         UnsupportedModelError: the model cannot be traced by ``torch.fx``, ``example_input``
-            does not run through it, or (``strict``) an unsupported op blocks a dead channel.
+            does not run through it, or (``strict``) zero units cannot be removed.
         CompactionError: the compacted model does not reproduce the original (a bug).
     """
-    work, gm, an, args, ref_out, flags = _analyze(model, example_input, atol)
-    dec = an.decide()
-    if strict:
-        _strict_check(an, dec)
-    n_removed = sum(int(an.removed_pos(dec, lay.node).sum()) for lay in an.layers
-                    if lay.kind in ("conv", "linear"))
-    if n_removed == 0:
-        _set_training(work, flags)
-        return work
-    rnd = _random_like(args)
+    t, flow, flags = _analyze(model, example_input, atol, "compact")
+    dec = flow.decide()
+    rec, pos = _record(t, flow, dec)
+    if strict and (rec.kept_zero or not rec.removed):
+        raise UnsupportedModelError(_refusal(rec, model) + " (strict=True)")
+    if not rec.removed:
+        warnings.warn(_refusal(rec, model) + "; the model is returned unchanged",
+                      CompactionWarning, stacklevel=2)
+        _set_training(t.work, flags)
+        return (t.work, rec) if return_record else t.work
+    small, rec.history = _shrink(model, t, flow, dec, atol)
+    _set_training(small, flags)
+    rec.params_after = sum(p.numel() for p in small.parameters())
+    rec.macs_after = _macs(flow, pos)
+    return (small, rec) if return_record else small
+
+
+def _shrink(model: nn.Module, t: Traced, flow: ChannelFlow, dec: Decision,
+            atol: float) -> tuple[nn.Module, list]:
+    """Resize the layers of ``t.work``; return it (or the rewritten graph module when the
+    class's forward cannot run with the smaller layers) and the resize history."""
+    rnd = _random_like(t.args)
     with torch.no_grad():
-        refs = [ref_out, gm(*rnd)]
-    inputs = [args, rnd]
-    _rebuild(an, dec)
-    setattr(work, ORIGINAL_SIZE, getattr(model, ORIGINAL_SIZE, None) or size_of(model))
+        refs = [t.out, t.gm(*rnd)]
+    inputs = [t.args, rnd]
+    history = _rebuild(flow, dec)
+    setattr(t.work, ORIGINAL_SIZE, getattr(model, ORIGINAL_SIZE, None) or size_of(model))
     exact = atol == 0.0
-    reason = _agrees(work, inputs, refs, exact)
+    reason = _agrees(t.work, inputs, refs, exact)
     if reason is None:
-        _set_training(work, flags)
-        return work
-    _rewrite_views(an, dec)
-    reason_gm = _agrees(gm, inputs, refs, exact)
+        return t.work, history
+    _rewrite_views(flow, dec)
+    reason_gm = _agrees(t.gm, inputs, refs, exact)
     if reason_gm is None:
-        gm.train(model.training)  # gm shares its leaf modules (and their names) with work
-        setattr(gm, ORIGINAL_SIZE, getattr(work, ORIGINAL_SIZE))
-        _set_training(gm, flags)
-        return gm
+        t.gm.train(model.training)  # gm shares its leaf modules (and their names) with work
+        setattr(t.gm, ORIGINAL_SIZE, getattr(t.work, ORIGINAL_SIZE))
+        return t.gm, history
     raise CompactionError(
         f"compact: the compacted {type(model).__name__} does not reproduce the original "
         f"(class forward: {reason}; traced graph: {reason_gm}); please report this model")
-
-
-def _strict_check(an: _Analysis, dec: _Decision) -> None:
-    loose = an.decide(ignore_unknown=True)
-    extra = loose.removed_root & ~dec.removed_root
-    if not bool(extra.any()):
-        return
-    culprits = []
-    for b in an.blocks:
-        if b.kind == "unknown_in" and bool(extra[dec.root[b.ids]].any()):
-            if b.node not in culprits:
-                culprits.append(b.node)
-    if culprits:
-        names = ", ".join(_describe(n) for n in culprits)
-        raise UnsupportedModelError(
-            f"compact: dead channels cannot be removed through unsupported op(s): {names}; "
-            f"they are kept with strict=False")
 
 
 def dead_units(model: nn.Module, example_input: Any, *, atol: float = 0.0) -> dict[str, dict]:
@@ -1158,27 +450,18 @@ def dead_units(model: nn.Module, example_input: Any, *, atol: float = 0.0) -> di
     compaction cannot resize (called several times, parametrised, grouped convs...) are
     listed with ``removable == []``. ``model`` is not modified.
     """
-    work, gm, an, args, out, flags = _analyze(model, example_input, atol)
-    dec = an.decide()
+    _, flow, _ = _analyze(model, example_input, atol, "dead_units")
+    dec = flow.decide()
+    resized = {lay.node for lay in flow.layers if lay.kind != "norm"}
     report: dict[str, dict] = {}
-    seen = set()
-    for lay in an.layers:
-        if lay.kind == "bn":
+    for node, name, m in _weight_nodes(flow):
+        if name in report:
             continue
-        rem = an.removed_pos(dec, lay.node).nonzero().flatten().tolist()
-        report[lay.name] = {"out_units": int(lay.zero_row.numel()), "removable": rem,
-                            "kept": int(lay.zero_row.numel()) - len(rem),
-                            "zero": lay.zero_row.nonzero().flatten().tolist()}
-        seen.add(lay.name)
-    for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target in seen:
-            continue
-        m = an.modules.get(node.target)
-        if type(m) in _CONV or type(m) is nn.Linear:
-            z = an._zero(m.weight).all(1)
-            report[node.target] = {"out_units": int(z.numel()), "removable": [],
-                                   "kept": int(z.numel()), "zero": z.nonzero().flatten().tolist()}
-            seen.add(node.target)
+        zero = flow.zero(m.weight).all(1)
+        rem = flow.removed_pos(dec, node).nonzero().flatten().tolist() if node in resized else []
+        report[name] = {"out_units": int(zero.numel()), "removable": rem,
+                        "kept": int(zero.numel()) - len(rem),
+                        "zero": zero.nonzero().flatten().tolist()}
     return report
 
 
@@ -1195,15 +478,19 @@ def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Ten
     together, so structured pruning that wants a physical speed-up must zero them
     together (:class:`mobileprune.sparsity.admm.ADMMPruner` does, given ``example_input``).
     BatchNorm layers are listed too (the same ids under both keys). Ids are ``0..n-1``
-    over the whole model; ``model`` is not modified. Layers compaction cannot resize (grouped convs, modules called twice, ...) are absent.
+    over the whole model; ``model`` is not modified. Layers compaction cannot resize
+    (grouped convs, modules called twice, ...) are absent.
+
+    Raises :class:`UnsupportedModelError` (message starting ``channel_ids:``) when the
+    model cannot be traced.
     """
-    _, _, an, _, _, _ = _analyze(model, example_input, 0.0)
-    root = an.roots()
+    _, flow, _ = _analyze(model, example_input, 0.0, "channel_ids")
+    root = flow.roots()
     raw: dict[str, dict[str, Tensor]] = {}
-    for lay in an.layers:
-        if lay.name in raw:
-            continue
-        raw[lay.name] = {"filter": root[an.slots[lay.node]], "channel": root[an.slots[lay.inp]]}
+    for lay in flow.layers:
+        if lay.name not in raw:
+            raw[lay.name] = {"filter": root[flow.slots[lay.node]],
+                             "channel": root[flow.slots[lay.inp]]}
     if not raw:
         return {}
     flat = torch.cat([t for d in raw.values() for t in d.values()])
@@ -1218,6 +505,19 @@ def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Ten
     return out
 
 
+def _dead_mask(flow: ChannelFlow, dec: Decision, lay: Layer, w: Tensor,
+               cols: Tensor | None = None) -> Tensor:
+    """Bool like ``w``: the weights of removed rows, and of the columns ``cols`` (default:
+    a producer's removed inputs)."""
+    rows = flow.removed_pos(dec, lay.node)
+    dead = rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
+    if cols is None and lay.kind in ("conv", "linear"):
+        cols = flow.removed_pos(dec, lay.inp)
+    if cols is not None:
+        dead |= cols.view(1, -1, *([1] * (w.dim() - 2))).expand(w.shape)
+    return dead
+
+
 def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
                  nonzero_only: bool = True) -> dict[str, Tensor]:
     """Nonzero weights that cannot change the model's output (the ones :func:`compact`
@@ -1229,23 +529,31 @@ def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
     the consumer's bias). With ``nonzero_only=False`` every position of a dead unit is
     marked, zero or not. ``model`` is not modified.
     """
-    work, gm, an, args, out, flags = _analyze(model, example_input, atol)
-    dec = an.decide()
+    _, flow, _ = _analyze(model, example_input, atol, "dead_weights")
+    dec = flow.decide()
     result: dict[str, Tensor] = {}
-    for lay in an.layers:
-        if lay.kind == "bn":
+    for lay in flow.layers:
+        if lay.kind == "norm":
             continue
         w = lay.module.weight.detach()
-        rows = an.removed_pos(dec, lay.node)
-        dead = rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
-        if lay.kind in ("conv", "linear"):
-            cols = an.removed_pos(dec, lay.inp)
-            dead |= cols.view(1, -1, *([1] * (w.dim() - 2))).expand(w.shape)
+        dead = _dead_mask(flow, dec, lay, w)
         key = f"{lay.name}.weight" if lay.name else "weight"
         if nonzero_only:
             dead = dead & (w.abs().cpu() > atol)
         result[key] = dead if key not in result else result[key] | dead
     return result
+
+
+def _foldable_inputs(flow: ChannelFlow, lay: Layer, m: nn.Module, keep_rows: Tensor,
+                     removed_in: Tensor) -> Tensor:
+    """The removed inputs of ``m`` whose weights can be zeroed in place: without a bias,
+    a nonzero constant read by a kept row would need one, so it stays."""
+    if m.bias is not None or not removed_in.numel():
+        return removed_in
+    c = flow.const[lay.inp][removed_in]
+    kept = m.weight.detach().index_select(0, keep_rows).cpu()
+    used = (kept.reshape(kept.shape[0], kept.shape[1], -1) != 0).any(2).any(0)
+    return removed_in[~(torch.isfinite(c) & (c != 0) & used[removed_in])]
 
 
 @torch.no_grad()
@@ -1273,29 +581,22 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
     moment estimates of the zeroed weights are not reset; keep them zero with a mask,
     e.g. :class:`mobileprune.sparsity.masks.MaskEnforcer`).
     """
-    work, gm, an, args, ref_out, flags = _analyze(model, example_input, 0.0)
-    dec = an.decide()
-    rnd = _random_like(args)
-    refs = [ref_out, gm(*rnd)]
+    t, flow, _ = _analyze(model, example_input, 0.0, "fold_dead_weights")
+    dec = flow.decide()
+    rnd = _random_like(t.args)
+    refs = [t.out, t.gm(*rnd)]
     backup: list[tuple[Tensor, Tensor]] = []
     counts: dict[str, int] = {}
-    for lay in an.layers:
-        if lay.kind not in ("conv", "linear"):
-            continue
+    for lay in _producers(flow):
         m = model.get_submodule(lay.name)
         w = m.weight
-        dead_rows = an.removed_pos(dec, lay.node).to(w.device)
-        keep_rows = (~dead_rows).nonzero().flatten()
-        removed_in = an.removed_pos(dec, lay.inp).nonzero().flatten()
-        if m.bias is None and removed_in.numel():
-            # a constant that would need a bias stays where it is
-            c = an.const[lay.inp][removed_in]
-            kept = w.detach().index_select(0, keep_rows).cpu()
-            used = (kept.reshape(kept.shape[0], kept.shape[1], -1) != 0).any(2).any(0)
-            removed_in = removed_in[~(torch.isfinite(c) & (c != 0) & used[removed_in])]
-        fold = _fold(an, lay, keep_rows, removed_in)
-        dead = dead_rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
-        dead[:, removed_in.to(w.device)] = True
+        keep_rows = (~flow.removed_pos(dec, lay.node)).nonzero().flatten()
+        removed_in = _foldable_inputs(flow, lay, m, keep_rows.to(w.device),
+                                      flow.removed_pos(dec, lay.inp).nonzero().flatten())
+        fold = flow.fold(lay, keep_rows, removed_in)
+        cols = torch.zeros(w.shape[1], dtype=torch.bool)
+        cols[removed_in] = True
+        dead = _dead_mask(flow, dec, lay, w, cols).to(w.device)
         n = int((w[dead] != 0).sum())
         counts[f"{lay.name}.weight" if lay.name else "weight"] = n
         if n == 0 and not bool((fold != 0).any()):
@@ -1303,22 +604,28 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
         backup.append((w, w.detach().clone()))
         if bool((fold != 0).any()):
             backup.append((m.bias, m.bias.detach().clone()))
-            b = m.bias.detach()
-            idx = keep_rows.to(b.device)
+            b, idx = m.bias.detach(), keep_rows.to(m.bias.device)
             b[idx] = (b[idx].to(torch.float64) + fold.to(b.device)).to(b.dtype)
         w.masked_fill_(dead, 0)
-    if backup:
-        model_flags = {n: mod.training for n, mod in model.named_modules()}
-        model.eval()
-        reason = _agrees(model, [args, rnd], refs, exact=True)
-        _set_training(model, model_flags)
-        if reason is not None:
-            for t, saved in backup:
-                t.detach().copy_(saved)
-            raise CompactionError(
-                f"fold_dead_weights: zeroing the dead weights of {type(model).__name__} would "
-                f"change its output ({reason}); the weights are restored; please report this model")
+    _check_fold(model, t, rnd, refs, backup)
     return counts
+
+
+def _check_fold(model: nn.Module, t: Traced, rnd: tuple, refs: list,
+                backup: list[tuple[Tensor, Tensor]]) -> None:
+    """Restore the weights and raise when the folded model's eval outputs changed."""
+    if not backup:
+        return
+    flags = {n: mod.training for n, mod in model.named_modules()}
+    model.eval()
+    reason = _agrees(model, [t.args, rnd], refs, exact=True)
+    _set_training(model, flags)
+    if reason is not None:
+        for tensor, saved in backup:
+            tensor.detach().copy_(saved)
+        raise CompactionError(
+            f"fold_dead_weights: zeroing the dead weights of {type(model).__name__} would "
+            f"change its output ({reason}); the weights are restored; please report this model")
 
 
 def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
@@ -1334,10 +641,10 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
     :class:`~mobileprune.sparsity.masks.MaskEnforcer` after this call).
 
     Returns ``{module name: (old weight shape, new weight shape)}`` of the replaced
-    layers (empty when nothing is dead; ``model`` is then untouched). As with
-    :func:`compact`, the model remembers the size it started as
-    (:data:`mobileprune.sparsity.report.ORIGINAL_SIZE`), so :func:`~mobileprune.sparsity.report.layer_report`
-    counts its compression against that.
+    layers (empty when nothing is dead: ``model`` is then untouched and
+    :func:`compact`'s :class:`CompactionWarning` says why). As with :func:`compact`, the
+    model remembers the size it started as (:data:`mobileprune.sparsity.report.ORIGINAL_SIZE`),
+    so :func:`~mobileprune.sparsity.report.layer_report` counts its compression against that.
 
     Raises:
         UnsupportedModelError: as :func:`compact`, or the class's ``forward`` cannot run
@@ -1353,32 +660,20 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
         raise UnsupportedModelError(
             f"compact_in_place: the forward of {type(model).__name__} cannot run with smaller "
             "layers (hard-coded sizes); use compact(), which returns a rewritten GraphModule")
-    old_sd, new_sd = model.state_dict(), small.state_dict()
-    old_mods = dict(model.named_modules())
-    swap: dict[str, nn.Module] = {}
-    for key, t in new_sd.items():
-        if key not in old_sd or old_sd[key].shape != t.shape:
-            name = key.rpartition(".")[0]
-            swap[name] = small.get_submodule(name)
+    swap = _changed_modules(model, small)
     if not swap:
         return {}
     if "" in swap:
         raise UnsupportedModelError(
             f"compact_in_place: {type(model).__name__} is itself the layer to resize; use compact()")
-    args = _as_args(example_input)
+    args = as_args(example_input)
     with torch.no_grad():
         flags = {n: m.training for n, m in model.named_modules()}
         small.eval()
         ref = small(*args)
-    changed = {}
-    for name, new in swap.items():
-        old_w = getattr(old_mods[name], "weight", None)
-        new_w = getattr(new, "weight", None)
-        changed[name] = (tuple(old_w.shape) if old_w is not None else (),
-                         tuple(new_w.shape) if new_w is not None else ())
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    changed = _swap(model, swap)
     setattr(model, ORIGINAL_SIZE, before)
+    new_sd = small.state_dict()
     with torch.no_grad():
         for key, t in model.state_dict().items():
             t.copy_(new_sd[key])
@@ -1388,4 +683,29 @@ def compact_in_place(model: nn.Module, example_input: Any) -> dict[str, tuple[tu
     if reason is not None:
         raise CompactionError(f"compact_in_place: {type(model).__name__} does not reproduce the "
                               f"compacted model after the swap ({reason}); please report this model")
+    return changed
+
+
+def _changed_modules(model: nn.Module, small: nn.Module) -> dict[str, nn.Module]:
+    """The submodules of ``small`` whose tensors differ in shape (or are new)."""
+    old_sd, new_sd = model.state_dict(), small.state_dict()
+    swap: dict[str, nn.Module] = {}
+    for key, t in new_sd.items():
+        if key not in old_sd or old_sd[key].shape != t.shape:
+            name = key.rpartition(".")[0]
+            swap[name] = small.get_submodule(name)
+    return swap
+
+
+def _swap(model: nn.Module, swap: dict[str, nn.Module]) -> dict[str, tuple]:
+    """Put the modules ``swap`` into ``model``; returns their old and new weight shapes."""
+    old_mods = dict(model.named_modules())
+    changed = {}
+    for name, new in swap.items():
+        old_w = getattr(old_mods[name], "weight", None)
+        new_w = getattr(new, "weight", None)
+        changed[name] = (tuple(old_w.shape) if old_w is not None else (),
+                         tuple(new_w.shape) if new_w is not None else ())
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
     return changed

@@ -7,7 +7,19 @@ from typing import ClassVar
 
 from torch import fx
 
+from mobileprune.graph.canonical import BY_KEY
+from mobileprune.graph.passes.channels import nan, norm_dims
 from mobileprune.graph.registry import OpHandler, args_of, register
+
+
+def pointwise(node: fx.Node, flow, key: str) -> str | None:
+    """Channel rule of an elementwise op: the input's slots, each constant mapped through
+    the op's function form (``SPECS[key].functions[0]``) with the node's arguments."""
+    spec = BY_KEY[key]
+    a = args_of(node)
+    params = {p: a[p] for p in spec.params[1:] if p != "inplace" and p in a}
+    fn = spec.functions[0]
+    return flow.elementwise(node, a["input"], lambda t: fn(t, **params), params)
 
 
 class Activation(OpHandler):
@@ -17,6 +29,9 @@ class Activation(OpHandler):
     fn: ClassVar[str | None] = None
     params: ClassVar[tuple[str, ...]] = ()
     fixed: ClassVar[dict] = {}
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return pointwise(node, flow, self.key)
 
     def attrs(self, node: fx.Node, emit, a: dict) -> dict:
         vals = emit.static(node, {k: a[k] for k in self.params}, "a parameter")
@@ -85,6 +100,18 @@ class Gelu(Activation):
 @register
 class Softmax(Activation):
     key = "softmax"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """Over an axis after the channel dim: per channel (constants not kept); over the
+        channels: kept (a removed channel changes the normaliser)."""
+        a = args_of(node)
+        x = a["input"]
+        if not flow.tracked(x):
+            return None if flow.shape(node) is None else "its input carries no channel slots"
+        dims = norm_dims(a["dim"], len(flow.shape(x)))
+        if dims is None or dims[0] < 2:
+            return f"a {self.key} over dim {a['dim']!r} (the batch or channel dimension)"
+        return flow.same(node, x, nan(flow.shape(x)[1]))
 
     def attrs(self, node: fx.Node, emit, a: dict) -> dict:
         """Softmax over one per-sample axis, given explicitly (``dim=None`` is torch's

@@ -65,6 +65,9 @@ def _mask(emit, node: fx.Node, attn_mask, is_causal: bool, L: int, S: int):
 class ScaledDotProductAttention(OpHandler):
     key = "sdpa"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return "attention: whole heads are not removed yet (its channels are kept)"
+
     def check(self, node: fx.Node, ctx) -> str | None:
         p = args_of(node)["dropout_p"]
         return None if p == 0 or p == 0.0 else f"dropout_p={p!r} (dropout at inference)"
@@ -121,6 +124,9 @@ def self_attention(node: fx.Node, emit, m: nn.MultiheadAttention, xs: list[str],
 @register
 class MultiheadAttention(OpHandler):
     key = "multihead_attention"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return "multi-head attention: whole heads are not removed yet (its channels are kept)"
 
     def check(self, node: fx.Node, ctx) -> str | None:
         if args_of(node)["key_padding_mask"] is not None:
@@ -188,6 +194,9 @@ def encoder_layer(node: fx.Node, emit, m: nn.TransformerEncoderLayer, x: str,
 @register
 class TransformerEncoderLayer(OpHandler):
     key = "transformer_layer"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return "a transformer layer: whole heads and feed-forward units are not removed yet (its channels are kept)"
     mask_arg = "src_mask"
 
     def check(self, node: fx.Node, ctx) -> str | None:

@@ -8,9 +8,25 @@ import operator
 from typing import Any, ClassVar
 
 import torch
-from torch import fx
+from torch import Tensor, fx
 
+from mobileprune.graph.ops.activation import pointwise
+from mobileprune.graph.passes.channels import nan, nodes_in
 from mobileprune.graph.registry import OpHandler, args_of, register
+
+_SCALAR = (int, float, bool)
+
+
+def combine(key: str, ca: Tensor, cb: Tensor, alpha: float) -> Tensor:
+    """Constants of ``a + alpha b`` / ``a - alpha b`` / ``a * b`` per channel (NaN where
+    either is not constant; ``0 * anything == 0``)."""
+    ok = torch.isfinite(ca) & torch.isfinite(cb)
+    c = {"add": lambda: ca + alpha * cb, "sub": lambda: ca - alpha * cb,
+         "mul": lambda: ca * cb}[key]()
+    c = torch.where(ok, c, nan(c.numel()))
+    if key == "mul":
+        c = torch.where((ca == 0) | (cb == 0), torch.zeros_like(c), c)
+    return c
 
 
 def _number(v: Any) -> float | None:
@@ -28,6 +44,36 @@ class Binary(OpHandler):
     broadcast per sample (a static tensor operand becomes a ``constant`` op)."""
 
     py: ClassVar[Any] = None  # the Python operator
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """A tensor and a number: per channel (constants mapped); two tensors with the
+        same channels (``add`` / ``sub`` / ``mul``: residuals, squeeze-excitation
+        gates): their slots are coupled; numbers / sizes: nothing to track."""
+        a = args_of(node)
+        x, y, alpha = a["input"], a["other"], a.get("alpha", 1)
+        tx, ty = flow.tracked(x), flow.tracked(y)
+        if not (tx or ty):
+            return None
+        if nodes_in(alpha):
+            return "alpha is a tensor of the graph"
+        if tx and isinstance(y, _SCALAR):
+            return flow.elementwise(node, x, lambda t: self.py(t, y * alpha))
+        if ty and isinstance(x, _SCALAR):
+            return flow.elementwise(node, y, lambda t: self.py(x, t * alpha))
+        if not (tx and ty):
+            return "an operand is a tensor without channel slots (a parameter or buffer)"
+        return self.couple(node, flow, x, y, float(alpha))
+
+    def couple(self, node: fx.Node, flow, x: fx.Node, y: fx.Node, alpha: float) -> str | None:
+        if self.key not in ("add", "sub", "mul"):
+            return f"{self.key} of two tensors"
+        sx, sy, so = flow.shape(x), flow.shape(y), flow.shape(node)
+        if so is None or not (len(sx) == len(sy) == len(so) and sx[1] == sy[1] == so[1]):
+            return f"operands {sx} and {sy} do not share the channel dimension"
+        flow.union(flow.slots[x], flow.slots[y])
+        flow.slots[node] = flow.slots[x]
+        flow.const[node] = combine(self.key, flow.const[x], flow.const[y], alpha)
+        return None
 
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
@@ -99,6 +145,9 @@ class FloorDiv(Binary):
 class Neg(OpHandler):
     key = "neg"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return pointwise(node, flow, self.key)
+
     def lower(self, node: fx.Node, emit) -> None:
         """``-x`` is ``x * -1``."""
         a = args_of(node)
@@ -112,6 +161,9 @@ class Neg(OpHandler):
 @register
 class Square(OpHandler):
     key = "square"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return pointwise(node, flow, self.key)
 
     def lower(self, node: fx.Node, emit) -> None:
         """``x ** 2`` is ``x * x``."""

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
-from torch import fx
+from torch import fx, nn
 
+from mobileprune.graph.ops.conv import out_const
+from mobileprune.graph.passes.channels import Layer
 from mobileprune.graph.passes.lower import as_float64
 from mobileprune.graph.registry import OpHandler, args_of, register
+from mobileprune.graph.resize import resize_dense
 
 
 def linear(node: fx.Node, emit, x: str, shape: list[int], w, b, name: str | None = None,
@@ -26,6 +29,29 @@ def linear(node: fx.Node, emit, x: str, shape: list[int], w, b, name: str | None
 class Linear(OpHandler):
     key = "linear"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """An ``nn.Linear`` on ``(N, in)``: a producer (new slots for its outputs)."""
+        a = args_of(node)
+        m, inp = a.get("module"), a["input"]
+        if m is None:
+            return "a functional linear (its weight is not a layer to resize)"
+        if not flow.tracked(inp):
+            return "its input carries no channel slots"
+        si, so = flow.shape(inp), flow.shape(node)
+        if len(si) != 2 or so is None or len(so) != 2:
+            return f"a Linear on a {len(si)}-D input (features on the last axis, not dim 1)"
+        why = flow.frozen(a["module_name"], m)
+        if why is not None:
+            return why
+        zero = flow.zero(m.weight)
+        flow.produce(Layer(node, a["module_name"], m, "linear", inp, zero, zero.all(1)),
+                     out_const(m, zero.all(1)))
+        return None
+
+    def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:
+        module.in_features, module.out_features = resize_dense(module, keep_in, keep_out,
+                                                               shift)
+
     def lower(self, node: fx.Node, emit) -> None:
         """``linear`` over the last axis (``(..., in) -> (..., out)``, any rank; the batch
         may be on any axis but the last); the weight and bias are the module's or
@@ -43,6 +69,9 @@ class Linear(OpHandler):
 @register
 class Matmul(OpHandler):
     key = "matmul"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return "a matrix product (attention scores / values): its channels are kept"
 
     def lower(self, node: fx.Node, emit) -> None:
         """Two activations: ``matmul``; an activation times a static 2-D matrix ``W``:
@@ -65,6 +94,9 @@ class Matmul(OpHandler):
 @register
 class Embedding(OpHandler):
     key = "embedding"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return "embedding vectors are not resized (their features are kept)"
 
     def lower(self, node: fx.Node, emit) -> None:
         raise emit.fail(node, "an embedding looks up integer indices (the runtime computes "

@@ -3,10 +3,40 @@
 from __future__ import annotations
 
 import numpy as np
-from torch import fx
+import torch
+from torch import Tensor, fx, nn
 
+from mobileprune.graph.passes.channels import Layer, nan
 from mobileprune.graph.passes.lower import as_float64
 from mobileprune.graph.registry import OpHandler, args_of, register
+from mobileprune.graph.resize import resize_per_channel
+
+_BN_TENSORS = ("running_mean", "running_var", "weight", "bias")
+
+
+def _f64(t) -> Tensor | None:
+    return None if t is None else t.detach().to("cpu", torch.float64)
+
+
+def bn_const(c: Tensor, mean: Tensor | None, var: Tensor | None, eps: float,
+             weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Eval-mode batch norm of per-channel constants ``c``: ``(c - mean) / sqrt(var +
+    eps) * weight + bias``; NaN without running statistics (batch statistics)."""
+    if mean is None or var is None:
+        return nan(c.numel())
+    c = (c - _f64(mean)) / torch.sqrt(_f64(var) + eps)
+    c = c * _f64(weight) if weight is not None else c
+    return c + _f64(bias) if bias is not None else c
+
+
+def _norm_layer(node: fx.Node, flow, names: tuple[str, ...]) -> tuple[nn.Module | None, str,
+                                                                        str | None]:
+    """``(module, name, why)`` holding a norm's per-channel tensors: the module of a
+    module call, else the one whose attributes the functional call reads."""
+    a = args_of(node)
+    if a.get("module") is not None:
+        return a["module"], a["module_name"], flow.frozen(a["module_name"], a["module"])
+    return flow.owner(node, names)
 
 
 def _affine(emit, node: fx.Node, a: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -36,6 +66,37 @@ def _fold(emit, node: fx.Node, inp, scale: np.ndarray, shift: np.ndarray) -> boo
 @register
 class BatchNorm(OpHandler):
     key = "batch_norm"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """Per channel (module or ``F.batch_norm``, e.g. timm's ``BatchNormAct2d``): the
+        channels keep their slots, constants go through the eval-mode affine map; its
+        per-channel tensors are resized with them."""
+        a = args_of(node)
+        inp = a["input"]
+        if not flow.tracked(inp):
+            return "its input carries no channel slots"
+        if a["training"] is not False:
+            return "batch norm with batch statistics (training=True)"
+        m, name, why = _norm_layer(node, flow, _BN_TENSORS)
+        t = {k: flow.value(a[k]) for k in _BN_TENSORS}
+        n = next((v.numel() for v in t.values() if v is not None), None)
+        if why is None and n is not None and flow.shape(inp)[1] != n:
+            why = f"{n} channels of statistics for input {flow.shape(inp)}"
+        if why is not None:
+            return why
+        c = bn_const(flow.const[inp], t["running_mean"], t["running_var"], float(a["eps"]),
+                     t["weight"], t["bias"])
+        why = flow.same(node, inp, c)
+        if why is None and n is not None:
+            flow.layers.append(Layer(node, name, m, "norm", inp))
+        return why
+
+    def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:
+        """Cut weight, bias and running statistics to the kept channels."""
+        keep = keep_out if keep_out is not None else keep_in
+        n = resize_per_channel(module, _BN_TENSORS, keep)
+        if hasattr(module, "num_features"):
+            module.num_features = n
 
     def lower(self, node: fx.Node, emit) -> None:
         """Eval-mode batch norm ``y = (x - mean) / sqrt(var + eps) * gamma + beta``:
@@ -80,6 +141,21 @@ def layer_norm(node: fx.Node, emit, x: str, shape: list[int], k: int, eps: float
 class LayerNorm(OpHandler):
     key = "layer_norm"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """Over axes after the channel dim: per channel (constants are not kept: the
+        affine parameters vary over those axes); over the channel dim: kept (a removed
+        channel would change the statistics)."""
+        a = args_of(node)
+        inp = a["input"]
+        if not flow.tracked(inp):
+            return None if flow.shape(node) is None else "its input carries no channel slots"
+        ns = a["normalized_shape"]
+        k = len(ns) if isinstance(ns, (list, tuple)) else 1
+        if len(flow.shape(inp)) - k <= 1:
+            return "a layer norm over the channel dimension (removing a channel changes " \
+                   "its statistics)"
+        return flow.same(node, inp, nan(flow.shape(inp)[1]))
+
     def lower(self, node: fx.Node, emit) -> None:
         """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last
         ``len(normalized_shape)`` axes (biased variance): one ``layer_norm`` op."""
@@ -98,6 +174,29 @@ class LayerNorm(OpHandler):
 @register
 class GroupNorm(OpHandler):
     key = "group_norm"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """One channel per group (an ``nn.GroupNorm``): per channel, resized with its
+        channels; larger groups: kept (a removed channel changes its group's
+        statistics)."""
+        a = args_of(node)
+        inp, m = a["input"], a.get("module")
+        if not flow.tracked(inp):
+            return "its input carries no channel slots"
+        if m is None or m.num_groups != m.num_channels:
+            return f"a group norm over groups of several channels (num_groups=" \
+                   f"{a['num_groups']}): a removed channel changes its group's statistics"
+        why = flow.frozen(a["module_name"], m) or flow.same(node, inp, nan(m.num_channels))
+        if why is None:
+            flow.layers.append(Layer(node, a["module_name"], m, "norm", inp))
+        return why
+
+    def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:
+        keep = keep_out if keep_out is not None else keep_in
+        n = module.num_channels if keep is None else int(keep.numel())
+        if module.weight is not None:
+            n = resize_per_channel(module, ("weight", "bias"), keep)
+        module.num_channels = module.num_groups = n
 
     def lower(self, node: fx.Node, emit) -> None:
         """Channels in ``num_groups`` groups, each normalised over its channels and

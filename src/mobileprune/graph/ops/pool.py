@@ -6,8 +6,33 @@ import math
 
 from torch import fx
 
+import torch
+from torch import Tensor
+
 from mobileprune.graph.ops.conv import _ints
+from mobileprune.graph.passes.channels import nan, norm_dims, zero_padding
 from mobileprune.graph.registry import OpHandler, args_of, register
+
+
+def _others(a: dict) -> dict:
+    return {k: v for k, v in a.items() if k not in ("input", "module", "module_name")}
+
+
+def keep_channels(node: fx.Node, flow) -> str | None:
+    """Channel rule of an op that maps a constant channel to the same constant (max and
+    adaptive pooling: the padding is -inf or absent; resampling)."""
+    a = args_of(node)
+    if a.get("return_indices"):
+        return "pooling with return_indices=True"
+    return flow.keep(node, a["input"], _others(a))
+
+
+def avg_const(c: Tensor, padding, count_include_pad: bool, divisor_override) -> Tensor:
+    """Average pooling keeps a constant unless zero padding is counted or the divisor is
+    overridden; then only ``0`` stays constant."""
+    if divisor_override is None and (not count_include_pad or zero_padding(padding)):
+        return c.clone()
+    return torch.where(c == 0, c, nan(c.numel()))
 
 
 def _spatial(emit, node: fx.Node, inp) -> tuple[list[int], int]:
@@ -32,6 +57,9 @@ def _pool_attrs(emit, node: fx.Node, a: dict, nd: int) -> dict:
 class MaxPool(OpHandler):
     key = "max_pool"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return keep_channels(node, flow)
+
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
         if a["return_indices"]:
@@ -46,6 +74,13 @@ class MaxPool(OpHandler):
 class AvgPool(OpHandler):
     key = "avg_pool"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        x = a["input"]
+        c = avg_const(flow.const[x], a["padding"], a["count_include_pad"],
+                      a["divisor_override"]) if flow.tracked(x) else None
+        return flow.keep(node, x, _others(a), const=c)
+
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
         _, nd = _spatial(emit, node, a["input"])
@@ -59,6 +94,9 @@ class AvgPool(OpHandler):
 @register
 class AdaptiveAvgPool(OpHandler):
     key = "adaptive_avg_pool"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return keep_channels(node, flow)
 
     def lower(self, node: fx.Node, emit) -> None:
         """To size 1: ``global_avgpool``; to a size dividing the input: ``avgpool``
@@ -82,6 +120,9 @@ class AdaptiveAvgPool(OpHandler):
 class AdaptiveMaxPool(OpHandler):
     key = "adaptive_max_pool"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return keep_channels(node, flow)
+
     def lower(self, node: fx.Node, emit) -> None:
         raise emit.fail(node, "the runtime has no adaptive max pooling")
 
@@ -101,6 +142,22 @@ def _axes(emit, node: fx.Node, dim, rank: int) -> list[int]:
 @register
 class Mean(OpHandler):
     key = "mean"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """A reduction over axes after the channel dim: per channel (a sum scales the
+        constants by the number of elements summed)."""
+        a = args_of(node)
+        x = a["input"]
+        if not flow.tracked(x):
+            return None if flow.shape(node) is None else "its input carries no channel slots"
+        si = flow.shape(x)
+        dims = norm_dims(a["dim"], len(si))
+        if dims is None or 0 in dims or 1 in dims:
+            return f"a {self.key} over dim {a['dim']!r} (the batch or channel dimension)"
+        c = flow.const[x]
+        if self.key == "sum":
+            c = c * math.prod(si[d] for d in set(dims))
+        return flow.keep(node, x, const=c.clone())
 
     def reduce(self, node: fx.Node, emit, name: str | None) -> tuple[str, int]:
         """The mean (over every spatial axis: ``global_avgpool``; over other axes:
@@ -134,7 +191,7 @@ class Sum(Mean):
 
 
 @register
-class Amax(OpHandler):
+class Amax(Mean):
     key = "amax"
 
     def lower(self, node: fx.Node, emit) -> None:
@@ -144,6 +201,9 @@ class Amax(OpHandler):
 @register
 class Interpolate(OpHandler):
     key = "interpolate"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return keep_channels(node, flow)
 
     def lower(self, node: fx.Node, emit) -> None:
         raise emit.fail(node, "the runtime has no resampling (interpolate / Upsample) op")

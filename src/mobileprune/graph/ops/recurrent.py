@@ -37,6 +37,9 @@ def _final_state(node: fx.Node, emit, out: str, layer: int, T: int, H: int, D: i
 class Recurrent(OpHandler):
     key = "rnn"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return "LSTM / GRU / RNN hidden units are not removed yet (their channels are kept)"
+
     def check(self, node: fx.Node, ctx) -> str | None:
         a = args_of(node)
         m = a.get("module")

@@ -9,8 +9,37 @@ from typing import Any
 
 from torch import fx
 
+from mobileprune.graph.passes.channels import norm_dims
 from mobileprune.graph.passes.lower import Missing, Ref
-from mobileprune.graph.registry import OpHandler, args_of, register
+from mobileprune.graph.registry import OpHandler, args_of, op_of, register
+
+
+def flatten_channels(node: fx.Node, flow, x: Any, start: Any, end: Any) -> str | None:
+    """``flatten(x, start, end)``: from dim 1, channel ``c`` becomes its ``prod(dims)``
+    consecutive features; from dim >= 2, the channels stay."""
+    if not flow.tracked(x):
+        return None if flow.shape(node) is None else "its input carries no channel slots"
+    si = flow.shape(x)
+    dims = norm_dims([start, end], len(si))
+    if dims is None or dims[0] == 0 or dims[1] < dims[0]:
+        return f"a flatten over dims {start}..{end} (merges the batch dimension)"
+    if dims[0] >= 2:
+        return flow.keep(node, x)
+    return flow.expand(node, x, math.prod(si[2:dims[1] + 1]))
+
+
+def batch_only(node: fx.Node) -> bool:
+    """Every user of a shape tuple reads only its batch size (``shape[0]``)."""
+    return all(op_of(u) == "getitem" and args_of(u).get("index") == 0 for u in node.users)
+
+
+def _keeps_axes(node: fx.Node, flow, x: Any, moved: bool) -> str | None:
+    """A shape op that keeps (``moved=False``) or moves the batch / channel axes."""
+    if not flow.tracked(x):
+        return None if flow.shape(node) is None else "its input carries no channel slots"
+    if moved:
+        return "it moves the batch or channel dimension"
+    return flow.keep(node, x)
 
 
 def reshape(node: fx.Node, emit, x: Any) -> None:
@@ -48,6 +77,10 @@ def permute(node: fx.Node, emit, x: Any, dims: list[int]) -> None:
 class Flatten(OpHandler):
     key = "flatten"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        return flatten_channels(node, flow, a["input"], a["start_dim"], a["end_dim"])
+
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
         rank = len(emit.shape(node, a["input"]))
@@ -60,6 +93,21 @@ class Flatten(OpHandler):
 class Reshape(OpHandler):
     key = "reshape"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """Only a flatten from dim 1 is understood: ``(N, C, *S) -> (N, C * prod(S))``
+        (recorded: compaction rewrites it to ``flatten(x, 1)`` when the sizes are
+        hard-coded)."""
+        x = args_of(node)["input"]
+        if not flow.tracked(x):
+            return None if flow.shape(node) is None else "its input carries no channel slots"
+        si, so = flow.shape(x), flow.shape(node)
+        if so is None or len(so) != 2 or so[0] != si[0] or so[1] != math.prod(si[1:]):
+            return f"a view {si} -> {so} that is not a flatten from dim 1"
+        why = flow.expand(node, x, math.prod(si[2:]))
+        if why is None:
+            flow.flat_views.append(node)
+        return why
+
     def lower(self, node: fx.Node, emit) -> None:
         """``view`` / ``reshape``: the sizes may be computed from ``x.size()`` / ``x.shape``
         (static); the output shape is the traced one."""
@@ -71,6 +119,12 @@ class Reshape(OpHandler):
 @register
 class Squeeze(OpHandler):
     key = "squeeze"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        x = a["input"]
+        dims = norm_dims(a["dim"], len(flow.shape(x))) if flow.tracked(x) else []
+        return _keeps_axes(node, flow, x, dims is None or any(d < 2 for d in dims))
 
     def lower(self, node: fx.Node, emit) -> None:
         """Drop axes of size 1 (not the batch's): a reshape; the batch axis moves left by
@@ -87,6 +141,12 @@ class Squeeze(OpHandler):
 @register
 class Unsqueeze(OpHandler):
     key = "unsqueeze"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        so = flow.shape(node)
+        dims = norm_dims(a["dim"], len(so)) if so is not None else None
+        return _keeps_axes(node, flow, a["input"], dims is None or dims[0] < 2)
 
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
@@ -109,6 +169,12 @@ def _view(node: fx.Node, emit, r: Ref, b_out: int) -> None:
 class Permute(OpHandler):
     key = "permute"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        so = flow.shape(node)
+        dims = norm_dims(list(a["dims"]), len(so)) if so is not None else None
+        return _keeps_axes(node, flow, a["input"], dims is None or dims[:2] != [0, 1])
+
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
         permute(node, emit, a["input"], list(emit.static(node, a["dims"], "the dims")))
@@ -117,6 +183,13 @@ class Permute(OpHandler):
 @register
 class Transpose(OpHandler):
     key = "transpose"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        so = flow.shape(node)
+        dims = norm_dims([a["dim0"], a["dim1"]], len(so)) if so is not None else None
+        return _keeps_axes(node, flow, a["input"],
+                           dims is None or (dims[0] != dims[1] and min(dims) < 2))
 
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
@@ -130,6 +203,12 @@ class Transpose(OpHandler):
 @register
 class Expand(OpHandler):
     key = "expand"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        a = args_of(node)
+        x, so = a["input"], flow.shape(node)
+        moved = flow.tracked(x) and (so is None or so[:2] != flow.shape(x)[:2])
+        return _keeps_axes(node, flow, x, moved)
 
     def lower(self, node: fx.Node, emit) -> None:
         """No data repeated (a no-op), or a static tensor expanded over the batch (it
@@ -152,6 +231,15 @@ class Expand(OpHandler):
 class Size(OpHandler):
     key = "size"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """``x.size(0)``, or ``x.size()`` read only at 0: harmless; other sizes pin ``x``."""
+        a = args_of(node)
+        x, d = a["input"], a["dim"]
+        if not flow.tracked(x):
+            return None
+        ok = batch_only(node) if d is None else isinstance(d, int) and d % len(flow.shape(x)) == 0
+        return None if ok else "it reads the channel count (x.size(1)): the channels are kept"
+
     def lower(self, node: fx.Node, emit) -> None:
         a = args_of(node)
         s = emit.shape(node, a["input"])
@@ -163,6 +251,9 @@ class Size(OpHandler):
 class Ndim(OpHandler):
     key = "ndim"
 
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return None
+
     def lower(self, node: fx.Node, emit) -> None:
         emit.set_static(node, len(emit.shape(node, args_of(node)["input"])))
 
@@ -170,6 +261,15 @@ class Ndim(OpHandler):
 @register
 class GetAttr(OpHandler):
     key = "getattr"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """``x.ndim`` / ``x.dtype`` / ...: harmless; ``x.shape`` read only at 0 too."""
+        a = args_of(node)
+        if not flow.tracked(a["input"]) or a["name"] in _HARMLESS:
+            return None
+        if a["name"] == "shape" and batch_only(node):
+            return None
+        return f"it reads x.{a['name']} (the channel count): the channels are kept"
 
     def lower(self, node: fx.Node, emit) -> None:
         """``x.shape`` / ``x.ndim`` of a tensor; any attribute of a static value."""
@@ -227,9 +327,27 @@ def _index_items(emit, node: fx.Node, idx: Any, rank: int) -> list:
     return items + [slice(None)] * (rank - sum(1 for i in items if i is not None))
 
 
+_HARMLESS = ("ndim", "dtype", "device", "is_cuda", "requires_grad")
+
+
 @register
 class GetItem(OpHandler):
     key = "getitem"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """A piece of a split (its slots), or indexing that keeps the batch and channel
+        axes whole (``x[:, :, 0]``); sizes and other values: nothing to track."""
+        a = args_of(node)
+        x, idx = a["input"], a["index"]
+        if isinstance(x, fx.Node) and x in flow.pieces and isinstance(idx, int):
+            flow.slots[node], flow.const[node] = flow.pieces[x][idx]
+            return None
+        if not flow.tracked(x):
+            return None if flow.shape(node) is None or len(flow.shape(node)) < 2 \
+                else "its input carries no channel slots"
+        items = list(idx) if isinstance(idx, tuple) else [idx]
+        whole = len(items) >= 2 and items[0] == slice(None) and items[1] == slice(None)
+        return flow.keep(node, x, idx) if whole else "it indexes the batch or channel dimension"
 
     def lower(self, node: fx.Node, emit) -> None:
         """An element of a static value or of a tuple result; or basic indexing of a
@@ -266,6 +384,33 @@ class GetItem(OpHandler):
 class Split(OpHandler):
     """A tuple of pieces along one axis (``chunk``, ``split``, ``unbind``): one ``slice``
     each (and a reshape for ``unbind``); the tuple is static, of refs."""
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """Along an axis after the channel dim: every piece keeps the slots; ``chunk``
+        of the channels: equal pieces whose positions are coupled (each piece loses the
+        same positions, so the pieces stay equal); other splits of the channels: kept."""
+        a = args_of(node)
+        x = a["input"]
+        if not flow.tracked(x):
+            return None
+        n_in = flow.shape(x)
+        axis = norm_dims(a["dim"], len(n_in))
+        if axis is None or axis[0] == 0:
+            return "a split of the batch dimension"
+        outs = [m.shape for m in node.meta.get("tensor_meta", ())] \
+            if isinstance(node.meta.get("tensor_meta"), (list, tuple)) else []
+        s, c = flow.slots[x], flow.const[x]
+        if axis[0] >= 2:
+            flow.pieces[node] = [(s, c.clone()) for _ in outs]
+            return None
+        if self.key != "chunk" or not outs or len({tuple(o)[1] for o in outs}) != 1:
+            return f"a {self.key} of the channels into sizes fixed in the code"
+        k = int(outs[0][1])
+        flow.pieces[node] = [(s[i * k:(i + 1) * k], c[i * k:(i + 1) * k])
+                             for i in range(len(outs))]
+        for piece, _ in flow.pieces[node][1:]:
+            flow.union(flow.pieces[node][0][0], piece)
+        return None
 
     def sizes(self, node: fx.Node, emit, a: dict, n: int) -> list[int]:
         raise NotImplementedError
