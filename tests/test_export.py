@@ -18,7 +18,7 @@ import pytest
 import torch
 from torch import nn
 
-import mobileprune.deploy.export as ex
+from mobileprune.deploy import numerics
 from mobileprune.surgery.compact import compact
 from mobileprune.errors import ConfigError, MobilePruneError, UnsupportedModelError
 from mobileprune.deploy.export import (ExportDependencyError, export_executorch, export_onnx,
@@ -246,8 +246,6 @@ class Stateful(nn.Module):
 
 def test_data_dependent_control_flow_is_unsupported(tmp_path):
     x = torch.randn(2, 4)
-    with pytest.raises(UnsupportedModelError, match="data-dependent control flow"):
-        export_torchscript_lite(DataDependent(), x, tmp_path / "m.ptl")
     if HAS_ONNX:
         with pytest.raises(UnsupportedModelError, match="torch.export cannot capture"):
             export_onnx(DataDependent(), x, tmp_path / "m.onnx")
@@ -255,6 +253,20 @@ def test_data_dependent_control_flow_is_unsupported(tmp_path):
         with pytest.raises(UnsupportedModelError, match="torch.export cannot capture"):
             export_executorch(DataDependent(), x, tmp_path / "m.pte")
     assert os.listdir(tmp_path) == []
+
+
+def test_control_flow_model_is_scripted_for_ptl(tmp_path):
+    """Tracing would freeze the branch; torch.jit.script gives a correct program, and
+    that is the one written."""
+    model = DataDependent()
+    r = export_torchscript_lite(model, torch.randn(2, 4), tmp_path / "m.ptl")
+    assert r["verified"] and r["program"] == "torch.jit.script"
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    loaded = _load_for_lite_interpreter(str(tmp_path / "m.ptl"))
+    with torch.no_grad():
+        for x in (torch.ones(2, 4), -torch.ones(2, 4)):  # both branches survive
+            assert torch.allclose(loaded(x), model(x), atol=1e-6)
 
 
 def test_scripted_model_with_control_flow_exports_to_ptl(tmp_path):
@@ -285,7 +297,7 @@ def test_bad_arguments(tmp_path):
 def test_failed_ptl_export_keeps_existing_file(tmp_path):
     path = tmp_path / "m.ptl"
     path.write_bytes(b"old contents")
-    with pytest.raises(UnsupportedModelError, match="does not reproduce"):
+    with pytest.raises(UnsupportedModelError, match="no TorchScript program reproduces"):
         export_torchscript_lite(Stateful(), torch.randn(2, 4), path)
     assert path.read_bytes() == b"old contents"
     assert os.listdir(tmp_path) == ["m.ptl"]
@@ -295,9 +307,9 @@ def test_failed_ptl_export_keeps_existing_file(tmp_path):
 @needs_ort
 def test_failed_onnx_verification_leaves_no_partial_file(tmp_path, monkeypatch):
     def mismatch(got, want, what):
-        raise ex._Mismatch(f"{what}: forced mismatch")
+        raise numerics.Mismatch(f"{what}: forced mismatch")
 
-    monkeypatch.setattr(ex, "_compare", mismatch)  # fails after the file was written
+    monkeypatch.setattr(numerics, "compare", mismatch)  # fails after the file was written
     path = tmp_path / "m.onnx"
     path.write_bytes(b"old")
     with pytest.raises(UnsupportedModelError, match="forced mismatch"):
@@ -321,4 +333,119 @@ def test_missing_executorch_is_a_clear_error(tmp_path, monkeypatch):
         monkeypatch.setitem(sys.modules, mod, None)
     with pytest.raises(ExportDependencyError, match="executorch"):
         export_executorch(LeNet300100(), torch.randn(1, 784), tmp_path / "m.pte")
+    assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- sequence models
+
+class _LSTMClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(6, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        _, (h, _) = self.rnn(x)
+        return self.fc(h[-1])
+
+
+class _GRUClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.GRU(6, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+class _TransformerClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, batch_first=True)
+        self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(self.enc(x).mean(1))
+
+
+class _MHAClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha, self.fc = nn.MultiheadAttention(8, 2, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, x):
+        y, _ = self.mha(x, x, x, need_weights=False)
+        return self.fc(y.mean(1))
+
+
+SEQ_MODELS = {"lstm": (_LSTMClassifier, 6), "gru": (_GRUClassifier, 6),
+              "transformer": (_TransformerClassifier, 8), "mha": (_MHAClassifier, 8)}
+
+
+def _seq(name: str):
+    torch.manual_seed(0)
+    cls, features = SEQ_MODELS[name]
+    return cls(), torch.randn(2, 4, features, generator=torch.Generator().manual_seed(5))
+
+
+@pytest.mark.parametrize("name", list(SEQ_MODELS))
+def test_sequence_models_export_to_ptl(name, tmp_path):
+    """LSTM / GRU / Transformer / attention: tracer warnings are no refusal, the lite
+    interpreter reproduces the model on another batch size too."""
+    model, x = _seq(name)
+    path = tmp_path / f"{name}.ptl"
+    r = export_torchscript_lite(model, x, path)
+    _check_result(r, path, "ptl")
+    assert r["dynamic_batch"] is True
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    x3 = torch.randn(3, *x.shape[1:])
+    with torch.no_grad():
+        want = model.eval()(x3)
+        got = _load_for_lite_interpreter(str(path))(x3)
+    assert float((got - want).abs().max()) <= 1e-4 * (1 + float(want.abs().max()))
+
+
+@needs_onnx
+@needs_ort
+@pytest.mark.parametrize("name", list(SEQ_MODELS))
+def test_sequence_models_export_to_onnx(name, tmp_path):
+    model, x = _seq(name)
+    path = tmp_path / f"{name}.onnx"
+    _check_result(export_onnx(model, x, path), path, "onnx")
+
+
+@needs_et
+@pytest.mark.parametrize("name", ["lstm", "gru", "transformer", "mha"])
+def test_sequence_models_export_to_pte(name, tmp_path):
+    model, x = _seq(name)
+    path = tmp_path / f"{name}.pte"
+    r = export_executorch(model, x, path)
+    _check_result(r, path, "pte")
+    assert r["backend"] == ("portable" if name in ("lstm", "gru") else "xnnpack")
+
+
+class FrozenBranch(nn.Module):
+    """A branch on a tensor value that torch.jit.script cannot compile (``*xs``): the
+    traced program keeps the example's branch, wrong on the random input."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, *xs):
+        x = xs[0]
+        if x.mean() > 10:  # the example's mean is 20; a random input's is about 0
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def test_wrong_program_is_refused_and_nothing_written(tmp_path):
+    with pytest.raises(UnsupportedModelError) as info:
+        export_torchscript_lite(FrozenBranch(), torch.full((2, 4), 20.0), tmp_path / "m.ptl")
+    msg = str(info.value)
+    assert "\n" not in msg and "no TorchScript program reproduces FrozenBranch" in msg
+    assert "torch.jit.trace: wrong on a random input of the same shape" in msg
+    assert "torch.jit.script fails" in msg
     assert os.listdir(tmp_path) == []
