@@ -88,36 +88,71 @@ def missing(entry: ZooModel) -> str | None:
     return None
 
 
-def randomize_untrained(model: nn.Module, seed: int = 0) -> None:
-    """Give every BatchNorm random running statistics and affine parameters (an
-    untrained BatchNorm is the identity in eval mode, which would hide folding bugs),
-    and every weight initialised to all zeros (torchvision's ViT head) random values
-    of std 0.02 (a zero head makes every output 0, which any export reproduces)."""
+@torch.no_grad()
+def he_init(model: nn.Module) -> None:
+    """He-normal weights (std ``sqrt(2 / fan_in)``) for every Conv and Linear: the
+    built-in models keep PyTorch's default init, whose signal shrinks ~2.5x per ReLU
+    layer, so the 12 layers of FERNet would give an output that does not depend on
+    the input."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+
+
+@torch.no_grad()
+def fill_zero_weights(model: nn.Module, seed: int = 0) -> None:
+    """Give every weight initialised to all zeros (torchvision's ViT head) random
+    values of std 0.02: a zero head makes every output 0, which any export reproduces."""
     g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2 and not bool(p.any()):
-                p.copy_(0.02 * torch.randn(p.shape, generator=g))
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                n = m.num_features
-                m.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=g))
-                if m.affine:
-                    m.weight.copy_(0.5 + torch.rand(n, generator=g))
-                    m.bias.copy_(0.1 * torch.randn(n, generator=g))
+    for p in model.parameters():
+        if p.dim() >= 2 and not bool(p.any()):
+            p.copy_(0.02 * torch.randn(p.shape, generator=g))
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, shapes: tuple[tuple[int, ...], ...], seed: int = 0, batch: int = 64) -> None:
+    """Set every BatchNorm's running statistics to those of one random batch of
+    ``batch`` inputs (64: deep layers see 1x1 maps, so fewer samples give noisy statistics and an ill-conditioned model; as training would: the norms then normalise the activations the
+    weights really produce, so the signal survives depth and pruning), then give the
+    affine parameters random values; the model is left in eval mode."""
+    norms = [m for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    g = torch.Generator().manual_seed(seed + 2)
+    xs = tuple(torch.randn(batch, *s[1:], generator=g) for s in shapes)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = 1.0
+    model.train()
+    model(*xs)
+    model.eval()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+        # a channel (nearly) constant over the batch would divide by sqrt(eps): outputs
+        # then amplify float rounding ~300x, which no exported engine reproduces
+        m.running_var.clamp_(min=max(0.1 * float(m.running_var.mean()), 1e-3))
+        if m.affine:
+            m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+            m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
 
 
 def build(entry: ZooModel, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """``(model, example inputs)`` for ``entry``: the model untrained (seeded), its
-    norms randomised, in eval mode; inputs random with the entry's shapes, batch 1.
+    zero weights filled and its BatchNorms calibrated (:func:`fill_zero_weights`,
+    :func:`calibrate`; the built-in models He-initialised, :func:`he_init`), in eval
+    mode; inputs random with the entry's shapes, batch 1.
 
     Raises:
         ImportError: a package the entry needs is missing (see :func:`missing`).
     """
     torch.manual_seed(seed)
     model = entry.build().eval()
-    randomize_untrained(model, seed)
+    if entry.source == "mobileprune":
+        he_init(model)
+    fill_zero_weights(model, seed)
+    calibrate(model, entry.shapes, seed)
     g = torch.Generator().manual_seed(seed + 1)
     inputs = tuple(torch.randn(*s, generator=g) for s in entry.shapes)
     return model, inputs

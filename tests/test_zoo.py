@@ -1,0 +1,73 @@
+"""The zoo (issue 19, item 7): public architectures x the library's steps.
+
+Every architecture of ``tests/zoo_models.py`` (torchvision, timm, LSTM / GRU /
+Transformer classifiers, the built-in models) goes through the steps of
+``tests/zoo_steps.py``: 90 % unstructured masks exact on every weight, compaction after
+zeroing channels, sparse export + runtime equal to torch, ONNX / .ptl / .pte exports
+verified. Each case passes, or is listed in :data:`KNOWN_FAILURES` with a fragment of
+the reason it fails with: such a case is an ``xfail(strict=True)`` that only counts when
+the step fails *with that reason*; a different failure fails the test, and a fix shows
+up as XPASS, which fails the test too, so the entry gets removed.
+
+Time: the exports through ``torch.export`` are the slow part (ONNX 1-11 s per model,
+.pte more), so the ``onnx`` and ``pte`` columns run here only on
+:data:`SLOW_EXPORT_MODELS`, a few representative models (a plain CNN, a torchvision
+ViT, a timm ViT, the LSTM / GRU / Transformer classifiers); ``benchmarks/zoo.py``
+runs every step on every model (and the latency column) and writes ``docs/zoo.md``.
+torchvision / timm cases skip with the reason when the ``zoo`` extra is not installed.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from zoo_models import BY_NAME, ZOO, missing
+from zoo_steps import STEPS
+
+SLOW_STEPS = ("onnx", "pte")
+SLOW_EXPORT_MODELS = ("mp_lenet5", "tv_vit", "timm_deit_tiny", "lstm_classifier", "gru_classifier",
+                      "transformer_classifier")
+
+#: ``{(model, step): fragment of the reason}``: cases that fail on main today, each with
+#: why (the library's message). Remove an entry when its case passes (XPASS fails).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
+
+
+class KnownFailure(AssertionError):
+    """A step failed with the reason :data:`KNOWN_FAILURES` gives for it."""
+
+
+def _cases():
+    for entry in ZOO:
+        for step in STEPS:
+            if step in SLOW_STEPS and entry.name not in SLOW_EXPORT_MODELS:
+                continue
+            marks = []
+            why = missing(entry)
+            if why:
+                marks.append(pytest.mark.skip(reason=why))
+            known = KNOWN_FAILURES.get((entry.name, step))
+            if known:
+                marks.append(pytest.mark.xfail(raises=KnownFailure, strict=True, reason=known))
+            yield pytest.param(entry.name, step, marks=marks, id=f"{entry.name}-{step}")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("name,step", list(_cases()))
+def test_zoo(name: str, step: str, tmp_path) -> None:
+    result = STEPS[step](BY_NAME[name], tmp_path)
+    if result == "ok":
+        return
+    known = KNOWN_FAILURES.get((name, step))
+    if known is not None and known in result:
+        raise KnownFailure(result)
+    pytest.fail(f"{name} / {step}: {result}" + (f" (known failure expected: {known!r})" if known else ""),
+                pytrace=False)
