@@ -21,8 +21,8 @@ torchvision / timm cases skip with the reason when the ``zoo`` extra is not inst
 from __future__ import annotations
 
 import pytest
-import torch
 
+from mobileprune.measure.latency import torch_threads
 from zoo_models import BY_NAME, ZOO, missing
 from zoo_steps import STEPS
 
@@ -82,10 +82,8 @@ def _cases():
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.mark.parametrize("name,step", list(_cases()))
@@ -98,3 +96,35 @@ def test_zoo(name: str, step: str, tmp_path) -> None:
         raise KnownFailure(result)
     pytest.fail(f"{name} / {step}: {result}" + (f" (known failure expected: {known!r})" if known else ""),
                 pytrace=False)
+
+
+def test_zoo_covers_the_issue() -> None:
+    """At least 20 architectures, unique names, every family issue 19 names."""
+    assert len(ZOO) >= 20 and len(BY_NAME) == len(ZOO)
+    sources = [e.source for e in ZOO]
+    assert sources.count("torchvision") >= 8 and sources.count("timm") >= 3
+    assert {"lstm_classifier", "gru_classifier", "transformer_classifier"} <= set(BY_NAME)
+
+
+def test_zeroed_units_are_dead() -> None:
+    """The units zero_filters zeroes output exactly 0: a Conv + BatchNorm's channels
+    (CIFAR ResNet-20) and an LSTM's hidden units; the others do not."""
+    import torch
+    from torch import nn
+
+    from zoo_models import build
+    from zoo_steps import zero_filters
+
+    model, inputs = build(BY_NAME["mp_resnet20"])
+    assert zero_filters(model, inputs) > 0
+    outs = {}
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))  # the stem's
+    bn.register_forward_hook(lambda m, i, o: outs.setdefault("bn", o))
+    with torch.no_grad():
+        model(*inputs)
+    assert torch.all(outs["bn"][:, ::4] == 0) and bool(outs["bn"][:, 1::4].any())
+    lstm, xs = build(BY_NAME["lstm_classifier"])
+    zero_filters(lstm, xs)
+    with torch.no_grad():
+        seq, _ = lstm.rnn(torch.randn(3, 16, 8))
+    assert torch.all(seq[..., ::4] == 0) and bool(seq[..., 1::4].any())
