@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[test,runtime,export,bench]'
+	$(PIP) install -q --no-deps -c constraints.txt torchvision timm  # extra 'zoo' (see pyproject)
 	touch $(STAMP)
 
 venv: $(STAMP)
