@@ -35,29 +35,20 @@ SLOW_STEP_MODELS: dict[str, tuple[str, ...]] = {
 
 #: ``{(model, step): fragment of the reason}``: cases that fail on main today, each with
 #: why (the library's message). Remove an entry when its case passes (XPASS fails).
-_NO_COMPACT = "compact removed nothing"  # the fx walker removes no unit of attention, LayerNorm
-# streams, recurrent layers or timm's BatchNormAct2d (F.batch_norm inside a module): issue 19, item 3
-_NO_PTL = "data-dependent control flow"  # export_torchscript_lite refuses on any tracer warning
-# (the `if`s of nn.MultiheadAttention / RNN / torchvision and timm ViTs): issue 19, item 5
+_NO_COMPACT = "compact removed nothing"  # the ChannelFlow pass blocks attention heads and
+# recurrent hidden units with a recorded reason (their removal is not built): issue 19, item 3
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("tv_vit", "compact"): _NO_COMPACT,
-    ("tv_vit", "ptl"): _NO_PTL,
-    ("timm_mobilenetv4_conv_small", "compact"): _NO_COMPACT,
     ("timm_deit_tiny", "compact"): _NO_COMPACT,
-    ("timm_deit_tiny", "ptl"): _NO_PTL,
     # torch.fx cannot trace their forward (an `if` on a tensor's shape): compact and
     # export_sparse have no torch.export fallback yet (issue 19, item 1)
     ("timm_mobilevit_xxs", "compact"): "cannot trace ByobNet",
     ("timm_mobilevit_xxs", "sparse"): "cannot trace ByobNet",
-    ("timm_mobilevit_xxs", "ptl"): _NO_PTL,
     ("timm_efficientvit_b0", "compact"): "cannot trace EfficientVit",
     ("timm_efficientvit_b0", "sparse"): "cannot trace EfficientVit",
     ("lstm_classifier", "compact"): _NO_COMPACT,
-    ("lstm_classifier", "ptl"): _NO_PTL,
     ("gru_classifier", "compact"): _NO_COMPACT,
-    ("gru_classifier", "ptl"): _NO_PTL,
     ("transformer_classifier", "compact"): _NO_COMPACT,
-    ("transformer_classifier", "ptl"): _NO_PTL,
 }
 
 
