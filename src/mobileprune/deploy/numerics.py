@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from mobileprune.errors import UnsupportedModelError
 from mobileprune.graph.trace import flat_tensors as _tensors
+from mobileprune.graph.trace import random_like  # noqa: F401 (part of this module's API)
 
 __all__ = ["Check", "Mismatch", "tolerance", "compare", "random_like", "reference",
            "check_inputs", "run_checks", "verify", "short"]
@@ -94,22 +95,6 @@ def compare(got: list, want: list[Tensor], what: str) -> float:
             raise Mismatch(f"{what}: max abs difference {diff:.3g} > {tolerance(w):.3g}")
         worst = max(worst, diff)
     return worst
-
-
-def random_like(args: tuple[Tensor, ...], batch: int | None = None, seed: int = 1234) -> tuple:
-    """Seeded random inputs shaped like ``args`` (with ``batch`` rows when given)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for a in args:
-        shape = tuple(a.shape) if batch is None else (batch, *a.shape[1:])
-        if a.is_floating_point():
-            out.append(torch.randn(shape, generator=g, dtype=a.dtype))
-        elif batch is None:
-            out.append(a.clone())
-        else:  # integer inputs (ids, ...): repeat the example's rows
-            idx = torch.arange(batch) % a.shape[0]
-            out.append(a[idx].clone())
-    return tuple(out)
 
 
 def reference(model: nn.Module, args: tuple) -> list[Tensor]:

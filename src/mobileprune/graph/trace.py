@@ -19,7 +19,7 @@ from mobileprune.errors import ConfigError, UnsupportedModelError
 from mobileprune.graph.canonical import canonicalize, module_spec
 
 __all__ = ["Traced", "trace", "as_args", "tensor_meta", "shape_of", "leaf_module",
-           "flat_tensors"]
+           "flat_tensors", "random_like"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -124,3 +124,24 @@ def flat_tensors(obj: Any) -> list[Tensor]:
     if isinstance(obj, dict):
         return [t for k in sorted(obj, key=str) for t in flat_tensors(obj[k])]
     return []
+
+
+def random_like(args: tuple, batch: int | None = None, seed: int = 1234) -> tuple:
+    """Seeded random inputs shaped like ``args`` (with ``batch`` rows when given): float
+    tensors are drawn from N(0, 1); integer tensors (ids) keep the example's values,
+    rows repeated to ``batch``; anything else is passed as it is. The one helper that
+    compaction and the exports check a second input with."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for a in args:
+        if not isinstance(a, Tensor):
+            out.append(a)
+            continue
+        shape = tuple(a.shape) if batch is None else (batch, *a.shape[1:])
+        if a.is_floating_point():
+            out.append(torch.randn(shape, generator=g, dtype=a.dtype).to(a.device))
+        elif batch is None:
+            out.append(a.clone())
+        else:  # integer inputs (ids, ...): repeat the example's rows
+            out.append(a[torch.arange(batch) % a.shape[0]].clone())
+    return tuple(out)

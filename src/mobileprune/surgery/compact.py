@@ -138,7 +138,7 @@ from mobileprune.errors import CompactionError, ConfigError, UnsupportedModelErr
 from mobileprune.graph import trace
 from mobileprune.graph.passes.channels import ChannelFlow, Decision, Layer, positions
 from mobileprune.graph.registry import args_of, handler, op_of
-from mobileprune.graph.trace import Traced, as_args, flat_tensors
+from mobileprune.graph.trace import Traced, as_args, flat_tensors, random_like
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
 __all__ = ["compact", "dead_units", "channel_ids", "dead_weights", "fold_dead_weights",
@@ -325,17 +325,6 @@ def _rewrite_views(flow: ChannelFlow, dec: Decision) -> None:
         flow.gm.recompile()
 
 
-def _random_like(args: tuple) -> tuple:
-    g = torch.Generator().manual_seed(1234)
-    out = []
-    for a in args:
-        if isinstance(a, Tensor) and a.is_floating_point():
-            out.append(torch.randn(a.shape, generator=g, dtype=a.dtype).to(a.device))
-        else:
-            out.append(a)
-    return tuple(out)
-
-
 def _tol(ref: Tensor) -> float:
     scale = 1.0 + (float(ref.abs().max()) if ref.numel() else 0.0)
     if ref.dtype == torch.float64:
@@ -418,7 +407,7 @@ def _shrink(model: nn.Module, t: Traced, flow: ChannelFlow, dec: Decision,
             atol: float) -> tuple[nn.Module, list]:
     """Resize the layers of ``t.work``; return it (or the rewritten graph module when the
     class's forward cannot run with the smaller layers) and the resize history."""
-    rnd = _random_like(t.args)
+    rnd = random_like(t.args)
     with torch.no_grad():
         refs = [t.out, t.gm(*rnd)]
     inputs = [t.args, rnd]
@@ -583,7 +572,7 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
     """
     t, flow, _ = _analyze(model, example_input, 0.0, "fold_dead_weights")
     dec = flow.decide()
-    rnd = _random_like(t.args)
+    rnd = random_like(t.args)
     refs = [t.out, t.gm(*rnd)]
     backup: list[tuple[Tensor, Tensor]] = []
     counts: dict[str, int] = {}
