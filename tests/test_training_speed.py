@@ -68,3 +68,12 @@ def test_settings_are_validated_and_resolved():
     finally:
         T.set_training_speed("fp32", False)
     assert T.training_precision() == "fp32"
+
+
+def test_bad_environment_settings_are_one_line_errors(monkeypatch):
+    monkeypatch.setitem(T._SPEED, "precision", "fp16")  # as $MOBILEPRUNE_PRECISION=fp16 sets it
+    with pytest.raises(ConfigError, match="MOBILEPRUNE_PRECISION"):
+        T.training_precision()
+    monkeypatch.setenv("MOBILEPRUNE_PROGRESS_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="MOBILEPRUNE_PROGRESS_SECONDS"):
+        T._env_seconds()

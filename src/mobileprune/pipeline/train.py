@@ -48,12 +48,24 @@ def _progress(iterable, progress: bool | None, desc: str, total: int | None = No
     if progress is False or not distributed.is_main():
         return iterable
     if progress is None and not sys.stderr.isatty():
-        every = float(os.environ.get("MOBILEPRUNE_PROGRESS_SECONDS", "30"))
+        every = _env_seconds()
         return LineProgress(iterable, desc, total, every)
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, total=total, leave=False,
                 disable=None if progress is None else False, dynamic_ncols=True)
+
+
+def _env_seconds() -> float:
+    """``$MOBILEPRUNE_PROGRESS_SECONDS`` (default 30), a number >= 0."""
+    text = os.environ.get("MOBILEPRUNE_PROGRESS_SECONDS", "30")
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise ConfigError(f"MOBILEPRUNE_PROGRESS_SECONDS must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _clock(seconds: float) -> str:
@@ -178,6 +190,8 @@ def set_training_speed(precision: str = "auto", channels_last: str | bool = "aut
 def training_precision() -> str:
     """``"bf16"`` or ``"fp32"``: what :func:`train_epoch` runs in now."""
     p = _SPEED["precision"]
+    if p not in PRECISIONS:  # set from $MOBILEPRUNE_PRECISION
+        raise ConfigError(f"MOBILEPRUNE_PRECISION must be one of {', '.join(PRECISIONS)}, got {p!r}")
     return ("bf16" if bf16_supported() else "fp32") if p == "auto" else p
 
 
