@@ -212,6 +212,8 @@ SPECS: tuple[Spec, ...] = (
     # ---- shape ops
     Spec("cat", ("tensors", "dim"), {"dim": 0}, functions=(torch.cat, torch.concat,
                                                            torch.concatenate)),
+    Spec("pad", ("input", "pad", "mode", "value"), {"mode": "constant", "value": None},
+         functions=(F.pad,)),
     Spec("flatten", ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1},
          (nn.Flatten,), (torch.flatten,), ("flatten",), _attrs("start_dim", "end_dim")),
     Spec("reshape", ("input", "shape"), functions=(torch.reshape,), methods=("view", "reshape"),
@@ -240,6 +242,70 @@ SPECS: tuple[Spec, ...] = (
     Spec("getattr", ("input", "name"), functions=(getattr,)),
 )
 
+# ---- ATen spellings: the ops of a torch.export graph (graph/export.py), by overload
+# name under ``torch.ops.aten``. Arguments bind by the overload's schema: ``self`` is the
+# op's first parameter, :data:`_ATEN_RENAMES` renames the others whose names differ, and
+# an argument the row has no parameter for is dropped when it is at its schema default
+# or in :data:`_ATEN_IGNORED` or the row is ``loose`` (else the node is ``"unknown"``);
+# an overload whose schema name ends in ``_`` is the in-place spelling.
+_ATEN: dict[str, tuple[str, ...]] = {
+    "linear": ("linear.default",),
+    "batch_norm": ("batch_norm.default",),
+    "layer_norm": ("layer_norm.default",),
+    "group_norm": ("group_norm.default",),
+    "relu": ("relu.default", "relu_.default"),
+    "hardtanh": ("hardtanh.default", "hardtanh_.default"),
+    "leaky_relu": ("leaky_relu.default", "leaky_relu_.default"),
+    "elu": ("elu.default", "elu_.default"),
+    "silu": ("silu.default", "silu_.default"),
+    "mish": ("mish.default", "mish_.default"),
+    "hardswish": ("hardswish.default", "hardswish_.default"),
+    "hardsigmoid": ("hardsigmoid.default", "hardsigmoid_.default"),
+    "gelu": ("gelu.default", "gelu_.default"),
+    "sigmoid": ("sigmoid.default", "sigmoid_.default"),
+    "tanh": ("tanh.default", "tanh_.default"),
+    "softmax": ("softmax.int",),
+    "log_softmax": ("log_softmax.int",),
+    "clamp": ("clamp.default", "clamp_.default"),
+    "abs": ("abs.default",),
+    "neg": ("neg.default",),
+    "exp": ("exp.default",),
+    "sqrt": ("sqrt.default",),
+    "max_pool": ("max_pool1d.default", "max_pool2d.default", "max_pool3d.default"),
+    "avg_pool": ("avg_pool1d.default", "avg_pool2d.default", "avg_pool3d.default"),
+    "adaptive_avg_pool": ("adaptive_avg_pool1d.default", "adaptive_avg_pool2d.default",
+                          "adaptive_avg_pool3d.default"),
+    "identity": ("clone.default", "alias.default", "detach.default", "contiguous.default"),
+    "dropout": ("dropout.default", "dropout_.default"),
+    "to": ("to.dtype", "type_as.default"),
+    "add": ("add.Tensor", "add_.Tensor"),
+    "sub": ("sub.Tensor", "sub_.Tensor"),
+    "mul": ("mul.Tensor", "mul_.Tensor"),
+    "div": ("div.Tensor", "div_.Tensor"),
+    "matmul": ("matmul.default", "bmm.default"),
+    "sdpa": ("scaled_dot_product_attention.default",),
+    "cat": ("cat.default", "concat.default"),
+    "pad": ("pad.default", "constant_pad_nd.default"),
+    "flatten": ("flatten.using_ints",),
+    "reshape": ("reshape.default", "view.default"),
+    "permute": ("permute.default",),
+    "transpose": ("transpose.int",),
+    "squeeze": ("squeeze.dim", "squeeze.dims", "squeeze.default"),
+    "unsqueeze": ("unsqueeze.default",),
+    "chunk": ("chunk.default",),
+    "split": ("split.Tensor", "split_with_sizes.default"),
+    "unbind": ("unbind.int",),
+    "expand": ("expand.default",),
+    "getitem": ("slice.Tensor", "select.int"),
+    "mean": ("mean.dim", "mean.default"),
+    "sum": ("sum.dim_IntList", "sum.default"),
+    "amax": ("amax.default",),
+}
+_ATEN_RENAMES = {"size": "shape", "split_size": "split_size_or_sections",
+                 "split_sizes": "split_size_or_sections", "train": "training"}
+_ATEN_IGNORED = ("cudnn_enabled", "cudnn_enable", "memory_format", "implicit", "non_blocking",
+                 "copy")
+
 # functions known by qualified name, from optional libraries (torchvision wraps this one
 # with torch.fx.wrap, so it appears as a call in the graph)
 _NAMED_FUNCTIONS = {"torchvision.ops.stochastic_depth.stochastic_depth": "stochastic_depth"}
@@ -263,6 +329,21 @@ def _index() -> tuple[dict, dict, dict, dict]:
 
 
 BY_MODULE, BY_FUNCTION, BY_METHOD, BY_KEY = _index()
+
+
+def _aten_index() -> dict[Any, Spec]:
+    """``{OpOverload: row}`` of :data:`_ATEN` (overloads this torch lacks are skipped)."""
+    out: dict[Any, Spec] = {}
+    for key, names in _ATEN.items():
+        for name in names:
+            packet, _, overload = name.partition(".")
+            op = getattr(getattr(torch.ops.aten, packet, None), overload, None)
+            if op is not None:
+                out[op] = BY_KEY[key]
+    return out
+
+
+BY_ATEN = _aten_index()
 
 
 def module_spec(m: nn.Module) -> Spec | None:
@@ -336,6 +417,51 @@ def _function_spec(f: Any) -> Spec | None:
     return BY_KEY[name] if name else None
 
 
+def _bind_aten(spec: Spec, op: Any, node: fx.Node) -> dict:
+    """An ATen call's arguments bound by the overload's schema to ``spec.params`` (see
+    :data:`_ATEN`); ``aten.slice`` / ``aten.select`` become a ``getitem`` index.
+    Raises TypeError."""
+    schema = op._schema
+    given = dict(zip((a.name for a in schema.arguments), node.args))
+    given.update(node.kwargs)
+    if spec.key == "getitem":
+        return {"input": given["self"], "index": _aten_index_of(node, given)}
+    out = dict(spec.defaults)
+    declared = {a.name: a for a in schema.arguments}
+    for name, value in given.items():
+        param = spec.params[0] if name == "self" else _ATEN_RENAMES.get(name, name)
+        if param in spec.params:
+            out[param] = value
+        elif not spec.loose and name not in _ATEN_IGNORED and not (
+                declared[name].has_default_value() and declared[name].default_value == value):
+            raise TypeError(f"argument {name}={value!r} of {schema.name} has no parameter "
+                            f"in op {spec.key!r}")
+    if spec.key in ("max_pool", "avg_pool") and not out.get("stride"):
+        out["stride"] = None  # the schema's "[]": the kernel size
+    missing = [p for p in spec.params if p not in out]
+    if missing:
+        raise TypeError(f"missing argument(s) {missing} for {spec.key}")
+    if schema.name.endswith("_"):
+        out["inplace"] = True
+    return out
+
+
+def _aten_index_of(node: fx.Node, given: dict) -> tuple:
+    """The ``x[...]`` index of ``aten.slice(x, dim, start, end, step)`` or
+    ``aten.select(x, dim, index)`` (a negative ``dim`` counted from the traced rank)."""
+    dim = int(given.get("dim", 0))
+    if dim < 0:
+        tm = given["self"].meta.get("tensor_meta") if isinstance(given["self"], fx.Node) else None
+        if tm is None:
+            raise TypeError("a negative dim on a tensor of unknown rank")
+        dim += len(tm.shape)
+    if "index" in given:
+        item: Any = given["index"]
+    else:
+        item = slice(given.get("start"), given.get("end"), given.get("step", 1))
+    return (slice(None),) * dim + (item,)
+
+
 def _canonical(node: fx.Node, modules: Mapping[str, nn.Module]) -> tuple[str, dict, str | None]:
     """(key, bound args, why unknown) of one node."""
     if node.op in ("placeholder", "output", "get_attr"):
@@ -354,6 +480,11 @@ def _canonical(node: fx.Node, modules: Mapping[str, nn.Module]) -> tuple[str, di
         inplace = spec is not None and node.target in spec.inplace
         if spec is not None and node.target in spec.reverse:
             args = (args[1], args[0]) + args[2:]
+    elif isinstance(node.target, torch._ops.OpOverload):
+        spec = BY_ATEN.get(node.target)
+        if spec is None:
+            return "unknown", {}, f"{describe(node)} is not in the op table"
+        return spec.key, _bind_aten(spec, node.target, node), None
     else:
         spec = _function_spec(node.target)
         inplace = spec is not None and node.target in spec.inplace
@@ -386,6 +517,8 @@ def describe(node: fx.Node) -> str:
     if node.op == "call_module":
         m = node.graph.owning_module.get_submodule(t) if node.graph.owning_module else None
         return f"node {node.name!r} (module {t!r}: {type(m).__name__})"
+    if isinstance(t, torch._ops.OpOverload):
+        return f"node {node.name!r} (ATen op {t.name()})"
     if node.op == "call_function":
         mod = getattr(t, "__module__", "") or ""
         name = getattr(t, "__name__", repr(t))

@@ -1,5 +1,7 @@
 """The one tracer of the graph layer: an eval-mode float copy of the model, traced by
-torch.fx with every layer of the op table kept whole, shapes propagated, canonicalised.
+torch.fx with every layer of the op table kept whole (or, where torch.fx cannot trace
+the forward, captured by torch.export: :mod:`mobileprune.graph.export`), shapes
+propagated, canonicalised.
 
 ``compact``, ``dead_units`` / ``fold_dead_weights``, structured coupling in ADMM and
 ``export_sparse`` all start here (``docs/methods.md`` section 4).
@@ -17,6 +19,7 @@ from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from mobileprune.errors import ConfigError, UnsupportedModelError
 from mobileprune.graph.canonical import canonicalize, module_spec
+from mobileprune.graph.export import export_graph
 
 __all__ = ["Traced", "trace", "as_args", "tensor_meta", "shape_of", "leaf_module",
            "flat_tensors", "random_like"]
@@ -47,12 +50,15 @@ class _Tracer(fx.Tracer):
 class Traced:
     """A traced model: ``gm`` (canonicalised, shapes in ``node.meta["tensor_meta"]``),
     ``work`` the eval-mode deep copy it was traced from (``gm`` shares its layers),
-    ``args`` the example inputs and ``out`` the traced graph's output on them."""
+    ``args`` the example inputs, ``out`` the traced graph's output on them and ``via``
+    the tracer that captured it (``"fx"``, or ``"export"`` for the torch.export
+    fallback, whose sizes are the example input's)."""
 
     gm: fx.GraphModule
     work: nn.Module
     args: tuple
     out: Any
+    via: str = "fx"
 
     @property
     def modules(self) -> dict[str, nn.Module]:
@@ -75,31 +81,50 @@ def trace(model: nn.Module, example_input: Any, *, who: str = "mobileprune",
     """Trace ``model`` (an eval-mode deep copy unless ``copy_model=False``) and propagate
     ``example_input`` through the graph.
 
-    Raises :class:`UnsupportedModelError` (its message starts with ``who``) when torch.fx
-    cannot trace the forward or ``example_input`` does not run through the traced graph.
+    torch.fx first; when it cannot trace the forward, ``torch.export`` on the example
+    input (:func:`mobileprune.graph.export.export_graph`; ``Traced.via`` says which).
+    Raises :class:`UnsupportedModelError` (its message starts with ``who``) when neither
+    can capture the forward or ``example_input`` does not run through the graph.
     """
     args = as_args(example_input)
     work = copy.deepcopy(model) if copy_model else model
     work.eval()
-    name = type(model).__name__
-    try:
-        tracer = _Tracer()
-        graph = tracer.trace(work)
-        gm = fx.GraphModule(tracer.root, graph, name)
-    except Exception as exc:  # noqa: BLE001 - any tracing failure is reported the same way
-        raise UnsupportedModelError(
-            f"{who}: torch.fx cannot trace {name} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); the forward must be traceable "
-            f"by torch.fx.symbolic_trace (no Python control flow on tensor values)") from exc
+    gm, via = _capture(work, args, who)
     try:
         with torch.no_grad():
             out = ShapeProp(gm).propagate(*args)
     except Exception as exc:  # noqa: BLE001
         raise UnsupportedModelError(
-            f"{who}: example_input does not run through the traced graph of {name} "
-            f"({type(exc).__name__}: {exc})") from exc
+            f"{who}: example_input does not run through the traced graph of "
+            f"{type(model).__name__} ({type(exc).__name__}: {exc})") from exc
     canonicalize(gm)
-    return Traced(gm, work, args, out)
+    return Traced(gm, work, args, out, via)
+
+
+def _capture(work: nn.Module, args: tuple, who: str) -> tuple[fx.GraphModule, str]:
+    """``(graph module, "fx" | "export")``: torch.fx's graph of ``work`` (leaf layers kept
+    whole), else torch.export's turned into the same terms."""
+    name = type(work).__name__
+    try:
+        tracer = _Tracer()
+        graph = tracer.trace(work)
+        return fx.GraphModule(tracer.root, graph, name), "fx"
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: try torch.export
+        fx_exc = exc
+    try:
+        return export_graph(work, args, leaf_module), "export"
+    except Exception as exc:  # noqa: BLE001 - reported with both reasons
+        raise UnsupportedModelError(
+            f"{who}: torch.fx cannot trace {name} ({_first_line(fx_exc)}) and torch.export "
+            f"cannot capture it on example_input either ({_first_line(exc)}); the forward "
+            f"must be traceable by torch.fx.symbolic_trace or torch.export (no Python "
+            f"control flow on tensor values)") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """``TypeName: first line of the message``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def tensor_meta(node: Any) -> TensorMetadata | None:

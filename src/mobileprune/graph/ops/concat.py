@@ -1,11 +1,17 @@
-"""Concatenation: ``torch.cat`` / ``concat`` / ``concatenate`` on a non-batch axis."""
+"""Concatenation: ``torch.cat`` / ``concat`` / ``concatenate`` on a non-batch axis; and
+constant padding (``F.pad(x, pads, value=v)``), which lowers to concatenation with
+``constant`` ops."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from torch import fx
 
 from mobileprune.graph.passes.channels import nan, norm_dims
+from mobileprune.graph.passes.lower import Ref
 from mobileprune.graph.registry import OpHandler, args_of, register
 
 
@@ -63,3 +69,57 @@ class Cat(OpHandler):
             raise emit.fail(node, f"cat along dim {dim!r} (must be a non-batch dimension)")
         names = [emit.operand(node, t, rank, f"c{i}") for i, t in enumerate(ts)]
         emit.op(node, "concat", names, {"axis": dim % rank - 1})
+
+
+def _pad_axes(pads: list, rank: int) -> list[tuple[int, int, int]]:
+    """``[(torch axis, before, after)]`` of ``F.pad``'s list (last axis first), the axes
+    actually padded."""
+    return [(rank - 1 - i // 2, int(pads[i]), int(pads[i + 1])) for i in range(0, len(pads), 2)
+            if pads[i] or pads[i + 1]]
+
+
+@register
+class Pad(OpHandler):
+    key = "pad"
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        """A constant pad of the axes after the channels: slots kept, a channel stays
+        constant only when its constant is the pad value."""
+        a = args_of(node)
+        x = a["input"]
+        if not flow.tracked(x):
+            return None if flow.shape(node) is None else "its input carries no channel slots"
+        if a["mode"] != "constant" or not all(isinstance(p, int) for p in a["pad"]):
+            return f"a {a['mode']!r} pad"
+        if any(axis < 2 for axis, _, _ in _pad_axes(list(a["pad"]), len(flow.shape(x)))):
+            return "a pad of the batch or channel dimension"
+        c, value = flow.const[x], float(a["value"] or 0.0)
+        return flow.keep(node, x, const=torch.where(c == value, c, nan(c.numel())))
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """Each padded axis: ``concat`` of a ``constant`` op of the pad value, the input
+        and another constant (no op for a zero-width side)."""
+        a = args_of(node)
+        if emit.static(node, a["mode"]) != "constant":
+            raise emit.fail(node, f"a {a['mode']!r} pad (the runtime pads with a constant only)")
+        pads = [int(p) for p in emit.static(node, a["pad"], "the padding")]
+        if any(p < 0 for p in pads):
+            raise emit.fail(node, "a negative pad (a crop)")
+        value = float(emit.static(node, a["value"]) or 0.0)
+        cur, shape = emit.value(node, a["input"]), emit.sample(node, a["input"])
+        for k, (axis, lo, hi) in enumerate(_pad_axes(pads, len(shape) + 1)):
+            if axis == 0:
+                raise emit.fail(node, "a pad of the batch axis")
+            parts = []
+            for side, n in (("lo", lo), ("x", 0), ("hi", hi)):
+                if side == "x":
+                    parts.append(cur)
+                elif n:
+                    cs = shape[:axis - 1] + [n] + shape[axis:]
+                    parts.append(emit.op(node, "constant", [], shape=cs,
+                                         name=f"{node.name}.{side}{k}",
+                                         value=np.full(math.prod(cs), value)))
+            shape = shape[:axis - 1] + [shape[axis - 1] + lo + hi] + shape[axis:]
+            cur = emit.op(node, "concat", parts, {"axis": axis - 1}, shape=shape,
+                          name=f"{node.name}.p{k}")
+        emit.bind(node, Ref(cur))
