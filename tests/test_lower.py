@@ -81,6 +81,8 @@ CASES = {
                        0, 3, 1, 2), n=nn.LayerNorm(4)), _X4),
                    ("F2", lambda: _Fn(lambda s, x: F.layer_norm(x, (5, 6))), _X3)],
     "group_norm": [("gn", lambda: nn.GroupNorm(2, 4), _X4)],
+    "pad": [("last", lambda: _Fn(lambda s, x: F.pad(x, (0, 1), value=1.0)), _X3),
+            ("hw", lambda: _Fn(lambda s, x: F.pad(x, (1, 2, 0, 1))), _X4)],
     "multihead_attention": [
         ("batch_first", lambda: _Fn(lambda s, x: s.a(x, x, x)[0],
                                     a=nn.MultiheadAttention(6, 2, batch_first=True)), _X3),

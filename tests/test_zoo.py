@@ -40,12 +40,10 @@ _NO_COMPACT = "compact removed nothing"  # the ChannelFlow pass blocks attention
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("tv_vit", "compact"): _NO_COMPACT,
     ("timm_deit_tiny", "compact"): _NO_COMPACT,
-    # torch.fx cannot trace their forward (an `if` on a tensor's shape): compact and
-    # export_sparse have no torch.export fallback yet (issue 19, item 1)
-    ("timm_mobilevit_xxs", "compact"): "cannot trace ByobNet",
-    ("timm_mobilevit_xxs", "sparse"): "cannot trace ByobNet",
-    ("timm_efficientvit_b0", "compact"): "cannot trace EfficientVit",
-    ("timm_efficientvit_b0", "sparse"): "cannot trace EfficientVit",
+    # traced by the torch.export fallback (torch.fx cannot: `if new_h != H`); its
+    # MobileViT block folds the batch into other axes (`x.reshape(B * C * n_h, ...)`,
+    # the transformer runs on `(B * P, N, C)`), which the runtime cannot hold
+    ("timm_mobilevit_xxs", "sparse"): "does not keep the batch (1) on axis 0",
     ("lstm_classifier", "compact"): _NO_COMPACT,
     ("gru_classifier", "compact"): _NO_COMPACT,
     ("transformer_classifier", "compact"): _NO_COMPACT,

@@ -30,6 +30,7 @@ Shapes are those of the example input: sizes the forward computes become constan
 from __future__ import annotations
 
 import operator
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -63,12 +64,14 @@ def export_graph(work: nn.Module, args: tuple,
     as an fx graph module over ``work``'s own layers and tensors (module docstring);
     ``is_leaf`` says which layers become ``call_module`` nodes. Raises whatever
     torch.export raises, or ValueError for a graph it cannot map back."""
-    ep = torch.export.export(work, args, strict=False)
+    with warnings.catch_warnings():  # export's advice to the model's author, not ours
+        warnings.filterwarnings("ignore", message=".*were assigned during export")
+        ep = torch.export.export(work, args, strict=False)
     gm = ep.graph_module
     _inline_bodies(gm)
     kinds = {s.arg.name: s for s in ep.graph_signature.input_specs}
     owned = {n for n, s in kinds.items() if s.target is not None}
-    calls = _leaf_calls(gm.graph, work, owned, is_leaf)
+    calls = _leaf_calls(gm.graph, _one_in_one_out(work, args, is_leaf), owned)
     graph, attrs = fx.Graph(), {}
     env: dict[fx.Node, Any] = {}
     users = 0
@@ -130,17 +133,41 @@ def _drop_unused(graph: fx.Graph) -> None:
             graph.erase_node(node)
 
 
-def _leaf_calls(graph: fx.Graph, work: nn.Module, owned: set[str],
-                is_leaf: Callable[[nn.Module], bool]) -> dict[fx.Node, _LeafCall]:
-    """``{node: call}`` for the ATen nodes of every leaf layer call that can become one
-    ``call_module`` node (one tensor input from outside, one result read outside)."""
+def _one_in_one_out(work: nn.Module, args: tuple,
+                    is_leaf: Callable[[nn.Module], bool]) -> set[str]:
+    """The paths of the leaf layers that every call in an eager run of ``work`` on
+    ``args`` gives one positional tensor and no keyword, and that return one tensor
+    (an LSTM's tuple, an attention's ``(q, k, v)`` are not: their ATen nodes stay)."""
+    calls: dict[str, bool] = {}
+
+    def hook(path: str):
+        def record(_m: nn.Module, a: tuple, kw: dict, out: Any) -> None:
+            one = len(a) == 1 and not kw and isinstance(a[0], torch.Tensor)
+            calls[path] = calls.get(path, True) and one and isinstance(out, torch.Tensor)
+        return record
+
+    handles = [m.register_forward_hook(hook(p), with_kwargs=True)
+               for p, m in work.named_modules() if p and is_leaf(m)]
+    try:
+        with torch.no_grad():
+            work(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return {p for p, ok in calls.items() if ok}
+
+
+def _leaf_calls(graph: fx.Graph, leaves: set[str], owned: set[str]
+                ) -> dict[fx.Node, _LeafCall]:
+    """``{node: call}`` for the ATen nodes of every call of a layer in ``leaves`` that
+    can become one ``call_module`` node (one tensor input from outside, one result read
+    outside); ``owned`` are the placeholders of parameters, buffers and constants."""
     by_key: dict[str, _LeafCall] = {}
-    modules = dict(work.named_modules())
     for node in graph.nodes:
         if node.op != "call_function":
             continue
         for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items():
-            if path and path in modules and is_leaf(modules[path]):
+            if path in leaves:
                 by_key.setdefault(key, _LeafCall(path)).nodes.append(node)
                 break
     out: dict[fx.Node, _LeafCall] = {}

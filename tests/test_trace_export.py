@@ -1,0 +1,185 @@
+"""The tracer's torch.export fallback (mobileprune.graph.export): a forward torch.fx
+cannot trace (Python control flow on sizes, as in timm's MobileViT / EfficientViT) is
+captured by torch.export on the example input and read by the same passes, so compact
+and export_sparse give the same exact results; a branch on tensor values, or an op the
+runtime lacks, is refused by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobileprune import compact
+from mobileprune.deploy.sparse import export_sparse
+from mobileprune.errors import UnsupportedModelError
+from mobileprune.graph import trace
+from mobileprune.runtime import load
+
+
+def _rel(got, want) -> float:
+    got, want = torch.as_tensor(got), want.detach()
+    return float((got - want).abs().max()) / float(want.abs().max())
+
+
+class ShapeBranch(nn.Module):
+    """fx cannot trace it: ``if`` on a size (``x.shape[-1] % 4``), like MobileViT's
+    ``if new_h != H``. Conv + BatchNorm + ReLU, a constant pad the branch decides, a
+    functional BatchNorm outside any layer, a residual add, a slice, Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.act = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        if x.shape[-1] % 4 != 0:
+            x = F.pad(x, (0, 4 - x.shape[-1] % 4))
+        y = F.batch_norm(self.conv2(x), self.bn2.running_mean, self.bn2.running_var,
+                         self.bn2.weight, self.bn2.bias, False, 0.1, 1e-5)
+        x = self.act(x + y)[:, :, :, :-1]
+        return self.fc(x.mean((2, 3)))
+
+
+class ValueBranch(nn.Module):
+    """A branch on tensor values: neither torch.fx nor torch.export can capture it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+
+def _calibrated(model: nn.Module, shape=(1, 3, 6, 6)) -> nn.Module:
+    """Non-trivial BatchNorm statistics, then eval mode."""
+    torch.manual_seed(0)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, *shape[1:]))
+    return model.eval()
+
+
+def test_fx_failure_falls_back_to_torch_export_on_the_users_layers():
+    model = _calibrated(ShapeBranch())
+    x = torch.randn(1, 3, 6, 6)
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model)
+    t = trace(model, x)
+    assert t.via == "export"
+    calls = {n.target: n.meta["mp_op"] for n in t.gm.graph.nodes if n.op == "call_module"}
+    assert calls == {"conv1": "conv", "bn1": "batch_norm", "act": "relu", "conv2": "conv",
+                     "fc": "linear"}
+    assert t.gm.get_submodule("conv1") is t.work.conv1
+    keys = [n.meta["mp_op"] for n in t.gm.graph.nodes]
+    assert "unknown" not in keys and {"pad", "batch_norm", "add", "getitem", "mean"} <= set(keys)
+    assert torch.equal(t.out, model(x))
+
+
+def test_compact_through_the_fallback_is_exact():
+    model = _calibrated(ShapeBranch())
+    with torch.no_grad():  # channels 0 and 5 dead: zero filters, BatchNorm shift 0
+        for c in (0, 5):
+            model.conv1.weight[c] = 0
+            model.conv1.bias[c] = 0
+            model.bn1.bias[c] = -1.0
+    x = torch.randn(1, 3, 6, 6)
+    small, rec = compact(model, x, return_record=True)
+    assert small.conv1.out_channels == 6 and small.conv2.in_channels == 6
+    assert small.bn2.num_features == 6  # read by F.batch_norm, resized with its channels
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
+    for xs in (x, torch.randn(1, 3, 6, 6)):
+        with torch.no_grad():
+            assert _rel(small(xs), model(xs)) <= 1e-5
+
+
+def test_sparse_export_through_the_fallback_matches_torch(tmp_path):
+    model = _calibrated(ShapeBranch())
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 3, 6, 6), path)
+    net = load(path)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, 6, 6)
+        with torch.no_grad():
+            assert _rel(net(x.numpy()), model(x)) <= 1e-4
+
+
+def test_a_branch_on_tensor_values_is_refused_with_both_reasons(tmp_path):
+    for run in (lambda m, x: compact(m, x),
+                lambda m, x: export_sparse(m, x, tmp_path / "m.mpsparse")):
+        with pytest.raises(UnsupportedModelError) as ei:
+            run(ValueBranch(), torch.randn(2, 3))
+        msg = str(ei.value)
+        assert "torch.fx cannot trace ValueBranch" in msg
+        assert "torch.export cannot capture it" in msg and "tensor values" in msg
+    assert not (tmp_path / "m.mpsparse").exists()
+
+
+def test_an_op_the_runtime_lacks_is_named(tmp_path):
+    class Flip(nn.Module):
+        def forward(self, x):
+            if x.shape[1] > 2:
+                x = x.flip(1)  # the line the message shows
+            return x
+
+    with pytest.raises(UnsupportedModelError) as ei:
+        export_sparse(Flip(), torch.randn(1, 6), tmp_path / "m.mpsparse")
+    msg = str(ei.value)
+    assert "aten::flip" in msg and "the line the message shows" in msg, msg
+
+
+def test_layers_with_tuple_results_stay_aten_ops_and_are_refused(tmp_path):
+    class Rnn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rnn = nn.LSTM(4, 6, batch_first=True)
+
+        def forward(self, x):
+            if x.shape[1] > 1:
+                x = x * 2
+            return self.rnn(x)[0]
+
+    t = trace(Rnn(), torch.randn(1, 5, 4))
+    assert t.via == "export"
+    assert not [n for n in t.gm.graph.nodes if n.op == "call_module"]
+    with pytest.raises(UnsupportedModelError, match="aten::lstm"):
+        export_sparse(Rnn(), torch.randn(1, 5, 4), tmp_path / "m.mpsparse")
+
+
+def test_autocast_disabled_block_is_inlined(tmp_path):
+    """timm's EfficientViT attention runs in ``torch.autocast(enabled=False)`` behind an
+    ``if v.device.type != 'meta'`` that fx cannot trace."""
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(6, 18)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).chunk(3, dim=-1)
+            v = F.pad(v, (0, 1), mode="constant", value=1.0)
+            if v.device.type != "meta":
+                with torch.autocast(device_type=v.device.type, enabled=False):
+                    out = q.float() @ (k.transpose(-1, -2) @ v)
+            out = out[..., :-1] / (out[..., -1:] + 1e-5)
+            return out.to(x.dtype)
+
+    model = Attn().eval()
+    t = trace(model, torch.randn(1, 5, 6))
+    assert t.via == "export"
+    assert all(n.meta["mp_op"] != "unknown" for n in t.gm.graph.nodes), t.gm.graph
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, 5, 6), path)
+    x = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        assert _rel(load(path)(x.numpy()), model(x)) <= 1e-4
