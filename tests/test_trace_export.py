@@ -16,6 +16,7 @@ from mobileprune.deploy.sparse import export_sparse
 from mobileprune.errors import UnsupportedModelError
 from mobileprune.graph import trace
 from mobileprune.runtime import load
+from test_compact import DataDependent  # a branch on tensor values (x.sum() > 0)
 
 
 def _rel(got, want) -> float:
@@ -45,19 +46,6 @@ class ShapeBranch(nn.Module):
                          self.bn2.weight, self.bn2.bias, False, 0.1, 1e-5)
         x = self.act(x + y)[:, :, :, :-1]
         return self.fc(x.mean((2, 3)))
-
-
-class ValueBranch(nn.Module):
-    """A branch on tensor values: neither torch.fx nor torch.export can capture it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 2)
-
-    def forward(self, x):
-        if x.sum() > 0:
-            return self.fc(x)
-        return -self.fc(x)
 
 
 def _calibrated(model: nn.Module, shape=(1, 3, 6, 6)) -> nn.Module:
@@ -118,9 +106,9 @@ def test_a_branch_on_tensor_values_is_refused_with_both_reasons(tmp_path):
     for run in (lambda m, x: compact(m, x),
                 lambda m, x: export_sparse(m, x, tmp_path / "m.mpsparse")):
         with pytest.raises(UnsupportedModelError) as ei:
-            run(ValueBranch(), torch.randn(2, 3))
+            run(DataDependent(), torch.randn(2, 3))
         msg = str(ei.value)
-        assert "torch.fx cannot trace ValueBranch" in msg
+        assert "torch.fx cannot trace DataDependent" in msg
         assert "torch.export cannot capture it" in msg and "tensor values" in msg
     assert not (tmp_path / "m.mpsparse").exists()
 
