@@ -91,6 +91,31 @@ def test_compact_through_the_fallback_is_exact():
             assert _rel(small(xs), model(xs)) <= 1e-5
 
 
+def test_compact_never_returns_an_exported_graph():
+    """The class forward cannot run with fewer channels (a size written in it): the fx
+    path would return its traced graph; torch.export's holds the example's sizes, so
+    compact refuses."""
+
+    class Fixed(ShapeBranch):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8 * 16, 4)
+
+        def forward(self, x):
+            x = self.act(self.bn1(self.conv1(x)))
+            if x.shape[-1] % 4 != 0:
+                x = x[:, :, :4, :4]
+            return self.fc(x.reshape(x.shape[0], 8 * 16))
+
+    model = _calibrated(Fixed())
+    with torch.no_grad():
+        model.conv1.weight[3] = 0
+        model.conv1.bias[3] = 0
+        model.bn1.bias[3] = -1.0
+    with pytest.raises(UnsupportedModelError, match="only runs at example_input's sizes"):
+        compact(model, torch.randn(1, 3, 6, 6))
+
+
 def test_sparse_export_through_the_fallback_matches_torch(tmp_path):
     model = _calibrated(ShapeBranch())
     path = tmp_path / "m.mpsparse"

@@ -1,7 +1,8 @@
 """The graph layer: one tracer, one table of op spellings, one table of op handlers.
 
-* :func:`trace` -- an eval-mode copy of the model traced by torch.fx, shapes propagated,
-  every node canonicalised (``node.meta["mp_op"]``, ``node.meta["mp_args"]``);
+* :func:`trace` -- an eval-mode copy of the model traced by torch.fx (where fx cannot
+  trace the forward, captured by torch.export: :mod:`~mobileprune.graph.export`), shapes
+  propagated, every node canonicalised (``node.meta["mp_op"]``, ``node.meta["mp_args"]``);
 * :data:`SPECS` (:mod:`~mobileprune.graph.canonical`) -- every spelling of every op;
 * :data:`HANDLERS` (:mod:`~mobileprune.graph.registry`, filled by
   :mod:`mobileprune.graph.ops`) -- what each op does to channels, weights and the runtime.

@@ -107,7 +107,8 @@ class ADMMPruner:
             the same channels are zeroed in every coupled layer, so
             :func:`~mobileprune.surgery.compact.compact` can physically remove them. Each
             layer still keeps at most its own ``keep`` groups. Without it, every layer
-            is projected on its own; so is every layer of a model torch.fx cannot trace,
+            is projected on its own; so is every layer of a model that neither torch.fx
+            nor the torch.export fallback can trace (:func:`mobileprune.graph.trace`),
             with a warning that names the structured targets whose coupling is lost.
     """
 

@@ -382,7 +382,8 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0, strict: 
         removed it warns (:class:`CompactionWarning`, saying why) and returns the copy.
 
     Raises:
-        UnsupportedModelError: the model cannot be traced by ``torch.fx``, ``example_input``
+        UnsupportedModelError: the model cannot be traced by ``torch.fx`` nor captured
+            by the ``torch.export`` fallback (a branch on tensor values), ``example_input``
             does not run through it, or (``strict``) zero units cannot be removed.
         CompactionError: the compacted model does not reproduce the original (a bug).
     """
@@ -417,6 +418,11 @@ def _shrink(model: nn.Module, t: Traced, flow: ChannelFlow, dec: Decision,
     reason = _agrees(t.work, inputs, refs, exact)
     if reason is None:
         return t.work, history
+    if t.via == "export":  # its graph holds the example's sizes: never returned instead
+        raise UnsupportedModelError(
+            f"compact: the compacted {type(model).__name__} does not reproduce the original "
+            f"with its own forward ({reason}; sizes written in the forward?), and the "
+            f"torch.export graph it was traced with only runs at example_input's sizes")
     _rewrite_views(flow, dec)
     reason_gm = _agrees(t.gm, inputs, refs, exact)
     if reason_gm is None:
