@@ -62,6 +62,7 @@ CASES = {
     ("floordiv",): (lambda h: h // 0.5, None, False),
     ("cat",): (lambda h: torch.cat([h, torch.cat([h, h], 2)[:, :, :6]], 1), None, False),
     ("getitem",): (lambda h: h[:, :, 1:], None, False),
+    ("pad",): (lambda h: F.pad(h, (1, 0, 0, 2), value=0.5), None, True),
     ("flatten",): (lambda h: torch.flatten(h, 2), None, False),
     ("reshape", "getattr"): (lambda h: h.view(h.shape[0], -1), None, False),
     ("size",): (lambda h: h.reshape(h.size(0), -1), None, False),
