@@ -17,6 +17,7 @@ from mobileprune.errors import UnsupportedModelError
 from mobileprune.graph import trace
 from mobileprune.runtime import load
 from test_compact import DataDependent  # a branch on tensor values (x.sum() > 0)
+from test_lower import _Fn  # forward(x) = fn(self, x), with the given submodules
 
 
 def _rel(got, want) -> float:
@@ -196,3 +197,65 @@ def test_autocast_disabled_block_is_inlined(tmp_path):
     x = torch.randn(2, 5, 6)
     with torch.no_grad():
         assert _rel(load(path)(x.numpy()), model(x)) <= 1e-4
+
+
+class _Branchy(_Fn):
+    """``fn(self, x)`` behind an ``if`` on a size: traced by torch.export only."""
+
+    def forward(self, x):
+        if x.shape[-1] > 1:
+            x = x * 1.5
+        return self.fn(self, x)
+
+
+# ATen spellings of functional ops outside any layer: (id, fn(self, x), per-sample shape)
+FUNCTIONAL = [
+    ("acts", lambda s, x: F.relu6(x) + F.hardtanh(x, -0.5, 0.5) + torch.sigmoid(x)
+     + torch.tanh(x) + F.gelu(x) + F.silu(x) + F.hardswish(x) + F.leaky_relu(x, 0.1), (4, 6)),
+    ("pools", lambda s, x: F.max_pool2d(x, 2) + F.avg_pool2d(x, 2)
+     + F.adaptive_avg_pool2d(x, 3), (4, 6, 6)),
+    ("linear_norm", lambda s, x: F.layer_norm(F.linear(x, s.l.weight, s.l.bias), (3,)),
+     (5, 6)),
+    ("attention", lambda s, x: torch.bmm(torch.softmax(torch.bmm(x, x.transpose(1, 2)), -1),
+                                         x), (5, 6)),
+    ("shapes", lambda s, x: torch.cat([x[:, 0].unsqueeze(1), x[:, 1:]], 1)[:, :, 1:].permute(
+        0, 2, 1) + x[:, :, 1:].sum(1, keepdim=True).transpose(1, 2), (4, 6)),
+    ("splits", lambda s, x: sum(x.split(2, 1)) + sum(x.unbind(1)).unsqueeze(1).squeeze(1)
+     .unsqueeze(1).mean(2, keepdim=True), (4, 6)),
+    ("inplace", lambda s, x: (x.clone().add_(1.0).mul_(x)).relu_(), (4, 6)),
+]
+
+
+@pytest.mark.parametrize("case,fn,shape", FUNCTIONAL, ids=[c[0] for c in FUNCTIONAL])
+def test_functional_aten_ops_lower_like_torch(case, fn, shape, tmp_path):
+    torch.manual_seed(0)
+    model = _Branchy(fn, l=nn.Linear(6, 3)).eval()
+    t = trace(model, torch.randn(1, *shape))
+    assert t.via == "export"
+    unknown = [n.format_node() for n in t.gm.graph.nodes if n.meta["mp_op"] == "unknown"]
+    assert not unknown, unknown
+    path = tmp_path / "m.mpsparse"
+    export_sparse(model, torch.randn(1, *shape), path)
+    x = torch.randn(3, *shape)
+    with torch.no_grad():
+        assert _rel(load(path)(x.numpy()), model(x)) <= 1e-4
+
+
+def test_every_aten_spelling_resolves_and_binds_by_name():
+    """Each ATen overload of the table exists in this torch, and each of its schema
+    arguments is a parameter of its row (``self`` the first, renames applied) or one
+    the binding may drop (a default, an ignored one, a loose row)."""
+    from mobileprune.graph import canonical as c
+
+    for key, names in c._ATEN.items():
+        spec = c.BY_KEY[key]
+        for name in names:
+            packet, _, overload = name.partition(".")
+            op = getattr(getattr(torch.ops.aten, packet, None), overload, None)
+            assert op is not None, name
+            assert c.BY_ATEN[op] is spec
+            if key == "getitem":  # slice / select: an index, built by _aten_index_of
+                continue
+            for arg in op._schema.arguments:
+                assert (c.aten_param(spec, arg.name) in spec.params or arg.has_default_value() or spec.loose
+                        or arg.name in c._ATEN_IGNORED), (name, arg.name)

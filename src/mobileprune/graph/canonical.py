@@ -244,16 +244,18 @@ SPECS: tuple[Spec, ...] = (
 
 # ---- ATen spellings: the ops of a torch.export graph (graph/export.py), by overload
 # name under ``torch.ops.aten``. Arguments bind by the overload's schema: ``self`` is the
-# op's first parameter, :data:`_ATEN_RENAMES` renames the others whose names differ, and
-# an argument the row has no parameter for is dropped when it is at its schema default
-# or in :data:`_ATEN_IGNORED` or the row is ``loose`` (else the node is ``"unknown"``);
-# an overload whose schema name ends in ``_`` is the in-place spelling.
+# op's first parameter, :data:`_ATEN_RENAMES` renames the others whose names differ
+# (:func:`aten_param`), and an argument the row has no parameter for is dropped when it
+# is at its schema default or in :data:`_ATEN_IGNORED` or the row is ``loose`` (else the
+# node is ``"unknown"``); an overload whose schema name ends in ``_`` is the in-place
+# spelling.
 _ATEN: dict[str, tuple[str, ...]] = {
     "linear": ("linear.default",),
     "batch_norm": ("batch_norm.default",),
     "layer_norm": ("layer_norm.default",),
     "group_norm": ("group_norm.default",),
     "relu": ("relu.default", "relu_.default"),
+    "relu6": ("relu6.default", "relu6_.default"),
     "hardtanh": ("hardtanh.default", "hardtanh_.default"),
     "leaky_relu": ("leaky_relu.default", "leaky_relu_.default"),
     "elu": ("elu.default", "elu_.default"),
@@ -301,7 +303,7 @@ _ATEN: dict[str, tuple[str, ...]] = {
     "sum": ("sum.dim_IntList", "sum.default"),
     "amax": ("amax.default",),
 }
-_ATEN_RENAMES = {"size": "shape", "split_size": "split_size_or_sections",
+_ATEN_RENAMES = {"size": "shape", "mat2": "other", "split_size": "split_size_or_sections",
                  "split_sizes": "split_size_or_sections", "train": "training"}
 _ATEN_IGNORED = ("cudnn_enabled", "cudnn_enable", "memory_format", "implicit", "non_blocking",
                  "copy")
@@ -429,7 +431,7 @@ def _bind_aten(spec: Spec, op: Any, node: fx.Node) -> dict:
     out = dict(spec.defaults)
     declared = {a.name: a for a in schema.arguments}
     for name, value in given.items():
-        param = spec.params[0] if name == "self" else _ATEN_RENAMES.get(name, name)
+        param = aten_param(spec, name)
         if param in spec.params:
             out[param] = value
         elif not spec.loose and name not in _ATEN_IGNORED and not (
@@ -444,6 +446,15 @@ def _bind_aten(spec: Spec, op: Any, node: fx.Node) -> dict:
     if schema.name.endswith("_"):
         out["inplace"] = True
     return out
+
+
+def aten_param(spec: Spec, name: str) -> str:
+    """The row's parameter an ATen schema argument binds to: ``self`` is the first, a
+    name of :data:`_ATEN_RENAMES` is renamed when the row has the new name."""
+    if name == "self":
+        return spec.params[0]
+    new = _ATEN_RENAMES.get(name, name)
+    return new if new in spec.params else name
 
 
 def _aten_index_of(node: fx.Node, given: dict) -> tuple:
