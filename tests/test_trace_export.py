@@ -241,6 +241,38 @@ def test_functional_aten_ops_lower_like_torch(case, fn, shape, tmp_path):
         assert _rel(load(path)(x.numpy()), model(x)) <= 1e-4
 
 
+def test_several_inputs_and_outputs_keep_their_structure(tmp_path):
+    class TwoInTwoOut(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 4), nn.Linear(3, 4)
+
+        def forward(self, x, y):
+            if x.shape[1] != y.shape[1]:
+                y = F.pad(y, (0, 0))
+            h = torch.relu(self.a(x) + self.b(y))
+            return h, h.sum(1, keepdim=True)
+
+    model = TwoInTwoOut().eval()
+    xs = (torch.randn(1, 6), torch.randn(1, 3))
+    t = trace(model, xs)
+    assert t.via == "export" and [n.target for n in t.gm.graph.nodes if n.op == "placeholder"] \
+        == ["x", "y"]
+    want = model(*xs)
+    assert isinstance(t.out, tuple) and all(torch.equal(g, w) for g, w in zip(t.out, want))
+    export_sparse(model, xs, tmp_path / "m.mpsparse")
+    more = (torch.randn(3, 6), torch.randn(3, 3))
+    got = load(tmp_path / "m.mpsparse")(*[v.numpy() for v in more])
+    with torch.no_grad():
+        assert all(_rel(g, w) <= 1e-4 for g, w in zip(got, model(*more)))
+
+
+def test_a_per_sample_scalar_is_refused_by_name(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="op 'sum'.*no axis besides the batch"):
+        export_sparse(_Fn(lambda s, x: s.a(x).sum(1), a=nn.Linear(6, 4)), torch.randn(1, 6),
+                      tmp_path / "m.mpsparse")
+
+
 def test_every_aten_spelling_resolves_and_binds_by_name():
     """Each ATen overload of the table exists in this torch, and each of its schema
     arguments is a parameter of its row (``self`` the first, renames applied) or one

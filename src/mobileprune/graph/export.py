@@ -74,13 +74,15 @@ def export_graph(work: nn.Module, args: tuple,
     calls = _leaf_calls(gm.graph, _one_in_one_out(work, args, is_leaf), owned)
     graph, attrs = fx.Graph(), {}
     env: dict[fx.Node, Any] = {}
-    users = 0
+    n_inputs = 0
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             env[node] = _input(graph, node, kinds[node.name], ep, work, attrs)
-            users += kinds[node.name].target is None
-        elif node.op == "output":
-            flat = [env.get(o, o) if isinstance(o, fx.Node) else o for o in node.args[0]]
+            n_inputs += kinds[node.name].kind.name == "USER_INPUT"
+        elif node.op == "output":  # the forward's results (not buffer updates)
+            flat = [env.get(o, o) if isinstance(o, fx.Node) else o for o, spec in
+                    zip(node.args[0], ep.graph_signature.output_specs)
+                    if spec.kind.name == "USER_OUTPUT"]
             graph.output(_pytree.tree_unflatten(flat, ep.call_spec.out_spec))
         elif node.target in _DROPPED and not node.users:
             continue
@@ -97,8 +99,8 @@ def export_graph(work: nn.Module, args: tuple,
             if node.op == "get_attr":
                 attrs[node.target] = getattr(gm, node.target)
             env[node] = graph.node_copy(node, lambda n: env[n])
-    if users != len(args):
-        raise ValueError(f"torch.export saw {users} tensor inputs, the example has {len(args)}")
+    if n_inputs != len(args):
+        raise ValueError(f"torch.export saw {n_inputs} inputs, the example has {len(args)}")
     _drop_unused(graph)
     return fx.GraphModule(attrs, graph, type(work).__name__)
 
@@ -107,15 +109,18 @@ def _input(graph: fx.Graph, node: fx.Node, spec: Any, ep: Any, work: nn.Module,
            attrs: dict) -> fx.Node:
     """A user input as a placeholder; a parameter, buffer or constant as a ``get_attr``
     on its path in ``work`` (a lifted constant under ``_mp_constant.<name>``)."""
-    if spec.target is None:
+    kind = spec.kind.name
+    if kind == "USER_INPUT":
         return graph.placeholder(node.name)
-    if spec.target in ep.constants:
+    if kind in ("CONSTANT_TENSOR", "CUSTOM_OBJ") or spec.target in ep.constants:
         target = "_mp_constant." + spec.target.replace(".", "_")
         attrs[target] = ep.constants[spec.target]
-    else:
+    elif kind in ("PARAMETER", "BUFFER"):
         target = spec.target
-        attrs[target] = work.get_parameter(target) if spec.kind.name == "PARAMETER" \
+        attrs[target] = work.get_parameter(target) if kind == "PARAMETER" \
             else work.get_buffer(target)
+    else:
+        raise ValueError(f"torch.export input {node.name!r} of kind {kind}")
     return graph.get_attr(target)
 
 

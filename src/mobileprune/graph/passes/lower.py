@@ -166,6 +166,9 @@ class Emit:
             raise self.fail(node, f"the runtime has no {fn!r} activation")
         out = name or node.name
         shp = self.sample(node, bdim=bdim) if shape is None else list(shape)
+        if not shp:
+            raise self.fail(node, "its result has no axis besides the batch (the runtime "
+                                  "holds at least one per sample)")
         op = {"name": out, "op": kind, "inputs": list(inputs), "shape": shp,
               "attrs": attrs or {}, **extra}
         self.out.ops.append(op)
