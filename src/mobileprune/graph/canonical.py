@@ -289,7 +289,7 @@ _ATEN: dict[str, tuple[str, ...]] = {
     "cat": ("cat.default", "concat.default"),
     "pad": ("pad.default", "constant_pad_nd.default"),
     "flatten": ("flatten.using_ints",),
-    "reshape": ("reshape.default", "view.default"),
+    "reshape": ("reshape.default", "view.default", "_unsafe_view.default", "unflatten.int"),
     "permute": ("permute.default",),
     "transpose": ("transpose.int",),
     "squeeze": ("squeeze.dim", "squeeze.dims", "squeeze.default"),
@@ -421,13 +421,18 @@ def _function_spec(f: Any) -> Spec | None:
 
 def _bind_aten(spec: Spec, op: Any, node: fx.Node) -> dict:
     """An ATen call's arguments bound by the overload's schema to ``spec.params`` (see
-    :data:`_ATEN`); ``aten.slice`` / ``aten.select`` become a ``getitem`` index.
-    Raises TypeError."""
+    :data:`_ATEN`); ``aten.slice`` / ``aten.select`` become a ``getitem`` index,
+    ``aten.unflatten`` a reshape to its traced shape. Raises TypeError."""
     schema = op._schema
     given = dict(zip((a.name for a in schema.arguments), node.args))
     given.update(node.kwargs)
     if spec.key == "getitem":
         return {"input": given["self"], "index": _aten_index_of(node, given)}
+    if schema.name == "aten::unflatten":  # a reshape to the traced shape
+        tm = node.meta.get("tensor_meta")
+        if tm is None:
+            raise TypeError("an unflatten of unknown result shape")
+        return {"input": given["self"], "shape": tuple(int(d) for d in tm.shape)}
     out = dict(spec.defaults)
     declared = {a.name: a for a in schema.arguments}
     for name, value in given.items():
