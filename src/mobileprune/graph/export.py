@@ -29,10 +29,13 @@ Shapes are those of the example input: sizes the forward computes become constan
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import operator
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import fx, nn
@@ -64,8 +67,7 @@ def export_graph(work: nn.Module, args: tuple,
     as an fx graph module over ``work``'s own layers and tensors (module docstring);
     ``is_leaf`` says which layers become ``call_module`` nodes. Raises whatever
     torch.export raises, or ValueError for a graph it cannot map back."""
-    with warnings.catch_warnings():  # export's advice to the model's author, not ours
-        warnings.filterwarnings("ignore", message=".*were assigned during export")
+    with _quiet():
         ep = torch.export.export(work, args, strict=False)
     gm = ep.graph_module
     _inline_bodies(gm)
@@ -103,6 +105,28 @@ def export_graph(work: nn.Module, args: tuple,
         raise ValueError(f"torch.export saw {n_inputs} inputs, the example has {len(args)}")
     _drop_unused(graph)
     return fx.GraphModule(attrs, graph, type(work).__name__)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.export's advice to the model's author (warnings, log records, and the
+    partial graph it prints to stderr when it fails) silenced: a failure reaches the
+    user as the tracer's one message."""
+    loggers = [logging.getLogger(n) for n in _LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.filterwarnings("ignore", message=".*were assigned during export")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch.export", "torch._export",
+            "torch._dynamo", "torch.fx.experimental.recording")
 
 
 def _input(graph: fx.Graph, node: fx.Node, spec: Any, ep: Any, work: nn.Module,
