@@ -79,6 +79,7 @@ struct mp_conv_op {
     size_t chan, buf_floats, plane;
     mp_pixvec* vec;
     size_t nvec;
+    size_t pstride; /* partial sums: floats per output row (every vec[v].in + lanes fits) */
     int contig; /* flat vectors: vec[v].in = v * lanes */
     int fused;  /* depthwise: each task pads its own channels inside compute */
     float* bias;
@@ -245,6 +246,10 @@ static mp_status build_vectors(mp_conv_op* op, int lanes)
     }
     op->nvec = n;
     op->contig = flat;
+    size_t end = 0;
+    for (size_t v = 0; v < n; v++)
+        if ((size_t)op->vec[v].in + (size_t)lanes > end) end = (size_t)op->vec[v].in + (size_t)lanes;
+    op->pstride = (end + 15) & ~(size_t)15;
     return MP_OK;
 }
 
@@ -488,9 +493,15 @@ done:
     return st;
 }
 
+/* Per image: the padded input buffer, then (channel chunks only) the partial sums. */
+static size_t partial_floats(const mp_conv_op* op, const conv_pack* p)
+{
+    return p->nchunks > 1 ? (size_t)op->d.out_channels * op->pstride : 0;
+}
+
 size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch)
 {
-    return batch * op->buf_floats * sizeof(float) + 64;
+    return batch * (op->buf_floats + partial_floats(op, &op->pack)) * sizeof(float) + 64;
 }
 
 
@@ -579,17 +590,21 @@ size_t mp_conv_num_tasks(const mp_conv_op* op, size_t batch)
     return batch * op->pack.rchunks * op->pack.pchunks;
 }
 
-static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* in, float* buf,
-                         float* out, size_t t0, size_t t1)
+/* Tasks [t0, t1) of the batch; `buf` holds `batch` padded images, then as many partial-sum
+ * scratches (partial_floats each). */
+static void compute_pack(const mp_conv_op* op, const conv_pack* p, size_t batch, const float* in,
+                         float* buf, float* out, size_t t0, size_t t1)
 {
     const size_t per = p->rchunks * p->pchunks;
     const size_t out_floats = (size_t)op->d.out_channels * op->plane;
+    const size_t pf = partial_floats(op, p);
     mp_spconv_args a = {NULL, NULL, op->plane, NULL, 0, op->contig, p->blocks, 0, 0, p->off, p->val,
-                        op->bias, op->d.act_min, op->d.act_max};
+                        op->bias, op->d.act_min, op->d.act_max, NULL, op->pstride};
     for (size_t t = t0; t < t1; t++) {
         const size_t n = t / per, rc = (t % per) / p->pchunks, pc = t % p->pchunks;
         a.input = buf + n * op->buf_floats;
         a.output = out + n * out_floats;
+        a.partial = pf ? buf + batch * op->buf_floats + n * pf : NULL;
         a.b0 = p->rchunk[rc];
         a.b1 = p->rchunk[rc + 1];
         if (op->fused && a.b0 < a.b1) { /* this task's groups = its input channels */
@@ -610,14 +625,16 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* 
 void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, void* scratch,
                      float* out, size_t task_begin, size_t task_end)
 {
-    (void)batch;
-    compute_pack(op, &op->pack, in, mp_align64(scratch), out, task_begin, task_end);
+    compute_pack(op, &op->pack, batch, in, mp_align64(scratch), out, task_begin, task_end);
 }
 
 /* Median-free quick timing: the best of a few interleaved runs of each pack. */
 static void time_packs(mp_conv_op* op, conv_pack* packs, const int* cand, int ncand, double* best)
 {
-    float* raw = calloc(op->buf_floats + 16, sizeof(float));
+    size_t pf = 0;
+    for (int c = 0; c < ncand; c++)
+        if (partial_floats(op, &packs[cand[c]]) > pf) pf = partial_floats(op, &packs[cand[c]]);
+    float* raw = calloc(op->buf_floats + pf + 16, sizeof(float));
     float* out = malloc(((size_t)op->d.out_channels * op->plane + 16) * sizeof(float));
     float* in = calloc(in_floats(op), sizeof(float));
     if (raw == NULL || out == NULL || in == NULL) goto done;
@@ -629,7 +646,7 @@ static void time_packs(mp_conv_op* op, conv_pack* packs, const int* cand, int nc
         for (int c = 0; c < ncand; c++) {
             const conv_pack* p = &packs[cand[c]];
             const double t0 = mp_now_seconds();
-            compute_pack(op, p, in, buf, out, 0, p->rchunks * p->pchunks);
+            compute_pack(op, p, 1, in, buf, out, 0, p->rchunks * p->pchunks);
             const double dt = mp_now_seconds() - t0;
             if (round > 0 && dt < best[c]) best[c] = dt;
         }
