@@ -396,6 +396,8 @@ static void test_linear(mp_isa isa)
     static const size_t batches[] = {1, 3, 9, 17};
     linear_case(4608, 64, 0.1, 1, isa); /* FER fc1 */
     linear_case(4608, 64, 0.1, 16, isa);
+    linear_case(130, 21, 0.3, 40, isa); /* 4 vectors of the batch per row chunk, then 1 */
+    linear_case(130, 21, 1.0, 40, isa);
     for (int t = 0; t < 48; t++)
         linear_case(rint_in(1, 300), rint_in(1, 70), dens[t % 4], batches[(t / 4) % 4], isa);
 }
