@@ -505,8 +505,19 @@ size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch)
 }
 
 
+/* Padded rows are short (tens of floats) and many: three library calls per row (memset,
+ * memcpy, memset) cost more than the copy itself, so the fill loops stay loops (compilers
+ * turn them into those calls unless told not to). */
+#if defined(__clang__)
+#define MP_INLINE_LOOPS __attribute__((no_builtin))
+#elif defined(__GNUC__)
+#define MP_INLINE_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define MP_INLINE_LOOPS
+#endif
+
 /* Stride 1: each padded row written once (zeros, then the input row). */
-static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0, int32_t c1)
+MP_INLINE_LOOPS static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0, int32_t c1)
 {
     const mp_conv_desc* d = &op->d;
     const size_t wq = (size_t)op->wq, w = (size_t)d->in_w, pl = (size_t)d->pad_left;
@@ -518,9 +529,10 @@ static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0
                 memset(dst, 0, wq * sizeof(float));
                 continue;
             }
-            memset(dst, 0, pl * sizeof(float));
-            memcpy(dst + pl, x + ((size_t)c * (size_t)d->in_h + (size_t)y) * w, w * sizeof(float));
-            memset(dst + pl + w, 0, (wq - pl - w) * sizeof(float));
+            const float* src = x + ((size_t)c * (size_t)d->in_h + (size_t)y) * w;
+            for (size_t q = 0; q < pl; q++) dst[q] = 0.0f;
+            for (size_t q = 0; q < w; q++) dst[pl + q] = src[q];
+            for (size_t q = pl + w; q < wq; q++) dst[q] = 0.0f;
         }
 }
 
