@@ -956,3 +956,34 @@ def test_batch1_fast_path_keeps_every_check(tmp_path):
         sm(x.numpy(), out=np.zeros((1, 3, 16, 15), np.float32))
     with pytest.raises(ValueError):
         sm(x.numpy(), out=np.zeros((1, 3, 16, 16), np.float64))
+
+
+def test_profile_times_every_layer_of_a_call(tmp_path):
+    """SparseModel.profile: one LayerTime per describe line, in order; fused activations and
+    alias reshapes take no time; the convolutions do; the layers' times add up to no more
+    than a whole timed call's wall time; bad arguments are one-line errors."""
+    import time
+
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    path = tmp_path / "lenet5.mps"
+    export_sparse(model, torch.randn(1, 1, 28, 28), path)
+    sm = load(path, tune=False)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    prof = sm.profile(x, repeats=5)
+    lines = sm.describe(2).splitlines()
+    assert [t.describe for t in prof] == [ln.strip() for ln in lines]
+    assert [t.name for t in prof] == [ln.split()[0] for ln in lines]
+    for t in prof:
+        idle = " fused into " in t.describe or " alias (no copy)" in t.describe
+        assert (t.seconds == 0.0) if idle else (t.seconds > 0.0), t
+    assert {t.op for t in prof} >= {"conv2d", "linear"}
+    t0 = time.perf_counter()
+    for _ in range(5):
+        sm(x)
+    assert sum(t.seconds for t in prof) <= 5 * (time.perf_counter() - t0)
+    with pytest.raises(ValueError, match="repeats must be"):
+        sm.profile(x, repeats=0)
+    with pytest.raises(ValueError, match="shape"):
+        sm.profile(x[:, :, :5])
+    np.testing.assert_array_equal(sm(x), sm(x))  # the pooled plans are untouched

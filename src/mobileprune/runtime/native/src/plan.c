@@ -244,9 +244,9 @@ static mp_status check_args(const mp_model* model, size_t batch, size_t threads,
     if (threads < 1 || threads > 1024)
         return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: threads %zu (1..1024)",
                             threads);
-    if (flags & ~15u)
+    if (flags & ~31u)
         return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: unknown flag bits 0x%x",
-                            flags & ~15u);
+                            flags & ~31u);
     if ((flags & MP_PLAN_FORCE_DENSE) && (flags & MP_PLAN_FORCE_SPARSE))
         return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: MP_PLAN_FORCE_DENSE and "
                             "MP_PLAN_FORCE_SPARSE together");
@@ -409,5 +409,18 @@ mp_status mp_plan_describe(const mp_plan* plan, char* buf, size_t size, size_t* 
     if (buf && size) buf[0] = '\0';
     for (uint32_t i = 0; i < plan->model->num_ops; i++) describe_op(plan, i, &t);
     if (needed) *needed = t.len;
+    return MP_OK;
+}
+
+mp_status mp_plan_profile(const mp_plan* plan, double* seconds, size_t max, size_t* count) {
+    if (!plan || (!seconds && max))
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_profile: NULL plan or seconds");
+    if (!(plan->flags & MP_PLAN_PROFILE))
+        return mp_set_error(MP_INVALID_ARGUMENT,
+                            "mp_plan_profile: the plan was not created with MP_PLAN_PROFILE");
+    const uint32_t n = plan->model->num_ops;
+    for (uint32_t i = 0; i < n && i < max; i++)
+        seconds[i] = plan->op_step[i] == MP_NONE ? 0.0 : plan->steps[plan->op_step[i]].seconds;
+    if (count) *count = n;
     return MP_OK;
 }

@@ -141,8 +141,4 @@ mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint
 mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
                                uint32_t flags, mp_isa isa, mp_linear_op** out);
 
-/* Seconds of CPU time of the calling thread (monotonic clock where that is missing), for
- * the timing run at create (cpu.c). */
-double mp_now_seconds(void);
-
 #endif /* MP_KERNELS_H */
