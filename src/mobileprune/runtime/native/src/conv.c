@@ -82,6 +82,7 @@ struct mp_conv_op {
     size_t pstride; /* partial sums: floats per output row (every vec[v].in + lanes fits) */
     int contig; /* flat vectors: vec[v].in = v * lanes */
     int fused;  /* depthwise: each task pads its own channels inside compute */
+    int direct; /* no padding, stride 1, every read inside the input: no buffer, no copy */
     float* bias;
     conv_pack pack;
     int mode;
@@ -205,6 +206,27 @@ static int32_t col_offset(const mp_conv_op* op, int32_t g, int32_t col)
     const int32_t phase = (di % d->stride_h) * d->stride_w + dj % d->stride_w;
     return (int32_t)((size_t)c * op->chan) + (phase * op->hq + di / d->stride_h) * op->wq +
            dj / d->stride_w;
+}
+
+static size_t in_floats(const mp_conv_op* op)
+{
+    return (size_t)op->d.in_channels * (size_t)op->d.in_h * (size_t)op->d.in_w;
+}
+
+/* Without padding and stride, the padded buffer of an image would be a copy of its input
+ * (1x1 convs, valid convs): the kernel reads the input itself when every load of every
+ * vector (the largest column offset plus the end of the last vector) stays inside it. */
+static int reads_input_directly(const mp_conv_op* op)
+{
+    const mp_conv_desc* d = &op->d;
+    if (op->fused || op->phases != 1 || d->pad_top || d->pad_bottom || d->pad_left || d->pad_right)
+        return 0;
+    const int32_t cols = (d->in_channels / d->groups) * d->kernel_h * d->kernel_w;
+    size_t end = 0;
+    for (size_t v = 0; v < op->nvec; v++)
+        if ((size_t)op->vec[v].in + (size_t)op->k->lanes > end)
+            end = (size_t)op->vec[v].in + (size_t)op->k->lanes;
+    return (size_t)col_offset(op, d->groups - 1, cols - 1) + end <= in_floats(op);
 }
 
 /* Pixel vectors: inside output rows, or along the flat buffer position. Flat vectors are
@@ -493,7 +515,10 @@ done:
     return st;
 }
 
-/* Per image: the padded input buffer, then (channel chunks only) the partial sums. */
+/* Per image: the padded input buffer (none when the kernel reads the input directly),
+ * then (channel chunks only) the partial sums. */
+static size_t image_floats(const mp_conv_op* op) { return op->direct ? 0 : op->buf_floats; }
+
 static size_t partial_floats(const mp_conv_op* op, const conv_pack* p)
 {
     return p->nchunks > 1 ? (size_t)op->d.out_channels * op->pstride : 0;
@@ -501,7 +526,7 @@ static size_t partial_floats(const mp_conv_op* op, const conv_pack* p)
 
 size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch)
 {
-    return batch * (op->buf_floats + partial_floats(op, &op->pack)) * sizeof(float) + 64;
+    return batch * (image_floats(op) + partial_floats(op, &op->pack)) * sizeof(float) + 64;
 }
 
 
@@ -581,13 +606,9 @@ static void fill(const mp_conv_op* op, const float* x, float* b, int32_t c0, int
         fill_phases(op, x, b, c0, c1);
 }
 
-static size_t in_floats(const mp_conv_op* op)
-{
-    return (size_t)op->d.in_channels * (size_t)op->d.in_h * (size_t)op->d.in_w;
-}
-
 void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* scratch)
 {
+    if (op->direct) return;
     float* buf = mp_align64(scratch);
     const size_t used = op->chan * (size_t)op->d.in_channels;
     for (size_t n = 0; n < batch; n++) {
@@ -614,9 +635,9 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, size_t batch,
                         op->bias, op->d.act_min, op->d.act_max, NULL, op->pstride};
     for (size_t t = t0; t < t1; t++) {
         const size_t n = t / per, rc = (t % per) / p->pchunks, pc = t % p->pchunks;
-        a.input = buf + n * op->buf_floats;
+        a.input = op->direct ? in + n * in_floats(op) : buf + n * op->buf_floats;
         a.output = out + n * out_floats;
-        a.partial = pf ? buf + batch * op->buf_floats + n * pf : NULL;
+        a.partial = pf ? buf + batch * image_floats(op) + n * pf : NULL;
         a.b0 = p->rchunk[rc];
         a.b1 = p->rchunk[rc + 1];
         if (op->fused && a.b0 < a.b1) { /* this task's groups = its input channels */
@@ -646,12 +667,12 @@ static void time_packs(mp_conv_op* op, conv_pack* packs, const int* cand, int nc
     size_t pf = 0;
     for (int c = 0; c < ncand; c++)
         if (partial_floats(op, &packs[cand[c]]) > pf) pf = partial_floats(op, &packs[cand[c]]);
-    float* raw = calloc(op->buf_floats + pf + 16, sizeof(float));
+    float* raw = calloc(image_floats(op) + pf + 16, sizeof(float));
     float* out = malloc(((size_t)op->d.out_channels * op->plane + 16) * sizeof(float));
     float* in = calloc(in_floats(op), sizeof(float));
     if (raw == NULL || out == NULL || in == NULL) goto done;
     float* buf = mp_align64(raw);
-    for (size_t i = 0; i < op->chan * (size_t)op->d.in_channels; i++)
+    for (size_t i = 0; i < (op->direct ? 0 : op->chan * (size_t)op->d.in_channels); i++)
         buf[i] = (float)((i * 2654435761u) % 1000u) * 1e-3f;
     for (int c = 0; c < ncand; c++) best[c] = INFINITY;
     for (int round = 0; round < 4; round++)
@@ -763,6 +784,7 @@ mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint
     st = op->bias ? geometry(op) : mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory");
     op->fused = desc->groups > 1 && desc->in_channels == desc->groups;
     if (st == MP_OK) st = build_vectors(op, op->k->lanes);
+    if (st == MP_OK) op->direct = reads_input_directly(op);
     if (st == MP_OK) st = build(op, w, flags);
     if (st != MP_OK) {
         mp_conv_free(op);
@@ -781,9 +803,9 @@ mp_status mp_conv_create(const mp_conv_desc* desc, const mp_weights* w, uint32_t
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks)", op->k->name,
+    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks%s)", op->k->name,
              k_storage[op->mode], op->density, op->reason, op->pack.nv * (size_t)op->k->lanes,
-             op->pack.nchunks);
+             op->pack.nchunks, op->direct ? ", input read in place" : "");
 }
 
 void mp_conv_free(mp_conv_op* op)
