@@ -987,3 +987,45 @@ def test_profile_times_every_layer_of_a_call(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         sm.profile(x[:, :, :5])
     np.testing.assert_array_equal(sm(x), sm(x))  # the pooled plans are untouched
+
+
+class _SqueezeHead(nn.Module):
+    """A depthwise 3x3 (stride 2) then global pooling and two 1x1 convs on one pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.se1 = nn.Conv2d(16, 24, 1)
+        self.se2 = nn.Conv2d(24, 10, 1)
+
+    def forward(self, x):
+        x = F.relu6(self.dw(F.relu(self.stem(x))))
+        return torch.flatten(self.se2(F.relu(self.se1(self.pool(x)))), 1)
+
+
+@pytest.mark.parametrize("density", [0.1, 1.0])
+def test_depthwise_taps_and_one_pixel_convs_match_torch(tmp_path, density):
+    """A sparse depthwise conv may run as taps on the unpadded input, and a 1x1 conv on one
+    pixel as a linear operator: outputs equal torch's at batch 1 and 5, tuned or not."""
+    torch.manual_seed(1)
+    model = _SqueezeHead().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    x = torch.randn(5, 3, 15, 17)
+    path = tmp_path / "sq.mps"
+    export_sparse(model, x[:1], path)
+    with torch.no_grad():
+        want = model(x).numpy()
+    for tune in (True, False):
+        sm = load(path, tune=tune)
+        np.testing.assert_allclose(sm(x.numpy()), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sm(x[:1].numpy()), want[:1], rtol=1e-4, atol=1e-5)
+        lines = {ln.split()[0]: ln for ln in sm.describe(1).splitlines()}
+        for name in ("se1", "se2"):  # one pixel: the linear operator's kernels
+            assert any(k in lines[name] for k in ("spmv", "gemv")), lines[name]
+        if not tune and density < 1:
+            assert " taps " in lines["dw"], lines["dw"]

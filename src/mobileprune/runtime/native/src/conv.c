@@ -47,9 +47,12 @@ static const conv_kernel k_conv[] = {
 #undef MP_LINEAR_UKERNEL
 };
 
-enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_COUNT = 3 };
-static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense"};
-static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense"};
+/* PACK_TAPS (depthwise only): each nonzero is a tap (i, j) of its channel, applied to the
+ * unpadded input plane with clipped ranges: no padded copy, work in proportion to the
+ * nonzeros (a 3x3 depthwise at 90 % has about one tap per channel). */
+enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_TAPS = 3, PACK_COUNT = 4 };
+static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense", "taps"};
+static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense", "taps"};
 
 /* Bytes of input a pixel block may read per channel chunk (L1 is 32-48 KB), and the
  * fewest nonzeros a row should have per chunk on average. */
@@ -70,6 +73,7 @@ typedef struct conv_pack {
     size_t rchunks, pchunks;
     size_t* rchunk;        /* rchunks + 1 block indices */
     double cost;           /* cost model: cycles per pixel vector */
+    int taps;              /* PACK_TAPS: off holds columns, compute runs taps_row */
 } conv_pack;
 
 struct mp_conv_op {
@@ -302,7 +306,7 @@ static void emit_block(packer* pk, conv_pack* p, int32_t g, int32_t r, int32_t m
     for (int32_t j = 0; j < pk->cols; j++) {
         if (!all && !pk->mark[j]) continue;
         if (pk->write) {
-            p->off[p->noff + count] = col_offset(pk->op, g, j);
+            p->off[p->noff + count] = pk->mode == PACK_TAPS ? j : col_offset(pk->op, g, j);
             for (int32_t q = 0; q < mr; q++)
                 p->val[p->nval + count * (size_t)mr + (size_t)q] =
                     pk->rowval[(size_t)q * (size_t)pk->cols + (size_t)j];
@@ -316,7 +320,10 @@ static void emit_block(packer* pk, conv_pack* p, int32_t g, int32_t r, int32_t m
     p->nblocks++;
     p->noff += count;
     p->nval += count * (size_t)mr;
-    p->cost += (mr == 4 ? 2.0 : 1.0) * (double)count + 4.0;
+    if (pk->mode == PACK_TAPS) /* a strided tap is a scalar loop */
+        p->cost += (pk->op->d.stride_w > 1 ? 4.0 : 1.0) * (double)count + 1.0;
+    else
+        p->cost += (mr == 4 ? 2.0 : 1.0) * (double)count + 4.0;
 }
 
 /* One pass over the rows: counts (write 0) or fills (write 1) the pack. */
@@ -329,7 +336,7 @@ static void pack_pass(packer* pk, conv_pack* p)
     for (int32_t g = 0; g < d->groups; g++) {
         for (int32_t r = g * og; r < (g + 1) * og;) {
             int four = 0;
-            if (pk->mode != PACK_SPARSE && (g + 1) * og - r >= 4) {
+            if (pk->mode != PACK_SPARSE && pk->mode != PACK_TAPS && (g + 1) * og - r >= 4) {
                 four = pk->mode == PACK_DENSE;
                 if (!four) {
                     const size_t s = pk->c->ptr[r + 4] - pk->c->ptr[r];
@@ -506,6 +513,7 @@ static mp_status make_pack(const mp_conv_op* op, const csr_view* c, int mode, co
     }
     pk.write = 1;
     pack_pass(&pk, p);
+    p->taps = mode == PACK_TAPS;
     st = split_tasks(op, p);
     if (st == MP_OK) st = segment(op, p);
 done:
@@ -623,6 +631,48 @@ size_t mp_conv_num_tasks(const mp_conv_op* op, size_t batch)
     return batch * op->pack.rchunks * op->pack.pchunks;
 }
 
+/* First / one-past-last output index o with o * s + d inside [0, n) (d: the tap's shift),
+ * within [0, nout). */
+static int32_t tap_lo(int32_t d, int32_t s) { return d >= 0 ? 0 : (-d + s - 1) / s; }
+static int32_t tap_hi(int32_t n, int32_t d, int32_t s, int32_t nout)
+{
+    if (n - 1 - d < 0) return 0;
+    const int32_t h = (n - 1 - d) / s + 1;
+    return h < nout ? h : nout;
+}
+
+/* PACK_TAPS: output row `rb->row` (one channel plane) = bias + its taps over the input
+ * plane of its group, then the activation (bounds first: a NaN stays NaN). */
+MP_INLINE_LOOPS static void taps_row(const mp_conv_op* op, const conv_pack* p, const mp_rowblk* rb,
+                                     const float* x, float* y)
+{
+    const mp_conv_desc* d = &op->d;
+    const int32_t og = d->out_channels / d->groups, ho = d->out_h, wo = d->out_w;
+    const int32_t sh = d->stride_h, sw = d->stride_w;
+    x += (size_t)(rb->row / og) * (size_t)d->in_h * (size_t)d->in_w;
+    y += (size_t)rb->row * op->plane;
+    for (size_t q = 0; q < op->plane; q++) y[q] = op->bias[rb->row];
+    for (int32_t k = 0; k < rb->count; k++) {
+        const int32_t col = p->off[rb->nz + k];
+        const float w = p->val[rb->val + k];
+        const int32_t dy = (col / d->kernel_w) * d->dilation_h - d->pad_top;
+        const int32_t dx = (col % d->kernel_w) * d->dilation_w - d->pad_left;
+        const int32_t x0 = tap_lo(dx, sw), x1 = tap_hi(d->in_w, dx, sw, wo);
+        for (int32_t yy = tap_lo(dy, sh); yy < tap_hi(d->in_h, dy, sh, ho); yy++) {
+            const float* xr = x + (size_t)(yy * sh + dy) * (size_t)d->in_w + dx;
+            float* yr = y + (size_t)yy * (size_t)wo;
+            if (sw == 1)
+                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx];
+            else
+                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx * sw];
+        }
+    }
+    for (size_t q = 0; q < op->plane; q++) {
+        const float v = y[q] < d->act_min ? d->act_min : y[q];
+        y[q] = v > d->act_max ? d->act_max : v;
+    }
+}
+
 /* Tasks [t0, t1) of the batch; `buf` holds `batch` padded images, then as many partial-sum
  * scratches (partial_floats each). */
 static void compute_pack(const mp_conv_op* op, const conv_pack* p, size_t batch, const float* in,
@@ -640,6 +690,11 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, size_t batch,
         a.partial = pf ? buf + batch * image_floats(op) + n * pf : NULL;
         a.b0 = p->rchunk[rc];
         a.b1 = p->rchunk[rc + 1];
+        if (p->taps) {
+            for (size_t b = a.b0; b < a.b1; b++)
+                taps_row(op, p, &p->blocks[b], in + n * in_floats(op), a.output);
+            continue;
+        }
         if (op->fused && a.b0 < a.b1) { /* this task's groups = its input channels */
             const int32_t og = op->d.out_channels / op->d.groups;
             const mp_rowblk* last = &p->blocks[a.b1 - 1];
@@ -749,8 +804,9 @@ static mp_status build(mp_conv_op* op, const mp_weights* w, uint32_t flags)
     for (size_t r = 0; r < rows; r++) op->bias[r] = w->bias ? w->bias[r] : 0.0f;
     conv_pack packs[PACK_COUNT];
     memset(packs, 0, sizeof(packs));
-    const int want[PACK_COUNT] = {!(flags & MP_KERNEL_DENSE), !(flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)),
-                                  !(flags & MP_KERNEL_SPARSE)};
+    const int free_choice = !(flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE));
+    const int want[PACK_COUNT] = {!(flags & MP_KERNEL_DENSE), free_choice,
+                                  !(flags & MP_KERNEL_SPARSE), free_choice && op->fused};
     for (int m = 0; m < PACK_COUNT && st == MP_OK; m++)
         if (want[m]) st = make_pack(op, &c, m, &packs[m]);
     csr_free(&c);

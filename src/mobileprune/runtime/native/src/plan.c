@@ -152,6 +152,18 @@ static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
     return MP_OK;
 }
 
+/* A conv whose input and output are one pixel per channel (1x1 kernel, one group, no
+ * padding: squeeze-excitation and head convs after global pooling) is a matrix-vector
+ * product: it runs as a linear operator (pixel vectors would use 1 lane of 8 or 16). */
+static bool conv_is_linear(const mp_step* s) {
+    const mp_op* op = s->op;
+    const int32_t* a = op->iattr;
+    if (op->code == MP_OP_LINEAR) return true;
+    if (a[6] != 1 || a[7] != 1 || a[8] != 1 || a[13] || a[14] || a[15] || a[16]) return false;
+    return s->model->values[s->in_tensor[0]].numel == a[4] &&
+           s->model->values[op->output].numel == a[5];
+}
+
 static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
     const mp_model* m = plan->model;
     mp_weights w;
@@ -161,7 +173,7 @@ static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
     double work = (double)plan->batch * (double)m->values[s->out_tensor].numel *
                   ((double)w.nnz / (w.rows ? w.rows : 1) + 1.0);
     s->work = work < (double)(SIZE_MAX / 2) ? (size_t)work : SIZE_MAX / 2;
-    if (!st && s->op->code == MP_OP_LINEAR) {
+    if (!st && conv_is_linear(s)) {
         mp_linear_desc d = {.in_features = w.cols, .out_features = w.rows, .act = s->act,
                             .act_min = s->act_min, .act_max = s->act_max};
         st = mp_linear_create(&d, &w, plan->flags, &s->linear);
