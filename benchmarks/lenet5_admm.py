@@ -126,7 +126,7 @@ def main() -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(result, indent=2, default=str) + "\n")
-    md = [f"# LeNet-5 on full MNIST: progressive ADMM pruning", "",
+    md = ["# LeNet-5 on full MNIST: progressive ADMM pruning", "",
           f"Command: `{result['command']}` (config `{_rel(args.config)}`).",
           f"Machine: {result['machine']}. Dense LeNet-5 (431,080 parameters): "
           f"**{100 * dense_acc:.2f}%** test accuracy after {args.dense_epochs} epochs "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_model
+from mobileprune.checkpoint import atomic_write_text
 from mobileprune.surgery.compact import compact
 from mobileprune.measure.latency import compare_latency
 from mobileprune.models import build_model

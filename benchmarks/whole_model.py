@@ -26,7 +26,6 @@ docs/benchmarks/whole_model.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -2,7 +2,7 @@
 
 Runs the steps of ``tests/zoo_steps.py`` (masks, compact, sparse, onnx, ptl, pte) on
 every model of ``tests/zoo_models.py``, then times the 90 %-pruned model in the sparse
-runtime against dense torch (batch 1, one thread, median of interleaved runs after
+runtime against dense torch and dense ONNX Runtime (batch 1, one thread, median of interleaved runs after
 warm-up, :func:`mobileprune.measure.latency.compare_latency`). Writes
 ``docs/benchmarks/zoo.json`` (one row per model, saved as soon as the model is done)
 and ``docs/zoo.md`` (the table). Resumable: a model already in the JSON is skipped
@@ -36,9 +36,27 @@ JSON_PATH = ROOT / "docs" / "benchmarks" / "zoo.json"
 MD_PATH = ROOT / "docs" / "zoo.md"
 
 
+def _onnxruntime(path: Path, arrays: list):
+    """A one-thread ONNX Runtime call on the exported ``path`` with ``arrays`` bound, or
+    None when the export or ONNX Runtime is missing."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    if not path.exists():
+        return None
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
+    return lambda *_: sess.run(None, feed)
+
+
 def latency(entry, work: Path) -> dict:
-    """Sparse runtime vs dense torch on the 90 %-pruned model, batch 1, one thread:
-    ``{"sparse_ms", "torch_ms", "speedup"}`` or ``{"error": reason}``."""
+    """Sparse runtime vs dense torch and dense ONNX Runtime (the ``onnx`` step's export)
+    on the 90 %-pruned model, batch 1, one thread: ``{"sparse_ms", "torch_ms", "ort_ms",
+    "speedup"}`` (speedup over the fastest dense runtime) or ``{"error": reason}``."""
     from mobileprune import export_sparse, runtime
     from mobileprune.measure.latency import compare_latency
 
@@ -50,10 +68,15 @@ def latency(entry, work: Path) -> dict:
     except Exception as exc:  # noqa: BLE001 - the cell's reason
         return {"error": one_line(exc)}
     arrays = [x.numpy() for x in inputs]
-    res = compare_latency({"sparse": lambda *_: net(*arrays), "torch": model}, inputs,
-                          repeats=30, warmup=5, threads=1)
+    engines = {"sparse": lambda *_: net(*arrays), "torch": model}
+    ort_call = _onnxruntime(work / f"{entry.name}.onnx", arrays)
+    if ort_call is not None:
+        engines["onnxruntime"] = ort_call
+    res = compare_latency(engines, inputs, repeats=30, warmup=5, threads=1)
     s, t = res["sparse"]["median_ms"], res["torch"]["median_ms"]
-    return {"sparse_ms": s, "torch_ms": t, "speedup": t / s, "detail": res}
+    o = res["onnxruntime"]["median_ms"] if "onnxruntime" in res else None
+    fastest = min(t, o) if o is not None else t
+    return {"sparse_ms": s, "torch_ms": t, "ort_ms": o, "speedup": fastest / s, "detail": res}
 
 
 def run_model(entry, work: Path) -> dict:
@@ -88,7 +111,8 @@ def _latency_cell(lat: dict | None) -> str:
         return ""
     if "error" in lat:
         return _cell(lat["error"])
-    return f"{lat['sparse_ms']:.3g} / {lat['torch_ms']:.3g} ms ({lat['speedup']:.2f}x)"
+    ort = f"{lat['ort_ms']:.3g}" if lat.get("ort_ms") is not None else "-"
+    return f"{lat['sparse_ms']:.3g} / {lat['torch_ms']:.3g} / {ort} ms ({lat['speedup']:.2f}x)"
 
 
 def markdown(data: dict) -> str:
@@ -96,12 +120,13 @@ def markdown(data: dict) -> str:
     lines = ["# The zoo", "",
              "Every architecture of `tests/zoo_models.py` through every step of `tests/zoo_steps.py` "
              "(issue 19, item 7): each cell is `ok` or the reason the step fails on this run. "
-             "Latency: 90 %-pruned model, sparse runtime / dense torch, batch 1, one thread, "
-             "median of 30 interleaved runs after 5 warm-up runs (speedup = torch / sparse).", "",
+             "Latency: 90 %-pruned model, sparse runtime / dense torch / dense ONNX Runtime "
+             "(the `onnx` step's file), batch 1, one thread, median of 30 interleaved runs "
+             "after 5 warm-up runs (speedup = the fastest dense runtime / sparse).", "",
              f"- command: `{data['command']}`",
              f"- machine: {data['machine']}",
              f"- date: {data['date']}", "",
-             "| model | source | " + " | ".join(STEPS) + " | latency sparse / torch | note |",
+             "| model | source | " + " | ".join(STEPS) + " | latency sparse / torch / ORT | note |",
              "|" + "---|" * (len(STEPS) + 4)]
     for entry in ZOO:
         row = data["rows"].get(entry.name)

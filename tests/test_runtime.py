@@ -956,3 +956,111 @@ def test_batch1_fast_path_keeps_every_check(tmp_path):
         sm(x.numpy(), out=np.zeros((1, 3, 16, 15), np.float32))
     with pytest.raises(ValueError):
         sm(x.numpy(), out=np.zeros((1, 3, 16, 16), np.float64))
+
+
+def test_profile_times_every_layer_of_a_call(tmp_path):
+    """SparseModel.profile: one LayerTime per describe line, in order; fused activations and
+    alias reshapes take no time; the convolutions do; the layers' times add up to no more
+    than a whole timed call's wall time; bad arguments are one-line errors."""
+    import time
+
+    torch.manual_seed(0)
+    model = build_model("lenet5").eval()
+    path = tmp_path / "lenet5.mps"
+    export_sparse(model, torch.randn(1, 1, 28, 28), path)
+    sm = load(path, tune=False)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    prof = sm.profile(x, repeats=5)
+    lines = sm.describe(2).splitlines()
+    assert [t.describe for t in prof] == [ln.strip() for ln in lines]
+    assert [t.name for t in prof] == [ln.split()[0] for ln in lines]
+    for t in prof:
+        idle = " fused into " in t.describe or " alias (no copy)" in t.describe
+        assert (t.seconds == 0.0) if idle else (t.seconds > 0.0), t
+    assert {t.op for t in prof} >= {"conv2d", "linear"}
+    t0 = time.perf_counter()
+    for _ in range(5):
+        sm(x)
+    assert sum(t.seconds for t in prof) <= 5 * (time.perf_counter() - t0)
+    with pytest.raises(ValueError, match="repeats must be"):
+        sm.profile(x, repeats=0)
+    with pytest.raises(ValueError, match="shape"):
+        sm.profile(x[:, :, :5])
+    np.testing.assert_array_equal(sm(x), sm(x))  # the pooled plans are untouched
+
+
+class _SqueezeHead(nn.Module):
+    """A depthwise 3x3 (stride 2) then global pooling and two 1x1 convs on one pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.dw = nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.se1 = nn.Conv2d(16, 24, 1)
+        self.se2 = nn.Conv2d(24, 10, 1)
+
+    def forward(self, x):
+        x = F.relu6(self.dw(F.relu(self.stem(x))))
+        return torch.flatten(self.se2(F.relu(self.se1(self.pool(x)))), 1)
+
+
+@pytest.mark.parametrize("density", [0.1, 1.0])
+def test_depthwise_taps_and_one_pixel_convs_match_torch(tmp_path, density):
+    """A sparse depthwise conv may run as taps on the unpadded input, and a 1x1 conv on one
+    pixel as a linear operator: outputs equal torch's at batch 1 and 5, tuned or not."""
+    torch.manual_seed(1)
+    model = _SqueezeHead().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    x = torch.randn(5, 3, 15, 17)
+    path = tmp_path / "sq.mps"
+    export_sparse(model, x[:1], path)
+    with torch.no_grad():
+        want = model(x).numpy()
+    for tune in (True, False):
+        sm = load(path, tune=tune)
+        np.testing.assert_allclose(sm(x.numpy()), want, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(sm(x[:1].numpy()), want[:1], rtol=1e-4, atol=1e-5)
+        lines = {ln.split()[0]: ln for ln in sm.describe(1).splitlines()}
+        for name in ("se1", "se2"):  # one pixel: the linear operator's kernels
+            assert any(k in lines[name] for k in ("spmv", "gemv")), lines[name]
+        if not tune and density < 1:
+            assert " taps " in lines["dw"], lines["dw"]
+
+
+class _OnePixel(nn.Module):
+    """Convs with one output pixel: valid 5x5 on a 5x5 map, 3x3 padded on 1x1, strided."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 5)
+        self.b = nn.Conv2d(8, 6, 3, padding=1)
+        self.c = nn.Conv2d(6, 4, 3, stride=2, padding=(1, 2), dilation=(1, 2))
+
+    def forward(self, x):
+        return torch.flatten(self.c(F.relu(self.b(F.relu(self.a(x))))), 1)
+
+
+@pytest.mark.parametrize("density", [0.3, 1.0])
+def test_one_pixel_convs_run_as_linear_and_match_torch(tmp_path, density):
+    """Every conv with one output pixel runs as a linear operator over the input taps that
+    land inside the input (those in the padding dropped); outputs equal torch's."""
+    torch.manual_seed(2)
+    model = _OnePixel().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    x = torch.randn(4, 3, 5, 5)
+    path = tmp_path / "one.mps"
+    export_sparse(model, x[:1], path)
+    with torch.no_grad():
+        want = model(x).numpy()
+    sm = load(path)
+    np.testing.assert_allclose(sm(x.numpy()), want, rtol=1e-4, atol=1e-5)
+    lines = {ln.split()[0]: ln for ln in sm.describe(1).splitlines()}
+    for name in ("a", "b", "c"):
+        assert any(k in lines[name] for k in ("spmv", "gemv")), lines[name]

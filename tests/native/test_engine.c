@@ -20,6 +20,7 @@
 
 uint32_t mp_crc32(const uint8_t* data, size_t n); /* internal (util.c) */
 mp_status mp_set_error(mp_status status, const char* fmt, ...); /* internal (api.c) */
+double mp_wall_seconds(void); /* internal (cpu.c) */
 
 static int failures, checks;
 
@@ -339,6 +340,42 @@ static void test_api(void) {
           strcmp(mp_last_error(), "a?b?c") == 0); /* one line */
 }
 
+/* MP_PLAN_PROFILE: one time per op (the describe lines), zero for fused / alias ops, their
+ * sum within the run's wall time; a plan without the flag refuses. */
+static void test_profile(const mp_model* m, const mp_plan* plain, const char* text,
+                         const float* x, const float* want, size_t batch) {
+    double sec[64];
+    size_t count = 0, lines = 0;
+    for (const char* c = text; *c; c++) lines += *c == '\n';
+    CHECK(mp_plan_profile(plain, sec, 64, &count) == MP_INVALID_ARGUMENT);
+    CHECK(mp_plan_profile(NULL, sec, 64, &count) == MP_INVALID_ARGUMENT);
+    mp_plan* q = NULL;
+    CHECK(mp_plan_create(m, batch, 1, MP_PLAN_PROFILE, &q) == MP_OK);
+    if (!q) return;
+    float y[64];
+    const float* in[1] = {x};
+    float* out[1] = {y};
+    const double t0 = mp_wall_seconds();
+    CHECK(mp_plan_run(q, in, out) == MP_OK);
+    const double wall = mp_wall_seconds() - t0;
+    CHECK(close_all(y, want, batch * 4, 1e-5f));
+    CHECK(mp_plan_profile(q, NULL, 0, &count) == MP_OK && count == lines && count <= 64);
+    CHECK(mp_plan_profile(q, sec, 64, &count) == MP_OK);
+    double sum = 0.0;
+    const char* line = text;
+    for (size_t i = 0; i < count && line; i++) {
+        const char* end = strchr(line, '\n');
+        const char* fused = strstr(line, " fused into ");
+        const char* alias = strstr(line, " alias (no copy)");
+        const int idle = (fused && fused < end) || (alias && alias < end);
+        CHECK(sec[i] >= 0.0 && (!idle || sec[i] == 0.0));
+        sum += sec[i];
+        line = end ? end + 1 : NULL;
+    }
+    CHECK(sec[0] > 0.0 && sum > 0.0 && sum <= wall);
+    mp_plan_free(q);
+}
+
 static void test_cnn(void) {
     size_t size;
     cnn_ids id;
@@ -380,6 +417,7 @@ static void test_cnn(void) {
     CHECK(mp_plan_describe(p, small, sizeof small, &need2) == MP_OK && need2 == need &&
           strlen(small) == 9 && memcmp(small, text, 9) == 0);
     fprintf(stderr, "describe:\n%s", text);
+    test_profile(m, p, text, x, want, B);
     mp_plan_free(p);
     mp_model_free(m);
     free(f);

@@ -306,6 +306,8 @@ static void test_conv(mp_isa isa)
         conv_desc(64, 128, 1, 12, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1), /* FER conv7 */
         conv_desc(16, 16, 16, 14, 14, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1), /* depthwise, stride 2 */
         conv_desc(24, 40, 1, 7, 9, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0),    /* pointwise */
+        conv_desc(24, 40, 1, 8, 8, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0),    /* pointwise, input in place */
+        conv_desc(8, 12, 1, 10, 16, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0),   /* valid 3x3, input in place */
         conv_desc(6, 8, 2, 1, 64, 1, 5, 1, 2, 1, 3, 0, 0, 4, 1),     /* 1-D, groups, dilation */
     };
     for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
@@ -396,6 +398,8 @@ static void test_linear(mp_isa isa)
     static const size_t batches[] = {1, 3, 9, 17};
     linear_case(4608, 64, 0.1, 1, isa); /* FER fc1 */
     linear_case(4608, 64, 0.1, 16, isa);
+    linear_case(130, 21, 0.3, 40, isa); /* 4 vectors of the batch per row chunk, then 1 */
+    linear_case(130, 21, 1.0, 40, isa);
     for (int t = 0; t < 48; t++)
         linear_case(rint_in(1, 300), rint_in(1, 70), dens[t % 4], batches[(t / 4) % 4], isa);
 }

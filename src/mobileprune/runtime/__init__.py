@@ -41,10 +41,10 @@ class NativeError(_Base, RuntimeError):
 
 
 from .model import (  # noqa: E402
-    FORMAT_VERSION, MAGIC, READ_VERSIONS, LayerPlan, SparseModel, backend, check_model, convert, load,
-    model_bytes, read_container, write_bytes, write_container,
+    FORMAT_VERSION, MAGIC, READ_VERSIONS, LayerPlan, LayerTime, SparseModel, backend, check_model,
+    convert, load, model_bytes, read_container, write_bytes, write_container,
 )
 
 __all__ = ["SparseFormatError", "UnsupportedOpError", "NativeError", "SparseModel", "LayerPlan",
-           "load", "read_container", "write_container", "model_bytes", "write_bytes", "check_model",
+           "LayerTime", "load", "read_container", "write_container", "model_bytes", "write_bytes", "check_model",
            "convert", "MAGIC", "FORMAT_VERSION", "READ_VERSIONS", "backend"]

@@ -21,7 +21,7 @@ import ctypes
 import glob
 import os
 import threading
-from ctypes import POINTER, c_char_p, c_int, c_int64, c_size_t, c_uint32, c_void_p
+from ctypes import POINTER, c_char_p, c_double, c_int, c_int64, c_size_t, c_uint32, c_void_p
 
 from . import NativeError, SparseFormatError, UnsupportedOpError
 
@@ -39,6 +39,7 @@ PLAN_FORCE_DENSE = 1
 PLAN_FORCE_SPARSE = 2
 PLAN_NO_TUNE = 4
 PLAN_PORTABLE = 8
+PLAN_PROFILE = 16
 MAX_DIMS = 8
 
 _status = c_int
@@ -66,6 +67,7 @@ SIGNATURES: dict[str, tuple] = {
     "mp_plan_set_workspace": (_status, [_handle, c_void_p, c_size_t]),
     "mp_plan_run": (_status, [_handle, POINTER(c_void_p), POINTER(c_void_p)]),
     "mp_plan_describe": (_status, [_handle, c_void_p, c_size_t, POINTER(c_size_t)]),
+    "mp_plan_profile": (_status, [_handle, POINTER(c_double), c_size_t, POINTER(c_size_t)]),
     "mp_plan_free": (None, [_handle]),
 }
 
@@ -157,6 +159,17 @@ def shape(fn, handle, index: int) -> tuple[int, ...]:
     nd = c_size_t()
     check(fn(handle, index, dims, MAX_DIMS, ctypes.byref(nd)))
     return tuple(int(d) for d in dims[:nd.value])
+
+
+def profile(plan) -> list[float]:
+    """``mp_plan_profile``: seconds per op of the plan's last run (a plan created with
+    :data:`PLAN_PROFILE`), in the order of the lines of :func:`describe`."""
+    L = lib()
+    count = c_size_t()
+    check(L.mp_plan_profile(plan, None, 0, ctypes.byref(count)))
+    secs = (c_double * max(count.value, 1))()
+    check(L.mp_plan_profile(plan, secs, count.value, ctypes.byref(count)))
+    return list(secs[:count.value])
 
 
 def describe(plan) -> str:

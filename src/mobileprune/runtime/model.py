@@ -360,6 +360,18 @@ class LayerPlan:
     storage: str = ""
 
 
+@dataclass(frozen=True)
+class LayerTime:
+    """One op's share of a call (see :meth:`SparseModel.profile`): its name and op, the
+    median wall time of its step in seconds (0 when fused into another op or an alias),
+    and its line of ``mp_plan_describe`` (kernel, storage, reason)."""
+
+    name: str
+    op: str
+    seconds: float
+    describe: str
+
+
 class _Plan:
     """One ``mp_plan`` (batch size ``N``) with its reusable pointer arrays."""
 
@@ -706,6 +718,37 @@ class SparseModel:
                                  extra={"describe": line.strip()},
                                  storage=toks[3] if len(toks) > 3 else ""))
         return res
+
+    def profile(self, *xs: Any, repeats: int = 20, warmup: int = 3) -> list[LayerTime]:
+        """Where a call spends its time: runs the model on ``xs`` (as :meth:`__call__`)
+        ``warmup + repeats`` times with per-layer timing on (``MP_PLAN_PROFILE``, a plan of
+        its own with the current mode / threads) and returns one :class:`LayerTime` per op
+        of the model (the lines of :meth:`describe`): the median wall time of its step, 0
+        for an activation fused into a conv / linear or a reshape that is an alias."""
+        if repeats < 1 or warmup < 0:
+            raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+        xs = self._check_inputs(xs)
+        N = xs[0].shape[0]
+        threads, flags = self._settings()
+        plan = _Plan(self._handle, N, (threads, flags | _native.PLAN_PROFILE),
+                     len(self.input_shapes), len(self.output_shapes))
+        try:
+            outs = [np.empty((N,) + s, _F32) for s in self.output_shapes]
+            for i, a in enumerate(xs):
+                plan.ins[i] = _address(a)
+            for i, o in enumerate(outs):
+                plan.outs[i] = _address(o)
+            runs = []
+            for r in range(warmup + repeats):
+                _native.check(self._run(plan.handle, plan.ins, plan.outs))
+                if r >= warmup:
+                    runs.append(_native.profile(plan.handle))
+            lines = _native.describe(plan.handle).splitlines()
+        finally:
+            plan.free()
+        med = np.median(np.asarray(runs), axis=0)
+        return [LayerTime(*(ln.split(None, 2) + ["", ""])[:2], float(t), ln.strip())
+                for ln, t in zip(lines, med)]
 
     def summary(self) -> str:
         """The engine's per-layer plan at batch 1 (:meth:`describe`) as text."""

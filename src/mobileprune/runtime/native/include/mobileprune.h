@@ -75,6 +75,7 @@ typedef enum mp_status {
 #define MP_PLAN_FORCE_SPARSE 2u  /* every conv / linear with its sparse kernel */
 #define MP_PLAN_NO_TUNE 4u       /* choose kernels by the cost model only: no timing at creation */
 #define MP_PLAN_PORTABLE 8u      /* portable C kernels only (no SIMD): the reference path */
+#define MP_PLAN_PROFILE 16u      /* time every layer of each run (mp_plan_profile) */
 
 /* A short English name of a status ("ok", "invalid model", ...); never NULL. */
 const char* mp_status_string(mp_status status);
@@ -123,6 +124,11 @@ mp_status mp_plan_run(mp_plan* plan, const float* const* inputs, float* const* o
  * most `size` bytes (NUL-terminated) and the full length needed (without the NUL) to
  * `*needed` when `needed` is not NULL. */
 mp_status mp_plan_describe(const mp_plan* plan, char* buf, size_t size, size_t* needed);
+/* Per-op wall time of the last mp_plan_run of a plan created with MP_PLAN_PROFILE:
+ * seconds[i] for op i of the model, in the order of the lines of mp_plan_describe (0 for an
+ * op fused into another one or an alias). Writes min(max, ops) values and the number of
+ * ops to `*count` (when not NULL); MP_INVALID_ARGUMENT if the plan does not profile. */
+mp_status mp_plan_profile(const mp_plan* plan, double* seconds, size_t max, size_t* count);
 void mp_plan_free(mp_plan* plan);
 
 #ifdef __cplusplus

@@ -47,9 +47,12 @@ static const conv_kernel k_conv[] = {
 #undef MP_LINEAR_UKERNEL
 };
 
-enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_COUNT = 3 };
-static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense"};
-static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense"};
+/* PACK_TAPS (depthwise only): each nonzero is a tap (i, j) of its channel, applied to the
+ * unpadded input plane with clipped ranges: no padded copy, work in proportion to the
+ * nonzeros (a 3x3 depthwise at 90 % has about one tap per channel). */
+enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_TAPS = 3, PACK_COUNT = 4 };
+static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense", "taps"};
+static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense", "taps"};
 
 /* Bytes of input a pixel block may read per channel chunk (L1 is 32-48 KB), and the
  * fewest nonzeros a row should have per chunk on average. */
@@ -70,6 +73,7 @@ typedef struct conv_pack {
     size_t rchunks, pchunks;
     size_t* rchunk;        /* rchunks + 1 block indices */
     double cost;           /* cost model: cycles per pixel vector */
+    int taps;              /* PACK_TAPS: off holds columns, compute runs taps_row */
 } conv_pack;
 
 struct mp_conv_op {
@@ -79,8 +83,10 @@ struct mp_conv_op {
     size_t chan, buf_floats, plane;
     mp_pixvec* vec;
     size_t nvec;
+    size_t pstride; /* partial sums: floats per output row (every vec[v].in + lanes fits) */
     int contig; /* flat vectors: vec[v].in = v * lanes */
     int fused;  /* depthwise: each task pads its own channels inside compute */
+    int direct; /* no padding, stride 1, every read inside the input: no buffer, no copy */
     float* bias;
     conv_pack pack;
     int mode;
@@ -206,6 +212,27 @@ static int32_t col_offset(const mp_conv_op* op, int32_t g, int32_t col)
            dj / d->stride_w;
 }
 
+static size_t in_floats(const mp_conv_op* op)
+{
+    return (size_t)op->d.in_channels * (size_t)op->d.in_h * (size_t)op->d.in_w;
+}
+
+/* Without padding and stride, the padded buffer of an image would be a copy of its input
+ * (1x1 convs, valid convs): the kernel reads the input itself when every load of every
+ * vector (the largest column offset plus the end of the last vector) stays inside it. */
+static int reads_input_directly(const mp_conv_op* op)
+{
+    const mp_conv_desc* d = &op->d;
+    if (op->fused || op->phases != 1 || d->pad_top || d->pad_bottom || d->pad_left || d->pad_right)
+        return 0;
+    const int32_t cols = (d->in_channels / d->groups) * d->kernel_h * d->kernel_w;
+    size_t end = 0;
+    for (size_t v = 0; v < op->nvec; v++)
+        if ((size_t)op->vec[v].in + (size_t)op->k->lanes > end)
+            end = (size_t)op->vec[v].in + (size_t)op->k->lanes;
+    return (size_t)col_offset(op, d->groups - 1, cols - 1) + end <= in_floats(op);
+}
+
 /* Pixel vectors: inside output rows, or along the flat buffer position. Flat vectors are
  * contiguous (the kernel addresses them from one base register, so blocks may be larger):
  * they win unless they need over 6% more vectors. */
@@ -245,6 +272,10 @@ static mp_status build_vectors(mp_conv_op* op, int lanes)
     }
     op->nvec = n;
     op->contig = flat;
+    size_t end = 0;
+    for (size_t v = 0; v < n; v++)
+        if ((size_t)op->vec[v].in + (size_t)lanes > end) end = (size_t)op->vec[v].in + (size_t)lanes;
+    op->pstride = (end + 15) & ~(size_t)15;
     return MP_OK;
 }
 
@@ -275,7 +306,7 @@ static void emit_block(packer* pk, conv_pack* p, int32_t g, int32_t r, int32_t m
     for (int32_t j = 0; j < pk->cols; j++) {
         if (!all && !pk->mark[j]) continue;
         if (pk->write) {
-            p->off[p->noff + count] = col_offset(pk->op, g, j);
+            p->off[p->noff + count] = pk->mode == PACK_TAPS ? j : col_offset(pk->op, g, j);
             for (int32_t q = 0; q < mr; q++)
                 p->val[p->nval + count * (size_t)mr + (size_t)q] =
                     pk->rowval[(size_t)q * (size_t)pk->cols + (size_t)j];
@@ -289,7 +320,10 @@ static void emit_block(packer* pk, conv_pack* p, int32_t g, int32_t r, int32_t m
     p->nblocks++;
     p->noff += count;
     p->nval += count * (size_t)mr;
-    p->cost += (mr == 4 ? 2.0 : 1.0) * (double)count + 4.0;
+    if (pk->mode == PACK_TAPS) /* a strided tap is a scalar loop */
+        p->cost += (pk->op->d.stride_w > 1 ? 4.0 : 1.0) * (double)count + 1.0;
+    else
+        p->cost += (mr == 4 ? 2.0 : 1.0) * (double)count + 4.0;
 }
 
 /* One pass over the rows: counts (write 0) or fills (write 1) the pack. */
@@ -302,7 +336,7 @@ static void pack_pass(packer* pk, conv_pack* p)
     for (int32_t g = 0; g < d->groups; g++) {
         for (int32_t r = g * og; r < (g + 1) * og;) {
             int four = 0;
-            if (pk->mode != PACK_SPARSE && (g + 1) * og - r >= 4) {
+            if (pk->mode != PACK_SPARSE && pk->mode != PACK_TAPS && (g + 1) * og - r >= 4) {
                 four = pk->mode == PACK_DENSE;
                 if (!four) {
                     const size_t s = pk->c->ptr[r + 4] - pk->c->ptr[r];
@@ -479,6 +513,7 @@ static mp_status make_pack(const mp_conv_op* op, const csr_view* c, int mode, co
     }
     pk.write = 1;
     pack_pass(&pk, p);
+    p->taps = mode == PACK_TAPS;
     st = split_tasks(op, p);
     if (st == MP_OK) st = segment(op, p);
 done:
@@ -488,14 +523,34 @@ done:
     return st;
 }
 
+/* Per image: the padded input buffer (none when the kernel reads the input directly),
+ * then (channel chunks only) the partial sums. */
+static size_t image_floats(const mp_conv_op* op) { return op->direct ? 0 : op->buf_floats; }
+
+static size_t partial_floats(const mp_conv_op* op, const conv_pack* p)
+{
+    return p->nchunks > 1 ? (size_t)op->d.out_channels * op->pstride : 0;
+}
+
 size_t mp_conv_scratch_bytes(const mp_conv_op* op, size_t batch)
 {
-    return batch * op->buf_floats * sizeof(float) + 64;
+    return batch * (image_floats(op) + partial_floats(op, &op->pack)) * sizeof(float) + 64;
 }
 
 
+/* Padded rows are short (tens of floats) and many: three library calls per row (memset,
+ * memcpy, memset) cost more than the copy itself, so the fill loops stay loops (compilers
+ * turn them into those calls unless told not to). */
+#if defined(__clang__)
+#define MP_INLINE_LOOPS __attribute__((no_builtin))
+#elif defined(__GNUC__)
+#define MP_INLINE_LOOPS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define MP_INLINE_LOOPS
+#endif
+
 /* Stride 1: each padded row written once (zeros, then the input row). */
-static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0, int32_t c1)
+MP_INLINE_LOOPS static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0, int32_t c1)
 {
     const mp_conv_desc* d = &op->d;
     const size_t wq = (size_t)op->wq, w = (size_t)d->in_w, pl = (size_t)d->pad_left;
@@ -507,9 +562,10 @@ static void fill_rows(const mp_conv_op* op, const float* x, float* b, int32_t c0
                 memset(dst, 0, wq * sizeof(float));
                 continue;
             }
-            memset(dst, 0, pl * sizeof(float));
-            memcpy(dst + pl, x + ((size_t)c * (size_t)d->in_h + (size_t)y) * w, w * sizeof(float));
-            memset(dst + pl + w, 0, (wq - pl - w) * sizeof(float));
+            const float* src = x + ((size_t)c * (size_t)d->in_h + (size_t)y) * w;
+            for (size_t q = 0; q < pl; q++) dst[q] = 0.0f;
+            for (size_t q = 0; q < w; q++) dst[pl + q] = src[q];
+            for (size_t q = pl + w; q < wq; q++) dst[q] = 0.0f;
         }
 }
 
@@ -558,13 +614,9 @@ static void fill(const mp_conv_op* op, const float* x, float* b, int32_t c0, int
         fill_phases(op, x, b, c0, c1);
 }
 
-static size_t in_floats(const mp_conv_op* op)
-{
-    return (size_t)op->d.in_channels * (size_t)op->d.in_h * (size_t)op->d.in_w;
-}
-
 void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* scratch)
 {
+    if (op->direct) return;
     float* buf = mp_align64(scratch);
     const size_t used = op->chan * (size_t)op->d.in_channels;
     for (size_t n = 0; n < batch; n++) {
@@ -579,19 +631,70 @@ size_t mp_conv_num_tasks(const mp_conv_op* op, size_t batch)
     return batch * op->pack.rchunks * op->pack.pchunks;
 }
 
-static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* in, float* buf,
-                         float* out, size_t t0, size_t t1)
+/* First / one-past-last output index o with o * s + d inside [0, n) (d: the tap's shift),
+ * within [0, nout). */
+static int32_t tap_lo(int32_t d, int32_t s) { return d >= 0 ? 0 : (-d + s - 1) / s; }
+static int32_t tap_hi(int32_t n, int32_t d, int32_t s, int32_t nout)
+{
+    if (n - 1 - d < 0) return 0;
+    const int32_t h = (n - 1 - d) / s + 1;
+    return h < nout ? h : nout;
+}
+
+/* PACK_TAPS: output row `rb->row` (one channel plane) = bias + its taps over the input
+ * plane of its group, then the activation (bounds first: a NaN stays NaN). */
+MP_INLINE_LOOPS static void taps_row(const mp_conv_op* op, const conv_pack* p, const mp_rowblk* rb,
+                                     const float* x, float* y)
+{
+    const mp_conv_desc* d = &op->d;
+    const int32_t og = d->out_channels / d->groups, ho = d->out_h, wo = d->out_w;
+    const int32_t sh = d->stride_h, sw = d->stride_w;
+    x += (size_t)(rb->row / og) * (size_t)d->in_h * (size_t)d->in_w;
+    y += (size_t)rb->row * op->plane;
+    for (size_t q = 0; q < op->plane; q++) y[q] = op->bias[rb->row];
+    for (int32_t k = 0; k < rb->count; k++) {
+        const int32_t col = p->off[rb->nz + k];
+        const float w = p->val[rb->val + k];
+        const int32_t dy = (col / d->kernel_w) * d->dilation_h - d->pad_top;
+        const int32_t dx = (col % d->kernel_w) * d->dilation_w - d->pad_left;
+        const int32_t x0 = tap_lo(dx, sw), x1 = tap_hi(d->in_w, dx, sw, wo);
+        for (int32_t yy = tap_lo(dy, sh); yy < tap_hi(d->in_h, dy, sh, ho); yy++) {
+            const float* xr = x + (size_t)(yy * sh + dy) * (size_t)d->in_w + dx;
+            float* yr = y + (size_t)yy * (size_t)wo;
+            if (sw == 1)
+                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx];
+            else
+                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx * sw];
+        }
+    }
+    for (size_t q = 0; q < op->plane; q++) {
+        const float v = y[q] < d->act_min ? d->act_min : y[q];
+        y[q] = v > d->act_max ? d->act_max : v;
+    }
+}
+
+/* Tasks [t0, t1) of the batch; `buf` holds `batch` padded images, then as many partial-sum
+ * scratches (partial_floats each). */
+static void compute_pack(const mp_conv_op* op, const conv_pack* p, size_t batch, const float* in,
+                         float* buf, float* out, size_t t0, size_t t1)
 {
     const size_t per = p->rchunks * p->pchunks;
     const size_t out_floats = (size_t)op->d.out_channels * op->plane;
+    const size_t pf = partial_floats(op, p);
     mp_spconv_args a = {NULL, NULL, op->plane, NULL, 0, op->contig, p->blocks, 0, 0, p->off, p->val,
-                        op->bias, op->d.act_min, op->d.act_max};
+                        op->bias, op->d.act_min, op->d.act_max, NULL, op->pstride};
     for (size_t t = t0; t < t1; t++) {
         const size_t n = t / per, rc = (t % per) / p->pchunks, pc = t % p->pchunks;
-        a.input = buf + n * op->buf_floats;
+        a.input = op->direct ? in + n * in_floats(op) : buf + n * op->buf_floats;
         a.output = out + n * out_floats;
+        a.partial = pf ? buf + batch * image_floats(op) + n * pf : NULL;
         a.b0 = p->rchunk[rc];
         a.b1 = p->rchunk[rc + 1];
+        if (p->taps) {
+            for (size_t b = a.b0; b < a.b1; b++)
+                taps_row(op, p, &p->blocks[b], in + n * in_floats(op), a.output);
+            continue;
+        }
         if (op->fused && a.b0 < a.b1) { /* this task's groups = its input channels */
             const int32_t og = op->d.out_channels / op->d.groups;
             const mp_rowblk* last = &p->blocks[a.b1 - 1];
@@ -610,26 +713,28 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, const float* 
 void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, void* scratch,
                      float* out, size_t task_begin, size_t task_end)
 {
-    (void)batch;
-    compute_pack(op, &op->pack, in, mp_align64(scratch), out, task_begin, task_end);
+    compute_pack(op, &op->pack, batch, in, mp_align64(scratch), out, task_begin, task_end);
 }
 
 /* Median-free quick timing: the best of a few interleaved runs of each pack. */
 static void time_packs(mp_conv_op* op, conv_pack* packs, const int* cand, int ncand, double* best)
 {
-    float* raw = calloc(op->buf_floats + 16, sizeof(float));
+    size_t pf = 0;
+    for (int c = 0; c < ncand; c++)
+        if (partial_floats(op, &packs[cand[c]]) > pf) pf = partial_floats(op, &packs[cand[c]]);
+    float* raw = calloc(image_floats(op) + pf + 16, sizeof(float));
     float* out = malloc(((size_t)op->d.out_channels * op->plane + 16) * sizeof(float));
     float* in = calloc(in_floats(op), sizeof(float));
     if (raw == NULL || out == NULL || in == NULL) goto done;
     float* buf = mp_align64(raw);
-    for (size_t i = 0; i < op->chan * (size_t)op->d.in_channels; i++)
+    for (size_t i = 0; i < (op->direct ? 0 : op->chan * (size_t)op->d.in_channels); i++)
         buf[i] = (float)((i * 2654435761u) % 1000u) * 1e-3f;
     for (int c = 0; c < ncand; c++) best[c] = INFINITY;
     for (int round = 0; round < 4; round++)
         for (int c = 0; c < ncand; c++) {
             const conv_pack* p = &packs[cand[c]];
             const double t0 = mp_now_seconds();
-            compute_pack(op, p, in, buf, out, 0, p->rchunks * p->pchunks);
+            compute_pack(op, p, 1, in, buf, out, 0, p->rchunks * p->pchunks);
             const double dt = mp_now_seconds() - t0;
             if (round > 0 && dt < best[c]) best[c] = dt;
         }
@@ -699,8 +804,9 @@ static mp_status build(mp_conv_op* op, const mp_weights* w, uint32_t flags)
     for (size_t r = 0; r < rows; r++) op->bias[r] = w->bias ? w->bias[r] : 0.0f;
     conv_pack packs[PACK_COUNT];
     memset(packs, 0, sizeof(packs));
-    const int want[PACK_COUNT] = {!(flags & MP_KERNEL_DENSE), !(flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)),
-                                  !(flags & MP_KERNEL_SPARSE)};
+    const int free_choice = !(flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE));
+    const int want[PACK_COUNT] = {!(flags & MP_KERNEL_DENSE), free_choice,
+                                  !(flags & MP_KERNEL_SPARSE), free_choice && op->fused};
     for (int m = 0; m < PACK_COUNT && st == MP_OK; m++)
         if (want[m]) st = make_pack(op, &c, m, &packs[m]);
     csr_free(&c);
@@ -734,6 +840,7 @@ mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint
     st = op->bias ? geometry(op) : mp_set_error(MP_OUT_OF_MEMORY, "conv: out of memory");
     op->fused = desc->groups > 1 && desc->in_channels == desc->groups;
     if (st == MP_OK) st = build_vectors(op, op->k->lanes);
+    if (st == MP_OK) op->direct = reads_input_directly(op);
     if (st == MP_OK) st = build(op, w, flags);
     if (st != MP_OK) {
         mp_conv_free(op);
@@ -752,9 +859,9 @@ mp_status mp_conv_create(const mp_conv_desc* desc, const mp_weights* w, uint32_t
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks)", op->k->name,
+    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks%s)", op->k->name,
              k_storage[op->mode], op->density, op->reason, op->pack.nv * (size_t)op->k->lanes,
-             op->pack.nchunks);
+             op->pack.nchunks, op->direct ? ", input read in place" : "");
 }
 
 void mp_conv_free(mp_conv_op* op)

@@ -213,6 +213,7 @@ struct mp_step {
     const float* scale; /* batchnorm */
     const float* shift;
     float* owned;       /* converted constant arrays owned by the step */
+    double seconds;     /* MP_PLAN_PROFILE: wall time of this step in the last run */
 };
 
 typedef struct mp_tensor {

@@ -100,5 +100,10 @@ void mp_linear_free(mp_linear_op* op);
 /* CPU features, detected once (cpu.c). */
 typedef enum mp_isa { MP_ISA_SCALAR = 0, MP_ISA_NEON = 1, MP_ISA_AVX2 = 2, MP_ISA_AVX512 = 3 } mp_isa;
 mp_isa mp_cpu_best_isa(void);
+/* Seconds of CPU time of the calling thread (monotonic clock where that is missing): the
+ * timing runs at create (cpu.c). */
+double mp_now_seconds(void);
+/* Seconds of the monotonic clock: MP_PLAN_PROFILE's per-step wall time (cpu.c). */
+double mp_wall_seconds(void);
 
 #endif /* MP_OPERATORS_H */

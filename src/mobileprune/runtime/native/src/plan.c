@@ -152,6 +152,64 @@ static mp_status setup_conv(mp_plan* plan, mp_step* s, const mp_weights* w) {
     return MP_OK;
 }
 
+/* A conv of one group with one output pixel per channel (squeeze-excitation and head
+ * convs after global pooling, a 3x3 on a 1x1 map, a valid conv as large as its input) is a
+ * matrix-vector product over the input: it runs as a linear operator (pixel vectors would
+ * use 1 lane of 8 or 16, and taps that land in the padding would be multiplied anyway). */
+static bool conv_is_linear(const mp_step* s) {
+    const mp_op* op = s->op;
+    if (op->code == MP_OP_LINEAR) return true;
+    return op->iattr[6] == 1 && s->model->values[op->output].numel == op->iattr[5];
+}
+
+/* The weights of that product: column (c, i, j) of the conv reads input (c, y, x) with
+ * y = i dh - pad_top, x = j dw - pad_left; columns that land in the padding go. CSR with
+ * columns c H W + y W + x, still increasing along each row. */
+static mp_status one_pixel_weights(const mp_step* s, const mp_weights* w, mp_weights* out,
+                                   mp_wbuf* b) {
+    const int32_t* a = s->op->iattr;
+    const mp_value* in = &s->model->values[s->in_tensor[0]];
+    const int64_t H = in->ndim == 2 ? 1 : in->dims[1], W = in->dims[in->ndim - 1];
+    const int64_t kh = a[7], kw = a[8], cap = w->dense ? (int64_t)w->rows * w->cols : w->nnz;
+    memset(b, 0, sizeof *b);
+    b->indptr = malloc(((size_t)w->rows + 1) * sizeof(uint32_t));
+    b->indices = malloc((size_t)(cap ? cap : 1) * sizeof(uint32_t));
+    b->values = malloc((size_t)(cap ? cap : 1) * sizeof(float));
+    if (!b->indptr || !b->indices || !b->values)
+        return mp_set_error(MP_OUT_OF_MEMORY, "conv on one pixel: out of memory");
+    uint32_t n = 0;
+    for (int32_t r = 0; r < w->rows; r++) {
+        b->indptr[r] = n;
+        const int64_t k0 = w->dense ? 0 : (int64_t)w->indptr[r];
+        const int64_t k1 = w->dense ? (int64_t)w->cols : (int64_t)w->indptr[r + 1];
+        for (int64_t k = k0; k < k1; k++) {
+            const int64_t col = w->dense ? k : w->indices[k];
+            const float v = w->dense ? w->dense[(size_t)r * (size_t)w->cols + (size_t)k] : w->values[k];
+            const int64_t y = (col / kw) % kh * a[11] - a[13], x = col % kw * a[12] - a[15];
+            if (v == 0.0f || y < 0 || y >= H || x < 0 || x >= W) continue;
+            b->indices[n] = (uint32_t)((col / (kh * kw)) * H * W + y * W + x);
+            b->values[n++] = v;
+        }
+    }
+    b->indptr[w->rows] = n;
+    *out = (mp_weights){w->rows, (int32_t)(a[4] * H * W), n, NULL, b->indptr, b->indices,
+                        b->values, w->bias};
+    return MP_OK;
+}
+
+static mp_status setup_linear(mp_plan* plan, mp_step* s, const mp_weights* w) {
+    mp_linear_desc d = {.in_features = w->cols, .out_features = w->rows, .act = s->act,
+                        .act_min = s->act_min, .act_max = s->act_max};
+    mp_status st = mp_linear_create(&d, w, plan->flags, &s->linear);
+    /* an N-D input: the leading per-sample dims are more rows */
+    s->rows = plan->batch * (size_t)(plan->model->values[s->in_tensor[0]].numel / w->cols);
+    if (!st) {
+        s->scratch_bytes = mp_linear_scratch_bytes(s->linear, s->rows);
+        s->num_tasks = mp_linear_num_tasks(s->linear, s->rows);
+    }
+    return st;
+}
+
 static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
     const mp_model* m = plan->model;
     mp_weights w;
@@ -162,15 +220,13 @@ static mp_status setup_heavy(mp_plan* plan, mp_step* s) {
                   ((double)w.nnz / (w.rows ? w.rows : 1) + 1.0);
     s->work = work < (double)(SIZE_MAX / 2) ? (size_t)work : SIZE_MAX / 2;
     if (!st && s->op->code == MP_OP_LINEAR) {
-        mp_linear_desc d = {.in_features = w.cols, .out_features = w.rows, .act = s->act,
-                            .act_min = s->act_min, .act_max = s->act_max};
-        st = mp_linear_create(&d, &w, plan->flags, &s->linear);
-        /* an N-D input: the leading per-sample dims are more rows */
-        s->rows = plan->batch * (size_t)(m->values[s->in_tensor[0]].numel / w.cols);
-        if (!st) {
-            s->scratch_bytes = mp_linear_scratch_bytes(s->linear, s->rows);
-            s->num_tasks = mp_linear_num_tasks(s->linear, s->rows);
-        }
+        st = setup_linear(plan, s, &w);
+    } else if (!st && conv_is_linear(s)) {
+        mp_weights w1;
+        mp_wbuf b1;
+        st = one_pixel_weights(s, &w, &w1, &b1);
+        if (!st) st = setup_linear(plan, s, &w1);
+        mp_wbuf_free(&b1);
     } else if (!st) {
         st = setup_conv(plan, s, &w);
     }
@@ -244,9 +300,9 @@ static mp_status check_args(const mp_model* model, size_t batch, size_t threads,
     if (threads < 1 || threads > 1024)
         return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: threads %zu (1..1024)",
                             threads);
-    if (flags & ~15u)
+    if (flags & ~31u)
         return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: unknown flag bits 0x%x",
-                            flags & ~15u);
+                            flags & ~31u);
     if ((flags & MP_PLAN_FORCE_DENSE) && (flags & MP_PLAN_FORCE_SPARSE))
         return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: MP_PLAN_FORCE_DENSE and "
                             "MP_PLAN_FORCE_SPARSE together");
@@ -409,5 +465,18 @@ mp_status mp_plan_describe(const mp_plan* plan, char* buf, size_t size, size_t* 
     if (buf && size) buf[0] = '\0';
     for (uint32_t i = 0; i < plan->model->num_ops; i++) describe_op(plan, i, &t);
     if (needed) *needed = t.len;
+    return MP_OK;
+}
+
+mp_status mp_plan_profile(const mp_plan* plan, double* seconds, size_t max, size_t* count) {
+    if (!plan || (!seconds && max))
+        return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_profile: NULL plan or seconds");
+    if (!(plan->flags & MP_PLAN_PROFILE))
+        return mp_set_error(MP_INVALID_ARGUMENT,
+                            "mp_plan_profile: the plan was not created with MP_PLAN_PROFILE");
+    const uint32_t n = plan->model->num_ops;
+    for (uint32_t i = 0; i < n && i < max; i++)
+        seconds[i] = plan->op_step[i] == MP_NONE ? 0.0 : plan->steps[plan->op_step[i]].seconds;
+    if (count) *count = n;
     return MP_OK;
 }

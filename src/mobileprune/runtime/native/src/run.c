@@ -75,7 +75,15 @@ mp_status mp_plan_run(mp_plan* plan, const float* const* inputs, float* const* o
             return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_run: output %u is NULL", k);
     for (uint32_t k = 0; k < m->num_inputs; k++)
         memcpy((uint8_t*)value_ptr(plan, m->inputs[k]), inputs[k], value_bytes(plan, m->inputs[k]));
-    for (size_t s = 0; s < plan->num_steps; s++) run_step(plan, &plan->steps[s]);
+    if (plan->flags & MP_PLAN_PROFILE) {
+        for (size_t s = 0; s < plan->num_steps; s++) {
+            const double t0 = mp_wall_seconds();
+            run_step(plan, &plan->steps[s]);
+            plan->steps[s].seconds = mp_wall_seconds() - t0;
+        }
+    } else {
+        for (size_t s = 0; s < plan->num_steps; s++) run_step(plan, &plan->steps[s]);
+    }
     for (uint32_t k = 0; k < m->num_outputs; k++)
         memcpy(outputs[k], value_ptr(plan, m->outputs[k]), value_bytes(plan, m->outputs[k]));
     return MP_OK;

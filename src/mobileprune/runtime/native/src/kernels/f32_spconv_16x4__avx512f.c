@@ -23,29 +23,43 @@ MP_TARGET_AVX512 MP_INLINE void store16(float* out, const mp_pixvec* pv, __m512 
                               _mm512_maskz_compress_ps((__mmask16)pv->mask, y));
 }
 
-/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
-MP_TARGET_AVX512 MP_INLINE __m512 load16(const float* out, const mp_pixvec* pv)
+/* Row r of a block starts from its bias (first channel chunk) or its partial sums. */
+MP_TARGET_AVX512 MP_INLINE void start_row(const mp_spconv_args* a, const mp_rowblk* rb,
+                                          int r, int nv, __m512* acc)
 {
-    if (pv->kind == MP_VEC_FULL) return _mm512_loadu_ps(out + pv->out);
-    if (pv->kind == MP_VEC_PREFIX) return _mm512_maskz_loadu_ps((__mmask16)pv->mask, out + pv->out);
-    const __m512 packed = _mm512_maskz_loadu_ps(
-        (__mmask16)((1u << __builtin_popcount(pv->mask)) - 1u), out + pv->out);
-    return _mm512_maskz_expand_ps((__mmask16)pv->mask, packed);
+    if (rb->flags & MP_BLK_FIRST) {
+        const __m512 b = _mm512_set1_ps(a->bias[rb->row + r]);
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++) acc[v] = b;
+        return;
+    }
+    const float* p = a->partial + (size_t)(rb->row + r) * a->pstride;
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) acc[v] = _mm512_loadu_ps(p + a->vec[v].in);
+}
+
+/* Row r ends with the activation in the output (last chunk) or in its partial sums. */
+MP_TARGET_AVX512 MP_INLINE void end_row(const mp_spconv_args* a, const mp_rowblk* rb,
+                                        int r, int nv, const __m512* acc)
+{
+    if (rb->flags & MP_BLK_LAST) {
+        const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
+        float* out = a->output + (size_t)(rb->row + r) * a->plane;
+#pragma GCC unroll 16
+        for (int v = 0; v < nv; v++) store16(out, &a->vec[v], _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v])));
+        return;
+    }
+    float* p = a->partial + (size_t)(rb->row + r) * a->pstride;
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; v++) _mm512_storeu_ps(p + a->vec[v].in, acc[v]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb,
                                       const float* const* base, const int nv)
 {
     __m512 acc[4][MP_MAX_NV];
-    const float* bias = a->bias + rb->row;
-    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        const __m512 b = _mm512_set1_ps(bias[r]);
-#pragma GCC unroll 8
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out + (size_t)r * a->plane, &a->vec[v]);
-    }
+    for (int r = 0; r < 4; r++) start_row(a, rb, r, nv, acc[r]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -61,27 +75,15 @@ MP_TARGET_AVX512 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk*
             acc[3][v] = _mm512_fmadd_ps(w3, x, acc[3][v]);
         }
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
-    if (last)
 #pragma GCC unroll 4
-        for (int r = 0; r < 4; r++)
-#pragma GCC unroll 8
-            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[r][v]));
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-#pragma GCC unroll 8
-        for (int v = 0; v < nv; v++) store16(out + (size_t)r * a->plane, &a->vec[v], acc[r][v]);
+    for (int r = 0; r < 4; r++) end_row(a, rb, r, nv, acc[r]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb,
                                       const float* const* base, const int nv)
 {
     __m512 acc[MP_MAX_NV];
-    const __m512 b = _mm512_set1_ps(a->bias[rb->row]);
-    float* out = a->output + (size_t)rb->row * a->plane;
-#pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out, &a->vec[v]);
+    start_row(a, rb, 0, nv, acc);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -91,13 +93,7 @@ MP_TARGET_AVX512 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk*
         for (int v = 0; v < nv; v++)
             acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(base[v] + o), acc[v]);
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
-    if (last)
-#pragma GCC unroll 8
-        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v]));
-#pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) store16(out, &a->vec[v], acc[v]);
+    end_row(a, rb, 0, nv, acc);
 }
 
 MP_TARGET_AVX512 MP_INLINE void run(const mp_spconv_args* a, const int nv)
@@ -119,15 +115,8 @@ MP_TARGET_AVX512 MP_INLINE void block4c(const mp_spconv_args* a, const mp_rowblk
                                        const float* base, const int nv)
 {
     __m512 acc[4][6];
-    const float* bias = a->bias + rb->row;
-    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        const __m512 b = _mm512_set1_ps(bias[r]);
-#pragma GCC unroll 6
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out + (size_t)r * a->plane, &a->vec[v]);
-    }
+    for (int r = 0; r < 4; r++) start_row(a, rb, r, nv, acc[r]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -143,27 +132,15 @@ MP_TARGET_AVX512 MP_INLINE void block4c(const mp_spconv_args* a, const mp_rowblk
             acc[3][v] = _mm512_fmadd_ps(w3, x, acc[3][v]);
         }
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
-    if (last)
 #pragma GCC unroll 4
-        for (int r = 0; r < 4; r++)
-#pragma GCC unroll 6
-            for (int v = 0; v < nv; v++) acc[r][v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[r][v]));
-#pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-#pragma GCC unroll 6
-        for (int v = 0; v < nv; v++) store16(out + (size_t)r * a->plane, &a->vec[v], acc[r][v]);
+    for (int r = 0; r < 4; r++) end_row(a, rb, r, nv, acc[r]);
 }
 
 MP_TARGET_AVX512 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* rb,
                                        const float* base, const int nv)
 {
     __m512 acc[16];
-    const __m512 b = _mm512_set1_ps(a->bias[rb->row]);
-    float* out = a->output + (size_t)rb->row * a->plane;
-#pragma GCC unroll 16
-    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load16(out, &a->vec[v]);
+    start_row(a, rb, 0, nv, acc);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -172,13 +149,7 @@ MP_TARGET_AVX512 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk
 #pragma GCC unroll 16
         for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * v), acc[v]);
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m512 lo = _mm512_set1_ps(a->act_min), hi = _mm512_set1_ps(a->act_max);
-    if (last)
-#pragma GCC unroll 16
-        for (int v = 0; v < nv; v++) acc[v] = _mm512_min_ps(hi, _mm512_max_ps(lo, acc[v]));
-#pragma GCC unroll 16
-    for (int v = 0; v < nv; v++) store16(out, &a->vec[v], acc[v]);
+    end_row(a, rb, 0, nv, acc);
 }
 
 MP_TARGET_AVX512 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)

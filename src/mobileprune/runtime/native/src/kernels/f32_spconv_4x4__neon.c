@@ -6,7 +6,6 @@
 
 #if MP_ARCH_ARM64
 #include <arm_neon.h>
-#include <math.h>
 
 MP_INLINE void store4(float* out, const mp_pixvec* pv, float32x4_t y)
 {
@@ -22,31 +21,43 @@ MP_INLINE void store4(float* out, const mp_pixvec* pv, float32x4_t y)
         if ((pv->mask >> l) & 1u) o[j++] = t[l];
 }
 
-/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
-MP_INLINE float32x4_t load4(const float* out, const mp_pixvec* pv)
+/* Row r of a block starts from its bias (first channel chunk) or its partial sums. */
+MP_INLINE void start_row(const mp_spconv_args* a, const mp_rowblk* rb,
+                         int r, int nv, float32x4_t* acc)
 {
-    const float* o = out + pv->out;
-    if (pv->kind == MP_VEC_FULL) return vld1q_f32(o);
-    float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    int j = 0;
-    for (int l = 0; l < 4; l++)
-        if ((pv->mask >> l) & 1u) t[l] = o[j++];
-    return vld1q_f32(t);
+    if (rb->flags & MP_BLK_FIRST) {
+        const float32x4_t b = vdupq_n_f32(a->bias[rb->row + r]);
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++) acc[v] = b;
+        return;
+    }
+    const float* p = a->partial + (size_t)(rb->row + r) * a->pstride;
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) acc[v] = vld1q_f32(p + a->vec[v].in);
+}
+
+/* Row r ends with the activation in the output (last chunk) or in its partial sums. */
+MP_INLINE void end_row(const mp_spconv_args* a, const mp_rowblk* rb,
+                       int r, int nv, const float32x4_t* acc)
+{
+    if (rb->flags & MP_BLK_LAST) {
+        const float32x4_t lo = vdupq_n_f32(a->act_min), hi = vdupq_n_f32(a->act_max);
+        float* out = a->output + (size_t)(rb->row + r) * a->plane;
+#pragma GCC unroll 8
+        for (int v = 0; v < nv; v++) store4(out, &a->vec[v], vminq_f32(vmaxq_f32(acc[v], lo), hi));
+        return;
+    }
+    float* p = a->partial + (size_t)(rb->row + r) * a->pstride;
+#pragma GCC unroll 8
+    for (int v = 0; v < nv; v++) vst1q_f32(p + a->vec[v].in, acc[v]);
 }
 
 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb, const float* const* base,
                       const int nv)
 {
     float32x4_t acc[4][6];
-    const float* bias = a->bias + rb->row;
-    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        const float32x4_t b = vdupq_n_f32(bias[r]);
-#pragma GCC unroll 6
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load4(out + (size_t)r * a->plane, &a->vec[v]);
-    }
+    for (int r = 0; r < 4; r++) start_row(a, rb, r, nv, acc[r]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -61,24 +72,15 @@ MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb, const float*
             acc[3][v] = vfmaq_laneq_f32(acc[3][v], x, w, 3);
         }
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const float32x4_t lo = vdupq_n_f32(last ? a->act_min : -INFINITY);
-    const float32x4_t hi = vdupq_n_f32(last ? a->act_max : INFINITY);
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-#pragma GCC unroll 6
-        for (int v = 0; v < nv; v++)
-            store4(out + (size_t)r * a->plane, &a->vec[v], vminq_f32(vmaxq_f32(acc[r][v], lo), hi));
+    for (int r = 0; r < 4; r++) end_row(a, rb, r, nv, acc[r]);
 }
 
 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb, const float* const* base,
                       const int nv)
 {
     float32x4_t acc[MP_MAX_NV];
-    const float32x4_t b = vdupq_n_f32(a->bias[rb->row]);
-    float* out = a->output + (size_t)rb->row * a->plane;
-#pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load4(out, &a->vec[v]);
+    start_row(a, rb, 0, nv, acc);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -87,11 +89,7 @@ MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb, const float*
 #pragma GCC unroll 8
         for (int v = 0; v < nv; v++) acc[v] = vfmaq_n_f32(acc[v], vld1q_f32(base[v] + o), w);
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const float32x4_t lo = vdupq_n_f32(last ? a->act_min : -INFINITY);
-    const float32x4_t hi = vdupq_n_f32(last ? a->act_max : INFINITY);
-#pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) store4(out, &a->vec[v], vminq_f32(vmaxq_f32(acc[v], lo), hi));
+    end_row(a, rb, 0, nv, acc);
 }
 
 MP_INLINE void run(const mp_spconv_args* a, const int nv)

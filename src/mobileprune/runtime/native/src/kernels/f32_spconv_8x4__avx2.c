@@ -7,7 +7,6 @@
 
 #if MP_ARCH_X86_64
 #include <immintrin.h>
-#include <math.h>
 
 /* The activation is min(hi, max(lo, acc)), bounds first: x86 max / min return the second
  * operand when one is NaN, so a NaN sum stays NaN (as in torch). */
@@ -29,31 +28,43 @@ MP_TARGET_AVX2 MP_INLINE void store8(float* out, const mp_pixvec* pv, __m256 y)
     }
 }
 
-/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
-MP_TARGET_AVX2 MP_INLINE __m256 load8(const float* out, const mp_pixvec* pv)
+/* Row r of a block starts from its bias (first channel chunk) or its partial sums. */
+MP_TARGET_AVX2 MP_INLINE void start_row(const mp_spconv_args* a, const mp_rowblk* rb,
+                                        int r, int nv, __m256* acc)
 {
-    const float* o = out + pv->out;
-    if (pv->kind == MP_VEC_FULL) return _mm256_loadu_ps(o);
-    float t[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    int j = 0;
-    for (int l = 0; l < 8; l++)
-        if ((pv->mask >> l) & 1u) t[l] = o[j++];
-    return _mm256_loadu_ps(t);
+    if (rb->flags & MP_BLK_FIRST) {
+        const __m256 b = _mm256_set1_ps(a->bias[rb->row + r]);
+#pragma GCC unroll 12
+        for (int v = 0; v < nv; v++) acc[v] = b;
+        return;
+    }
+    const float* p = a->partial + (size_t)(rb->row + r) * a->pstride;
+#pragma GCC unroll 12
+    for (int v = 0; v < nv; v++) acc[v] = _mm256_loadu_ps(p + a->vec[v].in);
+}
+
+/* Row r ends with the activation in the output (last chunk) or in its partial sums. */
+MP_TARGET_AVX2 MP_INLINE void end_row(const mp_spconv_args* a, const mp_rowblk* rb,
+                                      int r, int nv, const __m256* acc)
+{
+    if (rb->flags & MP_BLK_LAST) {
+        const __m256 lo = _mm256_set1_ps(a->act_min), hi = _mm256_set1_ps(a->act_max);
+        float* out = a->output + (size_t)(rb->row + r) * a->plane;
+#pragma GCC unroll 12
+        for (int v = 0; v < nv; v++) store8(out, &a->vec[v], _mm256_min_ps(hi, _mm256_max_ps(lo, acc[v])));
+        return;
+    }
+    float* p = a->partial + (size_t)(rb->row + r) * a->pstride;
+#pragma GCC unroll 12
+    for (int v = 0; v < nv; v++) _mm256_storeu_ps(p + a->vec[v].in, acc[v]);
 }
 
 MP_TARGET_AVX2 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* rb,
                                     const float* const* base, const int nv)
 {
     __m256 acc[4][3];
-    const float* bias = a->bias + rb->row;
-    float* out = a->output + (size_t)rb->row * a->plane;
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++) {
-        const __m256 b = _mm256_set1_ps(bias[r]);
-#pragma GCC unroll 3
-        for (int v = 0; v < nv; v++)
-            acc[r][v] = (rb->flags & MP_BLK_FIRST) ? b : load8(out + (size_t)r * a->plane, &a->vec[v]);
-    }
+    for (int r = 0; r < 4; r++) start_row(a, rb, r, nv, acc[r]);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -68,25 +79,15 @@ MP_TARGET_AVX2 MP_INLINE void block4(const mp_spconv_args* a, const mp_rowblk* r
             for (int v = 0; v < nv; v++) acc[r][v] = _mm256_fmadd_ps(w, x[v], acc[r][v]);
         }
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m256 lo = _mm256_set1_ps(last ? a->act_min : -INFINITY);
-    const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
 #pragma GCC unroll 4
-    for (int r = 0; r < 4; r++)
-#pragma GCC unroll 3
-        for (int v = 0; v < nv; v++)
-            store8(out + (size_t)r * a->plane, &a->vec[v],
-                   _mm256_min_ps(hi, _mm256_max_ps(lo, acc[r][v])));
+    for (int r = 0; r < 4; r++) end_row(a, rb, r, nv, acc[r]);
 }
 
 MP_TARGET_AVX2 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* rb,
                                     const float* const* base, const int nv)
 {
     __m256 acc[MP_MAX_NV];
-    const __m256 b = _mm256_set1_ps(a->bias[rb->row]);
-    float* out = a->output + (size_t)rb->row * a->plane;
-#pragma GCC unroll 8
-    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load8(out, &a->vec[v]);
+    start_row(a, rb, 0, nv, acc);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -96,12 +97,7 @@ MP_TARGET_AVX2 MP_INLINE void block1(const mp_spconv_args* a, const mp_rowblk* r
         for (int v = 0; v < nv; v++)
             acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(base[v] + o), acc[v]);
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m256 lo = _mm256_set1_ps(last ? a->act_min : -INFINITY);
-    const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
-#pragma GCC unroll 8
-    for (int v = 0; v < nv; v++)
-        store8(out, &a->vec[v], _mm256_min_ps(hi, _mm256_max_ps(lo, acc[v])));
+    end_row(a, rb, 0, nv, acc);
 }
 
 MP_TARGET_AVX2 MP_INLINE void run(const mp_spconv_args* a, const int nv)
@@ -123,10 +119,7 @@ MP_TARGET_AVX2 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* 
                                      const float* base, const int nv)
 {
     __m256 acc[12];
-    const __m256 b = _mm256_set1_ps(a->bias[rb->row]);
-    float* out = a->output + (size_t)rb->row * a->plane;
-#pragma GCC unroll 12
-    for (int v = 0; v < nv; v++) acc[v] = (rb->flags & MP_BLK_FIRST) ? b : load8(out, &a->vec[v]);
+    start_row(a, rb, 0, nv, acc);
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
     for (int32_t k = 0; k < rb->count; k++) {
@@ -135,12 +128,7 @@ MP_TARGET_AVX2 MP_INLINE void block1c(const mp_spconv_args* a, const mp_rowblk* 
 #pragma GCC unroll 12
         for (int v = 0; v < nv; v++) acc[v] = _mm256_fmadd_ps(w, _mm256_loadu_ps(p + 8 * v), acc[v]);
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
-    const __m256 lo = _mm256_set1_ps(last ? a->act_min : -INFINITY);
-    const __m256 hi = _mm256_set1_ps(last ? a->act_max : INFINITY);
-#pragma GCC unroll 12
-    for (int v = 0; v < nv; v++)
-        store8(out, &a->vec[v], _mm256_min_ps(hi, _mm256_max_ps(lo, acc[v])));
+    end_row(a, rb, 0, nv, acc);
 }
 
 MP_TARGET_AVX2 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)

@@ -17,27 +17,20 @@ static void store_vec(float* out, const mp_pixvec* pv, const float* acc)
         if ((pv->mask >> l) & 1u) o[j++] = acc[l];
 }
 
-/* Partial sums of a vector back from the output (blocks after the first channel chunk). */
-static void load_vec(const float* out, const mp_pixvec* pv, float* acc)
-{
-    const float* o = out + pv->out;
-    int j = 0;
-    for (int l = 0; l < LANES; l++) acc[l] = ((pv->mask >> l) & 1u) ? o[j++] : 0.0f;
-}
-
 static void run_block(const mp_spconv_args* a, const mp_rowblk* rb)
 {
     float acc[MP_MAX_MR][MP_MAX_NV][LANES];
     const int nv = (int)a->nv, mr = rb->mr;
     const float* bias = a->bias + rb->row;
-    float* out = a->output + (size_t)rb->row * a->plane;
+    const int first = (rb->flags & MP_BLK_FIRST) != 0, last = (rb->flags & MP_BLK_LAST) != 0;
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++) {
-            if (!(rb->flags & MP_BLK_FIRST)) {
-                load_vec(out + (size_t)r * a->plane, &a->vec[v], acc[r][v]);
+            if (first) {
+                for (int l = 0; l < LANES; l++) acc[r][v][l] = bias[r];
                 continue;
             }
-            for (int l = 0; l < LANES; l++) acc[r][v][l] = bias[r];
+            const float* p = a->partial + (size_t)(rb->row + r) * a->pstride + (size_t)a->vec[v].in;
+            for (int l = 0; l < LANES; l++) acc[r][v][l] = p[l];
         }
     const int32_t* off = a->off + rb->nz;
     const float* val = a->val + rb->val;
@@ -51,15 +44,19 @@ static void run_block(const mp_spconv_args* a, const mp_rowblk* rb)
             }
         }
     }
-    const int last = (rb->flags & MP_BLK_LAST) != 0;
     for (int r = 0; r < mr; r++)
         for (int v = 0; v < nv; v++) {
             float* t = acc[r][v];
-            for (int l = 0; l < LANES && last; l++) {
+            if (!last) { /* partial sums: whole vectors */
+                float* p = a->partial + (size_t)(rb->row + r) * a->pstride + (size_t)a->vec[v].in;
+                for (int l = 0; l < LANES; l++) p[l] = t[l];
+                continue;
+            }
+            for (int l = 0; l < LANES; l++) {
                 float y = t[l] < a->act_min ? a->act_min : t[l];
                 t[l] = y > a->act_max ? a->act_max : y;
             }
-            store_vec(out + (size_t)r * a->plane, &a->vec[v], t);
+            store_vec(a->output + (size_t)(rb->row + r) * a->plane, &a->vec[v], t);
         }
 }
 

@@ -72,7 +72,9 @@ typedef struct mp_pixvec {
  * offsets off[nz .. nz + count), values val[val .. val + mr * count) (mr per nonzero).
  * When the input channels are cut in chunks (so that the input a pixel block reads stays
  * in L1), a row has one block per chunk: the first starts from the bias, the others from
- * the partial sums in the output, and only the last applies the activation. */
+ * the partial sums, and only the last applies the activation and stores to the output.
+ * Partial sums are whole vectors in a scratch of their own (vector `pv` of row `r` at
+ * partial[r * pstride + pv.in]): no masked or scattered lanes between chunks. */
 enum { MP_BLK_FIRST = 1, MP_BLK_LAST = 2 };
 typedef struct mp_rowblk {
     int32_t row;
@@ -97,6 +99,8 @@ typedef struct mp_spconv_args {
     const float* val;
     const float* bias;        /* one per output row (zeros when the layer has none) */
     float act_min, act_max;
+    float* partial;           /* partial sums between channel chunks (NULL: one chunk) */
+    size_t pstride;           /* floats per output row in `partial` */
 } mp_spconv_args;
 
 typedef void (*mp_spconv_fn)(const mp_spconv_args* a);
@@ -136,9 +140,5 @@ mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint
                              mp_isa isa, mp_conv_op** out);
 mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
                                uint32_t flags, mp_isa isa, mp_linear_op** out);
-
-/* Seconds of CPU time of the calling thread (monotonic clock where that is missing), for
- * the timing run at create (cpu.c). */
-double mp_now_seconds(void);
 
 #endif /* MP_KERNELS_H */
