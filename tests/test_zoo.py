@@ -38,16 +38,12 @@ SLOW_STEP_MODELS: dict[str, tuple[str, ...]] = {
 _NO_COMPACT = "compact removed nothing"  # the ChannelFlow pass blocks attention heads and
 # recurrent hidden units with a recorded reason (their removal is not built): issue 19, item 3
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("tv_vit", "compact"): _NO_COMPACT,
-    ("timm_deit_tiny", "compact"): _NO_COMPACT,
     # torch.fx cannot trace their forward (an `if` on a tensor's shape): compact and
     # export_sparse have no torch.export fallback yet (issue 19, item 1)
     ("timm_mobilevit_xxs", "compact"): "cannot trace ByobNet",
     ("timm_mobilevit_xxs", "sparse"): "cannot trace ByobNet",
     ("timm_efficientvit_b0", "compact"): "cannot trace EfficientVit",
     ("timm_efficientvit_b0", "sparse"): "cannot trace EfficientVit",
-    ("lstm_classifier", "compact"): _NO_COMPACT,
-    ("gru_classifier", "compact"): _NO_COMPACT,
     ("transformer_classifier", "compact"): _NO_COMPACT,
 }
 

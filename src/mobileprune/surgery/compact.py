@@ -137,7 +137,7 @@ from torch import Tensor, fx, nn
 from mobileprune.errors import CompactionError, ConfigError, UnsupportedModelError
 from mobileprune.graph import trace
 from mobileprune.graph.passes.channels import ChannelFlow, Decision, Layer, positions
-from mobileprune.graph.registry import args_of, handler, op_of
+from mobileprune.graph.registry import args_of, handler, module_handler, op_of
 from mobileprune.graph.trace import Traced, as_args, flat_tensors, random_like
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
@@ -241,13 +241,22 @@ def _kept_zero(flow: ChannelFlow, dec: Decision) -> list[KeptUnits]:
             why = refused.get(node, "the layer is not resized")
             units = {why: zero.nonzero().flatten().tolist()} if bool(zero.any()) else {}
         else:
-            kept = lay.zero_row & ~flow.removed_pos(dec, node)
-            roots = dec.root[flow.slots[node]]
-            units: dict[str, list[int]] = {}
-            for u in kept.nonzero().flatten().tolist():
-                units.setdefault(dec.why.get(int(roots[u]), "kept"), []).append(u)
+            units = _kept_units(flow, dec, lay)
         out += [KeptUnits(name, us, why) for why, us in units.items()]
+    for lay in flow.layers:
+        if lay.kind in ("rnn", "heads"):
+            out += [KeptUnits(lay.name, us, why) for why, us in _kept_units(flow, dec, lay).items()]
     return out
+
+
+def _kept_units(flow: ChannelFlow, dec: Decision, lay: Layer) -> dict[str, list[int]]:
+    """``{why: [units]}``: the zero output units of ``lay`` (``lay.zero_row``) that stay."""
+    kept = lay.zero_row & ~flow.removed_out(dec, lay)
+    roots = dec.root[flow.out_ids(lay)]
+    units: dict[str, list[int]] = {}
+    for u in kept.nonzero().flatten().tolist():
+        units.setdefault(dec.why.get(int(roots[u]), "kept"), []).append(u)
+    return units
 
 
 def _macs(flow: ChannelFlow, pos: dict[fx.Node, int]) -> int:
@@ -261,9 +270,11 @@ def _record(t: Traced, flow: ChannelFlow, dec: Decision) -> tuple[CompactionReco
     rec = CompactionRecord(kept_zero=_kept_zero(flow, dec))
     rec.params_before = rec.params_after = sum(p.numel() for p in t.work.parameters())
     rec.macs_before = rec.macs_after = _macs(flow, pos)
-    for lay in _producers(flow):
-        n_out = int(flow.removed_pos(dec, lay.node).sum())
-        n_in = int(flow.removed_pos(dec, lay.inp).sum())
+    for lay in flow.layers:
+        if lay.kind not in ("conv", "linear", "rnn", "heads"):
+            continue
+        n_out = int(flow.removed_out(dec, lay).sum())
+        n_in = int(flow.removed_in(dec, lay).sum())
         if n_out or n_in:
             rec.removed[lay.name] = {"out": n_out, "in": n_in}
     return rec, pos
@@ -286,17 +297,20 @@ def _rebuild(flow: ChannelFlow, dec: Decision) -> list[tuple[str, str, list[int]
     the biases); returns the history ``[(layer, "out" | "in", kept indices)]``."""
     history = []
     for lay in flow.layers:
-        rem_in, rem_out = flow.removed_pos(dec, lay.inp), flow.removed_pos(dec, lay.node)
+        if lay.kind == "reader":
+            continue
+        rem_in, rem_out = flow.removed_in(dec, lay), flow.removed_out(dec, lay)
         if not bool(rem_in.any()) and not bool(rem_out.any()):
             continue
         keep_in, keep_out = (~rem_in).nonzero().flatten(), (~rem_out).nonzero().flatten()
         shift = flow.fold(lay, keep_out, rem_in.nonzero().flatten()) \
             if lay.kind in ("conv", "linear") else None
-        handler(lay.node).resize(lay.module, keep_in, keep_out, shift)
+        (module_handler(lay.module) or handler(lay.node)).resize(lay.module, keep_in, keep_out,
+                                                                 shift)
         _mirror(flow.gm, lay)
         if bool(rem_out.any()):
             history.append((lay.name, "out", keep_out.tolist()))
-        if lay.kind in ("conv", "linear") and bool(rem_in.any()):
+        if lay.kind in ("conv", "linear", "rnn") and bool(rem_in.any()):
             history.append((lay.name, "in", keep_in.tolist()))
     return history
 
@@ -477,9 +491,9 @@ def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Ten
     root = flow.roots()
     raw: dict[str, dict[str, Tensor]] = {}
     for lay in flow.layers:
-        if lay.name not in raw:
-            raw[lay.name] = {"filter": root[flow.slots[lay.node]],
-                             "channel": root[flow.slots[lay.inp]]}
+        if lay.name not in raw and lay.kind in ("conv", "linear", "dw", "norm"):
+            raw[lay.name] = {"filter": root[flow.out_ids(lay)],
+                             "channel": root[flow.in_ids(lay)]}
     if not raw:
         return {}
     flat = torch.cat([t for d in raw.values() for t in d.values()])
@@ -498,10 +512,10 @@ def _dead_mask(flow: ChannelFlow, dec: Decision, lay: Layer, w: Tensor,
                cols: Tensor | None = None) -> Tensor:
     """Bool like ``w``: the weights of removed rows, and of the columns ``cols`` (default:
     a producer's removed inputs)."""
-    rows = flow.removed_pos(dec, lay.node)
+    rows = flow.removed_out(dec, lay)
     dead = rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
     if cols is None and lay.kind in ("conv", "linear"):
-        cols = flow.removed_pos(dec, lay.inp)
+        cols = flow.removed_in(dec, lay)
     if cols is not None:
         dead |= cols.view(1, -1, *([1] * (w.dim() - 2))).expand(w.shape)
     return dead
@@ -522,7 +536,7 @@ def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
     dec = flow.decide()
     result: dict[str, Tensor] = {}
     for lay in flow.layers:
-        if lay.kind == "norm":
+        if lay.kind not in ("conv", "linear", "dw"):
             continue
         w = lay.module.weight.detach()
         dead = _dead_mask(flow, dec, lay, w)
@@ -539,7 +553,7 @@ def _foldable_inputs(flow: ChannelFlow, lay: Layer, m: nn.Module, keep_rows: Ten
     a nonzero constant read by a kept row would need one, so it stays."""
     if m.bias is not None or not removed_in.numel():
         return removed_in
-    c = flow.const[lay.inp][removed_in]
+    c = flow.in_const(lay)[removed_in]
     kept = m.weight.detach().index_select(0, keep_rows).cpu()
     used = (kept.reshape(kept.shape[0], kept.shape[1], -1) != 0).any(2).any(0)
     return removed_in[~(torch.isfinite(c) & (c != 0) & used[removed_in])]
@@ -579,9 +593,9 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
     for lay in _producers(flow):
         m = model.get_submodule(lay.name)
         w = m.weight
-        keep_rows = (~flow.removed_pos(dec, lay.node)).nonzero().flatten()
+        keep_rows = (~flow.removed_out(dec, lay)).nonzero().flatten()
         removed_in = _foldable_inputs(flow, lay, m, keep_rows.to(w.device),
-                                      flow.removed_pos(dec, lay.inp).nonzero().flatten())
+                                      flow.removed_in(dec, lay).nonzero().flatten())
         fold = flow.fold(lay, keep_rows, removed_in)
         cols = torch.zeros(w.shape[1], dtype=torch.bool)
         cols[removed_in] = True

@@ -97,17 +97,26 @@ def zero_padding(padding: Any) -> bool:
 class Layer:
     """A call site compaction resizes: ``kind`` ``"conv"`` / ``"linear"`` (producers:
     rows and columns), ``"dw"`` (depthwise conv: rows follow its input channels) or
-    ``"norm"`` (per-channel parameters). ``module`` is the module holding the tensors,
-    ``name`` its qualified name; ``zero`` the ``(out, in)`` all-zero kernel map."""
+    ``"norm"`` (per-channel parameters), ``"rnn"`` / ``"heads"`` (hidden units of a
+    recurrent layer, heads of an attention layer: resized by their handler) or
+    ``"reader"`` (weights that read slots and decide with the others, resized as part of
+    another layer). ``module`` is the module holding the tensors, ``name`` its qualified
+    name; ``zero`` the ``(rows, in)`` all-zero kernel map, ``zero_row`` the all-zero
+    rows (output units). ``in_ids`` / ``in_const`` are the slots and constants of its
+    input columns (default: those of ``inp``), ``out_ids`` the slot of each row
+    (default: those of ``node``; a recurrent layer's gate rows repeat its unit slots)."""
 
     node: fx.Node
     name: str
     module: nn.Module
     kind: str
-    inp: fx.Node
+    inp: fx.Node | None
     zero: Tensor | None = None
     zero_row: Tensor | None = None
     no_pad: bool = True
+    in_ids: Tensor | None = None
+    in_const: Tensor | None = None
+    out_ids: Tensor | None = None
 
 
 @dataclass
@@ -152,6 +161,8 @@ class ChannelFlow:
         self.atol = atol
         self.parent: list[int] = []
         self.slots: dict[fx.Node, Tensor] = {}
+        self.axis: dict[fx.Node, int] = {}  # the dim its slots index, when not 1
+        self.groups: list[tuple[Tensor, str]] = []  # internal units: at least one stays
         self.const: dict[fx.Node, Tensor] = {}
         self.pieces: dict[fx.Node, list[tuple[Tensor, Tensor]]] = {}
         self.blocks: list[Block] = []
@@ -180,7 +191,7 @@ class ChannelFlow:
             self.block_inputs(node, "output", "reaches the model output (its size never "
                                               "changes)")
         else:
-            why = self._aliased(node) or handler(node).channels(node, self)
+            why = self._aliased(node) or self._axes(node) or handler(node).channels(node, self)
             if why is not None:
                 self.refuse(node, why)
             elif node not in self.slots and node not in self.pieces:
@@ -196,6 +207,17 @@ class ChannelFlow:
         self.slots.pop(node, None)
         self.pieces.pop(node, None)
         self.fresh(node, "unknown_out", text)
+
+    def _axes(self, node: fx.Node) -> str | None:
+        """Why ``node``'s handler cannot take its inputs: one carries its channels on an
+        axis other than 1 (features last) and the handler only knows dim 1."""
+        if handler(node).any_axis:
+            return None
+        for n in nodes_in(node.args, node.kwargs):
+            if n in self.slots and self.axis_of(n) != 1:
+                return (f"its input {n.name!r} carries its features on axis "
+                        f"{self.axis_of(n)} (this op is only understood with channels on dim 1)")
+        return None
 
     def _aliased(self, node: fx.Node) -> str | None:
         a = args_of(node)
@@ -240,9 +262,14 @@ class ChannelFlow:
         tm = tensor_meta(node)
         return tm.dtype if tm is not None else torch.float32
 
+    def axis_of(self, node: fx.Node) -> int:
+        """The dim of ``node``'s tensor that its slots index (1 unless a handler said)."""
+        return self.axis.get(node, 1)
+
     def fresh(self, node: fx.Node, kind: str | None, why: str = "") -> None:
-        """New slots for ``node``'s channels (blocked unless ``kind`` is None)."""
+        """New slots for ``node``'s channels (dim 1; blocked unless ``kind`` is None)."""
         shape = shape_of(node)
+        self.axis.pop(node, None)
         if shape is None or len(shape) < 2:
             return
         self.slots[node] = self.new(shape[1])
@@ -257,14 +284,26 @@ class ChannelFlow:
             for s, _ in self.pieces.get(n, ()):
                 self.blocks.append(Block(s, kind, node, why))
 
-    def same(self, node: fx.Node, inp: fx.Node, const: Tensor) -> str | None:
-        """``node`` keeps the channel positions of ``inp`` (a per-channel op)."""
+    def same(self, node: fx.Node, inp: fx.Node, const: Tensor, axis: int | None = None
+             ) -> str | None:
+        """``node`` keeps the channel positions of ``inp`` (a per-channel op), on the
+        same axis, or on ``axis`` (an index that removes dims before it)."""
         si, so = shape_of(inp), shape_of(node)
-        if so is None or si is None or len(so) < 2 or so[:2] != si[:2]:
+        ai = self.axis_of(inp)
+        ao = ai if axis is None else axis
+        if so is None or si is None or len(so) <= ao or so[0] != si[0] or so[ao] != si[ai] \
+                or (ao == ai and ai != 1 and len(so) != len(si)):
             return f"output shape {so} does not keep the channels of input shape {si}"
         self.slots[node] = self.slots[inp]
         self.const[node] = const
+        self.set_axis(node, ao)
         return None
+
+    def set_axis(self, node: fx.Node, axis: int) -> None:
+        if axis == 1:
+            self.axis.pop(node, None)
+        else:
+            self.axis[node] = axis
 
     def _unfit(self, node: fx.Node, inp: Any, others: tuple) -> str | None:
         """Why ``node`` cannot keep ``inp``'s slots as a per-channel op (None: it can, or
@@ -302,11 +341,35 @@ class ChannelFlow:
         self.const[node] = self.const[inp].repeat_interleave(factor)
         return None
 
-    def produce(self, layer: Layer, const: Tensor) -> None:
-        """A producer's output units: new slots carrying ``const``."""
+    def produce(self, layer: Layer, const: Tensor, axis: int = 1) -> None:
+        """A producer's output units: new slots carrying ``const`` (on dim ``axis`` of
+        its output)."""
         self.layers.append(layer)
         self.slots[layer.node] = self.new(layer.zero_row.numel())
         self.const[layer.node] = const
+        self.set_axis(layer.node, axis)
+
+    def block(self, ids: Tensor, node: fx.Node, why: str) -> None:
+        """Keep the slots ``ids`` (kind ``unknown_in``, reason ``why``)."""
+        self.blocks.append(Block(ids, "unknown_in", node, why))
+
+    def blocked(self, n: int, node: fx.Node, why: str) -> Tensor:
+        """``n`` new slots, blocked with the reason ``why``."""
+        ids = self.new(n)
+        self.block(ids, node, why)
+        return ids
+
+    def in_ids(self, lay: Layer) -> Tensor:
+        """The slot of each input column of ``lay``."""
+        return self.slots[lay.inp] if lay.in_ids is None else lay.in_ids
+
+    def in_const(self, lay: Layer) -> Tensor:
+        """The constant of each input column of ``lay`` (NaN: not constant)."""
+        return self.const[lay.inp] if lay.in_const is None else lay.in_const
+
+    def out_ids(self, lay: Layer) -> Tensor:
+        """The slot of each output row of ``lay``."""
+        return self.slots[lay.node] if lay.out_ids is None else lay.out_ids
 
     def frozen(self, name: str, m: nn.Module) -> str | None:
         """Why layer ``name`` must not be resized (None: it may)."""
@@ -378,32 +441,42 @@ class ChannelFlow:
         blocked = torch.zeros(len(self.parent), dtype=torch.bool)
         blocked[list(why)] = True
         for lay in self.layers:
-            if lay.kind not in ("conv", "linear"):
+            if lay.kind not in ("conv", "linear", "reader"):
                 continue
             zero = lay.zero
             if removed is not None:  # only the rows that survive matter
-                zero = zero[~removed[root[self.slots[lay.node]]]]
-            c = self.const[lay.inp]
+                zero = zero[~removed[root[self.out_ids(lay)]]]
+            c = self.in_const(lay)
             ok = torch.isfinite(c) if lay.no_pad else c == 0
             pos = ~(zero.all(0) | ok)
-            blocked[root[self.slots[lay.inp][pos]]] = True
-            for r, v in zip(root[self.slots[lay.inp][pos]].tolist(), c[pos].tolist()):
+            ids = root[self.in_ids(lay)[pos]]
+            blocked[ids] = True
+            for r, v in zip(ids.tolist(), c[pos].tolist()):
                 why.setdefault(r, f"layer {lay.name!r} reads it with nonzero weights and its "
                                + (f"constant {v:.4g} cannot fold through zero padding"
                                   if math.isfinite(v) else "values are not a constant"))
         return blocked
 
     def _keep_one(self, removed: Tensor, root: Tensor, why: dict[int, str]) -> None:
-        for node, s in self.slots.items():
+        sets = [(s, node) for node, s in self.slots.items()] + self.groups
+        for s, label in sets:
             r = root[s]
             if s.numel() and bool(removed[r].all()):
                 removed[r[0]] = False
-                why.setdefault(int(r[0]), f"the last channel of {describe(node)} (no "
-                                          f"zero-width layers)")
+                label = label if isinstance(label, str) else f"the last channel of {describe(label)}"
+                why.setdefault(int(r[0]), f"{label} (no zero-width layers)")
 
     def removed_pos(self, dec: Decision, node: fx.Node) -> Tensor:
         """Bool per channel position of ``node``: removed."""
         return dec.removed_root[dec.root[self.slots[node]]]
+
+    def removed_in(self, dec: Decision, lay: Layer) -> Tensor:
+        """Bool per input column of ``lay``: removed."""
+        return dec.removed_root[dec.root[self.in_ids(lay)]]
+
+    def removed_out(self, dec: Decision, lay: Layer) -> Tensor:
+        """Bool per output row of ``lay``: removed."""
+        return dec.removed_root[dec.root[self.out_ids(lay)]]
 
     def fold(self, lay: Layer, rows: Tensor, removed_in: Tensor) -> Tensor:
         """Bias increment (float64, per row of ``rows``) of a Conv / Linear whose inputs
@@ -412,7 +485,7 @@ class ChannelFlow:
         fold = torch.zeros(rows.numel(), dtype=torch.float64)
         if not removed_in.numel():
             return fold
-        c = self.const[lay.inp][removed_in]
+        c = self.in_const(lay)[removed_in]
         use = torch.isfinite(c)
         w = lay.module.weight.detach()
         w64 = w.index_select(0, rows.to(w.device)).to("cpu", torch.float64)
