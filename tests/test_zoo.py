@@ -35,8 +35,6 @@ SLOW_STEP_MODELS: dict[str, tuple[str, ...]] = {
 
 #: ``{(model, step): fragment of the reason}``: cases that fail on main today, each with
 #: why (the library's message). Remove an entry when its case passes (XPASS fails).
-_NO_COMPACT = "compact removed nothing"  # the ChannelFlow pass blocks attention heads and
-# recurrent hidden units with a recorded reason (their removal is not built): issue 19, item 3
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
     # torch.fx cannot trace their forward (an `if` on a tensor's shape): compact and
     # export_sparse have no torch.export fallback yet (issue 19, item 1)
@@ -44,7 +42,6 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("timm_mobilevit_xxs", "sparse"): "cannot trace ByobNet",
     ("timm_efficientvit_b0", "compact"): "cannot trace EfficientVit",
     ("timm_efficientvit_b0", "sparse"): "cannot trace EfficientVit",
-    ("transformer_classifier", "compact"): _NO_COMPACT,
 }
 
 

@@ -378,7 +378,7 @@ class ChannelFlow:
         if any(t == name or t.startswith(name + ".") for t in self.attrs):
             return f"the parameters of {name!r} are also read directly"
         from torch.nn.utils import parametrize
-        if parametrize.is_parametrized(m) or hasattr(m, "weight_orig"):
+        if any(parametrize.is_parametrized(x) or hasattr(x, "weight_orig") for x in m.modules()):
             return f"module {name!r} is parametrised (pruning reparametrisation)"
         return None
 
