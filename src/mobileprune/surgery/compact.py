@@ -37,8 +37,9 @@ ChannelFlow` pass asks each op's handler (:mod:`mobileprune.graph.ops`) how chan
 constants flow through it; layers are resized by their handler's ``resize`` (model in
 **eval mode**: BatchNorm
 uses its running statistics, Dropout is the identity; equivalence is guaranteed in eval
-mode). Every tensor of shape ``(N, C, ...)`` has a *channel dimension* (dim 1); every
-position of it carries a *slot*. Slots are tied together with a union-find: an elementwise
+mode). Every tensor of shape ``(N, C, ...)`` has a *channel dimension* (dim 1, or the last
+axis of the tokens a Linear makes from ``(N, L, E)``); every position of it carries a
+*slot*. Slots are tied together with a union-find: an elementwise
 or per-channel op (activation, BatchNorm, pooling, Dropout, Identity, ``contiguous``...)
 keeps its input's slots; a residual ``add``/``sub``/``mul`` of two tensors **couples** the
 channels of its inputs (channel ``c`` of every operand is one slot, so it is removed only
@@ -46,7 +47,17 @@ if it is removable in every branch); ``torch.cat`` along dim 1 concatenates the 
 spaces; ``flatten`` / ``view(N, -1)`` maps channel ``c`` of ``(C, H, W)`` to its ``H*W``
 consecutive features; a depthwise conv (``groups == in_channels``) couples input channel
 ``c`` with its output channels ``c*m .. c*m+m-1`` (they are removed together). Conv
-(``groups == 1``) and Linear layers are *producers*: their output positions are new slots.
+(``groups == 1``) and Linear layers (on any rank: a transformer's MLP hidden units) are
+*producers*: their output positions are new slots. Inside leaf modules: an LSTM / GRU /
+RNN hidden unit is one slot for every layer and direction (the module has one
+``hidden_size``), removed when in each of them it is dead (all its gate rows zero and the
+zero state a fixed point: output exactly 0) or not read; a ``MultiheadAttention`` head
+(also inside ``nn.TransformerEncoder`` / ``EncoderLayer``) is removed when its value
+rows are zero (its output is the value bias, folded into ``out_proj``) or ``out_proj``'s
+columns of it are zero (the module becomes a
+:class:`~mobileprune.graph.ops.attention.PrunedMultiheadAttention`); a transformer
+layer's feed-forward units as any Linear's. The embedding width of attention and
+transformer modules is kept.
 
 Every position also carries a *constant*: the value it has at every sample and spatial
 position, when it is one, found by constant propagation. A producer's output unit whose
@@ -78,9 +89,11 @@ A slot is **removed** when, at every place it is used, dropping it is exact:
 * never when it reaches a graph output (the model's output size never changes), a graph
   input (the input signature never changes), a ``get_attr`` tensor, or any op that is not
   recognised (transpose of the channels, softmax over channels, LayerNorm over the
-  channels, GroupNorm over groups of channels, ConvTranspose, attention, LSTM / GRU,
-  a read of the channel count ``x.size(1)`` (e.g. a channel shuffle),
-  grouped conv with ``groups`` not in ``{1, in_channels}``, Linear on a 3-D input, a layer
+  channels, GroupNorm over groups of channels, ConvTranspose, the embedding width of an
+  attention / transformer module, the final state ``h_n`` of an LSTM / GRU read by the
+  model, a read of the channel count ``x.size(1)`` (e.g. a channel shuffle),
+  grouped conv with ``groups`` not in ``{1, in_channels}``, a Linear over the last axis
+  of a tensor whose channels are traced on another axis, a layer
   called at several places, a view that is not a flatten, an in-place op on a tensor that
   has other users, ...): all channels of that op's inputs are kept intact, so its inputs and
   outputs are bit-for-bit what they were (conservative, never a wrong model); the op, the

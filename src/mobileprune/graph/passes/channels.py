@@ -2,13 +2,18 @@
 each channel carries (``compact``, ``dead_units`` / ``fold_dead_weights``, ADMM coupling).
 
 Every tensor of shape ``(N, C, ...)`` of the canonical graph
-(:func:`mobileprune.graph.trace`) has a *channel dimension* (dim 1); each position of it
-carries a *slot*, and slots are tied together with a union-find: they are removed only
-all together. The pass is one loop over the nodes: inputs, ``get_attr`` tensors and the
+(:func:`mobileprune.graph.trace`) has a *channel dimension*, dim 1 unless a handler puts
+it elsewhere (``flow.axis``: a Linear on ``(N, L, E)`` tokens makes its units the last
+axis; elementwise ops, residual adds and indexing keep or move it; a handler that does not
+declare ``any_axis`` is refused such inputs); each position of it carries a *slot*, and
+slots are tied together with a union-find: they are removed only all together. The pass is one loop over the nodes: inputs, ``get_attr`` tensors and the
 output *block* their slots (never removed); every other node goes to its handler's
 ``channels(node, flow)`` (:mod:`mobileprune.graph.ops`), which keeps its input's slots
 (per-channel ops), couples inputs (residual ``add``, ``mul``), concatenates them
-(``cat``), maps them (flatten), or makes new ones (a Conv / Linear *producer*), and maps
+(``cat``), maps them (flatten), or makes new ones (a Conv / Linear *producer*; the
+internal units of a leaf module -- LSTM / GRU hidden units, attention heads, a
+transformer layer's feed-forward units -- as layers whose rows and columns carry their
+own slots, ``Layer.in_ids`` / ``out_ids``), and maps
 the *constants* (``flow.const``: the value a channel has at every sample and position,
 NaN when it is not constant). A handler returns ``None`` when it handled the node, else
 the reason it cannot: the node's input channels are then blocked, the reason recorded
@@ -16,9 +21,10 @@ the reason it cannot: the node's input channels are then blocked, the reason rec
 
 :meth:`ChannelFlow.decide` then removes a slot when, at every Conv / Linear consumer,
 its weights are zero among the kept output units or its constant folds into the
-consumer's bias (exact for Linear and unpadded convs; only ``0`` through zero padding);
-removing output units frees more input columns, so it iterates to a fixed point. At
-least one channel of every tensor is kept.
+consumer's bias (exact for Linear and unpadded convs; only ``0`` through zero padding and
+into recurrent weights); removing output units frees more input columns, so it iterates
+to a fixed point. At least one channel of every tensor (one unit of every recurrent
+layer, one head of every attention) is kept.
 """
 
 from __future__ import annotations
