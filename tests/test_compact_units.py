@@ -259,3 +259,34 @@ def test_recurrent_final_state_read_keeps_units() -> None:
         small, rec = compact(model, x, return_record=True)
     assert small.rnn.hidden_size == 8 and caught
     assert "element 1" in reasons(rec, "rnn")
+
+
+class WithState(nn.Module):
+    """An LSTM given an initial state and an attention with ``add_bias_kv``: neither's
+    units can be removed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn = nn.LSTM(6, 8, batch_first=True)
+        self.attn = nn.MultiheadAttention(8, 2, add_bias_kv=True, batch_first=True)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h0 = (torch.ones(1, x.shape[0], 8), torch.ones(1, x.shape[0], 8))
+        y, _ = self.rnn(x, h0)
+        return self.fc(self.attn(y, y, y)[0][:, -1])
+
+
+@torch.no_grad()
+def test_units_of_refused_modules_are_listed() -> None:
+    torch.manual_seed(7)
+    model = WithState().eval()
+    _zero_units(model.rnn, [4], layers=(0,))
+    _zero_rows(model.attn, "qkv bias", 1)
+    x = torch.randn(2, 5, 6)
+    with pytest.warns(UserWarning, match="cannot be removed"):
+        small, rec = compact(model, x, return_record=True)
+    assert small.rnn.hidden_size == 8 and small.attn.num_heads == 2
+    kept = {k.layer: k for k in rec.kept_zero}
+    assert kept["rnn"].units == [4] and "initial state hx" in kept["rnn"].reason
+    assert kept["attn"].units == [4, 5, 6, 7] and "add_bias_kv" in kept["attn"].reason

@@ -200,6 +200,13 @@ def _heads_unfit(m: nn.MultiheadAttention) -> str | None:
     return None
 
 
+def _zero_dims(flow, m: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool per inner dim: (its q and k rows, or its v rows, are zero; its v rows are
+    zero): the zero units the record lists, and the dims whose output is constant."""
+    zq, zk, zv = (flow.zero(w).all(1) for w in qkv(m)[0])
+    return (zq & zk) | zv, zv
+
+
 def attention_units(node: fx.Node, flow, m: nn.MultiheadAttention, name: str) -> None:
     """Register the heads of ``m`` (qualified ``name``, run by ``node``) with ``flow``
     (module doc): one slot per inner dim, the dims of a head tied (a head goes whole),
@@ -211,9 +218,9 @@ def attention_units(node: fx.Node, flow, m: nn.MultiheadAttention, name: str) ->
     dims = flow.new(n)
     flow.union(dims[::d].repeat_interleave(d), dims)
     flow.groups.append((dims, f"the last head of {name!r}"))
-    zq, zk, zv = (flow.zero(w).all(1) for w in ws)
+    zero, zv = _zero_dims(flow, m)
     empty = torch.zeros(0, dtype=torch.long)
-    flow.layers.append(Layer(node, name, m, "heads", None, zero_row=(zq & zk) | zv,
+    flow.layers.append(Layer(node, name, m, "heads", None, zero_row=zero,
                              in_ids=empty, in_const=nan(0), out_ids=dims))
     bv = torch.zeros(n, dtype=torch.float64) if bs[2] is None \
         else bs[2].detach().to("cpu", torch.float64)
@@ -275,6 +282,7 @@ class MultiheadAttention(OpHandler):
         m, name = a["module"], a["module_name"]
         why = flow.frozen(name, m) or _batched(flow, a["query"]) or _heads_unfit(m)
         if why is not None:
+            flow.report_units(node, name, m, "heads", _zero_dims(flow, m)[0], why)
             return why
         attention_units(node, flow, m, name)
         _outputs_kept(node, flow, m.out_proj.out_features, name, True)

@@ -59,6 +59,13 @@ def _step_from_zero(m: nn.RNNBase, layer: int, sfx: str) -> tuple[Tensor, Tensor
     return h.cpu(), c.cpu()
 
 
+def _silent(flow, m: nn.RNNBase, layer: int, sfx: str) -> Tensor:
+    """Bool per hidden unit: every gate row of layer ``layer`` (direction ``sfx``) in
+    ``weight_ih`` and ``weight_hh`` is zero."""
+    z = [flow.zero(getattr(m, f"weight_{t}_l{layer}{sfx}")).all(1) for t in ("ih", "hh")]
+    return (z[0] & z[1]).reshape(_GATES[m.mode], m.hidden_size).all(0)
+
+
 def _unit_rows(units: Tensor, gates: int, hidden: int) -> Tensor:
     """The gate rows ``u + g * hidden`` of units ``units``, gate block by gate block."""
     return torch.cat([units + g * hidden for g in range(gates)])
@@ -109,10 +116,14 @@ class Recurrent(OpHandler):
         and one ``"reader"`` per ``weight_ih`` / ``weight_hh``; the output tensor (the
         first element of the result) carries the last layer's units on its last axis."""
         why = self._unfit(node, flow)
-        if why is not None:
-            return why
         a = args_of(node)
         m, x, name = a["module"], a["input"], a["module_name"]
+        if why is not None:
+            if isinstance(m, nn.RNNBase) and m.mode in _GATES:
+                zero = [_silent(flow, m, k, sfx) for k in range(m.num_layers)
+                        for sfx in _directions(m)]
+                flow.report_units(node, name, m, "rnn", torch.stack(zero).any(0), why)
+            return why
         H, G = m.hidden_size, _GATES[m.mode]
         units = flow.new(H)
         flow.groups.append((units, f"the last hidden unit of {name!r}"))
@@ -125,7 +136,7 @@ class Recurrent(OpHandler):
             consts = []
             for sfx in _directions(m):
                 zi, zh = (flow.zero(getattr(m, f"weight_{t}_l{k}{sfx}")) for t in ("ih", "hh"))
-                silent = (zi.all(1) & zh.all(1)).reshape(G, H).all(0)
+                silent = _silent(flow, m, k, sfx)
                 h, c = _step_from_zero(m, k, sfx)
                 dead = silent & (h == 0) & (c == 0)
                 rnn.zero_row |= silent

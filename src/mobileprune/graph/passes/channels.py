@@ -365,6 +365,15 @@ class ChannelFlow:
         self.block(ids, node, why)
         return ids
 
+    def report_units(self, node: fx.Node, name: str, m: nn.Module, kind: str, zero_row: Tensor,
+                     why: str) -> None:
+        """Internal units of a module ``node`` runs that its handler cannot remove: a
+        ``kind`` layer whose units are all kept with the reason ``why``, so that its zero
+        units (``zero_row``) are listed in the compaction record."""
+        ids = self.blocked(zero_row.numel(), node, f"{where(node)}: {why}")
+        self.layers.append(Layer(node, name, m, kind, None, zero_row=zero_row, out_ids=ids,
+                                 in_ids=torch.zeros(0, dtype=torch.long), in_const=nan(0)))
+
     def in_ids(self, lay: Layer) -> Tensor:
         """The slot of each input column of ``lay``."""
         return self.slots[lay.inp] if lay.in_ids is None else lay.in_ids
