@@ -290,3 +290,29 @@ def test_units_of_refused_modules_are_listed() -> None:
     kept = {k.layer: k for k in rec.kept_zero}
     assert kept["rnn"].units == [4] and "initial state hx" in kept["rnn"].reason
     assert kept["attn"].units == [4, 5, 6, 7] and "add_bias_kv" in kept["attn"].reason
+
+
+@torch.no_grad()
+def test_compacted_models_export_and_compact_again(tmp_path) -> None:
+    """The smaller modules run in the sparse runtime, and a pruned attention (a leaf of
+    the tracer, as the module it replaces) can lose more heads."""
+    from mobileprune import export_sparse, runtime
+
+    torch.manual_seed(8)
+    enc, rnn = Encoder(False).eval(), Recurrent("GRU", True).eval()
+    _zero_rows(enc.encoder.layers[1].self_attn, "qkv bias", 2)
+    _zero_units(rnn.rnn, [0, 3])
+    for model, x in ((enc, torch.randn(1, 7, 8)), (rnn, torch.randn(1, 5, 6))):
+        small = compact(model, x)
+        assert n_params(small) < n_params(model)
+        export_sparse(small, x, tmp_path / "m.mps")
+        got = torch.as_tensor(runtime.load(tmp_path / "m.mps")(x.numpy()))
+        assert float((got - small(x)).abs().max()) <= 1e-4 * float(small(x).abs().max())
+    model = CrossAttention(True, True).eval()
+    _zero_rows(model.attn, "qkv bias", 0)
+    x = (torch.randn(2, 5, 16), torch.randn(2, 5, 12))
+    once = compact(model, x)
+    _zero_rows(once.attn, "qkv bias", 1)  # head 2 of the original
+    twice = compact(once, x)
+    assert twice.attn.num_heads == 2
+    assert_same(twice, once, *x)

@@ -244,7 +244,10 @@ SPECS: tuple[Spec, ...] = (
 # with torch.fx.wrap, so it appears as a call in the graph)
 _NAMED_FUNCTIONS = {"torchvision.ops.stochastic_depth.stochastic_depth": "stochastic_depth"}
 # modules known by qualified class name, from optional libraries
-_NAMED_MODULES = {"torchvision.ops.stochastic_depth.StochasticDepth": "stochastic_depth"}
+_NAMED_MODULES = {"torchvision.ops.stochastic_depth.StochasticDepth": "stochastic_depth",
+                  # compact's attention with fewer heads: its own forward, the same op
+                  "mobileprune.graph.ops.attention.PrunedMultiheadAttention":
+                      "multihead_attention"}
 
 
 def _index() -> tuple[dict, dict, dict, dict]:
