@@ -316,3 +316,28 @@ def test_compacted_models_export_and_compact_again(tmp_path) -> None:
     twice = compact(once, x)
     assert twice.attn.num_heads == 2
     assert_same(twice, once, *x)
+
+
+@torch.no_grad()
+def test_compacted_checkpoint_restores_units_and_heads(tmp_path) -> None:
+    """A compacted checkpoint records hidden sizes and head counts; restoring it resizes
+    a fresh model through the same handlers; damaged sizes are refused."""
+    from mobileprune.checkpoint import load_checkpoint, restore_model, save_checkpoint
+    from mobileprune.errors import CheckpointError
+
+    torch.manual_seed(9)
+    model = Encoder(True).eval()
+    _zero_rows(model.encoder.layers[0].self_attn, "qkv bias", 3)
+    model.encoder.layers[1].linear1.weight[4] = 0.0
+    rnn = Recurrent("LSTM", True).eval()
+    _zero_units(rnn.rnn, [2, 6])
+    for m, x, fresh in ((model, torch.randn(2, 7, 8), Encoder(True)),
+                        (rnn, torch.randn(2, 5, 6), Recurrent("LSTM", True))):
+        small = compact(m, x)
+        save_checkpoint(tmp_path / "c.pt", small, kind="compacted")
+        back = restore_model(load_checkpoint(tmp_path / "c.pt"), fresh.eval())
+        assert_same(back, small, x)
+    ckpt = load_checkpoint(tmp_path / "c.pt")
+    ckpt["extra"]["layer_sizes"]["rnn"]["hidden_size"] = 8
+    with pytest.raises(CheckpointError, match="hidden_size"):
+        restore_model(ckpt, Recurrent("LSTM", True))
