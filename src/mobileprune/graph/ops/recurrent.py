@@ -161,6 +161,17 @@ class Recurrent(OpHandler):
         flow.block_inputs(node, "unknown_in", why)
         return flow.blocked(shape[-1], node, why), nan(shape[-1])
 
+    def check(self, node: fx.Node, ctx) -> str | None:
+        a = args_of(node)
+        m = a.get("module")
+        if not isinstance(m, (nn.LSTM, nn.GRU)):
+            return f"the runtime has no {type(m).__name__} op (LSTM and GRU only)"
+        if getattr(m, "proj_size", 0):
+            return "an LSTM with proj_size (the runtime's lstm has none)"
+        if a["hx"] is not None:
+            return "an initial state hx (the runtime starts from zero)"
+        return None
+
     def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:
         """Cut ``module`` to the hidden units ``keep_out``: their rows in every gate block
         of every ``weight_ih`` / ``weight_hh`` / bias, their columns in ``weight_hh`` and in
