@@ -154,9 +154,11 @@ def test_transformer_encoder_heads_and_feed_forward_units(norm_first: bool) -> N
     _zero_rows(l0.self_attn, "qkv bias", 0)
     l1.linear1.weight[[1, 2]] = 0.0           # relu(b): folded into linear2's bias
     l0.linear2.weight[:, 30] = 0.0            # not read
+    l0.linear2.weight[5] = 0.0                # the residual width stays: listed
     x = torch.randn(2, 7, 8)
     small, rec = compact(model, x, return_record=True)
     assert_same(small, model, x)
+    assert "embedding width" in reasons(rec, "encoder.layers.0.linear2")
     s0, s1 = small.encoder.layers
     assert (s0.self_attn.num_heads, s1.self_attn.num_heads) == (3, 4)
     assert (s0.linear1.out_features, s1.linear1.out_features) == (31, 30)

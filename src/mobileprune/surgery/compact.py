@@ -256,8 +256,9 @@ def _kept_zero(flow: ChannelFlow, dec: Decision) -> list[KeptUnits]:
         else:
             units = _kept_units(flow, dec, lay)
         out += [KeptUnits(name, us, why) for why, us in units.items()]
-    for lay in flow.layers:
-        if lay.kind in ("rnn", "heads"):
+    seen = {node for node, _, _ in _weight_nodes(flow)}
+    for lay in flow.layers:  # the units inside leaf modules: recurrent, attention
+        if lay.kind in ("conv", "linear", "rnn", "heads") and lay.node not in seen:
             out += [KeptUnits(lay.name, us, why) for why, us in _kept_units(flow, dec, lay).items()]
     return out
 
