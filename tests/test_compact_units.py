@@ -343,3 +343,43 @@ def test_compacted_checkpoint_restores_units_and_heads(tmp_path) -> None:
     ckpt["extra"]["layer_sizes"]["rnn"]["hidden_size"] = 8
     with pytest.raises(CheckpointError, match="hidden_size"):
         restore_model(ckpt, Recurrent("LSTM", True))
+
+
+class TimmBlock(nn.Module):
+    """timm's ``Attention`` (4 heads of 8) on ``(N, L, 32)`` tokens, then a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from zoo_models import import_timm
+
+        self.attn = import_timm().layers.Attention(32, num_heads=4, qkv_bias=True)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.attn(x).mean(dim=1))
+
+
+@torch.no_grad()
+def test_timm_attention_heads_are_removed(tmp_path) -> None:
+    from mobileprune import export_sparse, runtime
+    from zoo_models import BY_NAME, missing
+
+    if missing(BY_NAME["timm_deit_tiny"]):
+        pytest.skip(missing(BY_NAME["timm_deit_tiny"]))
+
+    torch.manual_seed(10)
+    model = TimmBlock().eval()
+    qkv = model.attn.qkv
+    for i in range(3):                        # head 1: q, k, v rows and biases
+        qkv.weight[i * 32 + 8:i * 32 + 16] = 0.0
+        qkv.bias[i * 32 + 8:i * 32 + 16] = 0.0
+    qkv.weight[64 + 24:64 + 32] = 0.0         # head 3: v rows only (bias folded into proj)
+    x = torch.randn(2, 5, 32)
+    small = compact(model, x)
+    assert_same(small, model, x)
+    a = small.attn
+    assert (a.num_heads, a.attn_dim, a.qkv.out_features, a.proj.in_features) == (2, 16, 48, 16)
+    assert n_params(model) - n_params(small) == 2 * (3 * 8 * 33 + 32 * 8)
+    export_sparse(small, x[:1], tmp_path / "m.mps")
+    got = torch.as_tensor(runtime.load(tmp_path / "m.mps")(x[:1].numpy()))
+    assert float((got - small(x[:1])).abs().max()) <= 1e-4 * float(small(x[:1]).abs().max())

@@ -52,7 +52,8 @@ consecutive features; a depthwise conv (``groups == in_channels``) couples input
 RNN hidden unit is one slot for every layer and direction (the module has one
 ``hidden_size``), removed when in each of them it is dead (all its gate rows zero and the
 zero state a fixed point: output exactly 0) or not read; a ``MultiheadAttention`` head
-(also inside ``nn.TransformerEncoder`` / ``EncoderLayer``) is removed when its value
+(also inside ``nn.TransformerEncoder`` / ``EncoderLayer``; or of timm's ``Attention``)
+is removed when its value
 rows are zero (its output is the value bias, folded into ``out_proj``) or ``out_proj``'s
 columns of it are zero (the module becomes a
 :class:`~mobileprune.graph.ops.attention.PrunedMultiheadAttention`); a transformer

@@ -1,14 +1,16 @@
 """Attention, lowered onto primitive runtime ops (``linear``, ``reshape``, ``permute``,
 ``matmul``, ``mul``, ``add``, ``activation`` softmax, ``layer_norm``):
-``F.scaled_dot_product_attention`` (key ``"sdpa"``), ``nn.MultiheadAttention`` and
-``nn.TransformerEncoderLayer`` / ``nn.TransformerEncoder``.
+``F.scaled_dot_product_attention`` (key ``"sdpa"``), ``nn.MultiheadAttention``, timm's
+``Attention`` (key ``"timm_attention"``) and ``nn.TransformerEncoderLayer`` /
+``nn.TransformerEncoder``.
 
 Compaction (:func:`attention_units`, :func:`feed_forward_units`): a head of a
-``MultiheadAttention`` is removed when its value rows are all zero (its output is then
-the constant value bias: the attention probabilities sum to 1; folded into
-``out_proj``'s bias) or ``out_proj``'s columns of the head are all zero (its output is
-not read); its q, k and v rows go and ``num_heads`` drops (the module becomes a
-:class:`PrunedMultiheadAttention`). A head whose only q / k rows are zero is kept (it
+``MultiheadAttention`` or of timm's ``Attention`` is removed when its value rows are all
+zero (its output is then the constant value bias: the attention probabilities sum to 1;
+folded into ``out_proj`` / ``proj``'s bias) or the output projection's columns of the
+head are all zero (its output is not read); its q, k and v rows go and ``num_heads``
+drops (a ``MultiheadAttention`` becomes a :class:`PrunedMultiheadAttention`; timm's
+``attn_dim`` drops). Heads keep one ``head_dim`` (single dims of a head stay). A head whose only q / k rows are zero is kept (it
 attends uniformly: its output still depends on the input). The feed-forward hidden units
 of a transformer layer are removed as those of any ``Linear -> activation -> Linear``.
 The embedding width (the residual stream, read by the layer norms) is kept.
@@ -29,19 +31,30 @@ from mobileprune.graph.ops.norm import layer_norm
 from mobileprune.graph.passes.channels import Layer, map_const, nan, where
 from mobileprune.graph.passes.lower import Ref
 from mobileprune.graph.registry import OpHandler, args_of, register
-from mobileprune.graph.resize import as_param, cut
+from mobileprune.graph.resize import as_param, cut, resize_dense
+from mobileprune.graph.trace import defaulted
 
 
 def qkv(m: nn.MultiheadAttention) -> tuple[tuple, tuple]:
     """``((w_q, w_k, w_v), (b_q, b_k, b_v))`` of an attention module (packed
-    ``in_proj_weight`` or ``q/k/v_proj_weight``; biases None without)."""
+    ``in_proj_weight`` or ``q/k/v_proj_weight`` of ``nn.MultiheadAttention``, the
+    ``qkv`` Linear of timm's ``Attention``; biases None without)."""
     n = m.num_heads * m.head_dim
-    if m.in_proj_weight is not None:
-        ws = m.in_proj_weight.split(n)
+    if not isinstance(m, nn.MultiheadAttention):
+        w, b = m.qkv.weight, m.qkv.bias
+    elif m.in_proj_weight is not None:
+        w, b = m.in_proj_weight, m.in_proj_bias
     else:
-        ws = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
-    bs = m.in_proj_bias.split(n) if m.in_proj_bias is not None else (None,) * 3
+        w, b = None, m.in_proj_bias
+    ws = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight) if w is None else w.split(n)
+    bs = b.split(n) if b is not None else (None,) * 3
     return tuple(ws), tuple(bs)
+
+
+def out_proj(m: nn.Module) -> tuple[nn.Linear, str]:
+    """The output projection of an attention module and its attribute name
+    (``out_proj`` of ``nn.MultiheadAttention``, ``proj`` of timm's ``Attention``)."""
+    return (m.out_proj, "out_proj") if isinstance(m, nn.MultiheadAttention) else (m.proj, "proj")
 
 
 def _additive_mask(attn_mask, key_padding_mask, n: int, h: int, dtype) -> torch.Tensor | None:
@@ -175,11 +188,12 @@ def _heads(node, emit, x: str, shape: list[int], w, b, h: int, tag: str) -> tupl
 
 def self_attention(node: fx.Node, emit, m: nn.MultiheadAttention, xs: list[str],
                    shapes: list[list[int]], mask, tag: str) -> tuple[str, str, list[int]]:
-    """``nn.MultiheadAttention`` on runtime values ``xs`` = query, key, value
-    (per-sample ``(L, E)``, ``(S, Ek)``, ``(S, Ev)``): (output ``(L, E)``,
-    probabilities ``(h, L, S)``, output shape)."""
-    if m.bias_k is not None or m.add_zero_attn:
-        raise emit.fail(node, "MultiheadAttention with add_bias_kv / add_zero_attn")
+    """``nn.MultiheadAttention`` (or timm's ``Attention``) on runtime values ``xs`` =
+    query, key, value (per-sample ``(L, E)``, ``(S, Ek)``, ``(S, Ev)``): (output
+    ``(L, E)``, probabilities ``(h, L, S)``, output shape)."""
+    why = _heads_unfit(m)
+    if why is not None:
+        raise emit.fail(node, why)
     (ws, bs), h, d = qkv(m), m.num_heads, m.head_dim
     heads = [_heads(node, emit, x, s, w, b, h, f"{tag}.{n}")
              for x, s, w, b, n in zip(xs, shapes, ws, bs, "qkv")]
@@ -189,25 +203,33 @@ def self_attention(node: fx.Node, emit, m: nn.MultiheadAttention, xs: list[str],
     o = emit.op(node, "permute", [o], {"perm": [1, 0, 2]}, shape=[L, h, d],
                 name=f"{tag}.merge")
     o = emit.op(node, "reshape", [o], shape=[L, h * d], name=f"{tag}.cat")
-    out = linear(node, emit, o, [L, h * d], m.out_proj.weight, m.out_proj.bias,
-                 name=f"{tag}.out")
-    return out, p, [L, m.out_proj.out_features]
+    proj = out_proj(m)[0]
+    out = linear(node, emit, o, [L, h * d], proj.weight, proj.bias, name=f"{tag}.out")
+    return out, p, [L, proj.out_features]
 
 
-def _heads_unfit(m: nn.MultiheadAttention) -> str | None:
-    if m.bias_k is not None or m.add_zero_attn:
-        return "attention with add_bias_kv / add_zero_attn (its heads are kept)"
+def _heads_unfit(m: nn.Module) -> str | None:
+    """Why the heads of attention module ``m`` are not the plain computation
+    (:class:`PrunedMultiheadAttention`'s, timm's fused or not) this module handles."""
+    if isinstance(m, nn.MultiheadAttention):
+        if m.bias_k is not None or m.add_zero_attn:
+            return "attention with add_bias_kv / add_zero_attn (its heads are kept)"
+        return None
+    extra = [n for n in ("q_norm", "k_norm", "norm") if not isinstance(getattr(m, n, None),
+                                                                     nn.Identity)]
+    if extra or getattr(m, "gate", None) is not None:
+        return f"timm attention with {', '.join(extra) or 'a gate'} (its heads are kept)"
     return None
 
 
-def _zero_dims(flow, m: nn.MultiheadAttention) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bool per inner dim: (its q and k rows, or its v rows, are zero; its v rows are
-    zero): the zero units the record lists, and the dims whose output is constant."""
+def _zero_dims(flow, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bool per inner dim: (one of its q / k / v rows is zero; its v row is zero): the
+    zero units the record lists, and the dims whose output is constant."""
     zq, zk, zv = (flow.zero(w).all(1) for w in qkv(m)[0])
-    return (zq & zk) | zv, zv
+    return zq | zk | zv, zv
 
 
-def attention_units(node: fx.Node, flow, m: nn.MultiheadAttention, name: str) -> None:
+def attention_units(node: fx.Node, flow, m: nn.Module, name: str) -> None:
     """Register the heads of ``m`` (qualified ``name``, run by ``node``) with ``flow``
     (module doc): one slot per inner dim, the dims of a head tied (a head goes whole),
     a ``"heads"`` layer for the q / k / v rows, and ``out_proj`` as a ``"linear"`` layer
@@ -224,10 +246,11 @@ def attention_units(node: fx.Node, flow, m: nn.MultiheadAttention, name: str) ->
                              in_ids=empty, in_const=nan(0), out_ids=dims))
     bv = torch.zeros(n, dtype=torch.float64) if bs[2] is None \
         else bs[2].detach().to("cpu", torch.float64)
-    zo = flow.zero(m.out_proj.weight)
+    proj, attr = out_proj(m)
+    zo = flow.zero(proj.weight)
     kept = flow.blocked(zo.shape[0], node, f"{where(node)}: the embedding width of {name!r} "
-                                           f"(the output of its out_proj) is kept")
-    flow.layers.append(Layer(node, f"{name}.out_proj", m.out_proj, "linear", None, zo,
+                                           f"(the output of its {attr}) is kept")
+    flow.layers.append(Layer(node, f"{name}.{attr}", proj, "linear", None, zo,
                              zo.all(1), in_ids=dims, in_const=torch.where(zv, bv, nan(n)),
                              out_ids=kept))
 
@@ -271,22 +294,31 @@ def _batched(flow, x) -> str | None:
         f"an input of shape {shape} (heads are removed on batched 3-D inputs)"
 
 
+def heads_channels(node: fx.Node, flow, x: fx.Node, unfit: str | None, tuple_result: bool
+                   ) -> str | None:
+    """The channel rule of an attention module run by ``node`` on tokens ``x``: its whole
+    heads (:func:`attention_units`), unless it is called twice, ``x`` is not batched 3-D
+    or ``unfit`` says why not (its zero units are then listed with that reason); the
+    embedding width (its inputs and its output, ``result[0]`` of a tuple) is kept."""
+    a = args_of(node)
+    m, name = a["module"], a["module_name"]
+    why = flow.frozen(name, m) or _batched(flow, x) or unfit
+    if why is not None:
+        flow.report_units(node, name, m, "heads", _zero_dims(flow, m)[0], why)
+        return why
+    attention_units(node, flow, m, name)
+    _outputs_kept(node, flow, out_proj(m)[0].out_features, name, tuple_result)
+    return None
+
+
 @register
 class MultiheadAttention(OpHandler):
     key = "multihead_attention"
     any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
-        """Whole heads (:func:`attention_units`); the embedding width is kept."""
         a = args_of(node)
-        m, name = a["module"], a["module_name"]
-        why = flow.frozen(name, m) or _batched(flow, a["query"]) or _heads_unfit(m)
-        if why is not None:
-            flow.report_units(node, name, m, "heads", _zero_dims(flow, m)[0], why)
-            return why
-        attention_units(node, flow, m, name)
-        _outputs_kept(node, flow, m.out_proj.out_features, name, True)
-        return None
+        return heads_channels(node, flow, a["query"], _heads_unfit(a["module"]), True)
 
     def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:
         """Keep the heads whose inner dims are ``keep_out`` (whole heads): their rows of
@@ -334,6 +366,44 @@ class MultiheadAttention(OpHandler):
                 node, "mean", [p], {"axes": [0], "keepdim": False}, shape=shapes[0][:1]
                 + shapes[1][:1], name=f"{node.name}.weights"))
         emit.set_static(node, (Ref(out, bdim), w))
+
+
+@register
+class TimmAttention(OpHandler):
+    """timm's ``Attention`` (ViT / DeiT blocks), a leaf of the tracer: a packed ``qkv``
+    Linear, ``num_heads`` heads of ``head_dim``, softmax attention, ``proj``."""
+
+    key = "timm_attention"
+    any_axis = True
+
+    def check(self, node: fx.Node, ctx) -> str | None:
+        a = args_of(node)
+        if defaulted(a["attn_mask"]) is not None or defaulted(a["is_causal"]) is not False:
+            return "an attn_mask / is_causal (self-attention without masks only)"
+        return _heads_unfit(a["module"])
+
+    def channels(self, node: fx.Node, flow) -> str | None:
+        return heads_channels(node, flow, args_of(node)["x"], self.check(node, flow), False)
+
+    def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:
+        """Keep the heads whose inner dims are ``keep_out`` (whole heads): their rows of
+        ``qkv`` (q, k and v blocks); ``num_heads`` and ``attn_dim`` drop. ``proj`` is its
+        own layer; ``keep_in`` and ``shift`` are not used."""
+        m, d = module, module.head_dim
+        if keep_out is None or keep_out.numel() % d:
+            raise ValueError(f"keep_out must list whole heads of {d} dims")
+        rows = torch.cat([keep_out + i * m.attn_dim for i in range(3)])
+        m.qkv.in_features, m.qkv.out_features = resize_dense(m.qkv, None, rows)
+        m.num_heads, m.attn_dim = int(keep_out.numel()) // d, int(keep_out.numel())
+
+    def lower(self, node: fx.Node, emit) -> None:
+        """:func:`self_attention` of the tokens ``(N, L, C)`` (batch first)."""
+        a = args_of(node)
+        shape = emit.sample(node, a["x"])
+        x = emit.value(node, a["x"])
+        out, _, _ = self_attention(node, emit, a["module"], [x] * 3, [shape] * 3, None,
+                                   node.name)
+        emit.bind(node, out)
 
 
 def _activation(node: fx.Node, emit, act, x: str, shape: list[int], tag: str) -> str:
