@@ -156,7 +156,8 @@ class ScaledDotProductAttention(OpHandler):
     key = "sdpa"
 
     def channels(self, node: fx.Node, flow) -> str | None:
-        return "attention: whole heads are not removed yet (its channels are kept)"
+        return ("a functional scaled_dot_product_attention (heads are removed in "
+                "nn.MultiheadAttention and timm's Attention modules; its channels are kept)")
 
     def check(self, node: fx.Node, ctx) -> str | None:
         p = args_of(node)["dropout_p"]
