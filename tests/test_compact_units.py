@@ -383,3 +383,31 @@ def test_timm_attention_heads_are_removed(tmp_path) -> None:
     export_sparse(small, x[:1], tmp_path / "m.mps")
     got = torch.as_tensor(runtime.load(tmp_path / "m.mps")(x[:1].numpy()))
     assert float((got - small(x[:1])).abs().max()) <= 1e-4 * float(small(x[:1]).abs().max())
+
+
+class EmbedRNN(nn.Module):
+    """``(N, T, 6)`` -> Linear(6, 10) -> ReLU -> GRU(10, 8) -> last step -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.rnn, self.fc = nn.Linear(6, 10), nn.GRU(10, 8, batch_first=True), \
+            nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(torch.relu(self.embed(x)))[0][:, -1])
+
+
+@torch.no_grad()
+def test_recurrent_input_features_follow_the_producer() -> None:
+    """Zero outputs of the Linear before a GRU (constant relu(b) = 0) go, with the GRU's
+    input columns; a nonzero constant stays (it does not fold into recurrent weights)."""
+    torch.manual_seed(11)
+    model = EmbedRNN().eval()
+    model.embed.weight[[2, 7, 9]] = 0.0
+    model.embed.bias[[2, 7]] = -1.0           # relu: 0
+    model.embed.bias[9] = 0.5                 # relu: 0.5, kept
+    x = torch.randn(2, 5, 6)
+    small, rec = compact(model, x, return_record=True)
+    assert_same(small, model, x)
+    assert small.embed.out_features == small.rnn.input_size == 8
+    assert [k.units for k in rec.kept_zero if k.layer == "embed"] == [[9]]
