@@ -411,3 +411,26 @@ def test_recurrent_input_features_follow_the_producer() -> None:
     assert_same(small, model, x)
     assert small.embed.out_features == small.rnn.input_size == 8
     assert [k.units for k in rec.kept_zero if k.layer == "embed"] == [[9]]
+
+
+class SeqFirst(nn.Module):
+    """A sequence-first LSTM (``(T, N, 6)``, torch's default layout) classifying its
+    last step ``out[-1]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(6, 8, num_layers=2), nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.rnn(x)[0][-1])
+
+
+@torch.no_grad()
+def test_sequence_first_recurrent_units_are_removed() -> None:
+    torch.manual_seed(12)
+    model = SeqFirst().eval()
+    _zero_units(model.rnn, [0, 3])
+    x = torch.randn(5, 2, 6)
+    small = compact(model, x)
+    assert_same(small, model, x)
+    assert small.rnn.hidden_size == 6

@@ -331,14 +331,15 @@ _HARMLESS = ("ndim", "dtype", "device", "is_cuda", "requires_grad")
 
 
 def _index_last(node: fx.Node, flow, x: fx.Node, items: list, ax: int) -> str | None:
-    """Basic indexing ``x[:, i, ...]`` of a tensor whose channels are on axis ``ax > 1``:
-    the batch and channel axes stay whole, each int before ``ax`` removes an axis (the
-    channels move down by one)."""
+    """Basic indexing ``x[:, i, ...]`` / ``x[-1]`` of a tensor whose channels are on axis
+    ``ax > 1`` (the features of tokens or of a sequence, which may be first): the channel
+    axis stays whole, each int before it removes an axis (the channels move down by
+    one); the values of a channel are only sub-sampled, so its constant stays."""
     if nodes_in(items) or any(isinstance(it, bool) or not isinstance(it, (int, slice))
                               for it in items):
         return "an index other than ints and slices"
-    if items[0] != slice(None) or (len(items) > ax and items[ax] != slice(None)):
-        return "it indexes the batch or channel dimension"
+    if len(items) > ax and items[ax] != slice(None):
+        return "it indexes the channel dimension"
     out = ax - sum(isinstance(it, int) for it in items[:ax])
     return flow.same(node, x, flow.const[x].clone(), axis=out)
 

@@ -292,13 +292,16 @@ class ChannelFlow:
 
     def same(self, node: fx.Node, inp: fx.Node, const: Tensor, axis: int | None = None
              ) -> str | None:
-        """``node`` keeps the channel positions of ``inp`` (a per-channel op), on the
-        same axis, or on ``axis`` (an index that removes dims before it)."""
+        """``node`` keeps the channel positions of ``inp``: a per-channel op (the same
+        axis, the batch kept), or an index (``axis``: where the channel axis lands once
+        the other axes are cut or removed)."""
         si, so = shape_of(inp), shape_of(node)
         ai = self.axis_of(inp)
         ao = ai if axis is None else axis
-        if so is None or si is None or len(so) <= ao or so[0] != si[0] or so[ao] != si[ai] \
-                or (ao == ai and ai != 1 and len(so) != len(si)):
+        keeps = so is not None and si is not None and len(so) > ao and so[ao] == si[ai]
+        if keeps and axis is None:
+            keeps = so[0] == si[0] and (ai == 1 or len(so) == len(si))
+        if not keeps:
             return f"output shape {so} does not keep the channels of input shape {si}"
         self.slots[node] = self.slots[inp]
         self.const[node] = const
