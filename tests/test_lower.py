@@ -64,6 +64,15 @@ _X3 = (5, 6)        # (N, T=5, 6)
 _X4 = (4, 6, 6)     # (N, C=4, 6, 6)
 
 # key -> [(case id, model factory, per-sample input shape)]
+def _timm_attention() -> nn.Module:
+    """timm's ``Attention`` (2 heads of 3 on 6 features); skips without the zoo extra."""
+    from zoo_models import BY_NAME, import_timm, missing
+
+    if missing(BY_NAME["timm_deit_tiny"]):
+        pytest.skip(missing(BY_NAME["timm_deit_tiny"]))
+    return import_timm().layers.Attention(6, num_heads=2, qkv_bias=True)
+
+
 CASES = {
     "conv": [("conv1d", lambda: nn.Conv1d(5, 3, 3, padding="same"), (5, 7)),
              ("conv2d", lambda: nn.Conv2d(4, 3, 3, stride=2, groups=1, padding=1), _X4)],
@@ -83,6 +92,7 @@ CASES = {
     "group_norm": [("gn", lambda: nn.GroupNorm(2, 4), _X4)],
     "pad": [("last", lambda: _Fn(lambda s, x: F.pad(x, (0, 1), value=1.0)), _X3),
             ("hw", lambda: _Fn(lambda s, x: F.pad(x, (1, 2, 0, 1))), _X4)],
+    "timm_attention": [("qkv_bias", _timm_attention, _X3)],
     "multihead_attention": [
         ("batch_first", lambda: _Fn(lambda s, x: s.a(x, x, x)[0],
                                     a=nn.MultiheadAttention(6, 2, batch_first=True)), _X3),

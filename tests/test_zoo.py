@@ -35,18 +35,11 @@ SLOW_STEP_MODELS: dict[str, tuple[str, ...]] = {
 
 #: ``{(model, step): fragment of the reason}``: cases that fail on main today, each with
 #: why (the library's message). Remove an entry when its case passes (XPASS fails).
-_NO_COMPACT = "compact removed nothing"  # the ChannelFlow pass blocks attention heads and
-# recurrent hidden units with a recorded reason (their removal is not built): issue 19, item 3
 KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("tv_vit", "compact"): _NO_COMPACT,
-    ("timm_deit_tiny", "compact"): _NO_COMPACT,
     # traced by the torch.export fallback (torch.fx cannot: `if new_h != H`); its
     # MobileViT block folds the batch into other axes (`x.reshape(B * C * n_h, ...)`,
     # the transformer runs on `(B * P, N, C)`), which the runtime cannot hold
     ("timm_mobilevit_xxs", "sparse"): "does not keep the batch (1) on axis 0",
-    ("lstm_classifier", "compact"): _NO_COMPACT,
-    ("gru_classifier", "compact"): _NO_COMPACT,
-    ("transformer_classifier", "compact"): _NO_COMPACT,
 }
 
 

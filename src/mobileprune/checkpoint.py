@@ -34,12 +34,15 @@ from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 FORMAT = "mobileprune.checkpoint"
 FORMAT_VERSION = 1
 KINDS = ("dense", "pruned", "compacted", "run-state")
-_SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features")
-_RESIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_SIZE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
+               "input_size", "hidden_size", "num_heads")
+_RESIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+              nn.RNNBase, nn.MultiheadAttention)
 
 
 def layer_sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    """Sizes of the resizable layers (Conv, Linear, BatchNorm) of ``model``.
+    """Sizes of the resizable layers (Conv, Linear, BatchNorm, LSTM / GRU / RNN hidden
+    units, attention heads) of ``model``.
 
     Stored in checkpoints of compacted models (``kind="compacted"``) so that
     :func:`restore_model` can rebuild the smaller layers into a fresh instance of the
@@ -70,7 +73,7 @@ def _resize_layers(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]]) -> 
             continue
         if has_bias and not d["bias"]:
             raise CheckpointError(f"checkpoint has no bias for layer {name!r}, the model has one")
-        n_in, n_out = _unit_counts(d)
+        n_in, n_out = _unit_counts(d, old)
         shift = torch.zeros(n_out, dtype=torch.float64) if d["bias"] and not has_bias else None
         try:
             h.resize(old, None if n_in is None else torch.arange(n_in), torch.arange(n_out), shift)
@@ -81,8 +84,14 @@ def _resize_layers(model: nn.Module, sizes: Mapping[str, Mapping[str, Any]]) -> 
                                   f"{ {a: d[a] for a in cur} }")
 
 
-def _unit_counts(d: Mapping[str, Any]) -> tuple[int | None, int]:
-    """(inputs, outputs) of a recorded layer size (BatchNorm: (None, features))."""
+def _unit_counts(d: Mapping[str, Any], old: nn.Module) -> tuple[int | None, int]:
+    """(inputs, outputs) of a recorded layer size (BatchNorm: (None, features); a
+    recurrent layer: (input features, hidden units); attention: (None, inner dims of the
+    heads))."""
+    if "hidden_size" in d:
+        return int(d["input_size"]), int(d["hidden_size"])
+    if "num_heads" in d:
+        return None, int(d["num_heads"]) * old.head_dim
     if "num_features" in d:
         return None, int(d["num_features"])
     if "in_features" in d:
@@ -204,6 +213,9 @@ def _check_sizes(sizes: Mapping[str, Any], state: Mapping[str, Tensor], source: 
     weights: checked before any layer is rebuilt, so a damaged or crafted file cannot
     make the loader allocate more than the file holds."""
     for name, d in sizes.items():
+        if isinstance(d, Mapping) and ("hidden_size" in d or "num_heads" in d):
+            _check_unit_sizes(name, d, state, source)
+            continue
         w = state.get(f"{name}.weight", state.get(f"{name}.running_mean"))
         if not isinstance(d, Mapping) or w is None:
             raise CheckpointError(f"{source} is damaged: layer_sizes names {name!r}, whose weight "
@@ -215,6 +227,27 @@ def _check_sizes(sizes: Mapping[str, Any], state: Mapping[str, Tensor], source: 
         if "in_channels" in d and (w.dim() < 2 or d["in_channels"] != w.shape[1] * d.get("groups", 1)):
             raise CheckpointError(f"{source} is damaged: layer_sizes gives {name}.in_channels = "
                                   f"{d['in_channels']!r}, its stored weight is {tuple(w.shape)}")
+
+
+def _check_unit_sizes(name: str, d: Mapping[str, Any], state: Mapping[str, Tensor],
+                      source: str) -> None:
+    """:func:`_check_sizes` of a recurrent layer (``hidden_size`` / ``input_size`` are
+    the column counts of ``weight_hh_l0`` / ``weight_ih_l0``) or an attention (its
+    q / k / v rows split in ``num_heads`` heads)."""
+    if "hidden_size" in d:
+        dims = {"hidden_size": "weight_hh_l0", "input_size": "weight_ih_l0"}
+        for attr, w_name in dims.items():
+            w = state.get(f"{name}.{w_name}")
+            if w is None or w.dim() != 2 or d.get(attr) != w.shape[1]:
+                raise CheckpointError(f"{source} is damaged: layer_sizes gives {name}.{attr} = "
+                                      f"{d.get(attr)!r}, its stored {w_name} does not match")
+        return
+    w = state.get(f"{name}.in_proj_weight", state.get(f"{name}.q_proj_weight"))
+    heads = d["num_heads"]
+    if w is None or isinstance(heads, bool) or not isinstance(heads, int) or heads < 1 \
+            or w.shape[0] % heads:
+        raise CheckpointError(f"{source} is damaged: layer_sizes gives {name}.num_heads = "
+                              f"{heads!r}, which does not divide its stored q / k / v rows")
 
 
 def restore_model(ckpt: Mapping[str, Any], model: nn.Module | None = None,

@@ -106,6 +106,8 @@ SPECS: tuple[Spec, ...] = (
                                  "attn_mask", "average_attn_weights", "is_causal"),
          {"key_padding_mask": None, "need_weights": True, "attn_mask": None,
           "average_attn_weights": True, "is_causal": False}, modules=(nn.MultiheadAttention,)),
+    Spec("timm_attention", ("x", "attn_mask", "is_causal"), {"attn_mask": None,
+                                                             "is_causal": False}),
     Spec("rnn", ("input", "hx"), {"hx": None}, modules=(nn.LSTM, nn.GRU, nn.RNN)),
     Spec("transformer_layer", ("src", "src_mask", "src_key_padding_mask", "is_causal"),
          {"src_mask": None, "src_key_padding_mask": None, "is_causal": False},
@@ -312,7 +314,12 @@ _ATEN_IGNORED = ("cudnn_enabled", "cudnn_enable", "memory_format", "implicit", "
 # with torch.fx.wrap, so it appears as a call in the graph)
 _NAMED_FUNCTIONS = {"torchvision.ops.stochastic_depth.stochastic_depth": "stochastic_depth"}
 # modules known by qualified class name, from optional libraries
-_NAMED_MODULES = {"torchvision.ops.stochastic_depth.StochasticDepth": "stochastic_depth"}
+_NAMED_MODULES = {"torchvision.ops.stochastic_depth.StochasticDepth": "stochastic_depth",
+                  # compact's attention with fewer heads: its own forward, the same op
+                  "mobileprune.graph.ops.attention.PrunedMultiheadAttention":
+                      "multihead_attention",
+                  # timm's self-attention (ViT, DeiT): whole heads in one op
+                  "timm.layers.attention.Attention": "timm_attention"}
 
 
 def _index() -> tuple[dict, dict, dict, dict]:

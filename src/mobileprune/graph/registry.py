@@ -11,7 +11,9 @@ section 1), each method with a conservative default:
 * ``resize(module, keep_in, keep_out, shift)``: the one place a layer is resized
   (``compact`` and checkpoint restore);
 * ``lower(node, emit)``: the runtime op(s) for :func:`~mobileprune.export_sparse`;
-* ``eval_noop``: the op is the identity in eval mode (Dropout, Identity, ...).
+* ``eval_noop``: the op is the identity in eval mode (Dropout, Identity, ...);
+* ``any_axis``: its channel rule handles features on any axis (a Linear on ``(N, L, E)``
+  puts its units on the last one), not only dim 1.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ class OpHandler:
 
     key: ClassVar[str] = ""
     eval_noop: ClassVar[bool] = False
+    #: its ``channels`` rule understands inputs whose slots index an axis other than 1
+    #: (``flow.axis_of``); otherwise such inputs are refused before it is asked
+    any_axis: ClassVar[bool] = False
 
     def check(self, node: fx.Node, ctx: Any) -> str | None:
         return None

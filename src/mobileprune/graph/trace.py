@@ -22,7 +22,7 @@ from mobileprune.graph.canonical import canonicalize, module_spec
 from mobileprune.graph.export import export_graph
 
 __all__ = ["Traced", "trace", "as_args", "tensor_meta", "shape_of", "leaf_module",
-           "flat_tensors", "random_like"]
+           "flat_tensors", "random_like", "defaulted"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -35,6 +35,15 @@ def leaf_module(m: nn.Module) -> bool:
         return True
     mod = type(m).__module__
     return mod.startswith("torch.nn") and not isinstance(m, _CONTAINERS)
+
+
+def defaulted(v: Any) -> Any:
+    """An optional model input left at its default (a placeholder with a default and no
+    traced value, e.g. ``attn_mask=None``): that default; any other value unchanged."""
+    if isinstance(v, fx.Node) and v.op == "placeholder" and v.args \
+            and v.meta.get("tensor_meta") is None:
+        return v.args[0]
+    return v
 
 
 class _Tracer(fx.Tracer):

@@ -37,8 +37,9 @@ ChannelFlow` pass asks each op's handler (:mod:`mobileprune.graph.ops`) how chan
 constants flow through it; layers are resized by their handler's ``resize`` (model in
 **eval mode**: BatchNorm
 uses its running statistics, Dropout is the identity; equivalence is guaranteed in eval
-mode). Every tensor of shape ``(N, C, ...)`` has a *channel dimension* (dim 1); every
-position of it carries a *slot*. Slots are tied together with a union-find: an elementwise
+mode). Every tensor of shape ``(N, C, ...)`` has a *channel dimension* (dim 1, or the last
+axis of the tokens a Linear makes from ``(N, L, E)``); every position of it carries a
+*slot*. Slots are tied together with a union-find: an elementwise
 or per-channel op (activation, BatchNorm, pooling, Dropout, Identity, ``contiguous``...)
 keeps its input's slots; a residual ``add``/``sub``/``mul`` of two tensors **couples** the
 channels of its inputs (channel ``c`` of every operand is one slot, so it is removed only
@@ -46,7 +47,18 @@ if it is removable in every branch); ``torch.cat`` along dim 1 concatenates the 
 spaces; ``flatten`` / ``view(N, -1)`` maps channel ``c`` of ``(C, H, W)`` to its ``H*W``
 consecutive features; a depthwise conv (``groups == in_channels``) couples input channel
 ``c`` with its output channels ``c*m .. c*m+m-1`` (they are removed together). Conv
-(``groups == 1``) and Linear layers are *producers*: their output positions are new slots.
+(``groups == 1``) and Linear layers (on any rank: a transformer's MLP hidden units) are
+*producers*: their output positions are new slots. Inside leaf modules: an LSTM / GRU /
+RNN hidden unit is one slot for every layer and direction (the module has one
+``hidden_size``), removed when in each of them it is dead (all its gate rows zero and the
+zero state a fixed point: output exactly 0) or not read; a ``MultiheadAttention`` head
+(also inside ``nn.TransformerEncoder`` / ``EncoderLayer``; or of timm's ``Attention``)
+is removed when its value
+rows are zero (its output is the value bias, folded into ``out_proj``) or ``out_proj``'s
+columns of it are zero (the module becomes a
+:class:`~mobileprune.graph.ops.attention.PrunedMultiheadAttention`); a transformer
+layer's feed-forward units as any Linear's. The embedding width of attention and
+transformer modules is kept.
 
 Every position also carries a *constant*: the value it has at every sample and spatial
 position, when it is one, found by constant propagation. A producer's output unit whose
@@ -78,9 +90,11 @@ A slot is **removed** when, at every place it is used, dropping it is exact:
 * never when it reaches a graph output (the model's output size never changes), a graph
   input (the input signature never changes), a ``get_attr`` tensor, or any op that is not
   recognised (transpose of the channels, softmax over channels, LayerNorm over the
-  channels, GroupNorm over groups of channels, ConvTranspose, attention, LSTM / GRU,
-  a read of the channel count ``x.size(1)`` (e.g. a channel shuffle),
-  grouped conv with ``groups`` not in ``{1, in_channels}``, Linear on a 3-D input, a layer
+  channels, GroupNorm over groups of channels, ConvTranspose, the embedding width of an
+  attention / transformer module, the final state ``h_n`` of an LSTM / GRU read by the
+  model, a read of the channel count ``x.size(1)`` (e.g. a channel shuffle),
+  grouped conv with ``groups`` not in ``{1, in_channels}``, a Linear over the last axis
+  of a tensor whose channels are traced on another axis, a layer
   called at several places, a view that is not a flatten, an in-place op on a tensor that
   has other users, ...): all channels of that op's inputs are kept intact, so its inputs and
   outputs are bit-for-bit what they were (conservative, never a wrong model); the op, the
@@ -137,7 +151,7 @@ from torch import Tensor, fx, nn
 from mobileprune.errors import CompactionError, ConfigError, UnsupportedModelError
 from mobileprune.graph import trace
 from mobileprune.graph.passes.channels import ChannelFlow, Decision, Layer, positions
-from mobileprune.graph.registry import args_of, handler, op_of
+from mobileprune.graph.registry import args_of, handler, module_handler, op_of
 from mobileprune.graph.trace import Traced, as_args, flat_tensors, random_like
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
@@ -241,13 +255,23 @@ def _kept_zero(flow: ChannelFlow, dec: Decision) -> list[KeptUnits]:
             why = refused.get(node, "the layer is not resized")
             units = {why: zero.nonzero().flatten().tolist()} if bool(zero.any()) else {}
         else:
-            kept = lay.zero_row & ~flow.removed_pos(dec, node)
-            roots = dec.root[flow.slots[node]]
-            units: dict[str, list[int]] = {}
-            for u in kept.nonzero().flatten().tolist():
-                units.setdefault(dec.why.get(int(roots[u]), "kept"), []).append(u)
+            units = _kept_units(flow, dec, lay)
         out += [KeptUnits(name, us, why) for why, us in units.items()]
+    seen = {node for node, _, _ in _weight_nodes(flow)}
+    for lay in flow.layers:  # the units inside leaf modules: recurrent, attention
+        if lay.kind in ("conv", "linear", "rnn", "heads") and lay.node not in seen:
+            out += [KeptUnits(lay.name, us, why) for why, us in _kept_units(flow, dec, lay).items()]
     return out
+
+
+def _kept_units(flow: ChannelFlow, dec: Decision, lay: Layer) -> dict[str, list[int]]:
+    """``{why: [units]}``: the zero output units of ``lay`` (``lay.zero_row``) that stay."""
+    kept = lay.zero_row & ~flow.removed_out(dec, lay)
+    roots = dec.root[flow.out_ids(lay)]
+    units: dict[str, list[int]] = {}
+    for u in kept.nonzero().flatten().tolist():
+        units.setdefault(dec.why.get(int(roots[u]), "kept"), []).append(u)
+    return units
 
 
 def _macs(flow: ChannelFlow, pos: dict[fx.Node, int]) -> int:
@@ -261,9 +285,11 @@ def _record(t: Traced, flow: ChannelFlow, dec: Decision) -> tuple[CompactionReco
     rec = CompactionRecord(kept_zero=_kept_zero(flow, dec))
     rec.params_before = rec.params_after = sum(p.numel() for p in t.work.parameters())
     rec.macs_before = rec.macs_after = _macs(flow, pos)
-    for lay in _producers(flow):
-        n_out = int(flow.removed_pos(dec, lay.node).sum())
-        n_in = int(flow.removed_pos(dec, lay.inp).sum())
+    for lay in flow.layers:
+        if lay.kind not in ("conv", "linear", "rnn", "heads"):
+            continue
+        n_out = int(flow.removed_out(dec, lay).sum())
+        n_in = int(flow.removed_in(dec, lay).sum())
         if n_out or n_in:
             rec.removed[lay.name] = {"out": n_out, "in": n_in}
     return rec, pos
@@ -286,17 +312,20 @@ def _rebuild(flow: ChannelFlow, dec: Decision) -> list[tuple[str, str, list[int]
     the biases); returns the history ``[(layer, "out" | "in", kept indices)]``."""
     history = []
     for lay in flow.layers:
-        rem_in, rem_out = flow.removed_pos(dec, lay.inp), flow.removed_pos(dec, lay.node)
+        if lay.kind == "reader":
+            continue
+        rem_in, rem_out = flow.removed_in(dec, lay), flow.removed_out(dec, lay)
         if not bool(rem_in.any()) and not bool(rem_out.any()):
             continue
         keep_in, keep_out = (~rem_in).nonzero().flatten(), (~rem_out).nonzero().flatten()
         shift = flow.fold(lay, keep_out, rem_in.nonzero().flatten()) \
             if lay.kind in ("conv", "linear") else None
-        handler(lay.node).resize(lay.module, keep_in, keep_out, shift)
+        (module_handler(lay.module) or handler(lay.node)).resize(lay.module, keep_in, keep_out,
+                                                                 shift)
         _mirror(flow.gm, lay)
         if bool(rem_out.any()):
             history.append((lay.name, "out", keep_out.tolist()))
-        if lay.kind in ("conv", "linear") and bool(rem_in.any()):
+        if lay.kind in ("conv", "linear", "rnn") and bool(rem_in.any()):
             history.append((lay.name, "in", keep_in.tolist()))
     return history
 
@@ -483,9 +512,9 @@ def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Ten
     root = flow.roots()
     raw: dict[str, dict[str, Tensor]] = {}
     for lay in flow.layers:
-        if lay.name not in raw:
-            raw[lay.name] = {"filter": root[flow.slots[lay.node]],
-                             "channel": root[flow.slots[lay.inp]]}
+        if lay.name not in raw and lay.kind in ("conv", "linear", "dw", "norm"):
+            raw[lay.name] = {"filter": root[flow.out_ids(lay)],
+                             "channel": root[flow.in_ids(lay)]}
     if not raw:
         return {}
     flat = torch.cat([t for d in raw.values() for t in d.values()])
@@ -504,10 +533,10 @@ def _dead_mask(flow: ChannelFlow, dec: Decision, lay: Layer, w: Tensor,
                cols: Tensor | None = None) -> Tensor:
     """Bool like ``w``: the weights of removed rows, and of the columns ``cols`` (default:
     a producer's removed inputs)."""
-    rows = flow.removed_pos(dec, lay.node)
+    rows = flow.removed_out(dec, lay)
     dead = rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
     if cols is None and lay.kind in ("conv", "linear"):
-        cols = flow.removed_pos(dec, lay.inp)
+        cols = flow.removed_in(dec, lay)
     if cols is not None:
         dead |= cols.view(1, -1, *([1] * (w.dim() - 2))).expand(w.shape)
     return dead
@@ -528,7 +557,7 @@ def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
     dec = flow.decide()
     result: dict[str, Tensor] = {}
     for lay in flow.layers:
-        if lay.kind == "norm":
+        if lay.kind not in ("conv", "linear", "dw"):
             continue
         w = lay.module.weight.detach()
         dead = _dead_mask(flow, dec, lay, w)
@@ -545,7 +574,7 @@ def _foldable_inputs(flow: ChannelFlow, lay: Layer, m: nn.Module, keep_rows: Ten
     a nonzero constant read by a kept row would need one, so it stays."""
     if m.bias is not None or not removed_in.numel():
         return removed_in
-    c = flow.const[lay.inp][removed_in]
+    c = flow.in_const(lay)[removed_in]
     kept = m.weight.detach().index_select(0, keep_rows).cpu()
     used = (kept.reshape(kept.shape[0], kept.shape[1], -1) != 0).any(2).any(0)
     return removed_in[~(torch.isfinite(c) & (c != 0) & used[removed_in])]
@@ -585,9 +614,9 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
     for lay in _producers(flow):
         m = model.get_submodule(lay.name)
         w = m.weight
-        keep_rows = (~flow.removed_pos(dec, lay.node)).nonzero().flatten()
+        keep_rows = (~flow.removed_out(dec, lay)).nonzero().flatten()
         removed_in = _foldable_inputs(flow, lay, m, keep_rows.to(w.device),
-                                      flow.removed_pos(dec, lay.inp).nonzero().flatten())
+                                      flow.removed_in(dec, lay).nonzero().flatten())
         fold = flow.fold(lay, keep_rows, removed_in)
         cols = torch.zeros(w.shape[1], dtype=torch.bool)
         cols[removed_in] = True

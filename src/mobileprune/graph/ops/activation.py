@@ -26,6 +26,7 @@ class Activation(OpHandler):
     """``activation`` with function ``fn`` (default: the key) and the numbers ``params``
     (the bound arguments of those names; ``fixed`` are set, e.g. ReLU6's bounds)."""
 
+    any_axis = True  # elementwise: the slots stay on their axis
     fn: ClassVar[str | None] = None
     params: ClassVar[tuple[str, ...]] = ()
     fixed: ClassVar[dict] = {}
@@ -100,6 +101,7 @@ class Gelu(Activation):
 @register
 class Softmax(Activation):
     key = "softmax"
+    any_axis = False
 
     def channels(self, node: fx.Node, flow) -> str | None:
         """Over an axis after the channel dim: per channel (constants not kept); over the

@@ -44,6 +44,7 @@ class Binary(OpHandler):
     broadcast per sample (a static tensor operand becomes a ``constant`` op)."""
 
     py: ClassVar[Any] = None  # the Python operator
+    any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         """A tensor and a number: per channel (constants mapped); two tensors with the
@@ -68,10 +69,15 @@ class Binary(OpHandler):
         if self.key not in ("add", "sub", "mul"):
             return f"{self.key} of two tensors"
         sx, sy, so = flow.shape(x), flow.shape(y), flow.shape(node)
-        if so is None or not (len(sx) == len(sy) == len(so) and sx[1] == sy[1] == so[1]):
+        ax = flow.axis_of(x)
+        if flow.axis_of(y) != ax:
+            return (f"its operands carry their channels on different axes ({ax} and "
+                    f"{flow.axis_of(y)})")
+        if so is None or not (len(sx) == len(sy) == len(so) and sx[ax] == sy[ax] == so[ax]):
             return f"operands {sx} and {sy} do not share the channel dimension"
         flow.union(flow.slots[x], flow.slots[y])
         flow.slots[node] = flow.slots[x]
+        flow.set_axis(node, ax)
         flow.const[node] = combine(self.key, flow.const[x], flow.const[y], alpha)
         return None
 
@@ -144,6 +150,7 @@ class FloorDiv(Binary):
 @register
 class Neg(OpHandler):
     key = "neg"
+    any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         return pointwise(node, flow, self.key)
@@ -161,6 +168,7 @@ class Neg(OpHandler):
 @register
 class Square(OpHandler):
     key = "square"
+    any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         return pointwise(node, flow, self.key)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from torch import fx, nn
 
 from mobileprune.graph.ops.conv import out_const
-from mobileprune.graph.passes.channels import Layer
+from mobileprune.graph.passes.channels import Layer, nan, where
 from mobileprune.graph.passes.lower import as_float64
 from mobileprune.graph.registry import OpHandler, args_of, register
 from mobileprune.graph.resize import resize_dense
@@ -28,9 +28,13 @@ def linear(node: fx.Node, emit, x: str, shape: list[int], w, b, name: str | None
 @register
 class Linear(OpHandler):
     key = "linear"
+    any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
-        """An ``nn.Linear`` on ``(N, in)``: a producer (new slots for its outputs)."""
+        """An ``nn.Linear``: a producer (new slots for its outputs, on the last axis). On
+        ``(N, in)`` its columns read the input's slots; on ``(N, ..., in)`` they do when
+        the input carries its slots on the last axis, else both its columns and the
+        input's traced channels are kept (blocked)."""
         a = args_of(node)
         m, inp = a.get("module"), a["input"]
         if m is None:
@@ -38,14 +42,20 @@ class Linear(OpHandler):
         if not flow.tracked(inp):
             return "its input carries no channel slots"
         si, so = flow.shape(inp), flow.shape(node)
-        if len(si) != 2 or so is None or len(so) != 2:
-            return f"a Linear on a {len(si)}-D input (features on the last axis, not dim 1)"
+        if so is None or len(so) != len(si):
+            return f"a Linear from shape {si} to {so}"
         why = flow.frozen(a["module_name"], m)
         if why is not None:
             return why
         zero = flow.zero(m.weight)
-        flow.produce(Layer(node, a["module_name"], m, "linear", inp, zero, zero.all(1)),
-                     out_const(m, zero.all(1)))
+        lay = Layer(node, a["module_name"], m, "linear", inp, zero, zero.all(1))
+        last = len(si) - 1
+        if flow.axis_of(inp) != last:  # its features are not the traced channels: both kept
+            why = (f"{where(node)}: a Linear over the last axis of an input whose traced "
+                   f"channels are on axis {flow.axis_of(inp)}")
+            flow.block_inputs(node, "unknown_in", why)
+            lay.in_ids, lay.in_const = flow.blocked(si[-1], node, why), nan(si[-1])
+        flow.produce(lay, out_const(m, zero.all(1)), axis=last)
         return None
 
     def resize(self, module: nn.Module, keep_in, keep_out, shift=None) -> None:

@@ -16,7 +16,7 @@ def _keep(node: fx.Node, flow) -> str | None:
 @register
 class Identity(OpHandler):
     key = "identity"
-    eval_noop = True
+    eval_noop = any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         return _keep(node, flow)
@@ -25,7 +25,7 @@ class Identity(OpHandler):
 @register
 class Dropout(OpHandler):
     key = "dropout"
-    eval_noop = True
+    eval_noop = any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         if args_of(node).get("training") is not False:
@@ -46,7 +46,7 @@ class StochasticDepth(Dropout):
 @register
 class Assert(OpHandler):
     key = "assert"
-    eval_noop = True
+    eval_noop = any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         return None  # a check of sizes: no tensor comes out
@@ -55,7 +55,7 @@ class Assert(OpHandler):
 @register
 class To(OpHandler):
     key = "to"
-    eval_noop = True
+    eval_noop = any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         """A cast: slots kept, constants rounded to the new dtype."""

@@ -140,21 +140,22 @@ def layer_norm(node: fx.Node, emit, x: str, shape: list[int], k: int, eps: float
 @register
 class LayerNorm(OpHandler):
     key = "layer_norm"
+    any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
-        """Over axes after the channel dim: per channel (constants are not kept: the
-        affine parameters vary over those axes); over the channel dim: kept (a removed
-        channel would change the statistics)."""
+        """Over axes after the channel axis: per channel (constants are not kept: the
+        affine parameters vary over those axes); over the channel axis (a transformer's
+        features): kept (a removed channel would change the statistics)."""
         a = args_of(node)
         inp = a["input"]
         if not flow.tracked(inp):
             return None if flow.shape(node) is None else "its input carries no channel slots"
         ns = a["normalized_shape"]
         k = len(ns) if isinstance(ns, (list, tuple)) else 1
-        if len(flow.shape(inp)) - k <= 1:
+        if len(flow.shape(inp)) - k <= flow.axis_of(inp):
             return "a layer norm over the channel dimension (removing a channel changes " \
                    "its statistics)"
-        return flow.same(node, inp, nan(flow.shape(inp)[1]))
+        return flow.same(node, inp, nan(len(flow.slots[inp])))
 
     def lower(self, node: fx.Node, emit) -> None:
         """``y = (x - mean) / sqrt(var + eps) * weight + bias`` over the last

@@ -9,7 +9,7 @@ from typing import Any
 
 from torch import fx
 
-from mobileprune.graph.passes.channels import norm_dims
+from mobileprune.graph.passes.channels import nodes_in, norm_dims
 from mobileprune.graph.passes.lower import Missing, Ref
 from mobileprune.graph.registry import OpHandler, args_of, op_of, register
 
@@ -330,9 +330,24 @@ def _index_items(emit, node: fx.Node, idx: Any, rank: int) -> list:
 _HARMLESS = ("ndim", "dtype", "device", "is_cuda", "requires_grad")
 
 
+def _index_last(node: fx.Node, flow, x: fx.Node, items: list, ax: int) -> str | None:
+    """Basic indexing ``x[:, i, ...]`` / ``x[-1]`` of a tensor whose channels are on axis
+    ``ax > 1`` (the features of tokens or of a sequence, which may be first): the channel
+    axis stays whole, each int before it removes an axis (the channels move down by
+    one); the values of a channel are only sub-sampled, so its constant stays."""
+    if nodes_in(items) or any(isinstance(it, bool) or not isinstance(it, (int, slice))
+                              for it in items):
+        return "an index other than ints and slices"
+    if len(items) > ax and items[ax] != slice(None):
+        return "it indexes the channel dimension"
+    out = ax - sum(isinstance(it, int) for it in items[:ax])
+    return flow.same(node, x, flow.const[x].clone(), axis=out)
+
+
 @register
 class GetItem(OpHandler):
     key = "getitem"
+    any_axis = True
 
     def channels(self, node: fx.Node, flow) -> str | None:
         """A piece of a split (its slots), or indexing that keeps the batch and channel
@@ -340,12 +355,20 @@ class GetItem(OpHandler):
         a = args_of(node)
         x, idx = a["input"], a["index"]
         if isinstance(x, fx.Node) and x in flow.pieces and isinstance(idx, int):
+            n = len(flow.pieces[x])
+            if not -n <= idx < n:  # an element the producer does not trace
+                return f"element {idx} of a result whose traced elements are 0..{n - 1}" \
+                    if node.users else None
             flow.slots[node], flow.const[node] = flow.pieces[x][idx]
+            flow.set_axis(node, flow.axis_of(x))  # a tuple's axis is its pieces'
             return None
         if not flow.tracked(x):
             return None if flow.shape(node) is None or len(flow.shape(node)) < 2 \
                 else "its input carries no channel slots"
         items = list(idx) if isinstance(idx, tuple) else [idx]
+        ax = flow.axis_of(x)
+        if ax != 1:
+            return _index_last(node, flow, x, items, ax)
         whole = len(items) >= 2 and items[0] == slice(None) and items[1] == slice(None)
         return flow.keep(node, x, idx) if whole else "it indexes the batch or channel dimension"
 

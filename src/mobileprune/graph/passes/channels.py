@@ -2,13 +2,18 @@
 each channel carries (``compact``, ``dead_units`` / ``fold_dead_weights``, ADMM coupling).
 
 Every tensor of shape ``(N, C, ...)`` of the canonical graph
-(:func:`mobileprune.graph.trace`) has a *channel dimension* (dim 1); each position of it
-carries a *slot*, and slots are tied together with a union-find: they are removed only
-all together. The pass is one loop over the nodes: inputs, ``get_attr`` tensors and the
+(:func:`mobileprune.graph.trace`) has a *channel dimension*, dim 1 unless a handler puts
+it elsewhere (``flow.axis``: a Linear on ``(N, L, E)`` tokens makes its units the last
+axis; elementwise ops, residual adds and indexing keep or move it; a handler that does not
+declare ``any_axis`` is refused such inputs); each position of it carries a *slot*, and
+slots are tied together with a union-find: they are removed only all together. The pass is one loop over the nodes: inputs, ``get_attr`` tensors and the
 output *block* their slots (never removed); every other node goes to its handler's
 ``channels(node, flow)`` (:mod:`mobileprune.graph.ops`), which keeps its input's slots
 (per-channel ops), couples inputs (residual ``add``, ``mul``), concatenates them
-(``cat``), maps them (flatten), or makes new ones (a Conv / Linear *producer*), and maps
+(``cat``), maps them (flatten), or makes new ones (a Conv / Linear *producer*; the
+internal units of a leaf module -- LSTM / GRU hidden units, attention heads, a
+transformer layer's feed-forward units -- as layers whose rows and columns carry their
+own slots, ``Layer.in_ids`` / ``out_ids``), and maps
 the *constants* (``flow.const``: the value a channel has at every sample and position,
 NaN when it is not constant). A handler returns ``None`` when it handled the node, else
 the reason it cannot: the node's input channels are then blocked, the reason recorded
@@ -16,9 +21,10 @@ the reason it cannot: the node's input channels are then blocked, the reason rec
 
 :meth:`ChannelFlow.decide` then removes a slot when, at every Conv / Linear consumer,
 its weights are zero among the kept output units or its constant folds into the
-consumer's bias (exact for Linear and unpadded convs; only ``0`` through zero padding);
-removing output units frees more input columns, so it iterates to a fixed point. At
-least one channel of every tensor is kept.
+consumer's bias (exact for Linear and unpadded convs; only ``0`` through zero padding and
+into recurrent weights); removing output units frees more input columns, so it iterates
+to a fixed point. At least one channel of every tensor (one unit of every recurrent
+layer, one head of every attention) is kept.
 """
 
 from __future__ import annotations
@@ -97,17 +103,26 @@ def zero_padding(padding: Any) -> bool:
 class Layer:
     """A call site compaction resizes: ``kind`` ``"conv"`` / ``"linear"`` (producers:
     rows and columns), ``"dw"`` (depthwise conv: rows follow its input channels) or
-    ``"norm"`` (per-channel parameters). ``module`` is the module holding the tensors,
-    ``name`` its qualified name; ``zero`` the ``(out, in)`` all-zero kernel map."""
+    ``"norm"`` (per-channel parameters), ``"rnn"`` / ``"heads"`` (hidden units of a
+    recurrent layer, heads of an attention layer: resized by their handler) or
+    ``"reader"`` (weights that read slots and decide with the others, resized as part of
+    another layer). ``module`` is the module holding the tensors, ``name`` its qualified
+    name; ``zero`` the ``(rows, in)`` all-zero kernel map, ``zero_row`` the all-zero
+    rows (output units). ``in_ids`` / ``in_const`` are the slots and constants of its
+    input columns (default: those of ``inp``), ``out_ids`` the slot of each row
+    (default: those of ``node``; a recurrent layer's gate rows repeat its unit slots)."""
 
     node: fx.Node
     name: str
     module: nn.Module
     kind: str
-    inp: fx.Node
+    inp: fx.Node | None
     zero: Tensor | None = None
     zero_row: Tensor | None = None
     no_pad: bool = True
+    in_ids: Tensor | None = None
+    in_const: Tensor | None = None
+    out_ids: Tensor | None = None
 
 
 @dataclass
@@ -152,6 +167,8 @@ class ChannelFlow:
         self.atol = atol
         self.parent: list[int] = []
         self.slots: dict[fx.Node, Tensor] = {}
+        self.axis: dict[fx.Node, int] = {}  # the dim its slots index, when not 1
+        self.groups: list[tuple[Tensor, str]] = []  # internal units: at least one stays
         self.const: dict[fx.Node, Tensor] = {}
         self.pieces: dict[fx.Node, list[tuple[Tensor, Tensor]]] = {}
         self.blocks: list[Block] = []
@@ -180,7 +197,7 @@ class ChannelFlow:
             self.block_inputs(node, "output", "reaches the model output (its size never "
                                               "changes)")
         else:
-            why = self._aliased(node) or handler(node).channels(node, self)
+            why = self._aliased(node) or self._axes(node) or handler(node).channels(node, self)
             if why is not None:
                 self.refuse(node, why)
             elif node not in self.slots and node not in self.pieces:
@@ -196,6 +213,17 @@ class ChannelFlow:
         self.slots.pop(node, None)
         self.pieces.pop(node, None)
         self.fresh(node, "unknown_out", text)
+
+    def _axes(self, node: fx.Node) -> str | None:
+        """Why ``node``'s handler cannot take its inputs: one carries its channels on an
+        axis other than 1 (features last) and the handler only knows dim 1."""
+        if handler(node).any_axis:
+            return None
+        for n in nodes_in(node.args, node.kwargs):
+            if n in self.slots and self.axis_of(n) != 1:
+                return (f"its input {n.name!r} carries its features on axis "
+                        f"{self.axis_of(n)} (this op is only understood with channels on dim 1)")
+        return None
 
     def _aliased(self, node: fx.Node) -> str | None:
         a = args_of(node)
@@ -240,9 +268,14 @@ class ChannelFlow:
         tm = tensor_meta(node)
         return tm.dtype if tm is not None else torch.float32
 
+    def axis_of(self, node: fx.Node) -> int:
+        """The dim of ``node``'s tensor that its slots index (1 unless a handler said)."""
+        return self.axis.get(node, 1)
+
     def fresh(self, node: fx.Node, kind: str | None, why: str = "") -> None:
-        """New slots for ``node``'s channels (blocked unless ``kind`` is None)."""
+        """New slots for ``node``'s channels (dim 1; blocked unless ``kind`` is None)."""
         shape = shape_of(node)
+        self.axis.pop(node, None)
         if shape is None or len(shape) < 2:
             return
         self.slots[node] = self.new(shape[1])
@@ -257,14 +290,29 @@ class ChannelFlow:
             for s, _ in self.pieces.get(n, ()):
                 self.blocks.append(Block(s, kind, node, why))
 
-    def same(self, node: fx.Node, inp: fx.Node, const: Tensor) -> str | None:
-        """``node`` keeps the channel positions of ``inp`` (a per-channel op)."""
+    def same(self, node: fx.Node, inp: fx.Node, const: Tensor, axis: int | None = None
+             ) -> str | None:
+        """``node`` keeps the channel positions of ``inp``: a per-channel op (the same
+        axis, the batch kept), or an index (``axis``: where the channel axis lands once
+        the other axes are cut or removed)."""
         si, so = shape_of(inp), shape_of(node)
-        if so is None or si is None or len(so) < 2 or so[:2] != si[:2]:
+        ai = self.axis_of(inp)
+        ao = ai if axis is None else axis
+        keeps = so is not None and si is not None and len(so) > ao and so[ao] == si[ai]
+        if keeps and axis is None:
+            keeps = so[0] == si[0] and (ai == 1 or len(so) == len(si))
+        if not keeps:
             return f"output shape {so} does not keep the channels of input shape {si}"
         self.slots[node] = self.slots[inp]
         self.const[node] = const
+        self.set_axis(node, ao)
         return None
+
+    def set_axis(self, node: fx.Node, axis: int) -> None:
+        if axis == 1:
+            self.axis.pop(node, None)
+        else:
+            self.axis[node] = axis
 
     def _unfit(self, node: fx.Node, inp: Any, others: tuple) -> str | None:
         """Why ``node`` cannot keep ``inp``'s slots as a per-channel op (None: it can, or
@@ -302,11 +350,44 @@ class ChannelFlow:
         self.const[node] = self.const[inp].repeat_interleave(factor)
         return None
 
-    def produce(self, layer: Layer, const: Tensor) -> None:
-        """A producer's output units: new slots carrying ``const``."""
+    def produce(self, layer: Layer, const: Tensor, axis: int = 1) -> None:
+        """A producer's output units: new slots carrying ``const`` (on dim ``axis`` of
+        its output)."""
         self.layers.append(layer)
         self.slots[layer.node] = self.new(layer.zero_row.numel())
         self.const[layer.node] = const
+        self.set_axis(layer.node, axis)
+
+    def block(self, ids: Tensor, node: fx.Node, why: str) -> None:
+        """Keep the slots ``ids`` (kind ``unknown_in``, reason ``why``)."""
+        self.blocks.append(Block(ids, "unknown_in", node, why))
+
+    def blocked(self, n: int, node: fx.Node, why: str) -> Tensor:
+        """``n`` new slots, blocked with the reason ``why``."""
+        ids = self.new(n)
+        self.block(ids, node, why)
+        return ids
+
+    def report_units(self, node: fx.Node, name: str, m: nn.Module, kind: str, zero_row: Tensor,
+                     why: str) -> None:
+        """Internal units of a module ``node`` runs that its handler cannot remove: a
+        ``kind`` layer whose units are all kept with the reason ``why``, so that its zero
+        units (``zero_row``) are listed in the compaction record."""
+        ids = self.blocked(zero_row.numel(), node, f"{where(node)}: {why}")
+        self.layers.append(Layer(node, name, m, kind, None, zero_row=zero_row, out_ids=ids,
+                                 in_ids=torch.zeros(0, dtype=torch.long), in_const=nan(0)))
+
+    def in_ids(self, lay: Layer) -> Tensor:
+        """The slot of each input column of ``lay``."""
+        return self.slots[lay.inp] if lay.in_ids is None else lay.in_ids
+
+    def in_const(self, lay: Layer) -> Tensor:
+        """The constant of each input column of ``lay`` (NaN: not constant)."""
+        return self.const[lay.inp] if lay.in_const is None else lay.in_const
+
+    def out_ids(self, lay: Layer) -> Tensor:
+        """The slot of each output row of ``lay``."""
+        return self.slots[lay.node] if lay.out_ids is None else lay.out_ids
 
     def frozen(self, name: str, m: nn.Module) -> str | None:
         """Why layer ``name`` must not be resized (None: it may)."""
@@ -315,7 +396,7 @@ class ChannelFlow:
         if any(t == name or t.startswith(name + ".") for t in self.attrs):
             return f"the parameters of {name!r} are also read directly"
         from torch.nn.utils import parametrize
-        if parametrize.is_parametrized(m) or hasattr(m, "weight_orig"):
+        if any(parametrize.is_parametrized(x) or hasattr(x, "weight_orig") for x in m.modules()):
             return f"module {name!r} is parametrised (pruning reparametrisation)"
         return None
 
@@ -378,32 +459,42 @@ class ChannelFlow:
         blocked = torch.zeros(len(self.parent), dtype=torch.bool)
         blocked[list(why)] = True
         for lay in self.layers:
-            if lay.kind not in ("conv", "linear"):
+            if lay.kind not in ("conv", "linear", "reader"):
                 continue
             zero = lay.zero
             if removed is not None:  # only the rows that survive matter
-                zero = zero[~removed[root[self.slots[lay.node]]]]
-            c = self.const[lay.inp]
+                zero = zero[~removed[root[self.out_ids(lay)]]]
+            c = self.in_const(lay)
             ok = torch.isfinite(c) if lay.no_pad else c == 0
             pos = ~(zero.all(0) | ok)
-            blocked[root[self.slots[lay.inp][pos]]] = True
-            for r, v in zip(root[self.slots[lay.inp][pos]].tolist(), c[pos].tolist()):
+            ids = root[self.in_ids(lay)[pos]]
+            blocked[ids] = True
+            for r, v in zip(ids.tolist(), c[pos].tolist()):
                 why.setdefault(r, f"layer {lay.name!r} reads it with nonzero weights and its "
                                + (f"constant {v:.4g} cannot fold through zero padding"
                                   if math.isfinite(v) else "values are not a constant"))
         return blocked
 
     def _keep_one(self, removed: Tensor, root: Tensor, why: dict[int, str]) -> None:
-        for node, s in self.slots.items():
+        sets = [(s, node) for node, s in self.slots.items()] + self.groups
+        for s, label in sets:
             r = root[s]
             if s.numel() and bool(removed[r].all()):
                 removed[r[0]] = False
-                why.setdefault(int(r[0]), f"the last channel of {describe(node)} (no "
-                                          f"zero-width layers)")
+                label = label if isinstance(label, str) else f"the last channel of {describe(label)}"
+                why.setdefault(int(r[0]), f"{label} (no zero-width layers)")
 
     def removed_pos(self, dec: Decision, node: fx.Node) -> Tensor:
         """Bool per channel position of ``node``: removed."""
         return dec.removed_root[dec.root[self.slots[node]]]
+
+    def removed_in(self, dec: Decision, lay: Layer) -> Tensor:
+        """Bool per input column of ``lay``: removed."""
+        return dec.removed_root[dec.root[self.in_ids(lay)]]
+
+    def removed_out(self, dec: Decision, lay: Layer) -> Tensor:
+        """Bool per output row of ``lay``: removed."""
+        return dec.removed_root[dec.root[self.out_ids(lay)]]
 
     def fold(self, lay: Layer, rows: Tensor, removed_in: Tensor) -> Tensor:
         """Bias increment (float64, per row of ``rows``) of a Conv / Linear whose inputs
@@ -412,7 +503,7 @@ class ChannelFlow:
         fold = torch.zeros(rows.numel(), dtype=torch.float64)
         if not removed_in.numel():
             return fold
-        c = self.const[lay.inp][removed_in]
+        c = self.in_const(lay)[removed_in]
         use = torch.isfinite(c)
         w = lay.module.weight.detach()
         w64 = w.index_select(0, rows.to(w.device)).to("cpu", torch.float64)

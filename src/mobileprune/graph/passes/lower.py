@@ -36,7 +36,7 @@ from torch import fx
 from mobileprune.errors import UnsupportedModelError
 from mobileprune.graph.canonical import BY_KEY, describe, source_line
 from mobileprune.graph.registry import handler
-from mobileprune.graph.trace import Traced, tensor_meta
+from mobileprune.graph.trace import Traced, defaulted, tensor_meta
 from mobileprune.runtime import format3
 
 __all__ = ["Ref", "Missing", "Emit", "Lowered", "lower", "message"]
@@ -227,8 +227,8 @@ def _holds_ref(v: Any) -> bool:
 def _structural(node: fx.Node, emit: Emit) -> bool:
     """Inputs, parameters and the output; True when ``node`` was one."""
     key = node.meta.get("mp_op")
-    if key == "input" and tensor_meta(node) is None and node.args:
-        emit.set_static(node, node.args[0])  # an optional argument left at its default
+    if key == "input" and defaulted(node) is not node:
+        emit.set_static(node, defaulted(node))  # an optional argument left at its default
     elif key == "input":  # its dtype is checked where it is used (named by that op)
         emit.out.inputs.append({"name": node.name, "shape": emit.sample(node, any_dtype=True)})
         emit.shapes[node.name] = emit.out.inputs[-1]["shape"]
