@@ -77,9 +77,9 @@ import torch
 from torch import Tensor, nn
 
 from mobileprune.errors import ConfigError
-from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.regularizers import Regularizer, _check_weight_param
 from mobileprune.sparsity.targets import TYPE_NAMES, WeightSlot, load_yaml, parse_types, select
+from mobileprune.pipeline.retrain import masked_retrain
 from mobileprune.pipeline.train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
@@ -596,8 +596,9 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     ``palm_options`` such as ``gamma``) or :func:`proximal_epoch` (``mode="proximal"``,
     a fresh ``prox_optimizer`` with ``prox_lr`` each round); then ``retrain_epochs``
     epochs of masked retraining with a fresh Adam (``retrain_lr``,
-    ``retrain_weight_decay``) under :class:`MaskEnforcer` with :meth:`ProximalPruner.masks`
-    (pruned weights stay exactly zero); then, after rounds ``increase_every``,
+    ``retrain_weight_decay``) under the masks :meth:`ProximalPruner.masks` in the one
+    masked-retraining loop, :func:`mobileprune.pipeline.retrain.masked_retrain` (pruned
+    weights stay exactly zero); then, after rounds ``increase_every``,
     ``2 increase_every``, ... (``None``: never), :meth:`ProximalPruner.increase` with
     ``lam_factor`` / ``eta_factor``.  (The public code used 10 prox + 30 retrain epochs
     and raised ``lam``/``eta`` additively every ``stride`` rounds.)
@@ -667,12 +668,9 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
         retrain_stats: dict[str, Any] = {}
         if retrain_epochs:
             opt = torch.optim.Adam(model.parameters(), lr=retrain_lr, weight_decay=retrain_weight_decay)
-            with MaskEnforcer(model, pruner.masks(), opt):
-                for e in range(retrain_epochs):
-                    desc = f"round {r + 1} retrain {e + 1}/{retrain_epochs}"
-                    retrain_stats = train_epoch(model, train_loader, opt, loss_fn=loss_fn,
-                                                progress=progress, desc=desc, shift=shift, **kd)
-                    check_finite(model, f"after {desc}")
+            retrain_stats = masked_retrain(model, train_loader, opt, retrain_epochs, masks=pruner.masks(),
+                                           train={"loss_fn": loss_fn, "shift": shift, **kd},
+                                           progress=progress, desc=f"round {r + 1} retrain")[-1]
         rec["retrain"] = retrain_stats
         rec["nonzero"] = pruner.nonzero()
         rec["nonzero_total"] = sum(rec["nonzero"].values())
