@@ -5,7 +5,8 @@ retraining of seed 003 (Algorithm 1, step 4: after masked mapping ``W_i <- Pi_{S
 the Eq. 6 projection, train with the masks ``M_i`` fixed) and its ADMM W-steps (Eq. 5;
 with nested stages under the previous stage's masks), and MobilePrune's (seed 000)
 retraining in every proximal round (:func:`~mobileprune.sparsity.proximal.run_rounds`), after
-the unit caps and after the last round (:func:`~mobileprune.pipeline.proximal_run.proximal_prune`).
+the unit caps and after the last round (:func:`~mobileprune.pipeline.proximal_run.proximal_prune`);
+also dense training (:func:`~mobileprune.pipeline.fit.fit`, no masks).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def masked_retrain(model: nn.Module, loader: DataLoader, optimizer, epochs: int,
         progress, desc: the progress bar / lines (``desc`` plus ``" i/epochs"``).
 
     Returns one record per epoch run here: ``train_epoch``'s stats, ``epoch`` (1-based),
-    ``seconds`` (its wall time, evaluation included) and ``evaluate()``'s entries. Raises
+    ``seconds`` (the wall time of its training; a phase's whole time is in the run report,
+    :class:`~mobileprune.pipeline.runstate.PhaseClock`) and ``evaluate()``'s entries. Raises
     ``FloatingPointError`` when the loss or a weight becomes NaN / inf.
     """
     from mobileprune.sparsity.proximal import check_finite
@@ -73,10 +75,11 @@ def masked_retrain(model: nn.Module, loader: DataLoader, optimizer, epochs: int,
             t0 = time.perf_counter()
             stats = train_epoch(model, loader, optimizer, scheduler=scheduler, progress=progress,
                                 desc=f"{desc} {done + 1}/{epochs}", **(train or {}))
+            seconds = time.perf_counter() - t0
             check_finite(model, f"after {desc} epoch {done + 1}")
             done += 1
             stats.update(evaluate() if evaluate is not None else {})
-            stats.update(epoch=done, seconds=time.perf_counter() - t0)
+            stats.update(epoch=done, seconds=seconds)
             records.append(stats)
             if checkpoint is not None:
                 checkpoint({"epochs": done, "optimizer": optimizer.state_dict(),
