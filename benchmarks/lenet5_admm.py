@@ -92,10 +92,7 @@ def main() -> int:
         ck = load_checkpoint(work / "admm" / f"{label}.pt")
         m = restore_model(ck)
         rep = layer_report(m, resolve_targets(m, stage))
-        a_set, r_set = cfg.settings(i)
-        secs = sum(h.get("seconds", 0) for h in res.history
-                   if h.get("stage") == label and (h.get("phase"), h.get("epoch")) in
-                   (("admm", a_set.epochs), ("retrain", r_set.epochs)))
+        secs = sum(res.report["seconds"].get(f"{label} {phase}", 0) for phase in ("admm", "retrain"))
         t = rep["totals"]
         # weights of units that cannot affect the output (compaction removes them exactly)
         small = compact(m.eval(), torch.zeros(1, 1, 28, 28))

@@ -155,20 +155,21 @@ def test_schedule_additions_validated(data, bad, match):
 def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, final_distill,
                                         expect_rounds, expect_final):
     import mobileprune.sparsity.proximal as palm
-    import mobileprune.pipeline.proximal_run as pipeline
+    import mobileprune.pipeline.retrain as retrain
 
     seen = {"rounds": [], "final": []}
-    run_rounds, train_epoch = palm.run_rounds, pipeline.train_epoch
+    run_rounds, train_epoch = palm.run_rounds, retrain.train_epoch
 
     def rounds_spy(*a, **kw):
         seen["rounds"].append(kw.get("distill", 0.0) if kw.get("teacher") is not None else 0.0)
         return run_rounds(*a, **kw)
 
-    def final_spy(*a, **kw):
-        seen["final"].append(kw.get("distill", 0.0) if kw.get("teacher") is not None else 0.0)
+    def final_spy(*a, **kw):  # the one masked-retraining loop: the final retraining's epochs
+        if kw["desc"].startswith("final retrain"):
+            seen["final"].append(kw.get("distill", 0.0) if kw.get("teacher") is not None else 0.0)
         return train_epoch(*a, **kw)
     monkeypatch.setattr(palm, "run_rounds", rounds_spy)
-    monkeypatch.setattr(pipeline, "train_epoch", final_spy)
+    monkeypatch.setattr(retrain, "train_epoch", final_spy)
     torch.manual_seed(0)
     proximal_prune(_net(), data, _sched(rounds=2, distill=distill, final_distill=final_distill,
                                                final_retrain_epochs=2),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -29,12 +28,12 @@ from mobileprune.sparsity.admm import ADMMPruner
 from mobileprune.checkpoint import (load_checkpoint, restore_model,
                                    save_checkpoint)
 from mobileprune.errors import CheckpointError, ConfigError, UnsupportedModelError
-from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.report import layer_report
 from mobileprune.sparsity.targets import PruneConfig, resolve_targets
-from mobileprune.pipeline.train import OPTIMIZERS, cosine_lr, evaluate, make_optimizer, train_epoch
-from mobileprune.pipeline.runstate import (STATE_FILE, PipelineResult, _example_input, _fmt_metric,
-                                          _teacher, check_resume, run_inputs)
+from mobileprune.pipeline.retrain import masked_retrain
+from mobileprune.pipeline.train import OPTIMIZERS, cosine_lr, evaluate, make_optimizer
+from mobileprune.pipeline.runstate import (STATE_FILE, PhaseClock, PipelineResult, _example_input,
+                                          _fmt_metric, _teacher, check_resume, run_inputs)
 
 
 @dataclass
@@ -237,6 +236,7 @@ class _ADMMRun:
     saved: dict[str, Any] = field(default_factory=dict)  # optimizer / ADMM / scheduler states to restore
     allowed: dict[str, Tensor] | None = None  # where retrain.regrow may grow weights
     acc_before: float | None = None
+    clock: PhaseClock = field(default_factory=PhaseClock)  # wall time per phase
 
     @property
     def test_key(self) -> str:
@@ -261,6 +261,7 @@ class _ADMMRun:
         self.masks = {k: v.bool() for k, v in st["masks"].items()}
         self.saved = {k: extra.get(k) for k in ("admm", "optimizer", "scheduler")}
         self.allowed, self.acc_before = extra.get("allowed"), extra.get("accuracy_before")
+        self.clock = PhaseClock(extra.get("phase_seconds"))
         if "rng" in extra:
             torch.set_rng_state(extra["rng"])
         gen = getattr(self.loader, "generator", None)
@@ -283,32 +284,37 @@ class _ADMMRun:
                                "optimizer": opt.state_dict() if opt else None,
                                "scheduler": sched.state_dict() if sched else None,
                                "accuracy_before": self.acc_before, "rng": torch.get_rng_state(),
-                               "allowed": self.allowed,
+                               "allowed": self.allowed, "phase_seconds": self.clock.state(),
                                "loader_rng": gen.get_state() if gen is not None else None})
 
     def take(self, key: str) -> Any:
         """A saved optimizer / ADMM / scheduler state, once (``None`` on a fresh start)."""
         return self.saved.pop(key, None)
 
-    def epochs(self, phase: str, total: int, opt, train: Mapping[str, Any], *, sched=None,
+    def epochs(self, phase: str, total: int, opt, masks, train: Mapping[str, Any], *, sched=None,
                pruner=None, after=None) -> None:
-        """The one epoch loop of the run: train, measure, record, log and save after every
-        epoch, from ``pos["epoch"]`` to ``total``."""
+        """The phase's epochs ``pos["epoch"]`` to ``total`` in the one masked-training loop
+        (:func:`~mobileprune.pipeline.retrain.masked_retrain`, under ``masks`` or an enforcer;
+        the saved optimizer / scheduler states on resume); every epoch is measured (``after()``,
+        then the test metric), recorded, logged and saved with the run."""
         label = _stage_label(self.pos["stage"], self.cfg.stages[self.pos["stage"]])
-        t0 = time.perf_counter()
-        while self.pos["epoch"] < total:
-            ep = self.pos["epoch"]
-            stats = train_epoch(self.model, self.loader, opt, scheduler=sched, progress=self.progress,
-                                desc=f"{label} {phase} {ep + 1}/{total}", teacher=self.teacher,
-                                loss_fn=self.loss_fn, **train)
-            if after is not None:
-                stats.update(after())
-            stats.update({"stage": label, "phase": phase, "epoch": ep + 1,
-                          self.test_key: self.ev(), "seconds": time.perf_counter() - t0})
-            self.history.append(stats)
-            self.log(_fmt_epoch(stats))
-            self.pos["epoch"] += 1
+
+        def measure() -> dict[str, Any]:
+            return {**(after() if after is not None else {}), self.test_key: self.ev()}
+
+        def checkpoint(state: dict[str, Any], rec: dict[str, Any]) -> None:
+            rec.update(stage=label, phase=phase)
+            self.history.append(rec)
+            self.log(_fmt_epoch(rec))
+            self.pos["epoch"] = state["epochs"]
             self.save(pruner, opt, sched)
+
+        resume = {"epochs": self.pos["epoch"], "optimizer": self.take("optimizer"),
+                  "scheduler": self.take("scheduler")}
+        masked_retrain(self.model, self.loader, opt, total, masks=masks, scheduler=sched,
+                       resume=resume, train={"teacher": self.teacher, "loss_fn": self.loss_fn, **train},
+                       evaluate=measure, checkpoint=checkpoint, progress=self.progress,
+                       desc=f"{label} {phase}")
 
 
 def _train_kwargs(s: _TrainSettings) -> dict[str, Any]:
@@ -337,16 +343,12 @@ def _admm_phase(run: _ADMMRun, targets) -> None:
         pruner = make_pruner(None)
     opt = make_optimizer(a.optimizer, run.model.parameters(), a.lr, momentum=a.momentum,
                          weight_decay=a.weight_decay)
-    admm_state, opt_state = run.take("admm"), run.take("optimizer")
+    admm_state = run.take("admm")
     if admm_state is not None:
         pruner.load_state_dict(admm_state)
-        opt.load_state_dict(opt_state)
-    enforcer = MaskEnforcer(run.model, run.masks, opt) if run.masks and a.nested else None
-    run.epochs("admm", a.epochs, opt, {**_train_kwargs(a), "penalty": pruner.penalty,
-                                        "after_step": pruner.step},
+    run.epochs("admm", a.epochs, opt, run.masks if run.masks and a.nested else None,
+               {**_train_kwargs(a), "penalty": pruner.penalty, "after_step": pruner.step},
                pruner=pruner, after=pruner.update if a.update_every is None else None)
-    if enforcer is not None:
-        enforcer.remove()
     run.masks = pruner.finalize(reallocate_dead=a.reallocate_dead)
     if a.reallocate_dead:
         run.log(f"{label}: dead weights reallocated in {pruner.reallocation_rounds} round(s)")
@@ -360,10 +362,10 @@ def _admm_phase(run: _ADMMRun, targets) -> None:
 
 
 def _retrain_enforcer(run: _ADMMRun, r: RetrainSettings, targets, opt):
-    """The masks of masked retraining: fixed, or moving at a constant count (RigL) inside
-    the live units of unstructured layers with ``retrain.regrow``."""
+    """The masks of masked retraining: fixed (``run.masks``), or an enforcer moving them at a
+    constant count (RigL) inside the live units of unstructured layers with ``retrain.regrow``."""
     if not r.regrow:
-        return MaskEnforcer(run.model, run.masks, opt)
+        return run.masks
     from mobileprune.sparsity.masks import RegrowingMaskEnforcer, live_structure
 
     if run.allowed is None:
@@ -381,19 +383,15 @@ def _retrain_enforcer(run: _ADMMRun, r: RetrainSettings, targets, opt):
 
 
 def _retrain_phase(run: _ADMMRun, targets, run_dir: Path | None) -> None:
-    """Masked retraining of the stage, its report and checkpoint."""
+    """Masked retraining of the stage (seed 003, Algorithm 1 step 4: the masks of masked
+    mapping fixed, pruned weights exactly 0.0), its report and checkpoint."""
     si = run.pos["stage"]
     stage, r = run.cfg.stages[si], run.cfg.settings(si)[1]
     opt = make_optimizer(r.optimizer, run.model.parameters(), r.lr, momentum=r.momentum,
                          weight_decay=r.weight_decay)
     sched = cosine_lr(opt, r.epochs * len(run.loader)) if r.cosine else None
-    opt_state, sched_state = run.take("optimizer"), run.take("scheduler")
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-        if sched is not None and sched_state is not None:
-            sched.load_state_dict(sched_state)
-    with _retrain_enforcer(run, r, targets, opt):
-        run.epochs("retrain", r.epochs, opt, _train_kwargs(r), sched=sched)
+    run.epochs("retrain", r.epochs, opt, _retrain_enforcer(run, r, targets, opt),
+               _train_kwargs(r), sched=sched)
     name = run.metric_name
     rep = layer_report(run.model, targets, metrics={f"{name}_before": run.acc_before,
                                                     f"{name}_after": run.ev()})
@@ -462,14 +460,18 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
         started = bool(run.history) or run.pos != {"stage": 0, "phase": "admm", "epoch": 0}
         run.teacher = _teacher(teacher if teacher is not None else model, run_dir, resumed=started)
     while run.pos["stage"] < len(cfg.stages):
-        targets = stage_targets[run.pos["stage"]]
+        si = run.pos["stage"]
+        targets, label = stage_targets[si], _stage_label(si, cfg.stages[si])
         if run.pos["phase"] == "admm":
-            _admm_phase(run, targets)
+            with run.clock(f"{label} admm"):
+                _admm_phase(run, targets)
         if run.pos["phase"] == "retrain":
-            _retrain_phase(run, targets, run_dir)
+            with run.clock(f"{label} retrain"):
+                _retrain_phase(run, targets, run_dir)
     name = run.metric_name
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
                           metrics={f"{name}_before": run.acc_before, f"{name}_after": run.ev()})
+    report["seconds"] = run.clock.report()
     return PipelineResult(model=model, masks=run.masks, report=report, history=run.history)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -14,7 +13,8 @@ from torch.utils.data import DataLoader
 from mobileprune.checkpoint import (load_checkpoint, restore_model,
                                    save_checkpoint)
 from mobileprune.errors import CheckpointError
-from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
+from mobileprune.pipeline.retrain import masked_retrain
+from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer
 from mobileprune.pipeline.admm_run import _TrainSettings, _fmt_epoch, _non_default, _settings
 
 
@@ -29,8 +29,9 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: s
 
     With ``state_path``, the model, optimizer, scheduler, RNG states and history are
     written there (atomically) after every epoch; calling ``fit`` again with the same
-    arguments continues where it stopped (a finished run returns at once). Returns
-    ``{"test_accuracy", "train_seconds", "history"}``.
+    arguments continues where it stopped (a finished run returns at once). The epochs run
+    in the pipelines' one training loop (:func:`~mobileprune.pipeline.retrain.masked_retrain`,
+    here without masks). Returns ``{"test_accuracy", "train_seconds", "history"}``.
     """
     settings = _settings(_TrainSettings, {"epochs": epochs, "optimizer": optimizer, "lr": lr,
                                           "weight_decay": weight_decay, "momentum": momentum,
@@ -58,23 +59,25 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: s
         if gen is not None and extra.get("loader_rng") is not None:
             gen.set_state(extra["loader_rng"])
         log(f"resuming training from {path} after epoch {len(history)}")
-    while len(history) < settings.epochs:
-        ep = len(history)
-        t0 = time.perf_counter()
-        stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress,
-                            desc=f"train {ep + 1}/{settings.epochs}", shift=settings.shift)
-        seconds += time.perf_counter() - t0
-        stats.update({"epoch": ep + 1, "test_accuracy": evaluate(model, eval_loader)
-                      if eval_loader is not None else None})
-        history.append(stats)
-        log(_fmt_epoch({**stats, "stage": "dense", "phase": "train"}))
+
+    def checkpoint(state: dict[str, Any], rec: dict[str, Any]) -> None:
+        nonlocal seconds
+        seconds += rec["seconds"]
+        history.append(rec)
+        log(_fmt_epoch({**rec, "stage": "dense", "phase": "train"}))
         if path is not None:
             save_checkpoint(path, model, kind="run-state", model_name=model_name,
                             model_kwargs=model_kwargs,
-                            extra={"fingerprint": fingerprint, "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "history": history,
+                            extra={"fingerprint": fingerprint, "optimizer": state["optimizer"],
+                                   "scheduler": state["scheduler"], "history": history,
                                    "seconds": seconds, "rng": torch.get_rng_state(),
                                    "loader_rng": gen.get_state() if gen is not None else None})
+
+    masked_retrain(model, train_loader, opt, settings.epochs, scheduler=sched,
+                   resume={"epochs": len(history)}, train={"shift": settings.shift},
+                   evaluate=lambda: {"test_accuracy": evaluate(model, eval_loader)
+                                     if eval_loader is not None else None},
+                   checkpoint=checkpoint, progress=progress, desc="train")
     acc = history[-1]["test_accuracy"] if history else (
         evaluate(model, eval_loader) if eval_loader is not None else None)
     return {"test_accuracy": acc, "train_seconds": seconds, "history": history}

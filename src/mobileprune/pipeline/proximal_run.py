@@ -21,12 +21,12 @@ from torch.utils.data import DataLoader
 from mobileprune.checkpoint import (architecture_of, load_checkpoint, restore_model,
                                    save_checkpoint)
 from mobileprune.errors import CheckpointError, ConfigError
-from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.report import layer_report
 from mobileprune.pipeline import distributed
-from mobileprune.pipeline.train import OPTIMIZERS, cosine_lr, evaluate, train_epoch
-from mobileprune.pipeline.runstate import (STATE_FILE, PipelineResult, _example_input, _teacher,
-                                          check_resume, run_inputs)
+from mobileprune.pipeline.retrain import masked_retrain
+from mobileprune.pipeline.train import OPTIMIZERS, cosine_lr, evaluate
+from mobileprune.pipeline.runstate import (STATE_FILE, PhaseClock, PipelineResult, _example_input,
+                                          _teacher, check_resume, run_inputs)
 
 
 # ---------------------------------------------------------------------------------------
@@ -224,44 +224,41 @@ def _prox_fingerprint(pruner_cfg: Mapping[str, Any], sched: ProxSchedule) -> str
                                      default=str).encode()).hexdigest()[:16]
 
 
-def _masked_retrain(model, train_loader, pruner, sched: ProxSchedule, epochs: int, lr: float,
-                    state: dict, kd: dict, eval_loader, progress, save, log, label: str,
-                    regrow: float = 0.0, shift: int | None = None) -> None:
-    """``epochs`` of masked retraining (Adam, cosine decay from ``lr``), resumable per epoch:
-    ``state`` holds the optimizer/scheduler state and the epochs done, and ``save(state)``
-    is called after every epoch (the final retraining and the ``structure_epochs``).
-    ``regrow > 0``: the masks move (:class:`RegrowingMaskEnforcer` with ``alpha = regrow``
-    over the first 75% of the steps); they are part of ``state``."""
+def _masked_retrain(run: "_ProxRun", epochs: int, lr: float, state: dict, distill: float,
+                    save: Callable[[dict], None], label: str, regrow: float = 0.0,
+                    shift: int | None = None) -> None:
+    """``epochs`` of MobilePrune's masked retraining (seed 000) after the unit caps
+    (``structure_epochs``) or the last round (``final_retrain_epochs``): Adam with cosine
+    decay from ``lr`` in the one masked-retraining loop
+    (:func:`~mobileprune.pipeline.retrain.masked_retrain`), under the pruner's masks (or
+    ``state["masks"]``). Resumable per epoch: ``state`` holds the epochs done and the
+    optimizer / scheduler states, and ``save(state)`` runs after every epoch. ``regrow > 0``:
+    the masks move (:class:`RegrowingMaskEnforcer` with ``alpha = regrow`` over the first
+    75% of the steps); they are part of ``state``."""
     from mobileprune.sparsity.masks import RegrowingMaskEnforcer
-    from mobileprune.sparsity.proximal import check_finite
 
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=sched.retrain_weight_decay)
-    steps = epochs * len(train_loader)
-    lr_sched = cosine_lr(opt, steps)
-    done = int(state.get("epochs", 0))
-    if "optimizer" in state:
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["scheduler"])
-    masks = state.get("masks") or pruner.masks()
+    opt = torch.optim.Adam(run.model.parameters(), lr=lr, weight_decay=run.sched.retrain_weight_decay)
+    steps = epochs * len(run.loader)
+    masks = state.get("masks") or run.pruner.masks()
     if regrow:
-        enforcer = RegrowingMaskEnforcer(model, masks, opt, end_step=int(0.75 * steps), alpha=regrow,
-                                         every=sched.regrow_every, allowed=state.get("allowed"),
-                                         step=done * len(train_loader))
-        moving = lambda: {"masks": dict(enforcer.masks), "allowed": dict(enforcer.allowed)}  # noqa: E731
-    else:
-        enforcer, moving = MaskEnforcer(model, masks, opt), dict
-    with enforcer:
-        while done < epochs:
-            stats = train_epoch(model, train_loader, opt, scheduler=lr_sched, progress=progress,
-                                desc=f"{label} {done + 1}/{epochs}",
-                                shift=sched.shift if shift is None else shift, **kd)
-            check_finite(model, f"after {label} epoch {done + 1}")
-            done += 1
-            acc = evaluate(model, eval_loader) if eval_loader is not None else None
-            save({"epochs": done, "optimizer": opt.state_dict(), "scheduler": lr_sched.state_dict(),
-                  **moving()})
-            log(f"{label} {done}/{epochs}: loss {stats['loss']:.4f}"
+        masks = RegrowingMaskEnforcer(run.model, masks, opt, end_step=int(0.75 * steps), alpha=regrow,
+                                      every=run.sched.regrow_every, allowed=state.get("allowed"),
+                                      step=int(state.get("epochs", 0)) * len(run.loader))
+
+    def checkpoint(st: dict[str, Any], rec: dict[str, Any]) -> None:
+        if regrow:
+            st.update(masks=dict(masks.masks), allowed=dict(masks.allowed))
+        save(st)
+        acc = rec.get("test_accuracy")
+        run.log(f"{label} {rec['epoch']}/{epochs}: loss {rec['loss']:.4f}"
                 + (f", test acc {100 * acc:.2f}%" if acc is not None else ""))
+
+    measure = (lambda: {"test_accuracy": evaluate(run.model, run.eval_loader)}) \
+        if run.eval_loader is not None else None
+    masked_retrain(run.model, run.loader, opt, epochs, masks=masks, scheduler=cosine_lr(opt, steps),
+                   resume=state, evaluate=measure, checkpoint=checkpoint, progress=run.progress,
+                   desc=label, train={"shift": run.sched.shift if shift is None else shift,
+                                      **run.kd(distill)})
 
 
 def _grad_magnitudes(model: nn.Module, loader, masks: Mapping[str, Tensor], kd: Mapping[str, Any],
@@ -383,6 +380,7 @@ class _ProxRun:
     final: dict[str, Any] = field(default_factory=dict)
     structure: dict[str, Any] = field(default_factory=dict)  # the max_units / max_inputs phase
     compacted: bool = False
+    clock: PhaseClock = field(default_factory=PhaseClock)  # wall time per phase
 
     def load(self) -> dict | None:
         """The saved state of this run (checked: same config, weights and data), or None."""
@@ -408,6 +406,7 @@ class _ProxRun:
         self.final = dict(extra.get("final") or {})
         self.structure = dict(extra.get("structure") or {})
         self.compacted = bool(extra.get("compacted"))
+        self.clock = PhaseClock(extra.get("phase_seconds"))
         self.log(f"resuming from {self.state_path}: {self.done} of {self.sched.rounds} rounds done")
 
     def save(self, final_state=None) -> None:
@@ -420,7 +419,8 @@ class _ProxRun:
                                "pruner": self.pruner.state_dict(), "history": self.history,
                                "rounds_done": self.done, "accuracy_before": self.acc_before,
                                "final": final_state, "given_architecture": self.given_arch,
-                               "compacted": self.compacted, "structure": self.structure})
+                               "compacted": self.compacted, "structure": self.structure,
+                               "phase_seconds": self.clock.state()})
 
     def kd(self, weight: float) -> dict[str, Any]:
         return ({"teacher": self.teacher, "distill": weight, "temperature": self.sched.temperature}
@@ -501,9 +501,8 @@ def _structure_phase(run: _ProxRun) -> None:
             structure.update(state)
             run.save()
         lr = sched.structure_lr if sched.structure_lr is not None else sched.retrain_lr
-        _masked_retrain(run.model, run.loader, run.pruner, sched, sched.structure_epochs, lr,
-                        structure, run.kd(sched.distill), run.eval_loader, run.progress,
-                        save_structure, run.log, "structure retrain")
+        _masked_retrain(run, sched.structure_epochs, lr, structure, sched.distill, save_structure,
+                        "structure retrain")
     run.record({"round": 0, "capped": structure["units"]}, "structure cut")
     for key in ("optimizer", "scheduler"):
         structure.pop(key, None)
@@ -626,20 +625,27 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
         run.pruner.load_state_dict(st["extra"]["pruner"])
     _prepare_surgery(run)
     if sched.max_units or sched.max_inputs:
-        _structure_phase(run)
-    _rounds_phase(run)
-    _project_phase(run)
-    _refill_phase(run, final_kd)
+        with run.clock("structure"):
+            _structure_phase(run)
+    with run.clock("rounds"):
+        _rounds_phase(run)
+    if sched.final_project:
+        with run.clock("project"):
+            _project_phase(run)
+    if sched.final_refill:
+        with run.clock("refill"):
+            _refill_phase(run, final_kd)
     if sched.final_retrain_epochs:
         lr = sched.final_retrain_lr if sched.final_retrain_lr is not None else sched.retrain_lr
-        _masked_retrain(model, train_loader, run.pruner, sched, sched.final_retrain_epochs, lr,
-                        run.final, run.kd(final_kd), eval_loader, progress, run.save, log,
-                        "final retrain", regrow=sched.final_regrow, shift=sched.final_shift)
+        with run.clock("final retrain"):
+            _masked_retrain(run, sched.final_retrain_epochs, lr, run.final, final_kd, run.save,
+                            "final retrain", regrow=sched.final_regrow, shift=sched.final_shift)
     # (a compacted model carries the size it started as: compressions against the model as given)
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": run.acc_before,
                                    "accuracy_after": evaluate(model, eval_loader) if eval_loader else None,
                                    "method": pruner_cfg.get("method")})
+    report["seconds"] = run.clock.report()
     return PipelineResult(model=model, masks=run.pruner.masks(), report=report, history=run.history,
                           compacted=run.compacted)
 

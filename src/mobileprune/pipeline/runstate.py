@@ -4,6 +4,8 @@ example input and metric formatting."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,3 +91,37 @@ def _example_input(loader: DataLoader):
 
 def _fmt_metric(name: str, value: float) -> str:
     return f"{100 * value:.2f}%" if name == "accuracy" else f"{value:.4g}"
+
+
+class PhaseClock:
+    """Wall time per phase of a run, summed over resumes: :meth:`state` (saved with the
+    run state) counts the running phase up to now, and a resumed run starts from it, so
+    only the time between the last save and an interruption is lost (that work is
+    redone). ``with clock("stage1 retrain"): ...`` times one phase."""
+
+    def __init__(self, saved: Mapping[str, float] | None = None) -> None:
+        self.seconds: dict[str, float] = {k: float(v) for k, v in (saved or {}).items()}
+        self._running: tuple[str, float] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        self._running = (phase, time.perf_counter())
+        try:
+            yield
+        finally:
+            self.seconds = self.state()
+            self._running = None
+
+    def state(self) -> dict[str, float]:
+        """``{phase: seconds}``, the running phase included."""
+        out = dict(self.seconds)
+        if self._running is not None:
+            name, t0 = self._running
+            out[name] = out.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    def report(self) -> dict[str, float]:
+        """:meth:`state` plus ``"total"``, rounded to milliseconds (the run report's
+        ``seconds``)."""
+        out = {k: round(v, 3) for k, v in self.state().items()}
+        return {**out, "total": round(sum(out.values()), 3)}

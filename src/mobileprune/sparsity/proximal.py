@@ -77,9 +77,9 @@ import torch
 from torch import Tensor, nn
 
 from mobileprune.errors import ConfigError
-from mobileprune.sparsity.masks import MaskEnforcer
 from mobileprune.sparsity.regularizers import Regularizer, _check_weight_param
 from mobileprune.sparsity.targets import TYPE_NAMES, WeightSlot, load_yaml, parse_types, select
+from mobileprune.pipeline.retrain import masked_retrain
 from mobileprune.pipeline.train import _progress, evaluate, forward, make_optimizer, train_epoch
 
 __all__ = [
@@ -579,6 +579,33 @@ def proximal_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Op
 
 
 # ------------------------------------------------------------------------ rounds
+def _distillation(teacher: nn.Module | None, distill: float, temperature: float) -> dict[str, Any]:
+    """The distillation keywords of ``train_epoch`` (none with ``distill == 0``), checked."""
+    _positive(distill, "distill", strict=False)
+    if distill > 1:
+        raise ConfigError(f"distill must be in [0, 1], got {distill}")
+    if distill > 0 and teacher is None:
+        raise ConfigError("distill > 0 needs a teacher model")
+    return {"teacher": teacher, "distill": distill, "temperature": temperature} if distill > 0 else {}
+
+
+def _prox_phase(model: nn.Module, loader: Iterable, pruner: ProximalPruner, opt, epochs: int,
+                desc: str, palm_options: Mapping[str, Any], **train) -> dict[str, Any]:
+    """The prox phase of one round: ``epochs`` of :func:`palm_epoch` (``opt is None``, with
+    ``palm_options``) or of :func:`proximal_epoch` with ``opt`` (``train``: ``loss_fn``,
+    ``progress``, ``shift``, distillation); the last epoch's stats (``{}`` for none)."""
+    stats: dict[str, Any] = {}
+    for e in range(epochs):
+        where = f"{desc} {e + 1}/{epochs}"
+        if opt is None:
+            stats = palm_epoch(model, loader, pruner, loss_fn=train["loss_fn"],
+                               progress=train["progress"], desc=where, **palm_options)
+        else:
+            stats = proximal_epoch(model, loader, opt, pruner, desc=where, **train)
+        check_finite(model, f"after {where}")
+    return stats
+
+
 def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner, rounds: int,
                prox_epochs: int, retrain_epochs: int, lam_factor: float = 1.0, eta_factor: float = 1.0,
                increase_every: int | None = 1, retrain_lr: float = 1e-3, retrain_weight_decay: float = 1e-5,
@@ -596,8 +623,9 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     ``palm_options`` such as ``gamma``) or :func:`proximal_epoch` (``mode="proximal"``,
     a fresh ``prox_optimizer`` with ``prox_lr`` each round); then ``retrain_epochs``
     epochs of masked retraining with a fresh Adam (``retrain_lr``,
-    ``retrain_weight_decay``) under :class:`MaskEnforcer` with :meth:`ProximalPruner.masks`
-    (pruned weights stay exactly zero); then, after rounds ``increase_every``,
+    ``retrain_weight_decay``) under the masks :meth:`ProximalPruner.masks` in the one
+    masked-retraining loop, :func:`mobileprune.pipeline.retrain.masked_retrain` (pruned
+    weights stay exactly zero); then, after rounds ``increase_every``,
     ``2 increase_every``, ... (``None``: never), :meth:`ProximalPruner.increase` with
     ``lam_factor`` / ``eta_factor``.  (The public code used 10 prox + 30 retrain epochs
     and raised ``lam``/``eta`` additively every ``stride`` rounds.)
@@ -617,14 +645,12 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     phase (when given).  ``log`` receives one line per round (``None``: silent).
     Raises ``FloatingPointError`` when the loss or the weights become NaN/inf.
     """
-    rounds = _nonneg_int(rounds, "rounds", 1)
-    prox_epochs = _nonneg_int(prox_epochs, "prox_epochs")
-    retrain_epochs = _nonneg_int(retrain_epochs, "retrain_epochs")
+    rounds, prox_epochs, retrain_epochs = (_nonneg_int(v, k, low) for v, k, low in (
+        (rounds, "rounds", 1), (prox_epochs, "prox_epochs", 0), (retrain_epochs, "retrain_epochs", 0)))
     if increase_every is not None:
         increase_every = _nonneg_int(increase_every, "increase_every", 1)
-    _positive(lam_factor, "lam_factor")
-    _positive(eta_factor, "eta_factor")
-    _positive(retrain_lr, "retrain_lr")
+    for value, name in ((lam_factor, "lam_factor"), (eta_factor, "eta_factor"), (retrain_lr, "retrain_lr")):
+        _positive(value, name)
     _positive(retrain_weight_decay, "retrain_weight_decay", strict=False)
     if mode not in ("palm", "proximal"):
         raise ConfigError(f"mode must be 'palm' or 'proximal', got {mode!r}")
@@ -636,28 +662,14 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     bad = set(opts) - {"gamma", "L0", "eta_L", "max_backtracks"}
     if bad:
         raise ConfigError(f"unknown palm_options {sorted(bad)}; allowed: gamma, L0, eta_L, max_backtracks")
-
-    _positive(distill, "distill", strict=False)
-    if distill > 1:
-        raise ConfigError(f"distill must be in [0, 1], got {distill}")
-    if distill > 0 and teacher is None:
-        raise ConfigError("distill > 0 needs a teacher model")
-    kd = {"teacher": teacher, "distill": distill, "temperature": temperature} if distill > 0 else {}
+    kd = _distillation(teacher, distill, temperature)
     history: list[dict[str, Any]] = []
     for r in range(rounds):
         rec: dict[str, Any] = {"round": r + 1, "regularizers": pruner.hyperparameters()}
-        prox_stats: dict[str, Any] = {}
-        if prox_epochs:
-            opt = None if mode == "palm" else make_optimizer(prox_optimizer, model.parameters(), prox_lr)
-            for e in range(prox_epochs):
-                desc = f"round {r + 1} {mode} {e + 1}/{prox_epochs}"
-                if mode == "palm":
-                    prox_stats = palm_epoch(model, train_loader, pruner, loss_fn=loss_fn,
-                                            progress=progress, desc=desc, **opts)
-                else:
-                    prox_stats = proximal_epoch(model, train_loader, opt, pruner, loss_fn=loss_fn,
-                                                progress=progress, desc=desc, shift=shift, **kd)
-                check_finite(model, f"after {desc}")
+        opt = None if mode == "palm" or not prox_epochs else \
+            make_optimizer(prox_optimizer, model.parameters(), prox_lr)
+        prox_stats = _prox_phase(model, train_loader, pruner, opt, prox_epochs, f"round {r + 1} {mode}",
+                                 opts, loss_fn=loss_fn, progress=progress, shift=shift, **kd)
         rec["prox"] = prox_stats
         if after_prox is not None:
             rec["after_prox"] = after_prox()
@@ -667,12 +679,9 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
         retrain_stats: dict[str, Any] = {}
         if retrain_epochs:
             opt = torch.optim.Adam(model.parameters(), lr=retrain_lr, weight_decay=retrain_weight_decay)
-            with MaskEnforcer(model, pruner.masks(), opt):
-                for e in range(retrain_epochs):
-                    desc = f"round {r + 1} retrain {e + 1}/{retrain_epochs}"
-                    retrain_stats = train_epoch(model, train_loader, opt, loss_fn=loss_fn,
-                                                progress=progress, desc=desc, shift=shift, **kd)
-                    check_finite(model, f"after {desc}")
+            retrain_stats = masked_retrain(model, train_loader, opt, retrain_epochs, masks=pruner.masks(),
+                                           train={"loss_fn": loss_fn, "shift": shift, **kd},
+                                           progress=progress, desc=f"round {r + 1} retrain")[-1]
         rec["retrain"] = retrain_stats
         rec["nonzero"] = pruner.nonzero()
         rec["nonzero_total"] = sum(rec["nonzero"].values())

@@ -323,6 +323,8 @@ def to_markdown(report: Mapping[str, Any], title: str | None = None) -> str:
     for k, v in m.items():
         if k not in ("accuracy_before", "accuracy_after"):
             lines.append(f"- {k}: {v}")
+    if report.get("seconds"):  # a pipeline's wall time per phase
+        lines.append("- wall time: " + ", ".join(f"{k} {v:.1f} s" for k, v in report["seconds"].items()))
     return "\n".join(lines) + "\n"
 
 
