@@ -503,3 +503,19 @@ def test_run_rounds_schedule(mode):
         assert 0.0 <= rec["accuracy"] <= 1.0
     with pytest.raises(ConfigError, match="mode"):
         run_rounds(model, loader, pruner, 1, 0, 0, mode="admm", log=None)
+
+
+def test_run_rounds_numbers_rounds_from_first_round():
+    """A caller running the schedule one round at a time (the proximal pipeline) numbers
+    the rounds itself: records and log lines say round 3 and 4 of 4, not 1 and 2."""
+    X, y = data()
+    loader = DataLoader(TensorDataset(X, y), batch_size=32, shuffle=False)
+    model = mlp()
+    pruner = ProximalPruner(model, {"method": "l0", "eta": 1e-3})
+    lines: list[str] = []
+    hist = run_rounds(model, loader, pruner, 2, 1, 0, mode="proximal", log=lines.append,
+                      first_round=3)
+    assert [rec["round"] for rec in hist] == [3, 4]
+    assert [ln.split(":")[0] for ln in lines] == ["round 3/4", "round 4/4"]
+    with pytest.raises(ConfigError, match="first_round must be an integer >= 1"):
+        run_rounds(model, loader, pruner, 1, 0, 0, mode="proximal", log=None, first_round=0)

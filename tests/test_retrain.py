@@ -90,8 +90,8 @@ class ZeroWatch:
 def test_pruned_weights_stay_zero_through_the_shared_loop(kind, monkeypatch):
     watch = ZeroWatch(monkeypatch)
     res = _prune(kind, _net())
-    expected = {"admm": ["stage1 retrain 1/3"],  # (the pipeline runs its rounds one at a time)
-                "prox": ["round 1 retrain 1/1", "round 1 retrain 1/1", "final retrain 1/3"]}[kind]
+    expected = {"admm": ["stage1 retrain 1/3"],  # the pipeline numbers its one-at-a-time rounds
+                "prox": ["round 1 retrain 1/1", "round 2 retrain 1/1", "final retrain 1/3"]}[kind]
     assert watch.starts == expected
     assert watch.steps == 4 * sum("retrain" in d for d in watch.descs)  # 4 batches an epoch
     for n, m in res.masks.items():  # the pipeline's masks: pruned where the last retraining was

@@ -534,7 +534,7 @@ def _rounds_phase(run: _ProxRun) -> None:
                          eval_loader=run.eval_loader, log=None, prox_optimizer=sched.prox_optimizer,
                          prox_lr=sched.prox_lr, progress=run.progress,
                          after_prox=after_prox if capped or sched.fold_dead else None,
-                         shift=sched.shift, **run.kd(sched.distill))[0]
+                         shift=sched.shift, first_round=run.done + 1, **run.kd(sched.distill))[0]
         run.done += 1
         rec.update(round=run.done, seconds=time.perf_counter() - t0)
         if sched.increase_every and run.done % sched.increase_every == 0 and run.done < sched.rounds:

@@ -616,7 +616,8 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
                palm_options: Mapping[str, Any] | None = None,
                progress: bool | None = False, teacher: nn.Module | None = None,
                distill: float = 0.0, temperature: float = 4.0,
-               after_prox: Callable[[], Any] | None = None, shift: int = 0) -> list[dict[str, Any]]:
+               after_prox: Callable[[], Any] | None = None, shift: int = 0,
+               first_round: int = 1) -> list[dict[str, Any]]:
     """The round schedule of the public MobilePrune code (methods.md end of 2.3, seed 000).
 
     Every round: ``prox_epochs`` epochs of :func:`palm_epoch` (``mode="palm"``, options
@@ -636,6 +637,8 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     pixels (:func:`mobileprune.pipeline.train.random_shift`; not with ``mode="palm"``, whose
     backtracking compares losses on one fixed minibatch).
 
+    ``first_round`` numbers the rounds in records, progress and log lines (a caller that
+    runs the schedule one round at a time passes its own count).
     ``after_prox`` (optional) is called after the prox phase of every round, before the
     retraining masks are taken (e.g. :func:`mobileprune.surgery.compact.fold_dead_weights`); its
     return value is stored in the round's record under ``"after_prox"``.
@@ -655,6 +658,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     if mode not in ("palm", "proximal"):
         raise ConfigError(f"mode must be 'palm' or 'proximal', got {mode!r}")
     shift = _nonneg_int(shift, "shift")
+    first_round = _nonneg_int(first_round, "first_round", 1)
     if shift and mode == "palm" and prox_epochs:
         raise ConfigError("shift (random translations) needs mode 'proximal': PALM's backtracking "
                           "compares losses on one fixed minibatch")
@@ -665,10 +669,11 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     kd = _distillation(teacher, distill, temperature)
     history: list[dict[str, Any]] = []
     for r in range(rounds):
-        rec: dict[str, Any] = {"round": r + 1, "regularizers": pruner.hyperparameters()}
+        rec: dict[str, Any] = {"round": r + first_round, "regularizers": pruner.hyperparameters()}
         opt = None if mode == "palm" or not prox_epochs else \
             make_optimizer(prox_optimizer, model.parameters(), prox_lr)
-        prox_stats = _prox_phase(model, train_loader, pruner, opt, prox_epochs, f"round {r + 1} {mode}",
+        label = f"round {r + first_round}"
+        prox_stats = _prox_phase(model, train_loader, pruner, opt, prox_epochs, f"{label} {mode}",
                                  opts, loss_fn=loss_fn, progress=progress, shift=shift, **kd)
         rec["prox"] = prox_stats
         if after_prox is not None:
@@ -681,7 +686,7 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
             opt = torch.optim.Adam(model.parameters(), lr=retrain_lr, weight_decay=retrain_weight_decay)
             retrain_stats = masked_retrain(model, train_loader, opt, retrain_epochs, masks=pruner.masks(),
                                            train={"loss_fn": loss_fn, "shift": shift, **kd},
-                                           progress=progress, desc=f"round {r + 1} retrain")[-1]
+                                           progress=progress, desc=f"{label} retrain")[-1]
         rec["retrain"] = retrain_stats
         rec["nonzero"] = pruner.nonzero()
         rec["nonzero_total"] = sum(rec["nonzero"].values())
@@ -695,6 +700,6 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
         if log is not None:
             acc = f", accuracy {rec['accuracy']:.4f}" if "accuracy" in rec else ""
             loss = prox_stats.get("loss", retrain_stats.get("loss", float("nan")))
-            log(f"round {r + 1}/{rounds}: loss {loss:.4f}, penalty {rec['penalty']:.4g}, "
+            log(f"{label}/{rounds + first_round - 1}: loss {loss:.4f}, penalty {rec['penalty']:.4g}, "
                 f"nonzero {rec['nonzero_total']}{acc}" + (" (lam/eta raised)" if rec["increased"] else ""))
     return history
