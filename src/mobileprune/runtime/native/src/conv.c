@@ -83,7 +83,8 @@ struct mp_conv_op {
     size_t chan, buf_floats, plane;
     mp_pixvec* vec;
     size_t nvec;
-    size_t pstride; /* partial sums: floats per output row (every vec[v].in + lanes fits) */
+    size_t vec_end; /* the largest vec[v].in + lanes: how far a pixel block's loads reach */
+    size_t pstride; /* partial sums: floats per output row (vec_end, rounded up) */
     int contig; /* flat vectors: vec[v].in = v * lanes */
     int fused;  /* depthwise: each task pads its own channels inside compute */
     int direct; /* no padding, stride 1, every read inside the input: no buffer, no copy */
@@ -226,11 +227,7 @@ static int reads_input_directly(const mp_conv_op* op)
     if (op->fused || op->phases != 1 || d->pad_top || d->pad_bottom || d->pad_left || d->pad_right)
         return 0;
     const int32_t cols = (d->in_channels / d->groups) * d->kernel_h * d->kernel_w;
-    size_t end = 0;
-    for (size_t v = 0; v < op->nvec; v++)
-        if ((size_t)op->vec[v].in + (size_t)op->k->lanes > end)
-            end = (size_t)op->vec[v].in + (size_t)op->k->lanes;
-    return (size_t)col_offset(op, d->groups - 1, cols - 1) + end <= in_floats(op);
+    return (size_t)col_offset(op, d->groups - 1, cols - 1) + op->vec_end <= in_floats(op);
 }
 
 /* Pixel vectors: inside output rows, or along the flat buffer position. Flat vectors are
@@ -272,10 +269,11 @@ static mp_status build_vectors(mp_conv_op* op, int lanes)
     }
     op->nvec = n;
     op->contig = flat;
-    size_t end = 0;
+    op->vec_end = 0;
     for (size_t v = 0; v < n; v++)
-        if ((size_t)op->vec[v].in + (size_t)lanes > end) end = (size_t)op->vec[v].in + (size_t)lanes;
-    op->pstride = (end + 15) & ~(size_t)15;
+        if ((size_t)op->vec[v].in + (size_t)lanes > op->vec_end)
+            op->vec_end = (size_t)op->vec[v].in + (size_t)lanes;
+    op->pstride = (op->vec_end + 15) & ~(size_t)15;
     return MP_OK;
 }
 
@@ -658,13 +656,14 @@ MP_INLINE_LOOPS static void taps_row(const mp_conv_op* op, const conv_pack* p, c
         const int32_t dy = (col / d->kernel_w) * d->dilation_h - d->pad_top;
         const int32_t dx = (col % d->kernel_w) * d->dilation_w - d->pad_left;
         const int32_t x0 = tap_lo(dx, sw), x1 = tap_hi(d->in_w, dx, sw, wo);
-        for (int32_t yy = tap_lo(dy, sh); yy < tap_hi(d->in_h, dy, sh, ho); yy++) {
-            const float* xr = x + (size_t)(yy * sh + dy) * (size_t)d->in_w + dx;
+        const int32_t y1 = tap_hi(d->in_h, dy, sh, ho);
+        for (int32_t yy = tap_lo(dy, sh); yy < y1; yy++) {
+            const float* xr = x + (size_t)(yy * sh + dy) * (size_t)d->in_w; /* a row inside */
             float* yr = y + (size_t)yy * (size_t)wo;
             if (sw == 1)
-                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx];
+                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx + dx];
             else
-                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx * sw];
+                for (int32_t xx = x0; xx < x1; xx++) yr[xx] += w * xr[xx * sw + dx];
         }
     }
     for (size_t q = 0; q < op->plane; q++) {
