@@ -110,6 +110,7 @@ no pyplot state) shows the median latency of each backend, one bar per setting (
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import importlib
 import io
@@ -356,6 +357,45 @@ class _Backend:
         return self.batches is None or b in self.batches
 
 
+@dataclasses.dataclass
+class _Bench:
+    """What the stages of :func:`benchmark_model` share: the models (copies), the inputs,
+    the output folder, and what the stages found (backends, file sizes, skips, notes)."""
+
+    out: Path
+    pruned: nn.Module
+    dense: nn.Module | None
+    example: Tensor | tuple[Tensor, ...]  # what exports / compaction trace with (batch 1)
+    inputs: dict[int, tuple[Tensor, ...]]  # per batch size, one tensor per model input
+    batch_sizes: tuple[int, ...]
+    fmts: set[str]
+    refs: dict[str, dict[int, list[np.ndarray]]] = dataclasses.field(default_factory=dict)
+    backends: dict[str, _Backend] = dataclasses.field(default_factory=dict)
+    sizes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    compacted: nn.Module | None = None
+
+    def __post_init__(self) -> None:
+        # the same values as ``inputs``, sharing their memory
+        self.inputs_np = {b: tuple(x.numpy() for x in xs) for b, xs in self.inputs.items()}
+
+    @property
+    def dense_torch(self) -> str:
+        """The torch backend that is "dense torch": the dense model's, else the pruned one's."""
+        return "torch_dense" if self.dense is not None else "torch_pruned"
+
+    @property
+    def dense_src(self) -> nn.Module:
+        """What the dense exports (onnx_dense, pte_dense) are made from."""
+        return self.dense if self.dense is not None else self.pruned
+
+    def skip(self, name: str, why: str, note: str | None = None) -> None:
+        self.skipped[name] = why
+        if note:
+            self.notes.append(note)
+
+
 # --------------------------------------------------------------------------- ExecuTorch threads
 
 def _et_threadpool():
@@ -437,12 +477,57 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             ``example_input`` that is not a float tensor or a non-empty tuple/list of float
             tensors with one batch size...).
     """
+    batch_sizes, threads, dropped, pte_batches, fmts = _checked_settings(
+        batch_sizes, threads, pte_batch_sizes, formats, repeats=repeats, warmup=warmup, inner=inner)
+    t_start = time.perf_counter()
+    bench = _start(model, dense_model, example_input, Path(out_dir), batch_sizes, fmts, seed)
+    if dropped:
+        bench.notes.insert(0, f"thread counts {dropped} skipped: this process may run on "
+                           f"{len(_affinity() or [])} CPU(s) {_affinity()}")
+    _add_torch(bench)
+    if fmts & {"compacted", "onnx", "pte"}:
+        _add_compacted(bench)
+    if "sparse" in fmts:
+        _add_sparse(bench)
+    if "onnx" in fmts:
+        _add_onnx(bench)
+    et_pool = _add_pte(bench, pte_batches) if "pte" in fmts else None
+    for s in bench.sizes.values():
+        s["vs_dense_state"] = bench.sizes["dense_state"]["bytes"] / s["bytes"] if s["bytes"] else None
+    _check_outputs(bench)  # before timing: also plans the native engine, loads ORT sessions
+    order = [n for n in _BACKEND_ORDER if n in bench.backends]
+    latency, load = _time_all(bench, order, threads, et_pool,
+                              dict(repeats=repeats, warmup=warmup, inner=inner))
+    settings = [{"key": _key(b, t), "batch": b, "threads": t} for b in batch_sizes for t in threads]
+    fastest = _speedups(bench, order, latency, settings)
+    result: dict[str, Any] = {
+        "title": title or f"{type(model).__name__} deployment benchmark",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": type(model).__name__,
+        **_input_fields([tuple(x.shape[1:]) for x in bench.inputs[batch_sizes[0]]]),
+        "batch_sizes": list(batch_sizes), "threads": list(threads), "repeats": repeats,
+        "warmup": warmup, "inner": inner, "seed": seed, "formats": [f for f in FORMAT_NAMES if f in fmts],
+        "pte_batch_sizes": list(pte_batches) if "pte" in fmts else None,
+        "dense_reference": "dense_model" if bench.dense is not None else "pruned_model",
+        "dense_torch": bench.dense_torch,
+        "dense_backends": [n for n in order if bench.backends[n].dense_baseline],
+        "settings": settings, "backends": _backend_fields(bench, order, latency),
+        "fastest_dense": fastest, "sizes": bench.sizes, "model_stats": _model_stats(bench),
+        "skipped": bench.skipped, "notes": bench.notes, "environment": _environment(load),
+        "files": {"json": "bench.json", "md": "bench.md", "png": None}, "meta": dict(meta or {}),
+    }
+    return _write(result, bench.out, t_start)
+
+
+def _checked_settings(batch_sizes, threads, pte_batch_sizes, formats, **counts: Any):
+    """``(batch_sizes, threads, dropped threads, pte batch sizes, formats)`` checked; the
+    thread counts this process cannot use are dropped (and returned to say so)."""
     batch_sizes = _check_ints("batch_sizes", batch_sizes)
-    threads = _check_ints("threads", threads)
-    threads, dropped = _allowed_threads(threads)
+    threads, dropped = _allowed_threads(_check_ints("threads", threads))
     pte_batches = batch_sizes if pte_batch_sizes is None else _check_ints("pte_batch_sizes",
                                                                          pte_batch_sizes)
-    for name, v, lo in (("repeats", repeats, 1), ("warmup", warmup, 0), ("inner", inner, 1)):
+    for name, v in counts.items():
+        lo = 0 if name == "warmup" else 1
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise ConfigError(f"{name} must be an integer >= {lo}, got {v!r}")
     if isinstance(formats, str):
@@ -450,162 +535,146 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
     unknown = [f for f in formats if f not in FORMAT_NAMES]
     if unknown:
         raise ConfigError(f"unknown format(s) {unknown}; choose among {list(FORMAT_NAMES)}")
-    fmts = set(formats) | {"torch"}
+    return batch_sizes, threads, dropped, pte_batches, set(formats) | {"torch"}
+
+
+def _start(model, dense_model, example_input, out: Path, batch_sizes, fmts, seed) -> _Bench:
+    """Copies of the models, the inputs and their reference outputs, the output folder."""
     xs0 = _as_inputs(example_input)
     if not isinstance(model, nn.Module) or (dense_model is not None
                                             and not isinstance(dense_model, nn.Module)):
         raise ConfigError("model and dense_model must be torch.nn.Module instances")
-
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    notes: list[str] = []
-    if dropped:
-        notes.append(f"thread counts {dropped} skipped: this process may run on "
-                     f"{len(_affinity() or [])} CPU(s) {_affinity()}")
-    skipped: dict[str, str] = {}
-    sizes: dict[str, dict[str, Any]] = {}
-
     pruned = copy.deepcopy(model).cpu().float().eval()
     dense = copy.deepcopy(dense_model).cpu().float().eval() if dense_model is not None else None
     # one tuple of tensors per batch size, one tensor per model input (a single input is
     # a 1-tuple; the random draws, and so the values, are those of the single-input code)
     examples = tuple(x.detach().cpu().float()[:1].contiguous() for x in xs0)
-    multi = len(examples) > 1
-    # what the exports / compaction trace with: the tensor itself for one input
-    example: Tensor | tuple[Tensor, ...] = examples if multi else examples[0]
-    sample_shapes = [tuple(x.shape[1:]) for x in examples]
-    inputs = bench_inputs(examples, batch_sizes, seed)
-    # same values, shared memory
-    inputs_np = {b: tuple(x.numpy() for x in inputs[b]) for b in batch_sizes}
-
-    dense_torch = "torch_dense" if dense is not None else "torch_pruned"
-    dense_src = dense if dense is not None else pruned
+    bench = _Bench(out, pruned, dense, examples if len(examples) > 1 else examples[0],
+                   bench_inputs(examples, batch_sizes, seed), batch_sizes, fmts)
     if dense is None:
-        notes.append("no dense_model given: the pruned model (dense architecture, zeros stored "
-                     "densely) is the dense baseline: torch_pruned is 'dense torch', and "
-                     "onnx_dense / pte_dense are exports of the pruned model")
-
+        bench.notes.append("no dense_model given: the pruned model (dense architecture, zeros "
+                           "stored densely) is the dense baseline: torch_pruned is 'dense torch', "
+                           "and onnx_dense / pte_dense are exports of the pruned model")
     with torch.no_grad():
-        refs = {"torch_pruned": {b: _outputs(pruned(*inputs[b])) for b in batch_sizes}}
+        bench.refs["torch_pruned"] = {b: _outputs(pruned(*bench.inputs[b])) for b in batch_sizes}
         if dense is not None:
-            refs["torch_dense"] = {b: _outputs(dense(*inputs[b])) for b in batch_sizes}
+            bench.refs["torch_dense"] = {b: _outputs(dense(*bench.inputs[b])) for b in batch_sizes}
+    return bench
 
-    backends: dict[str, _Backend] = {}
 
-    def torch_backend(name: str, module: nn.Module, which: str, ref: str) -> _Backend:
-        be = _Backend(name, "torch", which, name == dense_torch, ref,
-                      "torch.set_num_threads(t)")
-        be.call = lambda b, t, m=module: m
+def _input_fields(sample_shapes: list[tuple[int, ...]]) -> dict[str, Any]:
+    if len(sample_shapes) > 1:
+        return {"input_shape": None, "input_shapes": [list(s) for s in sample_shapes]}
+    return {"input_shape": list(sample_shapes[0])}
 
-        def run(b: int, m=module):
-            with torch.no_grad():
-                return m(*inputs[b])
-        be.run = run
-        return be
 
-    # ---- torch: dense, pruned
-    if dense is not None:
-        backends["torch_dense"] = torch_backend("torch_dense", dense, "dense", "torch_dense")
-    backends["torch_pruned"] = torch_backend("torch_pruned", pruned, "pruned", "torch_pruned")
+def _torch_backend(bench: _Bench, name: str, module: nn.Module, which: str, ref: str) -> _Backend:
+    be = _Backend(name, "torch", which, name == bench.dense_torch, ref, "torch.set_num_threads(t)")
+    be.call = lambda b, t, m=module: m
 
-    # ---- sizes of the float32 states
-    sizes["dense_state"] = {"path": "dense_state.pt",
-                            "bytes": _save_state(dense_src, out / "dense_state.pt")}
-    if dense is None:
-        sizes["dense_state"]["note"] = "state_dict of the pruned model (dense architecture)"
+    def run(b: int, m=module):
+        with torch.no_grad():
+            return m(*bench.inputs[b])
+    be.run = run
+    return be
 
-    # ---- compaction
-    compacted = None
-    if fmts & {"compacted", "onnx", "pte"}:
-        t0 = time.perf_counter()
-        try:
-            from mobileprune.surgery.compact import compact
 
-            compacted = compact(pruned, example).eval()
-        except Exception as exc:  # noqa: BLE001
-            for n in ("torch_compacted", "onnx_compacted", "pte_compacted"):
-                skipped[n] = f"compaction failed ({_short(exc)})"
-            notes.append(f"compaction failed: {_short(exc)}")
-        t_compact = time.perf_counter() - t0
-        if compacted is not None:
-            sizes["compacted_state"] = {"path": "compacted_state.pt",
-                                        "bytes": _save_state(compacted, out / "compacted_state.pt")}
-            if "compacted" in fmts:
-                be = torch_backend("torch_compacted", compacted, "compacted", "torch_pruned")
-                be.build_seconds = t_compact
-                backends["torch_compacted"] = be
+def _add_torch(bench: _Bench) -> None:
+    """torch_dense (with a dense model), torch_pruned, and the size of the float32 state."""
+    if bench.dense is not None:
+        bench.backends["torch_dense"] = _torch_backend(bench, "torch_dense", bench.dense, "dense",
+                                                       "torch_dense")
+    bench.backends["torch_pruned"] = _torch_backend(bench, "torch_pruned", bench.pruned, "pruned",
+                                                    "torch_pruned")
+    bench.sizes["dense_state"] = {"path": "dense_state.pt",
+                                  "bytes": _save_state(bench.dense_src, bench.out / "dense_state.pt")}
+    if bench.dense is None:
+        bench.sizes["dense_state"]["note"] = "state_dict of the pruned model (dense architecture)"
 
-    # ---- sparse runtime
-    if "sparse" in fmts:
-        t0 = time.perf_counter()
-        try:
-            from mobileprune import runtime
-            from mobileprune.deploy.sparse import export_sparse
 
-            path = out / "pruned.mpsparse"
-            export_sparse(pruned, example, path)
-            sizes["sparse"] = {"path": path.name, "bytes": path.stat().st_size}
-            sm = runtime.load(path)
-            be = _Backend("sparse_runtime", "sparse", "pruned", False, "torch_pruned",
-                          f"{runtime.backend()} kernels; t = the engine's threads")
-            be.files = [path.name]
-            be.info = {"kernels": runtime.backend(),
-                       "layers": [{"name": p.name, "density": p.density, "kernel": p.kernel}
-                                  for p in sm.plan()]}
+def _add_compacted(bench: _Bench) -> None:
+    """The compacted model (dead units removed): its state size and torch_compacted."""
+    t0 = time.perf_counter()
+    try:
+        from mobileprune.surgery.compact import compact
 
-            def sparse_call(b: int, t: int, sm=sm):
-                sm.threads = t  # called just before the timing of this setting
-                a = inputs_np[b]
-                return lambda *_x: sm(*a)
-            be.call = sparse_call
-            be.run = lambda b, sm=sm: sm(*inputs_np[b])
-            be.build_seconds = time.perf_counter() - t0
-            backends["sparse_runtime"] = be
-        except Exception as exc:  # noqa: BLE001
-            skipped["sparse_runtime"] = _short(exc)
-            notes.append(f"sparse runtime skipped: {_short(exc)}")
+        bench.compacted = compact(bench.pruned, bench.example).eval()
+    except Exception as exc:  # noqa: BLE001
+        for n in ("torch_compacted", "onnx_compacted", "pte_compacted"):
+            bench.skipped[n] = f"compaction failed ({_short(exc)})"
+        bench.notes.append(f"compaction failed: {_short(exc)}")
+        return
+    seconds = time.perf_counter() - t0
+    bench.sizes["compacted_state"] = {
+        "path": "compacted_state.pt",
+        "bytes": _save_state(bench.compacted, bench.out / "compacted_state.pt")}
+    if "compacted" in bench.fmts:
+        be = _torch_backend(bench, "torch_compacted", bench.compacted, "compacted", "torch_pruned")
+        be.build_seconds = seconds
+        bench.backends["torch_compacted"] = be
 
-    # ---- ONNX Runtime
-    if "onnx" in fmts:
-        _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, example, inputs,
-                  inputs_np, batch_sizes, dense_torch)
 
-    # ---- ExecuTorch
-    et_pool = None
-    if "pte" in fmts:
-        et_pool = _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs,
-                           batch_sizes, pte_batches, dense_torch)
+def _add_sparse(bench: _Bench) -> None:
+    """The sparse runtime on the pruned model's ``.mpsparse`` file."""
+    t0 = time.perf_counter()
+    try:
+        from mobileprune import runtime
+        from mobileprune.deploy.sparse import export_sparse
 
-    for k, s in sizes.items():
-        s["vs_dense_state"] = sizes["dense_state"]["bytes"] / s["bytes"] if s["bytes"] else None
+        path = bench.out / "pruned.mpsparse"
+        export_sparse(bench.pruned, bench.example, path)
+        bench.sizes["sparse"] = {"path": path.name, "bytes": path.stat().st_size}
+        sm = runtime.load(path)
+    except Exception as exc:  # noqa: BLE001
+        bench.skip("sparse_runtime", _short(exc), f"sparse runtime skipped: {_short(exc)}")
+        return
+    be = _Backend("sparse_runtime", "sparse", "pruned", False, "torch_pruned",
+                  f"{runtime.backend()} kernels; t = the engine's threads")
+    be.files = [path.name]
+    be.info = {"kernels": runtime.backend(),
+               "layers": [{"name": p.name, "density": p.density, "kernel": p.kernel}
+                          for p in sm.plan()]}
 
-    # ---- output check (before timing: also plans the native engine, loads ORT sessions)
-    for name, be in backends.items():
+    def sparse_call(b: int, t: int):
+        sm.threads = t  # called just before the timing of this setting
+        a = bench.inputs_np[b]
+        return lambda *_x: sm(*a)
+    be.call = sparse_call
+    be.run = lambda b: sm(*bench.inputs_np[b])
+    be.build_seconds = time.perf_counter() - t0
+    bench.backends["sparse_runtime"] = be
+
+
+def _check_outputs(bench: _Bench) -> None:
+    """Every backend's outputs against its torch reference, at every batch size it has."""
+    for name, be in bench.backends.items():
         worst, tol = 0.0, math.inf
-        for b in batch_sizes:
+        for b in bench.batch_sizes:
             if not be.has(b):
                 continue
             try:
                 got = _outputs(be.run(b))
             except Exception as exc:  # noqa: BLE001
-                notes.append(f"{name} failed on batch {b}: {_short(exc)}")
+                bench.notes.append(f"{name} failed on batch {b}: {_short(exc)}")
                 worst, tol = math.inf, 0.0
                 break
-            d, t = _diff(got, refs[be.reference][b])
+            d, t = _diff(got, bench.refs[be.reference][b])
             worst, tol = max(worst, d), min(tol, t)
         be.info.update({"max_abs_diff": worst, "tolerance": tol,
                         "outputs_match": bool(worst <= tol)})
         if not worst <= tol:
-            notes.append(f"{name}: outputs differ from {be.reference} (max abs diff {worst:.3g} "
-                         f"> tolerance {tol:.3g})")
+            bench.notes.append(f"{name}: outputs differ from {be.reference} (max abs diff "
+                               f"{worst:.3g} > tolerance {tol:.3g})")
 
-    # ---- timing
-    # ExecuTorch's XNNPACK delegate binds the global thread pool when a method is loaded,
-    # and resizing the pool frees the old one: methods are released before every resize
-    # and reloaded after it. Settings are therefore timed thread count by thread count.
-    settings = [{"key": _key(b, t), "batch": b, "threads": t} for b in batch_sizes for t in threads]
-    order = [n for n in _BACKEND_ORDER if n in backends]
+
+def _time_all(bench: _Bench, order: list[str], threads, et_pool, timing: dict) -> tuple[dict, dict]:
+    """``(latency, load)``: ``latency[backend][key]`` of every setting, interleaved over
+    the backends (:func:`compare_latency`), and the load average before and after.
+
+    ExecuTorch's XNNPACK delegate binds the global thread pool when a method is loaded,
+    and resizing the pool frees the old one: methods are released before every resize
+    and reloaded after it. Settings are therefore timed thread count by thread count."""
     latency: dict[str, dict[str, dict]] = {n: {} for n in order}
     load = {"start": _loadavg()}
     et_prev = None
@@ -614,10 +683,10 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             et_prev = int(et_pool[0]())
         except Exception:  # noqa: BLE001
             et_pool = None
-            notes.append("ExecuTorch thread pool size unknown: left as it is (not resized)")
+            bench.notes.append("ExecuTorch thread pool size unknown: left as it is (not resized)")
 
     def release_all() -> None:
-        for be in backends.values():
+        for be in bench.backends.values():
             be.release()
         gc.collect()
 
@@ -626,21 +695,8 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             if et_pool is not None:
                 release_all()
                 et_pool[1](t)
-            for b in batch_sizes:
-                calls = {}
-                for n in order:
-                    be = backends[n]
-                    if be.has(b):
-                        c = be.call(b, t)
-                        if c is not None:
-                            calls[n] = c
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    # a tuple: compare_latency calls every torch module as m(*inputs[b])
-                    res = compare_latency(calls, inputs[b], repeats=repeats, warmup=warmup,
-                                          threads=t, inner=inner)
-                del calls
-                for n, r in res.items():
+            for b in bench.batch_sizes:
+                for n, r in _time_setting(bench, order, b, t, timing).items():
                     latency[n][_key(b, t)] = {"batch": b, "threads": t, **r}
     finally:
         release_all()
@@ -650,15 +706,37 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             except Exception:  # noqa: BLE001
                 pass
     load["end"] = _loadavg()
+    _note_busy(bench, load, threads)
+    return latency, load
+
+
+def _time_setting(bench: _Bench, order: list[str], b: int, t: int, timing: dict) -> dict:
+    calls = {}
+    for n in order:
+        be = bench.backends[n]
+        if be.has(b):
+            c = be.call(b, t)
+            if c is not None:
+                calls[n] = c
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # a tuple: compare_latency calls every torch module as m(*inputs[b])
+        return compare_latency(calls, bench.inputs[b], threads=t, **timing)
+
+
+def _note_busy(bench: _Bench, load: dict, threads) -> None:
     ncpu = os.cpu_count() or 1
     busy = [la[0] for la in (load["start"], load["end"]) if la]
     if busy and max(busy) + max(threads) > ncpu + 0.5:
-        notes.append(f"busy machine: 1-minute load average {max(busy):.2f} on {ncpu} CPUs while "
-                     f"timing up to {max(threads)} thread(s); multi-threaded timings (and "
-                     f"speedups) are unreliable here, compare the 1-thread columns")
+        bench.notes.append(f"busy machine: 1-minute load average {max(busy):.2f} on {ncpu} CPUs "
+                           f"while timing up to {max(threads)} thread(s); multi-threaded timings "
+                           f"(and speedups) are unreliable here, compare the 1-thread columns")
 
-    # ---- speedups
-    dense_names = [n for n in order if backends[n].dense_baseline]
+
+def _speedups(bench: _Bench, order: list[str], latency: dict, settings: list[dict]) -> dict:
+    """Adds each timing's speedups over dense torch and over the fastest dense backend of
+    its setting (and whether the spreads overlap); returns the fastest dense per setting."""
+    dense_names = [n for n in order if bench.backends[n].dense_baseline]
     fastest: dict[str, dict] = {}
     for s in settings:
         k = s["key"]
@@ -668,59 +746,47 @@ def benchmark_model(model: nn.Module, example_input: Tensor, out_dir: str | os.P
             fastest[k] = {"backend": n, "median_ms": ms}
     for n in order:
         for k, r in latency[n].items():
-            base = latency[dense_torch].get(k)
+            base = latency[bench.dense_torch].get(k)
             r["speedup_vs_dense_torch"] = base["median_ms"] / r["median_ms"] if base else None
             r["within_noise_vs_dense_torch"] = bool(base) and speedup(r, base) is None
             f = fastest.get(k)
             r["speedup_vs_fastest_dense"] = f["median_ms"] / r["median_ms"] if f else None
             fr = latency[f["backend"]].get(k) if f else None
             r["within_noise_vs_fastest_dense"] = bool(fr) and speedup(r, fr) is None
+    return fastest
 
-    # ---- result
-    stats: dict[str, Any] = {}
-    total, nz = _n_params(pruned)
-    stats.update({"pruned_parameters": total, "pruned_nonzero_parameters": nz,
-                  "pruned_zero_fraction": 1 - nz / total if total else 0.0})
-    if dense is not None:
-        stats["dense_parameters"], stats["dense_nonzero_parameters"] = _n_params(dense)
-    if compacted is not None:
-        stats["compacted_parameters"], stats["compacted_nonzero_parameters"] = _n_params(compacted)
-        stats["compacted_class"] = type(compacted).__name__
 
-    result: dict[str, Any] = {
-        "title": title or f"{type(model).__name__} deployment benchmark",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": type(model).__name__,
-        "input_shape": None if multi else list(sample_shapes[0]),
-        **({"input_shapes": [list(shp) for shp in sample_shapes]} if multi else {}),
-        "batch_sizes": list(batch_sizes), "threads": list(threads), "repeats": repeats,
-        "warmup": warmup, "inner": inner, "seed": seed, "formats": [f for f in FORMAT_NAMES if f in fmts],
-        "pte_batch_sizes": list(pte_batches) if "pte" in fmts else None,
-        "dense_reference": "dense_model" if dense is not None else "pruned_model",
-        "dense_torch": dense_torch, "dense_backends": dense_names,
-        "settings": settings,
-        "backends": {},
-        "fastest_dense": fastest,
-        "sizes": sizes,
-        "model_stats": stats,
-        "skipped": skipped,
-        "notes": notes,
-        "environment": _environment(load),
-        "files": {"json": "bench.json", "md": "bench.md", "png": None},
-        "meta": dict(meta or {}),
-    }
+def _model_stats(bench: _Bench) -> dict[str, Any]:
+    total, nz = _n_params(bench.pruned)
+    stats: dict[str, Any] = {"pruned_parameters": total, "pruned_nonzero_parameters": nz,
+                             "pruned_zero_fraction": 1 - nz / total if total else 0.0}
+    if bench.dense is not None:
+        stats["dense_parameters"], stats["dense_nonzero_parameters"] = _n_params(bench.dense)
+    if bench.compacted is not None:
+        stats["compacted_parameters"], stats["compacted_nonzero_parameters"] = \
+            _n_params(bench.compacted)
+        stats["compacted_class"] = type(bench.compacted).__name__
+    return stats
+
+
+def _backend_fields(bench: _Bench, order: list[str], latency: dict) -> dict[str, dict]:
+    fields = {}
     for n in order:
-        be = backends[n]
-        result["backends"][n] = {
+        be = bench.backends[n]
+        fields[n] = {
             "kind": be.kind, "model": be.model, "dense_baseline": be.dense_baseline,
             "reference": be.reference, "threading": be.threading, "files": be.files,
-            "batch_sizes": sorted(be.batches) if be.batches is not None else list(batch_sizes),
+            "batch_sizes": sorted(be.batches) if be.batches is not None else list(bench.batch_sizes),
             "build_seconds": be.build_seconds, **be.info, "latency": latency[n]}
+    return fields
 
+
+def _write(result: dict, out: Path, t_start: float) -> dict:
+    """bench.png (when matplotlib is there), bench.md and bench.json; the JSON-ready result."""
     png = _plot(result, out / "bench.png")
     if png is None:
-        notes.append("matplotlib is not installed: bench.png not written "
-                     "(pip install matplotlib)")
+        result["notes"].append("matplotlib is not installed: bench.png not written "
+                               "(pip install matplotlib)")
     else:
         result["files"]["png"] = "bench.png"
     result["elapsed_seconds"] = time.perf_counter() - t_start
@@ -775,113 +841,119 @@ def _environment(load: dict) -> dict:
 
 # --------------------------------------------------------------------------- ONNX Runtime
 
-def _add_onnx(backends, skipped, notes, sizes, out, dense_src, compacted, example, inputs,
-              inputs_np, batch_sizes, dense_torch) -> None:
-    """``example``: a tensor or a tuple of tensors (batch 1); ``inputs[b]`` /
-    ``inputs_np[b]``: tuples, one tensor / array per model input."""
-    from mobileprune.deploy.export import export_onnx
-
-    examples = example if isinstance(example, tuple) else (example,)
-    n_inputs = len(examples)
-
+def _add_onnx(bench: _Bench) -> None:
+    """onnx_dense and onnx_compacted: exported (sizes), and timed when onnxruntime is there."""
     try:
-        ort = _import("onnxruntime")
-        ort_error = None
+        ort, ort_error = _import("onnxruntime"), None
     except Exception as exc:  # noqa: BLE001
         ort, ort_error = None, _short(exc)
-        notes.append(f"onnxruntime is not installed: the ONNX files are written (sizes) but "
-                     f"not timed ({ort_error})")
-
-    models = [("onnx_dense", "dense", dense_src, dense_torch)]
-    if compacted is not None:
-        models.append(("onnx_compacted", "compacted", compacted, "torch_pruned"))
-    for name, which, module, ref in models:
+        bench.notes.append(f"onnxruntime is not installed: the ONNX files are written (sizes) "
+                           f"but not timed ({ort_error})")
+    for name, which, module, ref in _export_models(bench, "onnx"):
         t0 = time.perf_counter()
-        stem = name.split("_", 1)[1]
-        try:
-            rep = export_onnx(module, example, out / f"{stem}.onnx")
-            files = {None: rep["path"]}
-            if not rep.get("dynamic_batch"):  # fixed batch: one file per batch size
-                files = {}
-                for b in batch_sizes:
-                    files[b] = export_onnx(module, _one_or_tuple(inputs[b]),
-                                           out / f"{stem}_b{b}.onnx")["path"]
-                if examples[0].shape[0] not in batch_sizes:
-                    Path(rep["path"]).unlink(missing_ok=True)
-                notes.append(f"{name}: the model has no dynamic batch axis in ONNX; one file "
-                             f"per batch size")
-        except ExportDependencyError as exc:
-            skipped[name] = f"package missing ({_short(exc)})"
-            notes.append(f"{name} skipped: {_short(exc)}")
-            continue
-        except Exception as exc:  # noqa: BLE001
-            skipped[name] = f"export failed ({_short(exc)})"
-            notes.append(f"{name} skipped: export failed ({_short(exc)})")
+        files = _exported(bench, name, lambda: _export_onnx_files(bench, name, module))
+        if files is None:
             continue
         first = next(iter(files.values()))
-        sizes[name] = {"path": Path(first).name, "bytes": Path(first).stat().st_size}
+        bench.sizes[name] = {"path": Path(first).name, "bytes": Path(first).stat().st_size}
         if ort is None:
-            skipped[name] = f"onnxruntime is not installed ({ort_error})"
+            bench.skipped[name] = f"onnxruntime is not installed ({ort_error})"
             continue
         be = _Backend(name, "onnx", which, which == "dense", ref,
                       "intra_op_num_threads = t, inter_op 1, sequential, no spin-waiting")
         be.files = [Path(p).name for p in files.values()]
-        be.info = {"onnxruntime": getattr(ort, "__version__", None),
-                   "dynamic_batch": None in files}
+        be.info = {"onnxruntime": getattr(ort, "__version__", None), "dynamic_batch": None in files}
         if None not in files:
             be.batches = set(files)
-        sessions: dict[tuple, Any] = {}
-
-        def session(b: int, t: int, files=files, sessions=sessions):
-            path = files.get(None, files.get(b))
-            key = (path, t)
-            if key not in sessions:
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = t
-                so.inter_op_num_threads = 1
-                so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                so.log_severity_level = 3
-                try:
-                    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                except Exception:  # noqa: BLE001
-                    pass
-                sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-                names = [i.name for i in sess.get_inputs()]
-                if len(names) != n_inputs:
-                    raise ValueError(f"the ONNX file has {len(names)} input(s) {names}, the "
-                                     f"model {n_inputs}")
-                sessions[key] = (sess, names)
-            return sessions[key]
-
-        def feed_of(b: int, names: list[str]) -> dict[str, np.ndarray]:
-            # the session's inputs, in order, are the forward arguments, in order
-            return dict(zip(names, inputs_np[b]))
+        session = _ort_sessions(ort, files, len(bench.inputs[bench.batch_sizes[0]]))
 
         def call(b: int, t: int, session=session):
             sess, names = session(b, t)
-            feed = feed_of(b, names)
+            feed = dict(zip(names, bench.inputs_np[b]))  # session inputs = forward arguments
             return lambda *_x: sess.run(None, feed)
-
-        def run(b: int, session=session):
-            sess, names = session(b, 1)
-            return sess.run(None, feed_of(b, names))
-        be.call, be.run = call, run
+        be.call = call
+        be.run = lambda b, call=call: call(b, 1)()
         try:
-            session(batch_sizes[0] if be.has(batch_sizes[0]) else min(be.batches), 1)
+            session(bench.batch_sizes[0] if be.has(bench.batch_sizes[0]) else min(be.batches), 1)
         except Exception as exc:  # noqa: BLE001
-            skipped[name] = f"onnxruntime cannot load the file ({_short(exc)})"
-            notes.append(f"{name} skipped: onnxruntime cannot load the file ({_short(exc)})")
+            why = f"onnxruntime cannot load the file ({_short(exc)})"
+            bench.skip(name, why, f"{name} skipped: {why}")
             continue
         be.build_seconds = time.perf_counter() - t0
-        backends[name] = be
+        bench.backends[name] = be
+
+
+def _export_models(bench: _Bench, fmt: str) -> list[tuple[str, str, nn.Module, str]]:
+    """``(backend name, which model, module, reference)`` of the dense and compacted
+    exports in format ``fmt`` (``onnx``, ``pte``)."""
+    models = [(f"{fmt}_dense", "dense", bench.dense_src, bench.dense_torch)]
+    if bench.compacted is not None:
+        models.append((f"{fmt}_compacted", "compacted", bench.compacted, "torch_pruned"))
+    return models
+
+
+def _export_onnx_files(bench: _Bench, name: str, module: nn.Module) -> dict:
+    """``{None: path}`` (dynamic batch) or ``{b: path}`` (one file per batch size)."""
+    from mobileprune.deploy.export import export_onnx
+
+    stem = name.split("_", 1)[1]
+    rep = export_onnx(module, bench.example, bench.out / f"{stem}.onnx")
+    if rep.get("dynamic_batch"):
+        return {None: rep["path"]}
+    files = {b: export_onnx(module, _one_or_tuple(bench.inputs[b]),
+                            bench.out / f"{stem}_b{b}.onnx")["path"] for b in bench.batch_sizes}
+    examples = bench.example if isinstance(bench.example, tuple) else (bench.example,)
+    if examples[0].shape[0] not in bench.batch_sizes:
+        Path(rep["path"]).unlink(missing_ok=True)
+    bench.notes.append(f"{name}: the model has no dynamic batch axis in ONNX; one file per "
+                       f"batch size")
+    return files
+
+
+def _exported(bench: _Bench, name: str, export: Callable[[], dict]) -> dict | None:
+    """``export()`` (the files of backend ``name``), or None with the reason recorded."""
+    try:
+        return export()
+    except ExportDependencyError as exc:
+        bench.skip(name, f"package missing ({_short(exc)})", f"{name} skipped: {_short(exc)}")
+    except Exception as exc:  # noqa: BLE001
+        bench.skip(name, f"export failed ({_short(exc)})",
+                   f"{name} skipped: export failed ({_short(exc)})")
+    return None
+
+
+def _ort_sessions(ort, files: dict, n_inputs: int) -> Callable[[int, int], tuple]:
+    """``session(b, t) -> (InferenceSession, input names)``, created once per (file, t):
+    t intra-op threads, one inter-op thread, sequential, no spin-waiting."""
+    sessions: dict[tuple, Any] = {}
+
+    def session(b: int, t: int):
+        path = files.get(None, files.get(b))
+        if (path, t) not in sessions:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = t
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.log_severity_level = 3
+            try:
+                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            except Exception:  # noqa: BLE001
+                pass
+            sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            names = [i.name for i in sess.get_inputs()]
+            if len(names) != n_inputs:
+                raise ValueError(f"the ONNX file has {len(names)} input(s) {names}, the model "
+                                 f"{n_inputs}")
+            sessions[(path, t)] = (sess, names)
+        return sessions[(path, t)]
+    return session
 
 
 # --------------------------------------------------------------------------- ExecuTorch
 
-def _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs, batch_sizes,
-             pte_batches, dense_torch):
-    from mobileprune.deploy.export import export_executorch
-
+def _add_pte(bench: _Bench, pte_batches: tuple[int, ...]):
+    """pte_dense and pte_compacted (XNNPACK-delegated programs, one per batch size in
+    ``pte_batches``); returns ExecuTorch's thread pool (get, reset) when one was loaded."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -892,76 +964,74 @@ def _add_pte(backends, skipped, notes, sizes, out, dense_src, compacted, inputs,
     pool = _et_threadpool() if runtime is not None else None
     threading = ("XNNPACK thread pool resized to t (_unsafe_reset_threadpool)" if pool else
                  "thread count not controllable from Python (default XNNPACK pool)")
-    pte_b = [b for b in batch_sizes if b in pte_batches]
+    pte_b = [b for b in bench.batch_sizes if b in pte_batches]
     if not pte_b:
         for n in ("pte_dense", "pte_compacted"):
-            skipped[n] = "no batch size of batch_sizes is in pte_batch_sizes"
+            bench.skipped[n] = "no batch size of batch_sizes is in pte_batch_sizes"
         return None
-    if len(pte_b) < len(batch_sizes):
-        notes.append(f"ExecuTorch programs have a fixed input shape: exported for batch "
-                     f"size(s) {pte_b} only (pte_batch_sizes); pte_* are not timed at the "
-                     f"other batch sizes")
-
-    models = [("pte_dense", "dense", dense_src, dense_torch)]
-    if compacted is not None:
-        models.append(("pte_compacted", "compacted", compacted, "torch_pruned"))
+    if len(pte_b) < len(bench.batch_sizes):
+        bench.notes.append(f"ExecuTorch programs have a fixed input shape: exported for batch "
+                           f"size(s) {pte_b} only (pte_batch_sizes); pte_* are not timed at the "
+                           f"other batch sizes")
     any_ok = False
-    for name, which, module, ref in models:
+    for name, which, module, ref in _export_models(bench, "pte"):
         t0 = time.perf_counter()
-        stem = name.split("_", 1)[1]
-        files: dict[int, Path] = {}
-        try:
-            for b in pte_b:
-                files[b] = Path(export_executorch(module, _one_or_tuple(inputs[b]),
-                                                  out / f"{stem}_b{b}.pte")["path"])
-        except ExportDependencyError as exc:
-            skipped[name] = f"package missing ({_short(exc)})"
-            notes.append(f"{name} skipped: {_short(exc)}")
+        files = _exported(bench, name, lambda: _export_pte_files(bench, name, module, pte_b))
+        if files is None:
             continue
-        except Exception as exc:  # noqa: BLE001
-            skipped[name] = f"export failed ({_short(exc)})"
-            notes.append(f"{name} skipped: export failed ({_short(exc)})")
-            continue
-        first = files[pte_b[0]]
-        sizes[name] = {"path": first.name, "bytes": first.stat().st_size, "batch": pte_b[0]}
+        bench.sizes[name] = {"path": files[pte_b[0]].name, "bytes": files[pte_b[0]].stat().st_size,
+                             "batch": pte_b[0]}
         if runtime is None:
-            skipped[name] = f"executorch.runtime cannot be loaded ({rt_error})"
-            notes.append(f"{name}: .pte written but not timed: executorch.runtime cannot be "
-                         f"loaded ({rt_error})")
+            bench.skip(name, f"executorch.runtime cannot be loaded ({rt_error})",
+                       f"{name}: .pte written but not timed: executorch.runtime cannot be "
+                       f"loaded ({rt_error})")
             continue
-        loaded: dict[int, tuple] = {}
-
-        def method(b: int, files=files, loaded=loaded):
-            """The loaded ``forward`` at batch ``b`` (cached until :meth:`release`)."""
-            if b not in loaded:
-                prog = runtime.load_program(str(files[b]))
-                loaded[b] = (prog, prog.load_method("forward"))
-            return loaded[b][1]
-
-        try:
-            method(pte_b[0])
-        except Exception as exc:  # noqa: BLE001
-            skipped[name] = f"the ExecuTorch runtime cannot load the program ({_short(exc)})"
-            notes.append(f"{name} skipped: {skipped[name]}")
-            continue
-        be = _Backend(name, "pte", which, which == "dense", ref, threading)
-        be.files = [p.name for p in files.values()]
-        be.batches = set(files)
-        be.info = {"executorch": _version("executorch"), "delegate": "XnnpackPartitioner",
-                   "fixed_batch": True}
-
-        def call(b: int, t: int, method=method):
-            m = method(b)
-            args = list(inputs[b])
-            return lambda *_x: m.execute(args)
-
-        be.call = call
-        be.run = lambda b, method=method: method(b).execute(list(inputs[b]))
-        be.release = loaded.clear
-        be.build_seconds = time.perf_counter() - t0
-        backends[name] = be
-        any_ok = True
+        be = _pte_backend(bench, runtime, name, which, ref, threading, files)
+        if be is not None:
+            be.build_seconds = time.perf_counter() - t0
+            bench.backends[name] = be
+            any_ok = True
     return pool if any_ok else None
+
+
+def _export_pte_files(bench: _Bench, name: str, module: nn.Module, pte_b) -> dict:
+    from mobileprune.deploy.export import export_executorch
+
+    stem = name.split("_", 1)[1]
+    return {b: Path(export_executorch(module, _one_or_tuple(bench.inputs[b]),
+                                      bench.out / f"{stem}_b{b}.pte")["path"]) for b in pte_b}
+
+
+def _pte_backend(bench: _Bench, runtime, name, which, ref, threading, files) -> _Backend | None:
+    """The backend of one set of ``.pte`` files, or None (recorded) when they cannot load."""
+    loaded: dict[int, tuple] = {}
+
+    def method(b: int):
+        """The loaded ``forward`` at batch ``b`` (cached until :meth:`_Backend.release`)."""
+        if b not in loaded:
+            prog = runtime.load_program(str(files[b]))
+            loaded[b] = (prog, prog.load_method("forward"))
+        return loaded[b][1]
+
+    try:
+        method(next(iter(files)))
+    except Exception as exc:  # noqa: BLE001
+        why = f"the ExecuTorch runtime cannot load the program ({_short(exc)})"
+        bench.skip(name, why, f"{name} skipped: {why}")
+        return None
+    be = _Backend(name, "pte", which, which == "dense", ref, threading)
+    be.files = [p.name for p in files.values()]
+    be.batches = set(files)
+    be.info = {"executorch": _version("executorch"), "delegate": "XnnpackPartitioner",
+               "fixed_batch": True}
+
+    def call(b: int, t: int):
+        m, args = method(b), list(bench.inputs[b])
+        return lambda *_x: m.execute(args)
+    be.call = call
+    be.run = lambda b: method(b).execute(list(bench.inputs[b]))
+    be.release = loaded.clear
+    return be
 
 
 # --------------------------------------------------------------------------- markdown
