@@ -313,61 +313,67 @@ def overlapping_group_prox(
         raise ConfigError(f"n_iter must be a positive int, got {n_iter!r}")
     if not (isinstance(tol, (int, float)) and tol >= 0):
         raise ConfigError(f"tol must be a non-negative number, got {tol!r}")
-    flat = v.reshape(-1)
-    N = flat.numel()
     G = len(groups)
     lam_t = _param(lam, "lam", v, G, 2)
     tau_t = _param(eta, "eta", v, G, 2, _tau)  # hard-threshold level sqrt(2 eta)
     if G == 0:
         x = v.clone()
         return (x, v.new_zeros((0, 0))) if return_copies else x
+    vflat = v.reshape(-1).detach().clone()
+    idx, valid = _padded_groups(groups, vflat.numel(), v.device)
+    flat_idx = idx[valid]
+    mult = torch.zeros_like(vflat).index_add_(0, flat_idx, torch.ones_like(flat_idx, dtype=v.dtype))
+    L = max(float(mult.max()), 1.0) if vflat.numel() else 1.0  # most copies of one coordinate
+    scale = float(vflat.abs().max()) if vflat.numel() else 0.0
+    z = _latent_copies(vflat, idx, valid, lam_t, tau_t, L, n_iter, tol * scale)
+    x = torch.zeros_like(vflat).index_add_(0, flat_idx, z[valid])
+    x = torch.where(mult > 0, x, vflat).reshape(v.shape)
+    return (x, z) if return_copies else x
+
+
+def _padded_groups(groups: Sequence[Tensor | Sequence[int]], n: int, device) -> tuple[Tensor, Tensor]:
+    """``(idx, valid)``: the groups as one zero-padded ``(G, n_max)`` index tensor and the
+    mask of its real entries; refuses indices outside ``[0, n)`` and repeats in a group."""
     idx_list = []
-    for i, g in enumerate(groups):  # input validation only
-        t = torch.as_tensor(g, device=v.device)
+    for i, g in enumerate(groups):
+        t = torch.as_tensor(g, device=device)
         if t.dim() > 1 or t.dtype == torch.bool or (t.is_floating_point() and t.numel()):
             raise ConfigError(f"group {i} must be a 1-D tensor / sequence of integer indices")
         idx_list.append(t.reshape(-1).to(torch.long))
-    lengths = torch.tensor([len(t) for t in idx_list], device=v.device)
+    lengths = torch.tensor([len(t) for t in idx_list], device=device)
     n_max = int(lengths.max())
     idx = torch.nn.utils.rnn.pad_sequence(idx_list, batch_first=True, padding_value=0) \
-        if n_max else torch.zeros((G, 0), dtype=torch.long, device=v.device)
-    valid = torch.arange(n_max, device=v.device).unsqueeze(0) < lengths.unsqueeze(1)
+        if n_max else torch.zeros((len(idx_list), 0), dtype=torch.long, device=device)
+    valid = torch.arange(n_max, device=device).unsqueeze(0) < lengths.unsqueeze(1)
     flat_idx = idx[valid]
     if flat_idx.numel():
-        if int(flat_idx.min()) < 0 or int(flat_idx.max()) >= N:
-            raise ConfigError(f"group indices must lie in [0, {N}) (flat indices into v)")
+        if int(flat_idx.min()) < 0 or int(flat_idx.max()) >= n:
+            raise ConfigError(f"group indices must lie in [0, {n}) (flat indices into v)")
         # duplicates inside a group: sort each row (padding pushed to the end)
-        keyed = torch.where(valid, idx, torch.full_like(idx, N))
-        srt = torch.sort(keyed, dim=1).values
-        dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] < N)
+        srt = torch.sort(torch.where(valid, idx, torch.full_like(idx, n)), dim=1).values
+        dup = (srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] < n)
         if bool(dup.any()):
-            bad = int(dup.any(dim=1).nonzero()[0])
-            raise ConfigError(f"group {bad} contains a repeated index")
-    mult = torch.zeros(N, dtype=v.dtype, device=v.device).index_add_(
-        0, flat_idx, torch.ones_like(flat_idx, dtype=v.dtype))
-    L = float(mult.max()) if N else 1.0
-    L = max(L, 1.0)
+            raise ConfigError(f"group {int(dup.any(dim=1).nonzero()[0])} contains a repeated index")
+    return idx, valid
+
+
+def _latent_copies(vflat: Tensor, idx: Tensor, valid: Tensor, lam: Tensor, tau: Tensor, L: float,
+                   n_iter: int, thresh: float) -> Tensor:
+    """The copies ``z`` (``(G, n_max)``) after proximal-gradient steps ``t = 1/L`` on
+    ``1/2 ||v - sum_g z_g||^2`` (restricted to covered coordinates), each followed by the
+    exact per-copy prox with ``(t lam, t eta)``; stops after ``n_iter`` steps or once no
+    copy moves by more than ``thresh``."""
     step = 1.0 / L
-    lam_step = lam_t * step  # () or (G, 1)
-    tau_step = tau_t * math.sqrt(step)  # sqrt(2 * step * eta)
-    scale = float(flat.abs().max()) if N else 0.0
-    thresh = tol * scale
-    vflat = flat.detach().clone()
-    z = v.new_zeros((G, n_max))
-    zero = v.new_zeros(())
-
-    def assemble(copies: Tensor) -> Tensor:
-        return torch.zeros_like(vflat).index_add_(0, flat_idx, copies[valid])
-
+    lam_step, tau_step = lam * step, tau * math.sqrt(step)  # tau: sqrt(2 * step * eta)
+    flat_idx = idx[valid]
+    z = vflat.new_zeros(idx.shape)
+    zero = vflat.new_zeros(())
     for _ in range(n_iter):
-        resid = vflat - assemble(z)  # minus the gradient of the smooth part
+        resid = vflat - torch.zeros_like(vflat).index_add_(0, flat_idx, z[valid])
         w = torch.where(valid, z + step * resid[idx], zero)
         z_new = torch.where(valid, _l0_group_lasso_core(w, lam_step, tau_step), zero)
         change = float((z_new - z).abs().max()) if z.numel() else 0.0
         z = z_new
         if change <= thresh:
             break
-    x = assemble(z)
-    covered = mult > 0
-    x = torch.where(covered, x, vflat).reshape(v.shape)
-    return (x, z) if return_copies else x
+    return z
