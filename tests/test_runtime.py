@@ -1064,3 +1064,49 @@ def test_one_pixel_convs_run_as_linear_and_match_torch(tmp_path, density):
     lines = {ln.split()[0]: ln for ln in sm.describe(1).splitlines()}
     for name in ("a", "b", "c"):
         assert any(k in lines[name] for k in ("spmv", "gemv")), lines[name]
+
+
+class _ConvChain(nn.Module):
+    """Conv stacks the plan chains (a conv writing its only reader's padded input) and
+    convs it must not chain: an output read twice (residual), a model output."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, (3, 5), padding=(1, 2))
+        self.c = nn.Conv2d(8, 6, 3, padding=(2, 1), dilation=(2, 1))
+        self.d = nn.Conv2d(6, 6, 3, padding=1)  # read twice: by e and by the sum
+        self.e = nn.Conv2d(6, 6, 3, padding=1)
+
+    def forward(self, x):
+        y = self.c(F.relu(self.b(F.relu(self.a(x)))))
+        d = self.d(y)
+        return self.e(F.relu(d)) + d, y
+
+
+@pytest.mark.parametrize("density", [0.2, 1.0])
+def test_chained_convs_match_torch(tmp_path, density):
+    """A conv whose output only the next conv reads writes straight into that conv's padded
+    input buffer; outputs equal torch's at batch 1 and 3, on 1 and 2 threads, and the
+    plan chains exactly the convs with one conv reader that is not a model output."""
+    torch.manual_seed(2)
+    model = _ConvChain().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    x = torch.randn(3, 3, 11, 16)  # rows of 16: vectors inside rows (flat ones: the C tests)
+    path = tmp_path / "chain.mps"
+    export_sparse(model, x[:1], path)
+    with torch.no_grad():
+        want = [t.numpy() for t in model(x)]
+    for threads in (1, 2):
+        sm = load(path, threads=threads)
+        for n in (1, 3):
+            got = sm(x[:n].numpy())
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w[:n], rtol=1e-4, atol=1e-5)
+        lines = {ln.split()[0]: ln for ln in sm.describe(1).splitlines()}
+        writes = {k for k, ln in lines.items() if "writes the next conv's padded input" in ln}
+        assert writes == {"a", "b"}, lines
+        assert "input written padded by the previous conv" in lines["c"], lines["c"]

@@ -319,6 +319,97 @@ static void test_conv(mp_isa isa)
     }
 }
 
+/* A conv chained into the next (mp_conv_chain): the pair's output equals that of the two
+ * run apart, bit for bit; the reader's scratch starts as NaN (its padding must be zeroed)
+ * and the words after it stay untouched. Returns 1 when the pair chained. */
+static float* conv_weights(const mp_conv_desc* d, double density, csr_store* cs, mp_weights* mw)
+{
+    const int cols = d->in_channels / d->groups * d->kernel_h * d->kernel_w;
+    float* w = malloc((size_t)d->out_channels * (size_t)cols * sizeof(float));
+    float* b = malloc((size_t)d->out_channels * sizeof(float));
+    random_weights(w, (size_t)d->out_channels * (size_t)cols, density);
+    for (int o = 0; o < d->out_channels; o++) b[o] = rfloat();
+    *mw = make_weights(w, b, d->out_channels, cols, 1, cs); /* CSR: a copy of w */
+    free(w);
+    return b; /* the bias, kept by the caller while the ops are made */
+}
+
+static int chain_case(const mp_conv_desc* da, const mp_conv_desc* db, size_t batch, mp_isa isa,
+                      uint32_t flags)
+{
+    mp_conv_op *a[2] = {NULL, NULL}, *b[2] = {NULL, NULL};
+    csr_store ca, cb;
+    mp_weights wa, wb;
+    float *ba = conv_weights(da, 0.3, &ca, &wa), *bb = conv_weights(db, 0.3, &cb, &wb);
+    int ok = 1, chained = 0;
+    for (int k = 0; k < 2 && ok; k++)
+        ok = mp_conv_create_isa(da, &wa, flags, isa, &a[k]) == MP_OK &&
+             mp_conv_create_isa(db, &wb, flags, isa, &b[k]) == MP_OK;
+    CHECK(ok, "chain: conv create failed");
+    if (ok) chained = mp_conv_chain(a[1], b[1]);
+    const size_t nx = batch * (size_t)da->in_channels * (size_t)da->in_h * (size_t)da->in_w;
+    const size_t ny = batch * (size_t)da->out_channels * (size_t)da->out_h * (size_t)da->out_w;
+    const size_t nz = batch * (size_t)db->out_channels * (size_t)db->out_h * (size_t)db->out_w;
+    float *x = malloc(nx * sizeof(float)), *y = malloc(ny * sizeof(float));
+    float *z0 = malloc(nz * sizeof(float)), *z1 = malloc((nz + GUARD) * sizeof(float));
+    for (size_t i = 0; i < nx; i++) x[i] = rfloat();
+    for (size_t i = 0; i < nz + GUARD; i++) z1[i] = 12345.0f;
+    for (int k = 0; ok && k < 2; k++) {
+        const size_t sb_bytes = mp_conv_scratch_bytes(b[k], batch);
+        void* sa = malloc(mp_conv_scratch_bytes(a[k], batch));
+        float* sb = malloc(sb_bytes + GUARD * sizeof(float));
+        for (size_t i = 0; i < sb_bytes / sizeof(float) + GUARD; i++) sb[i] = i < sb_bytes / sizeof(float) ? NAN : 777.0f;
+        float* mid = k && chained ? mp_conv_input_buffer(b[k], sb) : y;
+        conv_ctx ca_ctx = {batch, x, sa, mid}, cb_ctx = {batch, mid, sb, k ? z1 : z0};
+        mp_conv_prepare(a[k], batch, x, sa);
+        run_split(mp_conv_num_tasks(a[k], batch), conv_piece, a[k], &ca_ctx);
+        mp_conv_prepare(b[k], batch, mid, sb);
+        run_split(mp_conv_num_tasks(b[k], batch), conv_piece, b[k], &cb_ctx);
+        for (size_t i = sb_bytes / sizeof(float); i < sb_bytes / sizeof(float) + GUARD; i++)
+            CHECK(sb[i] == 777.0f, "chain: wrote past the reader's scratch");
+        free(sa), free(sb);
+    }
+    if (ok) {
+        size_t bad = 0;
+        for (size_t i = 0; i < nz; i++) bad += memcmp(&z0[i], &z1[i], sizeof(float)) != 0;
+        CHECK(bad == 0, "chain %s: %zu of %zu outputs differ (%dx%dx%d k%d p%d,%d -> k%d p%d,%d,%d,%d batch %zu flags %u chained %d)",
+              isa_name(isa), bad, nz, da->in_channels, da->in_h, da->in_w, da->kernel_w,
+              da->pad_top, da->pad_left, db->kernel_w, db->pad_top, db->pad_bottom, db->pad_left,
+              db->pad_right, batch, flags, chained);
+        for (size_t i = nz; i < nz + GUARD; i++) CHECK(z1[i] == 12345.0f, "chain: wrote past z");
+    }
+    for (int k = 0; k < 2; k++) mp_conv_free(a[k]), mp_conv_free(b[k]);
+    csr_release(&ca), csr_release(&cb);
+    free(ba), free(bb), free(x), free(y), free(z0), free(z1);
+    return chained;
+}
+
+static void test_chain(mp_isa isa)
+{
+    int chained = 0, tried = 0;
+    const mp_conv_desc fer_a = conv_desc(32, 32, 1, 48, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
+    chained += chain_case(&fer_a, &fer_a, 1, isa, MP_KERNEL_SPARSE), tried++;
+    for (int t = 0; t < 40; t++) {
+        mp_conv_desc da = random_conv();
+        da.groups = 1, da.in_channels = rint_in(1, 6);
+        /* b: stride 1, any kernel / padding / dilation that fits a's output */
+        const int kh = da.out_h == 1 ? 1 : rint_in(1, 4), kw = rint_in(1, 5);
+        const int pt = kh == 1 ? 0 : rint_in(0, kh), pb = kh == 1 ? 0 : rint_in(0, kh);
+        /* half the pairs with b's padded row as wide as a's (flat vectors chain only then) */
+        const int wqa = (da.in_w + da.pad_left + da.pad_right + da.stride_w - 1) / da.stride_w;
+        const int spare = wqa - da.out_w, same = t % 2 == 0 && spare >= 0 && spare <= 2 * kw;
+        const int pl = same ? spare / 2 : rint_in(0, kw), pr = same ? spare - spare / 2 : rint_in(0, kw);
+        const int dl = rint_in(1, 2);
+        if (da.out_h + pt + pb < kh || da.out_w + pl + pr < dl * (kw - 1) + 1) continue;
+        const mp_conv_desc db = conv_desc(da.out_channels, rint_in(1, 7), 1, da.out_h, da.out_w,
+                                          kh, kw, 1, 1, 1, dl, pt, pb, pl, pr);
+        chained += chain_case(&da, &db, t % 3 == 2 ? 3 : 1, isa, k_flags[t % 5]);
+        tried++;
+    }
+    printf("  %s: %d of %d conv pairs chained\n", isa_name(isa), chained, tried);
+    CHECK(chained > tried / 4, "chain %s: only %d of %d pairs chained", isa_name(isa), chained, tried);
+}
+
 typedef struct lin_ctx {
     size_t batch;
     const float* x;
@@ -454,6 +545,7 @@ int main(void)
         const mp_isa isa = (mp_isa)i;
         if ((isa == MP_ISA_NEON) != (best == MP_ISA_NEON) && isa != MP_ISA_SCALAR) continue;
         test_conv(isa);
+        test_chain(isa);
         test_linear(isa);
         test_nan(isa);
         printf("  %s: done\n", isa_name(isa));

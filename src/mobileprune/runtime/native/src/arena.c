@@ -102,20 +102,21 @@ mp_status mp_plan_place(mp_plan* p) {
     mp_status st = bufs && live ? MP_OK : mp_set_error(MP_OUT_OF_MEMORY, "out of memory (plan)");
     for (uint32_t v = 0; v < m->num_values && !st; v++) {
         mp_tensor* t = &p->tensors[v];
-        if (t->alias != v || t->first < 0) continue;
+        if (t->alias != v || t->first < 0 || t->in_scratch) continue;
         st = tensor_bytes(p, v, &t->bytes);
         bufs[n++] = (mp_buf){t->bytes, 0, t->first, t->last, &t->offset};
     }
     for (size_t s = 0; s < p->num_steps && !st; s++)
         if (p->steps[s].scratch_bytes) {
-            int64_t time = (int64_t)s + 1;
+            const int64_t time = (int64_t)s + 1;
+            const int64_t from = p->steps[s].scratch_from ? p->steps[s].scratch_from : time;
             if (p->steps[s].scratch_bytes > MP_MAX_BUFFER) {
                 st = mp_set_error(MP_OUT_OF_MEMORY, "op '%.80s': scratch of %zu bytes",
                                   mp_str(m, p->steps[s].op->name), p->steps[s].scratch_bytes);
                 break;
             }
             size_t size = round64(p->steps[s].scratch_bytes);
-            bufs[n++] = (mp_buf){size, 0, time, time, &p->steps[s].scratch_offset};
+            bufs[n++] = (mp_buf){size, 0, from, time, &p->steps[s].scratch_offset};
         }
     if (!st) {
         qsort(bufs, n, sizeof(mp_buf), cmp_buf);
@@ -134,5 +135,9 @@ void mp_plan_bind(mp_plan* p) {
             st->in[k] = (const float*)(p->ws + p->tensors[root_of(p, st->in_tensor[k])].offset);
         st->out = (float*)(p->ws + p->tensors[root_of(p, st->out_tensor)].offset);
         st->scratch = st->scratch_bytes ? p->ws + st->scratch_offset : NULL;
+    }
+    for (size_t s = 0; s < p->num_steps; s++) { /* chained convs: the reader's buffer */
+        mp_step* st = &p->steps[s];
+        if (st->into) st->into->in[0] = st->out = mp_conv_input_buffer(st->into->conv, st->into->scratch);
     }
 }

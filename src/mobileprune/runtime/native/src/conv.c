@@ -88,6 +88,11 @@ struct mp_conv_op {
     int contig; /* flat vectors: vec[v].in = v * lanes */
     int fused;  /* depthwise: each task pads its own channels inside compute */
     int direct; /* no padding, stride 1, every read inside the input: no buffer, no copy */
+    /* Output channel c of image n starts at out + n * out_image + c * out_plane: the dense
+     * NCHW tensor, or (chained) the padded input buffer of the next conv (mp_conv_chain). */
+    size_t out_plane, out_image;
+    int chained;   /* writes into the next conv's padded input buffer */
+    int prepadded; /* the previous conv wrote this one's input: prepare zeroes the padding only */
     float* bias;
     conv_pack pack;
     int mode;
@@ -612,6 +617,24 @@ static void fill(const mp_conv_op* op, const float* x, float* b, int32_t c0, int
         fill_phases(op, x, b, c0, c1);
 }
 
+/* The padding of every channel plane of one image's buffer (its inside is written by the
+ * previous conv, with whatever its vectors' spare lanes put in the padding). */
+MP_INLINE_LOOPS static void zero_padding(const mp_conv_op* op, float* b)
+{
+    const mp_conv_desc* d = &op->d;
+    const size_t wq = (size_t)op->wq, pl = (size_t)d->pad_left, w = (size_t)d->in_w;
+    const size_t top = (size_t)d->pad_top * wq, inside = (size_t)d->in_h * wq;
+    for (int32_t c = 0; c < d->in_channels; c++) {
+        float* p = b + (size_t)c * op->chan;
+        for (size_t q = 0; q < top; q++) p[q] = 0.0f;
+        for (size_t q = top + inside; q < op->chan; q++) p[q] = 0.0f;
+        for (size_t r = top; r < top + inside; r += wq) {
+            for (size_t q = 0; q < pl; q++) p[r + q] = 0.0f;
+            for (size_t q = pl + w; q < wq; q++) p[r + q] = 0.0f;
+        }
+    }
+}
+
 void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* scratch)
 {
     if (op->direct) return;
@@ -619,7 +642,10 @@ void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* 
     const size_t used = op->chan * (size_t)op->d.in_channels;
     for (size_t n = 0; n < batch; n++) {
         float* b = buf + n * op->buf_floats;
-        if (!op->fused) fill(op, in + n * in_floats(op), b, 0, op->d.in_channels);
+        if (op->prepadded)
+            zero_padding(op, b);
+        else if (!op->fused)
+            fill(op, in + n * in_floats(op), b, 0, op->d.in_channels);
         memset(b + used, 0, (op->buf_floats - used) * sizeof(float));
     }
 }
@@ -678,14 +704,13 @@ static void compute_pack(const mp_conv_op* op, const conv_pack* p, size_t batch,
                          float* buf, float* out, size_t t0, size_t t1)
 {
     const size_t per = p->rchunks * p->pchunks;
-    const size_t out_floats = (size_t)op->d.out_channels * op->plane;
     const size_t pf = partial_floats(op, p);
-    mp_spconv_args a = {NULL, NULL, op->plane, NULL, 0, op->contig, p->blocks, 0, 0, p->off, p->val,
+    mp_spconv_args a = {NULL, NULL, op->out_plane, NULL, 0, op->contig, p->blocks, 0, 0, p->off, p->val,
                         op->bias, op->d.act_min, op->d.act_max, NULL, op->pstride};
     for (size_t t = t0; t < t1; t++) {
         const size_t n = t / per, rc = (t % per) / p->pchunks, pc = t % p->pchunks;
         a.input = op->direct ? in + n * in_floats(op) : buf + n * op->buf_floats;
-        a.output = out + n * out_floats;
+        a.output = out + n * op->out_image;
         a.partial = pf ? buf + batch * image_floats(op) + n * pf : NULL;
         a.b0 = p->rchunk[rc];
         a.b1 = p->rchunk[rc + 1];
@@ -840,6 +865,8 @@ mp_status mp_conv_create_isa(const mp_conv_desc* desc, const mp_weights* w, uint
     op->fused = desc->groups > 1 && desc->in_channels == desc->groups;
     if (st == MP_OK) st = build_vectors(op, op->k->lanes);
     if (st == MP_OK) op->direct = reads_input_directly(op);
+    op->out_plane = op->plane;
+    op->out_image = (size_t)desc->out_channels * op->plane;
     if (st == MP_OK) st = build(op, w, flags);
     if (st != MP_OK) {
         mp_conv_free(op);
@@ -855,12 +882,56 @@ mp_status mp_conv_create(const mp_conv_desc* desc, const mp_weights* w, uint32_t
     return mp_conv_create_isa(desc, w, flags, mp_cpu_best_isa(), out);
 }
 
+/* Output (y, x) of channel 0 at its place in b's padded buffer: the row vectors' start
+ * pixels move there; flat vectors keep their spacing when both buffers have one row width
+ * (their spare lanes then land in b's padding, which b's prepare zeroes, so they store
+ * whole). Returns 0, changing nothing, when a flat vector could reach past b's plane. */
+static int move_outputs(mp_conv_op* a, const mp_conv_op* b)
+{
+    const int32_t wo = a->d.out_w;
+    const size_t shift = (size_t)b->d.pad_top * (size_t)b->wq + (size_t)b->d.pad_left;
+    if (a->contig && (a->wq != b->wq || shift + a->vec_end > b->chan)) return 0;
+    for (size_t v = 0; v < a->nvec; v++) {
+        mp_pixvec* pv = &a->vec[v];
+        if (a->contig) {
+            pv->out = (int32_t)(shift + (size_t)pv->in);
+            pv->kind = MP_VEC_FULL;
+        } else {
+            const size_t y = (size_t)(pv->out / wo), x = (size_t)(pv->out % wo);
+            pv->out = (int32_t)(shift + y * (size_t)b->wq + x);
+        }
+    }
+    return 1;
+}
+
+int mp_conv_chain(mp_conv_op* a, mp_conv_op* b)
+{
+    if (a == NULL || b == NULL || a == b || a->chained || b->prepadded || a->pack.taps ||
+        b->pack.taps || b->fused || b->direct || b->phases != 1)
+        return 0;
+    if (b->d.in_channels != a->d.out_channels || b->d.in_h != a->d.out_h ||
+        b->d.in_w != a->d.out_w || !move_outputs(a, b))
+        return 0;
+    a->out_plane = b->chan;
+    a->out_image = b->buf_floats;
+    a->chained = b->prepadded = 1;
+    return 1;
+}
+
+float* mp_conv_input_buffer(const mp_conv_op* op, void* scratch)
+{
+    return op->direct ? NULL : mp_align64(scratch);
+}
+
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks%s)", op->k->name,
-             k_storage[op->mode], op->density, op->reason, op->pack.nv * (size_t)op->k->lanes,
-             op->pack.nchunks, op->direct ? ", input read in place" : "");
+    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks%s%s%s)",
+             op->k->name, k_storage[op->mode], op->density, op->reason,
+             op->pack.nv * (size_t)op->k->lanes, op->pack.nchunks,
+             op->direct ? ", input read in place" : "",
+             op->prepadded ? ", input written padded by the previous conv" : "",
+             op->chained ? ", writes the next conv's padded input" : "");
 }
 
 void mp_conv_free(mp_conv_op* op)

@@ -197,6 +197,10 @@ struct mp_step {
      * scratch of group_scratch bytes (no single-threaded prepare); 0: tasks of the op */
     size_t groups, group_scratch;
     mp_conv_op* conv;
+    /* conv chained into the next conv (mp_conv_chain): `into` is that step, whose scratch
+     * holds this step's output and so lives from this step on (`scratch_from`) */
+    struct mp_step* into;
+    int64_t scratch_from;
     mp_linear_op* linear;
     size_t rows;         /* linear: samples x leading dims, the rows the operator sees */
     struct mp_rnn* rnn;  /* lstm / gru (ops_rnn.c): its linear operators and scratch layout */
@@ -221,6 +225,7 @@ typedef struct mp_tensor {
     size_t offset;     /* in the workspace */
     int64_t first, last; /* step indices of first / last use */
     uint32_t alias;    /* value id whose memory this value shares (itself if none) */
+    int in_scratch;    /* written into its reader's padded buffer (chained convs): no memory */
 } mp_tensor;
 
 struct mp_plan {

@@ -76,6 +76,14 @@ void mp_conv_prepare(const mp_conv_op* op, size_t batch, const float* in, void* 
 size_t mp_conv_num_tasks(const mp_conv_op* op, size_t batch);
 void mp_conv_compute(const mp_conv_op* op, size_t batch, const float* in, void* scratch,
                      float* out, size_t task_begin, size_t task_end);
+/* Let `a` write its output straight into the padded input buffer of `b`, its only reader
+ * (conv -> conv, stride 1 on b's side, no depthwise fill or taps on either): b's prepare
+ * then zeroes the padding instead of copying the input. Returns 1 when chained; 0 (nothing
+ * changed) when they do not fit. Then a's compute takes mp_conv_input_buffer(b, b's
+ * scratch) as its output, and b's prepare must run after a's compute, with that scratch. */
+int mp_conv_chain(mp_conv_op* a, mp_conv_op* b);
+/* Where in `scratch` the op keeps its padded input buffer (NULL: it reads its input). */
+float* mp_conv_input_buffer(const mp_conv_op* op, void* scratch);
 /* "kernel-name storage density=0.100 reason" (one line, no newline). */
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size);
 void mp_conv_free(mp_conv_op* op);

@@ -290,6 +290,39 @@ static mp_status build_steps(mp_plan* plan) {
     return MP_OK;
 }
 
+/* ---- chained convs: a conv whose output only the next conv reads writes it straight into
+ * that conv's padded input buffer (mp_conv_chain); the value then needs no memory. */
+
+/* How many inputs of steps read value v (a root); *last: the last such step. */
+static size_t readers(mp_plan* plan, uint32_t v, mp_step** last) {
+    size_t n = 0;
+    for (size_t s = 0; s < plan->num_steps; s++)
+        for (uint32_t k = 0; k < plan->steps[s].num_in; k++)
+            if (root(plan, plan->steps[s].in_tensor[k]) == v) n++, *last = &plan->steps[s];
+    return n;
+}
+
+static bool is_model_output(const mp_plan* plan, uint32_t v) {
+    for (uint32_t k = 0; k < plan->model->num_outputs; k++)
+        if (root(plan, plan->model->outputs[k]) == v) return true;
+    return false;
+}
+
+static void chain_convs(mp_plan* plan) {
+    for (size_t s = 0; s < plan->num_steps; s++) {
+        mp_step* a = &plan->steps[s];
+        mp_step* b = NULL;
+        if (!a->conv || a->groups) continue;
+        const uint32_t v = root(plan, a->out_tensor);
+        if (is_model_output(plan, v) || readers(plan, v, &b) != 1 || !b->conv || b->groups ||
+            !mp_conv_chain(a->conv, b->conv))
+            continue;
+        a->into = b;
+        b->scratch_from = (int64_t)s + 1;
+        plan->tensors[v].in_scratch = 1;
+    }
+}
+
 static mp_status check_args(const mp_model* model, size_t batch, size_t threads,
                             uint32_t flags, mp_plan** out) {
     if (!out) return mp_set_error(MP_INVALID_ARGUMENT, "mp_plan_create: out is NULL");
@@ -338,6 +371,7 @@ mp_status mp_plan_create(const mp_model* model, size_t batch, size_t threads, ui
     st = alloc_plan(model, batch, threads, flags, &p);
     if (!st) st = find_fusions(p);
     if (!st) st = build_steps(p);
+    if (!st) chain_convs(p);
     if (!st) st = mp_plan_place(p);
     if (!st && p->ws_size) {
         p->ws_block = malloc(p->ws_size + MP_ALIGN);
