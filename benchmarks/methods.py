@@ -9,7 +9,8 @@ with a `goal` (MobilePrune's HAR numbers) also gets a conv-layer table: nonzero 
 weights, conv parameters after `compact` and channels kept in `goal.channel_layers`, with
 the goal as its first row; `notes` are printed below the tables.
 Results go to docs/benchmarks/methods_<suite>.{md,json}; the published rows of the
-suite are printed beside them. Resumable: finished methods are reused.
+suite are printed beside them. Resumable: finished methods are reused; with `--methods`,
+the rows not named are kept from the published JSON while their config is unchanged.
 
     MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py lenet5
 """
@@ -148,6 +149,14 @@ def suite_file(suite: str) -> Path:
     return ROOT / "benchmarks" / "suites" / f"{suite}.yaml"
 
 
+def earlier_rows(path: Path) -> dict:
+    """The rows of a suite's published JSON, so that ``--methods`` re-runs some rows and
+    keeps the others (each only while its config is unchanged: ``main`` compares)."""
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("results", {})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("suite", help="a suite name (benchmarks/suites/<name>.yaml) or a suite file")
@@ -172,9 +181,13 @@ def main(argv=None) -> int:
     channel_layers = goal.get("channel_layers")
     results = {"dense": summarise(dense, example, evaluate(dense, test_loader), dense,
                                   dmetrics.get("train_seconds", 0.0), channel_layers)}
+    out = Path(args.out_dir) / f"methods_{suite_name}"
+    earlier = earlier_rows(out.with_suffix(".json"))
     for method in suite["methods"]:
         name = method["name"]
         if args.methods and name not in args.methods:
+            if earlier.get(name, {}).get("config") == method:  # kept from the published table
+                results[name] = earlier[name]
             continue
         cfg = {k: v for k, v in method.items() if k not in ("name", "dense")}
         start = dense
@@ -207,7 +220,6 @@ def main(argv=None) -> int:
     cmd = f"{threads}MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/methods.py {args.suite}"
     if args.methods:
         cmd += " --methods " + " ".join(args.methods)
-    out = Path(args.out_dir) / f"methods_{suite_name}"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out.with_suffix(".json"), json.dumps(
         {"command": cmd, "suite": suite, "machine": platform.machine(), "results": results}, indent=2) + "\n")

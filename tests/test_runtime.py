@@ -1011,10 +1011,7 @@ def test_depthwise_taps_and_one_pixel_convs_match_torch(tmp_path, density):
     pixel as a linear operator: outputs equal torch's at batch 1 and 5, tuned or not."""
     torch.manual_seed(1)
     model = _SqueezeHead().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    _random_mask(model, density)
     x = torch.randn(5, 3, 15, 17)
     path = tmp_path / "sq.mps"
     export_sparse(model, x[:1], path)
@@ -1029,6 +1026,14 @@ def test_depthwise_taps_and_one_pixel_convs_match_torch(tmp_path, density):
             assert any(k in lines[name] for k in ("spmv", "gemv")), lines[name]
         if not tune and density < 1:
             assert " taps " in lines["dw"], lines["dw"]
+
+
+def _random_mask(model: nn.Module, density: float) -> None:
+    """Keep each conv weight with probability ``density`` (torch's global generator)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_((torch.rand_like(m.weight) < density).float())
 
 
 class _OnePixel(nn.Module):
@@ -1050,10 +1055,7 @@ def test_one_pixel_convs_run_as_linear_and_match_torch(tmp_path, density):
     land inside the input (those in the padding dropped); outputs equal torch's."""
     torch.manual_seed(2)
     model = _OnePixel().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    _random_mask(model, density)
     x = torch.randn(4, 3, 5, 5)
     path = tmp_path / "one.mps"
     export_sparse(model, x[:1], path)
@@ -1091,10 +1093,7 @@ def test_chained_convs_match_torch(tmp_path, density):
     plan chains exactly the convs with one conv reader that is not a model output."""
     torch.manual_seed(2)
     model = _ConvChain().eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.mul_((torch.rand_like(m.weight) < density).float())
+    _random_mask(model, density)
     x = torch.randn(3, 3, 11, 16)  # rows of 16: vectors inside rows (flat ones: the C tests)
     path = tmp_path / "chain.mps"
     export_sparse(model, x[:1], path)
