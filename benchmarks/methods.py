@@ -141,6 +141,22 @@ def goal_table(goal, results):
     return lines
 
 
+def whole_table(goal, results):
+    """Markdown lines: nonzero parameters over the whole model (every layer, biases too)
+    for every method, against the goal's ``whole_nonzero`` fraction at its accuracy."""
+    acc, frac = goal["test_accuracy"], goal["whole_nonzero"]
+    lines = [f"Whole model (every layer counted; goal: < {100 * frac:.0f}% nonzero parameters at "
+             f">= {100 * acc:.2f}% accuracy):", "",
+             "| method | test acc | nonzero parameters | of the dense model | meets |",
+             "|---|---:|---:|---:|:---:|"]
+    for name, r in results.items():
+        f = 1.0 / r["param_compression"]
+        met = r["test_accuracy"] >= acc and f < frac
+        lines.append(f"| {name} | {100 * r['test_accuracy']:.2f}% | {r['nonzero_parameters']:,} | "
+                     f"{100 * f:.2f}% | {'yes' if met else 'no'} |")
+    return lines
+
+
 def suite_file(suite: str) -> Path:
     """``benchmarks/suites/<suite>.yaml`` for a suite name, or ``suite`` itself when it is
     the path of a ``.yaml`` file."""
@@ -236,6 +252,8 @@ def main(argv=None) -> int:
                   f"({100 * r['compacted_param_fraction']:.1f}%) | {r['compacted_macs']:,} | {r['seconds']:.0f} s |")
     if goal:
         md += ["", *goal_table(goal, results)]
+    if goal.get("whole_nonzero"):
+        md += ["", *whole_table(goal, results)]
     if suite.get("notes"):
         md += ["", suite["notes"].strip()]
     md += ["", f"Layers: {', '.join(layers)}.", "", "Published (for comparison):", "",
