@@ -36,12 +36,9 @@ class Noise(StateDict):
     or that did not restore the RNG, would end elsewhere)."""
 
     name: str
-    clock: str | None = None
     calls: int = 0
     state: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.clock = self.name
+    clock = property(lambda self: self.name)
 
     def run(self, ctx):
         self.calls += 1
@@ -59,12 +56,9 @@ class Train(StateDict):
     name: str
     epochs: int
     stop_at: int | None = None
-    clock: str | None = None
     calls: int = 0
     state: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.clock = self.name
+    clock = property(lambda self: self.name)
 
     def run(self, ctx):
         self.calls += 1
