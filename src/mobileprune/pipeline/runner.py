@@ -262,9 +262,8 @@ class Runner:
     def _where(self) -> str:
         """The resume line's account: the next phase and its epochs done, or "finished"."""
         nxt = next((p for p in self.phases if p.name not in self.done), None)
-        where = "finished" if nxt is None else nxt.name
-        if nxt is not None and nxt.state_dict().get("epochs"):
-            where += f" after epoch {nxt.state_dict()['epochs']}"
+        epochs = nxt.state_dict().get("epochs") if nxt is not None else None
+        where = "finished" if nxt is None else nxt.name + (f" after epoch {epochs}" if epochs else "")
         return where + (f"; {self.status()}" if self.status is not None else "")
 
     def save(self) -> None:
