@@ -27,7 +27,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mobileprune.errors import ConfigError
-from mobileprune.pipeline.phases.admm import ADMM, Harden, Stage, StageDone, regrow_allowed
+from mobileprune.pipeline.phases.admm import (ADMM, Harden, Stage, StageDone, regrow_allowed,
+                                              stage_label)
 from mobileprune.pipeline.phases.train import Evaluate, Retrain
 from mobileprune.pipeline.runner import Context, Runner
 from mobileprune.pipeline.runstate import STATE_FILE, PipelineResult, _example_input, run_inputs
@@ -258,7 +259,8 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
     Runner(_phases(cfg, stage_targets), ctx, state_path=run_dir / STATE_FILE if run_dir else None,
            fingerprint=cfg.fingerprint(), accepts=lambda st: _same_run(st["extra"], st.get("config"), cfg),
            inputs=run_inputs(model, train_loader), config=cfg.to_dict(), resume=resume,
-           teacher=(teacher if teacher is not None else model) if distilled else None).run()
+           teacher=(teacher if teacher is not None else model) if distilled else None,
+           upgrade=lambda st: _before_runner(st, cfg)).run()
     name = ctx.metric_name
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
                           metrics={f"{name}_before": ctx.values["accuracy_before"],
@@ -279,3 +281,21 @@ def _phases(cfg: PipelineConfig, stage_targets: list) -> list:
                            tags={"stage": stage.label, "phase": "retrain"}),
                    StageDone(stage)]
     return phases
+
+
+def _before_runner(st: Mapping[str, Any], cfg: PipelineConfig) -> tuple[str | None, dict, dict]:
+    """A state of ``admm_prune`` written before the runner: a position (stage, phase
+    ``admm`` / ``retrain``, epochs done), the ADMM, optimizer and scheduler states and
+    (``retrain.regrow``) where the moving masks may grow."""
+    extra = st["extra"]
+    pos = extra["position"]
+    if pos["stage"] >= len(cfg.stages):
+        return None, {}, st["masks"]
+    name = f"{stage_label(pos['stage'], cfg.stages[pos['stage']])} {pos['phase']}"
+    state = {"epochs": pos["epoch"], "optimizer": extra.get("optimizer"),
+             "scheduler": extra.get("scheduler")}
+    if pos["phase"] == "admm":
+        state["admm"] = extra.get("admm")
+    elif extra.get("allowed") is not None:  # masks moving since the retraining began
+        state.update(masks=dict(st["masks"]), allowed=extra["allowed"])
+    return name, {name: state}, st["masks"]

@@ -39,9 +39,19 @@ def fit(model: nn.Module, train_loader: DataLoader, *, epochs: int, optimizer: s
     ctx = Context(model, train_loader, eval_loader, log=log, progress=progress,
                   model_name=model_name, model_kwargs=model_kwargs)
     Runner([DenseTrain(settings)], ctx, state_path=state_path,
-           fingerprint=json.dumps(_non_default(settings), sort_keys=True)).run()
+           fingerprint=json.dumps(_non_default(settings), sort_keys=True),
+           upgrade=lambda st: _before_runner(st, settings.epochs)).run()
     history = ctx.history
     acc = history[-1]["test_accuracy"] if history else (
         evaluate(model, eval_loader) if eval_loader is not None else None)
     return {"test_accuracy": acc, "train_seconds": sum(h["seconds"] for h in history),
             "history": history}
+
+
+def _before_runner(st: Mapping[str, Any], epochs: int) -> tuple[str | None, dict, dict]:
+    """A state of ``fit`` written before the runner: the epochs done (its history), the
+    optimizer and scheduler at the top level."""
+    extra = st["extra"]
+    done = len(extra["history"])
+    state = {"epochs": done, "optimizer": extra["optimizer"], "scheduler": extra["scheduler"]}
+    return (None if done >= epochs else "train"), {"train": state}, {}

@@ -322,7 +322,8 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
            fingerprint=_prox_fingerprint(pruner_cfg, sched), inputs=run_inputs(model, train_loader),
            config={"pruner": pruner_cfg, "schedule": dataclasses.asdict(sched)}, resume=resume,
            teacher=(teacher if teacher is not None else model) if distilled else None,
-           status=lambda: f"{ctx.values['rounds_done']} of {sched.rounds} rounds done").run()
+           status=lambda: f"{ctx.values['rounds_done']} of {sched.rounds} rounds done",
+           upgrade=lambda st: _before_runner(st, sched)).run()
     # (a compacted model carries the size it started as: compressions against the model as given)
     report = layer_report(model, example_input=_example_input(train_loader),
                           metrics={"accuracy_before": ctx.values["accuracy_before"],
@@ -331,3 +332,21 @@ def proximal_prune(model: nn.Module, train_loader: DataLoader, config: Mapping[s
     report["seconds"] = ctx.seconds
     return PipelineResult(model=model, masks=prox.pruner.masks(), report=report, history=ctx.history,
                           compacted=ctx.values["compacted"])
+
+
+def _before_runner(st: Mapping[str, Any], sched: ProxSchedule) -> tuple[str | None, dict, dict]:
+    """A state of ``proximal_prune`` written before the runner: the rounds done, the state
+    of the unit caps (``structure``: the cut, epochs done, ``done``) and of everything
+    after the rounds (``final``: projected, refilled masks, the final retraining's epochs,
+    optimizer, scheduler and moving masks). Its masks were the pruner's, which the phases
+    take from the pruner itself (``ctx.masks`` holds only refilled ones)."""
+    extra = st["extra"]
+    structure, final = dict(extra.get("structure") or {}), dict(extra.get("final") or {})
+    states = {"structure": {k: v for k, v in structure.items() if k != "done"}, "final retrain": final}
+    if (sched.max_units or sched.max_inputs) and not structure.get("done"):
+        return "structure", states, {}
+    if not final:  # (rounds that were all done stop at once)
+        return "rounds", states, {}
+    if sched.final_refill and "masks" not in final and not final.get("epochs"):
+        return "refill", states, {}
+    return ("final retrain" if sched.final_retrain_epochs else None), states, {}

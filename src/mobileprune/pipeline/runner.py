@@ -179,13 +179,17 @@ class Runner:
         resume: continue from ``state_path`` when it exists; ``False``: start over.
         teacher: snapshot this model (frozen, kept in the run directory) as ``ctx.teacher``.
         status: a few words on the run's progress for the resume line (e.g. rounds done).
+        upgrade: reads a state written before this runner (no list of finished phases):
+            returns the name of the phase to run next (``None``: finished), the phases'
+            states and ``ctx.masks``; without it such a state is refused.
     """
 
     def __init__(self, phases: Sequence[Phase], ctx: Context, *, state_path: str | Path | None = None,
                  fingerprint: str = "", accepts: Callable[[Mapping[str, Any]], bool] | None = None,
                  inputs: Mapping[str, Any] | None = None, config: Mapping[str, Any] | None = None,
                  resume: bool = True, teacher: nn.Module | None = None,
-                 status: Callable[[], str] | None = None) -> None:
+                 status: Callable[[], str] | None = None,
+                 upgrade: Callable[[Mapping[str, Any]], tuple[str | None, dict, dict]] | None = None) -> None:
         names = [p.name for p in phases]
         if len(set(names)) != len(names):
             raise ValueError(f"phase names must be unique, got {names}")
@@ -193,6 +197,7 @@ class Runner:
         self.state_path = Path(state_path) if state_path is not None else None
         self.fingerprint, self.accepts, self.inputs = fingerprint, accepts, inputs
         self.config, self.resume, self.teacher, self.status = config, resume, teacher, status
+        self.upgrade = upgrade
         self.done: list[str] = []
         self.clock = PhaseClock()
         ctx.save = self.save
@@ -229,12 +234,22 @@ class Runner:
             raise CheckpointError(
                 f"{path} belongs to a run with a different config (other settings); pass "
                 "--fresh (resume=False) or delete it to start over, or use another run directory")
-        if "done" not in extra:
-            raise CheckpointError(f"{path} was written by an older mobileprune (no list of finished "
-                                  "phases); pass --fresh (resume=False) or delete it to start over")
         if self.inputs is not None:
             check_resume(path, extra, self.inputs)
-        return st
+        if "done" in extra:
+            return st
+        if self.upgrade is None:
+            raise CheckpointError(f"{path} was written by an older mobileprune (no list of finished "
+                                  "phases); pass --fresh (resume=False) or delete it to start over")
+        return self._upgraded(st)
+
+    def _upgraded(self, st: Mapping[str, Any]) -> dict[str, Any]:
+        """A state written before this runner in today's layout: the phases before the one
+        ``upgrade`` names are finished; the phases' states and the masks are those it read."""
+        nxt, states, masks = self.upgrade(st)
+        names = [p.name for p in self.phases]
+        done = names if nxt is None else names[:names.index(nxt)]
+        return {**st, "masks": masks, "extra": {**st["extra"], "done": done, "phases": states}}
 
     def _restore(self, st: Mapping[str, Any]) -> None:
         """Put the saved state back: model (layers resized if compacted), masks, history,
@@ -253,7 +268,8 @@ class Runner:
                 phase.load_state_dict(states[phase.name])
         self.done = list(extra["done"])
         self.clock = PhaseClock(extra.get("phase_seconds"))
-        torch.set_rng_state(extra["rng"])
+        if extra.get("rng") is not None:  # (not in the proximal pipeline's states before the runner)
+            torch.set_rng_state(extra["rng"])
         gen = getattr(ctx.loader, "generator", None)
         if gen is not None and extra.get("loader_rng") is not None:
             gen.set_state(extra["loader_rng"])

@@ -32,7 +32,11 @@ class Stage:
 
     @classmethod
     def of(cls, i: int, config: PruneConfig, targets: list, admm: Any) -> "Stage":
-        return cls(f"stage{i + 1}" + (f"-{config.name}" if config.name else ""), config, targets, admm)
+        return cls(stage_label(i, config), config, targets, admm)
+
+
+def stage_label(i: int, config: PruneConfig) -> str:
+    return f"stage{i + 1}" + (f"-{config.name}" if config.name else "")
 
 
 def _coupling_input(targets, loader: DataLoader, needed: bool = False):
