@@ -20,7 +20,8 @@ method share it, ``None``: not timed), ``run(ctx)``, ``state_dict()`` and
 Interrupted work follows one rule: finished phases are skipped on resume, and in the
 unfinished one the last unfinished unit (epoch, round) is redone from the state saved
 after the unit before it, RNG and data order included, so that a resumed run ends with
-the weights of an uninterrupted one.
+the weights of an uninterrupted one. A state written before this runner is read into
+its layout by the preset's ``upgrade`` and resumes where it stopped.
 """
 
 from __future__ import annotations
