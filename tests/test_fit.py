@@ -77,3 +77,39 @@ def test_fit_shift_augments_and_is_part_of_the_settings(tmp_path):
             log=lambda s: None)
     with pytest.raises(ConfigError, match="shift"):
         fit(LeNet300100(), _loader(), epochs=1, shift=-1, log=lambda s: None)
+
+
+def test_fit_resumes_a_state_written_before_the_runner(tmp_path):
+    """A state in fit's layout before the runner (epochs done as its history, optimizer
+    and scheduler at the top level; rewritten here from an interrupted run) resumes to
+    the weights of the uninterrupted run."""
+    from mobileprune.checkpoint import load_checkpoint, restore_model, save_checkpoint
+
+    torch.manual_seed(0)
+    init = LeNet300100().state_dict()
+    a = LeNet300100()
+    a.load_state_dict(init)
+    torch.manual_seed(5)
+    fit(a, _loader(), epochs=3, lr=1e-3, log=lambda s: None)
+
+    def stop(line):
+        raise KeyboardInterrupt
+    b = LeNet300100()
+    b.load_state_dict(init)
+    torch.manual_seed(5)
+    path = tmp_path / "s.pt"
+    with pytest.raises(KeyboardInterrupt):  # after epoch 1 (its line is logged once it is saved)
+        fit(b, _loader(), epochs=3, lr=1e-3, state_path=path, log=stop)
+    st = load_checkpoint(path)
+    extra, phase = st["extra"], st["extra"]["phases"]["train"]
+    old = {"fingerprint": extra["fingerprint"], "optimizer": phase["optimizer"],
+           "scheduler": phase["scheduler"], "history": extra["history"],
+           "seconds": sum(h["seconds"] for h in extra["history"]), "rng": extra["rng"],
+           "loader_rng": extra["loader_rng"]}
+    save_checkpoint(path, restore_model(st, LeNet300100()), kind="run-state", extra=old)
+    c = LeNet300100()
+    torch.manual_seed(123)
+    res = fit(c, _loader(), epochs=3, lr=1e-3, state_path=path, log=lambda s: None)
+    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, c.state_dict()[k]), k

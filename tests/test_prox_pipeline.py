@@ -292,3 +292,38 @@ def test_shift_augments_every_phase(data, monkeypatch):
                    log=lambda s: None)
     batches = len(data)
     assert calls == [2] * (3 * batches)  # 1 prox + 1 retrain + 1 final epoch
+
+
+@pytest.mark.parametrize("stop_at", ["structure retrain 1/", "round 1/", "final retrain 1/"])
+def test_runs_in_the_layout_before_the_runner_still_resume(data, tmp_path, stop_at):
+    """A state as proximal_prune wrote it before the runner (rounds done, the caps'
+    ``structure`` and the final retraining's ``final`` at the top level, the pruner's
+    masks; rewritten here from an interrupted run) resumes to the uninterrupted result."""
+    from mobileprune.checkpoint import load_checkpoint, restore_model, save_checkpoint
+    from mobileprune.sparsity.proximal import ProximalPruner
+
+    loader = DataLoader(data.dataset, batch_size=32)  # (no shuffling: that layout kept no RNG)
+    cfg = _sched(rounds=2, max_units={"fc1": 60}, structure_epochs=2, final_retrain_epochs=2)
+
+    def stop(line):
+        if line.startswith(stop_at):
+            raise KeyboardInterrupt
+    ref = proximal_prune(_net(), loader, cfg, log=lambda s: None)
+    with pytest.raises(KeyboardInterrupt):
+        proximal_prune(_net(), loader, cfg, run_dir=tmp_path / "run", log=stop)
+    st = load_checkpoint(tmp_path / "run" / "state.pt")
+    extra, phases = st["extra"], st["extra"]["phases"]
+    model = restore_model(st, _net())
+    old = {**{k: extra[k] for k in ("input_digest", "data", "version", "fingerprint", "pruner", "history",
+                                    "rounds_done", "accuracy_before", "compacted", "phase_seconds")},
+           "structure": {**phases["structure"], "done": "structure" in extra["done"]},
+           "final": phases["final retrain"] if "rounds" in extra["done"] else None}
+    masks = ProximalPruner(model, {k: v for k, v in cfg.items() if k != "schedule"}).masks()
+    save_checkpoint(tmp_path / "run" / "state.pt", model, kind="run-state", masks=masks,
+                    config=st["config"], extra=old)
+    logs = []
+    res = proximal_prune(_net(), loader, cfg, run_dir=tmp_path / "run", log=logs.append)
+    assert logs[0].startswith("resuming")
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(res.model.state_dict()[k], v), k
+    assert [h["round"] for h in res.history] == [h["round"] for h in ref.history]

@@ -199,14 +199,14 @@ def test_final_regrow_keeps_the_budget_and_the_caps_and_resumes(data, tmp_path):
     projected = [line for line in lines if line.startswith("projected onto")]
     assert projected, lines
     st = load_checkpoint(tmp_path / "a" / "state.pt")
-    moved = st["extra"]["final"]["masks"]
+    moved = st["extra"]["phases"]["final retrain"]["masks"]
     assert sum(int(m.sum()) for m in moved.values()) <= 6000
     # the masks moved, the count per layer did not, and nothing grew outside the
     # 30 hidden units kept by the cap
     start = {n: (p != 0) for n, p in a.named_parameters() if n in moved}
     assert _nnz(a)["fc1.weight"] <= int(moved["fc1.weight"].sum())
     assert int((a.fc1.weight != 0).any(1).sum()) <= 30
-    allowed = st["extra"]["final"]["allowed"]
+    allowed = st["extra"]["phases"]["final retrain"]["allowed"]
     assert int(allowed["fc1.weight"].any(1).sum()) <= 30
     for n, m in moved.items():
         assert not (start[n] & ~m).any()  # the final weights sit inside the saved masks
@@ -265,7 +265,7 @@ def test_admm_retrain_regrow_keeps_exact_targets_and_structure_and_resumes(tmp_p
     assert torch.equal(plain.masks["fc2.weight"], a.masks["fc2.weight"])  # structured: not
 
     def stop(line):
-        if "retrain epoch 1 " in line:
+        if "retrain 1/" in line:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
         go(tmp_path / "b", log=stop)
@@ -335,7 +335,7 @@ def test_final_refill_fills_the_budget_after_a_late_cap_and_final_shift(data, tm
     nnz = _nnz(model)
     assert sum(nnz.values()) <= 4000
     state = load_checkpoint(tmp_path / "late" / "state.pt")
-    assert sum(int(m.sum()) for m in state["extra"]["final"]["masks"].values()) == 4000
+    assert sum(int(m.sum()) for m in state["extra"]["phases"]["final retrain"]["masks"].values()) == 4000
     assert int((model.fc1.weight != 0).any(0).sum()) <= 60  # the cap holds after the refill
     assert shifts and set(shifts) == {1} and len(shifts) == 2 * len(data)  # final epochs only
     with pytest.raises(ConfigError, match="final_refill needs"):

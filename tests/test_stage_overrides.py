@@ -99,3 +99,42 @@ def test_runs_saved_by_an_older_version_still_resume(tmp_path):
     with pytest.raises(Exception, match="different config"):
         admm_prune(LeNet300100(), _loader(), {**cfg, "retrain": {"epochs": 3}}, run_dir=run,
                    log=lambda s: None)
+
+
+@pytest.mark.parametrize("stop_at", ["stage1 admm 1/", "stage1 retrain 1/"])
+def test_runs_in_the_layout_before_the_runner_still_resume(tmp_path, stop_at):
+    """A state as admm_prune wrote it before the runner (a position: stage, phase, epoch;
+    ADMM, optimizer and scheduler states at the top level; rewritten here from an
+    interrupted run) resumes to the weights of the uninterrupted run."""
+    from mobileprune.checkpoint import load_checkpoint, restore_model, save_checkpoint
+
+    cfg = {"default": 0.5, "admm": {"epochs": 2}, "retrain": {"epochs": 2}}
+
+    def go(run_dir, log=lambda s: None):
+        torch.manual_seed(0)
+        loader = DataLoader(_loader().dataset, batch_size=16, shuffle=True,
+                            generator=torch.Generator().manual_seed(1))
+        return admm_prune(LeNet300100(), loader, cfg, run_dir=run_dir, log=log)
+
+    def stop(line):
+        if line.startswith(stop_at):
+            raise KeyboardInterrupt
+    ref = go(None)
+    with pytest.raises(KeyboardInterrupt):
+        go(tmp_path / "run", log=stop)
+    st = load_checkpoint(tmp_path / "run" / "state.pt")
+    extra = st["extra"]
+    name = next(p for p in extra["phases"] if p not in extra["done"])
+    phase = extra["phases"][name]
+    old = {**{k: extra[k] for k in ("input_digest", "data", "version", "fingerprint", "history",
+                                    "accuracy_before", "rng", "loader_rng", "phase_seconds")},
+           "position": {"stage": 0, "phase": name.split()[1], "epoch": phase["epochs"]},
+           "admm": phase.get("admm"), "optimizer": phase["optimizer"],
+           "scheduler": phase["scheduler"], "allowed": None}
+    save_checkpoint(tmp_path / "run" / "state.pt", restore_model(st, LeNet300100()), kind="run-state",
+                    masks=st["masks"], config=st["config"], extra=old)
+    logs = []
+    res = go(tmp_path / "run", log=logs.append)
+    assert logs[0].startswith("resuming") and f"{name} after epoch 1" in logs[0]
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(res.model.state_dict()[k], v), k

@@ -104,7 +104,7 @@ def test_caps_with_compact_give_the_smaller_layers_and_resume(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         proximal_prune(copy.deepcopy(full), data, cfg, run_dir=tmp_path / "b", log=stop_in_structure)
     st = load_checkpoint(tmp_path / "b" / "state.pt")
-    assert st["extra"]["structure"]["epochs"] == 1 and not st["extra"]["structure"].get("done")
+    assert st["extra"]["phases"]["structure"]["epochs"] == 1 and "structure" not in st["extra"]["done"]
     lines = []
     b = proximal_prune(copy.deepcopy(full), data, cfg, run_dir=tmp_path / "b", log=lines.append).model
     assert not any(line.startswith("capped units") for line in lines)  # not cut twice

@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     from mobileprune.data.registry import load_dataset, make_loaders
     from mobileprune.models import build_model, kwargs_for_data
     from mobileprune.pipeline import distributed
-    from mobileprune.pipeline.train import cosine_lr, evaluate, make_optimizer, train_epoch
+    from mobileprune.pipeline.fit import fit
 
     if args.precision:
         set_training_speed(args.precision)
@@ -44,18 +44,13 @@ def cmd_train(args) -> int:
     model = build_model(args.model, **kwargs)
     check_accepts(model, bundle.input_shape, f"data set {args.dataset}")
     train_loader, test_loader = make_loaders(bundle, batch_size=args.batch_size, seed=args.seed)
-    opt = make_optimizer(args.optimizer, model.parameters(), args.lr, weight_decay=args.weight_decay)
-    sched = cosine_lr(opt, args.epochs * len(train_loader))
     t0 = time.perf_counter()
-    acc = None
-    for ep in range(args.epochs):
-        stats = train_epoch(model, train_loader, opt, scheduler=sched, progress=progress(args),
-                            desc=f"train {ep + 1}/{args.epochs}")
-        acc = evaluate(model, test_loader)
-        print(f"epoch {ep + 1}/{args.epochs} | loss {stats['loss']:.4f} | test acc {100 * acc:.2f}%")
+    res = fit(model, train_loader, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
+              weight_decay=args.weight_decay, eval_loader=test_loader, progress=progress(args),
+              model_name=args.model, model_kwargs=kwargs)
     save_checkpoint(args.out, model, kind="dense", model_name=args.model, model_kwargs=kwargs,
-                    metrics={"test_accuracy": acc, "epochs": args.epochs, "precision": training_precision(),
-                             "train_seconds": time.perf_counter() - t0},
+                    metrics={"test_accuracy": res["test_accuracy"], "epochs": args.epochs,
+                             "precision": training_precision(), "train_seconds": time.perf_counter() - t0},
                     extra={"dataset": args.dataset, "input_shape": list(bundle.input_shape),
                            "distributed": {"world_size": distributed.world_size(),
                                            "backend": distributed.backend()}})

@@ -8,7 +8,10 @@ progressive schedule (e.g. 90% -> 98% -> 99.5%, each stage starting from the las
 
 With a ``run_dir`` the pipeline writes its state after every epoch (atomically) and
 a pruned checkpoint after every stage; calling it again with the same ``run_dir`` and
-config resumes after the last finished epoch.
+config resumes after the last finished epoch. This module holds the settings
+(:class:`PipelineConfig`) and the preset :func:`admm_prune`, which builds the list of
+phases (:mod:`mobileprune.pipeline.phases.admm`) and runs it in the one
+:class:`~mobileprune.pipeline.runner.Runner`.
 """
 
 from __future__ import annotations
@@ -20,20 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from mobileprune.sparsity.admm import ADMMPruner
-from mobileprune.checkpoint import (load_checkpoint, restore_model,
-                                   save_checkpoint)
-from mobileprune.errors import CheckpointError, ConfigError, UnsupportedModelError
+from mobileprune.errors import ConfigError
+from mobileprune.pipeline.phases.admm import (ADMM, Harden, Stage, StageDone, regrow_allowed,
+                                              stage_label)
+from mobileprune.pipeline.phases.train import Evaluate, Retrain
+from mobileprune.pipeline.runner import Context, Runner
+from mobileprune.pipeline.runstate import STATE_FILE, PipelineResult, _example_input, run_inputs
+from mobileprune.pipeline.train import OPTIMIZERS, evaluate
 from mobileprune.sparsity.report import layer_report
 from mobileprune.sparsity.targets import PruneConfig, resolve_targets
-from mobileprune.pipeline.retrain import masked_retrain
-from mobileprune.pipeline.train import OPTIMIZERS, cosine_lr, evaluate, make_optimizer
-from mobileprune.pipeline.runstate import (STATE_FILE, PhaseClock, PipelineResult, _example_input,
-                                          _fmt_metric, _teacher, check_resume, run_inputs)
 
 
 @dataclass
@@ -206,206 +207,6 @@ def _same_run(extra: Mapping[str, Any], stored_config: Any, cfg: "PipelineConfig
         return False
 
 
-def _stage_label(i: int, cfg: PruneConfig) -> str:
-    return f"stage{i + 1}" + (f"-{cfg.name}" if cfg.name else "")
-
-
-@dataclass
-class _ADMMRun:
-    """The state of one :func:`admm_prune` run, shared by its phases (ADMM, masked
-    mapping, masked retraining) and saved after every epoch and phase: the runner's
-    part of issue 20's phase design (one resume path, one epoch loop)."""
-
-    model: nn.Module
-    loader: DataLoader
-    cfg: PipelineConfig
-    eval_loader: DataLoader | None
-    state_path: Path | None
-    progress: bool | None
-    log: Callable[[str], None]
-    loss_fn: Callable[[Tensor, Tensor], Tensor]
-    metric: Callable[[nn.Module, DataLoader], float]
-    metric_name: str
-    model_name: str | None
-    model_kwargs: Mapping[str, Any] | None
-    inputs: dict[str, Any]
-    teacher: nn.Module | None = None
-    pos: dict[str, Any] = field(default_factory=lambda: {"stage": 0, "phase": "admm", "epoch": 0})
-    history: list[dict[str, Any]] = field(default_factory=list)
-    masks: dict[str, Tensor] = field(default_factory=dict)
-    saved: dict[str, Any] = field(default_factory=dict)  # optimizer / ADMM / scheduler states to restore
-    allowed: dict[str, Tensor] | None = None  # where retrain.regrow may grow weights
-    acc_before: float | None = None
-    clock: PhaseClock = field(default_factory=PhaseClock)  # wall time per phase
-
-    @property
-    def test_key(self) -> str:
-        return f"test_{self.metric_name}"
-
-    def ev(self) -> float | None:
-        return self.metric(self.model, self.eval_loader) if self.eval_loader is not None else None
-
-    def restore(self) -> bool:
-        """Load the saved state of this run (``True``), refusing one of another run."""
-        if self.state_path is None or not self.state_path.exists():
-            return False
-        st = load_checkpoint(self.state_path)
-        extra = st["extra"]
-        if not _same_run(extra, st.get("config"), self.cfg):
-            raise CheckpointError(
-                f"{self.state_path} belongs to a run with a different config; use another run "
-                "directory or pass resume=False (--fresh) to start over")
-        check_resume(self.state_path, extra, self.inputs)
-        restore_model(st, self.model, str(self.state_path))
-        self.pos, self.history = dict(extra["position"]), list(extra["history"])
-        self.masks = {k: v.bool() for k, v in st["masks"].items()}
-        self.saved = {k: extra.get(k) for k in ("admm", "optimizer", "scheduler")}
-        self.allowed, self.acc_before = extra.get("allowed"), extra.get("accuracy_before")
-        self.clock = PhaseClock(extra.get("phase_seconds"))
-        if "rng" in extra:
-            torch.set_rng_state(extra["rng"])
-        gen = getattr(self.loader, "generator", None)
-        if gen is not None and extra.get("loader_rng") is not None:
-            gen.set_state(extra["loader_rng"])
-        si = self.pos["stage"]
-        where = _stage_label(si, self.cfg.stages[si]) if si < len(self.cfg.stages) else "done"
-        self.log(f"resuming from {self.state_path}: {where}, {self.pos['phase']} epoch {self.pos['epoch']}")
-        return True
-
-    def save(self, pruner=None, opt=None, sched=None) -> None:
-        if self.state_path is None:
-            return
-        gen = getattr(self.loader, "generator", None)
-        save_checkpoint(self.state_path, self.model, kind="run-state", model_name=self.model_name,
-                        model_kwargs=self.model_kwargs, masks=self.masks, config=self.cfg.to_dict(),
-                        extra={**self.inputs, "fingerprint": self.cfg.fingerprint(),
-                               "position": self.pos, "history": self.history,
-                               "admm": pruner.state_dict() if pruner else None,
-                               "optimizer": opt.state_dict() if opt else None,
-                               "scheduler": sched.state_dict() if sched else None,
-                               "accuracy_before": self.acc_before, "rng": torch.get_rng_state(),
-                               "allowed": self.allowed, "phase_seconds": self.clock.state(),
-                               "loader_rng": gen.get_state() if gen is not None else None})
-
-    def take(self, key: str) -> Any:
-        """A saved optimizer / ADMM / scheduler state, once (``None`` on a fresh start)."""
-        return self.saved.pop(key, None)
-
-    def epochs(self, phase: str, total: int, opt, masks, train: Mapping[str, Any], *, sched=None,
-               pruner=None, after=None) -> None:
-        """The phase's epochs ``pos["epoch"]`` to ``total`` in the one masked-training loop
-        (:func:`~mobileprune.pipeline.retrain.masked_retrain`, under ``masks`` or an enforcer;
-        the saved optimizer / scheduler states on resume); every epoch is measured (``after()``,
-        then the test metric), recorded, logged and saved with the run."""
-        label = _stage_label(self.pos["stage"], self.cfg.stages[self.pos["stage"]])
-
-        def measure() -> dict[str, Any]:
-            return {**(after() if after is not None else {}), self.test_key: self.ev()}
-
-        def checkpoint(state: dict[str, Any], rec: dict[str, Any]) -> None:
-            rec.update(stage=label, phase=phase)
-            self.history.append(rec)
-            self.log(_fmt_epoch(rec))
-            self.pos["epoch"] = state["epochs"]
-            self.save(pruner, opt, sched)
-
-        resume = {"epochs": self.pos["epoch"], "optimizer": self.take("optimizer"),
-                  "scheduler": self.take("scheduler")}
-        masked_retrain(self.model, self.loader, opt, total, masks=masks, scheduler=sched,
-                       resume=resume, train={"teacher": self.teacher, "loss_fn": self.loss_fn, **train},
-                       evaluate=measure, checkpoint=checkpoint, progress=self.progress,
-                       desc=f"{label} {phase}")
-
-
-def _train_kwargs(s: _TrainSettings) -> dict[str, Any]:
-    return {"distill": s.distill, "temperature": s.temperature, "shift": s.shift}
-
-
-def _admm_phase(run: _ADMMRun, targets) -> None:
-    """ADMM regularisation (seed 003, Eqs. 5-7), then masked mapping (Eq. 6)."""
-    si = run.pos["stage"]
-    stage, a = run.cfg.stages[si], run.cfg.settings(si)[0]
-    label = _stage_label(si, stage)
-
-    def make_pruner(example):
-        return ADMMPruner(run.model, stage, rho=a.rho, rho_multiplier=a.rho_multiplier,
-                          rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
-                          allowed=(run.masks or None) if a.nested else None, example_input=example)
-
-    example = _coupling_input(targets, run.loader, needed=a.reallocate_dead)
-    try:
-        pruner = make_pruner(example)
-    except UnsupportedModelError as exc:
-        if example is None or a.reallocate_dead:
-            raise
-        run.log(f"warning: structured targets are projected layer by layer, channel coupling "
-                f"unknown: {exc}")
-        pruner = make_pruner(None)
-    opt = make_optimizer(a.optimizer, run.model.parameters(), a.lr, momentum=a.momentum,
-                         weight_decay=a.weight_decay)
-    admm_state = run.take("admm")
-    if admm_state is not None:
-        pruner.load_state_dict(admm_state)
-    run.epochs("admm", a.epochs, opt, run.masks if run.masks and a.nested else None,
-               {**_train_kwargs(a), "penalty": pruner.penalty, "after_step": pruner.step},
-               pruner=pruner, after=pruner.update if a.update_every is None else None)
-    run.masks = pruner.finalize(reallocate_dead=a.reallocate_dead)
-    if a.reallocate_dead:
-        run.log(f"{label}: dead weights reallocated in {pruner.reallocation_rounds} round(s)")
-    acc_mapped = run.ev()
-    run.history.append({"stage": label, "phase": "masked-mapping", run.test_key: acc_mapped})
-    if acc_mapped is not None:
-        run.log(f"{label}: {run.metric_name} right after masked mapping: "
-                f"{_fmt_metric(run.metric_name, acc_mapped)}")
-    run.pos.update(phase="retrain", epoch=0)
-    run.save()
-
-
-def _retrain_enforcer(run: _ADMMRun, r: RetrainSettings, targets, opt):
-    """The masks of masked retraining: fixed (``run.masks``), or an enforcer moving them at a
-    constant count (RigL) inside the live units of unstructured layers with ``retrain.regrow``."""
-    if not r.regrow:
-        return run.masks
-    from mobileprune.sparsity.masks import RegrowingMaskEnforcer, live_structure
-
-    if run.allowed is None:
-        kinds: dict[str, set] = {}
-        for t in targets:
-            kinds.setdefault(t.param_name, set()).add(t.structure)
-        run.allowed = {n: live_structure(m) if kinds.get(n) == {"unstructured"} else m.clone()
-                       for n, m in run.masks.items()}
-    steps = r.epochs * len(run.loader)
-    enforcer = RegrowingMaskEnforcer(run.model, run.masks, opt, end_step=int(0.75 * steps),
-                                     alpha=r.regrow, every=r.regrow_every, allowed=run.allowed,
-                                     step=run.pos["epoch"] * len(run.loader))
-    run.masks = enforcer.masks  # they move; saved with the run state
-    return enforcer
-
-
-def _retrain_phase(run: _ADMMRun, targets, run_dir: Path | None) -> None:
-    """Masked retraining of the stage (seed 003, Algorithm 1 step 4: the masks of masked
-    mapping fixed, pruned weights exactly 0.0), its report and checkpoint."""
-    si = run.pos["stage"]
-    stage, r = run.cfg.stages[si], run.cfg.settings(si)[1]
-    opt = make_optimizer(r.optimizer, run.model.parameters(), r.lr, momentum=r.momentum,
-                         weight_decay=r.weight_decay)
-    sched = cosine_lr(opt, r.epochs * len(run.loader)) if r.cosine else None
-    run.epochs("retrain", r.epochs, opt, _retrain_enforcer(run, r, targets, opt),
-               _train_kwargs(r), sched=sched)
-    name = run.metric_name
-    rep = layer_report(run.model, targets, metrics={f"{name}_before": run.acc_before,
-                                                    f"{name}_after": run.ev()})
-    label = _stage_label(si, stage)
-    run.history.append({"stage": label, "phase": "done", "report": rep["totals"],
-                        run.test_key: rep["metrics"][f"{name}_after"]})
-    if run_dir is not None:
-        save_checkpoint(run_dir / f"{label}.pt", run.model, kind="pruned", model_name=run.model_name,
-                        model_kwargs=run.model_kwargs, masks=run.masks, config=stage.to_dict(),
-                        metrics=rep["metrics"])
-    run.pos.update(stage=si + 1, phase="admm", epoch=0)
-    run.allowed = None
-    run.save()
-
 
 def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfig | Mapping[str, Any],
                *, eval_loader: DataLoader | None = None, run_dir: str | Path | None = None,
@@ -449,51 +250,52 @@ def admm_prune(model: nn.Module, train_loader: DataLoader, config: PipelineConfi
     # Validate every stage against the model before any training.
     stage_targets = [resolve_targets(model, s) for s in cfg.stages]
     run_dir = Path(run_dir) if run_dir is not None else None
-    run = _ADMMRun(model, train_loader, cfg, eval_loader, run_dir / STATE_FILE if run_dir else None,
-                   progress, log, loss_fn or nn.functional.cross_entropy, metric,
-                   metric_name or getattr(metric, "__name__", "metric"), model_name, model_kwargs,
-                   run_inputs(model, train_loader))
-    if not (resume and run.restore()) and eval_loader is not None:
-        run.acc_before = run.ev()
-        log(f"{run.metric_name} before pruning: {_fmt_metric(run.metric_name, run.acc_before)}")
-    if any(a.distill > 0 or r.distill > 0 for a, r in map(cfg.settings, range(len(cfg.stages)))):
-        started = bool(run.history) or run.pos != {"stage": 0, "phase": "admm", "epoch": 0}
-        run.teacher = _teacher(teacher if teacher is not None else model, run_dir, resumed=started)
-    while run.pos["stage"] < len(cfg.stages):
-        si = run.pos["stage"]
-        targets, label = stage_targets[si], _stage_label(si, cfg.stages[si])
-        if run.pos["phase"] == "admm":
-            with run.clock(f"{label} admm"):
-                _admm_phase(run, targets)
-        if run.pos["phase"] == "retrain":
-            with run.clock(f"{label} retrain"):
-                _retrain_phase(run, targets, run_dir)
-    name = run.metric_name
+    ctx = Context(model, train_loader, eval_loader, log=log, progress=progress, model_name=model_name,
+                  model_kwargs=model_kwargs, run_dir=run_dir,
+                  loss_fn=loss_fn or nn.functional.cross_entropy, metric=metric,
+                  metric_name=metric_name or getattr(metric, "__name__", "metric"),
+                  values={"accuracy_before": None})
+    distilled = any(a.distill > 0 or r.distill > 0 for a, r in map(cfg.settings, range(len(cfg.stages))))
+    Runner(_phases(cfg, stage_targets), ctx, state_path=run_dir / STATE_FILE if run_dir else None,
+           fingerprint=cfg.fingerprint(), accepts=lambda st: _same_run(st["extra"], st.get("config"), cfg),
+           inputs=run_inputs(model, train_loader), config=cfg.to_dict(), resume=resume,
+           teacher=(teacher if teacher is not None else model) if distilled else None,
+           upgrade=lambda st: _before_runner(st, cfg)).run()
+    name = ctx.metric_name
     report = layer_report(model, stage_targets[-1], example_input=_example_input(train_loader),
-                          metrics={f"{name}_before": run.acc_before, f"{name}_after": run.ev()})
-    report["seconds"] = run.clock.report()
-    return PipelineResult(model=model, masks=run.masks, report=report, history=run.history)
+                          metrics={f"{name}_before": ctx.values["accuracy_before"],
+                                   f"{name}_after": ctx.evaluate()})
+    report["seconds"] = ctx.seconds
+    return PipelineResult(model=model, masks=ctx.masks, report=report, history=ctx.history)
 
 
-def _coupling_input(targets, loader: DataLoader, needed: bool = False):
-    """Example input for coupled structured pruning, or None when no target is
-    structured. With ``needed`` (dead-weight reallocation) a missing input is an error."""
-    if not needed and not any(t.structure in ("filter", "channel") for t in targets):
-        return None
-    x = _example_input(loader)
-    if x is None and needed:
-        raise ConfigError("reallocate_dead needs an example input: the training data set "
-                          "must be indexable")
-    return x
+def _phases(cfg: PipelineConfig, stage_targets: list) -> list:
+    """The phases of seed 003's Algorithm 1 for every stage: ADMM, masked mapping, masked
+    retraining, the stage's report and checkpoint; the metric before them."""
+    phases: list = [Evaluate()]
+    for i, (config, targets) in enumerate(zip(cfg.stages, stage_targets)):
+        a, r = cfg.settings(i)
+        stage = Stage.of(i, config, targets, a)
+        phases += [ADMM(stage), Harden(stage),
+                   Retrain(f"{stage.label} retrain", r, allowed=regrow_allowed(targets),
+                           tags={"stage": stage.label, "phase": "retrain"}),
+                   StageDone(stage)]
+    return phases
 
 
-def _fmt_epoch(s: Mapping[str, Any]) -> str:
-    parts = [f"{s['stage']} {s['phase']} epoch {s['epoch']}", f"loss {s['loss']:.4f}"]
-    if s.get("test_accuracy") is not None:
-        parts.append(f"test acc {100 * s['test_accuracy']:.2f}%")
-    for k, v in s.items():  # another metric (admm_prune(metric=...))
-        if k.startswith("test_") and k != "test_accuracy" and isinstance(v, float):
-            parts.append(f"test {k[5:]} {v:.4g}")
-    if "primal_residual" in s:
-        parts.append(f"||W-Z|| {s['primal_residual']:.3g} rho {s['rho']:.3g}")
-    return " | ".join(parts)
+def _before_runner(st: Mapping[str, Any], cfg: PipelineConfig) -> tuple[str | None, dict, dict]:
+    """A state of ``admm_prune`` written before the runner: a position (stage, phase
+    ``admm`` / ``retrain``, epochs done), the ADMM, optimizer and scheduler states and
+    (``retrain.regrow``) where the moving masks may grow."""
+    extra = st["extra"]
+    pos = extra["position"]
+    if pos["stage"] >= len(cfg.stages):
+        return None, {}, st["masks"]
+    name = f"{stage_label(pos['stage'], cfg.stages[pos['stage']])} {pos['phase']}"
+    state = {"epochs": pos["epoch"], "optimizer": extra.get("optimizer"),
+             "scheduler": extra.get("scheduler")}
+    if pos["phase"] == "admm":
+        state["admm"] = extra.get("admm")
+    elif extra.get("allowed") is not None:  # masks moving since the retraining began
+        state.update(masks=dict(st["masks"]), allowed=extra["allowed"])
+    return name, {name: state}, st["masks"]

@@ -70,6 +70,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -445,87 +446,103 @@ def palm_step(model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], bat
     max_backtracks = _nonneg_int(max_backtracks, "max_backtracks")
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise ConfigError("batch must be a pair (inputs, targets)")
-    x_in, y = batch
     check_finite(model, "at the start of a PALM step")
     blocks = _blocks(model, pruner)
-    seed = int(torch.randint(0, 2**62, (1,)).item())
-    cuda_dev = [x_in.device] if isinstance(x_in, Tensor) and x_in.device.type == "cuda" else []
-    buffers = list(model.buffers())
-    snapshot: list[Tensor] | None = None
-
-    def restore_buffers() -> None:
-        # Before a forward (never between a forward and the backward of its graph, which
-        # may have saved the buffers): undo the update of the previous forward.
-        if snapshot is not None:
-            with torch.no_grad():
-                for b, s in zip(buffers, snapshot):
-                    b.copy_(s)
-
-    def f(need_grad: bool) -> Tensor:
-        nonlocal snapshot
-        restore_buffers()
-        with torch.random.fork_rng(devices=cuda_dev), torch.set_grad_enabled(need_grad):
-            torch.default_generator.manual_seed(seed)  # (torch.manual_seed is slow: lazy CUDA seeding)
-            if cuda_dev:
-                torch.cuda.manual_seed(seed)
-            loss = loss_fn(forward(model, x_in), y)
-        if buffers and snapshot is None:  # first forward: keep its buffer update
-            snapshot = [b.detach().clone() for b in buffers]
-        return loss
-
+    f = _FixedLoss(model, loss_fn, *batch)
     loss = f(True)
     f_start = float(loss.detach())
     if not math.isfinite(f_start):
         raise FloatingPointError(f"loss is {f_start} at the start of a PALM step; training diverged")
     eps = torch.finfo(loss.dtype).eps if loss.is_floating_point() else 1e-7
     stats: dict[str, Any] = {"loss": f_start, "L": {}, "step": {}, "backtracks": 0, "failed": []}
-    n_blocks = len(blocks)
     for i, (bname, items) in enumerate(blocks):
-        params = [p for _, p, _ in items]
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
-        grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
-        f_x = float(loss.detach())
-        x0 = [p.detach().clone() for p in params]
         last = pruner.lipschitz.get(bname)
         L = L0 if last is None else max(last / eta_L, L_min)
-        tol = 8.0 * eps * max(1.0, abs(f_x))
-        need_grad = i < n_blocks - 1
-        accepted = False
-        new_loss = None
-        for k in range(max_backtracks + 1):
-            s = 1.0 / (gamma * L)
-            lin = 0.0
-            quad = 0.0
-            with torch.no_grad():
-                for (pname, p, reg), x, g in zip(items, x0, grads):
-                    v = x - s * g
-                    new = reg.prox(v, s) if reg is not None else v
-                    p.copy_(new)
-                    d = new - x
-                    lin += float((g * d).sum())
-                    quad += float((d * d).sum())
-            new_loss = f(need_grad)
-            fn = float(new_loss.detach())
-            if math.isfinite(fn) and fn <= f_x + lin + 0.5 * L * quad + tol:
-                accepted = True
-                break
-            if k < max_backtracks:
-                L *= eta_L
-                stats["backtracks"] += 1
+        L, loss, backtracks, accepted = _palm_block(items, loss, f, L, gamma=gamma, eta_L=eta_L,
+                                                    max_backtracks=max_backtracks, eps=eps,
+                                                    need_grad=i < len(blocks) - 1)
+        stats["backtracks"] += backtracks
         if not accepted:
-            with torch.no_grad():
-                for p, x in zip(params, x0):
-                    p.copy_(x)
             stats["failed"].append(bname)
-            new_loss = f(need_grad) if need_grad else loss.detach()
         pruner.lipschitz[bname] = L
         stats["L"][bname] = L
         stats["step"][bname] = 1.0 / (gamma * L)
-        loss = new_loss
-    restore_buffers()
+    f.restore_buffers()
     pruner.steps += 1
     stats["loss_after"] = float(loss.detach())
     return stats
+
+
+class _FixedLoss:
+    """``f(need_grad)``: the loss ``loss_fn(model(x), y)`` on one minibatch as one
+    deterministic function for :func:`palm_step`'s backtracking: every evaluation under
+    the same RNG seed (identical dropout masks, drawn once here), and the buffers
+    (BatchNorm running statistics) updated by the first forward only."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[Tensor, Tensor], Tensor], x: Any, y: Any) -> None:
+        self.model, self.loss_fn, self.x, self.y = model, loss_fn, x, y
+        self.seed = int(torch.randint(0, 2**62, (1,)).item())
+        self.cuda_dev = [x.device] if isinstance(x, Tensor) and x.device.type == "cuda" else []
+        self.buffers = list(model.buffers())
+        self.snapshot: list[Tensor] | None = None
+
+    def restore_buffers(self) -> None:
+        """Undo the buffer update of the forwards after the first. Called before a forward
+        (never between a forward and the backward of its graph, which may have saved the
+        buffers)."""
+        if self.snapshot is not None:
+            with torch.no_grad():
+                for b, s in zip(self.buffers, self.snapshot):
+                    b.copy_(s)
+
+    def __call__(self, need_grad: bool) -> Tensor:
+        self.restore_buffers()
+        with torch.random.fork_rng(devices=self.cuda_dev), torch.set_grad_enabled(need_grad):
+            torch.default_generator.manual_seed(self.seed)  # (torch.manual_seed is slow: lazy CUDA seeding)
+            if self.cuda_dev:
+                torch.cuda.manual_seed(self.seed)
+            loss = self.loss_fn(forward(self.model, self.x), self.y)
+        if self.buffers and self.snapshot is None:  # first forward: keep its buffer update
+            self.snapshot = [b.detach().clone() for b in self.buffers]
+        return loss
+
+
+def _palm_block(items, loss: Tensor, f: _FixedLoss, L: float, *, gamma: float, eta_L: float,
+                max_backtracks: int, eps: float, need_grad: bool) -> tuple[float, Tensor, int, bool]:
+    """One block of :func:`palm_step` at the current point, where ``f`` is ``loss``: the
+    step ``x+ = prox_{s r}(x - s g)``, ``s = 1 / (gamma L)``, with ``L`` multiplied by
+    ``eta_L`` until the descent inequality holds (at most ``max_backtracks`` times; else
+    the block is put back). Returns ``(L, f at the new point, backtracks, accepted)``."""
+    params = [p for _, p, _ in items]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+    f_x = float(loss.detach())
+    x0 = [p.detach().clone() for p in params]
+    tol = 8.0 * eps * max(1.0, abs(f_x))
+    backtracks = 0
+    for k in range(max_backtracks + 1):
+        s = 1.0 / (gamma * L)
+        lin = 0.0
+        quad = 0.0
+        with torch.no_grad():
+            for (_, p, reg), x, g in zip(items, x0, grads):
+                v = x - s * g
+                new = reg.prox(v, s) if reg is not None else v
+                p.copy_(new)
+                d = new - x
+                lin += float((g * d).sum())
+                quad += float((d * d).sum())
+        new_loss = f(need_grad)
+        fn = float(new_loss.detach())
+        if math.isfinite(fn) and fn <= f_x + lin + 0.5 * L * quad + tol:
+            return L, new_loss, backtracks, True
+        if k < max_backtracks:
+            L *= eta_L
+            backtracks += 1
+    with torch.no_grad():
+        for p, x in zip(params, x0):
+            p.copy_(x)
+    return L, (f(need_grad) if need_grad else loss.detach()), backtracks, False
 
 
 def palm_epoch(model: nn.Module, loader: Iterable, pruner: ProximalPruner, *,
@@ -666,40 +683,67 @@ def run_rounds(model: nn.Module, train_loader: Iterable, pruner: ProximalPruner,
     bad = set(opts) - {"gamma", "L0", "eta_L", "max_backtracks"}
     if bad:
         raise ConfigError(f"unknown palm_options {sorted(bad)}; allowed: gamma, L0, eta_L, max_backtracks")
-    kd = _distillation(teacher, distill, temperature)
+    plan = _RoundPlan(mode, prox_epochs, retrain_epochs, prox_optimizer, prox_lr, retrain_lr,
+                      retrain_weight_decay, opts, after_prox, eval_loader, progress,
+                      {"loss_fn": loss_fn, "shift": shift, **_distillation(teacher, distill, temperature)})
     history: list[dict[str, Any]] = []
     for r in range(rounds):
-        rec: dict[str, Any] = {"round": r + first_round, "regularizers": pruner.hyperparameters()}
-        opt = None if mode == "palm" or not prox_epochs else \
-            make_optimizer(prox_optimizer, model.parameters(), prox_lr)
         label = f"round {r + first_round}"
-        prox_stats = _prox_phase(model, train_loader, pruner, opt, prox_epochs, f"{label} {mode}",
-                                 opts, loss_fn=loss_fn, progress=progress, shift=shift, **kd)
-        rec["prox"] = prox_stats
-        if after_prox is not None:
-            rec["after_prox"] = after_prox()
-        rec["nonzero_after_prox"] = sum(pruner.nonzero().values())
-        if eval_loader is not None:
-            rec["accuracy_after_prox"] = evaluate(model, eval_loader)
-        retrain_stats: dict[str, Any] = {}
-        if retrain_epochs:
-            opt = torch.optim.Adam(model.parameters(), lr=retrain_lr, weight_decay=retrain_weight_decay)
-            retrain_stats = masked_retrain(model, train_loader, opt, retrain_epochs, masks=pruner.masks(),
-                                           train={"loss_fn": loss_fn, "shift": shift, **kd},
-                                           progress=progress, desc=f"{label} retrain")[-1]
-        rec["retrain"] = retrain_stats
-        rec["nonzero"] = pruner.nonzero()
-        rec["nonzero_total"] = sum(rec["nonzero"].values())
-        rec["penalty"] = float(pruner.penalty_value())
-        if eval_loader is not None:
-            rec["accuracy"] = evaluate(model, eval_loader)
+        rec: dict[str, Any] = {"round": r + first_round, "regularizers": pruner.hyperparameters()}
+        rec.update(plan.run(model, train_loader, pruner, label))
         rec["increased"] = bool(increase_every) and (r + 1) % increase_every == 0
         if rec["increased"]:
             pruner.increase(lam_factor, eta_factor)
         history.append(rec)
         if log is not None:
             acc = f", accuracy {rec['accuracy']:.4f}" if "accuracy" in rec else ""
-            loss = prox_stats.get("loss", retrain_stats.get("loss", float("nan")))
+            loss = rec["prox"].get("loss", rec["retrain"].get("loss", float("nan")))
             log(f"{label}/{rounds + first_round - 1}: loss {loss:.4f}, penalty {rec['penalty']:.4g}, "
                 f"nonzero {rec['nonzero_total']}{acc}" + (" (lam/eta raised)" if rec["increased"] else ""))
     return history
+
+
+@dataclass(frozen=True)
+class _RoundPlan:
+    """One round of :func:`run_rounds` with its checked settings: the prox phase, then
+    ``after_prox``, masked retraining under the pruner's masks, and the measurements
+    (``train``: ``train_epoch``'s ``loss_fn``, ``shift`` and distillation keywords)."""
+
+    mode: str
+    prox_epochs: int
+    retrain_epochs: int
+    prox_optimizer: str
+    prox_lr: float
+    retrain_lr: float
+    retrain_weight_decay: float
+    palm_options: Mapping[str, Any]
+    after_prox: Callable[[], Any] | None
+    eval_loader: Iterable | None
+    progress: bool | None
+    train: Mapping[str, Any]
+
+    def run(self, model: nn.Module, loader: Iterable, pruner: ProximalPruner, label: str) -> dict[str, Any]:
+        """The round's record without its number, hyper-parameters and increase."""
+        rec: dict[str, Any] = {}
+        opt = None if self.mode == "palm" or not self.prox_epochs else \
+            make_optimizer(self.prox_optimizer, model.parameters(), self.prox_lr)
+        rec["prox"] = _prox_phase(model, loader, pruner, opt, self.prox_epochs, f"{label} {self.mode}",
+                                  self.palm_options, progress=self.progress, **self.train)
+        if self.after_prox is not None:
+            rec["after_prox"] = self.after_prox()
+        rec["nonzero_after_prox"] = sum(pruner.nonzero().values())
+        if self.eval_loader is not None:
+            rec["accuracy_after_prox"] = evaluate(model, self.eval_loader)
+        rec["retrain"] = {}
+        if self.retrain_epochs:
+            opt = torch.optim.Adam(model.parameters(), lr=self.retrain_lr,
+                                   weight_decay=self.retrain_weight_decay)
+            rec["retrain"] = masked_retrain(model, loader, opt, self.retrain_epochs, masks=pruner.masks(),
+                                            train=self.train, progress=self.progress,
+                                            desc=f"{label} retrain")[-1]
+        rec["nonzero"] = pruner.nonzero()
+        rec["nonzero_total"] = sum(rec["nonzero"].values())
+        rec["penalty"] = float(pruner.penalty_value())
+        if self.eval_loader is not None:
+            rec["accuracy"] = evaluate(model, self.eval_loader)
+        return rec
