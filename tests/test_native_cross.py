@@ -111,8 +111,8 @@ def arm64_run(request):
         if os.environ.get("MOBILEPRUNE_REQUIRE_CROSS"):
             pytest.fail(reason)
         pytest.skip(reason)
-    cache = Path(request.config.cache.mkdir("native-cross")) if request.config.cache else \
-        Path(tempfile.mkdtemp())
+    cache_plugin = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
+    cache = Path(cache_plugin.mkdir("native-cross")) if cache_plugin else Path(tempfile.mkdtemp())
     exe = cache / _source_digest() / "mobileprune_run"
     if not exe.exists():
         tmp = Path(tempfile.mkdtemp(dir=cache))
