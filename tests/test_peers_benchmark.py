@@ -100,11 +100,17 @@ def test_torch_pruning_cell(peers, data):
 def test_render_says_where_mobileprune_loses(peers):
     base = {"budget": 4, "target": 71.0, "nonzero": 6063, "compression": 71.0, "macs": 100_000,
             "seconds": 100.0, "engine": "mobileprune runtime", "latency_ms": 0.05}
-    cells = {"a": {**base, "method": "torch_iterative", "test_accuracy": 0.99},
-             "b": {**base, "method": "admm", "test_accuracy": 0.98, "seconds": 50.0}}
+    cells = {"a": {**base, "method": "torch_iterative", "test_accuracy": 0.99,
+                   "info": {"cpu_seconds": 90.0, "loadavg": [1.0, 1.0, 1.0]}},
+             "b": {**base, "method": "admm", "test_accuracy": 0.98, "seconds": 150.0,
+                   "info": {"cpu_seconds": 80.0, "loadavg": [2.0, 1.0, 1.0]}}}
     md = peers.render({"cells": cells})
     assert "test accuracy: **torch_iterative** leads (99.00 %; best mobileprune admm 98.00 %)" in md
-    assert "wall time" not in md.split("does NOT lead")[1]
+    # time is compared as CPU time: admm's 80 s CPU leads although its wall time is longer
+    assert "CPU time" not in md.split("does NOT lead")[1]
+    cells["b"]["info"]["cpu_seconds"] = 95.0
+    assert "CPU time: **torch_iterative** leads (90 s; best mobileprune admm 95 s)" in peers.render({"cells": cells})
+    cells["b"]["info"]["cpu_seconds"] = 80.0
     cells["b"]["test_accuracy"] = 0.99
     assert "mobileprune leads every column here." in peers.render({"cells": cells})
     assert json.loads(json.dumps(cells)) == cells
