@@ -112,11 +112,16 @@ def _torch_params(model: nn.Module):
 
 
 def _global_l1(model: nn.Module, keep: int) -> None:
-    """torch.prune global L1 down to ``keep`` unmasked weights (masks compose)."""
+    """torch.prune global L1 down to ``keep`` unmasked weights (masks compose). Called
+    inside training too, where the weights may be channels_last (torch.prune flattens
+    them with ``view``): the model goes back to the standard layout first."""
     have = nonzero_mask_count(model)
     if have > keep:
-        torch_prune.global_unstructured(_torch_params(model), pruning_method=torch_prune.L1Unstructured,
-                                        amount=have - keep)
+        model.to(memory_format=torch.contiguous_format)
+        params = _torch_params(model)
+        scores = {(m, n): getattr(m, n).detach().contiguous() for m, n in params}  # masked weights
+        torch_prune.global_unstructured(params, pruning_method=torch_prune.L1Unstructured,
+                                        importance_scores=scores, amount=have - keep)
 
 
 def nonzero_mask_count(model: nn.Module) -> int:

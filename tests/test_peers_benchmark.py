@@ -70,8 +70,18 @@ def test_cubic_schedule(peers):
 POSITIONS = {"conv1": 576, "conv2": 64, "fc1": 1, "fc2": 1}
 
 
+@pytest.fixture
+def channels_last():
+    """Train as the benchmark does by default (channels_last on for conv models)."""
+    from mobileprune.pipeline.train import set_training_speed
+
+    set_training_speed("fp32", True)
+    yield
+    set_training_speed("fp32", False)  # as tests/conftest.py sets it
+
+
 @pytest.mark.parametrize("method", ["torch_oneshot", "torch_iterative", "admm", "l0_group_lasso"])
-def test_unstructured_cells_hit_the_target(peers, data, method):
+def test_unstructured_cells_hit_the_target(peers, data, method, channels_last):
     model, info, seconds, keep = peers.prune_cell(method, 2, 71.0, data)
     assert keep == round(DENSE_WEIGHTS / 71)
     mods = dict(model.named_modules())
