@@ -437,7 +437,7 @@ def render(results: dict) -> str:
         md += [f"Dense checkpoint ({results.get('dense_command', '')}): {100 * d['test_accuracy']:.2f} % test accuracy, "
                f"{d['nonzero']:,} prunable weights, {d['macs']:,} MACs, batch-1 latency {1000 * d['latency_ms']:.1f} us "
                f"(torch), {1000 * d['latency_runtime_ms']:.1f} us (mobileprune runtime).", ""]
-    md += [results.get("notes", "").strip(), ""]
+    md += [NOTES, ""]
     cells = list(results["cells"].values())
     for budget in sorted({c["budget"] for c in cells}):
         for target in sorted({c["target"] for c in cells if c["budget"] == budget}):
@@ -479,7 +479,8 @@ GroupNormImportance), one uniform channel ratio chosen so the compacted weight c
 closest to the target; `admm` = `mobileprune.admm_prune` with the lenet5-71x config's
 settings and per-layer allocation scaled to the target, half the budget ADMM, half masked
 retraining, distillation from the dense model; `l0_group_lasso` = `mobileprune.proximal_prune`
-(l0 sparse group lasso), budget/2 prox rounds, trimmed or refilled to the target, the rest
+(l0 sparse group lasso), budget/2 prox rounds (eta ramped 4x up to the eta whose
+threshold leaves the target's count of the dense weights), trimmed or refilled to the target, the rest
 masked retraining with distillation. Peers fine-tune with Adam, lr 5e-4, cosine to 0.
 
 Reference figures measured here earlier (other scripts, not this table): at 71x / 10
@@ -565,7 +566,8 @@ def main(argv=None) -> int:
 
 def run_grid(args, data: Data, results: dict, out: Path) -> None:
     """Every missing cell of the grid, the 4-epoch budget first; saved after each."""
-    results.update(machine=machine(), notes=NOTES,
+    results.pop("notes", None)  # (the notes are the script's NOTES, not data)
+    results.update(machine=machine(),
                    command="OMP_NUM_THREADS=1 MOBILEPRUNE_DATA=../shared/data taskset -c 0 .venv/bin/python "
                            "benchmarks/peers.py --budgets 4,10 --targets 10,71,250",
                    dense_command="`mobileprune train --model lenet5 --dataset mnist` defaults: 10 epochs, "
