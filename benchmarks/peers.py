@@ -286,21 +286,46 @@ METHODS = {"torch_oneshot": run_torch_oneshot, "torch_iterative": run_torch_iter
 
 
 # ----------------------------------------------------------------------------- one cell
-def batch1_latency(model: nn.Module, example: torch.Tensor, engine: str) -> dict:
-    """Batch-1 latency (median / p10 / p90 ms, one thread) on ``engine``: the mobileprune
-    sparse runtime (the model exported by :func:`mobileprune.export_sparse`) or torch."""
+def latency_call(model: nn.Module, example: torch.Tensor, engine: str):
+    """What is timed for ``engine``: the model exported by :func:`mobileprune.export_sparse`
+    and run by the mobileprune sparse runtime, or the torch model itself."""
     model = model.eval()
-    if engine == "mobileprune runtime":
-        from mobileprune import export_sparse, runtime
+    if engine != "mobileprune runtime":
+        return model
+    from mobileprune import export_sparse, runtime
 
-        with tempfile.TemporaryDirectory() as tmp:
-            export_sparse(model, example, Path(tmp) / "m.mpsparse")
-            sm = runtime.load(Path(tmp) / "m.mpsparse", threads=1)
-        x = example.numpy()
-        call = lambda *_: sm(x)  # noqa: E731
-    else:
-        call = model
-    return compare_latency({engine: call}, example, repeats=30, warmup=5, threads=1, inner=20)[engine]
+    with tempfile.TemporaryDirectory() as tmp:
+        export_sparse(model, example, Path(tmp) / "m.mpsparse")
+        sm = runtime.load(Path(tmp) / "m.mpsparse", threads=1)
+    x = example.numpy()
+    return lambda *_: sm(x)
+
+
+def batch1_latency(model: nn.Module, example: torch.Tensor, engine: str) -> dict:
+    """Batch-1 latency (median / p10 / p90 ms, one thread) of ``model`` on ``engine``."""
+    return compare_latency({engine: latency_call(model, example, engine)}, example,
+                           repeats=30, warmup=5, threads=1, inner=20)[engine]
+
+
+def retime(results: dict, models: Path, data: Data) -> int:
+    """Time every cell whose model was saved in ``models``, and the dense model on both
+    engines, in ONE interleaved run (:func:`compare_latency`: the rounds rotate over all
+    of them, so load on the shared core hits every model alike); returns how many."""
+    calls = {"dense/torch": data.dense, "dense/runtime": latency_call(data.dense, data.example,
+                                                                       "mobileprune runtime")}
+    for key, row in results["cells"].items():
+        path = models / (key.replace("/", "_") + ".pt")
+        if path.exists():
+            calls[key] = latency_call(torch.load(path, weights_only=False), data.example, row["engine"])
+    lat = compare_latency(calls, data.example, repeats=30, warmup=5, threads=1, inner=20)
+    for key, r in lat.items():
+        row = results["dense"] if key.startswith("dense/") else results["cells"][key]
+        if key == "dense/runtime":
+            row["latency_runtime_ms"] = r["median_ms"]
+            continue
+        row.update(latency_ms=r["median_ms"], latency_p10_ms=r["p10_ms"], latency_p90_ms=r["p90_ms"],
+                   latency_timing="interleaved")
+    return len(calls) - 2
 
 
 def measure(model: nn.Module, data: Data, seconds: float, engine: str, dense_weights: int) -> dict:
@@ -331,9 +356,14 @@ def prune_cell(method: str, budget: int, target: float, data: Data, seed: int = 
     return model, info, time.perf_counter() - t0, keep
 
 
-def run_cell(method: str, budget: int, target: float, data: Data, seed: int = 0) -> dict:
-    """One row of the table (:func:`prune_cell`, then :func:`measure`)."""
+def run_cell(method: str, budget: int, target: float, data: Data, seed: int = 0,
+             save: Path | None = None) -> dict:
+    """One row of the table (:func:`prune_cell`, then :func:`measure`); the pruned model
+    is kept in ``save`` (whole module: a channel-pruned one has its own shapes)."""
     model, info, seconds, keep = prune_cell(method, budget, target, data, seed)
+    if save is not None:
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(model, save)
     row = measure(model, data, seconds, info.pop("engine"), sum(w.numel() for w in weights(data.dense)))
     return {"method": method, "budget": budget, "target": target, "target_nonzero": keep, **row, "info": info}
 
@@ -421,7 +451,8 @@ def _row_md(r: dict) -> str:
     return (f"| {r['method']}{tag} | {r['budget']} | {r['target']:g}x | {r['nonzero']:,} ({r['compression']:.1f}x) "
             f"| {100 * r['test_accuracy']:.2f} % | {r['macs']:,} | {r['seconds']:.0f} s "
             f"| {r['info']['cpu_seconds']:.0f} s | {r['info']['loadavg'][0]:.1f} "
-            f"| {1000 * r['latency_ms']:.1f} us ({r['engine']}) |")
+            f"| {1000 * r['latency_ms']:.1f} us (p10 {1000 * r['latency_p10_ms']:.1f}) {r['engine']}"
+            f"{'' if r.get('latency_timing') == 'interleaved' else ' *'} |")
 
 
 def render(results: dict) -> str:
@@ -445,7 +476,7 @@ def render(results: dict) -> str:
             rows.sort(key=lambda r: list(METHODS).index(r["method"]))
             md += [f"## {budget} epochs, {target:g}x", "",
                    "| method | epochs | target | achieved (nonzero weights) | test accuracy | MACs "
-                   "| wall time | CPU time | load | batch-1 latency |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                   "| wall time | CPU time | load | batch-1 latency: median (p10), engine |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
                    *map(_row_md, rows), ""]
             missing = [n for n in METHODS if n not in {r["method"] for r in rows}]
             if missing:
@@ -467,8 +498,11 @@ compacted model for Torch-Pruning (whole channels removed), both per image. Wall
 pruning plus fine-tuning, no evaluation inside, pinned to core 0; this machine is
 shared with other jobs, so the CPU time of the process is given beside it (and the
 1-minute load average at the end of the cell) and the time comparison uses the CPU
-time. Batch-1 latency: median of 30
-rounds of 20 calls, one thread; the unstructured models on the mobileprune sparse runtime
+time. Batch-1 latency: median (and 10th
+percentile: under load the median includes time the core ran other jobs) of 30 rounds
+of 20 calls, one thread, all saved models and the dense one timed together, interleaved
+(`--latency`); a latency marked * was timed alone at the end of its cell (its model was
+not kept, so it could not be re-timed with the others) and depends on the load then; the unstructured models on the mobileprune sparse runtime
 (`export_sparse`), the channel-pruned one on torch (eager, compacted model).
 
 Methods: `torch_oneshot` = torch.nn.utils.prune global L1 once, then fine-tuning;
@@ -539,7 +573,11 @@ def parse_args(argv=None):
                     help="dense checkpoint (trained with `mobileprune train` defaults if absent)")
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "peers"),
                     help="writes OUT.json and OUT.md")
+    ap.add_argument("--models", default=str(ROOT / "runs" / "peers" / "models"),
+                    help="where each cell's pruned model is kept (for --latency)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON")
+    ap.add_argument("--latency", action="store_true",
+                    help="only re-time the saved models and the dense one, interleaved in one run")
     return ap.parse_args(argv)
 
 
@@ -559,7 +597,11 @@ def main(argv=None) -> int:
                       "'torch-pruning>=1.6,<1.7', extra 'peers'); skipping that method", file=sys.stderr)
                 args.methods = [m for m in args.methods if m != "torch_pruning"]
         data = Data(*loaded, dense=dense_model(Path(args.dense), args.data_dir))
-        run_grid(args, data, results, out)
+        if args.latency:
+            print(f"re-timed {retime(results, Path(args.models), data)} saved cell model(s)")
+            save_results(out.with_suffix(".json"), results)
+        else:
+            run_grid(args, data, results, out)
     atomic_write_text(out.with_suffix(".md"), render(results))
     return 0
 
@@ -582,7 +624,8 @@ def run_grid(args, data: Data, results: dict, out: Path) -> None:
                 if key in results["cells"]:
                     continue
                 print(f"[peers] {key} ...", flush=True)
-                row = run_cell(method, budget, target, data)
+                row = run_cell(method, budget, target, data,
+                               save=Path(args.models) / (key.replace("/", "_") + ".pt"))
                 print(f"[peers] {key}: {100 * row['test_accuracy']:.2f} %, {row['nonzero']:,} nonzero "
                       f"({row['compression']:.1f}x), {row['seconds']:.0f} s", flush=True)
                 results["cells"][key] = row

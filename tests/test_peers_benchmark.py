@@ -109,7 +109,8 @@ def test_torch_pruning_cell(peers, data):
 
 def test_render_says_where_mobileprune_loses(peers):
     base = {"budget": 4, "target": 71.0, "nonzero": 6063, "compression": 71.0, "macs": 100_000,
-            "seconds": 100.0, "engine": "mobileprune runtime", "latency_ms": 0.05}
+            "seconds": 100.0, "engine": "mobileprune runtime", "latency_ms": 0.05,
+            "latency_p10_ms": 0.04}
     cells = {"a": {**base, "method": "torch_iterative", "test_accuracy": 0.99,
                    "info": {"cpu_seconds": 90.0, "loadavg": [1.0, 1.0, 1.0]}},
              "b": {**base, "method": "admm", "test_accuracy": 0.98, "seconds": 150.0,
@@ -124,3 +125,17 @@ def test_render_says_where_mobileprune_loses(peers):
     cells["b"]["test_accuracy"] = 0.99
     assert "mobileprune leads every column here." in peers.render({"cells": cells})
     assert json.loads(json.dumps(cells)) == cells
+
+
+def test_saved_models_are_retimed_together(peers, data, tmp_path):
+    key = peers.cell_key("torch_oneshot", 1, 10.0)
+    row = peers.run_cell("torch_oneshot", 1, 10.0, data, save=tmp_path / "torch_oneshot_1_10.pt")
+    results = {"cells": {key: row, "admm/1/10": {**row, "method": "admm"}},  # no saved model
+               "dense": {"latency_ms": -1.0}}
+    assert peers.retime(results, tmp_path, data) == 1
+    assert results["cells"][key]["latency_timing"] == "interleaved" and results["cells"][key]["latency_ms"] > 0
+    assert "latency_timing" not in results["cells"]["admm/1/10"]
+    assert results["dense"]["latency_ms"] > 0 and results["dense"]["latency_runtime_ms"] > 0
+    del results["dense"]
+    md = peers.render(results)
+    assert md.count(" * |") == 1  # the row timed alone is marked
