@@ -61,6 +61,7 @@ from mobileprune.sparsity.targets import load_yaml
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
 MOBILEPRUNE = ("admm", "l0_group_lasso")
+GRID_BUDGETS, GRID_TARGETS = (4, 10), (10.0, 71.0, 250.0)  # issue 21's grid
 #: fine-tuning of the peers: Adam with cosine decay to 0 over the fine-tuning epochs
 FINETUNE_LR = 5e-4
 #: a step of the gradual schedule every this fraction of an epoch; pruning ends at 3/4
@@ -485,6 +486,11 @@ def render(results: dict) -> str:
             md += (["Where mobileprune does NOT lead at this budget and target:", "",
                     *[f"- {x}" for x in lost], ""] if lost else
                    ["mobileprune leads every column here.", ""])
+    done = {(c["budget"], c["target"]) for c in cells}
+    todo = [f"{b} epochs at {t:g}x" for b in GRID_BUDGETS for t in GRID_TARGETS if (b, t) not in done]
+    if todo:
+        md += ["Not run yet (the command above resumes the grid and skips finished cells): "
+               + "; ".join(todo) + ".", ""]
     return "\n".join(md) + "\n"
 
 
@@ -563,8 +569,9 @@ def _list(kind, text: str, allowed=None):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--budgets", type=lambda s: _list(int, s), default=[4, 10], help="epoch budgets (4,10)")
-    ap.add_argument("--targets", type=lambda s: _list(float, s), default=[10.0, 71.0, 250.0],
+    ap.add_argument("--budgets", type=lambda s: _list(int, s), default=list(GRID_BUDGETS),
+                    help="epoch budgets (4,10)")
+    ap.add_argument("--targets", type=lambda s: _list(float, s), default=list(GRID_TARGETS),
                     help="compression rates (10,71,250)")
     ap.add_argument("--methods", type=lambda s: _list(str, s, tuple(METHODS)), default=list(METHODS),
                     help=f"subset of {','.join(METHODS)}")
