@@ -509,7 +509,9 @@ percentile: under load the median includes time the core ran other jobs) of 30 r
 of 20 calls, one thread, all saved models and the dense one timed together, interleaved
 (`--latency`); a latency marked * was timed alone at the end of its cell (its model was
 not kept, so it could not be re-timed with the others) and depends on the load then; the unstructured models on the mobileprune sparse runtime
-(`export_sparse`), the channel-pruned one on torch (eager, compacted model).
+(`export_sparse`), the channel-pruned one on torch (eager, compacted model; at
+LeNet-5's size torch eager's per-call overhead dominates, so that column compares engines
+as much as models).
 
 Methods: `torch_oneshot` = torch.nn.utils.prune global L1 once, then fine-tuning;
 `torch_iterative` = the same with a cubic gradual schedule (a step every quarter epoch
