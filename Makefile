@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt torch==2.13.0
 	$(PIP) install -q -c constraints.txt -e '.[test,runtime,export,bench]'
 	$(PIP) install -q --no-deps -c constraints.txt torchvision timm  # extra 'zoo' (see pyproject)
+	$(PIP) install -q --no-deps -c constraints.txt torch-pruning  # extra 'peers' (see pyproject)
 	touch $(STAMP)
 
 venv: $(STAMP)
