@@ -29,7 +29,7 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
@@ -170,6 +170,20 @@ def _where(path: Path, lineno: int) -> str:
     return f"{str(path)!r}, line {lineno}"
 
 
+def _open_text(path: Path) -> TextIO:
+    """``path`` opened for reading text (undecodable bytes replaced); DataError if it
+    cannot be opened."""
+    try:
+        return open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
+
+
+def _bad_row(path: Path, lineno: int, why: str) -> DataError:
+    """The error for a malformed row: ``malformed row in '<path>', line <n>: <why>``."""
+    return DataError(f"malformed row in {_where(path, lineno)}: {why}")
+
+
 def _scan_numeric(path: Path, ncols: int | None, allow_nan: bool) -> None:
     """Find the first malformed line of a whitespace-separated numeric file; raise."""
     expected = ncols
@@ -181,23 +195,17 @@ def _scan_numeric(path: Path, ncols: int | None, allow_nan: bool) -> None:
             if expected is None:
                 expected = len(tokens)
             if len(tokens) != expected:
-                raise DataError(
-                    f"malformed row in {_where(path, lineno)}: expected {expected} "
-                    f"whitespace-separated values, found {len(tokens)}"
-                )
+                raise _bad_row(path, lineno, f"expected {expected} whitespace-separated "
+                               f"values, found {len(tokens)}")
             for i, tok in enumerate(tokens):
                 try:
                     value = float(tok)
                 except ValueError:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: value {i + 1} "
-                        f"{tok[:40]!r} is not a number"
-                    ) from None
+                    raise _bad_row(path, lineno, f"value {i + 1} {tok[:40]!r} is not a "
+                                   "number") from None
                 if not allow_nan and not np.isfinite(value):
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: value {i + 1} is "
-                        f"{tok!r} (missing or infinite values are not allowed here)"
-                    )
+                    raise _bad_row(path, lineno, f"value {i + 1} is {tok!r} (missing or "
+                                   "infinite values are not allowed here)")
 
 
 def _read_table(path: Path, ncols: int | None = None, *, what: str = "data",
@@ -236,11 +244,9 @@ def _int_column(values: np.ndarray, path: Path, what: str,
         ok &= np.isin(values, np.fromiter(valid, dtype=np.float64))
     if not ok.all():
         row = int(np.argmin(ok))
-        raise DataError(
-            f"malformed row in {_where(path, _line_of_row(path, row))}: {what} "
-            f"{values[row]:g} is not valid"
-            + (f" (expected one of {sorted(set(valid))})" if valid is not None else "")
-        )
+        raise _bad_row(path, _line_of_row(path, row), f"{what} {values[row]:g} is not valid"
+                       + (f" (expected one of {sorted(set(valid))})" if valid is not None
+                          else ""))
     return values.astype(np.int64)
 
 
@@ -312,15 +318,24 @@ def _split_ids(ids: Iterable[int], test_ids: Iterable[int] | None, test_fraction
     return set(present[-k:])
 
 
+def _test_mask(ids: np.ndarray, test: set[int]) -> np.ndarray:
+    """True where the subject (user) id of a row is a test id."""
+    return np.isin(ids, np.fromiter(test, dtype=np.int64))
+
+
+def _split_rows(x: np.ndarray, y: np.ndarray, is_test: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(train_x, train_y, test_x, test_y)``: C-contiguous ``x`` rows, ``int64`` labels."""
+    return (np.ascontiguousarray(x[~is_test]), y[~is_test].astype(np.int64),
+            np.ascontiguousarray(x[is_test]), y[is_test].astype(np.int64))
+
+
 def _assemble(x: np.ndarray, y: np.ndarray, ids: np.ndarray, test: set[int],
               classes: list[str], channels: list[str], source: str) -> HARData:
-    is_test = np.isin(ids, np.fromiter(test, dtype=np.int64))
+    is_test = _test_mask(ids, test)
     if not (~is_test).any() or not is_test.any():
         empty = "training" if not (~is_test).any() else "test"
         raise DataError(f"{source}: the {empty} split has no complete window")
-    return HARData(np.ascontiguousarray(x[~is_test]), y[~is_test].astype(np.int64),
-                   np.ascontiguousarray(x[is_test]), y[is_test].astype(np.int64),
-                   list(classes), list(channels))
+    return HARData(*_split_rows(x, y, is_test), list(classes), list(channels))
 
 
 def normalize(data, *, return_stats: bool = False):
@@ -548,8 +563,8 @@ def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,
     bad = (first < 1) | (last < first)
     if bad.any():
         row = int(np.argmax(bad))
-        raise DataError(f"malformed row in {_where(lab_path, _line_of_row(lab_path, row))}: "
-                        f"segment rows {first[row]}..{last[row]} are not a valid range")
+        raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment rows "
+                       f"{first[row]}..{last[row]} are not a valid range")
 
     xs, ys, subj = [], [], []
     keep = act <= 6
@@ -565,9 +580,8 @@ def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,
         over = rows[last[rows] > len(acc)]
         if len(over):
             row = int(over[0])
-            raise DataError(
-                f"malformed row in {_where(lab_path, _line_of_row(lab_path, row))}: "
-                f"segment ends at row {last[row]} but {acc_path.name} has {len(acc)} rows")
+            raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment ends at row "
+                           f"{last[row]} but {acc_path.name} has {len(acc)} rows")
         signal = _filter_hapt(acc, gyro)
         guard = np.where(act[rows] >= 4, static_guard, 0)
         starts, seg = _window_starts(first[rows] - 1 + guard, last[rows] - guard,
@@ -681,11 +695,7 @@ def _parse_records(path: Path, layout: str, label_of: dict[str, int]):
     users: list[int] = []
     labels: list[int] = []
     values: list[tuple[float, float, float]] = []
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
-    with f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             for rec in line.split(";"):
                 rec = rec.strip()
@@ -695,35 +705,30 @@ def _parse_records(path: Path, layout: str, label_of: dict[str, int]):
                 while len(fields) > min(allowed) and fields[-1] == "":
                     fields.pop()
                 if len(fields) not in allowed:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: expected "
-                        f"{' or '.join(map(str, allowed))} comma-separated fields, found "
-                        f"{len(fields)} in {rec[:60]!r}")
+                    raise _bad_row(path, lineno, f"expected {' or '.join(map(str, allowed))}"
+                                   f" comma-separated fields, found {len(fields)} in "
+                                   f"{rec[:60]!r}")
                 user, act, *rest = fields
                 ts, xyz = (rest[0], rest[1:]) if len(fields) == 6 else ("", rest)
                 if act not in label_of:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: unknown activity "
-                        f"{act[:40]!r} (expected one of {sorted(label_of)})")
+                    raise _bad_row(path, lineno, f"unknown activity {act[:40]!r} "
+                                   f"(expected one of {sorted(label_of)})")
                 try:
                     uid = int(user)
                     if ts:
                         float(ts)
                 except ValueError:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: user {user[:20]!r} or "
-                        f"timestamp {ts[:20]!r} is not a number") from None
+                    raise _bad_row(path, lineno, f"user {user[:20]!r} or timestamp "
+                                   f"{ts[:20]!r} is not a number") from None
                 if "" in xyz:
                     continue  # missing value: drop the sample
                 try:
                     x, y, z = (float(v) for v in xyz)
                 except ValueError:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: acceleration "
-                        f"{','.join(xyz)[:60]!r} is not three numbers") from None
+                    raise _bad_row(path, lineno, f"acceleration {','.join(xyz)[:60]!r} "
+                                   "is not three numbers") from None
                 if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(z)):
-                    raise DataError(f"malformed row in {_where(path, lineno)}: "
-                                    "non-finite acceleration")
+                    raise _bad_row(path, lineno, "non-finite acceleration")
                 users.append(uid)
                 labels.append(label_of[act])
                 values.append((x, y, z))
@@ -806,6 +811,110 @@ def _unquote(s: str) -> str:
     return s
 
 
+class _ArffHeader(NamedTuple):
+    """Attributes of an ARFF header and the columns the loader uses."""
+
+    names: list[str]
+    kinds: list[list[str] | None]  # None: numeric; list: nominal values
+    user_col: int
+    class_col: int
+    feat_cols: list[int]
+
+
+def _arff_attribute(line: str, path: Path, lineno: int) -> tuple[str, list[str] | None]:
+    """Name and kind (``None``: numeric; list: nominal values) of an ``@attribute`` line."""
+    m = _ARFF_ATTR.match(line)
+    if m is None:
+        raise DataError(f"malformed header in {_where(path, lineno)}: {line[:60]!r}")
+    name, kind = _unquote(m.group(1)), m.group(2).strip()
+    if kind.startswith("{") and kind.endswith("}"):
+        return name, [_unquote(v) for v in kind[1:-1].split(",")]
+    if kind.lower() in ("numeric", "real", "integer"):
+        return name, None
+    raise DataError(f"unsupported attribute type in {_where(path, lineno)}: {kind[:40]!r}")
+
+
+def _arff_columns(names: list[str], kinds: list[list[str] | None], path: Path) -> _ArffHeader:
+    """The finished header (at ``@data``): columns of ``user``, ``class`` and the features.
+
+    Features are the numeric attributes other than ``user``, ``class`` and ``unique_id``.
+    """
+    lower = [n.lower() for n in names]
+    if "user" not in lower or "class" not in lower:
+        raise DataError(f"ARFF header of {str(path)!r} needs attributes 'user' and "
+                        f"'class'; found {names}")
+    user_col, class_col = lower.index("user"), lower.index("class")
+    if kinds[class_col] is None:
+        raise DataError(f"ARFF attribute 'class' of {str(path)!r} must be nominal")
+    feat_cols = [i for i, (n, k) in enumerate(zip(lower, kinds))
+                 if k is None and i not in (user_col, class_col) and n != "unique_id"]
+    return _ArffHeader(names, kinds, user_col, class_col, feat_cols)
+
+
+def _arff_row(line: str, head: _ArffHeader, path: Path,
+              lineno: int) -> tuple[int, int, list[float]]:
+    """User id, class index and features (``?`` -> NaN) of one ARFF data line."""
+    fields = [_unquote(v) for v in line.split(",")]
+    if len(fields) != len(head.names):
+        raise _bad_row(path, lineno, f"expected {len(head.names)} comma-separated values, "
+                                     f"found {len(fields)}")
+    cls, classes = fields[head.class_col], head.kinds[head.class_col]
+    if cls not in classes:
+        raise _bad_row(path, lineno, f"class {cls[:40]!r} is not one of {classes}")
+    try:
+        uid = int(fields[head.user_col])
+        feats = [np.nan if fields[i] == "?" else float(fields[i]) for i in head.feat_cols]
+    except ValueError:
+        raise _bad_row(path, lineno, "a user id or feature value is not a number") from None
+    return uid, classes.index(cls), feats
+
+
+def _read_arff(path: Path) -> tuple[_ArffHeader, np.ndarray, np.ndarray, np.ndarray]:
+    """Header, user ids, labels and ``float64`` features (NaN: missing) of an ARFF file.
+
+    ``%`` comment lines and blank lines are skipped; errors name the file and line.
+    """
+    names: list[str] = []
+    kinds: list[list[str] | None] = []
+    head: _ArffHeader | None = None
+    rows: list[tuple[int, int, list[float]]] = []
+    with _open_text(path) as f:
+        for lineno, raw_line in enumerate(f, 1):
+            line = raw_line.strip()
+            if not line or line.startswith("%"):
+                continue
+            if head is not None:
+                rows.append(_arff_row(line, head, path, lineno))
+                continue
+            low = line.lower()
+            if low.startswith("@attribute"):
+                name, kind = _arff_attribute(line, path, lineno)
+                names.append(name)
+                kinds.append(kind)
+            elif low.startswith("@data"):
+                head = _arff_columns(names, kinds, path)
+            elif not low.startswith("@relation"):
+                raise DataError(f"malformed header in {_where(path, lineno)}: "
+                                f"{line[:60]!r}")
+    if head is None:
+        raise DataError(f"{str(path)!r} is not an ARFF file: no @data section")
+    if not rows:
+        raise DataError(f"ARFF file {str(path)!r} has no data rows")
+    return (head, np.asarray([r[0] for r in rows], np.int64),
+            np.asarray([r[1] for r in rows], np.int64),
+            np.asarray([r[2] for r in rows], dtype=np.float64))
+
+
+def _impute_mean(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``float32`` copy of ``x`` with NaN replaced by the mean of the ``train`` rows of
+    its column (0 where that column has no value)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
+        fill = np.nanmean(x[train], axis=0)
+    fill = np.where(np.isfinite(fill), fill, 0.0)
+    return np.where(np.isnan(x), fill, x).astype(np.float32)
+
+
 def load_wisdm_arff(path: PathLike, *, test_users: Sequence[int] | None = None,
                     test_fraction: float = 0.3) -> WisdmFeatures:
     r"""Load the WISDM v1.1 transformed ARFF (one row of features per 10 s window).
@@ -833,94 +942,14 @@ def load_wisdm_arff(path: PathLike, *, test_users: Sequence[int] | None = None,
             data row is malformed (file and line in the message).
     """
     path = _find_file(Path(path), ["WISDM_ar_v1.1_transformed.arff"], "WISDM ARFF file")
-    names: list[str] = []
-    kinds: list[list[str] | None] = []  # None: numeric; list: nominal values
-    rows: list[list[float]] = []
-    users: list[int] = []
-    labels: list[int] = []
-    in_data = False
-    user_col = class_col = -1
-    feat_cols: list[int] = []
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
-    with f:
-        for lineno, raw_line in enumerate(f, 1):
-            line = raw_line.strip()
-            if not line or line.startswith("%"):
-                continue
-            if not in_data:
-                low = line.lower()
-                if low.startswith("@attribute"):
-                    m = _ARFF_ATTR.match(line)
-                    if m is None:
-                        raise DataError(f"malformed header in {_where(path, lineno)}: "
-                                        f"{line[:60]!r}")
-                    kind = m.group(2).strip()
-                    names.append(_unquote(m.group(1)))
-                    if kind.startswith("{") and kind.endswith("}"):
-                        kinds.append([_unquote(v) for v in kind[1:-1].split(",")])
-                    elif kind.lower() in ("numeric", "real", "integer"):
-                        kinds.append(None)
-                    else:
-                        raise DataError(f"unsupported attribute type in "
-                                        f"{_where(path, lineno)}: {kind[:40]!r}")
-                elif low.startswith("@data"):
-                    lower = [n.lower() for n in names]
-                    if "user" not in lower or "class" not in lower:
-                        raise DataError(f"ARFF header of {str(path)!r} needs attributes "
-                                        f"'user' and 'class'; found {names}")
-                    user_col, class_col = lower.index("user"), lower.index("class")
-                    if kinds[class_col] is None:
-                        raise DataError(f"ARFF attribute 'class' of {str(path)!r} must be "
-                                        "nominal")
-                    feat_cols = [i for i, (n, k) in enumerate(zip(lower, kinds))
-                                 if k is None and i not in (user_col, class_col)
-                                 and n != "unique_id"]
-                    in_data = True
-                elif not low.startswith("@relation"):
-                    raise DataError(f"malformed header in {_where(path, lineno)}: "
-                                    f"{line[:60]!r}")
-                continue
-            fields = [_unquote(v) for v in line.split(",")]
-            if len(fields) != len(names):
-                raise DataError(f"malformed row in {_where(path, lineno)}: expected "
-                                f"{len(names)} comma-separated values, found {len(fields)}")
-            cls = fields[class_col]
-            classes = kinds[class_col]
-            if cls not in classes:
-                raise DataError(f"malformed row in {_where(path, lineno)}: class "
-                                f"{cls[:40]!r} is not one of {classes}")
-            try:
-                uid = int(fields[user_col])
-                feats = [np.nan if fields[i] == "?" else float(fields[i]) for i in feat_cols]
-            except ValueError:
-                raise DataError(f"malformed row in {_where(path, lineno)}: a user id or "
-                                "feature value is not a number") from None
-            users.append(uid)
-            labels.append(classes.index(cls))
-            rows.append(feats)
-    if not in_data:
-        raise DataError(f"{str(path)!r} is not an ARFF file: no @data section")
-    if not rows:
-        raise DataError(f"ARFF file {str(path)!r} has no data rows")
-    x = np.asarray(rows, dtype=np.float64)
-    uid = np.asarray(users, np.int64)
-    y = np.asarray(labels, np.int64)
+    head, uid, y, x = _read_arff(path)
     test = _split_ids(uid, test_users, test_fraction, "user", f"{str(path)!r}")
-    is_test = np.isin(uid, np.fromiter(test, dtype=np.int64))
+    is_test = _test_mask(uid, test)
     if is_test.all():
         raise DataError(f"{str(path)!r}: the training split is empty")
-    train = x[~is_test]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
-        fill = np.nanmean(train, axis=0)
-    fill = np.where(np.isfinite(fill), fill, 0.0)
-    x = np.where(np.isnan(x), fill, x).astype(np.float32)
-    return WisdmFeatures(np.ascontiguousarray(x[~is_test]), y[~is_test],
-                         np.ascontiguousarray(x[is_test]), y[is_test],
-                         list(kinds[class_col]), [names[i] for i in feat_cols])
+    return WisdmFeatures(*_split_rows(_impute_mean(x, ~is_test), y, is_test),
+                         list(head.kinds[head.class_col]),
+                         [head.names[i] for i in head.feat_cols])
 
 
 def load_wisdm2019(path_or_dir: PathLike, window: int = 80, step: int = 40, *,
