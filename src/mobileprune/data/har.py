@@ -289,6 +289,20 @@ def _gather(signal: np.ndarray, win_starts: np.ndarray, window: int) -> np.ndarr
     return np.ascontiguousarray(view[win_starts], dtype=np.float32)
 
 
+def _cut_windows(signal: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                 seg_y: np.ndarray, seg_id: np.ndarray, window: int,
+                 step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of ``signal`` inside the segments ``[starts, ends)``, with the label
+    ``seg_y`` and subject id ``seg_id`` of each window's segment."""
+    win, seg = _window_starts(starts, ends, window, step)
+    return _gather(signal, win, window), seg_y[seg], seg_id[seg]
+
+
+def _concat(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Concatenate ``(x, y, ids)`` parts (one per file or recording) field by field."""
+    return tuple(np.concatenate(field) for field in zip(*parts))
+
+
 def _check_window(window: int, step: int) -> None:
     for name, v in (("window", window), ("step", step)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -498,6 +512,63 @@ def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+class _HaptLabels(NamedTuple):
+    """Columns of HAPT ``labels.txt``: one labelled segment per row."""
+
+    exp: np.ndarray    # experiment number
+    user: np.ndarray   # subject
+    act: np.ndarray    # activity 1..12
+    first: np.ndarray  # first row of the segment (1-based)
+    last: np.ndarray   # last row of the segment (1-based, inclusive)
+
+
+def _read_hapt_labels(lab_path: Path) -> _HaptLabels:
+    """Read and check ``labels.txt``; errors name the file and line."""
+    table = _read_table(lab_path, 5, what="HAPT labels")
+    columns = [("experiment", None), ("user", None), ("activity", range(1, 13)),
+               ("start row", None), ("end row", None)]
+    lab = _HaptLabels(*(_int_column(table[:, j], lab_path, what, valid)
+                        for j, (what, valid) in enumerate(columns)))
+    bad = (lab.first < 1) | (lab.last < lab.first)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment rows "
+                       f"{lab.first[row]}..{lab.last[row]} are not a valid range")
+    return lab
+
+
+def _hapt_windows(raw: Path, lab: _HaptLabels, rows: np.ndarray, e: int, u: int,
+                  static_guard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows, labels 0..5 and subject ids of recording ``(e, u)`` for the segments
+    ``rows`` of ``labels.txt`` (static postures trimmed by ``static_guard``)."""
+    acc_path = raw / f"acc_exp{e:02d}_user{u:02d}.txt"
+    gyro_path = raw / f"gyro_exp{e:02d}_user{u:02d}.txt"
+    acc = _read_table(acc_path, 3, what="HAPT accelerometer")
+    gyro = _read_table(gyro_path, 3, what="HAPT gyroscope")
+    if len(acc) != len(gyro):
+        raise DataError(f"HAPT recordings {str(acc_path)!r} ({len(acc)} rows) and "
+                        f"{str(gyro_path)!r} ({len(gyro)} rows) differ in length")
+    over = rows[lab.last[rows] > len(acc)]
+    if len(over):
+        row, lab_path = int(over[0]), raw / "labels.txt"
+        raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment ends at row "
+                       f"{lab.last[row]} but {acc_path.name} has {len(acc)} rows")
+    guard = np.where(lab.act[rows] >= 4, static_guard, 0)
+    return _cut_windows(_filter_hapt(acc, gyro), lab.first[rows] - 1 + guard,
+                        lab.last[rows] - guard, lab.act[rows] - 1,
+                        np.full(len(rows), u, dtype=np.int64), _UCIHAR_T, _UCIHAR_T // 2)
+
+
+def _store_rebuild(path: Path, data: HARData) -> None:
+    """Cache a rebuild; a failure only warns (attributed to the loader's caller)."""
+    try:
+        _save_atomic(path, train_x=data.train_x, train_y=data.train_y,
+                     test_x=data.test_x, test_y=data.test_y)
+    except OSError as exc:
+        warnings.warn(f"could not cache the UCI-HAR rebuild in {path}: {exc}",
+                      stacklevel=3)
+
+
 def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,
                              test_subjects: Sequence[int] = UCIHAR_TEST_SUBJECTS,
                              cache: bool = True) -> HARData:
@@ -545,61 +616,24 @@ def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,
         raise DataError(f"static_guard must be a non-negative integer, got {static_guard!r}")
     raw = _hapt_raw_dir(Path(hapt_root))
     test = sorted({int(s) for s in test_subjects})
-    params = {"static_guard": static_guard, "test_subjects": test}
     cached = None
     if cache:
-        cached = cache_dir() / f"ucihar-rebuilt-{_hapt_signature(raw, params)}.npz"
+        key = _hapt_signature(raw, {"static_guard": static_guard, "test_subjects": test})
+        cached = cache_dir() / f"ucihar-rebuilt-{key}.npz"
         hit = _load_cached(cached) if cached.is_file() else None
         if hit is not None:
             return hit
-
-    lab_path = raw / "labels.txt"
-    labels = _read_table(lab_path, 5, what="HAPT labels")
-    exp = _int_column(labels[:, 0], lab_path, "experiment")
-    user = _int_column(labels[:, 1], lab_path, "user")
-    act = _int_column(labels[:, 2], lab_path, "activity", range(1, 13))
-    first = _int_column(labels[:, 3], lab_path, "start row")
-    last = _int_column(labels[:, 4], lab_path, "end row")
-    bad = (first < 1) | (last < first)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment rows "
-                       f"{first[row]}..{last[row]} are not a valid range")
-
-    xs, ys, subj = [], [], []
-    keep = act <= 6
-    for e, u in sorted(set(zip(exp[keep].tolist(), user[keep].tolist()))):
-        acc_path = raw / f"acc_exp{e:02d}_user{u:02d}.txt"
-        gyro_path = raw / f"gyro_exp{e:02d}_user{u:02d}.txt"
-        acc = _read_table(acc_path, 3, what="HAPT accelerometer")
-        gyro = _read_table(gyro_path, 3, what="HAPT gyroscope")
-        if len(acc) != len(gyro):
-            raise DataError(f"HAPT recordings {str(acc_path)!r} ({len(acc)} rows) and "
-                            f"{str(gyro_path)!r} ({len(gyro)} rows) differ in length")
-        rows = np.flatnonzero(keep & (exp == e) & (user == u))
-        over = rows[last[rows] > len(acc)]
-        if len(over):
-            row = int(over[0])
-            raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment ends at row "
-                           f"{last[row]} but {acc_path.name} has {len(acc)} rows")
-        signal = _filter_hapt(acc, gyro)
-        guard = np.where(act[rows] >= 4, static_guard, 0)
-        starts, seg = _window_starts(first[rows] - 1 + guard, last[rows] - guard,
-                                     _UCIHAR_T, _UCIHAR_T // 2)
-        xs.append(_gather(signal, starts, _UCIHAR_T))
-        ys.append(act[rows][seg] - 1)
-        subj.append(np.full(len(starts), u, dtype=np.int64))
-    if not xs:
-        raise DataError(f"{str(lab_path)!r} has no segment of activities 1..6")
-    data = _assemble(np.concatenate(xs), np.concatenate(ys), np.concatenate(subj),
-                     set(test), UCIHAR_CLASSES, UCIHAR_CHANNELS, f"HAPT {str(raw)!r}")
+    lab = _read_hapt_labels(raw / "labels.txt")
+    keep = lab.act <= 6
+    parts = [_hapt_windows(raw, lab, np.flatnonzero(keep & (lab.exp == e) & (lab.user == u)),
+                           e, u, static_guard)
+             for e, u in sorted(set(zip(lab.exp[keep].tolist(), lab.user[keep].tolist())))]
+    if not parts:
+        raise DataError(f"{str(raw / 'labels.txt')!r} has no segment of activities 1..6")
+    data = _assemble(*_concat(parts), set(test), UCIHAR_CLASSES, UCIHAR_CHANNELS,
+                     f"HAPT {str(raw)!r}")
     if cached is not None:
-        try:
-            _save_atomic(cached, train_x=data.train_x, train_y=data.train_y,
-                         test_x=data.test_x, test_y=data.test_y)
-        except OSError as exc:
-            warnings.warn(f"could not cache the UCI-HAR rebuild in {cached}: {exc}",
-                          stacklevel=2)
+        _store_rebuild(cached, data)
     return data
 
 
@@ -742,7 +776,7 @@ def _windows_by_runs(parts, window: int, step: int, dedupe: bool = False):
     With ``dedupe``, a run identical (user, label and every value) to an earlier run is
     skipped.
     """
-    xs, ys, ids = [], [], []
+    out = []
     seen: set[tuple[int, int, str]] = set()
     for users, labels, values in parts:
         starts, ends = _segments(users, labels)
@@ -754,11 +788,9 @@ def _windows_by_runs(parts, window: int, step: int, dedupe: bool = False):
                 keep.append(key not in seen)
                 seen.add(key)
             starts, ends = starts[keep], ends[keep]
-        win, seg = _window_starts(starts, ends, window, step)
-        xs.append(_gather(values, win, window))
-        ys.append(labels[starts[seg]] if len(win) else np.zeros(0, np.int64))
-        ids.append(users[starts[seg]] if len(win) else np.zeros(0, np.int64))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+        out.append(_cut_windows(values, starts, ends, labels[starts], users[starts],
+                                window, step))
+    return _concat(out)
 
 
 def load_wisdm_raw(path: PathLike, window: int = 80, step: int = 40, *,
