@@ -303,6 +303,15 @@ def _concat(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate(field) for field in zip(*parts))
 
 
+def _glob_first(folders: Iterable[Path], pattern: str) -> list[Path]:
+    """Sorted files matching ``pattern`` in the first of ``folders`` that has any."""
+    for folder in folders:
+        files = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        if files:
+            return files
+    return []
+
+
 def _check_window(window: int, step: int) -> None:
     for name, v in (("window", window), ("step", step)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -1022,12 +1031,9 @@ def load_wisdm2019(path_or_dir: PathLike, window: int = 80, step: int = 40, *,
     if root.is_file():
         files = [root]
     else:
-        files = []
-        for sub in (root, root / "wisdm2019_watch_accel_reduced",
-                    root / "wisdm" / "wisdm2019_watch_accel_reduced"):
-            files = sorted(sub.glob("data_*_accel_watch.txt")) if sub.is_dir() else []
-            if files:
-                break
+        files = _glob_first((root, root / "wisdm2019_watch_accel_reduced",
+                             root / "wisdm" / "wisdm2019_watch_accel_reduced"),
+                            "data_*_accel_watch.txt")
         if not files:
             raise DataError(f"no WISDM 2019 file data_*_accel_watch.txt found in "
                             f"{str(root)!r} or its wisdm2019_watch_accel_reduced folder")
@@ -1062,6 +1068,42 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     lead = np.isnan(out)
     out = np.where(lead, a[first, np.arange(a.shape[1])], out)
     return np.where(np.isnan(out), 0.0, out)
+
+
+def _pamap2_labels(activities: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """Kept activity ids (sorted) and the label of every activity id (-1: dropped)."""
+    keep_ids = sorted({int(a) for a in activities})
+    unknown = [a for a in keep_ids if a not in PAMAP2_ACTIVITIES]
+    if unknown:
+        raise DataError(f"unknown PAMAP2 activity ids {unknown}; known: "
+                        f"{sorted(PAMAP2_ACTIVITIES)}")
+    label_of = np.full(max(PAMAP2_ACTIVITIES) + 1, -1, np.int64)
+    label_of[keep_ids] = np.arange(len(keep_ids))
+    return keep_ids, label_of
+
+
+def _pamap2_subject(path: Path) -> int:
+    """Subject id ``1NN`` of a file ``subject1NN.dat``."""
+    m = re.fullmatch(r"subject(\d+)\.dat", path.name)
+    if m is None:
+        raise DataError(f"PAMAP2 file name {path.name!r} is not subjectNNN.dat")
+    return int(m.group(1))
+
+
+def _pamap2_windows(path: Path, label_of: np.ndarray, window: int,
+                    step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows, labels and subject ids of one ``subject1NN.dat`` (forward-filled)."""
+    subject = _pamap2_subject(path)
+    table = _read_table(path, _PAMAP2_NCOLS, what="PAMAP2", allow_nan=True,
+                        dtype=np.float32)
+    act = _int_column(table[:, 1], path, "activity id", [0, *PAMAP2_ACTIVITIES])
+    signal = _ffill(table[:, PAMAP2_COLUMNS])
+    del table
+    starts, ends = _segments(act)
+    sel = label_of[act[starts]] >= 0
+    starts, ends = starts[sel], ends[sel]
+    return _cut_windows(signal, starts, ends, label_of[act[starts]],
+                        np.full(len(starts), subject, np.int64), window, step)
 
 
 def load_pamap2(root: PathLike, window: int = 128, step: int = 64, *,
@@ -1105,46 +1147,17 @@ def load_pamap2(root: PathLike, window: int = 128, step: int = 64, *,
     """
     _check_window(window, step)
     base = Path(root)
-    files: list[Path] = []
-    for folder in (base, base / "Protocol", base / "PAMAP2_Dataset" / "Protocol"):
-        files = sorted(folder.glob("subject1*.dat")) if folder.is_dir() else []
-        if files:
-            break
+    files = _glob_first((base, base / "Protocol", base / "PAMAP2_Dataset" / "Protocol"),
+                        "subject1*.dat")
     if not files:
         raise DataError(f"no PAMAP2 file subject1NN.dat found in {str(base)!r} (also "
                         "looked in Protocol/ and PAMAP2_Dataset/Protocol/)")
-    keep_ids = sorted({int(a) for a in activities})
-    unknown = [a for a in keep_ids if a not in PAMAP2_ACTIVITIES]
-    if unknown:
-        raise DataError(f"unknown PAMAP2 activity ids {unknown}; known: "
-                        f"{sorted(PAMAP2_ACTIVITIES)}")
-    label_of = np.full(max(PAMAP2_ACTIVITIES) + 1, -1, np.int64)
-    label_of[keep_ids] = np.arange(len(keep_ids))
-    xs, ys, ids = [], [], []
-    for path in files:
-        m = re.fullmatch(r"subject(\d+)\.dat", path.name)
-        if m is None:
-            raise DataError(f"PAMAP2 file name {path.name!r} is not subjectNNN.dat")
-        subject = int(m.group(1))
-        table = _read_table(path, _PAMAP2_NCOLS, what="PAMAP2", allow_nan=True,
-                            dtype=np.float32)
-        act = _int_column(table[:, 1], path, "activity id",
-                          [0, *PAMAP2_ACTIVITIES])
-        signal = _ffill(table[:, PAMAP2_COLUMNS])
-        del table
-        starts, ends = _segments(act)
-        sel = label_of[act[starts]] >= 0
-        starts, ends = starts[sel], ends[sel]
-        win, seg = _window_starts(starts, ends, window, step)
-        xs.append(_gather(signal, win, window))
-        ys.append(label_of[act[starts[seg]]])
-        ids.append(np.full(len(win), subject, np.int64))
-    subjects = [int(re.fullmatch(r"subject(\d+)\.dat", p.name).group(1)) for p in files]
-    test = _split_ids(subjects, test_subjects, test_fraction, "subject",
-                      f"PAMAP2 {str(base)!r}")
-    return _assemble(np.concatenate(xs), np.concatenate(ys), np.concatenate(ids), test,
-                     [PAMAP2_ACTIVITIES[a] for a in keep_ids], PAMAP2_CHANNELS,
-                     f"PAMAP2 {str(base)!r}")
+    keep_ids, label_of = _pamap2_labels(activities)
+    parts = [_pamap2_windows(path, label_of, window, step) for path in files]
+    test = _split_ids([_pamap2_subject(p) for p in files], test_subjects, test_fraction,
+                      "subject", f"PAMAP2 {str(base)!r}")
+    return _assemble(*_concat(parts), test, [PAMAP2_ACTIVITIES[a] for a in keep_ids],
+                     PAMAP2_CHANNELS, f"PAMAP2 {str(base)!r}")
 
 
 # --------------------------------------------------------------------------- by name
