@@ -862,11 +862,16 @@ class _ArffHeader(NamedTuple):
     feat_cols: list[int]
 
 
+def _bad_header(path: Path, lineno: int, line: str) -> DataError:
+    """The error for a malformed ARFF header line."""
+    return DataError(f"malformed header in {_where(path, lineno)}: {line[:60]!r}")
+
+
 def _arff_attribute(line: str, path: Path, lineno: int) -> tuple[str, list[str] | None]:
     """Name and kind (``None``: numeric; list: nominal values) of an ``@attribute`` line."""
     m = _ARFF_ATTR.match(line)
     if m is None:
-        raise DataError(f"malformed header in {_where(path, lineno)}: {line[:60]!r}")
+        raise _bad_header(path, lineno, line)
     name, kind = _unquote(m.group(1)), m.group(2).strip()
     if kind.startswith("{") and kind.endswith("}"):
         return name, [_unquote(v) for v in kind[1:-1].split(",")]
@@ -935,8 +940,7 @@ def _read_arff(path: Path) -> tuple[_ArffHeader, np.ndarray, np.ndarray, np.ndar
             elif low.startswith("@data"):
                 head = _arff_columns(names, kinds, path)
             elif not low.startswith("@relation"):
-                raise DataError(f"malformed header in {_where(path, lineno)}: "
-                                f"{line[:60]!r}")
+                raise _bad_header(path, lineno, line)
     if head is None:
         raise DataError(f"{str(path)!r} is not an ARFF file: no @data section")
     if not rows:
