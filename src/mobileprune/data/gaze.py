@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mobileprune.data.images import _pil, channel_stats
+from mobileprune.data.images import _pil, _pil_version, channel_stats
 from mobileprune.data.paths import cache_dir, locate_dataset, resolve_data_dir, write_npz_cache
 from mobileprune.errors import DataError
 
@@ -257,6 +257,11 @@ def _face_grid(grid: np.ndarray) -> np.ndarray:
     return mask.reshape(len(grid), GRID_SIZE * GRID_SIZE).astype(np.float32)
 
 
+def _session_numbers(sessions: list[_Session]) -> np.ndarray:
+    """``int32`` session number of every valid frame of ``sessions``, in order."""
+    return np.concatenate([np.full(len(s.frames), int(s.name), np.int32) for s in sessions])
+
+
 def _decode(root: Path, sessions: list[_Session], size: int) -> GazeArrays:
     image = _pil()
     n = sum(len(s.frames) for s in sessions)
@@ -284,7 +289,7 @@ def _decode(root: Path, sessions: list[_Session], size: int) -> GazeArrays:
         np.ascontiguousarray(right.transpose(0, 3, 1, 2)),
         _face_grid(np.concatenate([s.grid for s in sessions])),
         np.concatenate([s.target for s in sessions]),
-        np.concatenate([np.full(len(s.frames), int(s.name), np.int32) for s in sessions]),
+        _session_numbers(sessions),
         np.concatenate([s.frames for s in sessions]),
     )
 
@@ -294,16 +299,10 @@ def _decode(root: Path, sessions: list[_Session], size: int) -> GazeArrays:
 
 def _cache_key(root: Path, split: str, size: int, sessions: list[_Session]) -> tuple[Path, str]:
     """Cache file path and the key stored inside it."""
-    try:
-        import PIL
-
-        pil_version = str(PIL.__version__)
-    except ImportError:  # pragma: no cover - decoding will report it
-        pil_version = ""
     names = [s.name for s in sessions]
     what = json.dumps([str(root.resolve()), split, size, names])
     h = hashlib.sha256(json.dumps({"v": _CACHE_VERSION, "what": what,
-                                   "pillow": pil_version}).encode())
+                                   "pillow": _pil_version()}).encode())
     for s in sessions:  # the JSON files decide which frames and boxes are used
         for fname in _BOX_FILES + ("faceGrid.json", "dotInfo.json", "frames.json",
                                    "info.json"):
@@ -337,8 +336,7 @@ def _read_cache(path: Path, key: str, size: int, sessions: list[_Session]) -> Ga
         a = getattr(arrays, name)
         if a.dtype != dtype or a.shape != shape:
             return None
-    ref_session = np.concatenate([np.full(len(s.frames), int(s.name), np.int32)
-                                  for s in sessions])
+    ref_session = _session_numbers(sessions)
     ref_frame = np.concatenate([s.frames for s in sessions])
     if not (np.array_equal(arrays.session, ref_session)
             and np.array_equal(arrays.frame, ref_frame)
@@ -386,6 +384,67 @@ def _session_names(sessions: Iterable[int | str]) -> list[str]:
             raise DataError(f"session {s!r} is not a GazeCapture session number "
                             "(e.g. 2 or '00002')")
     return out
+
+
+def _check_args(split: str, size: int, max_sessions: int | None) -> int:
+    """Check the arguments of :func:`load_gazecapture`; returns ``size`` as an int."""
+    if split not in GAZE_SPLITS:
+        raise DataError(f"unknown GazeCapture split {split!r}: expected one of "
+                        f"{', '.join(GAZE_SPLITS)}")
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise DataError(f"size must be a positive integer, got {size!r}")
+    if max_sessions is not None and (isinstance(max_sessions, bool) or max_sessions < 1):
+        raise DataError(f"max_sessions must be a positive integer, got {max_sessions!r}")
+    return int(size)
+
+
+def _select_sessions(root: Path, split: str, sessions: Sequence[int | str] | None,
+                     max_sessions: int | None) -> list[str]:
+    """Sorted names of the sessions to read: those of ``split`` (among ``sessions`` if
+    given), at most ``max_sessions``; every ``info.json`` looked at is checked."""
+    names = _session_folders(root)
+    if not names:
+        raise DataError(f"GazeCapture folder {str(root)!r} holds no session folder "
+                        "(5-digit names such as 00002)")
+    if sessions is not None:
+        wanted = _session_names(sessions)
+        missing = sorted(set(wanted) - set(names))
+        if missing:
+            raise DataError(f"GazeCapture folder {str(root)!r} has no session "
+                            f"{', '.join(missing)}")
+        names = sorted(set(wanted))
+    of = {s: _session_split(root / s) for s in names}  # also checks every info.json
+    if split != "all":
+        names = [s for s in names if of[s] == split]
+    if max_sessions is not None:
+        names = names[:max_sessions]
+    return names
+
+
+def _valid_sessions(root: Path, names: list[str], split: str) -> list[_Session]:
+    """The sessions ``names`` that have a valid frame; DataError if none has."""
+    parsed = [_read_session(root / s) for s in names]
+    parsed = [s for s in parsed if len(s.frames)]
+    if not parsed:
+        raise DataError(f"GazeCapture folder {str(root)!r} has no valid frame (face, both "
+                        f"eyes and face grid detected) in split {split!r}"
+                        + (f" among sessions {', '.join(names)}" if names else
+                           " (no session of that split)"))
+    return parsed
+
+
+def _decode_cached(root: Path, split: str, size: int, parsed: list[_Session],
+                   cache: bool) -> GazeArrays:
+    """The decoded frames of ``parsed``, from the cache if it matches (with ``cache``)."""
+    key_path, key = _cache_key(root, split, size, parsed) if cache else (None, "")
+    if key_path is not None and key_path.is_file():
+        hit = _read_cache(key_path, key, size, parsed)
+        if hit is not None:
+            return hit
+    arrays = _decode(root, parsed, size)
+    if key_path is not None:
+        _write_cache(key_path, key, arrays)
+    return arrays
 
 
 def load_gazecapture(
@@ -453,47 +512,10 @@ def load_gazecapture(
         >>> g.face.shape[1:], g.grid.shape[1:], g.target.dtype  # doctest: +SKIP
         ((3, 64, 64), (625,), dtype('float32'))
     """
-    if split not in GAZE_SPLITS:
-        raise DataError(f"unknown GazeCapture split {split!r}: expected one of "
-                        f"{', '.join(GAZE_SPLITS)}")
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise DataError(f"size must be a positive integer, got {size!r}")
-    size = int(size)
-    if max_sessions is not None and (isinstance(max_sessions, bool) or max_sessions < 1):
-        raise DataError(f"max_sessions must be a positive integer, got {max_sessions!r}")
+    size = _check_args(split, size, max_sessions)
     root = _find_root(data_dir)
-    names = _session_folders(root)
-    if not names:
-        raise DataError(f"GazeCapture folder {str(root)!r} holds no session folder "
-                        "(5-digit names such as 00002)")
-    if sessions is not None:
-        wanted = _session_names(sessions)
-        missing = sorted(set(wanted) - set(names))
-        if missing:
-            raise DataError(f"GazeCapture folder {str(root)!r} has no session "
-                            f"{', '.join(missing)}")
-        names = sorted(set(wanted))
-    of = {s: _session_split(root / s) for s in names}  # also checks every info.json
-    if split != "all":
-        names = [s for s in names if of[s] == split]
-    if max_sessions is not None:
-        names = names[:max_sessions]
-    parsed = [_read_session(root / s) for s in names]
-    parsed = [s for s in parsed if len(s.frames)]
-    if not parsed:
-        raise DataError(f"GazeCapture folder {str(root)!r} has no valid frame (face, both "
-                        f"eyes and face grid detected) in split {split!r}"
-                        + (f" among sessions {', '.join(names)}" if names else
-                           " (no session of that split)"))
-    key_path, key = _cache_key(root, split, size, parsed) if cache else (None, "")
-    if key_path is not None and key_path.is_file():
-        hit = _read_cache(key_path, key, size, parsed)
-        if hit is not None:
-            return hit
-    arrays = _decode(root, parsed, size)
-    if key_path is not None:
-        _write_cache(key_path, key, arrays)
-    return arrays
+    names = _select_sessions(root, split, sessions, max_sessions)
+    return _decode_cached(root, split, size, _valid_sessions(root, names, split), cache)
 
 
 # ----------------------------------------------------------------------- dataset

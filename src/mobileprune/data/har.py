@@ -29,7 +29,7 @@ import re
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TextIO
 
 import numpy as np
 
@@ -170,6 +170,20 @@ def _where(path: Path, lineno: int) -> str:
     return f"{str(path)!r}, line {lineno}"
 
 
+def _open_text(path: Path) -> TextIO:
+    """``path`` opened for reading text (undecodable bytes replaced); DataError if it
+    cannot be opened."""
+    try:
+        return open(path, encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
+
+
+def _bad_row(path: Path, lineno: int, why: str) -> DataError:
+    """The error for a malformed row: ``malformed row in '<path>', line <n>: <why>``."""
+    return DataError(f"malformed row in {_where(path, lineno)}: {why}")
+
+
 def _scan_numeric(path: Path, ncols: int | None, allow_nan: bool) -> None:
     """Find the first malformed line of a whitespace-separated numeric file; raise."""
     expected = ncols
@@ -181,23 +195,17 @@ def _scan_numeric(path: Path, ncols: int | None, allow_nan: bool) -> None:
             if expected is None:
                 expected = len(tokens)
             if len(tokens) != expected:
-                raise DataError(
-                    f"malformed row in {_where(path, lineno)}: expected {expected} "
-                    f"whitespace-separated values, found {len(tokens)}"
-                )
+                raise _bad_row(path, lineno, f"expected {expected} whitespace-separated "
+                               f"values, found {len(tokens)}")
             for i, tok in enumerate(tokens):
                 try:
                     value = float(tok)
                 except ValueError:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: value {i + 1} "
-                        f"{tok[:40]!r} is not a number"
-                    ) from None
+                    raise _bad_row(path, lineno, f"value {i + 1} {tok[:40]!r} is not a "
+                                   "number") from None
                 if not allow_nan and not np.isfinite(value):
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: value {i + 1} is "
-                        f"{tok!r} (missing or infinite values are not allowed here)"
-                    )
+                    raise _bad_row(path, lineno, f"value {i + 1} is {tok!r} (missing or "
+                                   "infinite values are not allowed here)")
 
 
 def _read_table(path: Path, ncols: int | None = None, *, what: str = "data",
@@ -236,11 +244,9 @@ def _int_column(values: np.ndarray, path: Path, what: str,
         ok &= np.isin(values, np.fromiter(valid, dtype=np.float64))
     if not ok.all():
         row = int(np.argmin(ok))
-        raise DataError(
-            f"malformed row in {_where(path, _line_of_row(path, row))}: {what} "
-            f"{values[row]:g} is not valid"
-            + (f" (expected one of {sorted(set(valid))})" if valid is not None else "")
-        )
+        raise _bad_row(path, _line_of_row(path, row), f"{what} {values[row]:g} is not valid"
+                       + (f" (expected one of {sorted(set(valid))})" if valid is not None
+                          else ""))
     return values.astype(np.int64)
 
 
@@ -283,6 +289,29 @@ def _gather(signal: np.ndarray, win_starts: np.ndarray, window: int) -> np.ndarr
     return np.ascontiguousarray(view[win_starts], dtype=np.float32)
 
 
+def _cut_windows(signal: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                 seg_y: np.ndarray, seg_id: np.ndarray, window: int,
+                 step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of ``signal`` inside the segments ``[starts, ends)``, with the label
+    ``seg_y`` and subject id ``seg_id`` of each window's segment."""
+    win, seg = _window_starts(starts, ends, window, step)
+    return _gather(signal, win, window), seg_y[seg], seg_id[seg]
+
+
+def _concat(parts: Sequence[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, ...]:
+    """Concatenate ``(x, y, ids)`` parts (one per file or recording) field by field."""
+    return tuple(np.concatenate(field) for field in zip(*parts))
+
+
+def _glob_first(folders: Iterable[Path], pattern: str) -> list[Path]:
+    """Sorted files matching ``pattern`` in the first of ``folders`` that has any."""
+    for folder in folders:
+        files = sorted(folder.glob(pattern)) if folder.is_dir() else []
+        if files:
+            return files
+    return []
+
+
 def _check_window(window: int, step: int) -> None:
     for name, v in (("window", window), ("step", step)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -312,15 +341,24 @@ def _split_ids(ids: Iterable[int], test_ids: Iterable[int] | None, test_fraction
     return set(present[-k:])
 
 
+def _test_mask(ids: np.ndarray, test: set[int]) -> np.ndarray:
+    """True where the subject (user) id of a row is a test id."""
+    return np.isin(ids, np.fromiter(test, dtype=np.int64))
+
+
+def _split_rows(x: np.ndarray, y: np.ndarray, is_test: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(train_x, train_y, test_x, test_y)``: C-contiguous ``x`` rows, ``int64`` labels."""
+    return (np.ascontiguousarray(x[~is_test]), y[~is_test].astype(np.int64),
+            np.ascontiguousarray(x[is_test]), y[is_test].astype(np.int64))
+
+
 def _assemble(x: np.ndarray, y: np.ndarray, ids: np.ndarray, test: set[int],
               classes: list[str], channels: list[str], source: str) -> HARData:
-    is_test = np.isin(ids, np.fromiter(test, dtype=np.int64))
+    is_test = _test_mask(ids, test)
     if not (~is_test).any() or not is_test.any():
         empty = "training" if not (~is_test).any() else "test"
         raise DataError(f"{source}: the {empty} split has no complete window")
-    return HARData(np.ascontiguousarray(x[~is_test]), y[~is_test].astype(np.int64),
-                   np.ascontiguousarray(x[is_test]), y[is_test].astype(np.int64),
-                   list(classes), list(channels))
+    return HARData(*_split_rows(x, y, is_test), list(classes), list(channels))
 
 
 def normalize(data, *, return_stats: bool = False):
@@ -483,6 +521,63 @@ def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
     atomic_write(path, write)
 
 
+class _HaptLabels(NamedTuple):
+    """Columns of HAPT ``labels.txt``: one labelled segment per row."""
+
+    exp: np.ndarray    # experiment number
+    user: np.ndarray   # subject
+    act: np.ndarray    # activity 1..12
+    first: np.ndarray  # first row of the segment (1-based)
+    last: np.ndarray   # last row of the segment (1-based, inclusive)
+
+
+def _read_hapt_labels(lab_path: Path) -> _HaptLabels:
+    """Read and check ``labels.txt``; errors name the file and line."""
+    table = _read_table(lab_path, 5, what="HAPT labels")
+    columns = [("experiment", None), ("user", None), ("activity", range(1, 13)),
+               ("start row", None), ("end row", None)]
+    lab = _HaptLabels(*(_int_column(table[:, j], lab_path, what, valid)
+                        for j, (what, valid) in enumerate(columns)))
+    bad = (lab.first < 1) | (lab.last < lab.first)
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment rows "
+                       f"{lab.first[row]}..{lab.last[row]} are not a valid range")
+    return lab
+
+
+def _hapt_windows(raw: Path, lab: _HaptLabels, rows: np.ndarray, e: int, u: int,
+                  static_guard: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows, labels 0..5 and subject ids of recording ``(e, u)`` for the segments
+    ``rows`` of ``labels.txt`` (static postures trimmed by ``static_guard``)."""
+    acc_path = raw / f"acc_exp{e:02d}_user{u:02d}.txt"
+    gyro_path = raw / f"gyro_exp{e:02d}_user{u:02d}.txt"
+    acc = _read_table(acc_path, 3, what="HAPT accelerometer")
+    gyro = _read_table(gyro_path, 3, what="HAPT gyroscope")
+    if len(acc) != len(gyro):
+        raise DataError(f"HAPT recordings {str(acc_path)!r} ({len(acc)} rows) and "
+                        f"{str(gyro_path)!r} ({len(gyro)} rows) differ in length")
+    over = rows[lab.last[rows] > len(acc)]
+    if len(over):
+        row, lab_path = int(over[0]), raw / "labels.txt"
+        raise _bad_row(lab_path, _line_of_row(lab_path, row), f"segment ends at row "
+                       f"{lab.last[row]} but {acc_path.name} has {len(acc)} rows")
+    guard = np.where(lab.act[rows] >= 4, static_guard, 0)
+    return _cut_windows(_filter_hapt(acc, gyro), lab.first[rows] - 1 + guard,
+                        lab.last[rows] - guard, lab.act[rows] - 1,
+                        np.full(len(rows), u, dtype=np.int64), _UCIHAR_T, _UCIHAR_T // 2)
+
+
+def _store_rebuild(path: Path, data: HARData) -> None:
+    """Cache a rebuild; a failure only warns (attributed to the loader's caller)."""
+    try:
+        _save_atomic(path, train_x=data.train_x, train_y=data.train_y,
+                     test_x=data.test_x, test_y=data.test_y)
+    except OSError as exc:
+        warnings.warn(f"could not cache the UCI-HAR rebuild in {path}: {exc}",
+                      stacklevel=3)
+
+
 def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,
                              test_subjects: Sequence[int] = UCIHAR_TEST_SUBJECTS,
                              cache: bool = True) -> HARData:
@@ -530,62 +625,24 @@ def rebuild_ucihar_from_hapt(hapt_root: PathLike, *, static_guard: int = 12,
         raise DataError(f"static_guard must be a non-negative integer, got {static_guard!r}")
     raw = _hapt_raw_dir(Path(hapt_root))
     test = sorted({int(s) for s in test_subjects})
-    params = {"static_guard": static_guard, "test_subjects": test}
     cached = None
     if cache:
-        cached = cache_dir() / f"ucihar-rebuilt-{_hapt_signature(raw, params)}.npz"
+        key = _hapt_signature(raw, {"static_guard": static_guard, "test_subjects": test})
+        cached = cache_dir() / f"ucihar-rebuilt-{key}.npz"
         hit = _load_cached(cached) if cached.is_file() else None
         if hit is not None:
             return hit
-
-    lab_path = raw / "labels.txt"
-    labels = _read_table(lab_path, 5, what="HAPT labels")
-    exp = _int_column(labels[:, 0], lab_path, "experiment")
-    user = _int_column(labels[:, 1], lab_path, "user")
-    act = _int_column(labels[:, 2], lab_path, "activity", range(1, 13))
-    first = _int_column(labels[:, 3], lab_path, "start row")
-    last = _int_column(labels[:, 4], lab_path, "end row")
-    bad = (first < 1) | (last < first)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise DataError(f"malformed row in {_where(lab_path, _line_of_row(lab_path, row))}: "
-                        f"segment rows {first[row]}..{last[row]} are not a valid range")
-
-    xs, ys, subj = [], [], []
-    keep = act <= 6
-    for e, u in sorted(set(zip(exp[keep].tolist(), user[keep].tolist()))):
-        acc_path = raw / f"acc_exp{e:02d}_user{u:02d}.txt"
-        gyro_path = raw / f"gyro_exp{e:02d}_user{u:02d}.txt"
-        acc = _read_table(acc_path, 3, what="HAPT accelerometer")
-        gyro = _read_table(gyro_path, 3, what="HAPT gyroscope")
-        if len(acc) != len(gyro):
-            raise DataError(f"HAPT recordings {str(acc_path)!r} ({len(acc)} rows) and "
-                            f"{str(gyro_path)!r} ({len(gyro)} rows) differ in length")
-        rows = np.flatnonzero(keep & (exp == e) & (user == u))
-        over = rows[last[rows] > len(acc)]
-        if len(over):
-            row = int(over[0])
-            raise DataError(
-                f"malformed row in {_where(lab_path, _line_of_row(lab_path, row))}: "
-                f"segment ends at row {last[row]} but {acc_path.name} has {len(acc)} rows")
-        signal = _filter_hapt(acc, gyro)
-        guard = np.where(act[rows] >= 4, static_guard, 0)
-        starts, seg = _window_starts(first[rows] - 1 + guard, last[rows] - guard,
-                                     _UCIHAR_T, _UCIHAR_T // 2)
-        xs.append(_gather(signal, starts, _UCIHAR_T))
-        ys.append(act[rows][seg] - 1)
-        subj.append(np.full(len(starts), u, dtype=np.int64))
-    if not xs:
-        raise DataError(f"{str(lab_path)!r} has no segment of activities 1..6")
-    data = _assemble(np.concatenate(xs), np.concatenate(ys), np.concatenate(subj),
-                     set(test), UCIHAR_CLASSES, UCIHAR_CHANNELS, f"HAPT {str(raw)!r}")
+    lab = _read_hapt_labels(raw / "labels.txt")
+    keep = lab.act <= 6
+    parts = [_hapt_windows(raw, lab, np.flatnonzero(keep & (lab.exp == e) & (lab.user == u)),
+                           e, u, static_guard)
+             for e, u in sorted(set(zip(lab.exp[keep].tolist(), lab.user[keep].tolist())))]
+    if not parts:
+        raise DataError(f"{str(raw / 'labels.txt')!r} has no segment of activities 1..6")
+    data = _assemble(*_concat(parts), set(test), UCIHAR_CLASSES, UCIHAR_CHANNELS,
+                     f"HAPT {str(raw)!r}")
     if cached is not None:
-        try:
-            _save_atomic(cached, train_x=data.train_x, train_y=data.train_y,
-                         test_x=data.test_x, test_y=data.test_y)
-        except OSError as exc:
-            warnings.warn(f"could not cache the UCI-HAR rebuild in {cached}: {exc}",
-                          stacklevel=2)
+        _store_rebuild(cached, data)
     return data
 
 
@@ -681,11 +738,7 @@ def _parse_records(path: Path, layout: str, label_of: dict[str, int]):
     users: list[int] = []
     labels: list[int] = []
     values: list[tuple[float, float, float]] = []
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
-    with f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             for rec in line.split(";"):
                 rec = rec.strip()
@@ -695,35 +748,30 @@ def _parse_records(path: Path, layout: str, label_of: dict[str, int]):
                 while len(fields) > min(allowed) and fields[-1] == "":
                     fields.pop()
                 if len(fields) not in allowed:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: expected "
-                        f"{' or '.join(map(str, allowed))} comma-separated fields, found "
-                        f"{len(fields)} in {rec[:60]!r}")
+                    raise _bad_row(path, lineno, f"expected {' or '.join(map(str, allowed))}"
+                                   f" comma-separated fields, found {len(fields)} in "
+                                   f"{rec[:60]!r}")
                 user, act, *rest = fields
                 ts, xyz = (rest[0], rest[1:]) if len(fields) == 6 else ("", rest)
                 if act not in label_of:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: unknown activity "
-                        f"{act[:40]!r} (expected one of {sorted(label_of)})")
+                    raise _bad_row(path, lineno, f"unknown activity {act[:40]!r} "
+                                   f"(expected one of {sorted(label_of)})")
                 try:
                     uid = int(user)
                     if ts:
                         float(ts)
                 except ValueError:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: user {user[:20]!r} or "
-                        f"timestamp {ts[:20]!r} is not a number") from None
+                    raise _bad_row(path, lineno, f"user {user[:20]!r} or timestamp "
+                                   f"{ts[:20]!r} is not a number") from None
                 if "" in xyz:
                     continue  # missing value: drop the sample
                 try:
                     x, y, z = (float(v) for v in xyz)
                 except ValueError:
-                    raise DataError(
-                        f"malformed row in {_where(path, lineno)}: acceleration "
-                        f"{','.join(xyz)[:60]!r} is not three numbers") from None
+                    raise _bad_row(path, lineno, f"acceleration {','.join(xyz)[:60]!r} "
+                                   "is not three numbers") from None
                 if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(z)):
-                    raise DataError(f"malformed row in {_where(path, lineno)}: "
-                                    "non-finite acceleration")
+                    raise _bad_row(path, lineno, "non-finite acceleration")
                 users.append(uid)
                 labels.append(label_of[act])
                 values.append((x, y, z))
@@ -737,7 +785,7 @@ def _windows_by_runs(parts, window: int, step: int, dedupe: bool = False):
     With ``dedupe``, a run identical (user, label and every value) to an earlier run is
     skipped.
     """
-    xs, ys, ids = [], [], []
+    out = []
     seen: set[tuple[int, int, str]] = set()
     for users, labels, values in parts:
         starts, ends = _segments(users, labels)
@@ -749,11 +797,9 @@ def _windows_by_runs(parts, window: int, step: int, dedupe: bool = False):
                 keep.append(key not in seen)
                 seen.add(key)
             starts, ends = starts[keep], ends[keep]
-        win, seg = _window_starts(starts, ends, window, step)
-        xs.append(_gather(values, win, window))
-        ys.append(labels[starts[seg]] if len(win) else np.zeros(0, np.int64))
-        ids.append(users[starts[seg]] if len(win) else np.zeros(0, np.int64))
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ids)
+        out.append(_cut_windows(values, starts, ends, labels[starts], users[starts],
+                                window, step))
+    return _concat(out)
 
 
 def load_wisdm_raw(path: PathLike, window: int = 80, step: int = 40, *,
@@ -806,6 +852,114 @@ def _unquote(s: str) -> str:
     return s
 
 
+class _ArffHeader(NamedTuple):
+    """Attributes of an ARFF header and the columns the loader uses."""
+
+    names: list[str]
+    kinds: list[list[str] | None]  # None: numeric; list: nominal values
+    user_col: int
+    class_col: int
+    feat_cols: list[int]
+
+
+def _bad_header(path: Path, lineno: int, line: str) -> DataError:
+    """The error for a malformed ARFF header line."""
+    return DataError(f"malformed header in {_where(path, lineno)}: {line[:60]!r}")
+
+
+def _arff_attribute(line: str, path: Path, lineno: int) -> tuple[str, list[str] | None]:
+    """Name and kind (``None``: numeric; list: nominal values) of an ``@attribute`` line."""
+    m = _ARFF_ATTR.match(line)
+    if m is None:
+        raise _bad_header(path, lineno, line)
+    name, kind = _unquote(m.group(1)), m.group(2).strip()
+    if kind.startswith("{") and kind.endswith("}"):
+        return name, [_unquote(v) for v in kind[1:-1].split(",")]
+    if kind.lower() in ("numeric", "real", "integer"):
+        return name, None
+    raise DataError(f"unsupported attribute type in {_where(path, lineno)}: {kind[:40]!r}")
+
+
+def _arff_columns(names: list[str], kinds: list[list[str] | None], path: Path) -> _ArffHeader:
+    """The finished header (at ``@data``): columns of ``user``, ``class`` and the features.
+
+    Features are the numeric attributes other than ``user``, ``class`` and ``unique_id``.
+    """
+    lower = [n.lower() for n in names]
+    if "user" not in lower or "class" not in lower:
+        raise DataError(f"ARFF header of {str(path)!r} needs attributes 'user' and "
+                        f"'class'; found {names}")
+    user_col, class_col = lower.index("user"), lower.index("class")
+    if kinds[class_col] is None:
+        raise DataError(f"ARFF attribute 'class' of {str(path)!r} must be nominal")
+    feat_cols = [i for i, (n, k) in enumerate(zip(lower, kinds))
+                 if k is None and i not in (user_col, class_col) and n != "unique_id"]
+    return _ArffHeader(names, kinds, user_col, class_col, feat_cols)
+
+
+def _arff_row(line: str, head: _ArffHeader, path: Path,
+              lineno: int) -> tuple[int, int, list[float]]:
+    """User id, class index and features (``?`` -> NaN) of one ARFF data line."""
+    fields = [_unquote(v) for v in line.split(",")]
+    if len(fields) != len(head.names):
+        raise _bad_row(path, lineno, f"expected {len(head.names)} comma-separated values, "
+                                     f"found {len(fields)}")
+    cls, classes = fields[head.class_col], head.kinds[head.class_col]
+    if cls not in classes:
+        raise _bad_row(path, lineno, f"class {cls[:40]!r} is not one of {classes}")
+    try:
+        uid = int(fields[head.user_col])
+        feats = [np.nan if fields[i] == "?" else float(fields[i]) for i in head.feat_cols]
+    except ValueError:
+        raise _bad_row(path, lineno, "a user id or feature value is not a number") from None
+    return uid, classes.index(cls), feats
+
+
+def _read_arff(path: Path) -> tuple[_ArffHeader, np.ndarray, np.ndarray, np.ndarray]:
+    """Header, user ids, labels and ``float64`` features (NaN: missing) of an ARFF file.
+
+    ``%`` comment lines and blank lines are skipped; errors name the file and line.
+    """
+    names: list[str] = []
+    kinds: list[list[str] | None] = []
+    head: _ArffHeader | None = None
+    rows: list[tuple[int, int, list[float]]] = []
+    with _open_text(path) as f:
+        for lineno, raw_line in enumerate(f, 1):
+            line = raw_line.strip()
+            if not line or line.startswith("%"):
+                continue
+            if head is not None:
+                rows.append(_arff_row(line, head, path, lineno))
+                continue
+            low = line.lower()
+            if low.startswith("@attribute"):
+                name, kind = _arff_attribute(line, path, lineno)
+                names.append(name)
+                kinds.append(kind)
+            elif low.startswith("@data"):
+                head = _arff_columns(names, kinds, path)
+            elif not low.startswith("@relation"):
+                raise _bad_header(path, lineno, line)
+    if head is None:
+        raise DataError(f"{str(path)!r} is not an ARFF file: no @data section")
+    if not rows:
+        raise DataError(f"ARFF file {str(path)!r} has no data rows")
+    return (head, np.asarray([r[0] for r in rows], np.int64),
+            np.asarray([r[1] for r in rows], np.int64),
+            np.asarray([r[2] for r in rows], dtype=np.float64))
+
+
+def _impute_mean(x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """``float32`` copy of ``x`` with NaN replaced by the mean of the ``train`` rows of
+    its column (0 where that column has no value)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
+        fill = np.nanmean(x[train], axis=0)
+    fill = np.where(np.isfinite(fill), fill, 0.0)
+    return np.where(np.isnan(x), fill, x).astype(np.float32)
+
+
 def load_wisdm_arff(path: PathLike, *, test_users: Sequence[int] | None = None,
                     test_fraction: float = 0.3) -> WisdmFeatures:
     r"""Load the WISDM v1.1 transformed ARFF (one row of features per 10 s window).
@@ -833,94 +987,14 @@ def load_wisdm_arff(path: PathLike, *, test_users: Sequence[int] | None = None,
             data row is malformed (file and line in the message).
     """
     path = _find_file(Path(path), ["WISDM_ar_v1.1_transformed.arff"], "WISDM ARFF file")
-    names: list[str] = []
-    kinds: list[list[str] | None] = []  # None: numeric; list: nominal values
-    rows: list[list[float]] = []
-    users: list[int] = []
-    labels: list[int] = []
-    in_data = False
-    user_col = class_col = -1
-    feat_cols: list[int] = []
-    try:
-        f = open(path, encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise DataError(f"cannot read {str(path)!r}: {exc}") from exc
-    with f:
-        for lineno, raw_line in enumerate(f, 1):
-            line = raw_line.strip()
-            if not line or line.startswith("%"):
-                continue
-            if not in_data:
-                low = line.lower()
-                if low.startswith("@attribute"):
-                    m = _ARFF_ATTR.match(line)
-                    if m is None:
-                        raise DataError(f"malformed header in {_where(path, lineno)}: "
-                                        f"{line[:60]!r}")
-                    kind = m.group(2).strip()
-                    names.append(_unquote(m.group(1)))
-                    if kind.startswith("{") and kind.endswith("}"):
-                        kinds.append([_unquote(v) for v in kind[1:-1].split(",")])
-                    elif kind.lower() in ("numeric", "real", "integer"):
-                        kinds.append(None)
-                    else:
-                        raise DataError(f"unsupported attribute type in "
-                                        f"{_where(path, lineno)}: {kind[:40]!r}")
-                elif low.startswith("@data"):
-                    lower = [n.lower() for n in names]
-                    if "user" not in lower or "class" not in lower:
-                        raise DataError(f"ARFF header of {str(path)!r} needs attributes "
-                                        f"'user' and 'class'; found {names}")
-                    user_col, class_col = lower.index("user"), lower.index("class")
-                    if kinds[class_col] is None:
-                        raise DataError(f"ARFF attribute 'class' of {str(path)!r} must be "
-                                        "nominal")
-                    feat_cols = [i for i, (n, k) in enumerate(zip(lower, kinds))
-                                 if k is None and i not in (user_col, class_col)
-                                 and n != "unique_id"]
-                    in_data = True
-                elif not low.startswith("@relation"):
-                    raise DataError(f"malformed header in {_where(path, lineno)}: "
-                                    f"{line[:60]!r}")
-                continue
-            fields = [_unquote(v) for v in line.split(",")]
-            if len(fields) != len(names):
-                raise DataError(f"malformed row in {_where(path, lineno)}: expected "
-                                f"{len(names)} comma-separated values, found {len(fields)}")
-            cls = fields[class_col]
-            classes = kinds[class_col]
-            if cls not in classes:
-                raise DataError(f"malformed row in {_where(path, lineno)}: class "
-                                f"{cls[:40]!r} is not one of {classes}")
-            try:
-                uid = int(fields[user_col])
-                feats = [np.nan if fields[i] == "?" else float(fields[i]) for i in feat_cols]
-            except ValueError:
-                raise DataError(f"malformed row in {_where(path, lineno)}: a user id or "
-                                "feature value is not a number") from None
-            users.append(uid)
-            labels.append(classes.index(cls))
-            rows.append(feats)
-    if not in_data:
-        raise DataError(f"{str(path)!r} is not an ARFF file: no @data section")
-    if not rows:
-        raise DataError(f"ARFF file {str(path)!r} has no data rows")
-    x = np.asarray(rows, dtype=np.float64)
-    uid = np.asarray(users, np.int64)
-    y = np.asarray(labels, np.int64)
+    head, uid, y, x = _read_arff(path)
     test = _split_ids(uid, test_users, test_fraction, "user", f"{str(path)!r}")
-    is_test = np.isin(uid, np.fromiter(test, dtype=np.int64))
+    is_test = _test_mask(uid, test)
     if is_test.all():
         raise DataError(f"{str(path)!r}: the training split is empty")
-    train = x[~is_test]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column
-        fill = np.nanmean(train, axis=0)
-    fill = np.where(np.isfinite(fill), fill, 0.0)
-    x = np.where(np.isnan(x), fill, x).astype(np.float32)
-    return WisdmFeatures(np.ascontiguousarray(x[~is_test]), y[~is_test],
-                         np.ascontiguousarray(x[is_test]), y[is_test],
-                         list(kinds[class_col]), [names[i] for i in feat_cols])
+    return WisdmFeatures(*_split_rows(_impute_mean(x, ~is_test), y, is_test),
+                         list(head.kinds[head.class_col]),
+                         [head.names[i] for i in head.feat_cols])
 
 
 def load_wisdm2019(path_or_dir: PathLike, window: int = 80, step: int = 40, *,
@@ -961,12 +1035,9 @@ def load_wisdm2019(path_or_dir: PathLike, window: int = 80, step: int = 40, *,
     if root.is_file():
         files = [root]
     else:
-        files = []
-        for sub in (root, root / "wisdm2019_watch_accel_reduced",
-                    root / "wisdm" / "wisdm2019_watch_accel_reduced"):
-            files = sorted(sub.glob("data_*_accel_watch.txt")) if sub.is_dir() else []
-            if files:
-                break
+        files = _glob_first((root, root / "wisdm2019_watch_accel_reduced",
+                             root / "wisdm" / "wisdm2019_watch_accel_reduced"),
+                            "data_*_accel_watch.txt")
         if not files:
             raise DataError(f"no WISDM 2019 file data_*_accel_watch.txt found in "
                             f"{str(root)!r} or its wisdm2019_watch_accel_reduced folder")
@@ -1001,6 +1072,42 @@ def _ffill(a: np.ndarray) -> np.ndarray:
     lead = np.isnan(out)
     out = np.where(lead, a[first, np.arange(a.shape[1])], out)
     return np.where(np.isnan(out), 0.0, out)
+
+
+def _pamap2_labels(activities: Sequence[int]) -> tuple[list[int], np.ndarray]:
+    """Kept activity ids (sorted) and the label of every activity id (-1: dropped)."""
+    keep_ids = sorted({int(a) for a in activities})
+    unknown = [a for a in keep_ids if a not in PAMAP2_ACTIVITIES]
+    if unknown:
+        raise DataError(f"unknown PAMAP2 activity ids {unknown}; known: "
+                        f"{sorted(PAMAP2_ACTIVITIES)}")
+    label_of = np.full(max(PAMAP2_ACTIVITIES) + 1, -1, np.int64)
+    label_of[keep_ids] = np.arange(len(keep_ids))
+    return keep_ids, label_of
+
+
+def _pamap2_subject(path: Path) -> int:
+    """Subject id ``1NN`` of a file ``subject1NN.dat``."""
+    m = re.fullmatch(r"subject(\d+)\.dat", path.name)
+    if m is None:
+        raise DataError(f"PAMAP2 file name {path.name!r} is not subjectNNN.dat")
+    return int(m.group(1))
+
+
+def _pamap2_windows(path: Path, label_of: np.ndarray, window: int,
+                    step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows, labels and subject ids of one ``subject1NN.dat`` (forward-filled)."""
+    subject = _pamap2_subject(path)
+    table = _read_table(path, _PAMAP2_NCOLS, what="PAMAP2", allow_nan=True,
+                        dtype=np.float32)
+    act = _int_column(table[:, 1], path, "activity id", [0, *PAMAP2_ACTIVITIES])
+    signal = _ffill(table[:, PAMAP2_COLUMNS])
+    del table
+    starts, ends = _segments(act)
+    sel = label_of[act[starts]] >= 0
+    starts, ends = starts[sel], ends[sel]
+    return _cut_windows(signal, starts, ends, label_of[act[starts]],
+                        np.full(len(starts), subject, np.int64), window, step)
 
 
 def load_pamap2(root: PathLike, window: int = 128, step: int = 64, *,
@@ -1044,46 +1151,17 @@ def load_pamap2(root: PathLike, window: int = 128, step: int = 64, *,
     """
     _check_window(window, step)
     base = Path(root)
-    files: list[Path] = []
-    for folder in (base, base / "Protocol", base / "PAMAP2_Dataset" / "Protocol"):
-        files = sorted(folder.glob("subject1*.dat")) if folder.is_dir() else []
-        if files:
-            break
+    files = _glob_first((base, base / "Protocol", base / "PAMAP2_Dataset" / "Protocol"),
+                        "subject1*.dat")
     if not files:
         raise DataError(f"no PAMAP2 file subject1NN.dat found in {str(base)!r} (also "
                         "looked in Protocol/ and PAMAP2_Dataset/Protocol/)")
-    keep_ids = sorted({int(a) for a in activities})
-    unknown = [a for a in keep_ids if a not in PAMAP2_ACTIVITIES]
-    if unknown:
-        raise DataError(f"unknown PAMAP2 activity ids {unknown}; known: "
-                        f"{sorted(PAMAP2_ACTIVITIES)}")
-    label_of = np.full(max(PAMAP2_ACTIVITIES) + 1, -1, np.int64)
-    label_of[keep_ids] = np.arange(len(keep_ids))
-    xs, ys, ids = [], [], []
-    for path in files:
-        m = re.fullmatch(r"subject(\d+)\.dat", path.name)
-        if m is None:
-            raise DataError(f"PAMAP2 file name {path.name!r} is not subjectNNN.dat")
-        subject = int(m.group(1))
-        table = _read_table(path, _PAMAP2_NCOLS, what="PAMAP2", allow_nan=True,
-                            dtype=np.float32)
-        act = _int_column(table[:, 1], path, "activity id",
-                          [0, *PAMAP2_ACTIVITIES])
-        signal = _ffill(table[:, PAMAP2_COLUMNS])
-        del table
-        starts, ends = _segments(act)
-        sel = label_of[act[starts]] >= 0
-        starts, ends = starts[sel], ends[sel]
-        win, seg = _window_starts(starts, ends, window, step)
-        xs.append(_gather(signal, win, window))
-        ys.append(label_of[act[starts[seg]]])
-        ids.append(np.full(len(win), subject, np.int64))
-    subjects = [int(re.fullmatch(r"subject(\d+)\.dat", p.name).group(1)) for p in files]
-    test = _split_ids(subjects, test_subjects, test_fraction, "subject",
-                      f"PAMAP2 {str(base)!r}")
-    return _assemble(np.concatenate(xs), np.concatenate(ys), np.concatenate(ids), test,
-                     [PAMAP2_ACTIVITIES[a] for a in keep_ids], PAMAP2_CHANNELS,
-                     f"PAMAP2 {str(base)!r}")
+    keep_ids, label_of = _pamap2_labels(activities)
+    parts = [_pamap2_windows(path, label_of, window, step) for path in files]
+    test = _split_ids([_pamap2_subject(p) for p in files], test_subjects, test_fraction,
+                      "subject", f"PAMAP2 {str(base)!r}")
+    return _assemble(*_concat(parts), test, [PAMAP2_ACTIVITIES[a] for a in keep_ids],
+                     PAMAP2_CHANNELS, f"PAMAP2 {str(base)!r}")
 
 
 # --------------------------------------------------------------------------- by name

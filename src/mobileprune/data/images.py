@@ -84,6 +84,7 @@ _CONVNETJS_LABELS = "cifar10_labels.js"
 _CONVNETJS_TRAIN_SIZE = 50000
 _FER_SIDE = 48
 _FER_PIXELS = _FER_SIDE * _FER_SIDE
+_FER_CSV_COLUMNS = ("emotion", "pixels", "usage")  # order of a csv without header
 _FER_MERGE = np.array([0, 0, 1, 2, 3, 4, 5], dtype=np.int64)
 _FER_TEST_PARTS = {"all": ("PublicTest", "PrivateTest"), "public": ("PublicTest",),
                    "private": ("PrivateTest",)}
@@ -267,6 +268,15 @@ def _pil():
     return Image
 
 
+def _pil_version() -> str:
+    """Pillow's version (part of the cache keys: decoding may change with it); "" if absent."""
+    try:
+        import PIL
+    except ImportError:  # pragma: no cover - decoding will report it
+        return ""
+    return str(PIL.__version__)
+
+
 def _as_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -321,16 +331,10 @@ def _scan_folder(root: Path, classes: Sequence[str] | None) -> tuple[
 
 def _cache_path(root: Path, classes: tuple[str, ...], size, grayscale: bool,
                 stats: list[tuple[str, int, int]]) -> Path:
-    try:
-        import PIL
-
-        pil_version = str(PIL.__version__)
-    except ImportError:  # pragma: no cover - decoding will report it
-        pil_version = ""
     h = hashlib.sha256()
     h.update(json.dumps({"v": _CACHE_VERSION, "root": str(root.resolve()),
                          "mtime_ns": root.stat().st_mtime_ns, "classes": classes,
-                         "size": size, "gray": grayscale, "pillow": pil_version}).encode())
+                         "size": size, "gray": grayscale, "pillow": _pil_version()}).encode())
     for rel, nbytes, mtime in stats:
         h.update(f"\n{rel}\0{nbytes}\0{mtime}".encode())
     # The prefix names the folder and the arguments; the suffix its current content.
@@ -675,6 +679,45 @@ def _fer_finish(train_x, train_y, test_x, test_y, merge_disgust: bool) -> ImageA
     return ImageArrays(train_x, train_y, test_x, test_y, FER2013_CLASSES)
 
 
+def _fer_source(data_dir: str | os.PathLike[str] | None) -> tuple[Path | None, Path | None]:
+    """``(folder, None)`` for the FER-2013 folder with ``train/`` and ``test/``, else
+    ``(None, csv)`` for a Kaggle ``fer2013.csv``; DataError if there is neither."""
+    root = resolve_data_dir(data_dir)
+    csvs = [root / "fer2013.csv", root / "fer2013" / "fer2013.csv"]
+    csv_path = next((p for p in csvs if p.is_file()), None)
+    try:
+        folder = locate_dataset("fer2013", data_dir, archive="fer2013.tgz")
+    except DataError as exc:
+        if csv_path is not None:
+            return None, csv_path
+        raise DataError(f"{exc}; or a Kaggle csv {' or '.join(map(str, csvs))}") from exc
+    if not ((folder / "train").is_dir() and (folder / "test").is_dir()):
+        if csv_path is not None:
+            return None, csv_path
+        raise DataError(f"FER-2013 folder {str(folder)!r} has no train/ and test/ "
+                        "sub-folders and no fer2013.csv was found")
+    return folder, None
+
+
+def _fer_folder(folder: Path) -> ImageFolder:
+    """The 48x48 gray images of a FER-2013 split folder, labelled by Kaggle code."""
+    f = load_image_folder(folder, classes=FER2013_CLASSES, grayscale=True)
+    if f.x.shape[1:] != (1, _FER_SIDE, _FER_SIDE):
+        raise DataError(f"FER-2013 images in {str(folder)!r} are "
+                        f"{f.x.shape[3]}x{f.x.shape[2]}, expected 48x48")
+    return f
+
+
+def _fer_test_selection(tst: ImageFolder, parts: tuple[str, ...], folder: Path) -> np.ndarray:
+    """Mask of the test images whose file name starts with one of ``parts`` + ``_``."""
+    prefixes = tuple(p + "_" for p in parts)
+    keep = np.array([Path(rel).name.startswith(prefixes) for rel in tst.files], dtype=bool)
+    if not keep.any():
+        raise DataError(f"no FER-2013 test image of {str(folder)!r} has a name "
+                        f"starting with {' or '.join(prefixes)}")
+    return keep
+
+
 def load_fer2013(data_dir: str | os.PathLike[str] | None = None, merge_disgust: bool = True,
                  test: str = "all") -> ImageArrays:
     r"""Load FER-2013 (48x48 gray faces, 7 expressions) from the data directory.
@@ -714,35 +757,13 @@ def load_fer2013(data_dir: str | os.PathLike[str] | None = None, merge_disgust: 
         ((28709, 1, 48, 48), ('angry', 'fear', 'happy', 'sad', 'surprise', 'neutral'))
     """
     parts = _fer_test_parts(test)
-    root = resolve_data_dir(data_dir)
-    csvs = [root / "fer2013.csv", root / "fer2013" / "fer2013.csv"]
-    csv_path = next((p for p in csvs if p.is_file()), None)
-    try:
-        folder = locate_dataset("fer2013", data_dir, archive="fer2013.tgz")
-    except DataError as exc:
-        if csv_path is not None:
-            return load_fer2013_csv(csv_path, merge_disgust, test)
-        raise DataError(f"{exc}; or a Kaggle csv {' or '.join(map(str, csvs))}") from exc
-    if not ((folder / "train").is_dir() and (folder / "test").is_dir()):
-        if csv_path is not None:
-            return load_fer2013_csv(csv_path, merge_disgust, test)
-        raise DataError(f"FER-2013 folder {str(folder)!r} has no train/ and test/ "
-                        "sub-folders and no fer2013.csv was found")
-    splits = []
-    for split in ("train", "test"):
-        f = load_image_folder(folder / split, classes=FER2013_CLASSES, grayscale=True)
-        if f.x.shape[1:] != (1, _FER_SIDE, _FER_SIDE):
-            raise DataError(f"FER-2013 images in {str(folder / split)!r} are "
-                            f"{f.x.shape[3]}x{f.x.shape[2]}, expected 48x48")
-        splits.append(f)
-    train, tst = splits
+    folder, csv_path = _fer_source(data_dir)
+    if folder is None:
+        return load_fer2013_csv(csv_path, merge_disgust, test)
+    train, tst = _fer_folder(folder / "train"), _fer_folder(folder / "test")
     if test == "all":  # every test image, whatever its name
         return _fer_finish(train.x, train.y, tst.x, tst.y, merge_disgust)
-    keep = np.array([Path(rel).name.startswith(tuple(p + "_" for p in parts))
-                     for rel in tst.files], dtype=bool)
-    if not keep.any():
-        raise DataError(f"no FER-2013 test image of {str(folder / 'test')!r} has a name "
-                        f"starting with {' or '.join(p + '_' for p in parts)}")
+    keep = _fer_test_selection(tst, parts, folder / "test")
     return _fer_finish(train.x, train.y, tst.x[keep], tst.y[keep], merge_disgust)
 
 
@@ -756,6 +777,75 @@ def _parse_fer_pixels(text: str) -> np.ndarray | None:
     if px.size != _FER_PIXELS or px.min() < 0 or px.max() > 255:
         return None
     return px.astype(np.uint8)
+
+
+def _fer_csv_error(path: Path, line: int, why: str) -> DataError:
+    """The error for a bad line of the FER-2013 csv: ``FER-2013 csv '<path>' line <n>: ...``."""
+    return DataError(f"FER-2013 csv {str(path)!r} line {line}: {why}")
+
+
+def _fer_csv_header(row: list[str], path: Path) -> tuple[dict[str, int], int]:
+    """Column index of ``emotion``, ``pixels`` and ``usage``, and the number of columns."""
+    names = [c.strip().lower() for c in row]
+    missing = [c for c in _FER_CSV_COLUMNS if c not in names]
+    if missing:
+        raise _fer_csv_error(path, 1, f"header {row!r} lacks column(s) {', '.join(missing)}")
+    return {c: names.index(c) for c in _FER_CSV_COLUMNS}, len(names)
+
+
+def _fer_csv_row(row: list[str], line: int, path: Path, cols: dict[str, int],
+                 ncols: int) -> tuple[int, np.ndarray, str]:
+    """Emotion code, ``uint8`` pixels and usage of one data row of the csv."""
+    if len(row) != ncols:
+        raise _fer_csv_error(path, line, f"{len(row)} fields, expected {ncols}")
+    emo, usage = row[cols["emotion"]].strip(), row[cols["usage"]].strip()
+    if not (emo.isdigit() and int(emo) <= 6):
+        raise _fer_csv_error(path, line, f"emotion {emo!r} is not an integer in 0..6")
+    px = _parse_fer_pixels(row[cols["pixels"]])
+    if px is None:
+        raise _fer_csv_error(path, line, f"pixels must be {_FER_PIXELS} space-separated "
+                                         "integers in 0..255")
+    if usage not in ("Training", "PublicTest", "PrivateTest"):
+        raise _fer_csv_error(path, line, f"unknown Usage {usage!r} (expected Training, "
+                                         "PublicTest or PrivateTest)")
+    return int(emo), px, usage
+
+
+def _read_fer_csv(path: Path, parts: tuple[str, ...]) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """``(emotion, pixels)`` of the rows of each split: ``"train"`` (Training) and
+    ``"test"`` (the test ``parts``); blank rows are skipped."""
+    rows: dict[str, list[tuple[int, np.ndarray]]] = {"train": [], "test": []}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            cols, ncols = {c: i for i, c in enumerate(_FER_CSV_COLUMNS)}, 3
+            first = True
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue
+                is_header = first and not row[0].strip().isdigit()
+                first = False
+                if is_header:
+                    cols, ncols = _fer_csv_header(row, path)
+                    continue
+                emo, px, usage = _fer_csv_row(row, reader.line_num, path, cols, ncols)
+                if usage == "Training":
+                    rows["train"].append((emo, px))
+                elif usage in parts:
+                    rows["test"].append((emo, px))
+    except OSError as exc:
+        raise DataError(f"cannot read FER-2013 csv {str(path)!r}: {exc}") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"FER-2013 csv {str(path)!r} is not a valid csv file: {exc}") from exc
+    return rows
+
+
+def _fer_stack(rows: list[tuple[int, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``uint8 (N, 1, 48, 48)`` and ``int64`` labels of ``(emotion, pixels)`` rows."""
+    x = (np.stack([px for _, px in rows]) if rows
+         else np.empty((0, _FER_PIXELS), np.uint8))
+    return (x.reshape(-1, 1, _FER_SIDE, _FER_SIDE),
+            np.array([emo for emo, _ in rows], dtype=np.int64))
 
 
 def load_fer2013_csv(path: str | os.PathLike[str], merge_disgust: bool = True,
@@ -792,66 +882,10 @@ def load_fer2013_csv(path: str | os.PathLike[str], merge_disgust: bool = True,
         ((28709, 1, 48, 48), (7178, 1, 48, 48))
     """
     path = Path(path)
-    parts = _fer_test_parts(test)
-    xs: dict[str, list[np.ndarray]] = {"train": [], "test": []}
-    ys: dict[str, list[int]] = {"train": [], "test": []}
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            cols = {"emotion": 0, "pixels": 1, "usage": 2}
-            ncols, first = 3, True
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not c.strip() for c in row):
-                    continue
-                is_header = first and not row[0].strip().isdigit()
-                first = False
-                if is_header:
-                    names = [c.strip().lower() for c in row]
-                    missing = [c for c in ("emotion", "pixels", "usage") if c not in names]
-                    if missing:
-                        raise DataError(
-                            f"FER-2013 csv {str(path)!r} line 1: header {row!r} lacks "
-                            f"column(s) {', '.join(missing)}")
-                    cols = {c: names.index(c) for c in cols}
-                    ncols = len(names)
-                    continue
-                if len(row) != ncols:
-                    raise DataError(f"FER-2013 csv {str(path)!r} line {line}: {len(row)} "
-                                    f"fields, expected {ncols}")
-                emo, usage = row[cols["emotion"]].strip(), row[cols["usage"]].strip()
-                if not (emo.isdigit() and int(emo) <= 6):
-                    raise DataError(f"FER-2013 csv {str(path)!r} line {line}: emotion "
-                                    f"{emo!r} is not an integer in 0..6")
-                px = _parse_fer_pixels(row[cols["pixels"]])
-                if px is None:
-                    raise DataError(f"FER-2013 csv {str(path)!r} line {line}: pixels must "
-                                    f"be {_FER_PIXELS} space-separated integers in 0..255")
-                if usage == "Training":
-                    split = "train"
-                elif usage in ("PublicTest", "PrivateTest"):
-                    if usage not in parts:
-                        continue
-                    split = "test"
-                else:
-                    raise DataError(f"FER-2013 csv {str(path)!r} line {line}: unknown "
-                                    f"Usage {usage!r} (expected Training, PublicTest or "
-                                    "PrivateTest)")
-                xs[split].append(px)
-                ys[split].append(int(emo))
-    except OSError as exc:
-        raise DataError(f"cannot read FER-2013 csv {str(path)!r}: {exc}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"FER-2013 csv {str(path)!r} is not a valid csv file: {exc}") from exc
-    if not xs["train"]:
+    rows = _read_fer_csv(path, _fer_test_parts(test))
+    if not rows["train"]:
         raise DataError(f"FER-2013 csv {str(path)!r} has no Training row")
-
-    def stack(split: str) -> tuple[np.ndarray, np.ndarray]:
-        x = (np.stack(xs[split]) if xs[split] else np.empty((0, _FER_PIXELS), np.uint8))
-        return (x.reshape(-1, 1, _FER_SIDE, _FER_SIDE),
-                np.array(ys[split], dtype=np.int64))
-
-    return _fer_finish(*stack("train"), *stack("test"), merge_disgust)
+    return _fer_finish(*_fer_stack(rows["train"]), *_fer_stack(rows["test"]), merge_disgust)
 
 
 # ---------------------------------------------------------------- normalisation

@@ -173,36 +173,49 @@ def locate_dataset(
         raise DataError(f"invalid data set name {name!r}: expected a plain folder name")
     root = resolve_data_dir(data_dir)
     markers = _as_markers(marker)
-    looked: list[str] = []
-
-    folder = root / name
-    if folder.is_dir() and _has_marker(folder, markers):
-        return folder
-    looked.append(f"folder {folder}" + _marker_note(markers))
-
-    if markers:
-        if _has_marker(root, markers):
-            return root
-        looked.append(f"marker file {_marker_list(markers)} directly in {root}")
-
+    found, looked = _find_unpacked(root, name, markers)
+    if found is not None:
+        return found
     archive_name = archive if archive is not None else f"{name}.tgz"
     archive_path = root / archive_name
     looked.append(f"archive {archive_path}")
     if archive_path.is_file():
-        dest = _unpack_once(archive_path, cache_dir() / _archive_stem(archive_name))
-        if (dest / name).is_dir() and _has_marker(dest / name, markers):
-            return dest / name
-        if markers and _has_marker(dest, markers):
-            return dest
-        raise DataError(
-            f"archive {str(archive_path)!r} does not contain a folder {name!r}"
-            + _marker_note(markers)
-            + f" (unpacked into {dest})"
-        )
-
+        return _find_in_archive(archive_path, archive_name, name, markers)
     raise DataError(
         f"data set {name!r} not found in data directory {str(root)!r}; looked for: "
         + "; ".join(looked)
+    )
+
+
+def _find_unpacked(root: Path, name: str,
+                   markers: tuple[str, ...]) -> tuple[Path | None, list[str]]:
+    """``<root>/<name>``, or ``root`` itself if it holds a marker, else ``None``; and the
+    places looked at (for the error message)."""
+    looked: list[str] = []
+    folder = root / name
+    if folder.is_dir() and _has_marker(folder, markers):
+        return folder, looked
+    looked.append(f"folder {folder}" + _marker_note(markers))
+    if markers:
+        if _has_marker(root, markers):
+            return root, looked
+        looked.append(f"marker file {_marker_list(markers)} directly in {root}")
+    return None, looked
+
+
+def _find_in_archive(archive_path: Path, archive_name: str, name: str,
+                     markers: tuple[str, ...]) -> Path:
+    """The data set folder in the archive, unpacked once into the cache: ``<name>/``,
+    or the archive's top level if it holds a marker."""
+    dest = _unpack_once(archive_path, cache_dir() / _archive_stem(archive_name))
+    if (dest / name).is_dir() and _has_marker(dest / name, markers):
+        return dest / name
+    if markers and _has_marker(dest, markers):
+        return dest
+    raise DataError(
+        f"archive {str(archive_path)!r} does not contain a folder {name!r}"
+        + _marker_note(markers)
+        + f" (unpacked into {dest})"
     )
 
 
