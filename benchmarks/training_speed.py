@@ -92,6 +92,9 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of "
                     + ", ".join(MODELS))
     args = ap.parse_args()
+    unknown = sorted(set(args.models.split(",")) - set(MODELS))
+    if unknown:
+        ap.error(f"unknown model(s) {unknown} in --models; choose among {', '.join(MODELS)}")
     torch.set_num_threads(args.threads)
     if not T.bf16_supported():
         return fp32_only(args)
