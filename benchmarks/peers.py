@@ -596,6 +596,9 @@ def parse_args(argv=None):
                     help="writes OUT.json and OUT.md")
     ap.add_argument("--models", default=str(ROOT / "runs" / "peers" / "models"),
                     help="where each cell's pruned model is kept (for --latency)")
+    ap.add_argument("--redo-unsaved", action="store_true",
+                    help="also run again the finished cells whose pruned model is not in --models "
+                         "(so that --latency can time every cell together)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON")
     ap.add_argument("--latency", action="store_true",
                     help="only re-time the saved models and the dense one, interleaved in one run")
@@ -643,11 +646,12 @@ def run_grid(args, data: Data, results: dict, out: Path) -> None:
             for method in args.methods:
                 key = cell_key(method, budget, target)
                 done = results["cells"].get(key)
-                if done is not None and done.get("version", 1) == METHOD_VERSION.get(method, 1):
-                    continue  # done with the method's current settings
+                saved = Path(args.models) / (key.replace("/", "_") + ".pt")
+                if (done is not None and done.get("version", 1) == METHOD_VERSION.get(method, 1)
+                        and (saved.exists() or not getattr(args, "redo_unsaved", False))):
+                    continue  # done with the method's current settings (and saved if asked)
                 print(f"[peers] {key} ...", flush=True)
-                row = run_cell(method, budget, target, data,
-                               save=Path(args.models) / (key.replace("/", "_") + ".pt"))
+                row = run_cell(method, budget, target, data, save=saved)
                 print(f"[peers] {key}: {100 * row['test_accuracy']:.2f} %, {row['nonzero']:,} nonzero "
                       f"({row['compression']:.1f}x), {row['seconds']:.0f} s", flush=True)
                 results["cells"][key] = row

@@ -164,3 +164,9 @@ def test_grid_reruns_only_cells_of_an_older_method_version(peers, tmp_path, monk
     ran.clear()
     peers.run_grid(args, None, results, tmp_path / "peers")  # all current now: nothing runs
     assert ran == []
+    # --redo-unsaved: the cells without a saved model in --models run again, the saved one not
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "torch_oneshot_4_71.pt").write_bytes(b"")  # the name run_grid saves under
+    args.redo_unsaved = True
+    peers.run_grid(args, None, results, tmp_path / "peers")
+    assert ran == ["admm", "torch_iterative"]
