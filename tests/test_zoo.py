@@ -12,10 +12,11 @@ up as XPASS, which fails the test too, so the entry gets removed.
 Time (the module must stay under ~2 minutes on a 2-core machine): the exports through
 ``torch.export`` are the slow part (ONNX 1-11 s per model, .pte 2-25 s), so the
 ``onnx`` and ``pte`` columns run here only on :data:`SLOW_STEP_MODELS`, a few
-representative models (a plain CNN, a torchvision ViT, a timm ViT, one recurrent model
-for ONNX). The GRU / Transformer / attention classifiers' ONNX and .pte exports, and the
-LSTM's .pte, are tested on smaller copies of the same layers in tests/test_export.py
-(``test_sequence_models_export_to_*``); ``benchmarks/zoo.py`` runs every step on every
+representative models (a torchvision ViT, a timm ViT, one recurrent model for ONNX).
+Plain CNNs' ONNX and .pte exports are tests/test_export.py's round trips (LeNet-5,
+LeNet-300-100, FER-Net, ResNet-20); the GRU / Transformer / attention classifiers' ONNX and
+.pte exports, and the LSTM's .pte, are tested there on smaller copies of the same layers
+(``test_sequence_models_export_to_*``). ``benchmarks/zoo.py`` runs every step on every
 model (and the latency column) and writes ``docs/zoo.md``.
 torchvision / timm cases skip with the reason when the ``zoo`` extra is not installed.
 """
@@ -30,8 +31,8 @@ from zoo_steps import STEPS
 
 #: The models the slow columns run on here (``benchmarks/zoo.py`` runs them all).
 SLOW_STEP_MODELS: dict[str, tuple[str, ...]] = {
-    "onnx": ("mp_lenet5", "tv_vit", "timm_deit_tiny", "lstm_classifier"),
-    "pte": ("mp_lenet5", "timm_deit_tiny"),
+    "onnx": ("tv_vit", "timm_deit_tiny", "lstm_classifier"),
+    "pte": ("timm_deit_tiny",),
 }
 
 #: ``{(model, step): fragment of the reason}``: cases that fail on main today, each with
