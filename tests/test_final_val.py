@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from mobileprune.data.registry import holdout_split
 from mobileprune.errors import ConfigError
 from mobileprune.models import LeNet300100
-from mobileprune.pipeline.prune import proximal_prune
+from mobileprune.pipeline.prune import admm_prune, proximal_prune
 from mobileprune.pipeline.train import evaluate
 
 N = 200
@@ -71,7 +71,7 @@ def test_the_best_validation_epoch_is_returned_with_its_masks(tmp_path):
     _, res = _run(tmp_path, log, model=model)
     rec = res.history[-1]
     history = rec["val_history"]
-    assert rec["phase"] == "final retrain" and len(history) == len(snaps) == 6
+    assert rec["validation"] == "final retrain" and len(history) == len(snaps) == 6
     # the recorded history is the accuracy of each epoch's weights on the held-out samples
     _, val = holdout_split(_loader(_data()), 0.25)
     probe = _net()
@@ -143,3 +143,27 @@ def test_cli_refuses_a_bad_fraction_in_one_line(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip().count("\n") == 0 and "final_val_fraction" in out.stderr
+
+
+def test_admm_stage_retraining_keeps_its_best_validation_epoch(tmp_path):
+    """The same choice in seed 003's masked retraining (``retrain.val_fraction``)."""
+    cfg = {"default": 0.9, "admm": {"epochs": 1, "rho": 1e-2},
+           "retrain": {"epochs": 4, "lr": 3e-3, "val_fraction": 0.25}}
+    model, snaps = _net(), []
+
+    def log(s):
+        if s.startswith("stage1 retrain ") and "/4:" in s:
+            snaps.append(_weights(model))
+    res = admm_prune(model, _loader(_data()), cfg, run_dir=tmp_path, progress=False, log=log)
+    rec = next(h for h in res.history if h.get("validation") == "stage1 retrain")
+    history = rec["val_history"]
+    best = max(range(4), key=lambda i: (history[i], -i))
+    assert len(history) == len(snaps) == 4 and rec["best_epoch"] == best + 1
+    for k, v in _weights(model).items():
+        assert torch.equal(v, snaps[best][k]), k
+    for name, mask in res.masks.items():
+        assert torch.equal(mask, dict(model.named_parameters())[name].detach() != 0)
+    for bad in ({"val_fraction": 1.0}, {"val_fraction": 0.1, "regrow": 0.3}):
+        with pytest.raises(ConfigError, match="val_fraction"):
+            admm_prune(_net(), _loader(_data()), {**cfg, "retrain": {"epochs": 2, **bad}},
+                       log=lambda s: None)

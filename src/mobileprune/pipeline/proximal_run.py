@@ -298,9 +298,9 @@ def _phases(prox: ProxMethod, sched: ProxSchedule, final_kd: float) -> list:
     if sched.final_retrain_epochs:
         settings = retraining(sched.final_retrain_epochs, sched.final_retrain_lr, final_kd,
                               sched.final_shift, regrow=sched.final_regrow,
-                              regrow_every=sched.regrow_every)
-        phases.append(Retrain("final retrain", settings, masks=masks,
-                              val_fraction=sched.final_val_fraction or 0.0))
+                              regrow_every=sched.regrow_every,
+                              val_fraction=sched.final_val_fraction or 0.0)
+        phases.append(Retrain("final retrain", settings, masks=masks))
     return phases
 
 

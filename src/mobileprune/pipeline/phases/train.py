@@ -68,15 +68,15 @@ class Retrain(StateDict):
     and become ``ctx.masks``; the moved masks are part of the phase's state. ``tags`` go
     into every epoch's record.
 
-    ``val_fraction = f > 0``: early stopping by validation, the model selection of
+    ``settings.val_fraction = f > 0``: early stopping by validation, the model selection of
     Prechelt (1998): a fixed random ``f`` of the training samples is held out
     (:func:`~mobileprune.data.registry.holdout_split`), the phase trains on the rest and
     measures the validation accuracy after every epoch (``val_accuracy`` in the epoch's
     record, the list in ``state["val_history"]``); the weights of the first epoch with
     the highest one are kept in the phase's state and put back when the epochs are done,
     so the masks hold exactly (every epoch's weights satisfy them) and a resumed run
-    keeps the same choice. The test data never take part. A record ``{"phase", "best_epoch",
-    "val_accuracy", "val_history"}`` goes into the run's history."""
+    keeps the same choice. The test data never take part. A record ``{"validation": name,
+    "best_epoch", "val_accuracy", "val_history"}`` goes into the run's history."""
 
     name: str
     settings: Any
@@ -84,20 +84,16 @@ class Retrain(StateDict):
     masks: Callable[[Context], Masks] | None = None
     allowed: Callable[[Masks], Masks] | None = None
     tags: Mapping[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.0
     state: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.clock = self.clock or self.name
-        if self.val_fraction and self.settings.regrow:
-            raise ConfigError(f"{self.name}: a validation split does not combine with regrow "
-                              "(the masks of the best epoch would be lost as they move)")
 
     def run(self, ctx: Context) -> None:
         s = self.settings
         loader, after = ctx.loader, None
-        if self.val_fraction:
-            loader, val = holdout_split(ctx.loader, self.val_fraction)
+        if s.val_fraction:
+            loader, val = holdout_split(ctx.loader, s.val_fraction)
             after = self._validation(ctx, val)
         opt = optimizer_for(ctx.model, s)
         steps = s.epochs * len(loader)
@@ -109,7 +105,7 @@ class Retrain(StateDict):
         ctx.epochs(self, s.epochs, opt, masks=masks, scheduler=cosine_lr(opt, steps) if s.cosine else None,
                    train={"shift": s.shift, **ctx.distill(s.distill, s.temperature)}, keep=keep,
                    tags=self.tags, loader=loader, after=after)
-        if self.val_fraction:
+        if s.val_fraction:
             self._keep_best(ctx)
 
     def _validation(self, ctx: Context, val) -> Callable[[], dict]:
@@ -135,7 +131,7 @@ class Retrain(StateDict):
         if best is None:  # no epoch ran (epochs: 0)
             return
         ctx.model.load_state_dict(best["weights"])
-        rec = {"phase": self.name, "best_epoch": best["epoch"], "val_accuracy": history[best["epoch"] - 1],
+        rec = {"validation": self.name, "best_epoch": best["epoch"], "val_accuracy": history[best["epoch"] - 1],
                "val_history": list(history)}
         ctx.history.append(rec)
         ctx.log(f"{self.name}: kept epoch {best['epoch']} of {len(history)} (val acc "
