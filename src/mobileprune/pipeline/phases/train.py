@@ -131,6 +131,7 @@ class Retrain(StateDict):
         if best is None:  # no epoch ran (epochs: 0)
             return
         ctx.model.load_state_dict(best["weights"])
+        self.state["best"] = {"epoch": best["epoch"]}  # (the run state need not carry the copy)
         rec = {"validation": self.name, "best_epoch": best["epoch"], "val_accuracy": history[best["epoch"] - 1],
                "val_history": list(history)}
         ctx.history.append(rec)
