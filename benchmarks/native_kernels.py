@@ -51,6 +51,17 @@ chunks the partial sums are whole vectors in a scratch of their own (the 12x12 l
 2-4 chunks went 20-25% faster than with partial sums in the masked output lanes); a
 permute-compress of the masked output vectors and vmaskmovps stores both measured slower
 than the scalar lane loop there, and so did an 8-lane gather kernel for CSR linear rows.
+
+Other input layouts, same core, the kernel's loop alone on a random 90 % layer
+(`benchmarks/spconv_layouts.c`, minimum of 300 interleaved runs, useful multiply-adds):
+against the engine's flat padded rows (19.5-21.5 GMAC/s at 32-64 channels, 13.4 at 128),
+re-reading one block's input from L1 gains 1.00-1.06x (so the cache is not what limits
+it), prefetching the next block's slice 0.96-1.08x, three copies shifted by kx so that
+every load is aligned 0.89-1.02x (the footprint triples), and 8 tiles of the image as the
+8 lanes, each stored with its halo so that every load is aligned, 1.09-1.16x, before the
+cost of writing that layout (halo rows twice, outputs scattered at the layout's edges).
+None of them is worth a second layout on this core; the loop runs near its issue limit
+(one broadcast, one offset and 12 loads per 12 FMAs, half the loads straddling a line).
 """
 
 

@@ -33,9 +33,10 @@ from mobileprune.pipeline import train as T  # noqa: E402
 MODELS = {"lenet5": (LeNet5, (1, 28, 28), 10), "fernet": (FERNet, (1, 48, 48), 6),
           "resnet20": (resnet20, (3, 32, 32), 10)}
 MODES = {"fp32": ("fp32", False), "fp32+channels_last": ("fp32", True), "bf16": ("bf16", False),
-         "bf16+channels_last": ("bf16", True)}
+         "bf16+channels_last": ("bf16", True), "fp32+channels_last+compile": ("fp32", True)}
 # a CPU without native bf16 emulates it (slower than fp32): only the fp32 modes are timed
 FP32_MODES = ("fp32", "fp32+channels_last")
+COMPILED = "fp32+channels_last+compile"  # --compile: torch.compile'd model, dense phase only
 
 
 def _batches(shape, classes, n=8, batch=64):
@@ -60,6 +61,8 @@ def throughput(name, phase, mode, steps):
     torch.manual_seed(0)
     model = build(num_classes=classes)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    if mode.endswith("+compile"):  # compiled in the warm-up below (forward and backward)
+        model = torch.compile(model)
     kw = _phase_kwargs(phase, model, opt)
     data = _batches(shape, classes, n=steps)
     T.train_epoch(model, data[:2], opt, progress=False, **kw)  # warm-up
@@ -91,6 +94,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of "
                     + ", ".join(MODELS))
+    ap.add_argument("--compile", action="store_true", help="CPU without bf16: also time the "
+                    "torch.compile'd model (fp32 + channels_last) in the dense phase (about a "
+                    "minute of compilation per window)")
     args = ap.parse_args()
     unknown = sorted(set(args.models.split(",")) - set(MODELS))
     if unknown:
@@ -98,7 +104,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     if not T.bf16_supported():
         return fp32_only(args)
-    rows = [{"model": n, "phase": ph, **{m: round(throughput(n, ph, m, args.steps), 1) for m in MODES}}
+    timed = [m for m in MODES if m != COMPILED]
+    rows = [{"model": n, "phase": ph, **{m: round(throughput(n, ph, m, args.steps), 1) for m in timed}}
             for n in args.models.split(",") for ph in ("dense", "admm", "retrain")]
     acc = {p: accuracy(p) for p in ("fp32", "bf16")}
     res = {"command": f"python benchmarks/training_speed.py --threads {args.threads} --steps {args.steps}",
@@ -142,14 +149,15 @@ def fp32_only(args) -> int:
     rows = []
     for n in args.models.split(","):
         for ph in ("dense", "admm", "retrain"):
-            rates = {m: [] for m in FP32_MODES}
+            modes = FP32_MODES + ((COMPILED,) if args.compile and ph == "dense" else ())
+            rates = {m: [] for m in modes}
             for _ in range(3):  # rounds of one window per mode: a busy moment hits both
-                for m in FP32_MODES:
+                for m in modes:
                     rates[m].append(throughput(n, ph, m, args.steps))
             rows.append({"model": n, "phase": ph, **{m: round(statistics.median(v), 1)
                                                      for m, v in rates.items()}})
     cmd = (f"python benchmarks/training_speed.py --threads {args.threads} --steps {args.steps} "
-           f"--models {args.models}")
+           f"--models {args.models}" + (" --compile" if args.compile else ""))
     res = {"command": cmd, "cpu": _cpu_name(), "bf16_native": False, "threads": args.threads,
            "torch": torch.__version__, "rows": rows}
     out = ROOT / "docs" / "benchmarks"
@@ -157,10 +165,13 @@ def fp32_only(args) -> int:
     lines = ["# Training speed on a CPU without native bf16 (issue 21, item 1)", "",
              f"`{cmd}`; {res['cpu']}, torch {torch.__version__}, {args.threads} thread(s). Images/s, "
              "batch 64, median of 3 rounds (each round times every mode once, after warm-up).", "",
-             "| model | phase | fp32 | fp32 + channels_last | speedup |", "|---|---|---:|---:|---:|"]
+             "| model | phase | fp32 | fp32 + channels_last | speedup | + torch.compile | speedup |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
+        c = r.get(COMPILED)
         lines.append(f"| {r['model']} | {r['phase']} | {r['fp32']:.0f} | {r['fp32+channels_last']:.0f} | "
-                     f"{r['fp32+channels_last'] / r['fp32']:.2f}x |")
+                     f"{r['fp32+channels_last'] / r['fp32']:.2f}x | "
+                     + (f"{c:.0f} | {c / r['fp32']:.2f}x |" if c else "- | - |"))
     fer = [r["fp32+channels_last"] / r["fp32"] for r in rows if r["model"] == "fernet"]
     if fer:
         lines += ["", f"FER CNN: {min(fer):.2f}x to {max(fer):.2f}x over fp32; issue 21's goal on a CPU "

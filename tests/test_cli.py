@@ -555,3 +555,44 @@ def test_export_into_a_missing_directory_creates_it(tmp_path):
     with torch.no_grad():
         ref = net(x).numpy()
     assert abs(runtime.load(out)(x.numpy()) - ref).max() <= 1e-4 * abs(ref).max()
+
+
+def _tiny_data(monkeypatch, shape):
+    from torch.utils.data import TensorDataset
+
+    from mobileprune.data import registry
+
+    g = torch.Generator().manual_seed(0)
+    split = lambda n: TensorDataset(torch.randn(n, *shape, generator=g), torch.randint(0, 3, (n,), generator=g))
+    monkeypatch.setitem(registry.DATASETS, "tiny", lambda data_dir: registry.DataBundle(
+        split(8), split(4), num_classes=3, input_shape=shape))
+
+
+def test_train_shift_augments_every_batch(tmp_path, monkeypatch):
+    """`train --shift 2`: every training batch goes through random_shift(x, 2) (the same
+    translation the pruning configs' `shift` key applies), and the checkpoint records it."""
+    from mobileprune.pipeline import train as T
+
+    _tiny_data(monkeypatch, (1, 28, 28))
+    seen = []
+    real_shift = T.random_shift
+    monkeypatch.setattr(T, "random_shift", lambda x, s, *a, **k: (seen.append((tuple(x.shape), s)),
+                                                                   real_shift(x, s, *a, **k))[1])
+    out = tmp_path / "m.pt"
+    assert run("train", "--model", "lenet5", "--dataset", "tiny", "--epochs", "2", "--batch-size", "4",
+               "--shift", "2", "--out", str(out), "--quiet") == 0
+    assert seen == [((4, 1, 28, 28), 2)] * 4  # 2 epochs x 2 batches, each shifted by up to 2
+    assert load_checkpoint(out)["metrics"]["shift"] == 2
+
+
+@pytest.mark.parametrize("shape, flag, words", [
+    ((1, 28, 28), "-1", "--shift: must be an integer >= 0"),
+    ((12,), "2", "--shift translates images (C, H, W) or 1-D signals (C, L); data set tiny has samples of shape (12,)"),
+])
+def test_train_bad_shift_is_a_one_line_error(tmp_path, monkeypatch, capsys, shape, flag, words):
+    _tiny_data(monkeypatch, shape)
+    out = tmp_path / "m.pt"
+    assert run("train", "--model", "lenet300100", "--dataset", "tiny", "--epochs", "1", "--shift", flag,
+               "--out", str(out), "--quiet") == 2
+    assert words in _one_line_error(capsys, "")
+    assert not out.exists()

@@ -139,3 +139,34 @@ def test_saved_models_are_retimed_together(peers, data, tmp_path):
     del results["dense"]
     md = peers.render(results)
     assert md.count(" * |") == 1  # the row timed alone is marked
+
+
+def test_grid_reruns_only_cells_of_an_older_method_version(peers, tmp_path, monkeypatch):
+    """A saved cell is kept while its method's settings version is current; an admm cell
+    saved before ``METHOD_VERSION["admm"]`` (no version: 1) runs again; a missing cell runs."""
+    ran = []
+    monkeypatch.setattr(peers, "run_cell", lambda m, b, t, data, save=None: (
+        ran.append(m) or {"method": m, "version": peers.METHOD_VERSION.get(m, 1), "test_accuracy": 0.9,
+                         "nonzero": 1, "compression": 71.0, "seconds": 1.0}))
+    monkeypatch.setattr(peers, "render", lambda results: "")
+    monkeypatch.setattr(peers, "machine", lambda: {})
+    cells = {peers.cell_key("torch_oneshot", 4, 71.0): {"method": "torch_oneshot"},
+             peers.cell_key("admm", 4, 71.0): {"method": "admm"}}
+    results = {"cells": dict(cells), "dense": {}}
+    args = type("A", (), {"budgets": [4], "targets": [71.0], "methods": ["torch_oneshot", "admm", "torch_iterative"],
+                          "models": str(tmp_path / "models")})()
+    peers.run_grid(args, None, results, tmp_path / "peers")
+    assert peers.METHOD_VERSION["admm"] >= 2
+    assert ran == ["admm", "torch_iterative"]
+    assert results["cells"][peers.cell_key("admm", 4, 71.0)]["version"] == peers.METHOD_VERSION["admm"]
+    assert json.loads((tmp_path / "peers.json").read_text())["cells"].keys() == results["cells"].keys()
+    assert results["cells"][peers.cell_key("torch_oneshot", 4, 71.0)] == {"method": "torch_oneshot"}
+    ran.clear()
+    peers.run_grid(args, None, results, tmp_path / "peers")  # all current now: nothing runs
+    assert ran == []
+    # --redo-unsaved: the cells without a saved model in --models run again, the saved one not
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "torch_oneshot_4_71.pt").write_bytes(b"")  # the name run_grid saves under
+    args.redo_unsaved = True
+    peers.run_grid(args, None, results, tmp_path / "peers")
+    assert ran == ["admm", "torch_iterative"]

@@ -3,7 +3,8 @@ runtime and compared with the eager model, on ``example_input`` and on other inp
 
 One implementation for all exporters (:mod:`mobileprune.deploy.onnx`,
 :mod:`~mobileprune.deploy.torchscript`, :mod:`~mobileprune.deploy.executorch`,
-:mod:`~mobileprune.deploy.native`):
+:mod:`~mobileprune.deploy.native`, and :mod:`~mobileprune.deploy.sparse`'s check of the
+file it writes):
 
 * :func:`tolerance`: ``1e-4 * (1 + max|reference|)`` per float32 output (``1e-8`` for
   float64, ``1e-2`` for float16 / bfloat16), as in :mod:`mobileprune.surgery.compact`;

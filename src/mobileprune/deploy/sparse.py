@@ -24,7 +24,8 @@ Identity, StochasticDepth, ``torch._assert``, ``.contiguous()``) vanish.
 
 Anything else raises :class:`~mobileprune.errors.UnsupportedModelError` naming the op
 key, the node, the user's source line and the reason; so does a lowered model whose
-output on ``example_input`` differs from torch's (``VERIFY_RTOL``): a file is written
+output on ``example_input`` differs from torch's (:func:`mobileprune.deploy.numerics.compare`):
+a file is written
 only after that check.
 
 Weight storage
@@ -58,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mobileprune.deploy.numerics import Mismatch, compare
 from mobileprune.errors import UnsupportedModelError
 from mobileprune.graph.passes.lower import Lowered, lower
 from mobileprune.graph.trace import leaf_module, trace
@@ -66,8 +68,6 @@ from mobileprune.runtime.model import MAGIC, SparseModel, read_container, write_
 
 __all__ = ["export_sparse", "size_report", "format_size_report"]
 
-#: relative tolerance of the check of every written file against torch
-VERIFY_RTOL = 1e-4
 _WEIGHT_KEYS = ("weight", "weight_ih", "weight_hh")
 
 
@@ -171,20 +171,16 @@ def _encode(low: Lowered, arch: str, value_dtype: str, fold_bn: bool, storage: s
 
 
 def _compare(got: Any, ref: Any, what: str) -> None:
-    """Raise unless max |runtime - torch| <= VERIFY_RTOL * max |torch| for every output."""
+    """Raise unless the runtime's outputs ``got`` match torch's ``ref`` by the check every
+    export uses (:func:`mobileprune.deploy.numerics.compare`: ``1e-4 * (1 + max|torch|)``
+    per float32 output, NaN only where torch has NaN)."""
     refs = [ref] if isinstance(ref, torch.Tensor) else list(ref)
     got = [got] if isinstance(got, np.ndarray) else list(got)
-    for i, (g, r) in enumerate(zip(got, refs)):
-        r = r.detach().numpy()
-        nan = np.isnan(r)
-        if not r.size or np.array_equal(g, r, equal_nan=True):
-            continue
-        err = float(np.abs(g - r)[~nan].max(initial=0.0))
-        scale = float(np.abs(r)[~nan].max(initial=0.0))
-        if not (np.array_equal(nan, np.isnan(g)) and err <= VERIFY_RTOL * scale):
-            raise UnsupportedModelError(
-                f"export_sparse: the runtime's output {i} differs from torch's on {what} "
-                f"(max |diff| {err:.3g}, max |torch| {scale:.3g}); nothing was written")
+    try:
+        compare(got, [r.detach() for r in refs], f"on {what}")
+    except Mismatch as e:
+        raise UnsupportedModelError(f"export_sparse: the runtime's output differs from torch's "
+                                    f"{e}; nothing was written") from None
 
 
 def _verify(data: bytes, traced, arch: str) -> None:
@@ -217,8 +213,8 @@ def export_sparse(model: nn.Module, example_input: torch.Tensor, path: str | os.
     The model is traced by :func:`mobileprune.graph.trace` and lowered to runtime ops by
     :func:`mobileprune.graph.passes.lower.lower` (one handler per op key); the file is
     run by the native engine on ``example_input`` and compared with torch (max absolute
-    difference <= ``VERIFY_RTOL`` = 1e-4 times the largest torch output, with float32
-    weights) before it is written.
+    difference <= ``1e-4 * (1 + max|torch output|)`` with float32 weights, the check of
+    every exporter: :func:`mobileprune.deploy.numerics.compare`) before it is written.
 
     Args:
         model: the (pruned) network; it is copied, set to eval mode and float32 on CPU

@@ -56,6 +56,7 @@ class ADMMSettings(_TrainSettings):
     rho: float = 1e-3
     rho_multiplier: float = 1.3
     rho_max: float = 1.0
+    rho_final: float | None = None  # rho at the phase's last Z/U update (derives the multiplier)
     update_every: int | None = None  # optimizer steps between Z/U updates; None: once per epoch
     nested: bool = True  # a stage may only prune further what the previous stage kept
     reallocate_dead: bool = False  # masked mapping gives dead weights' budget to live ones
@@ -105,15 +106,21 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     # Every other numeric field: a real number (YAML may hand us a string such as "1e-3").
     for f in dataclasses.fields(cls):
         v = getattr(obj, f.name)
-        if f.name in ("epochs", "shift", "regrow_every") or not (f.type in ("float", float) or f.name == "update_every"):
+        if f.name in ("epochs", "shift", "regrow_every") or not (
+                f.type in ("float", float) or f.name in ("update_every", "rho_final")):
             continue
-        if f.name == "update_every" and v is None:
+        if f.name in ("update_every", "rho_final") and v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise ConfigError(f"'{section}.{f.name}' must be a number, got {v!r}")
-        positive = f.name in ("lr", "rho", "rho_max", "temperature", "update_every", "rho_multiplier")
+        positive = f.name in ("lr", "rho", "rho_max", "rho_final", "temperature", "update_every",
+                              "rho_multiplier")
         if (v <= 0 if positive else v < 0):
             raise ConfigError(f"'{section}.{f.name}' must be {'> 0' if positive else '>= 0'}, got {v!r}")
+    final = getattr(obj, "rho_final", None)
+    if final is not None and not obj.rho <= final <= obj.rho_max:
+        raise ConfigError(f"'{section}.rho_final' must lie between '{section}.rho' ({obj.rho!r}) "
+                          f"and '{section}.rho_max' ({obj.rho_max!r}), got {final!r}")
     if obj.distill > 1:
         raise ConfigError(f"'{section}.distill' is a weight in [0, 1], got {obj.distill!r}")
     if getattr(obj, "regrow", 0) > 1:

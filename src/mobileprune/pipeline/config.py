@@ -35,6 +35,8 @@ DOCS: dict[str, str] = {
     "temperature": "distillation temperature T", "shift": "random translation of the inputs by up "
     "to this many pixels", "rho": "ADMM penalty rho (seed 003, Eq. 5)",
     "rho_multiplier": "rho is multiplied by this after every Z/U update", "rho_max": "rho's ceiling",
+    "rho_final": "rho at the phase's last Z/U update: derives the multiplier from the phase's "
+    "length (replaces rho_multiplier); null: use rho_multiplier",
     "update_every": "optimizer steps between Z/U updates (Eqs. 6-7); null: once per epoch",
     "nested": "a stage may only prune further what the previous stage kept",
     "reallocate_dead": "masked mapping gives the budget of dead weights to live ones",

@@ -84,6 +84,16 @@ def _dead_outputs(t: LayerTarget, mask: Tensor) -> tuple[str | None, Tensor] | N
     return (None if bias is None else f"{mod}.{bias}" if mod else bias), rows
 
 
+def rho_multiplier_for(rho: float, rho_final: float, updates: int) -> float:
+    """The factor that takes ``rho`` to ``rho_final`` in ``updates`` Z/U updates (seed 003,
+    Eqs. 6-7: rho grows after each): ``(rho_final / rho) ** (1 / updates)``, 1 when there
+    is no update. A schedule that ends at a given rho whatever the phase's length, so that
+    a short ADMM phase pulls the weights as close to their projection as a long one."""
+    if not (0 < rho <= rho_final and math.isfinite(rho_final)):
+        raise ConfigError(f"rho_final ({rho_final!r}) must be finite and >= rho ({rho!r})")
+    return (rho_final / rho) ** (1.0 / updates) if updates > 0 else 1.0
+
+
 class ADMMPruner:
     """ADMM regularisation towards per-layer sparsity targets (seed 003, Algorithm 1).
 

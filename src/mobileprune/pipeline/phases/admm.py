@@ -14,7 +14,7 @@ from mobileprune.errors import ConfigError, UnsupportedModelError
 from mobileprune.pipeline.phases.train import Masks, optimizer_for
 from mobileprune.pipeline.runner import Context, StateDict
 from mobileprune.pipeline.runstate import _example_input, _fmt_metric
-from mobileprune.sparsity.admm import ADMMPruner
+from mobileprune.sparsity.admm import ADMMPruner, rho_multiplier_for
 from mobileprune.sparsity.report import layer_report
 from mobileprune.sparsity.targets import PruneConfig
 
@@ -51,15 +51,31 @@ def _coupling_input(targets, loader: DataLoader, needed: bool = False):
     return x
 
 
+def admm_updates(a, loader) -> int:
+    """Z/U updates in an ADMM phase of ``a.epochs`` epochs over ``loader``: one per epoch,
+    or one every ``a.update_every`` optimizer steps (the step count runs across epochs)."""
+    if a.update_every is None:
+        return a.epochs
+    try:
+        steps = len(loader)
+    except TypeError:
+        raise ConfigError("admm.rho_final with update_every needs a data loader with a length "
+                          "(steps per epoch); give update_every: null (once per epoch) or "
+                          "rho_multiplier instead") from None
+    return a.epochs * steps // a.update_every
+
+
 def admm_pruner(ctx: Context, stage: Stage, *, warn: bool) -> ADMMPruner:
     """The stage's :class:`~mobileprune.sparsity.admm.ADMMPruner`, choosing
     only inside the previous stage's masks when ``a.nested``; structured targets are
     coupled through the traced graph, or projected layer by layer (with a warning when
     ``warn``) for a model that cannot be traced."""
     a = stage.admm
+    multiplier = a.rho_multiplier if a.rho_final is None else rho_multiplier_for(
+        a.rho, a.rho_final, admm_updates(a, ctx.loader))
 
     def make(example):
-        return ADMMPruner(ctx.model, stage.config, rho=a.rho, rho_multiplier=a.rho_multiplier,
+        return ADMMPruner(ctx.model, stage.config, rho=a.rho, rho_multiplier=multiplier,
                           rho_max=max(a.rho_max, a.rho), update_every=a.update_every,
                           allowed=(ctx.masks or None) if a.nested else None, example_input=example)
 
