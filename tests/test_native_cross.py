@@ -159,18 +159,36 @@ def _density(model: torch.nn.Module) -> float:
     return float(sum(int((w != 0).sum()) for w in ws) / sum(w.numel() for w in ws))
 
 
-def _check_against_torch(arm64_run, tmp_path: Path, name: str, level: str, *flags: str) -> None:
-    model, shape = _pruned(name, level)
-    density = _density(model)
-    assert (density > 0.99) if level == "0" else (density < 0.9)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(BATCH, *shape, generator=g)
-    with torch.no_grad():
-        ref = model(x).numpy()
-    _export_format3(model, x, tmp_path / "model.mps")
-    x.numpy().astype("<f4").tofile(tmp_path / "in.bin")
-    r = arm64_run(str(tmp_path / "model.mps"), str(tmp_path / "in.bin"), str(tmp_path / "out.bin"),
-                  "--batch", str(BATCH), *flags)
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A function ``(name, level) -> (model file, input file, torch's output)``: each model
+    is pruned, run by torch and exported once for the module (the forced-kernel tests reuse
+    the seed-config files of the first test)."""
+    root = tmp_path_factory.mktemp("cross")
+    done: dict[tuple[str, str], tuple[Path, Path, np.ndarray]] = {}
+
+    def get(name: str, level: str) -> tuple[Path, Path, np.ndarray]:
+        if (name, level) not in done:
+            model, shape = _pruned(name, level)
+            density = _density(model)
+            assert (density > 0.99) if level == "0" else (density < 0.9)
+            g = torch.Generator().manual_seed(1)
+            x = torch.randn(BATCH, *shape, generator=g)
+            with torch.no_grad():
+                ref = model(x).numpy()
+            mps, inp = root / f"{name}-{level}.mps", root / f"{name}-{level}.in.bin"
+            _export_format3(model, x, mps)
+            x.numpy().astype("<f4").tofile(inp)
+            done[(name, level)] = (mps, inp, ref)
+        return done[(name, level)]
+
+    return get
+
+
+def _check_against_torch(arm64_run, exported, tmp_path: Path, name: str, level: str,
+                         *flags: str) -> None:
+    mps, inp, ref = exported(name, level)
+    r = arm64_run(str(mps), str(inp), str(tmp_path / "out.bin"), "--batch", str(BATCH), *flags)
     assert r.returncode == 0, f"mobileprune_run failed ({r.returncode}): {r.stderr}"
     y = np.fromfile(tmp_path / "out.bin", dtype="<f4")
     assert y.size == ref.size, f"{y.size} floats written, torch gives {ref.shape}"
@@ -181,19 +199,20 @@ def _check_against_torch(arm64_run, tmp_path: Path, name: str, level: str, *flag
 
 @pytest.mark.parametrize("level", ["0", "90", "seed"])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_arm64_matches_torch(arm64_run, tmp_path, name, level):
+def test_arm64_matches_torch(arm64_run, exported, tmp_path, name, level):
     """The engine's own kernel choice (cost model, no timing under qemu); two threads on
     the largest model (the work split on arm64)."""
     threads = "2" if name == "fernet" else "1"
-    _check_against_torch(arm64_run, tmp_path, name, level, "--threads", threads, "--no-tune")
+    _check_against_torch(arm64_run, exported, tmp_path, name, level, "--threads", threads,
+                         "--no-tune")
 
 
 @pytest.mark.parametrize("kernels", ["--dense", "--sparse", "--portable"])
 @pytest.mark.parametrize("name", ["lenet5", "resnet20"])
-def test_arm64_forced_kernels_match_torch(arm64_run, tmp_path, name, kernels):
+def test_arm64_forced_kernels_match_torch(arm64_run, exported, tmp_path, name, kernels):
     """Every layer on the dense, the sparse or the portable C kernels (the NEON paths the
     cost model did not pick above), at the seed / repository config."""
-    _check_against_torch(arm64_run, tmp_path, name, "seed", kernels, "--no-tune")
+    _check_against_torch(arm64_run, exported, tmp_path, name, "seed", kernels, "--no-tune")
 
 
 def test_arm64_refuses_bad_input_and_model(arm64_run, tmp_path):

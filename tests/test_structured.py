@@ -13,13 +13,12 @@ from mobileprune.sparsity.targets import resolve_targets
 
 
 def _brute_groups(groups: torch.Tensor, k: int) -> float:
-    """Smallest ||G - P||^2 over every choice of k kept rows."""
-    best = float("inf")
-    for keep in itertools.combinations(range(groups.shape[0]), k):
-        p = torch.zeros_like(groups)
-        p[list(keep)] = groups[list(keep)]
-        best = min(best, float((groups - p).pow(2).sum()))
-    return best
+    """Smallest ||G - P||^2 over every choice of k kept rows (P = G on the kept rows, 0
+    elsewhere, so ||G - P||^2 is the sum of the dropped rows' squared norms: computed once
+    per row, summed per choice, instead of building each P)."""
+    sq = groups.pow(2).sum(1).tolist()
+    return min(sum(v for i, v in enumerate(sq) if i not in keep)
+               for keep in itertools.combinations(range(len(sq)), k))
 
 
 @pytest.mark.parametrize("structure, view", [

@@ -9,12 +9,15 @@ the reason it fails with: such a case is an ``xfail(strict=True)`` that only cou
 the step fails *with that reason*; a different failure fails the test, and a fix shows
 up as XPASS, which fails the test too, so the entry gets removed.
 
-Time (the module must stay under ~2.5 minutes on a 2-core machine): the exports through
+Time (the module must stay under ~2 minutes on a 2-core machine): the exports through
 ``torch.export`` are the slow part (ONNX 1-11 s per model, .pte 2-25 s), so the
 ``onnx`` and ``pte`` columns run here only on :data:`SLOW_STEP_MODELS`, a few
-representative models (a plain CNN, a torchvision ViT, a timm ViT, the LSTM / GRU /
-Transformer classifiers; .pte of one recurrent model); ``benchmarks/zoo.py`` runs every
-step on every model (and the latency column) and writes ``docs/zoo.md``.
+representative models (a torchvision ViT, a timm ViT, one recurrent model for ONNX).
+Plain CNNs' ONNX and .pte exports are tests/test_export.py's round trips (LeNet-5,
+LeNet-300-100, FER-Net, ResNet-20); the GRU / Transformer / attention classifiers' ONNX and
+.pte exports, and the LSTM's .pte, are tested there on smaller copies of the same layers
+(``test_sequence_models_export_to_*``). ``benchmarks/zoo.py`` runs every step on every
+model (and the latency column) and writes ``docs/zoo.md``.
 torchvision / timm cases skip with the reason when the ``zoo`` extra is not installed.
 """
 
@@ -28,9 +31,8 @@ from zoo_steps import STEPS
 
 #: The models the slow columns run on here (``benchmarks/zoo.py`` runs them all).
 SLOW_STEP_MODELS: dict[str, tuple[str, ...]] = {
-    "onnx": ("mp_lenet5", "tv_vit", "timm_deit_tiny", "lstm_classifier", "gru_classifier",
-             "transformer_classifier"),
-    "pte": ("mp_lenet5", "tv_vit", "timm_deit_tiny", "lstm_classifier", "transformer_classifier"),
+    "onnx": ("tv_vit", "timm_deit_tiny", "lstm_classifier"),
+    "pte": ("timm_deit_tiny",),
 }
 
 #: ``{(model, step): fragment of the reason}``: cases that fail on main today, each with

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, RandomSampler, Subset, TensorDataset
 
 from mobileprune.errors import ConfigError, DataError
 
@@ -117,3 +117,40 @@ def make_loaders(bundle: DataBundle, batch_size: int = 128, eval_batch_size: int
                           sampler=distributed.sampler(bundle.train, seed)), test
     g = torch.Generator().manual_seed(seed)
     return DataLoader(bundle.train, batch_size=batch_size, shuffle=True, generator=g), test
+
+
+#: seed of the holdout drawn by :func:`holdout_split` (fixed: the split is part of the run)
+HOLDOUT_SEED = 0
+
+
+def holdout_split(loader: DataLoader, fraction: float, *, seed: int = HOLDOUT_SEED,
+                  eval_batch_size: int = 1000) -> tuple[DataLoader, DataLoader]:
+    """Split the training data of ``loader`` into ``(train, validation)`` loaders: a fixed
+    random ``fraction`` of its samples (drawn with their own generator seeded by ``seed``,
+    so no global random state is used and every call gives the same split) is held out
+    for validation, read in order in batches of ``eval_batch_size``; the training loader
+    reads the rest like ``loader`` (batch size, shuffling with ``loader``'s own
+    generator, so a run that saves that generator's state resumes the same batch order;
+    in a ``torchrun`` group, this rank's share). Raises :class:`ConfigError` when the
+    fraction leaves either part empty or the data set is not map-style (no ``len``)."""
+    from mobileprune.pipeline import distributed
+
+    data = loader.dataset
+    if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+        raise ConfigError("a validation split needs a map-style training set (len and indexing), "
+                          f"got {type(data).__name__}")
+    n = len(data)
+    k = round(n * fraction)
+    if not 0 < k < n:
+        raise ConfigError(f"a validation fraction of {fraction} of {n} training samples leaves "
+                          f"{'no validation' if k < 1 else 'no training'} sample")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    held, kept = (Subset(data, order[a:b].sort().values.tolist()) for a, b in ((0, k), (k, n)))
+    common = {"batch_size": loader.batch_size, "drop_last": loader.drop_last,
+              "collate_fn": loader.collate_fn, "num_workers": loader.num_workers}
+    if distributed.active():
+        train = DataLoader(kept, sampler=distributed.sampler(kept, seed), **common)
+    else:
+        train = DataLoader(kept, shuffle=isinstance(loader.sampler, RandomSampler),
+                           generator=loader.generator, **common)
+    return train, DataLoader(held, batch_size=eval_batch_size, collate_fn=loader.collate_fn)

@@ -71,11 +71,16 @@ class RetrainSettings(_TrainSettings):
     steps of the first 75% of the retraining, each such layer swaps its
     ``a/2 (1 + cos(pi t / T))`` fraction of smallest weights for the inactive weights
     with the largest gradients, inside its live filters/neurons and inputs. Layers with
-    a structured target keep their masks."""
+    a structured target keep their masks.
+
+    ``val_fraction = f`` in (0, 1) (0: off; needs fixed masks, no ``regrow``): hold out a
+    fixed random ``f`` of the training data, train on the rest and end with the weights
+    of the epoch of best accuracy on it (:class:`~mobileprune.pipeline.phases.train.Retrain`)."""
 
     cosine: bool = True
     regrow: float = 0.0
     regrow_every: int = 100
+    val_fraction: float = 0.0
 
 
 def _settings(cls, raw: Mapping[str, Any] | None, section: str):
@@ -120,6 +125,9 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
         raise ConfigError(f"'{section}.distill' is a weight in [0, 1], got {obj.distill!r}")
     if getattr(obj, "regrow", 0) > 1:
         raise ConfigError(f"'{section}.regrow' is a fraction in [0, 1], got {obj.regrow!r}")
+    if getattr(obj, "val_fraction", 0) >= 1 or (getattr(obj, "val_fraction", 0) and obj.regrow):
+        raise ConfigError(f"'{section}.val_fraction' is a fraction in [0, 1) of the training data "
+                          f"and needs fixed masks (regrow 0), got {obj.val_fraction!r}")
     return obj
 
 

@@ -60,6 +60,10 @@ DOCS: dict[str, str] = {
     "retraining epochs after the first max_units cut", "structure_lr": "their learning rate",
     "final_regrow": "RigL fraction in the final retraining", "final_refill": "fill the budget with "
     "the largest-gradient inactive weights first", "final_shift": "shift in the final retraining only",
+    "val_fraction": "hold out this fraction of the training data and keep the epoch of best "
+    "validation accuracy (0: off)",
+    "final_val_fraction": "hold out this fraction of the training data in the final retraining "
+    "and keep its epoch of best validation accuracy",
 }
 TARGET_KEYS = {"default": "fraction pruned of every selected weight not listed in layers",
                "types": "layer types that are prunable", "exclude": "names or patterns never pruned",

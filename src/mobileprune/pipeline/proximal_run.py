@@ -58,6 +58,11 @@ class ProxSchedule:
     accumulated in magnitude over up to 50 minibatches, is largest
     (:func:`~mobileprune.sparsity.masks.refill`; they start at 0). ``final_shift``: random
     translations of the inputs in the final retraining only (default ``shift``).
+    ``final_val_fraction = f`` in (0, 1): the final retraining holds out a fixed random
+    ``f`` of the training samples (the rounds still see them all), trains on the rest and
+    ends with the weights of its epoch of best accuracy on them (early stopping,
+    Prechelt 1998; :class:`~mobileprune.pipeline.phases.train.Retrain`): the test data
+    never choose the epoch.
 
     ``final_project`` (needs ``target_nonzero``): if the rounds end with more than
     ``target_nonzero`` nonzero weights, project the model onto that budget before the
@@ -131,6 +136,7 @@ class ProxSchedule:
     regrow_every: int = 100
     final_refill: bool = False
     final_shift: int | None = None
+    final_val_fraction: float | None = None
 
     def __post_init__(self) -> None:
         from mobileprune.sparsity.proximal import _nonneg_int, _positive
@@ -201,6 +207,19 @@ class ProxSchedule:
                               "fill) and schedule.final_retrain_epochs")
         if self.final_shift is not None:
             _nonneg_int(self.final_shift, "schedule.final_shift")
+        self._check_val_fraction()
+
+    def _check_val_fraction(self) -> None:
+        from mobileprune.sparsity.proximal import _positive
+
+        f = self.final_val_fraction
+        if f is None:
+            return
+        if _positive(f, "schedule.final_val_fraction") >= 1:
+            raise ConfigError(f"schedule.final_val_fraction is a fraction in (0, 1), got {f}")
+        if not self.final_retrain_epochs or self.final_regrow:
+            raise ConfigError("schedule.final_val_fraction needs schedule.final_retrain_epochs (the "
+                              "epochs it chooses from) and fixed masks (no final_regrow)")
 
     @property
     def final_distill_weight(self) -> float:
@@ -279,7 +298,8 @@ def _phases(prox: ProxMethod, sched: ProxSchedule, final_kd: float) -> list:
     if sched.final_retrain_epochs:
         settings = retraining(sched.final_retrain_epochs, sched.final_retrain_lr, final_kd,
                               sched.final_shift, regrow=sched.final_regrow,
-                              regrow_every=sched.regrow_every)
+                              regrow_every=sched.regrow_every,
+                              val_fraction=sched.final_val_fraction or 0.0)
         phases.append(Retrain("final retrain", settings, masks=masks))
     return phases
 

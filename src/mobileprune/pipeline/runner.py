@@ -73,12 +73,12 @@ class StateDict:
 
 def epoch_line(name: str, rec: Mapping[str, Any], total: int) -> str:
     """The log line of one epoch: ``"stage1 retrain 2/3: loss 0.1234, test acc 98.10%"``
-    (every ``test_*`` metric, and ADMM's residual and rho when the record has them)."""
+    (every ``val_*`` and ``test_*`` metric, and ADMM's residual and rho when the record has them)."""
     parts = [f"{name} {rec['epoch']}/{total}: loss {rec['loss']:.4f}"]
     for key, value in rec.items():
-        if key.startswith("test_") and isinstance(value, float):
-            label = "acc" if key == "test_accuracy" else key[5:]
-            parts.append(f"test {label} {_fmt_metric(key[5:], value)}")
+        split, _, metric = key.partition("_")
+        if split in ("val", "test") and isinstance(value, float):
+            parts.append(f"{split} {'acc' if metric == 'accuracy' else metric} {_fmt_metric(metric, value)}")
     if "primal_residual" in rec:
         parts.append(f"||W-Z|| {rec['primal_residual']:.3g} rho {rec['rho']:.3g}")
     return ", ".join(parts)
@@ -140,10 +140,12 @@ class Context:
 
     def epochs(self, phase: Phase, total: int, optimizer, *, masks=None, scheduler=None,
                train: Mapping[str, Any] | None = None, after: Callable[[], dict] | None = None,
-               keep: Callable[[], dict] | None = None, tags: Mapping[str, Any] | None = None) -> None:
+               keep: Callable[[], dict] | None = None, tags: Mapping[str, Any] | None = None,
+               loader: DataLoader | None = None) -> None:
         """``phase``'s epochs ``phase.state["epochs"]`` to ``total`` in the one masked-training
         loop (:func:`~mobileprune.pipeline.retrain.masked_retrain`, under ``masks`` or an
-        enforcer; the saved optimizer and scheduler states on resume). After every epoch
+        enforcer; the saved optimizer and scheduler states on resume) on ``loader``
+        (default: the run's training loader). After every epoch
         ``after()`` and the test metric go into its record (with ``tags``), ``phase.state``
         takes the loop's state and ``keep()``, and the run is saved (:meth:`checkpoint`).
         A finished phase keeps no optimizer state."""
@@ -157,7 +159,7 @@ class Context:
             rec.update(tags or {})
             self.checkpoint(rec if self.keep_epochs else None, epoch_line(phase.name, rec, total))
 
-        masked_retrain(self.model, self.loader, optimizer, total, masks=masks, scheduler=scheduler,
+        masked_retrain(self.model, loader or self.loader, optimizer, total, masks=masks, scheduler=scheduler,
                        resume=state, train={"loss_fn": self.loss_fn, **(train or {})},
                        evaluate=measure, checkpoint=checkpoint, progress=self.progress,
                        desc=phase.name)
