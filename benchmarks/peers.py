@@ -325,7 +325,7 @@ def retime(results: dict, models: Path, data: Data) -> int:
     calls = {"dense/torch": data.dense, "dense/runtime": latency_call(data.dense, data.example,
                                                                        "mobileprune runtime")}
     for key, row in results["cells"].items():
-        path = models / (key.replace("/", "_") + ".pt")
+        path = model_path(models, key)
         if path.exists():
             calls[key] = latency_call(torch.load(path, weights_only=False), data.example, row["engine"])
     lat = compare_latency(calls, data.example, repeats=30, warmup=5, threads=1, inner=20)
@@ -391,6 +391,11 @@ def dense_row(data: Data) -> dict:
 # ----------------------------------------------------------------------------- results
 def cell_key(method: str, budget: int, target: float) -> str:
     return f"{method}/{budget}/{target:g}"
+
+
+def model_path(models: Path, key: str) -> Path:
+    """Where the pruned model of the cell ``key`` is kept (``--models``)."""
+    return models / (key.replace("/", "_") + ".pt")
 
 
 def load_results(path: Path) -> dict:
@@ -646,7 +651,7 @@ def run_grid(args, data: Data, results: dict, out: Path) -> None:
             for method in args.methods:
                 key = cell_key(method, budget, target)
                 done = results["cells"].get(key)
-                saved = Path(args.models) / (key.replace("/", "_") + ".pt")
+                saved = model_path(Path(args.models), key)
                 if (done is not None and done.get("version", 1) == METHOD_VERSION.get(method, 1)
                         and (saved.exists() or not getattr(args, "redo_unsaved", False))):
                     continue  # done with the method's current settings (and saved if asked)

@@ -83,6 +83,11 @@ class RetrainSettings(_TrainSettings):
     val_fraction: float = 0.0
 
 
+# numeric settings whose null means "not set" (update_every: once per epoch; rho_final: use
+# rho_multiplier)
+_OPTIONAL_NUMBERS = ("update_every", "rho_final")
+
+
 def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     raw = dict(raw or {})
     names = {f.name for f in dataclasses.fields(cls)}
@@ -107,9 +112,9 @@ def _settings(cls, raw: Mapping[str, Any] | None, section: str):
     for f in dataclasses.fields(cls):
         v = getattr(obj, f.name)
         if f.name in ("epochs", "shift", "regrow_every") or not (
-                f.type in ("float", float) or f.name in ("update_every", "rho_final")):
+                f.type in ("float", float) or f.name in _OPTIONAL_NUMBERS):
             continue
-        if f.name in ("update_every", "rho_final") and v is None:
+        if f.name in _OPTIONAL_NUMBERS and v is None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise ConfigError(f"'{section}.{f.name}' must be a number, got {v!r}")
