@@ -103,7 +103,7 @@ def main() -> int:
     d = case["dense"]
     dmetrics = fit(dense, train_loader, epochs=d["epochs"], optimizer=d.get("optimizer", "adam"),
                    lr=d.get("lr", 1e-3), weight_decay=d.get("weight_decay", 0.0),
-                   momentum=d.get("momentum", 0.9), eval_loader=test_loader,
+                   momentum=d.get("momentum", 0.9), shift=d.get("shift", 0), eval_loader=test_loader,
                    state_path=work / "dense.pt", model_name=case["model"], model_kwargs=kwargs,
                    log=lambda s: log(f"[dense] {s}"))
     dense.eval()

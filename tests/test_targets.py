@@ -140,6 +140,28 @@ def test_invalid_regex():
     raises(Net(), {"default": 0.5, "exclude": ["re:[a-"]}, "invalid regular expression")
 
 
+@pytest.mark.parametrize("cfg, words", [
+    ({"exclude": ["re:[a-"]}, ["invalid regular expression", "re:[a-", "'exclude'"]),
+    ({"layers": {"type:Dense": {}}}, ["unknown layer type", "type:Dense", "'layers'"]),
+    ({"exclude": [3]}, ["'exclude' must be a list", "3"]),
+    ({"layers": ["conv1"]}, ["'layers' must be a mapping"]),
+    ({"types": ["Dense"]}, ["unknown layer type", "Dense"]),
+])
+def test_selection_keys_read_alike_by_both_methods(cfg, words):
+    """``types`` / ``exclude`` / ``layers`` mean the same to ADMM targets and to the
+    proximal regularisers: one reader, one message (sparsity.targets.parse_selection)."""
+    from mobileprune.sparsity.proximal import ProximalPruner
+
+    admm = {"default": 0.5, **{k: ({n: 0.5 for n in v} if k == "layers" and isinstance(v, dict) else v)
+                               for k, v in cfg.items()}}
+    prox = {"method": "l1", "beta": 0.1, **cfg}
+    for make in (lambda: PruneConfig.from_dict(admm), lambda: ProximalPruner(LeNet5(), prox)):
+        with pytest.raises(ConfigError) as exc:
+            make()
+        for w in words:
+            assert w in str(exc.value), (w, str(exc.value))
+
+
 def test_config_that_prunes_nothing():
     for cfg in ({}, {"default": None}, {"layers": {}}, {"exclude": ["conv1"]}):
         raises(Net(), cfg, "prunes nothing")

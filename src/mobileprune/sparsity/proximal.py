@@ -79,7 +79,7 @@ from torch import Tensor, nn
 
 from mobileprune.errors import ConfigError
 from mobileprune.sparsity.regularizers import Regularizer, _check_weight_param
-from mobileprune.sparsity.targets import TYPE_NAMES, WeightSlot, load_yaml, parse_types, select
+from mobileprune.sparsity.targets import WeightSlot, load_yaml, parse_selection, select
 from mobileprune.pipeline.retrain import masked_retrain
 from mobileprune.pipeline.train import _progress, evaluate, forward, make_optimizer, train_epoch
 
@@ -134,20 +134,6 @@ def _parse_config(config: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown key(s) {sorted(unknown)} in proximal pruning config; allowed: {sorted(_TOP_KEYS)}")
     return dict(config)
-
-
-def _check_syntax(keys: Iterable[str], what: str) -> None:
-    """Regular expressions compile and ``type:`` keys name supported types."""
-    import re
-
-    for key in keys:
-        if key.startswith("re:"):
-            try:
-                re.compile(key[3:])
-            except re.error as exc:
-                raise ConfigError(f"invalid regular expression in {key!r} ({what}): {exc}") from None
-        elif key.startswith("type:") and key[5:] not in TYPE_NAMES:
-            raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
 
 
 #: ``grouping: unit``: one group per output unit as the targets define it (below)
@@ -205,24 +191,13 @@ class ProximalPruner:
     def __init__(self, model: nn.Module, config: Mapping[str, Any] | Regularizer | str | Path,
                  *, optimizer: torch.optim.Optimizer | None = None) -> None:
         cfg = _parse_config(config)
-        types = parse_types(cfg.get("types"))
-        exclude = cfg.get("exclude") or ()
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
-            raise ConfigError(f"'exclude' must be a list of layer names or patterns, got {exclude!r}")
-        layers = cfg.get("layers") or {}
-        if not isinstance(layers, Mapping):
-            raise ConfigError("'layers' must be a mapping of layer name/pattern -> regulariser spec")
-        layers = {str(k): v for k, v in layers.items()}
+        types, exclude, layers = parse_selection(cfg, "regulariser spec")
         for key, spec in layers.items():
             if not isinstance(spec, Mapping):
                 raise ConfigError(f"spec of layer {key!r} must be a mapping, got {spec!r}")
             bad = set(spec) - _REG_KEYS
             if bad:
                 raise ConfigError(f"unknown key(s) {sorted(bad)} for layer {key!r}; allowed: {sorted(_REG_KEYS)}")
-        _check_syntax(layers, "'layers'")
-        _check_syntax(exclude, "'exclude'")
         base = {k: cfg[k] for k in _REG_KEYS if k in cfg and cfg[k] is not None}
         if "method" in base:  # validate the top-level spec once, without a layer name
             Regularizer.from_dict({**base, "grouping": None} if base.get("grouping") == UNIT else base)

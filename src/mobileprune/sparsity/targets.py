@@ -362,24 +362,8 @@ class PruneConfig:
             )
         default = cfg.get("default")
         default = None if default is None else _parse_targets("default", default)
-        types = parse_types(cfg.get("types"))
-        exclude = cfg.get("exclude") or ()
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
-            raise ConfigError(f"'exclude' must be a list of layer names or patterns, got {exclude!r}")
-        layers_raw = cfg.get("layers") or {}
-        if not isinstance(layers_raw, Mapping):
-            raise ConfigError("'layers' must be a mapping of layer name/pattern -> target")
-        layers = {str(k): _parse_targets(str(k), v) for k, v in layers_raw.items()}
-        for key in list(layers) + list(exclude):
-            if key.startswith("re:"):
-                try:
-                    re.compile(key[3:])
-                except re.error as exc:
-                    raise ConfigError(f"invalid regular expression in {key!r}: {exc}") from None
-            if key.startswith("type:") and key[5:] not in TYPE_NAMES:
-                raise ConfigError(f"unknown layer type in {key!r}; supported: {sorted(TYPE_NAMES)}")
+        types, exclude, layers_raw = parse_selection(cfg, "target")
+        layers = {k: _parse_targets(k, v) for k, v in layers_raw.items()}
         if default is None and not layers:
             raise ConfigError("the pruning config prunes nothing: give 'default' or 'layers'")
         return cls(default=default, types=types, exclude=tuple(exclude), layers=layers,
@@ -513,6 +497,35 @@ def _parse_target(key: str, value: Any) -> dict[str, Any]:
         raise ConfigError(f"unknown structure {structure!r} for {key!r}; supported: {list(STRUCTURES)}")
     out["structure"] = structure
     return out
+
+
+def parse_selection(cfg: Mapping[str, Any], spec: str
+                    ) -> tuple[tuple[type[nn.Module], ...], tuple[str, ...], dict[str, Any]]:
+    """The layer selection of a config, checked: ``(types, exclude, layers)`` from its
+    ``types`` (:func:`parse_types`), ``exclude`` (a name or pattern, or a list of them)
+    and ``layers`` (a mapping of layer name or pattern -> ``spec``, values unchecked)
+    keys; every ``re:`` pattern must compile and every ``type:`` key name a known type.
+    The one reader of these keys for ADMM targets and proximal regularisers alike."""
+    types = parse_types(cfg.get("types"))
+    exclude = cfg.get("exclude") or ()
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    if not isinstance(exclude, (list, tuple)) or not all(isinstance(e, str) for e in exclude):
+        raise ConfigError(f"'exclude' must be a list of layer names or patterns, got {exclude!r}")
+    layers = cfg.get("layers") or {}
+    if not isinstance(layers, Mapping):
+        raise ConfigError(f"'layers' must be a mapping of layer name/pattern -> {spec}")
+    layers = {str(k): v for k, v in layers.items()}
+    for what, keys in (("'layers'", layers), ("'exclude'", exclude)):
+        for key in keys:
+            if key.startswith("re:"):
+                try:
+                    re.compile(key[3:])
+                except re.error as exc:
+                    raise ConfigError(f"invalid regular expression in {key!r} ({what}): {exc}") from None
+            elif key.startswith("type:") and key[5:] not in TYPE_NAMES:
+                raise ConfigError(f"unknown layer type in {key!r} ({what}); supported: {sorted(TYPE_NAMES)}")
+    return types, tuple(exclude), layers
 
 
 def parse_types(raw: Any) -> tuple[type[nn.Module], ...]:
