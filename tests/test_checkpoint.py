@@ -129,8 +129,29 @@ def test_plain_state_dict_is_foreign(tmp_path):
 def test_pickled_object_is_rejected_by_weights_only(tmp_path):
     path = tmp_path / "module.pt"
     torch.save({"format": FORMAT, "format_version": 1, "model": nn.Linear(2, 2)}, path)
-    with pytest.raises(CheckpointError, match="safe PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="pickled Python objects") as info:
         load_checkpoint(path)
+    msg = str(info.value)
+    # names the object and says what to save instead, in one line
+    assert "torch.nn.modules.linear.Linear" in msg and "state_dict()" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: torch.save(nn.Linear(2, 2), p),                     # torch.save(model)
+    lambda p: p.write_bytes(b"\x80\x02garbage" + bytes(range(256))),  # not a checkpoint
+    lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 64),           # a broken zip
+])
+def test_load_failures_read_as_one_clean_line(tmp_path, make):
+    """torch's own message (several lines, terminal escape codes, and the advice to load
+    with weights_only=False, which would run code from an untrusted file) is not passed on."""
+    path = tmp_path / "x.pt"
+    make(path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    msg = str(info.value)
+    assert msg.startswith(f"cannot read checkpoint {path}: ")
+    assert "\n" not in msg and "\x1b" not in msg and "weights_only=False" not in msg
+    assert "weights_only` set to `False" not in msg
 
 
 def test_wrong_format_version_and_damaged_fields(tmp_path):

@@ -110,6 +110,25 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, capsys):
     assert not (tmp_path / "o.pt").exists()
 
 
+def test_a_whole_pickled_model_says_what_to_save_instead(tmp_path, capsys):
+    """`torch.save(model)` (code in the file) is refused in one line naming the class and the
+    fix, with or without --model, never with torch's advice to load it unsafely."""
+    path = tmp_path / "whole.pt"
+    torch.save(LeNet300100(), path)
+    for extra in ([], ["--model", "torch.nn:Identity"]):
+        assert run("report", str(path), *extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert "LeNet300100" in err and "model.state_dict()" in err and "--model" in err
+        assert "\n" not in err and "weights_only=False" not in err
+
+
+def test_unknown_model_is_named_before_the_data_is_looked_for(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MOBILEPRUNE_DATA", raising=False)
+    assert run("train", "--model", "lenet6", "--dataset", "mnist", "--out", str(tmp_path / "d.pt")) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'lenet6'" in err and "lenet5" in err and "MOBILEPRUNE_DATA" not in err
+
+
 def test_missing_data_dir(dense, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MOBILEPRUNE_DATA", raising=False)
     assert run("eval", str(dense), "--dataset", "mnist", "--data-dir", str(tmp_path / "nope")) == 2

@@ -20,6 +20,7 @@ truncated file nor destroys the previous one.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -152,21 +153,47 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, kind: str = "dense",
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
+_PICKLED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNPICKLER_DETAIL = re.compile(r"WeightsUnpickler error:\s*(\S[^\n]*)")
+
+
+def _load_failure(exc: BaseException) -> str:
+    """Why ``torch.load(..., weights_only=True)`` refused a file, in one line: a whole
+    pickled object (``torch.save(model)``) gets what to save instead; anything else its
+    error's gist, without torch's advice to load untrusted files with ``weights_only=False``
+    (which would run code from the file)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    found = _PICKLED_GLOBAL.search(text)
+    if found:
+        return (f"it holds pickled Python objects ({found.group(1)}), not only tensors, and "
+                "mobileprune reads tensors only (torch.load with weights_only=True runs no code "
+                "from the file): save the weights with torch.save(model.state_dict(), PATH) "
+                "(command line: and name the model with --model package.module:factory)")
+    detail = _UNPICKLER_DETAIL.search(text)
+    first = detail.group(1) if detail else next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return (f"the file is corrupt, truncated or not a PyTorch checkpoint "
+            f"({type(exc).__name__}{': ' + first[:160] if first else ''})")
+
+
+def read_tensor_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU (tensors and plain containers
+    only: nothing in the file runs), or a one-line :class:`CheckpointError` saying why not."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files
+        raise CheckpointError(f"cannot read checkpoint {path}: {_load_failure(exc)}") from None
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate a mobileprune checkpoint (``weights_only=True``).
 
     Raises :class:`CheckpointError` for a missing, corrupt, truncated or foreign file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for bad files
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: the file is corrupt, truncated or not a "
-            f"safe PyTorch checkpoint ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]})"
-        ) from None
+    ckpt = read_tensor_file(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a mobileprune checkpoint (no 'format': {FORMAT!r} field); "

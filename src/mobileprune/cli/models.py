@@ -106,18 +106,12 @@ def load_model(path: str, factory: str | None = None) -> tuple[dict, Any]:
 def _load_user_model(path: str, factory: str) -> tuple[dict, Any]:
     import torch
 
-    from mobileprune.checkpoint import architecture_of, load_checkpoint, restore_model
+    from mobileprune.checkpoint import architecture_of, load_checkpoint, read_tensor_file, restore_model
 
     model = import_factory(factory)()
     if not isinstance(model, torch.nn.Module):
         raise ConfigError(f"--model {factory} returned {type(model).__name__}, not a torch.nn.Module")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except Exception as exc:  # torch raises many types for a bad file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable state dict or checkpoint ({first})") from None
+    raw = read_tensor_file(path)
     if isinstance(raw, dict) and raw.get("format") == "mobileprune.checkpoint":
         ckpt = load_checkpoint(path)
         return ckpt, restore_model(ckpt, model, str(path))
