@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mobileprune import ProximalPruner
 from mobileprune.errors import ConfigError
-from mobileprune.sparsity.proximal import palm_step
+from mobileprune.pipeline.palm import palm_step
 from mobileprune.pipeline.train import evaluate, forward, train_epoch
 
 

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from mobileprune.math import prox as P
 from mobileprune.errors import ConfigError
 from mobileprune.math.groups import count_nonzero_groups
-from mobileprune.sparsity.proximal import ProximalPruner, palm_epoch, palm_step, proximal_epoch, run_rounds
+from mobileprune.pipeline.palm import palm_epoch, palm_step, proximal_epoch, run_rounds
+from mobileprune.sparsity.proximal import ProximalPruner
 from mobileprune.sparsity.regularizers import METHODS, Regularizer, default_grouping
 
 f64 = torch.float64

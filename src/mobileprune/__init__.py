@@ -36,7 +36,7 @@ _LAZY = {
     "fold_dead_weights": "surgery.compact", "compact_in_place": "surgery.compact",
     "MaskEnforcer": "sparsity.masks", "apply_masks": "sparsity.masks", "RegrowingMaskEnforcer": "sparsity.masks",
     "ProximalPruner": "sparsity.proximal",
-    "palm_epoch": "sparsity.proximal", "palm_step": "sparsity.proximal", "proximal_epoch": "sparsity.proximal", "run_rounds": "sparsity.proximal",
+    "palm_epoch": "pipeline.palm", "palm_step": "pipeline.palm", "proximal_epoch": "pipeline.palm", "run_rounds": "pipeline.palm",
     "PipelineConfig": "pipeline.prune", "admm_prune": "pipeline.prune", "proximal_prune": "pipeline.prune",
     "cap_units": "pipeline.prune",
     "export_native": "deploy.export", "export_onnx": "deploy.export",

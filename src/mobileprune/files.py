@@ -53,7 +53,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
 
 def _writer() -> bool:
     """Whether this process writes files: always, except ranks other than 0 of a
-    ``torchrun`` group (:mod:`mobileprune.pipeline.distributed`), where rank 0 writes."""
+    ``torchrun`` group (:mod:`mobileprune.distributed`), where rank 0 writes."""
     dist = sys.modules.get("torch.distributed")
     return not (dist is not None and dist.is_available() and dist.is_initialized()
                 and dist.get_rank() != 0)

@@ -63,7 +63,7 @@ def _run(args) -> int:
     refuse_inputs_as_outputs(inputs, outputs, folders)
     main_rank = True
     if args.command in ("train", "prune"):
-        from mobileprune.pipeline import distributed
+        from mobileprune import distributed
 
         if distributed.init_from_env():
             main_rank = distributed.is_main()

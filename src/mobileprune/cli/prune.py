@@ -86,7 +86,7 @@ def _prox_config(args) -> dict[str, Any]:
 
 def _world() -> dict[str, Any]:
     """How many processes trained (``torchrun``) and over which backend."""
-    from mobileprune.pipeline import distributed
+    from mobileprune import distributed
 
     return {"world_size": distributed.world_size(), "backend": distributed.backend()}
 
@@ -99,7 +99,7 @@ def run_dir_of(args) -> Path:
 def cmd_prune(args) -> int:
     import torch
 
-    from mobileprune.pipeline import distributed
+    from mobileprune import distributed
     from mobileprune.pipeline.prune import admm_prune, proximal_prune
 
     if args.method == "admm":

@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
     from mobileprune.checkpoint import save_checkpoint
     from mobileprune.data.registry import load_dataset, make_loaders
     from mobileprune.models import build_model, kwargs_for_data, model_settings
-    from mobileprune.pipeline import distributed
+    from mobileprune import distributed
     from mobileprune.pipeline.fit import fit
 
     model_settings(args.model)  # an unknown model name is reported before the data is read

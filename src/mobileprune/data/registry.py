@@ -109,7 +109,7 @@ def make_loaders(bundle: DataBundle, batch_size: int = 128, eval_batch_size: int
                  seed: int = 0) -> tuple[DataLoader, DataLoader]:
     """Shuffled training loader (seeded) and sequential test loader; in a ``torchrun``
     group the training loader reads this rank's share (``batch_size`` per rank)."""
-    from mobileprune.pipeline import distributed
+    from mobileprune import distributed
 
     test = DataLoader(bundle.test, batch_size=eval_batch_size)
     if distributed.active():  # this rank's share of each epoch (torchrun)
@@ -133,7 +133,7 @@ def holdout_split(loader: DataLoader, fraction: float, *, seed: int = HOLDOUT_SE
     generator, so a run that saves that generator's state resumes the same batch order;
     in a ``torchrun`` group, this rank's share). Raises :class:`ConfigError` when the
     fraction leaves either part empty or the data set is not map-style (no ``len``)."""
-    from mobileprune.pipeline import distributed
+    from mobileprune import distributed
 
     data = loader.dataset
     if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):

@@ -4,7 +4,7 @@
 retraining of seed 003 (Algorithm 1, step 4: after masked mapping ``W_i <- Pi_{S_i}(W_i)``,
 the Eq. 6 projection, train with the masks ``M_i`` fixed) and its ADMM W-steps (Eq. 5;
 with nested stages under the previous stage's masks), and MobilePrune's (seed 000)
-retraining in every proximal round (:func:`~mobileprune.sparsity.proximal.run_rounds`), after
+retraining in every proximal round (:func:`~mobileprune.pipeline.palm.run_rounds`), after
 the unit caps and after the last round (:func:`~mobileprune.pipeline.proximal_run.proximal_prune`);
 also dense training (:func:`~mobileprune.pipeline.fit.fit`, no masks).
 """

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mobileprune.errors import ConfigError
-from mobileprune.pipeline import distributed
+from mobileprune import distributed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from mobileprune.errors import ConfigError
-from mobileprune.pipeline import distributed
+from mobileprune import distributed
 from mobileprune.pipeline.phases.train import Retrain
 from mobileprune.pipeline.runner import Context, StateDict
 
@@ -165,7 +165,7 @@ class ProxRounds(StateDict):
     state: dict[str, Any] = field(default_factory=dict)
 
     def run(self, ctx: Context) -> None:
-        from mobileprune.sparsity.proximal import run_rounds
+        from mobileprune.pipeline.palm import run_rounds
 
         s, prox = self.prox.sched, self.prox
         t0 = time.perf_counter()

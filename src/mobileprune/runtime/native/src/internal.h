@@ -157,7 +157,7 @@ mp_status mp_check_op(const mp_model* m, uint32_t index);
 
 /* The weight stored at iattr / array slots at..at+3 of a conv / linear (at 0) or lstm /
  * gru (W_ih at 0, W_hh at 4) record, converted to float32 / uint32 in buffers the caller
- * frees with mp_wbuf_free (plan.c). */
+ * frees with mp_wbuf_free (weights.c). */
 typedef struct mp_wbuf {
     float* values;
     float* bias;
