@@ -211,7 +211,7 @@ class ADMMPruner:
     def _graph_members(self, example_input: Any) -> dict[str, Tensor]:
         """Channel ids of the Linear / Conv filter and channel targets in the traced graph
         (:func:`mobileprune.surgery.compact.channel_ids`)."""
-        from mobileprune.surgery.compact import channel_ids
+        from mobileprune.graph.passes.units import channel_ids
 
         structured = {k: t for k, t in self._keys.items()
                       if t.structure in ("filter", "channel") and t.plain}
@@ -346,7 +346,7 @@ class ADMMPruner:
         masks = self._map(allowed)
         rounds = 0
         while reallocate_dead and rounds < max_rounds:
-            from mobileprune.surgery.compact import dead_weights
+            from mobileprune.graph.passes.units import dead_weights
 
             units = {k: v.to(masks[k].device) for k, v in
                      dead_weights(self.model, self._example, nonzero_only=False).items()

@@ -15,7 +15,9 @@ API
   layer that keeps them, parameters and MACs before / after, the resize history). When
   nothing can be removed it warns (:class:`CompactionWarning`); never silent.
 * :func:`channel_ids` / :func:`dead_weights`: the coupled channel ids (ADMM structured
-  coupling) and the weights ``compact`` drops, from the same analysis.
+  coupling) and the weights ``compact`` drops, from the same analysis (defined with
+  :func:`dead_units` in :mod:`mobileprune.graph.passes.units`, the graph layer, and
+  re-exported here).
 * :func:`dead_units(model, example_input, *, atol=0.0) <dead_units>` is the dry run: per
   producer layer (Conv/Linear, by qualified name), which output units ``compact`` removes.
 * :func:`compact_in_place(model, example_input) <compact_in_place>` does the same to
@@ -140,7 +142,6 @@ silently returns a wrong model).
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,10 +149,11 @@ from typing import Any
 import torch
 from torch import Tensor, fx, nn
 
-from mobileprune.errors import CompactionError, ConfigError, UnsupportedModelError
-from mobileprune.graph import trace
+from mobileprune.errors import CompactionError, UnsupportedModelError
 from mobileprune.graph.passes.channels import ChannelFlow, Decision, Layer, positions
-from mobileprune.graph.registry import args_of, handler, module_handler, op_of
+from mobileprune.graph.passes.units import (analyze, channel_ids, dead_mask, dead_units,
+                                            dead_weights, weight_nodes)
+from mobileprune.graph.registry import args_of, handler, module_handler
 from mobileprune.graph.trace import Traced, as_args, flat_tensors, random_like
 from mobileprune.sparsity.report import ORIGINAL_SIZE, size_of
 
@@ -205,27 +207,10 @@ class CompactionRecord:
 
 # --------------------------------------------------------------------------- analysis
 
-def _check_atol(atol: float) -> float:
-    if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not math.isfinite(atol) \
-            or atol < 0:
-        raise ConfigError(f"atol must be a finite number >= 0, got {atol!r}")
-    return float(atol)
-
-
 def _set_training(model: nn.Module, flags: dict[str, bool]) -> None:
     for name, mod in model.named_modules():
         if name in flags:
             mod.training = flags[name]
-
-
-def _analyze(model: nn.Module, example_input: Any, atol: float,
-             who: str) -> tuple[Traced, ChannelFlow, dict[str, bool]]:
-    """The traced eval-mode copy of ``model``, its :class:`ChannelFlow` and the
-    ``training`` flags of ``model``'s modules."""
-    atol = _check_atol(atol)
-    flags = {n: m.training for n, m in model.named_modules()}
-    t = trace(model, example_input, who=who)
-    return t, ChannelFlow(t.gm, atol, t.work), flags
 
 
 def _producers(flow: ChannelFlow) -> list[Layer]:
@@ -233,22 +218,12 @@ def _producers(flow: ChannelFlow) -> list[Layer]:
     return [lay for lay in flow.layers if lay.kind in ("conv", "linear")]
 
 
-def _weight_nodes(flow: ChannelFlow) -> list[tuple[fx.Node, str, nn.Module]]:
-    """Every Conv / Linear module call of the graph: (node, name, module)."""
-    out = []
-    for node in flow.gm.graph.nodes:
-        a = args_of(node)
-        if op_of(node) in ("conv", "linear") and a.get("module") is not None:
-            out.append((node, a["module_name"], a["module"]))
-    return out
-
-
 def _kept_zero(flow: ChannelFlow, dec: Decision) -> list[KeptUnits]:
     """The zero output units that stay, grouped by layer and reason."""
     refused = dict(flow.refused)
     resized = {lay.node: lay for lay in _producers(flow)}
     out: list[KeptUnits] = []
-    for node, name, m in _weight_nodes(flow):
+    for node, name, m in weight_nodes(flow):
         lay = resized.get(node)
         if lay is None:
             zero = flow.zero(m.weight).all(1)
@@ -257,7 +232,7 @@ def _kept_zero(flow: ChannelFlow, dec: Decision) -> list[KeptUnits]:
         else:
             units = _kept_units(flow, dec, lay)
         out += [KeptUnits(name, us, why) for why, us in units.items()]
-    seen = {node for node, _, _ in _weight_nodes(flow)}
+    seen = {node for node, _, _ in weight_nodes(flow)}
     for lay in flow.layers:  # the units inside leaf modules: recurrent, attention
         if lay.kind in ("conv", "linear", "rnn", "heads") and lay.node not in seen:
             out += [KeptUnits(lay.name, us, why) for why, us in _kept_units(flow, dec, lay).items()]
@@ -275,13 +250,13 @@ def _kept_units(flow: ChannelFlow, dec: Decision, lay: Layer) -> dict[str, list[
 
 
 def _macs(flow: ChannelFlow, pos: dict[fx.Node, int]) -> int:
-    return sum(m.weight.numel() * pos[node] for node, _, m in _weight_nodes(flow))
+    return sum(m.weight.numel() * pos[node] for node, _, m in weight_nodes(flow))
 
 
 def _record(t: Traced, flow: ChannelFlow, dec: Decision) -> tuple[CompactionRecord, dict]:
     """The record before resizing (removed units, kept zero units, sizes before) and the
     output positions per unit of every Conv / Linear node."""
-    pos = {node: positions(node, m.weight.shape[0]) for node, _, m in _weight_nodes(flow)}
+    pos = {node: positions(node, m.weight.shape[0]) for node, _, m in weight_nodes(flow)}
     rec = CompactionRecord(kept_zero=_kept_zero(flow, dec))
     rec.params_before = rec.params_after = sum(p.numel() for p in t.work.parameters())
     rec.macs_before = rec.macs_after = _macs(flow, pos)
@@ -416,7 +391,7 @@ def compact(model: nn.Module, example_input: Any, *, atol: float = 0.0, strict: 
             does not run through it, or (``strict``) zero units cannot be removed.
         CompactionError: the compacted model does not reproduce the original (a bug).
     """
-    t, flow, flags = _analyze(model, example_input, atol, "compact")
+    t, flow, flags = analyze(model, example_input, atol, "compact")
     dec = flow.decide()
     rec, pos = _record(t, flow, dec)
     if strict and (rec.kept_zero or not rec.removed):
@@ -463,111 +438,6 @@ def _shrink(model: nn.Module, t: Traced, flow: ChannelFlow, dec: Decision,
         f"(class forward: {reason}; traced graph: {reason_gm}); please report this model")
 
 
-def dead_units(model: nn.Module, example_input: Any, *, atol: float = 0.0) -> dict[str, dict]:
-    """Dry run of :func:`compact`: which output units of each producer layer are removed.
-
-    Returns ``{layer_name: {"out_units": int, "removable": [indices], "kept": int,
-    "zero": [indices]}}`` for every Conv/Linear layer of the traced graph, in graph order:
-    ``removable`` are the output units (filters / neurons) :func:`compact` removes,
-    ``zero`` the units whose weights are all zero (``|w| <= atol``), removable or not (a
-    zero unit can be kept, e.g. when its constant bias feeds a zero-padded conv). Layers
-    compaction cannot resize (called several times, parametrised, grouped convs...) are
-    listed with ``removable == []``. ``model`` is not modified.
-    """
-    _, flow, _ = _analyze(model, example_input, atol, "dead_units")
-    dec = flow.decide()
-    resized = {lay.node for lay in flow.layers if lay.kind != "norm"}
-    report: dict[str, dict] = {}
-    for node, name, m in _weight_nodes(flow):
-        if name in report:
-            continue
-        zero = flow.zero(m.weight).all(1)
-        rem = flow.removed_pos(dec, node).nonzero().flatten().tolist() if node in resized else []
-        report[name] = {"out_units": int(zero.numel()), "removable": rem,
-                        "kept": int(zero.numel()) - len(rem),
-                        "zero": zero.nonzero().flatten().tolist()}
-    return report
-
-
-def channel_ids(model: nn.Module, example_input: Any) -> dict[str, dict[str, Tensor]]:
-    """Coupled channel ids of every Conv/Linear layer, as :func:`compact` sees them.
-
-    Returns ``{layer_name: {"filter": ids, "channel": ids}}``: ``ids["filter"]`` has one
-    entry per output unit (filter / neuron), ``ids["channel"]`` one per input position
-    (input channel of a conv, input feature of a Linear). Two units carry the same id
-    when they are the same channel slot of the traced graph: the output channels that a
-    residual ``add`` merges, a depthwise conv's input and output channels, a producer's
-    filters and the consumer's input channels they feed, the ``H*W`` features a
-    ``flatten`` makes from one channel. Compaction can remove such units only all
-    together, so structured pruning that wants a physical speed-up must zero them
-    together (:class:`mobileprune.sparsity.admm.ADMMPruner` does, given ``example_input``).
-    BatchNorm layers are listed too (the same ids under both keys). Ids are ``0..n-1``
-    over the whole model; ``model`` is not modified. Layers compaction cannot resize
-    (grouped convs, modules called twice, ...) are absent.
-
-    Raises :class:`UnsupportedModelError` (message starting ``channel_ids:``) when the
-    model cannot be traced.
-    """
-    _, flow, _ = _analyze(model, example_input, 0.0, "channel_ids")
-    root = flow.roots()
-    raw: dict[str, dict[str, Tensor]] = {}
-    for lay in flow.layers:
-        if lay.name not in raw and lay.kind in ("conv", "linear", "dw", "norm"):
-            raw[lay.name] = {"filter": root[flow.out_ids(lay)],
-                             "channel": root[flow.in_ids(lay)]}
-    if not raw:
-        return {}
-    flat = torch.cat([t for d in raw.values() for t in d.values()])
-    _, inverse = torch.unique(flat, return_inverse=True)
-    out: dict[str, dict[str, Tensor]] = {}
-    pos = 0
-    for name, d in raw.items():
-        out[name] = {}
-        for k, t in d.items():
-            out[name][k] = inverse[pos:pos + t.numel()].clone()
-            pos += t.numel()
-    return out
-
-
-def _dead_mask(flow: ChannelFlow, dec: Decision, lay: Layer, w: Tensor,
-               cols: Tensor | None = None) -> Tensor:
-    """Bool like ``w``: the weights of removed rows, and of the columns ``cols`` (default:
-    a producer's removed inputs)."""
-    rows = flow.removed_out(dec, lay)
-    dead = rows.view(-1, *([1] * (w.dim() - 1))).expand(w.shape).clone()
-    if cols is None and lay.kind in ("conv", "linear"):
-        cols = flow.removed_in(dec, lay)
-    if cols is not None:
-        dead |= cols.view(1, -1, *([1] * (w.dim() - 2))).expand(w.shape)
-    return dead
-
-
-def dead_weights(model: nn.Module, example_input: Any, *, atol: float = 0.0,
-                 nonzero_only: bool = True) -> dict[str, Tensor]:
-    """Nonzero weights that cannot change the model's output (the ones :func:`compact`
-    drops): ``{weight parameter name: bool mask}`` for every Conv/Linear layer it can cut.
-
-    A weight is dead when it belongs to an output unit that compaction removes (e.g. a
-    hidden neuron all of whose outgoing weights are zero) or reads an input channel /
-    feature that compaction removes (e.g. a zero filter's constant output, folded into
-    the consumer's bias). With ``nonzero_only=False`` every position of a dead unit is
-    marked, zero or not. ``model`` is not modified.
-    """
-    _, flow, _ = _analyze(model, example_input, atol, "dead_weights")
-    dec = flow.decide()
-    result: dict[str, Tensor] = {}
-    for lay in flow.layers:
-        if lay.kind not in ("conv", "linear", "dw"):
-            continue
-        w = lay.module.weight.detach()
-        dead = _dead_mask(flow, dec, lay, w)
-        key = f"{lay.name}.weight" if lay.name else "weight"
-        if nonzero_only:
-            dead = dead & (w.abs().cpu() > atol)
-        result[key] = dead if key not in result else result[key] | dead
-    return result
-
-
 def _foldable_inputs(flow: ChannelFlow, lay: Layer, m: nn.Module, keep_rows: Tensor,
                      removed_in: Tensor) -> Tensor:
     """The removed inputs of ``m`` whose weights can be zeroed in place: without a bias,
@@ -605,7 +475,7 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
     moment estimates of the zeroed weights are not reset; keep them zero with a mask,
     e.g. :class:`mobileprune.sparsity.masks.MaskEnforcer`).
     """
-    t, flow, _ = _analyze(model, example_input, 0.0, "fold_dead_weights")
+    t, flow, _ = analyze(model, example_input, 0.0, "fold_dead_weights")
     dec = flow.decide()
     rnd = random_like(t.args)
     refs = [t.out, t.gm(*rnd)]
@@ -620,7 +490,7 @@ def fold_dead_weights(model: nn.Module, example_input: Any) -> dict[str, int]:
         fold = flow.fold(lay, keep_rows, removed_in)
         cols = torch.zeros(w.shape[1], dtype=torch.bool)
         cols[removed_in] = True
-        dead = _dead_mask(flow, dec, lay, w, cols).to(w.device)
+        dead = dead_mask(flow, dec, lay, w, cols).to(w.device)
         n = int((w[dead] != 0).sum())
         counts[f"{lay.name}.weight" if lay.name else "weight"] = n
         if n == 0 and not bool((fold != 0).any()):
