@@ -154,7 +154,7 @@ def test_schedule_additions_validated(data, bad, match):
     (0.5, None, 0.5, 0.5)])  # default: the same weight in both phases
 def test_final_distill_weight_per_phase(data, tmp_path, monkeypatch, distill, final_distill,
                                         expect_rounds, expect_final):
-    import mobileprune.sparsity.proximal as palm
+    import mobileprune.pipeline.palm as palm
     import mobileprune.pipeline.retrain as retrain
 
     seen = {"rounds": [], "final": []}
@@ -327,3 +327,35 @@ def test_runs_in_the_layout_before_the_runner_still_resume(data, tmp_path, stop_
     for k, v in ref.model.state_dict().items():
         assert torch.equal(res.model.state_dict()[k], v), k
     assert [h["round"] for h in res.history] == [h["round"] for h in ref.history]
+
+
+@pytest.mark.parametrize("bad, words", [
+    *[({key: -1}, [f"schedule.{key}"]) for key in
+      ("rounds", "prox_epochs", "retrain_epochs", "final_retrain_epochs", "shift", "structure_epochs",
+       "final_shift", "target_nonzero")],
+    ({"increase_every": 0}, ["schedule.increase_every"]), ({"regrow_every": 0}, ["schedule.regrow_every"]),
+    *[({key: 0.0}, [f"schedule.{key}"]) for key in
+      ("temperature", "lam_factor", "eta_factor", "prox_lr", "retrain_lr", "final_retrain_lr", "structure_lr")],
+    ({"retrain_weight_decay": -1e-5}, ["schedule.retrain_weight_decay", ">= 0"]),
+    ({"final_regrow": 1.5, "final_retrain_epochs": 1}, ["schedule.final_regrow", "[0, 1]"]),
+    *[({key: 1}, [f"schedule.{key}", "true or false"]) for key in
+      ("final_project", "fold_dead", "compact", "final_refill")],
+    ({"mode": "sgd"}, ["schedule.mode", "palm, proximal"]),
+    ({"prox_optimizer": "lbfgs"}, ["schedule.prox_optimizer", "adam"]),
+    ({"max_units": {}}, ["schedule.max_units", "non-empty mapping"]),
+    ({"max_inputs": {"fc1": 0}}, ["schedule.max_inputs['fc1']"]),
+    ({"final_regrow": 0.1}, ["final_regrow needs schedule.final_retrain_epochs"]),
+    ({"final_refill": True, "final_retrain_epochs": 1}, ["final_refill needs schedule.target_nonzero"]),
+    ({"structure_epochs": 1}, ["structure_epochs needs schedule.max_units"]),
+    ({"final_val_fraction": 1.0, "final_retrain_epochs": 1}, ["final_val_fraction", "(0, 1)"]),
+])
+def test_every_schedule_key_is_checked_with_its_name(bad, words):
+    """Each key of ProxSchedule is refused in one line naming it (the value checks are one
+    table, the keys that need another key one list: pipeline.proximal_run)."""
+    from mobileprune.pipeline.proximal_run import ProxSchedule
+
+    with pytest.raises(ConfigError) as info:
+        ProxSchedule(**bad)
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+    ProxSchedule()  # the defaults are valid

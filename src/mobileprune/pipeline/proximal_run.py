@@ -139,41 +139,45 @@ class ProxSchedule:
     final_val_fraction: float | None = None
 
     def __post_init__(self) -> None:
+        self._check_values()
+        self._check_caps()
+        for needs, message in _schedule_dependencies(self):
+            if needs:
+                raise ConfigError(message)
+        self._check_val_fraction()
+
+    def _check_values(self) -> None:
+        """Each key on its own: counts, positive and non-negative reals, fractions in
+        [0, 1], true / false flags and choices (None: the key's "not set" default)."""
         from mobileprune.sparsity.proximal import _nonneg_int, _positive
 
-        for key in ("distill", "final_distill"):  # weights in [0, 1]; final_distill may be None
-            v = getattr(self, key)
-            if v is None:
-                continue
-            _positive(v, f"schedule.{key}", strict=False)
-            if v > 1:
-                raise ConfigError(f"schedule.{key} must be in [0, 1], got {v}")
-        _positive(self.temperature, "schedule.temperature")
-        for key, low in (("rounds", 0), ("prox_epochs", 0), ("retrain_epochs", 0),
-                         ("increase_every", 1), ("regrow_every", 1)):
-            _nonneg_int(getattr(self, key), f"schedule.{key}", minimum=low)
-        for key in ("lam_factor", "eta_factor", "prox_lr", "retrain_lr"):
-            _positive(getattr(self, key), f"schedule.{key}")
-        _positive(self.retrain_weight_decay, "schedule.retrain_weight_decay", strict=False)
+        for key, low in _COUNTS.items():
+            if getattr(self, key) is not None:
+                _nonneg_int(getattr(self, key), f"schedule.{key}", minimum=low)
+        for key in _POSITIVE:
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"schedule.{key}")
+        for key in ("final_retrain_lr", "structure_lr"):  # optional rates are kept as floats
+            if getattr(self, key) is not None:
+                setattr(self, key, float(getattr(self, key)))
+        for key in _NONNEGATIVE + _FRACTIONS:
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"schedule.{key}", strict=False)
+        for key in _FRACTIONS:
+            if getattr(self, key) is not None and getattr(self, key) > 1:
+                raise ConfigError(f"schedule.{key} is a fraction in [0, 1], got {getattr(self, key)}")
+        for key in _FLAGS:
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"schedule.{key} must be true or false, got {getattr(self, key)!r}")
         for key, allowed in (("mode", ("palm", "proximal")), ("prox_optimizer", OPTIMIZERS)):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"schedule.{key} must be one of {', '.join(allowed)}, got "
                                   f"{getattr(self, key)!r}")
-        if self.target_nonzero is not None:
-            _nonneg_int(self.target_nonzero, "schedule.target_nonzero")
-        _nonneg_int(self.final_retrain_epochs, "schedule.final_retrain_epochs")
-        _nonneg_int(self.shift, "schedule.shift")
-        if self.shift and self.mode == "palm":
-            raise ConfigError("schedule.shift needs mode 'proximal' (PALM's backtracking compares "
-                              "losses on one fixed minibatch)")
-        if self.final_retrain_lr is not None:
-            self.final_retrain_lr = _positive(self.final_retrain_lr, "schedule.final_retrain_lr")
-        for key in ("final_project", "fold_dead", "compact"):
-            if not isinstance(getattr(self, key), bool):
-                raise ConfigError(f"schedule.{key} must be true or false, got {getattr(self, key)!r}")
-        _positive(self.project_margin, "schedule.project_margin", strict=False)
-        if self.project_margin and not self.final_project:
-            raise ConfigError("schedule.project_margin needs schedule.final_project: true")
+
+    def _check_caps(self) -> None:
+        """``max_units`` / ``max_inputs``: non-empty mappings of layer name -> count >= 1."""
+        from mobileprune.sparsity.proximal import _nonneg_int
+
         for key in ("max_units", "max_inputs"):
             caps = getattr(self, key)
             if caps is None:
@@ -184,30 +188,6 @@ class ProxSchedule:
             for name, k in caps.items():
                 _nonneg_int(k, f"schedule.{key}[{name!r}]", minimum=1)
             setattr(self, key, dict(caps))
-        _nonneg_int(self.structure_epochs, "schedule.structure_epochs")
-        if self.structure_epochs and not (self.max_units or self.max_inputs):
-            raise ConfigError("schedule.structure_epochs needs schedule.max_units or schedule.max_inputs "
-                              "(it retrains the network after their cut)")
-        if self.structure_lr is not None:
-            self.structure_lr = _positive(self.structure_lr, "schedule.structure_lr")
-        if self.final_project and self.target_nonzero is None:
-            raise ConfigError("schedule.final_project needs schedule.target_nonzero (the budget "
-                              "to project onto)")
-        _positive(self.final_regrow, "schedule.final_regrow", strict=False)
-        if self.final_regrow > 1:
-            raise ConfigError(f"schedule.final_regrow is a fraction in [0, 1], got {self.final_regrow}")
-        if self.final_regrow and not self.final_retrain_epochs:
-            raise ConfigError("schedule.final_regrow needs schedule.final_retrain_epochs (it moves "
-                              "weights during the final retraining)")
-        _nonneg_int(self.regrow_every, "schedule.regrow_every", minimum=1)
-        if not isinstance(self.final_refill, bool):
-            raise ConfigError(f"schedule.final_refill must be true or false, got {self.final_refill!r}")
-        if self.final_refill and (self.target_nonzero is None or not self.final_retrain_epochs):
-            raise ConfigError("schedule.final_refill needs schedule.target_nonzero (the budget to "
-                              "fill) and schedule.final_retrain_epochs")
-        if self.final_shift is not None:
-            _nonneg_int(self.final_shift, "schedule.final_shift")
-        self._check_val_fraction()
 
     def _check_val_fraction(self) -> None:
         from mobileprune.sparsity.proximal import _positive
@@ -225,6 +205,39 @@ class ProxSchedule:
     def final_distill_weight(self) -> float:
         """Distillation weight of the final retraining (``final_distill``, else ``distill``)."""
         return self.distill if self.final_distill is None else float(self.final_distill)
+
+
+#: value checks of ProxSchedule's keys: counts (with their least value), reals > 0,
+#: reals >= 0, fractions in [0, 1], true / false
+_COUNTS = {"rounds": 0, "prox_epochs": 0, "retrain_epochs": 0, "increase_every": 1,
+           "regrow_every": 1, "target_nonzero": 0, "final_retrain_epochs": 0, "shift": 0,
+           "structure_epochs": 0, "final_shift": 0}
+_POSITIVE = ("temperature", "lam_factor", "eta_factor", "prox_lr", "retrain_lr",
+             "final_retrain_lr", "structure_lr")
+_NONNEGATIVE = ("retrain_weight_decay", "project_margin")
+_FRACTIONS = ("distill", "final_distill", "final_regrow")
+_FLAGS = ("final_project", "fold_dead", "compact", "final_refill")
+
+
+def _schedule_dependencies(s: ProxSchedule) -> list[tuple[bool, str]]:
+    """``(violated, message)`` of every key that needs another one."""
+    return [
+        (bool(s.shift) and s.mode == "palm", "schedule.shift needs mode 'proximal' (PALM's "
+         "backtracking compares losses on one fixed minibatch)"),
+        (bool(s.project_margin) and not s.final_project,
+         "schedule.project_margin needs schedule.final_project: true"),
+        (bool(s.structure_epochs) and not (s.max_units or s.max_inputs),
+         "schedule.structure_epochs needs schedule.max_units or schedule.max_inputs (it retrains "
+         "the network after their cut)"),
+        (s.final_project and s.target_nonzero is None,
+         "schedule.final_project needs schedule.target_nonzero (the budget to project onto)"),
+        (bool(s.final_regrow) and not s.final_retrain_epochs,
+         "schedule.final_regrow needs schedule.final_retrain_epochs (it moves weights during the "
+         "final retraining)"),
+        (s.final_refill and (s.target_nonzero is None or not s.final_retrain_epochs),
+         "schedule.final_refill needs schedule.target_nonzero (the budget to fill) and "
+         "schedule.final_retrain_epochs"),
+    ]
 
 
 # the schedule keys of the first version (always part of the fingerprint)
