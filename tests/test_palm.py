@@ -1,4 +1,4 @@
-"""Tests of mobileprune.sparsity.regularizers and mobileprune.sparsity.proximal (methods.md section 2, seed 000).
+"""Tests of mobileprune.sparsity.regularizers, mobileprune.sparsity.proximal and mobileprune.pipeline.palm (methods.md section 2, seed 000).
 
 * Regularizer values against hand computation on tiny weights, and its prox against the
   functions of mobileprune.math.prox applied to hand-built groups;
@@ -520,3 +520,16 @@ def test_run_rounds_numbers_rounds_from_first_round():
     assert [ln.split(":")[0] for ln in lines] == ["round 3/4", "round 4/4"]
     with pytest.raises(ConfigError, match="first_round must be an integer >= 1"):
         run_rounds(model, loader, pruner, 1, 0, 0, mode="proximal", log=None, first_round=0)
+
+
+def test_the_old_home_of_the_training_loops_still_answers():
+    """palm_step & co. moved from sparsity.proximal to pipeline.palm; the old names resolve
+    to the same functions, with a DeprecationWarning that names the new home."""
+    import mobileprune.pipeline.palm as palm
+    import mobileprune.sparsity.proximal as old
+
+    for name in ("palm_step", "palm_epoch", "proximal_epoch", "run_rounds"):
+        with pytest.warns(DeprecationWarning, match=f"pipeline.palm.{name}"):
+            assert getattr(old, name) is getattr(palm, name)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        old.no_such_name  # noqa: B018

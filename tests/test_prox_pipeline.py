@@ -348,6 +348,11 @@ def test_runs_in_the_layout_before_the_runner_still_resume(data, tmp_path, stop_
     ({"final_refill": True, "final_retrain_epochs": 1}, ["final_refill needs schedule.target_nonzero"]),
     ({"structure_epochs": 1}, ["structure_epochs needs schedule.max_units"]),
     ({"final_val_fraction": 1.0, "final_retrain_epochs": 1}, ["final_val_fraction", "(0, 1)"]),
+    *[({key: None}, [f"schedule.{key}"]) for key in  # None is "not set" for optional keys only
+      ("rounds", "prox_epochs", "retrain_epochs", "increase_every", "regrow_every",
+       "final_retrain_epochs", "shift", "structure_epochs", "temperature", "lam_factor",
+       "eta_factor", "prox_lr", "retrain_lr", "retrain_weight_decay", "project_margin",
+       "final_regrow")],
 ])
 def test_every_schedule_key_is_checked_with_its_name(bad, words):
     """Each key of ProxSchedule is refused in one line naming it (the value checks are one

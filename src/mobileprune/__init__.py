@@ -32,7 +32,7 @@ from mobileprune.errors import (CheckpointError, CompactionError, ConfigError, D
 # on a device without torch.
 _LAZY = {
     "ADMMPruner": "sparsity.admm", "load_checkpoint": "checkpoint", "restore_model": "checkpoint",
-    "save_checkpoint": "checkpoint", "compact": "surgery.compact", "dead_units": "surgery.compact",
+    "save_checkpoint": "checkpoint", "compact": "surgery.compact", "dead_units": "graph.passes.units",
     "fold_dead_weights": "surgery.compact", "compact_in_place": "surgery.compact",
     "MaskEnforcer": "sparsity.masks", "apply_masks": "sparsity.masks", "RegrowingMaskEnforcer": "sparsity.masks",
     "ProximalPruner": "sparsity.proximal",

@@ -167,8 +167,8 @@ def _load_failure(exc: BaseException) -> str:
     if found:
         return (f"it holds pickled Python objects ({found.group(1)}), not only tensors, and "
                 "mobileprune reads tensors only (torch.load with weights_only=True runs no code "
-                "from the file): save the weights with torch.save(model.state_dict(), PATH) "
-                "(command line: and name the model with --model package.module:factory)")
+                "from the file): save the weights with torch.save(model.state_dict(), PATH) and, on "
+                "the command line, name the model with --model package.module:factory")
     detail = _UNPICKLER_DETAIL.search(text)
     first = detail.group(1) if detail else next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     return (f"the file is corrupt, truncated or not a PyTorch checkpoint "

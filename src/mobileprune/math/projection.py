@@ -99,7 +99,7 @@ def top_coupled_groups(
     """Choose the coupled channels to keep across several layers (seed 003, sec. 2.4).
 
     Channels tied by a residual addition, a concatenation or a flatten (see
-    :func:`mobileprune.surgery.compact.channel_ids`) can only be removed from the network
+    :func:`mobileprune.graph.passes.units.channel_ids`) can only be removed from the network
     together, so structured pruning must zero them together. Member ``i`` (one layer's
     filter or input-channel groups) has groups with squared l2 norms ``sq_norms[i]``
     (shape ``(G_i,)``); group ``g`` belongs to coupled channel ``ids[i][g]`` (in

@@ -151,17 +151,20 @@ class ProxSchedule:
         [0, 1], true / false flags and choices (None: the key's "not set" default)."""
         from mobileprune.sparsity.proximal import _nonneg_int, _positive
 
+        def given(key: str) -> bool:  # None means "not set" for the optional keys only
+            return getattr(self, key) is not None or key not in _OPTIONAL
+
         for key, low in _COUNTS.items():
-            if getattr(self, key) is not None:
+            if given(key):
                 _nonneg_int(getattr(self, key), f"schedule.{key}", minimum=low)
         for key in _POSITIVE:
-            if getattr(self, key) is not None:
+            if given(key):
                 _positive(getattr(self, key), f"schedule.{key}")
         for key in ("final_retrain_lr", "structure_lr"):  # optional rates are kept as floats
             if getattr(self, key) is not None:
                 setattr(self, key, float(getattr(self, key)))
         for key in _NONNEGATIVE + _FRACTIONS:
-            if getattr(self, key) is not None:
+            if given(key):
                 _positive(getattr(self, key), f"schedule.{key}", strict=False)
         for key in _FRACTIONS:
             if getattr(self, key) is not None and getattr(self, key) > 1:
@@ -217,6 +220,9 @@ _POSITIVE = ("temperature", "lam_factor", "eta_factor", "prox_lr", "retrain_lr",
 _NONNEGATIVE = ("retrain_weight_decay", "project_margin")
 _FRACTIONS = ("distill", "final_distill", "final_regrow")
 _FLAGS = ("final_project", "fold_dead", "compact", "final_refill")
+#: the keys whose None means "not set"; every other key must have a value
+_OPTIONAL = frozenset({"target_nonzero", "final_shift", "final_retrain_lr", "structure_lr",
+                       "distill", "final_distill"})
 
 
 def _schedule_dependencies(s: ProxSchedule) -> list[tuple[bool, str]]:

@@ -112,7 +112,7 @@ class ADMMPruner:
         example_input: optional model input (batch included). When given, structured
             (filter / channel) targets whose units are coupled in the traced graph
             (residual adds, concatenations, depthwise convs, a producer's filters and
-            the next layer's input channels; :func:`mobileprune.surgery.compact.channel_ids`)
+            the next layer's input channels; :func:`mobileprune.graph.passes.units.channel_ids`)
             are projected *jointly* (:func:`~mobileprune.math.projection.top_coupled_groups`):
             the same channels are zeroed in every coupled layer, so
             :func:`~mobileprune.surgery.compact.compact` can physically remove them. Each
@@ -210,7 +210,7 @@ class ADMMPruner:
 
     def _graph_members(self, example_input: Any) -> dict[str, Tensor]:
         """Channel ids of the Linear / Conv filter and channel targets in the traced graph
-        (:func:`mobileprune.surgery.compact.channel_ids`)."""
+        (:func:`mobileprune.graph.passes.units.channel_ids`)."""
         from mobileprune.graph.passes.units import channel_ids
 
         structured = {k: t for k, t in self._keys.items()
@@ -334,7 +334,7 @@ class ADMMPruner:
         ``reallocate_dead=True`` (needs ``example_input``): the projection can keep
         weights that cannot affect the output, e.g. the incoming weights of a hidden
         neuron all of whose outgoing weights were pruned
-        (:func:`mobileprune.surgery.compact.dead_weights`). The dead units are excluded and the
+        (:func:`mobileprune.graph.passes.units.dead_weights`). The dead units are excluded and the
         layers projected again, so their budget goes to live units instead; repeated
         until no kept weight is dead (at most ``max_rounds`` times; a unit excluded once
         stays excluded).

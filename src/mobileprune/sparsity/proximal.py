@@ -74,6 +74,23 @@ from mobileprune.sparsity.targets import WeightSlot, load_yaml, parse_selection,
 
 __all__ = ["ProximalPruner", "check_finite", "unit_spec"]
 
+#: names that lived here before the training loops moved to mobileprune.pipeline.palm
+_MOVED_TO_PALM = frozenset({"palm_step", "palm_epoch", "proximal_epoch", "run_rounds"})
+
+
+def __getattr__(name: str) -> Any:
+    """``sparsity.proximal.palm_step`` & co. keep working (with a DeprecationWarning): they
+    are imported from :mod:`mobileprune.pipeline.palm` on first use, which keeps this
+    module free of imports from the pipeline layer."""
+    if name in _MOVED_TO_PALM:
+        import importlib
+
+        warnings.warn(f"mobileprune.sparsity.proximal.{name} moved to mobileprune.pipeline.palm."
+                      f"{name} (or use mobileprune.{name})", DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("mobileprune.pipeline.palm"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _REG_KEYS = frozenset({"method", "lam", "eta", "beta", "lam_root", "grouping"})
 _TOP_KEYS = _REG_KEYS | {"types", "exclude", "layers", "name"}
 

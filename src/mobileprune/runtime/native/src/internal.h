@@ -1,5 +1,6 @@
-/* Internal declarations of the engine core: the decoded model (model.c, shapes.c), the plan
- * (plan.c, arena.c, run.c), the thread pool (threads.c) and the simple ops (ops_*.c).
+/* Internal declarations of the engine core: the decoded model (model.c, shapes.c) and its
+ * weights (weights.c), the plan (plan.c, arena.c, run.c), the thread pool (threads.c) and
+ * the simple ops (ops_*.c).
  *
  * A model is a read-only view of a format-3 file (docs/native_format.md): its records are
  * decoded once, with explicit little-endian reads, into the structs below; array data
