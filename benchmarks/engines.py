@@ -47,6 +47,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from whole_model import LENET5_71X, TABLE3, magnitude_prune  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 from mobileprune.checkpoint import atomic_write_text  # noqa: E402
 from mobileprune.measure.latency import compare_latency, speedup  # noqa: E402
@@ -56,8 +57,10 @@ OUT = ROOT / "docs" / "benchmarks" / "engines"
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
 #: LeNet-5 at 246x: the per-layer counts of the last stage of the built-in lenet5-246x
 LENET5_246X = {"conv1": 125, "conv2": 625, "fc1": 800, "fc2": 200}
+#: case -> (architecture, per-layer targets, input shape[, structure of the magnitude pruning])
 CASES = {
     "fer2013_uniform90": ("fernet", {k: 0.9 for k in TABLE3}, (1, 48, 48)),
+    "fer2013_block90": ("fernet", {k: 0.9 for k in TABLE3}, (1, 48, 48), "block"),
     "fer2013_table3": ("fernet", TABLE3, (1, 48, 48)),
     "lenet5_71x": ("lenet5", LENET5_71X, (1, 28, 28)),
     "lenet5_246x": ("lenet5", LENET5_246X, (1, 28, 28)),
@@ -109,9 +112,9 @@ def build_case(name: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The case's model: random initialisation pruned by magnitude (latency does not
     depend on the values), each layer rescaled by 1 / sqrt(density) so that activations
     keep their size through the network and the output check compares real numbers."""
-    arch, keep, shape = CASES[name]
+    arch, keep, shape, *structure = CASES[name]
     torch.manual_seed(0)
-    model = magnitude_prune(build_model(arch).eval(), arch, keep)
+    model = magnitude_prune(build_model(arch).eval(), arch, keep, *structure)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Linear)):
@@ -242,14 +245,8 @@ def _measure(case, setting, model, x, engines, peers, skipped, repeats) -> dict:
             "skipped": skipped, "info": {k: p.info for k, p in peers.items()},
             "nonzero_macs_per_sample": nz, "dense_macs_per_sample": dense,
             "gemm_peak_gmacs": max(peak_before, gemm_peak_gmacs()), "fma_peak_gmacs": fma,
-            "fma_isa": isa, "cpu": _cpu_name()}
+            "fma_isa": isa, "cpu": cpu_model()}
 
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "?"
 
 
 # ---------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import argparse
 import ctypes
 import glob
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+from _machine import cpu_model  # noqa: E402
 SRC = os.path.join(ROOT, "src", "mobileprune", "runtime", "native", "src")
 CONV = [(1, 32, 48), (32, 32, 48), (32, 32, 48), (32, 64, 24), (64, 64, 24), (64, 64, 24),
         (64, 128, 12), (128, 128, 12), (128, 128, 12)]
@@ -85,17 +86,6 @@ def build(tmp: str) -> ctypes.CDLL:
     lib.mp_bench_fma_peak.restype = ctypes.c_double
     return lib
 
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where it exists)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def torch_median(fn, reps: int) -> float:
@@ -195,7 +185,7 @@ def write_md(args, rows, tot, tdense_tot, macs_tot, peak, fma) -> None:
         " dense layer, thread CPU time too (torch runs one thread in the caller's), same process. Peak: torch's dense fp32 1024x1024 matmul at one"
         " thread, measured beside every layer (median %.1f GMAC/s in this run); raw register"
         " FMA peak of the core %s."
-        % (platform.processor() or platform.machine(), sys.platform, args.reps, args.density,
+        % (cpu_model(), sys.platform, args.reps, args.density,
            peak, "%.1f GMAC/s" % fma if fma else "not measured (AVX-512 cores only)"),
         "",
         "| layer | auto us | sparse us | dense us | torch dense us | GMAC/s (nonzeros, auto) |"

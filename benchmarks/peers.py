@@ -62,6 +62,9 @@ from mobileprune.sparsity.report import layer_report
 from mobileprune.sparsity.targets import load_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _machine import cpu_model  # noqa: E402
+
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
 MOBILEPRUNE = ("admm", "l0_group_lasso")
 # masked retraining of `admm` at these short budgets (4-10 epochs): at the lenet5-71x
@@ -411,14 +414,7 @@ def save_results(path: Path, results: dict) -> None:
 
 def machine() -> dict:
     """CPU model (from /proc/cpuinfo), cores, torch and Torch-Pruning versions."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         from importlib.metadata import version
         tp = version("torch-pruning")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -24,11 +23,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from mobileprune import ADMMPruner, MaskEnforcer  # noqa: E402
 from mobileprune.models import FERNet, LeNet5, resnet20  # noqa: E402
 from mobileprune.checkpoint import atomic_write_text  # noqa: E402
 from mobileprune.pipeline import train as T  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 MODELS = {"lenet5": (LeNet5, (1, 28, 28), 10), "fernet": (FERNet, (1, 48, 48), 6),
           "resnet20": (resnet20, (3, 32, 32), 10)}
@@ -109,7 +110,7 @@ def main() -> int:
             for n in args.models.split(",") for ph in ("dense", "admm", "retrain")]
     acc = {p: accuracy(p) for p in ("fp32", "bf16")}
     res = {"command": f"python benchmarks/training_speed.py --threads {args.threads} --steps {args.steps}",
-           "cpu": platform.processor() or platform.machine(), "bf16_native": T.bf16_supported(),
+           "cpu": cpu_model(), "bf16_native": T.bf16_supported(),
            "threads": args.threads, "torch": torch.__version__, "rows": rows, "lenet5_accuracy": acc}
     out = ROOT / "docs" / "benchmarks"
     atomic_write_text(out / "training_speed.json", json.dumps(res, indent=2) + "\n")
@@ -135,12 +136,6 @@ def main() -> int:
     return 0
 
 
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
 
 def fp32_only(args) -> int:
     """A CPU without native bf16 (issue 21's goal there: >= 1.3x for the FER CNN): fp32
@@ -158,7 +153,7 @@ def fp32_only(args) -> int:
                                                      for m, v in rates.items()}})
     cmd = (f"python benchmarks/training_speed.py --threads {args.threads} --steps {args.steps} "
            f"--models {args.models}" + (" --compile" if args.compile else ""))
-    res = {"command": cmd, "cpu": _cpu_name(), "bf16_native": False, "threads": args.threads,
+    res = {"command": cmd, "cpu": cpu_model(), "bf16_native": False, "threads": args.threads,
            "torch": torch.__version__, "rows": rows}
     out = ROOT / "docs" / "benchmarks"
     atomic_write_text(out / "training_speed_fp32.json", json.dumps(res, indent=2) + "\n")

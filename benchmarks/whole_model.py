@@ -36,7 +36,8 @@ from mobileprune.checkpoint import atomic_write_text, load_checkpoint, restore_m
 from mobileprune.sparsity.masks import apply_masks
 from mobileprune.models import build_model
 from mobileprune.math.projection import topk_mask
-from mobileprune.sparsity.targets import load_config
+from mobileprune.sparsity.admm import project_layer
+from mobileprune.sparsity.targets import load_config, resolve_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE3 = {"conv1": 0.20, "conv2": 0.60, "conv3": 0.70, "conv4": 0.80, "conv5": 0.80, "conv6": 0.85,
@@ -48,17 +49,24 @@ TABLE3 = {"conv1": 0.20, "conv2": 0.60, "conv3": 0.70, "conv4": 0.80, "conv5": 0
 LENET5_71X = {"conv1": 250, "conv2": 2000, "fc1": 3250, "fc2": 500}
 
 
-def magnitude_prune(model, arch: str, keep: dict[str, float | int]):
+def magnitude_prune(model, arch: str, keep: dict[str, float | int], structure: str = "unstructured"):
     """A copy of ``model`` (built by ``build_model(arch)``) with the smallest-magnitude
     weights of each named layer zeroed: ``keep[name]`` is a sparsity in [0, 1) (float) or
-    the number of weights to keep (int)."""
+    the number of weights to keep (int). Another ``structure`` (``"block"``...) zeroes the
+    smallest-norm groups instead (the ADMM projection, :func:`project_layer`)."""
     pruned = build_model(arch)
     pruned.load_state_dict(model.state_dict())
-    masks = {}
-    for name, k in keep.items():
-        w = getattr(pruned, name).weight
-        n = k if isinstance(k, int) else int(w.numel() * (1 - k) + 1e-9)
-        masks[f"{name}.weight"] = topk_mask(w.detach().abs(), n)
+    if structure != "unstructured":
+        cfg = {"layers": {name: {"structure": structure, ("keep" if isinstance(k, int) else "sparsity"): k}
+                          for name, k in keep.items()}}
+        masks = {t.param_name: project_layer(t, getattr(pruned, t.name).weight.detach())[1]
+                 for t in resolve_targets(pruned, cfg)}
+    else:
+        masks = {}
+        for name, k in keep.items():
+            w = getattr(pruned, name).weight
+            n = k if isinstance(k, int) else int(w.numel() * (1 - k) + 1e-9)
+            masks[f"{name}.weight"] = topk_mask(w.detach().abs(), n)
     apply_masks(pruned, masks)
     return pruned.eval()
 

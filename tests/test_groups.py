@@ -26,7 +26,7 @@ def _w(shape, seed=0, dtype=torch.float64):
 
 
 def _valid(shape):
-    names = ["filter", "channel", "shape", "weight"]
+    names = ["filter", "channel", "shape", "block", "weight"]
     return names + (["linear_in", "linear_out"] if len(shape) == 2 else [])
 
 
@@ -61,6 +61,28 @@ def test_groups_match_hand_indexing(shape):
         # documented equivalences on Linear weights
         assert torch.equal(flt, lin_out)
         assert torch.equal(ch, lin_in) and torch.equal(sh, lin_in)
+
+
+@pytest.mark.parametrize("shape", ALL_SHAPES + [(8, 2, 3), (6, 2, 1, 2), (1, 3)])
+def test_block_groups_match_hand_indexing(shape):
+    """Row b*C*K + c*K + p of the block grouping is w[4b:4b+4, c, *pos], zero-padded."""
+    w = _w(shape)
+    F, C = shape[:2]
+    K = int(np.prod(shape[2:]))
+    B = (F + 3) // 4
+    blk = Gr.to_groups(w, "block")
+    assert blk.shape == (B * C * K, 4) == Gr.group_shape(shape, "block")
+    for b in range(B):
+        for c in range(C):
+            for p, pos in enumerate(itertools.product(*[range(k) for k in shape[2:]])):
+                row = blk[b * C * K + c * K + p]
+                for i in range(4):
+                    f = 4 * b + i
+                    expect = w[(f, c) + pos] if f < F else 0.0
+                    assert float(row[i]) == float(expect)
+    assert torch.equal(Gr.from_groups(blk, "block", shape), w)
+    # every weight sits in exactly one tile: the tiles' squared norms sum to the whole
+    assert float(Gr.group_norms(w, "block").pow(2).sum()) == pytest.approx(float(w.pow(2).sum()))
 
 
 def test_conv2d_shape_group_by_kernel_position():

@@ -21,10 +21,19 @@ def _brute_groups(groups: torch.Tensor, k: int) -> float:
                for keep in itertools.combinations(range(len(sq)), k))
 
 
+def _tiles(w: torch.Tensor) -> torch.Tensor:
+    """The 4x1 tiles of a (4, C, kh, kw) weight by explicit indexing: one row per GEMM
+    column (c, i, j), holding the four filters' weights there."""
+    F, C, kh, kw = w.shape
+    assert F == 4
+    return torch.stack([w[:, c, i, j] for c in range(C) for i in range(kh) for j in range(kw)])
+
+
 @pytest.mark.parametrize("structure, view", [
     ("filter", lambda w: w.reshape(w.shape[0], -1)),
     ("channel", lambda w: w.transpose(0, 1).reshape(w.shape[1], -1)),
     ("shape", lambda w: w.reshape(w.shape[0], -1).t()),
+    ("block", lambda w: _tiles(w)),
 ])
 def test_group_projection_matches_brute_force(structure, view):
     g = torch.Generator().manual_seed(0)
@@ -99,3 +108,24 @@ def test_structured_config_errors():
     with pytest.raises(ConfigError, match="repeats a structure"):
         resolve_targets(net, {"layers": {"0": [{"structure": "filter", "keep": 1},
                                                {"structure": "row", "keep": 2}]}})
+
+
+def test_block_projection_ragged_filters_by_brute_force():
+    """6 filters: tiles of filters 0-3 and of filters 4-5 (padded), 2 x 4 columns = 8
+    tiles; the projection keeps the k tiles of largest norm and nothing else."""
+    g = torch.Generator().manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(2, 6, (1, 2), bias=False))
+    for trial in range(10):
+        w = torch.randn(6, 2, 1, 2, generator=g, dtype=torch.float64)
+        cols = [(c, j) for c in range(2) for j in range(2)]
+        tiles = [w[f0:f0 + 4, c, 0, j] for f0 in (0, 4) for c, j in cols]
+        padded = torch.stack([torch.cat([t, t.new_zeros(4 - len(t))]) for t in tiles])
+        for k in range(1, 9):
+            (t,) = resolve_targets(net, {"layers": {"0": {"structure": "block", "keep": k}}})
+            assert t.units == 8
+            proj, mask = project_layer(t, w)
+            assert float((w - proj).pow(2).sum()) == pytest.approx(_brute_groups(padded, k), rel=1e-12)
+            assert torch.equal(proj, torch.where(mask, w, torch.zeros_like(w)))
+            kept = [bool(mask[f0:f0 + 4, c, 0, j].all()) for f0 in (0, 4) for c, j in cols]
+            gone = [not bool(mask[f0:f0 + 4, c, 0, j].any()) for f0 in (0, 4) for c, j in cols]
+            assert all(a or b for a, b in zip(kept, gone)) and sum(kept) == k

@@ -20,6 +20,14 @@ With ``w`` of shape ``(F, C, *k)`` (a Linear weight ``(out, in)`` has ``F = out`
 * ``shape``: one GEMM column, position ``(c, *k)`` across all filters, e.g. ``w[:, c, i,
   j]`` is row ``c*K + i*kw + j``; ``(C*K, F)``.  On a Linear weight a column, the same
   as ``linear_in``.
+* ``block``: a tile of :data:`BLOCK_ROWS` = 4 consecutive filters at one GEMM column,
+  ``w[4b:4b+4, c, *k]`` is row ``b*C*K + c*K + p`` (``p`` the flat ``*k`` position);
+  ``(ceil(F/4)*C*K, 4)``.  When ``F`` is not a multiple of 4 the last tile of every
+  column is zero-padded (the padding carries no weight and :func:`from_groups` drops
+  it).  The sparse engine runs a weight pruned in such tiles with a blocked kernel that
+  loads one input value for four outputs (the 4x1 blocks of DeepSparse-style engines;
+  the structure favours speed over the fewest nonzeros).  On a Linear weight a tile is 4
+  consecutive output neurons at one input.
 * ``weight``: singletons, any ndim; ``(numel, 1)``.
 
 ``linear_in`` / ``linear_out`` on a conv weight raise
@@ -44,6 +52,7 @@ from mobileprune.math.prox import _l0_group_lasso_core, _param, _safe_norm, _tau
 
 __all__ = [
     "Grouping",
+    "BLOCK_ROWS",
     "to_groups",
     "from_groups",
     "group_shape",
@@ -66,7 +75,12 @@ class Grouping(str, enum.Enum):
     FILTER = "filter"
     CHANNEL = "channel"
     SHAPE = "shape"
+    BLOCK = "block"
     WEIGHT = "weight"
+
+
+#: Filters (GEMM rows) in one tile of the ``block`` grouping.
+BLOCK_ROWS = 4
 
 
 _NAMES = ", ".join(repr(g.value) for g in Grouping)
@@ -117,6 +131,8 @@ def group_shape(shape: Sequence[int], grouping: Grouping | str) -> tuple[int, in
         return F, C * K
     if g in (Grouping.LINEAR_IN, Grouping.CHANNEL):
         return C, F * K
+    if g is Grouping.BLOCK:
+        return -(-F // BLOCK_ROWS) * C * K, BLOCK_ROWS
     return C * K, F  # SHAPE
 
 
@@ -139,6 +155,9 @@ def to_groups(w: Tensor, grouping: Grouping | str) -> Tensor:
         return w.reshape(F, -1)
     if g in (Grouping.LINEAR_IN, Grouping.CHANNEL):
         return w.transpose(0, 1).reshape(C, -1)
+    if g is Grouping.BLOCK:  # (B, 4, C*K) tiles of the zero-padded GEMM rows, one per column
+        rows = torch.nn.functional.pad(w.reshape(F, -1), (0, 0, 0, (-F) % BLOCK_ROWS))
+        return rows.reshape(-1, BLOCK_ROWS, rows.shape[1]).transpose(1, 2).reshape(-1, BLOCK_ROWS)
     return w.reshape(F, -1).t()  # SHAPE: GEMM columns
 
 
@@ -165,6 +184,9 @@ def from_groups(g: Tensor, grouping: Grouping | str, shape: Sequence[int]) -> Te
         return g.reshape(shape)
     if kind in (Grouping.LINEAR_IN, Grouping.CHANNEL):
         return g.reshape((C, F) + rest).transpose(0, 1).contiguous()
+    if kind is Grouping.BLOCK:  # undo the tiling, drop the padded rows
+        rows = g.reshape(-1, C * math.prod(rest), BLOCK_ROWS).transpose(1, 2).reshape(-1, C * math.prod(rest))
+        return rows[:F].reshape(shape).contiguous()
     return g.t().reshape(shape).contiguous()  # SHAPE
 
 

@@ -51,7 +51,10 @@ then module names, then patterns in the order listed.
 Structures (seed 003, section 2.4; the GEMM view of a conv weight ``(F, C, *k)`` is
 ``F`` rows by ``C*K`` columns): ``unstructured`` (single weights, the default),
 ``filter`` (an output unit), ``channel`` (an input unit), ``shape`` (one ``(c, *k)``
-position across all filters = a GEMM column) and ``head`` (one attention head). For
+position across all filters = a GEMM column), ``block`` (4 consecutive filters at one
+GEMM column, a 4x1 tile that the sparse engine runs with its blocked kernel: faster than
+``unstructured`` at the same sparsity; a ragged last tile is padded and counts as one
+group) and ``head`` (one attention head). For
 structured sets ``sparsity`` is the fraction of *groups* pruned and ``keep`` the number
 of groups kept. A list of targets puts several constraint sets on one weight; each gets
 its own ADMM variables. What a group is, per layer type: seed 003 (section 2.4) defines
@@ -74,7 +77,7 @@ Embedding (N, D)          one embedding dimension        one token: its embeddin
                           ``w[:, d]`` (an output)        ``w[n]`` (an input, one-hot)
 ========================= ============================== ===============================
 
-``shape`` exists for Linear and Conv only. ``head`` exists on attention weights only:
+``shape`` and ``block`` exist for Linear and Conv only. ``head`` exists on attention weights only:
 head ``j`` (``d = embed_dim / num_heads`` rows or columns) is its rows of q, k and v in
 ``in_proj_weight`` (rows ``b*E + j*d + i``, b < 3, i < d), its rows of
 ``q/k/v_proj_weight``, its columns of ``out_proj``; the other structures of ``out_proj``
@@ -129,7 +132,7 @@ TYPE_NAMES = {t.__name__: t for t in SUPPORTED_TYPES}
 NORM_TYPES: tuple[type[nn.Module], ...] = tuple(
     t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, getattr(nn, "RMSNorm", None))
     if t is not None)
-STRUCTURES = ("unstructured", "filter", "channel", "shape", "head")
+STRUCTURES = ("unstructured", "filter", "channel", "shape", "block", "head")
 _STRUCTURE_ALIASES = {"row": "filter", "neuron": "filter", "column": "channel", "input": "channel",
                       "unit": "filter", "hidden": "filter"}
 _KNOWN_TOP = {"default", "types", "exclude", "layers", "name"}
@@ -254,11 +257,14 @@ class WeightSlot:
         return ["unstructured", *self.structures]
 
 
-_GEMM = {"filter": ("filter", 1, 1), "channel": ("channel", 1, 1), "shape": ("shape", 1, 1)}
+_GEMM = {"filter": ("filter", 1, 1), "channel": ("channel", 1, 1), "shape": ("shape", 1, 1),
+         "block": ("block", 1, 1)}
 _GEMM_2D = {"filter": _GEMM["filter"], "channel": _GEMM["channel"]}
 #: weights stored (inputs, outputs, ...): ConvTranspose (C, F, *k), Embedding (N, D)
 _TRANSPOSED = {"filter": ("channel", 1, 1), "channel": ("filter", 1, 1)}
 _NO_SHAPE = "'shape' (a GEMM column of the seed's conv view) exists for Linear and Conv weights only"
+_NO_BLOCK = "'block' (4 filters at one GEMM column, for the sparse engine) exists for Linear and Conv weights only"
+_GEMM_ONLY = {"shape": _NO_SHAPE, "block": _NO_BLOCK}
 
 
 def _qual(prefix: str, attr: str) -> str:
@@ -280,31 +286,31 @@ def _rnn_slot(mname: str, m: nn.RNNBase, attr: str, gates: int) -> WeightSlot | 
     """A recurrent weight; the hidden units of ``weight_ih_l<k>`` and ``weight_hh_l<k>``
     (same layer and direction) are one joint set of units."""
     if attr.startswith("weight_hr"):  # projection (P, H): rows are projected units
-        return _slot(mname, m, attr, _GEMM_2D, {"shape": _NO_SHAPE})
+        return _slot(mname, m, attr, _GEMM_2D, _GEMM_ONLY)
     layer = attr.split("_", 2)[2]  # "l0", "l1_reverse"
     return _slot(mname, m, attr, {"filter": ("filter", gates, 1), "channel": _GEMM["channel"]},
-                 {"shape": _NO_SHAPE}, joint={"filter": f"{mname}:{layer}"})
+                 _GEMM_ONLY, joint={"filter": f"{mname}:{layer}"})
 
 
 def _module_slots(mname: str, m: nn.Module) -> list[WeightSlot]:
     """The weight slots of one module (none for an unsupported type)."""
     if isinstance(m, nn.modules.conv._ConvTransposeNd):
         if m.groups == 1:
-            return [_slot(mname, m, "weight", _TRANSPOSED, {"shape": _NO_SHAPE}, own_name=True)]
+            return [_slot(mname, m, "weight", _TRANSPOSED, _GEMM_ONLY, own_name=True)]
         note = "a grouped ConvTranspose weight mixes the output channels of every group in dim 1"
-        return [_slot(mname, m, "weight", {}, dict.fromkeys(("filter", "channel", "shape"), note),
+        return [_slot(mname, m, "weight", {}, dict.fromkeys(("filter", "channel", "shape", "block"), note),
                       own_name=True)]
     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
         return [_slot(mname, m, "weight", _GEMM, own_name=True)]
     if isinstance(m, nn.Embedding):  # (N, D): a lookup of one-hot inputs, transposed GEMM
-        return [_slot(mname, m, "weight", _TRANSPOSED, {"shape": _NO_SHAPE}, own_name=True)]
+        return [_slot(mname, m, "weight", _TRANSPOSED, _GEMM_ONLY, own_name=True)]
     if isinstance(m, nn.RNNBase):
         gates = {"LSTM": 4, "GRU": 3}.get(m.mode, 1)
         return [_rnn_slot(mname, m, a, gates) for a in m._flat_weights_names if a.startswith("weight")]
     if isinstance(m, nn.MultiheadAttention):
         d = m.head_dim
         notes = {"filter": "one row of q, k or v removes nothing; prune whole heads with 'head'",
-                 "shape": _NO_SHAPE}
+                 **_GEMM_ONLY}
         if m.in_proj_weight is not None:
             layouts = {"in_proj_weight": ("filter", 3, d)}
         else:

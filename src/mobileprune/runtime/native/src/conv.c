@@ -923,11 +923,25 @@ float* mp_conv_input_buffer(const mp_conv_op* op, void* scratch)
     return op->direct ? NULL : mp_align64(scratch);
 }
 
+/* Percent of the packed rows that sit in 4-row blocks (the blocked packing's share). */
+static double rows_in_blocks4(const conv_pack* p)
+{
+    size_t four = 0, all = 0;
+    for (size_t i = 0; i < p->nblocks; i++) {
+        all += (size_t)p->blocks[i].mr;
+        if (p->blocks[i].mr == 4) four += 4;
+    }
+    return all ? 100.0 * (double)four / (double)all : 0.0;
+}
+
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s (%zu px/block, %zu channel chunks%s%s%s)",
-             op->k->name, k_storage[op->mode], op->density, op->reason,
+    char blocks[48] = "";
+    if (op->mode == PACK_BLOCKED)
+        snprintf(blocks, sizeof blocks, "%.0f%% of rows in 4-row blocks, ", rows_in_blocks4(&op->pack));
+    snprintf(buf, size, "%s %s density=%.3f %s (%s%zu px/block, %zu channel chunks%s%s%s)",
+             op->k->name, k_storage[op->mode], op->density, op->reason, blocks,
              op->pack.nv * (size_t)op->k->lanes, op->pack.nchunks,
              op->direct ? ", input read in place" : "",
              op->prepadded ? ", input written padded by the previous conv" : "",
