@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 from mobileprune.errors import ConfigError
+from mobileprune.sparsity.targets import STRUCTURES
 
 __all__ = ["check_config", "validate", "markdown", "DOCS"]
 
@@ -68,7 +69,8 @@ DOCS: dict[str, str] = {
 TARGET_KEYS = {"default": "fraction pruned of every selected weight not listed in layers",
                "types": "layer types that are prunable", "exclude": "names or patterns never pruned",
                "layers": "per-weight targets: name, glob, re: or type: -> fraction or {keep, "
-                         "sparsity, structure}", "name": "the stage's name"}
+                         f"sparsity, structure}} (structure: {', '.join(STRUCTURES)})",
+               "name": "the stage's name"}
 PROX_KEYS = {"method": "l0_group_lasso (MobilePrune), l0, l1, l2, group_lasso, sparse_group_lasso",
              "lam": "group-norm weight", "eta": "l0 weight", "beta": "l1 weight",
              "lam_root": "scale lam by sqrt(group size)", "grouping": "how weights form groups"}
