@@ -604,6 +604,28 @@ def test_train_shift_augments_every_batch(tmp_path, monkeypatch):
     assert load_checkpoint(out)["metrics"]["shift"] == 2
 
 
+@pytest.mark.parametrize("model, shape, flag, expected", [
+    ("lenet5", (1, 28, 28), [], 2),                   # images: 2 pixels by default
+    ("lenet5", (1, 28, 28), ["--shift", "0"], 0),     # turned off on request
+    ("lenet300100", (12,), [], 0),                     # features: nothing to translate
+])
+def test_train_default_shift_follows_the_data(tmp_path, monkeypatch, model, shape, flag, expected):
+    """Without --shift, images (C, H, W) of at least 16x16 train with a 2-pixel shift and
+    other data with none; the checkpoint records the shift used."""
+    from mobileprune.pipeline import train as T
+
+    _tiny_data(monkeypatch, shape)
+    seen = []
+    real_shift = T.random_shift
+    monkeypatch.setattr(T, "random_shift", lambda x, s, *a, **k: (seen.append(s), real_shift(x, s, *a, **k))[1])
+    out = tmp_path / "m.pt"
+    assert run("train", "--model", model, "--dataset", "tiny", "--epochs", "1", "--batch-size", "4",
+               *flag, "--out", str(out), "--quiet") == 0
+    assert seen == ([expected] * 2 if expected else [])
+    assert load_checkpoint(out)["metrics"]["shift"] == expected
+    assert [T.default_shift(s) for s in ((3, 32, 32), (1, 8, 8), (9, 128), (12,))] == [2, 0, 0, 0]
+
+
 @pytest.mark.parametrize("shape, flag, words", [
     ((1, 28, 28), "-1", "--shift: must be an integer >= 0"),
     ((12,), "2", "--shift translates images (C, H, W) or 1-D signals (C, L); data set tiny has samples of shape (12,)"),

@@ -58,9 +58,10 @@ def _train(sub) -> None:
     p.add_argument("--lr", type=real(0, open_low=True), default=1e-3, help="default: %(default)s")
     p.add_argument("--optimizer", default="adam", choices=["sgd", "adam", "adamw"])
     p.add_argument("--weight-decay", type=real(0), default=0.0, help="default: %(default)s")
-    p.add_argument("--shift", type=count(0), default=0, metavar="PIXELS",
+    p.add_argument("--shift", type=count(0), default=None, metavar="PIXELS",
                    help="augment: translate each training input by up to this many pixels "
-                        "(edge-filled; images and 1-D signals; default: %(default)s, none)")
+                        "(edge-filled; images and 1-D signals; default: 2 for images of at least "
+                        "16x16, 0 for other data; 0 turns it off)")
     p.add_argument("--out", required=True, help="output checkpoint (.pt)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _data_args(p)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from mobileprune.errors import ConfigError
-from mobileprune.pipeline.train import set_training_speed, training_precision
+from mobileprune.pipeline.train import default_shift, set_training_speed, training_precision
 from mobileprune.cli.models import check_accepts, load_model, parse_model_args
 
 
@@ -44,6 +44,7 @@ def cmd_train(args) -> int:
     if args.shift and len(bundle.input_shape) not in (2, 3):
         raise ConfigError(f"--shift translates images (C, H, W) or 1-D signals (C, L); data set "
                           f"{args.dataset} has samples of shape {tuple(bundle.input_shape)}: drop --shift")
+    shift = default_shift(bundle.input_shape) if args.shift is None else args.shift
     kwargs = kwargs_for_data(args.model, bundle.input_shape, bundle.num_classes,
                              parse_model_args(args.model_arg))
     model = build_model(args.model, **kwargs)
@@ -51,11 +52,11 @@ def cmd_train(args) -> int:
     train_loader, test_loader = make_loaders(bundle, batch_size=args.batch_size, seed=args.seed)
     t0 = time.perf_counter()
     res = fit(model, train_loader, epochs=args.epochs, optimizer=args.optimizer, lr=args.lr,
-              weight_decay=args.weight_decay, shift=args.shift, eval_loader=test_loader,
+              weight_decay=args.weight_decay, shift=shift, eval_loader=test_loader,
               progress=progress(args),
               model_name=args.model, model_kwargs=kwargs)
     save_checkpoint(args.out, model, kind="dense", model_name=args.model, model_kwargs=kwargs,
-                    metrics={"test_accuracy": res["test_accuracy"], "epochs": args.epochs, "shift": args.shift,
+                    metrics={"test_accuracy": res["test_accuracy"], "epochs": args.epochs, "shift": shift,
                              "precision": training_precision(), "train_seconds": time.perf_counter() - t0},
                     extra={"dataset": args.dataset, "input_shape": list(bundle.input_shape),
                            "distributed": {"world_size": distributed.world_size(),
