@@ -248,7 +248,6 @@ def _measure(case, setting, model, x, engines, peers, skipped, repeats) -> dict:
             "fma_isa": isa, "cpu": cpu_model()}
 
 
-
 # ---------------------------------------------------------------------------------------
 # driver and summary
 

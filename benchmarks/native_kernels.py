@@ -87,7 +87,6 @@ def build(tmp: str) -> ctypes.CDLL:
     return lib
 
 
-
 def torch_median(fn, reps: int) -> float:
     for _ in range(3):
         fn()

@@ -136,7 +136,6 @@ def main() -> int:
     return 0
 
 
-
 def fp32_only(args) -> int:
     """A CPU without native bf16 (issue 21's goal there: >= 1.3x for the FER CNN): fp32
     against fp32 + channels_last, the modes interleaved window by window; writes

@@ -53,7 +53,8 @@ def magnitude_prune(model, arch: str, keep: dict[str, float | int], structure: s
     """A copy of ``model`` (built by ``build_model(arch)``) with the smallest-magnitude
     weights of each named layer zeroed: ``keep[name]`` is a sparsity in [0, 1) (float) or
     the number of weights to keep (int). Another ``structure`` (``"block"``...) zeroes the
-    smallest-norm groups instead (the ADMM projection, :func:`project_layer`)."""
+    smallest-norm groups instead (the ADMM projection, :func:`project_layer`), and an int
+    then counts groups (tiles, filters...), not weights."""
     pruned = build_model(arch)
     pruned.load_state_dict(model.state_dict())
     if structure != "unstructured":

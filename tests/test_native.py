@@ -606,10 +606,17 @@ def test_header_json_metadata_is_not_needed_to_run(tmp_path):
     np.testing.assert_array_equal(load(blank, tune=False)(x), load(raw, tune=False)(x))
 
 
+def _blocked_rows(line: str) -> tuple[int, int]:
+    """(rows in 4-row blocks, all rows) of a conv's describe line."""
+    m = re.search(r"(\d+)/(\d+) rows in 4-row blocks", line)
+    assert m and " csr4 " in line, line
+    return int(m.group(1)), int(m.group(2))
+
+
 def test_block_pruned_convs_run_blocked(tmp_path):
     """A conv pruned in 4x1 tiles (structure "block") is stored in 4-row blocks that are
     completely filled: the cost model picks the blocked packing for every conv, the plan
-    says so, and the output still matches torch (mode "sparse" forces 1-row blocks)."""
+    says every row is in a 4-row block, and the output still matches torch."""
     from mobileprune.sparsity.admm import project_layer
     from mobileprune.sparsity.targets import resolve_targets
     torch.manual_seed(6)
@@ -626,7 +633,29 @@ def test_block_pruned_convs_run_blocked(tmp_path):
     path = _export(model.eval(), x[:1], tmp_path / "block.mps")
     sm = load(path, tune=False)  # by the cost model alone: a fixed choice
     lines = [ln for ln in sm.describe().splitlines() if " conv2d " in ln]
-    assert len(lines) == 3
-    for ln in lines:
-        assert " csr4 " in ln and "100% of rows in 4-row blocks" in ln, ln
+    assert [_blocked_rows(ln) for ln in lines] == [(16, 16), (32, 32), (8, 8)]
     assert _rel_err(sm(x.numpy()), _ref(model, x)) <= REL_TOL
+
+
+def test_blocked_row_count_of_a_chunked_layer(tmp_path):
+    """Half the filters in full 4x1 tiles, half with one weight each, on a layer split
+    into several input-channel chunks: the plan counts each row once (32 of 64 rows in
+    4-row blocks), not once per chunk."""
+    torch.manual_seed(8)
+    conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+    with torch.no_grad():
+        w = conv.weight
+        mask = torch.zeros_like(w, dtype=torch.bool)
+        for b in range(8):  # filters 0-31: tiles at 60 random (channel, tap) columns
+            cols = torch.randperm(64 * 9)[:60]
+            mask[4 * b:4 * b + 4].view(4, -1)[:, cols] = True
+        for f in range(32, 64):
+            mask[f].view(-1)[torch.randint(0, 64 * 9, (1,))] = True
+        w.mul_(mask)
+    x = torch.randn(1, 64, 48, 48, generator=torch.Generator().manual_seed(9))
+    path = _export(nn.Sequential(conv).eval(), x, tmp_path / "half.mps")
+    sm = load(path, tune=False)
+    (line,) = [ln for ln in sm.describe().splitlines() if " conv2d " in ln]
+    assert "1 channel chunks" not in line, line  # the case being tested: several chunks
+    assert _blocked_rows(line) == (32, 64)
+    assert _rel_err(sm(x.numpy()), _ref(conv, x)) <= REL_TOL

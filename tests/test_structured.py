@@ -22,24 +22,25 @@ def _brute_groups(groups: torch.Tensor, k: int) -> float:
 
 
 def _tiles(w: torch.Tensor) -> torch.Tensor:
-    """The 4x1 tiles of a (4, C, kh, kw) weight by explicit indexing: one row per GEMM
-    column (c, i, j), holding the four filters' weights there."""
+    """The 4x1 tiles of an (F, C, kh, kw) weight by explicit indexing (F a multiple of 4):
+    one row per (filter quad b, GEMM column (c, i, j)), holding filters 4b..4b+3 there."""
     F, C, kh, kw = w.shape
-    assert F == 4
-    return torch.stack([w[:, c, i, j] for c in range(C) for i in range(kh) for j in range(kw)])
+    assert F % 4 == 0
+    return torch.stack([w[4 * b:4 * b + 4, c, i, j] for b in range(F // 4)
+                        for c in range(C) for i in range(kh) for j in range(kw)])
 
 
-@pytest.mark.parametrize("structure, view", [
-    ("filter", lambda w: w.reshape(w.shape[0], -1)),
-    ("channel", lambda w: w.transpose(0, 1).reshape(w.shape[1], -1)),
-    ("shape", lambda w: w.reshape(w.shape[0], -1).t()),
-    ("block", lambda w: _tiles(w)),
+@pytest.mark.parametrize("structure, view, shape", [
+    ("filter", lambda w: w.reshape(w.shape[0], -1), (4, 3, 2, 2)),
+    ("channel", lambda w: w.transpose(0, 1).reshape(w.shape[1], -1), (4, 3, 2, 2)),
+    ("shape", lambda w: w.reshape(w.shape[0], -1).t(), (4, 3, 2, 2)),
+    ("block", _tiles, (8, 3, 1, 2)),  # 8 filters: a tile is half a GEMM column
 ])
-def test_group_projection_matches_brute_force(structure, view):
+def test_group_projection_matches_brute_force(structure, view, shape):
     g = torch.Generator().manual_seed(0)
     for trial in range(20):
-        w = torch.randn(4, 3, 2, 2, generator=g, dtype=torch.float64)
-        net = nn.Sequential(nn.Conv2d(3, 4, 2, bias=False))
+        w = torch.randn(*shape, generator=g, dtype=torch.float64)
+        net = nn.Sequential(nn.Conv2d(shape[1], shape[0], shape[2:], bias=False))
         net[0].weight.data = w.clone()
         n_groups = view(w).shape[0]
         for k in range(0, n_groups + 1):
@@ -129,3 +130,17 @@ def test_block_projection_ragged_filters_by_brute_force():
             kept = [bool(mask[f0:f0 + 4, c, 0, j].all()) for f0 in (0, 4) for c, j in cols]
             gone = [not bool(mask[f0:f0 + 4, c, 0, j].any()) for f0 in (0, 4) for c, j in cols]
             assert all(a or b for a, b in zip(kept, gone)) and sum(kept) == k
+
+
+def test_block_sparsity_budget_and_grouped_convs():
+    """`sparsity` on `block` keeps the tiles that hold the same weight budget as the
+    unstructured target, also when the filter count is not a multiple of 4 (10 outputs:
+    3 tiles per column, one of them half padding); grouped and depthwise convs refuse
+    `block` (a tile would mix groups) with the reason."""
+    net = nn.Sequential(nn.Linear(500, 10), nn.Conv2d(8, 16, 3, groups=2))
+    (t,) = resolve_targets(net, {"layers": {"0": {"structure": "block", "sparsity": 0.95}}})
+    assert (t.units, t.keep) == (1500, 62)  # floor(5000 * 0.05 / 4), not floor(1500 * 0.05) = 75
+    (t,) = resolve_targets(net, {"layers": {"0": {"structure": "unstructured", "sparsity": 0.95}}})
+    assert t.keep == 250
+    with pytest.raises(ConfigError, match="'block' is not defined for '1'.*grouped or depthwise"):
+        resolve_targets(net, {"layers": {"1": {"structure": "block", "sparsity": 0.5}}})

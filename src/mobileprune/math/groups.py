@@ -24,10 +24,10 @@ With ``w`` of shape ``(F, C, *k)`` (a Linear weight ``(out, in)`` has ``F = out`
   ``w[4b:4b+4, c, *k]`` is row ``b*C*K + c*K + p`` (``p`` the flat ``*k`` position);
   ``(ceil(F/4)*C*K, 4)``.  When ``F`` is not a multiple of 4 the last tile of every
   column is zero-padded (the padding carries no weight and :func:`from_groups` drops
-  it).  The sparse engine runs a weight pruned in such tiles with a blocked kernel that
+  it).  The sparse engine runs a conv pruned in such tiles with a blocked kernel that
   loads one input value for four outputs (the 4x1 blocks of DeepSparse-style engines;
-  the structure favours speed over the fewest nonzeros).  On a Linear weight a tile is 4
-  consecutive output neurons at one input.
+  the structure favours speed over the fewest nonzeros; its Linear kernels do not use
+  tiles yet).  On a Linear weight a tile is 4 consecutive output neurons at one input.
 * ``weight``: singletons, any ndim; ``(numel, 1)``.
 
 ``linear_in`` / ``linear_out`` on a conv weight raise
@@ -142,7 +142,8 @@ def to_groups(w: Tensor, grouping: Grouping | str) -> Tensor:
     Pure: never modifies ``w``, but like ``reshape`` it may return a view sharing ``w``'s
     memory (clone before editing in place); row order is
     group index order (filter ``f``, channel ``c``, flat GEMM column ``c*K + p``...), and
-    inside a row the entries follow ``w``'s memory order of the remaining dims.
+    inside a row the entries follow ``w``'s memory order of the remaining dims (``block``:
+    the tile's four filters in order, padding last).
     """
     if not isinstance(w, Tensor):
         raise ConfigError(f"w must be a torch.Tensor, got {type(w).__name__}")
@@ -185,7 +186,8 @@ def from_groups(g: Tensor, grouping: Grouping | str, shape: Sequence[int]) -> Te
     if kind in (Grouping.LINEAR_IN, Grouping.CHANNEL):
         return g.reshape((C, F) + rest).transpose(0, 1).contiguous()
     if kind is Grouping.BLOCK:  # undo the tiling, drop the padded rows
-        rows = g.reshape(-1, C * math.prod(rest), BLOCK_ROWS).transpose(1, 2).reshape(-1, C * math.prod(rest))
+        cols = C * math.prod(rest)
+        rows = g.reshape(-1, cols, BLOCK_ROWS).transpose(1, 2).reshape(-1, cols)
         return rows[:F].reshape(shape).contiguous()
     return g.t().reshape(shape).contiguous()  # SHAPE
 

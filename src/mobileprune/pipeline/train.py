@@ -118,7 +118,7 @@ def default_shift(input_shape: tuple[int, ...]) -> int:
     :data:`IMAGE_SHIFT` pixels for image samples ``(C, H, W)`` of at least 16x16, none for
     other data (1-D signals, feature vectors). Measured on LeNet-5 / full MNIST (10
     epochs): 99.27 % dense without a shift, 99.46 % with 2 pixels, and the lenet5-71x
-    config from those two models 99.09 % and 99.40 % (docs/benchmarks/lenet5_71x_cli.md)."""
+    config from those two models 99.09 % and 99.39 % (docs/benchmarks/lenet5_71x_cli.md)."""
     shape = tuple(int(d) for d in input_shape)
     return IMAGE_SHIFT if len(shape) == 3 and min(shape[1:]) >= 16 else 0
 

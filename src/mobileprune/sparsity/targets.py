@@ -77,7 +77,8 @@ Embedding (N, D)          one embedding dimension        one token: its embeddin
                           ``w[:, d]`` (an output)        ``w[n]`` (an input, one-hot)
 ========================= ============================== ===============================
 
-``shape`` and ``block`` exist for Linear and Conv only. ``head`` exists on attention weights only:
+``shape`` and ``block`` exist for Linear and Conv only (``block`` not on grouped or
+depthwise convs). ``head`` exists on attention weights only:
 head ``j`` (``d = embed_dim / num_heads`` rows or columns) is its rows of q, k and v in
 ``in_proj_weight`` (rows ``b*E + j*d + i``, b < 3, i < d), its rows of
 ``q/k/v_proj_weight``, its columns of ``out_proj``; the other structures of ``out_proj``
@@ -100,7 +101,9 @@ nothing and raises a ``UserWarning`` naming it (:func:`warn_no_op`); ``exclude``
 a weight dense without one.
 
 ``sparsity: s`` keeps ``floor(n * (1 - s))`` weights (or groups), so the achieved
-sparsity is never below the target. Tied weights (one parameter used by two layers)
+sparsity is never below the target; for ``block`` it keeps ``floor(numel * (1 - s) / 4)``
+tiles, the weight budget of the same unstructured target (the padded tiles of a layer
+whose filter count is not a multiple of 4 add nothing to it). Tied weights (one parameter used by two layers)
 are one unit, under the first name.
 """
 
@@ -151,8 +154,8 @@ class LayerTarget:
         shape: shape of the weight tensor.
         keep: number of weights (unstructured) or groups (structured) allowed to be
             nonzero (``alpha_i`` of seed 003).
-        structure: ``"unstructured"``, ``"filter"``, ``"channel"``, ``"shape"`` or
-            ``"head"``; for the structured ones ``keep`` counts groups.
+        structure: ``"unstructured"``, ``"filter"``, ``"channel"``, ``"shape"``,
+            ``"block"`` or ``"head"``; for the structured ones ``keep`` counts groups.
         module: qualified name of the module owning the weight (default: ``name``).
         grouping, blocks, unit: the grouping of :func:`mobileprune.math.groups.to_unit_groups`
             that makes one group per unit of ``structure`` (default: ``structure``, 1, 1).
@@ -265,6 +268,8 @@ _TRANSPOSED = {"filter": ("channel", 1, 1), "channel": ("filter", 1, 1)}
 _NO_SHAPE = "'shape' (a GEMM column of the seed's conv view) exists for Linear and Conv weights only"
 _NO_BLOCK = "'block' (4 filters at one GEMM column, for the sparse engine) exists for Linear and Conv weights only"
 _GEMM_ONLY = {"shape": _NO_SHAPE, "block": _NO_BLOCK}
+_GROUPED_BLOCK = ("'block' tiles 4 consecutive filters, which a grouped or depthwise conv spreads over "
+                  "groups reading different inputs; use 'unstructured' or 'filter'")
 
 
 def _qual(prefix: str, attr: str) -> str:
@@ -300,6 +305,9 @@ def _module_slots(mname: str, m: nn.Module) -> list[WeightSlot]:
         note = "a grouped ConvTranspose weight mixes the output channels of every group in dim 1"
         return [_slot(mname, m, "weight", {}, dict.fromkeys(("filter", "channel", "shape", "block"), note),
                       own_name=True)]
+    if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1:  # the engine blocks rows per group
+        return [_slot(mname, m, "weight", {k: v for k, v in _GEMM.items() if k != "block"},
+                      {"block": _GROUPED_BLOCK}, own_name=True)]
     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
         return [_slot(mname, m, "weight", _GEMM, own_name=True)]
     if isinstance(m, nn.Embedding):  # (N, D): a lookup of one-hot inputs, transposed GEMM
@@ -838,8 +846,9 @@ def _make_target(slot: WeightSlot, spec: Mapping[str, Any]) -> LayerTarget:
         keep = spec["keep"]
         if keep > n:
             raise ConfigError(f"layer {name!r} has {n} {unit} but the config keeps {keep}")
-    else:
-        keep = math.floor(n * (1.0 - spec["sparsity"]) + 1e-9)
+    else:  # block: the tiles that hold the weights the sparsity leaves (padding adds none)
+        size = math.prod(shape) / 4 if structure == "block" else n
+        keep = math.floor(size * (1.0 - spec["sparsity"]) + 1e-9)
         if keep < 1:
             raise ConfigError(
                 f"sparsity {spec['sparsity']} on layer {name!r} ({n} {unit}) keeps no {unit[:-1]}; "

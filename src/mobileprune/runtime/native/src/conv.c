@@ -923,23 +923,27 @@ float* mp_conv_input_buffer(const mp_conv_op* op, void* scratch)
     return op->direct ? NULL : mp_align64(scratch);
 }
 
-/* Percent of the packed rows that sit in 4-row blocks (the blocked packing's share). */
-static double rows_in_blocks4(const conv_pack* p)
+/* Rows of the packing that sit in 4-row blocks, and all its rows (each row block is
+ * counted once: by its piece of the first channel chunk). */
+static void rows_in_blocks4(const conv_pack* p, size_t* four, size_t* all)
 {
-    size_t four = 0, all = 0;
+    *four = *all = 0;
     for (size_t i = 0; i < p->nblocks; i++) {
-        all += (size_t)p->blocks[i].mr;
-        if (p->blocks[i].mr == 4) four += 4;
+        if (!(p->blocks[i].flags & MP_BLK_FIRST)) continue;
+        *all += (size_t)p->blocks[i].mr;
+        if (p->blocks[i].mr == 4) *four += 4;
     }
-    return all ? 100.0 * (double)four / (double)all : 0.0;
 }
 
 void mp_conv_describe(const mp_conv_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    char blocks[48] = "";
-    if (op->mode == PACK_BLOCKED)
-        snprintf(blocks, sizeof blocks, "%.0f%% of rows in 4-row blocks, ", rows_in_blocks4(&op->pack));
+    char blocks[64] = "";
+    if (op->mode == PACK_BLOCKED) {
+        size_t four, all;
+        rows_in_blocks4(&op->pack, &four, &all);
+        snprintf(blocks, sizeof blocks, "%zu/%zu rows in 4-row blocks, ", four, all);
+    }
     snprintf(buf, size, "%s %s density=%.3f %s (%s%zu px/block, %zu channel chunks%s%s%s)",
              op->k->name, k_storage[op->mode], op->density, op->reason, blocks,
              op->pack.nv * (size_t)op->k->lanes, op->pack.nchunks,
