@@ -7,7 +7,9 @@ test accuracy of the dense, pruned and compacted models, parameters and MACs bef
 after `compact`, and the batch-1 latency of the dense and compacted models measured in
 one run (interleaved, median of repeated runs after warm-up, 1 and 2 threads).
 Results go to docs/benchmarks/structured_<case>.{md,json}. Resumable: the dense
-training resumes per epoch, each pruning run per epoch, finished runs are reused.
+training resumes per epoch, each pruning run per epoch, finished runs are reused. A
+dense stage longer than a working session carries over in the repository: its run state
+committed as benchmarks/state/<case>/dense.pt is where a fresh work directory starts.
 
     MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/structured.py resnet20
 """
@@ -18,6 +20,7 @@ import argparse
 import copy
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -99,6 +102,10 @@ def main() -> int:
         print(s, flush=True)
 
     kwargs = case.get("model_kwargs") or {}
+    carried = ROOT / "benchmarks" / "state" / args.case / "dense.pt"
+    if carried.exists() and not (work / "dense.pt").exists():  # a dense stage carried over
+        shutil.copy2(carried, work / "dense.pt")                # from an earlier session
+        log(f"[dense] continuing from {carried.relative_to(ROOT)}")
     dense = build_model(case["model"], **kwargs)
     d = case["dense"]
     dmetrics = fit(dense, train_loader, epochs=d["epochs"], optimizer=d.get("optimizer", "adam"),
