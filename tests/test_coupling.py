@@ -263,3 +263,23 @@ def test_reallocation_leaves_no_dead_weight_and_keeps_counts():
         assert int(masks[t.param_name].sum()) == t.keep
     with pytest.raises(Exception, match="example_input"):
         ADMMPruner(build_model("lenet300100"), cfg).finalize(reallocate_dead=True)
+
+
+@pytest.mark.parametrize("structure", ["block", "shape"])
+def test_reallocation_converges_for_structured_targets(structure):
+    """A dead unit inside a kept group (a 4x1 tile or a GEMM column shared with live
+    filters) is zeroed within the group, so reallocation ends with no dead weight kept
+    (it used to run out of rounds: a group counted as allowed if any element was)."""
+    from mobileprune.surgery.compact import dead_weights
+
+    torch.manual_seed(5)
+    m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(1, 6)
+    cfg = {"layers": {"0": {"structure": structure, "keep": 4 if structure == "block" else 3},
+                      "2": {"keep": 6}}}
+    p = ADMMPruner(m, cfg, example_input=x)
+    masks = p.finalize(reallocate_dead=True, max_rounds=8)
+    assert p.reallocation_rounds < 8
+    assert sum(int(v.sum()) for v in dead_weights(m, x).values()) == 0
+    assert not bool((masks["0.weight"] & dead_weights(m, x, nonzero_only=False).get(
+        "0.weight", torch.zeros_like(masks["0.weight"]))).any())

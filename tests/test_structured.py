@@ -144,3 +144,23 @@ def test_block_sparsity_budget_and_grouped_convs():
     assert t.keep == 250
     with pytest.raises(ConfigError, match="'block' is not defined for '1'.*grouped or depthwise"):
         resolve_targets(net, {"layers": {"1": {"structure": "block", "sparsity": 0.5}}})
+
+
+@pytest.mark.parametrize("structure, view", [("block", _tiles), ("filter", lambda w: w.reshape(w.shape[0], -1))])
+def test_projection_with_allowed_support_by_brute_force(structure, view):
+    """With an element mask ``allowed``, the projection is onto {at most k groups} and
+    {zero outside allowed}: the k groups of largest norm over their allowed elements,
+    each keeping only those (error = the disallowed part + the best k-subset's rest)."""
+    g = torch.Generator().manual_seed(11)
+    net = nn.Sequential(nn.Conv2d(3, 8, (1, 2), bias=False))
+    for trial in range(10):
+        w = torch.randn(8, 3, 1, 2, generator=g, dtype=torch.float64)
+        allowed = torch.rand(w.shape, generator=g) < 0.6
+        inside = torch.where(allowed, w, torch.zeros_like(w))
+        for k in range(1, view(w).shape[0]):
+            (t,) = resolve_targets(net, {"layers": {"0": {"structure": structure, "keep": k}}})
+            proj, mask = project_layer(t, w, allowed)
+            assert not bool((mask & ~allowed).any())
+            assert torch.equal(proj, torch.where(mask, w, torch.zeros_like(w)))
+            best = float((w - inside).pow(2).sum()) + _brute_groups(view(inside), k)
+            assert float((w - proj).pow(2).sum()) == pytest.approx(best, rel=1e-12)

@@ -51,17 +51,23 @@ def project_layer(target: LayerTarget, w: Tensor, allowed: Tensor | None = None)
     Unstructured: keep the ``keep`` largest magnitudes. Structured (section 2.4): keep
     the ``keep`` groups (filters, channels, GEMM columns, hidden units, heads:
     :meth:`LayerTarget.to_groups`) of largest l2 norm. Returns
-    ``(projection, element mask)``. ``allowed`` (element mask) restricts the choice;
-    for structured sets a group is allowed when any of its elements is.
+    ``(projection, element mask)``. ``allowed`` (element mask) restricts the support:
+    the projection onto the set intersected with "zero outside ``allowed``" (for
+    structured sets: the ``keep`` groups of largest norm over their allowed elements,
+    each keeping only those; a group with no allowed element is never chosen).
     """
     if target.structure == "unstructured":
         return project_topk(w, target.keep, allowed)
-    g = target.to_groups(w)
     allowed_rows = None
     if allowed is not None:
+        allowed = allowed.to(torch.bool)
+        w = torch.where(allowed, w, torch.zeros_like(w))
         allowed_rows = target.to_groups(allowed).any(dim=1)
+    g = target.to_groups(w)
     proj, rows = project_top_groups(g, target.keep, allowed_rows)
     mask = target.from_groups(rows[:, None].expand_as(g))
+    if allowed is not None:
+        mask = mask & allowed
     return target.from_groups(proj), mask
 
 
