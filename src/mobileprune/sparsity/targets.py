@@ -122,6 +122,7 @@ import torch
 from torch import nn
 
 from mobileprune.errors import ConfigError
+from mobileprune.math.groups import BLOCK_ROWS
 
 #: Layer types with prunable weights (``types:`` and ``type:`` keys name them).
 SUPPORTED_TYPES: tuple[type[nn.Module], ...] = (
@@ -847,7 +848,7 @@ def _make_target(slot: WeightSlot, spec: Mapping[str, Any]) -> LayerTarget:
         if keep > n:
             raise ConfigError(f"layer {name!r} has {n} {unit} but the config keeps {keep}")
     else:  # block: the tiles that hold the weights the sparsity leaves (padding adds none)
-        size = math.prod(shape) / 4 if structure == "block" else n
+        size = math.prod(shape) / BLOCK_ROWS if structure == "block" else n
         keep = math.floor(size * (1.0 - spec["sparsity"]) + 1e-9)
         if keep < 1:
             raise ConfigError(
