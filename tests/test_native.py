@@ -637,6 +637,30 @@ def test_block_pruned_convs_run_blocked(tmp_path):
     assert _rel_err(sm(x.numpy()), _ref(model, x)) <= REL_TOL
 
 
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_block_pruned_linears_run_bsr(tmp_path, batch):
+    """Linear layers pruned in 4x1 tiles (structure "block"; 30 outputs: a ragged last
+    group of 2 rows) are stored as BSR ("csr4") by the cost model and match torch at a
+    small batch (one dot product per input) and at batch 16 (the kernel on x^T)."""
+    from mobileprune.sparsity.admm import project_layer
+    from mobileprune.sparsity.targets import resolve_targets
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Linear(300, 30), nn.ReLU(), nn.Linear(30, 64), nn.ReLU(),
+                          nn.Linear(64, 5))
+    cfg = {"types": ["Linear"], "exclude": ["4"],
+           "default": {"structure": "block", "sparsity": 0.85}}
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for t in resolve_targets(model, cfg):
+            proj, _ = project_layer(t, params[t.param_name])
+            params[t.param_name].copy_(proj * 3.0)
+    x = torch.randn(batch, 300, generator=torch.Generator().manual_seed(11))
+    sm = load(_export(model.eval(), x[:1], tmp_path / "lin.mps"), tune=False)
+    lines = [ln for ln in sm.describe(batch).splitlines() if " linear " in ln]
+    assert [" csr4 " in ln for ln in lines] == [True, True, False], lines
+    assert _rel_err(sm(x.numpy()), _ref(model, x)) <= REL_TOL
+
+
 def test_blocked_row_count_of_a_chunked_layer(tmp_path):
     """Half the filters in full 4x1 tiles, half with one weight each, on a layer split
     into several input-channel chunks: the plan counts each row once (32 of 64 rows in

@@ -423,15 +423,34 @@ static void lin_piece(const void* op, size_t t0, size_t t1, void* c)
     mp_linear_compute(op, k->batch, k->x, k->scratch, k->y, t0, t1);
 }
 
-static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa isa,
-                          int with_nan);
-static void linear_case(int in, int outn, double density, size_t batch, mp_isa isa)
+/* `structure: block` weights: 4x1 tiles (4 consecutive rows at one column, the last group
+ * ragged when rows % 4 != 0) kept at `density`, each weight of a kept tile zeroed with
+ * probability `hole` (the BSR packing zero-fills them). */
+static void block_weights(float* w, int rows, int cols, double density, double hole)
 {
-    linear_case_x(in, outn, density, batch, isa, 0);
+    for (int r = 0; r < rows; r += 4)
+        for (int c = 0; c < cols; c++) {
+            const int keep = (double)(rnd() % 1000000u) / 1e6 < density;
+            for (int i = r; i < rows && i < r + 4; i++) {
+                float v = rfloat();
+                if (v == 0.0f) v = 0.5f;
+                w[(size_t)i * (size_t)cols + (size_t)c] =
+                    keep && (double)(rnd() % 1000000u) / 1e6 >= hole ? v : 0.0f;
+            }
+        }
 }
 
 static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa isa,
-                          int with_nan)
+                          int with_nan, double hole);
+static void linear_case(int in, int outn, double density, size_t batch, mp_isa isa)
+{
+    linear_case_x(in, outn, density, batch, isa, 0, -1.0);
+}
+
+/* hole < 0: a random mask at `density`; else block_weights(density, hole). With full
+ * enough tiles the cost model (MP_KERNEL_NO_TUNE) must pick the BSR packing ("csr4"). */
+static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa isa,
+                          int with_nan, double hole)
 {
     const size_t nw = (size_t)in * (size_t)outn, nx = batch * (size_t)in, ny = batch * (size_t)outn;
     float* w = malloc(nw * sizeof(float));
@@ -440,7 +459,8 @@ static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa
     float* want = malloc(ny * sizeof(float));
     float* mag = malloc(ny * sizeof(float));
     float* y = malloc((ny + GUARD) * sizeof(float));
-    random_weights(w, nw, density);
+    if (hole < 0.0) random_weights(w, nw, density);
+    else block_weights(w, outn, in, density, hole);
     for (int o = 0; o < outn; o++) b[o] = rfloat();
     for (size_t i = 0; i < nx; i++) x[i] = rfloat();
     if (with_nan) x[rnd() % nx] = NAN;
@@ -474,6 +494,10 @@ static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa
             lin_ctx ctx = {batch, x, scratch, y};
             run_split(mp_linear_num_tasks(op, batch), lin_piece, op, &ctx);
             compare(what, y, want, mag, ny, 1e-5);
+            /* full tiles and at least 8 rows: the blocks are at least 2/3 full */
+            if (hole == 0.0 && outn >= 8 && density > 0.0 && density < 0.3 &&
+                k_flags[f] == MP_KERNEL_NO_TUNE)
+                CHECK(strstr(desc, " csr4 ") != NULL, "%s: 4x1 blocks not packed as BSR", what);
             if (getenv("MP_TEST_VERBOSE")) printf("%s\n", what);
             free(scratch);
             mp_linear_free(op);
@@ -493,6 +517,12 @@ static void test_linear(mp_isa isa)
     linear_case(130, 21, 1.0, 40, isa);
     for (int t = 0; t < 48; t++)
         linear_case(rint_in(1, 300), rint_in(1, 70), dens[t % 4], batches[(t / 4) % 4], isa);
+    /* 4x1 blocks (BSR): FER fc1 at 90 %, ragged row groups, holes, both batch paths */
+    linear_case_x(4608, 64, 0.1, 1, isa, 0, 0.0);
+    linear_case_x(4608, 64, 0.1, 16, isa, 0, 0.0);
+    for (int t = 0; t < 32; t++)
+        linear_case_x(rint_in(1, 300), rint_in(1, 70), t % 8 == 7 ? 0.0 : 0.2, batches[(t / 2) % 4],
+                      isa, 0, t % 3 == 0 ? 0.25 : 0.0);
 }
 
 /* A NaN input stays NaN through every kernel and activation (density 1, every flag). */
@@ -501,7 +531,7 @@ static void test_nan(mp_isa isa)
     for (int t = 0; t < 6; t++) {
         const mp_conv_desc d = conv_desc(4, 8, 1, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1);
         conv_case_x(&d, 1.0, t % 2 ? 3 : 1, isa, 1);
-        linear_case_x(40, 12, 1.0, t % 2 ? 9 : 1, isa, 1);
+        linear_case_x(40, 12, 1.0, t % 2 ? 9 : 1, isa, 1, -1.0);
     }
 }
 

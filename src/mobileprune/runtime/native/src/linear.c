@@ -1,11 +1,14 @@
-/* Linear operator: y = act(W x + b) for (batch, in) -> (batch, out), W sparse (CSR) or
- * dense, chosen at create (forced, cost model, or a short timing run at batch 1).
+/* Linear operator: y = act(W x + b) for (batch, in) -> (batch, out), W stored sparse (CSR),
+ * block sparse (BSR: 4x1 blocks, the union of the columns of 4 consecutive rows, zero-filled:
+ * what `structure: block` pruning leaves) or dense, chosen at create (forced, cost model,
+ * or a short timing run at batch 1).
  *
  * Small batches (< MP_LINEAR_T_BATCH) run one dot product per output and input, W rows
  * streamed once per task (batch 1 is bound by memory: 4 bytes per weight dense, 8 per
- * nonzero sparse). Larger batches use seed 003 Algorithm 2 literally on X^T: prepare
- * transposes the input into scratch, Y^T[row, :] += value * X^T[col, :] is then
- * contiguous over the batch. Tasks are chunks of output rows.
+ * nonzero sparse, 5 per weight in full 4x1 blocks). Larger batches use seed 003 Algorithm
+ * 2 literally on X^T: prepare transposes the input into scratch, Y^T[row, :] += value *
+ * X^T[col, :] is then contiguous over the batch (a BSR block loads X^T[col, :] once for 4
+ * rows). Tasks are chunks of output rows, a multiple of 4.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -20,6 +23,13 @@
 /* Density from which the cost model prefers dense (8 bytes per nonzero vs 4 per weight,
  * plus the gather). */
 #define DENSE_DENSITY 0.4
+/* The BSR packing is a candidate when the nonzeros fill at least this much of its blocks
+ * (the conv's BLOCK_FILL). */
+#define BSR_FILL 0.5
+
+enum { LIN_CSR = 0, LIN_DENSE = 1, LIN_BSR = 2, LIN_STORAGES = 3 };
+static const char* const k_storage_name[LIN_STORAGES] = {"csr", "dense", "csr4"};
+static const char* const k_choice_name[LIN_STORAGES] = {"sparse", "dense", "blocked"};
 
 typedef struct linear_kernel {
     mp_isa isa;
@@ -38,14 +48,15 @@ static const linear_kernel k_linear[] = {
 
 struct mp_linear_op {
     mp_linear_desc d;
-    int dense;
+    int storage;  /* LIN_CSR, LIN_DENSE or LIN_BSR */
     const linear_kernel* k;   /* small batch */
     const linear_kernel* kt;  /* transposed */
     const linear_kernel* ktr; /* x -> x^T */
-    uint32_t* ptr;
+    uint32_t* ptr;  /* CSR: per row; BSR: per group of 4 rows */
     uint32_t* idx;
     float* val;
-    float* bias;
+    float* bias;    /* padded with zeros to a multiple of 4 rows */
+    double fill;    /* nonzeros / weights of the BSR blocks (0: no nonzeros) */
     size_t rows_per_task;
     int64_t nnz;
     double density;
@@ -87,25 +98,27 @@ static mp_status check(const mp_linear_desc* d, const mp_weights* w)
     return MP_OK;
 }
 
-/* Pack W as dense (rows x cols) or CSR (nonzeros only) from either input storage. */
-static mp_status pack(mp_linear_op* op, const mp_weights* w, int dense)
+/* W as dense rows x cols (zeros included). */
+static mp_status pack_dense(mp_linear_op* op, const mp_weights* w)
 {
     const size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
-    op->dense = dense;
-    if (dense) {
-        op->val = calloc(rows * cols, sizeof(float));
-        if (op->val == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
-        for (size_t r = 0; r < rows; r++) {
-            if (w->dense != NULL) {
-                memcpy(op->val + r * cols, w->dense + r * cols, cols * sizeof(float));
-                continue;
-            }
-            for (uint32_t k = w->indptr[r]; k < w->indptr[r + 1]; k++)
-                op->val[r * cols + w->indices[k]] = w->values[k];
+    op->val = calloc(rows * cols, sizeof(float));
+    if (op->val == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+    for (size_t r = 0; r < rows; r++) {
+        if (w->dense != NULL) {
+            memcpy(op->val + r * cols, w->dense + r * cols, cols * sizeof(float));
+            continue;
         }
-        return MP_OK;
+        for (uint32_t k = w->indptr[r]; k < w->indptr[r + 1]; k++)
+            op->val[r * cols + w->indices[k]] = w->values[k];
     }
-    const size_t nnz = (size_t)op->nnz;
+    return MP_OK;
+}
+
+/* W as CSR (nonzeros only) from either input storage. */
+static mp_status pack_csr(mp_linear_op* op, const mp_weights* w)
+{
+    const size_t rows = (size_t)w->rows, cols = (size_t)w->cols, nnz = (size_t)op->nnz;
     op->ptr = malloc((rows + 1) * sizeof(uint32_t));
     op->idx = malloc((nnz ? nnz : 1) * sizeof(uint32_t));
     op->val = malloc((nnz ? nnz : 1) * sizeof(float));
@@ -128,12 +141,62 @@ static mp_status pack(mp_linear_op* op, const mp_weights* w, int dense)
     return MP_OK;
 }
 
-static int64_t count_nnz(const mp_weights* w)
+/* One pass over groups of 4 CSR rows (ptr, idx, val), each the union of its rows' columns:
+ * counts the blocks (out == NULL) or fills out->ptr / idx / val (4 values per block, zeros
+ * where a row lacks the column). `mark` has one zeroed byte per column. */
+static size_t bsr_pass(const mp_linear_op* op, const uint32_t* ptr, const uint32_t* idx,
+                       const float* val, unsigned char* mark, mp_linear_op* out)
 {
-    if (w->dense == NULL) return w->nnz;
-    int64_t n = 0;
-    for (size_t i = 0; i < (size_t)w->rows * (size_t)w->cols; i++) n += w->dense[i] != 0.0f;
-    return n;
+    const size_t rows = (size_t)op->d.out_features, cols = (size_t)op->d.in_features;
+    size_t nb = 0;
+    for (size_t r = 0; r < rows; r += 4) {
+        const size_t r1 = r + 4 < rows ? r + 4 : rows;
+        for (uint32_t k = ptr[r]; k < ptr[r1]; k++) mark[idx[k]] = 1;
+        if (out) out->ptr[r / 4] = (uint32_t)nb;
+        const size_t b0 = nb;
+        for (size_t j = 0; j < cols; j++)
+            if (mark[j]) {
+                mark[j] = 0;
+                if (out) out->idx[nb] = (uint32_t)j;
+                nb++;
+            }
+        if (out == NULL) continue;
+        memset(out->val + 4 * b0, 0, 4 * (nb - b0) * sizeof(float));
+        for (size_t i = r; i < r1; i++) {  /* both column lists are sorted: one merge */
+            size_t b = b0;
+            for (uint32_t k = ptr[i]; k < ptr[i + 1]; k++) {
+                while (out->idx[b] != idx[k]) b++;
+                out->val[4 * b + (i - r)] = val[k];
+            }
+        }
+    }
+    if (out) out->ptr[(rows + 3) / 4] = (uint32_t)nb;
+    return nb;
+}
+
+/* op (packed CSR) -> BSR with 4x1 blocks; also sets op->fill. */
+static mp_status csr_to_bsr(mp_linear_op* op)
+{
+    const size_t rows = (size_t)op->d.out_features, cols = (size_t)op->d.in_features;
+    unsigned char* mark = calloc(cols, 1);
+    if (mark == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+    const size_t nb = bsr_pass(op, op->ptr, op->idx, op->val, mark, NULL);
+    mp_linear_op b = {0};
+    b.ptr = malloc(((rows + 3) / 4 + 1) * sizeof(uint32_t));
+    b.idx = malloc((nb ? nb : 1) * sizeof(uint32_t));
+    b.val = malloc((nb ? 4 * nb : 1) * sizeof(float));
+    mp_status st = MP_OK;
+    if (!b.ptr || !b.idx || !b.val) {
+        st = mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
+        free(b.ptr), free(b.idx), free(b.val);
+    } else {
+        bsr_pass(op, op->ptr, op->idx, op->val, mark, &b);
+        free(op->ptr), free(op->idx), free(op->val);
+        op->ptr = b.ptr, op->idx = b.idx, op->val = b.val;
+        op->fill = nb ? (double)op->nnz / (4.0 * (double)nb) : 0.0;
+    }
+    free(mark);
+    return st;
 }
 
 static void unpack(mp_linear_op* op)
@@ -145,6 +208,34 @@ static void unpack(mp_linear_op* op)
     op->val = NULL;
 }
 
+static void set_kernels(mp_linear_op* op, mp_isa isa)
+{
+    static const int small[LIN_STORAGES] = {MP_LIN_CSR, MP_LIN_DENSE, MP_LIN_BSR};
+    static const int large[LIN_STORAGES] = {MP_LIN_CSR_T, MP_LIN_DENSE_T, MP_LIN_BSR_T};
+    op->k = pick(isa, small[op->storage]);
+    op->kt = pick(isa, large[op->storage]);
+    op->ktr = pick(isa, MP_LIN_TRANSPOSE);
+}
+
+/* Pack W in `storage` (the previous packing is freed) and pick its kernels. */
+static mp_status pack(mp_linear_op* op, const mp_weights* w, int storage, mp_isa isa)
+{
+    unpack(op);
+    op->storage = storage;
+    set_kernels(op, isa);
+    if (storage == LIN_DENSE) return pack_dense(op, w);
+    mp_status st = pack_csr(op, w);
+    return st == MP_OK && storage == LIN_BSR ? csr_to_bsr(op) : st;
+}
+
+static int64_t count_nnz(const mp_weights* w)
+{
+    if (w->dense == NULL) return w->nnz;
+    int64_t n = 0;
+    for (size_t i = 0; i < (size_t)w->rows * (size_t)w->cols; i++) n += w->dense[i] != 0.0f;
+    return n;
+}
+
 static void run_rows(const mp_linear_op* op, size_t batch, const float* x, size_t ldx, float* y,
                      size_t r0, size_t r1, int transposed)
 {
@@ -154,7 +245,7 @@ static void run_rows(const mp_linear_op* op, size_t batch, const float* x, size_
     (transposed ? op->kt : op->k)->fn(&a);
 }
 
-/* Sparse stays unless dense is this much faster at batch 1 (see tune). */
+/* A sparse storage stays unless dense is this much faster at batch 1 (see tune). */
 #define SPARSE_MARGIN 1.1
 
 /* Best of 5 batch-1 runs of the current packing, in seconds. */
@@ -170,43 +261,38 @@ static double time_batch1(const mp_linear_op* op, const float* x, float* y)
     return best;
 }
 
-static void set_kernels(mp_linear_op* op, mp_isa isa)
-{
-    op->k = pick(isa, op->dense ? MP_LIN_DENSE : MP_LIN_CSR);
-    op->kt = pick(isa, op->dense ? MP_LIN_DENSE_T : MP_LIN_CSR_T);
-    op->ktr = pick(isa, MP_LIN_TRANSPOSE);
-}
-
-/* Time sparse and dense at batch 1; keep the faster (op is packed sparse on entry). */
+/* Time CSR, BSR (when its blocks are full enough) and dense at batch 1; keep the fastest.
+ * op is packed CSR on entry. */
 static mp_status tune(mp_linear_op* op, const mp_weights* w, mp_isa isa)
 {
     const size_t in = (size_t)op->d.in_features, outn = (size_t)op->d.out_features;
     float* x = malloc(in * sizeof(float));
     float* y = malloc(outn * sizeof(float));
+    double t[LIN_STORAGES] = {INFINITY, INFINITY, INFINITY};
     mp_status st = MP_OK;
     if (x == NULL || y == NULL) {
         st = mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory (tuning)");
         goto done;
     }
     for (size_t i = 0; i < in; i++) x[i] = (float)(i % 7) * 0.25f;
-    const double ts = time_batch1(op, x, y);
-    unpack(op);
-    st = pack(op, w, 1);
-    if (st != MP_OK) goto done;
-    set_kernels(op, isa);
-    const double td = time_batch1(op, x, y);
-    /* timed with the weights in cache; in a whole model they mostly are not, and the CSR
-     * arrays are the smaller stream: dense must win by SPARSE_MARGIN */
-    const int sparse = ts < td * SPARSE_MARGIN;
-    if (sparse) {
-        unpack(op);
-        st = pack(op, w, 0);
-        set_kernels(op, isa);
+    t[LIN_CSR] = time_batch1(op, x, y);
+    static const int order[2] = {LIN_BSR, LIN_DENSE};
+    for (int i = 0; i < 2 && st == MP_OK; i++) {
+        if (order[i] == LIN_BSR && op->fill < BSR_FILL) continue;
+        st = pack(op, w, order[i], isa);
+        if (st == MP_OK) t[order[i]] = time_batch1(op, x, y);
     }
-    const double t_pick = sparse ? ts : td, t_other = sparse ? td : ts;
-    snprintf(op->reason, sizeof(op->reason), "tuned %s %.1fus %s %s %.1fus",
-             sparse ? "sparse" : "dense", t_pick * 1e6, t_pick < t_other ? "<" : ">=",
-             sparse ? "dense" : "sparse", t_other * 1e6);
+    if (st != MP_OK) goto done;
+    /* timed with the weights in cache; in a whole model they mostly are not, and the
+     * sparse arrays are the smaller stream: dense must win by SPARSE_MARGIN */
+    const int sp = t[LIN_BSR] < t[LIN_CSR] ? LIN_BSR : LIN_CSR;
+    const int best = t[LIN_DENSE] * SPARSE_MARGIN < t[sp] ? LIN_DENSE : sp;
+    int next = -1;
+    for (int m = 0; m < LIN_STORAGES; m++)
+        if (m != best && isfinite(t[m]) && (next < 0 || t[m] < t[next])) next = m;
+    if (best != LIN_DENSE) st = pack(op, w, best, isa);
+    snprintf(op->reason, sizeof(op->reason), "tuned %s %.1fus %s %s %.1fus", k_choice_name[best],
+             t[best] * 1e6, t[best] < t[next] ? "<" : ">=", k_choice_name[next], t[next] * 1e6);
 done:
     free(x);
     free(y);
@@ -218,21 +304,20 @@ static mp_status build(mp_linear_op* op, const mp_weights* w, uint32_t flags, mp
     op->nnz = count_nnz(w);
     op->density = (double)op->nnz / ((double)w->rows * (double)w->cols);
     for (int32_t r = 0; r < w->rows; r++) op->bias[r] = w->bias ? w->bias[r] : 0.0f;
-    int dense = op->density >= DENSE_DENSITY;
+    mp_status st = pack(op, w, LIN_BSR, isa); /* measures the fill of the 4x1 blocks */
+    if (st != MP_OK) return st;
+    int storage = op->density >= DENSE_DENSITY ? LIN_DENSE : op->fill >= BSR_FILL ? LIN_BSR : LIN_CSR;
     if (flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)) {
-        dense = (flags & MP_KERNEL_DENSE) != 0;
-        snprintf(op->reason, sizeof(op->reason), "forced %s", dense ? "dense" : "sparse");
+        storage = (flags & MP_KERNEL_DENSE) ? LIN_DENSE : LIN_CSR;
+        snprintf(op->reason, sizeof(op->reason), "forced %s", k_choice_name[storage]);
     } else if (!(flags & MP_KERNEL_NO_TUNE)) {
-        mp_status st = pack(op, w, 0);
-        if (st == MP_OK) set_kernels(op, isa);
+        st = pack(op, w, LIN_CSR, isa);
         return st == MP_OK ? tune(op, w, isa) : st;
     } else {
-        snprintf(op->reason, sizeof(op->reason), "model %s (density %s %.2f)",
-                 dense ? "dense" : "sparse", dense ? ">=" : "<", DENSE_DENSITY);
+        snprintf(op->reason, sizeof(op->reason), "model %s (density %.2f, block fill %.2f)",
+                 k_choice_name[storage], op->density, op->fill);
     }
-    mp_status st = pack(op, w, dense);
-    set_kernels(op, isa);
-    return st;
+    return storage == LIN_BSR ? MP_OK : pack(op, w, storage, isa);
 }
 
 mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
@@ -254,7 +339,7 @@ mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
     const size_t rows = (size_t)desc->out_features;
     const size_t rpt = (rows + 7) / 8;
     op->rows_per_task = rpt < 4 ? 4 : (rpt + 3) & ~(size_t)3;
-    op->bias = malloc(rows * sizeof(float));
+    op->bias = calloc((rows + 3) & ~(size_t)3, sizeof(float));
     st = op->bias ? build(op, w, flags, isa) : mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
     if (st != MP_OK) {
         mp_linear_free(op);
@@ -314,7 +399,7 @@ void mp_linear_compute(const mp_linear_op* op, size_t batch, const float* in,
 void mp_linear_describe(const mp_linear_op* op, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s", op->k->name, op->dense ? "dense" : "csr",
+    snprintf(buf, size, "%s %s density=%.3f %s", op->k->name, k_storage_name[op->storage],
              op->density, op->reason);
 }
 

@@ -1,8 +1,8 @@
-/* Sparse and dense linear on the transposed input, AVX2 + FMA (seed 003, Algorithm 2
- * literally: Y^T[row, :] += value * X^T[col, :]): per row, up to 4 vectors of 8 inputs of
- * the batch in registers (2 partial sums each: independent FMA chains even at batch 8),
- * one broadcast value and one FMA per vector and nonzero; x^T is zero-padded to ldx (a
- * multiple of 16); y[n * ldy + row] for the real inputs only. */
+/* Sparse, dense and block-sparse linear on the transposed input, AVX2 + FMA (seed 003,
+ * Algorithm 2 literally: Y^T[row, :] += value * X^T[col, :]): per row, up to 4 vectors of 8
+ * inputs of the batch in registers (2 partial sums each: independent FMA chains even at
+ * batch 8), one broadcast value and one FMA per vector and nonzero; x^T is zero-padded to
+ * ldx (a multiple of 16); y[n * ldy + row] for the real inputs only. */
 #include "kernels.h"
 
 #if MP_ARCH_X86_64
@@ -65,6 +65,52 @@ MP_TARGET_AVX2 MP_INLINE void rows(const mp_linear_args* a, const int dense)
 
 MP_TARGET_AVX2 void mp_f32_spmm_t_8x4__avx2(const mp_linear_args* a) { rows(a, 0); }
 MP_TARGET_AVX2 void mp_f32_gemm_t_8x4__avx2(const mp_linear_args* a) { rows(a, 1); }
+
+/* Block sparse (BSR, 4x1 blocks, layout in f32_bsrmv_4__scalar.c): per block up to 3
+ * vectors of 8 inputs of the batch are loaded once and feed the block's 4 rows (12
+ * accumulators: one load per 4 FMAs, as the conv's 4-row blocks). The bias is padded to a
+ * multiple of 4 rows (linear.c). Rows r .. r + 3, batch inputs [n0, n0 + 8 nv). */
+MP_TARGET_AVX2 MP_INLINE void chunk4(const mp_linear_args* a, size_t r, size_t n0, const int nv)
+{
+    __m256 acc[4][3];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++) {
+        const __m256 b = _mm256_set1_ps(a->bias[r + (size_t)i]);
+#pragma GCC unroll 3
+        for (int q = 0; q < nv; q++) acc[i][q] = b;
+    }
+    const size_t g = r / 4;
+    for (uint32_t k = a->ptr[g]; k < a->ptr[g + 1]; k++) {
+        const float* xt = a->x + (size_t)a->idx[k] * a->ldx + n0;
+        const float* v = a->val + 4 * (size_t)k;
+        __m256 x[3];
+#pragma GCC unroll 3
+        for (int q = 0; q < nv; q++) x[q] = _mm256_loadu_ps(xt + 8 * q);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++) {
+            const __m256 w = _mm256_broadcast_ss(v + i);
+#pragma GCC unroll 3
+            for (int q = 0; q < nv; q++) acc[i][q] = _mm256_fmadd_ps(w, x[q], acc[i][q]);
+        }
+    }
+    const size_t nr = a->rows - r < 4 ? a->rows - r : 4;
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; i++)
+        if ((size_t)i < nr)
+#pragma GCC unroll 3
+            for (int q = 0; q < nv; q++) put(a, r + (size_t)i, n0 + 8 * (size_t)q, acc[i][q]);
+}
+
+MP_TARGET_AVX2 void mp_f32_bsrmm_t_8x4__avx2(const mp_linear_args* a)
+{
+    for (size_t r = a->r0; r < a->r1; r += 4)
+        for (size_t n0 = 0; n0 < a->batch; n0 += 24) {
+            const size_t left = (a->batch - n0 + 7) / 8;
+            if (left >= 3) chunk4(a, r, n0, 3);
+            else if (left == 2) chunk4(a, r, n0, 2);
+            else chunk4(a, r, n0, 1);
+        }
+}
 #else
 typedef int mp_f32_spmm_t_8x4__avx2_absent; /* not this arch: an empty unit is not ISO C */
 #endif

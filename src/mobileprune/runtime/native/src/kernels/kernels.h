@@ -106,7 +106,9 @@ typedef struct mp_spconv_args {
 typedef void (*mp_spconv_fn)(const mp_spconv_args* a);
 
 /* Linear, rows [r0, r1) of y = act(W x + b) for `batch` inputs.
- * Sparse: CSR rows (ptr, idx, val); dense: W row-major (ptr == NULL, ld = cols).
+ * Sparse: CSR rows (ptr, idx, val); dense: W row-major (ptr == NULL, ld = cols); block
+ * sparse (BSR, 4x1 blocks): ptr per group of 4 rows, idx per block, 4 values per block, r0 a
+ * multiple of 4 and the bias padded to a multiple of 4 rows.
  * Small batches read x (batch, cols) directly; the transposed kernel reads xt (cols, ldx)
  * with ldx >= batch (a multiple of the lanes) and writes y[n * ldy + row]. */
 typedef struct mp_linear_args {
@@ -132,7 +134,10 @@ typedef void (*mp_linear_fn)(const mp_linear_args* a);
 #undef MP_LINEAR_UKERNEL
 
 /* Kinds of linear kernels (MP_LINEAR_UKERNEL's third field). */
-enum { MP_LIN_CSR = 0, MP_LIN_DENSE = 1, MP_LIN_CSR_T = 2, MP_LIN_DENSE_T = 3, MP_LIN_TRANSPOSE = 4 };
+enum {
+    MP_LIN_CSR = 0, MP_LIN_DENSE = 1, MP_LIN_CSR_T = 2, MP_LIN_DENSE_T = 3, MP_LIN_TRANSPOSE = 4,
+    MP_LIN_BSR = 5, MP_LIN_BSR_T = 6
+};
 
 /* mp_conv_create / mp_linear_create with the kernel family `isa` (at most
  * mp_cpu_best_isa()): the tests and the benchmark run every family the CPU has. */
