@@ -56,7 +56,8 @@ struct mp_linear_op {
     uint32_t* idx;
     float* val;
     float* bias;    /* padded with zeros to a multiple of 4 rows */
-    double fill;    /* nonzeros / weights of the BSR blocks (0: no nonzeros) */
+    double fill;    /* nonzeros / weights of the BSR blocks (0: storage forced, or no
+                     * nonzeros) */
     size_t rows_per_task;
     int64_t nnz;
     double density;
@@ -141,62 +142,82 @@ static mp_status pack_csr(mp_linear_op* op, const mp_weights* w)
     return MP_OK;
 }
 
-/* One pass over groups of 4 CSR rows (ptr, idx, val), each the union of its rows' columns:
- * counts the blocks (out == NULL) or fills out->ptr / idx / val (4 values per block, zeros
- * where a row lacks the column). `mark` has one zeroed byte per column. */
-static size_t bsr_pass(const mp_linear_op* op, const uint32_t* ptr, const uint32_t* idx,
-                       const float* val, unsigned char* mark, mp_linear_op* out)
+/* The union of the (sorted) column lists of CSR rows [r, r1), r1 - r <= 4, in order:
+ * a merge of the rows' lists. Writes the columns to `out` (when not NULL); returns how
+ * many there are. */
+static size_t group_union(const uint32_t* ptr, const uint32_t* idx, size_t r, size_t r1,
+                          uint32_t* out)
 {
-    const size_t rows = (size_t)op->d.out_features, cols = (size_t)op->d.in_features;
+    uint32_t h[4], e[4];
+    const size_t n = r1 - r;
+    for (size_t i = 0; i < n; i++) h[i] = ptr[r + i], e[i] = ptr[r + i + 1];
+    size_t u = 0;
+    for (;;) {
+        uint32_t c = UINT32_MAX;
+        for (size_t i = 0; i < n; i++)
+            if (h[i] < e[i] && idx[h[i]] < c) c = idx[h[i]];
+        if (c == UINT32_MAX) return u;
+        for (size_t i = 0; i < n; i++) h[i] += h[i] < e[i] && idx[h[i]] == c;
+        if (out) out[u] = c;
+        u++;
+    }
+}
+
+/* Blocks of the BSR packing of w (4x1 blocks: the columns any of 4 consecutive rows uses),
+ * counted from either input storage without packing it. */
+static size_t count_blocks(const mp_weights* w)
+{
+    const size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
     size_t nb = 0;
     for (size_t r = 0; r < rows; r += 4) {
         const size_t r1 = r + 4 < rows ? r + 4 : rows;
-        for (uint32_t k = ptr[r]; k < ptr[r1]; k++) mark[idx[k]] = 1;
-        if (out) out->ptr[r / 4] = (uint32_t)nb;
-        const size_t b0 = nb;
-        for (size_t j = 0; j < cols; j++)
-            if (mark[j]) {
-                mark[j] = 0;
-                if (out) out->idx[nb] = (uint32_t)j;
-                nb++;
-            }
-        if (out == NULL) continue;
-        memset(out->val + 4 * b0, 0, 4 * (nb - b0) * sizeof(float));
-        for (size_t i = r; i < r1; i++) {  /* both column lists are sorted: one merge */
-            size_t b = b0;
-            for (uint32_t k = ptr[i]; k < ptr[i + 1]; k++) {
-                while (out->idx[b] != idx[k]) b++;
-                out->val[4 * b + (i - r)] = val[k];
-            }
+        if (w->dense == NULL) {
+            nb += group_union(w->indptr, w->indices, r, r1, NULL);
+            continue;
+        }
+        for (size_t j = 0; j < cols; j++) {
+            int any = 0;
+            for (size_t i = r; i < r1; i++) any |= w->dense[i * cols + j] != 0.0f;
+            nb += (size_t)any;
         }
     }
-    if (out) out->ptr[(rows + 3) / 4] = (uint32_t)nb;
     return nb;
 }
 
-/* op (packed CSR) -> BSR with 4x1 blocks; also sets op->fill. */
+/* op (packed CSR) -> BSR with 4x1 blocks: per group of 4 rows the union of their columns,
+ * 4 values per block (zeros where a row lacks the column: 0 * x, so a NaN / Inf input
+ * reaches every row of the group, as it does through torch's zero weights). */
 static mp_status csr_to_bsr(mp_linear_op* op)
 {
-    const size_t rows = (size_t)op->d.out_features, cols = (size_t)op->d.in_features;
-    unsigned char* mark = calloc(cols, 1);
-    if (mark == NULL) return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
-    const size_t nb = bsr_pass(op, op->ptr, op->idx, op->val, mark, NULL);
-    mp_linear_op b = {0};
-    b.ptr = malloc(((rows + 3) / 4 + 1) * sizeof(uint32_t));
-    b.idx = malloc((nb ? nb : 1) * sizeof(uint32_t));
-    b.val = malloc((nb ? 4 * nb : 1) * sizeof(float));
-    mp_status st = MP_OK;
-    if (!b.ptr || !b.idx || !b.val) {
-        st = mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
-        free(b.ptr), free(b.idx), free(b.val);
-    } else {
-        bsr_pass(op, op->ptr, op->idx, op->val, mark, &b);
-        free(op->ptr), free(op->idx), free(op->val);
-        op->ptr = b.ptr, op->idx = b.idx, op->val = b.val;
-        op->fill = nb ? (double)op->nnz / (4.0 * (double)nb) : 0.0;
+    const size_t rows = (size_t)op->d.out_features, groups = (rows + 3) / 4;
+    size_t nb = 0;
+    for (size_t r = 0; r < rows; r += 4)
+        nb += group_union(op->ptr, op->idx, r, r + 4 < rows ? r + 4 : rows, NULL);
+    uint32_t* ptr = malloc((groups + 1) * sizeof(uint32_t));
+    uint32_t* idx = malloc((nb ? nb : 1) * sizeof(uint32_t));
+    float* val = calloc(nb ? 4 * nb : 1, sizeof(float));
+    if (!ptr || !idx || !val) {
+        free(ptr), free(idx), free(val);
+        return mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory");
     }
-    free(mark);
-    return st;
+    size_t b0 = 0;
+    for (size_t r = 0; r < rows; r += 4) {
+        const size_t r1 = r + 4 < rows ? r + 4 : rows;
+        ptr[r / 4] = (uint32_t)b0;
+        const size_t u = group_union(op->ptr, op->idx, r, r1, idx + b0);
+        for (size_t i = r; i < r1; i++) {  /* both column lists are sorted: one merge */
+            size_t b = b0;
+            for (uint32_t k = op->ptr[i]; k < op->ptr[i + 1]; k++) {
+                while (idx[b] != op->idx[k]) b++;
+                val[4 * b + (i - r)] = op->val[k];
+            }
+        }
+        b0 += u;
+    }
+    ptr[groups] = (uint32_t)b0;
+    free(op->ptr), free(op->idx), free(op->val);
+    op->ptr = ptr, op->idx = idx, op->val = val;
+    return MP_OK;
 }
 
 static void unpack(mp_linear_op* op)
@@ -283,10 +304,12 @@ static mp_status tune(mp_linear_op* op, const mp_weights* w, mp_isa isa)
         if (st == MP_OK) t[order[i]] = time_batch1(op, x, y);
     }
     if (st != MP_OK) goto done;
-    /* timed with the weights in cache; in a whole model they mostly are not, and the
-     * sparse arrays are the smaller stream: dense must win by SPARSE_MARGIN */
+    /* timed with the weights in cache; in a whole model they mostly are not, and the CSR
+     * arrays are the smaller stream: dense must beat CSR by SPARSE_MARGIN (full BSR
+     * blocks are a larger stream than dense: no margin) */
     const int sp = t[LIN_BSR] < t[LIN_CSR] ? LIN_BSR : LIN_CSR;
-    const int best = t[LIN_DENSE] * SPARSE_MARGIN < t[sp] ? LIN_DENSE : sp;
+    const double margin = sp == LIN_CSR ? SPARSE_MARGIN : 1.0;
+    const int best = t[LIN_DENSE] * margin < t[sp] ? LIN_DENSE : sp;
     int next = -1;
     for (int m = 0; m < LIN_STORAGES; m++)
         if (m != best && isfinite(t[m]) && (next < 0 || t[m] < t[next])) next = m;
@@ -304,20 +327,21 @@ static mp_status build(mp_linear_op* op, const mp_weights* w, uint32_t flags, mp
     op->nnz = count_nnz(w);
     op->density = (double)op->nnz / ((double)w->rows * (double)w->cols);
     for (int32_t r = 0; r < w->rows; r++) op->bias[r] = w->bias ? w->bias[r] : 0.0f;
-    mp_status st = pack(op, w, LIN_BSR, isa); /* measures the fill of the 4x1 blocks */
-    if (st != MP_OK) return st;
+    const int forced = (flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)) != 0;
+    if (!forced && op->nnz > 0)
+        op->fill = (double)op->nnz / (4.0 * (double)count_blocks(w));
     int storage = op->density >= DENSE_DENSITY ? LIN_DENSE : op->fill >= BSR_FILL ? LIN_BSR : LIN_CSR;
-    if (flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE)) {
+    if (forced) {
         storage = (flags & MP_KERNEL_DENSE) ? LIN_DENSE : LIN_CSR;
         snprintf(op->reason, sizeof(op->reason), "forced %s", k_choice_name[storage]);
     } else if (!(flags & MP_KERNEL_NO_TUNE)) {
-        st = pack(op, w, LIN_CSR, isa);
+        mp_status st = pack(op, w, LIN_CSR, isa);
         return st == MP_OK ? tune(op, w, isa) : st;
     } else {
         snprintf(op->reason, sizeof(op->reason), "model %s (density %.2f, block fill %.2f)",
                  k_choice_name[storage], op->density, op->fill);
     }
-    return storage == LIN_BSR ? MP_OK : pack(op, w, storage, isa);
+    return pack(op, w, storage, isa);
 }
 
 mp_status mp_linear_create_isa(const mp_linear_desc* desc, const mp_weights* w,
