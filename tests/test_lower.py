@@ -318,6 +318,17 @@ def test_training_mode_dropout_and_batch_axis_are_refused(tmp_path):
             export_sparse(model, torch.randn(2, *shape), tmp_path / "m.mpsparse")
 
 
+def test_a_reshape_folding_the_batch_says_what_to_do(tmp_path):
+    """A reshape that folds the batch into another axis (MobileViT's patch unfolding) is
+    refused with the shape, the reason and the two ways out."""
+    m = _Fn(lambda s, x: x.reshape(-1, 3).relu())
+    with pytest.raises(UnsupportedModelError) as ei:
+        export_sparse(m, torch.randn(1, 6), tmp_path / "m.mpsparse")
+    msg = str(ei.value)
+    assert "shape (2, 3) does not keep the batch (1) on axis 0" in msg
+    assert "batch kept apart" in msg and "ONNX" in msg
+
+
 def test_lstm_cell_state_is_refused_by_name(tmp_path):
     m = _Fn(lambda s, x: s.r(x)[1][1][0], r=nn.LSTM(6, 4, batch_first=True))
     with pytest.raises(UnsupportedModelError, match="final cell state"):

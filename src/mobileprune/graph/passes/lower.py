@@ -150,7 +150,11 @@ class Emit:
         s = self.shape(node, arg, any_dtype)
         if len(s) <= bdim or s[bdim] != self.batch:
             raise self.fail(node, f"shape {s} does not keep the batch ({self.batch}) on "
-                                  f"axis {bdim}")
+                                  f"axis {bdim}: the sparse runtime holds every tensor with "
+                                  f"the batch on an axis of its own, so a reshape that folds "
+                                  f"it into another axis cannot run there (write the "
+                                  f"reshape with the batch kept apart, or export to ONNX / "
+                                  f".pte / .ptl, which run it)")
         return list(s[:bdim] + s[bdim + 1:])
 
     # ---- writing
