@@ -120,7 +120,7 @@ int64_t mp_bench_linear(int in, int outn, double density, int batch, int reps, i
     const mp_isa use = isa < 0 ? mp_cpu_best_isa() : (mp_isa)isa;
     for (int c = 0; c < NCHOICE; c++) {
         if (mp_linear_create_isa(&d, &mw, k_choice[c], use, &ops[c]) != MP_OK) return -1;
-        mp_linear_describe(ops[c], desc + 160 * c, 160);
+        mp_linear_describe(ops[c], (size_t)batch, desc + 160 * c, 160);
         scratch[c] = malloc(mp_linear_scratch_bytes(ops[c], (size_t)batch) + 1);
     }
     double* s = malloc((size_t)reps * NCHOICE * sizeof(double));

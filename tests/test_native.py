@@ -658,6 +658,8 @@ def test_block_pruned_linears_run_bsr(tmp_path, batch):
     sm = load(_export(model.eval(), x[:1], tmp_path / "lin.mps"), tune=False)
     lines = [ln for ln in sm.describe(batch).splitlines() if " linear " in ln]
     assert [" csr4 " in ln for ln in lines] == [True, True, False], lines
+    kernel = "f32_bsrmm_t" if batch >= 8 else "f32_bsrmv"  # the plan names the batch's kernel
+    assert all(kernel in ln for ln in lines[:2]), lines
     assert _rel_err(sm(x.numpy()), _ref(model, x)) <= REL_TOL
 
 

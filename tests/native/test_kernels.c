@@ -499,7 +499,7 @@ static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa
         CHECK(st == MP_OK, "linear create failed: status %d", (int)st);
         if (st == MP_OK) {
             char desc[160], what[300];
-            mp_linear_describe(op, desc, sizeof(desc));
+            mp_linear_describe(op, batch, desc, sizeof(desc));
             snprintf(what, sizeof(what), "linear %s %d->%d act%d batch %zu density %.1f flags %u [%s]",
                      isa_name(isa), in, outn, a, batch, density, k_flags[f], desc);
             void* scratch = malloc(mp_linear_scratch_bytes(op, batch) + 1);

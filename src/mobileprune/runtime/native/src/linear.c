@@ -420,10 +420,11 @@ void mp_linear_compute(const mp_linear_op* op, size_t batch, const float* in,
         run_rows(op, batch, mp_align64_const(scratch), padded_batch(batch), out, r0, r1, 1);
 }
 
-void mp_linear_describe(const mp_linear_op* op, char* buf, size_t size)
+void mp_linear_describe(const mp_linear_op* op, size_t batch, char* buf, size_t size)
 {
     if (buf == NULL || size == 0) return;
-    snprintf(buf, size, "%s %s density=%.3f %s", op->k->name, k_storage_name[op->storage],
+    const linear_kernel* k = batch < MP_LINEAR_T_BATCH ? op->k : op->kt;
+    snprintf(buf, size, "%s %s density=%.3f %s", k->name, k_storage_name[op->storage],
              op->density, op->reason);
 }
 

@@ -102,7 +102,8 @@ void mp_linear_prepare(const mp_linear_op* op, size_t batch, const float* in, vo
 size_t mp_linear_num_tasks(const mp_linear_op* op, size_t batch);
 void mp_linear_compute(const mp_linear_op* op, size_t batch, const float* in,
                        const void* scratch, float* out, size_t task_begin, size_t task_end);
-void mp_linear_describe(const mp_linear_op* op, char* buf, size_t size);
+/* The kernel that runs `batch` inputs, the storage and the reason of the choice. */
+void mp_linear_describe(const mp_linear_op* op, size_t batch, char* buf, size_t size);
 void mp_linear_free(mp_linear_op* op);
 
 /* CPU features, detected once (cpu.c). */

@@ -177,8 +177,8 @@ mp_status mp_rnn_setup(mp_step* s, uint32_t flags, size_t threads) {
 
 void mp_rnn_describe(const mp_step* s, char* buf, size_t size) {
     char ih[200], hh[200];
-    mp_linear_describe(s->rnn->proj[0], ih, sizeof ih);
-    mp_linear_describe(s->rnn->rec[0], hh, sizeof hh);
+    mp_linear_describe(s->rnn->proj[0], 1, ih, sizeof ih);
+    mp_linear_describe(s->rnn->rec[0], 1, hh, sizeof hh);
     snprintf(buf, size, "%s%s W_ih: %s; W_hh: %s", s->kernel,
              s->rnn->dirs == 2 ? " bidirectional" : "", ih, hh);
 }

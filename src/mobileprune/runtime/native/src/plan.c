@@ -429,7 +429,7 @@ static void describe_op(const mp_plan* p, uint32_t i, mp_text* t) {
     const mp_step* s = &p->steps[p->op_step[i]];
     line[0] = '\0';
     if (s->conv) mp_conv_describe(s->conv, line, sizeof line);
-    else if (s->linear) mp_linear_describe(s->linear, line, sizeof line);
+    else if (s->linear) mp_linear_describe(s->linear, s->batch, line, sizeof line);
     else if (s->rnn) mp_rnn_describe(s, line, sizeof line);
     else snprintf(line, sizeof line, "%s", s->kernel);
     text_add(t, "%.80s %s %s", name, mp_op_name(op->code), line);
