@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/training_speed.py [--threads N] [--steps N]
 
 Throughput: images/s of dense training, an ADMM epoch (penalty + Z/U step) and masked
-retraining, on in-memory batches of the model's input shape (the data's content does
+retraining, the last two with distillation from a dense teacher as the pipelines' configs
+run them (``distill: 0.5``; the teacher's forward pass is part of the step), on in-memory batches of the model's input shape (the data's content does
 not change the arithmetic), median of 3 timed windows after warm-up. Accuracy: LeNet-5,
 3 epochs on the embedded MNIST sample, in fp32 and in bf16. Writes
 docs/benchmarks/training_speed.{json,md}.
@@ -46,14 +47,16 @@ def _batches(shape, classes, n=8, batch=64):
             for _ in range(n)]
 
 
-def _phase_kwargs(phase, model, opt):
+def _phase_kwargs(phase, model, opt, teacher):
+    if phase == "dense":
+        return {}
+    kw = {"teacher": teacher, "distill": 0.5}
     if phase == "admm":
         pruner = ADMMPruner(model, {"default": 0.9}, rho=1e-3)
-        return {"penalty": pruner.penalty, "after_step": pruner.step}
-    if phase == "retrain":
-        MaskEnforcer(model, {n: p.detach().abs() > 0.01 for n, p in model.named_parameters()
-                             if p.dim() > 1}).attach(opt)
-    return {}
+        return {**kw, "penalty": pruner.penalty, "after_step": pruner.step}
+    MaskEnforcer(model, {n: p.detach().abs() > 0.01 for n, p in model.named_parameters()
+                         if p.dim() > 1}).attach(opt)
+    return kw
 
 
 def throughput(name, phase, mode, steps):
@@ -64,7 +67,7 @@ def throughput(name, phase, mode, steps):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     if mode.endswith("+compile"):  # compiled in the warm-up below (forward and backward)
         model = torch.compile(model)
-    kw = _phase_kwargs(phase, model, opt)
+    kw = _phase_kwargs(phase, model, opt, build(num_classes=classes))
     data = _batches(shape, classes, n=steps)
     T.train_epoch(model, data[:2], opt, progress=False, **kw)  # warm-up
     rates = []

@@ -77,3 +77,50 @@ def test_bad_environment_settings_are_one_line_errors(monkeypatch):
     monkeypatch.setenv("MOBILEPRUNE_PROGRESS_SECONDS", "soon")
     with pytest.raises(ConfigError, match="MOBILEPRUNE_PROGRESS_SECONDS"):
         T._env_seconds()
+
+
+def _record_layouts(model: torch.nn.Module, seen: list) -> None:
+    """Record, at every forward, whether conv2's weight and input are channels_last (not
+    conv1's: with one input channel both layouts have the same strides)."""
+    model.conv2.register_forward_hook(lambda mod, i, o: seen.append(
+        all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+            for t in (mod.weight, i[0]))))
+
+
+def test_the_teacher_runs_in_the_students_layout_and_is_restored():
+    T.set_training_speed("fp32", True)
+    try:
+        torch.manual_seed(0)
+        student, teacher = LeNet5(), LeNet5()
+        seen: list = []
+        _record_layouts(teacher, seen)
+        opt = torch.optim.SGD(student.parameters(), lr=1e-2)
+        T.train_epoch(student, _data(), opt, progress=False, teacher=teacher, distill=0.5)
+    finally:
+        T.set_training_speed("fp32", False)
+    assert seen and all(seen)  # 4 batches, every teacher forward in channels_last
+    for m in (student, teacher):
+        assert all(p.is_contiguous() for p in m.parameters())
+
+
+def test_evaluate_runs_in_the_layout_and_matches_a_plain_loop():
+    torch.manual_seed(0)
+    m = LeNet5()
+    loader = _data()
+    with torch.no_grad():
+        expected = sum(int((m(x).argmax(1) == y).sum()) for x, y in loader) / 64
+    seen: list = []
+    _record_layouts(m, seen)
+    T.set_training_speed("fp32", True)
+    try:
+        m.train()
+        assert T.evaluate(m, loader) == expected
+        assert m.training and all(p.is_contiguous() for p in m.parameters())
+        assert seen and all(seen)
+        bad = DataLoader(TensorDataset(torch.randn(4, 1, 28, 28), torch.randn(4)), batch_size=2)
+        with pytest.raises(ConfigError, match="classification accuracy"):
+            T.evaluate(m, bad)
+        assert m.training and all(p.is_contiguous() for p in m.parameters())
+        assert torch.is_grad_enabled()
+    finally:
+        T.set_training_speed("fp32", False)

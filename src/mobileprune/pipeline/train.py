@@ -118,7 +118,8 @@ def default_shift(input_shape: tuple[int, ...]) -> int:
     :data:`IMAGE_SHIFT` pixels for image samples ``(C, H, W)`` of at least 16x16, none for
     other data (1-D signals, feature vectors). Measured on LeNet-5 / full MNIST (10
     epochs): 99.27 % dense without a shift, 99.46 % with 2 pixels, and the lenet5-71x
-    config from those two models 99.09 % and 99.39 % (docs/benchmarks/lenet5_71x_cli.md)."""
+    config (then 35 epochs) from those two models 99.09 % and 99.39 %
+    (docs/benchmarks/lenet5_71x_cli.md)."""
     shape = tuple(int(d) for d in input_shape)
     return IMAGE_SHIFT if len(shape) == 3 and min(shape[1:]) >= 16 else 0
 
@@ -210,19 +211,45 @@ def training_precision() -> str:
 
 
 @contextlib.contextmanager
-def fast_training(model: nn.Module):
-    """Yield ``(bf16, layout)`` for the training loop (see :func:`set_training_speed`)."""
+def fast_layout(model: nn.Module, *others: nn.Module | None):
+    """Put ``model`` and ``others`` in the memory layout of :func:`set_training_speed`
+    (``channels_last`` for models with 2-D convolutions by default) for the duration,
+    then back to the standard layout; yield the layout (``None``: standard) for the
+    inputs (:func:`to_layout`).
+
+    ``others`` (e.g. a distillation teacher) run on the same inputs and take the same
+    layout: a model left in the standard layout would get channels_last inputs whose
+    single-channel first layer reads as standard, and would run its convolutions and
+    poolings on the slow path (about 2x slower for LeNet-5's teacher)."""
     cl = _SPEED["channels_last"]
     if cl == "auto":
         cl = any(isinstance(m, nn.Conv2d) for m in model.modules())
     layout = torch.channels_last if cl else None
+    models = [m for m in (model, *others) if m is not None]
     if layout is not None:
-        model.to(memory_format=layout)
+        for m in models:
+            m.to(memory_format=layout)
     try:
-        yield training_precision() == "bf16", layout
+        yield layout
     finally:
         if layout is not None:
-            model.to(memory_format=torch.contiguous_format)
+            for m in models:
+                m.to(memory_format=torch.contiguous_format)
+
+
+def to_layout(x, layout):
+    """``x`` in ``layout`` when it is one 4-D tensor (an image batch); else unchanged."""
+    if layout is not None and isinstance(x, Tensor) and x.dim() == 4:
+        return x.contiguous(memory_format=layout)
+    return x
+
+
+@contextlib.contextmanager
+def fast_training(model: nn.Module, *others: nn.Module | None):
+    """Yield ``(bf16, layout)`` for the training loop (see :func:`set_training_speed`
+    and :func:`fast_layout`)."""
+    with fast_layout(model, *others) as layout:
+        yield training_precision() == "bf16", layout
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *,
@@ -253,15 +280,14 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     total, n, correct = 0.0, 0, 0
     classes = None
     bar = _progress(loader, progress, desc, total=len(loader))
-    with fast_training(model) as (bf16, layout):
+    with fast_training(model, teacher) as (bf16, layout):
         for x, y in bar:
             if shift:
                 if isinstance(x, (tuple, list)):
                     raise ConfigError("shift augments one image input; this loader yields "
                                       f"{len(x)} inputs per batch")
                 x = random_shift(x, shift)
-            if layout is not None and isinstance(x, Tensor) and x.dim() == 4:
-                x = x.contiguous(memory_format=layout)
+            x = to_layout(x, layout)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss, out = training_loss(model, x, y, loss_fn=loss_fn, teacher=teacher,
                                           distill=distill, temperature=temperature)
@@ -300,43 +326,50 @@ def _step(model: nn.Module, loss: Tensor, penalty, optimizer, scheduler, after_s
     return loss.item()
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, *, progress: bool | None = False) -> float:
-    """Top-1 accuracy of ``model`` on ``loader`` (eval mode, no grad)."""
+def _eval_outputs(model: nn.Module, loader: DataLoader, progress: bool | None):
+    """``(model(x), y)`` for every batch of ``loader``, in eval mode, without gradients and
+    in the training layout (:func:`fast_layout`); the model's mode and layout are
+    restored afterwards, also when the caller stops early or raises."""
     was_training = model.training
     model.eval()
+    try:
+        with torch.no_grad(), fast_layout(model) as layout:
+            for x, y in _progress(loader, progress, "eval"):
+                yield forward(model, to_layout(x, layout)), y
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, *, progress: bool | None = False) -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` (eval mode, no grad)."""
     correct = n = 0
-    for x, y in _progress(loader, progress, "eval"):
+    batches = _eval_outputs(model, loader, progress)
+    for out, y in batches:
         if y.is_floating_point() or y.dim() != 1:
-            model.train(was_training)
+            batches.close()
             raise ConfigError(f"evaluate measures classification accuracy, but the targets "
                               f"are {y.dtype} of shape {tuple(y.shape)} (not class indices); "
                               f"pass another metric, e.g. mobileprune.pipeline.train.mean_distance")
-        correct += int((forward(model, x).argmax(1) == y).sum())
+        correct += int((out.argmax(1) == y).sum())
         n += y.shape[0]
-    model.train(was_training)
     if n == 0:
         raise ValueError("evaluation data is empty")
     return correct / n
 
 
-@torch.no_grad()
 def mean_distance(model: nn.Module, loader: DataLoader, *, progress: bool | None = False) -> float:
     """Mean Euclidean distance between the outputs and the targets (eval mode, no grad):
     a regression metric, lower is better; for gaze estimation (iTracker) the error in cm
     between the predicted and the true gaze point."""
-    was_training = model.training
-    model.eval()
     total, n = 0.0, 0
-    for x, y in _progress(loader, progress, "eval"):
-        out = forward(model, x)
+    batches = _eval_outputs(model, loader, progress)
+    for out, y in batches:
         if out.shape != y.shape:
-            model.train(was_training)
+            batches.close()
             raise ConfigError(f"mean_distance: outputs {tuple(out.shape)} and targets "
                               f"{tuple(y.shape)} differ in shape")
         total += float(torch.linalg.vector_norm((out - y).reshape(len(y), -1), dim=1).sum())
         n += y.shape[0]
-    model.train(was_training)
     if n == 0:
         raise ValueError("evaluation data is empty")
     return total / n
