@@ -124,3 +124,41 @@ def test_evaluate_runs_in_the_layout_and_matches_a_plain_loop():
         assert torch.is_grad_enabled()
     finally:
         T.set_training_speed("fp32", False)
+
+
+class _ViewNet(torch.nn.Module):
+    """A conv net that flattens with ``view`` (common in user code): it cannot run in
+    channels_last, whose strides ``view`` cannot merge."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 5)
+        self.fc = torch.nn.Linear(4 * 24 * 24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return self.fc(y.view(y.size(0), -1))
+
+
+def test_a_model_that_cannot_run_channels_last_trains_in_the_standard_layout():
+    T.set_training_speed("fp32", "auto")
+    torch.manual_seed(0)
+    m, ref = _ViewNet(), _ViewNet()
+    ref.load_state_dict(m.state_dict())
+    with pytest.warns(UserWarning, match="does not run in channels_last"):
+        acc = T.evaluate(m, _data())
+    with torch.no_grad():
+        assert acc == sum(int((ref(x).argmax(1) == y).sum()) for x, y in _data()) / 64
+    for net in (m, ref):  # the same epoch in the standard layout, by hand for ref
+        opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+        if net is m:
+            with pytest.warns(UserWarning, match="view"):
+                T.train_epoch(m, _data(), opt, progress=False)
+        else:
+            for x, y in _data():
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(net(x), y).backward()
+                opt.step()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-6) and a.is_contiguous()
+    assert m.training

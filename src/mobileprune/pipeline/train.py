@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import math
 import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -211,7 +213,7 @@ def training_precision() -> str:
 
 
 @contextlib.contextmanager
-def fast_layout(model: nn.Module, *others: nn.Module | None):
+def fast_layout(model: nn.Module, *others: nn.Module | None, example=None):
     """Put ``model`` and ``others`` in the memory layout of :func:`set_training_speed`
     (``channels_last`` for models with 2-D convolutions by default) for the duration,
     then back to the standard layout; yield the layout (``None``: standard) for the
@@ -220,7 +222,10 @@ def fast_layout(model: nn.Module, *others: nn.Module | None):
     ``others`` (e.g. a distillation teacher) run on the same inputs and take the same
     layout: a model left in the standard layout would get channels_last inputs whose
     single-channel first layer reads as standard, and would run its convolutions and
-    poolings on the slow path (about 2x slower for LeNet-5's teacher)."""
+    poolings on the slow path (about 2x slower for LeNet-5's teacher). With the default
+    ``"auto"`` and an ``example`` batch, every model first runs one sample of it in
+    channels_last (:func:`_runs_in`); a model that cannot (e.g. ``out.view(n, -1)`` on a
+    convolution's output) keeps the standard layout for all, with a warning."""
     cl = _SPEED["channels_last"]
     if cl == "auto":
         cl = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -229,12 +234,45 @@ def fast_layout(model: nn.Module, *others: nn.Module | None):
     if layout is not None:
         for m in models:
             m.to(memory_format=layout)
+        probe = _SPEED["channels_last"] == "auto" and example is not None
+        if probe and not _runs_in(layout, models, example):
+            for m in models:
+                m.to(memory_format=torch.contiguous_format)
+            layout = None
     try:
         yield layout
     finally:
         if layout is not None:
             for m in models:
                 m.to(memory_format=torch.contiguous_format)
+
+
+def _runs_in(layout, models: Sequence[nn.Module], x) -> bool:
+    """Whether every model runs one sample of the batch ``x`` in ``layout``: a forward pass
+    in eval mode without gradients (no state changes); a ``RuntimeError`` (e.g. a
+    ``view`` that needs the standard strides) means no, with a warning naming it."""
+    sample = x[:1] if isinstance(x, Tensor) else type(x)(t[:1] for t in x)
+    for m in models:
+        was = m.training
+        m.eval()
+        try:
+            with torch.no_grad():
+                forward(m, to_layout(sample, layout))
+        except RuntimeError as e:
+            warnings.warn(f"{type(m).__name__} does not run in channels_last ({str(e).splitlines()[0]}); "
+                          "training and evaluating it in the standard layout, which is slower "
+                          "(use reshape instead of view to allow channels_last)", stacklevel=4)
+            return False
+        finally:
+            m.train(was)
+    return True
+
+
+def _peek(iterable):
+    """``(first item or None, an iterator over every item)``."""
+    it = iter(iterable)
+    first = next(it, None)
+    return first, (it if first is None else itertools.chain([first], it))
 
 
 def to_layout(x, layout):
@@ -245,10 +283,10 @@ def to_layout(x, layout):
 
 
 @contextlib.contextmanager
-def fast_training(model: nn.Module, *others: nn.Module | None):
+def fast_training(model: nn.Module, *others: nn.Module | None, example=None):
     """Yield ``(bf16, layout)`` for the training loop (see :func:`set_training_speed`
     and :func:`fast_layout`)."""
-    with fast_layout(model, *others) as layout:
+    with fast_layout(model, *others, example=example) as layout:
         yield training_precision() == "bf16", layout
 
 
@@ -280,8 +318,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opt
     total, n, correct = 0.0, 0, 0
     classes = None
     bar = _progress(loader, progress, desc, total=len(loader))
-    with fast_training(model, teacher) as (bf16, layout):
-        for x, y in bar:
+    first, batches = _peek(bar)
+    with fast_training(model, teacher, example=first[0] if first else None) as (bf16, layout):
+        for x, y in batches:
             if shift:
                 if isinstance(x, (tuple, list)):
                     raise ConfigError("shift augments one image input; this loader yields "
@@ -332,9 +371,10 @@ def _eval_outputs(model: nn.Module, loader: DataLoader, progress: bool | None):
     restored afterwards, also when the caller stops early or raises."""
     was_training = model.training
     model.eval()
+    first, batches = _peek(_progress(loader, progress, "eval"))
     try:
-        with torch.no_grad(), fast_layout(model) as layout:
-            for x, y in _progress(loader, progress, "eval"):
+        with torch.no_grad(), fast_layout(model, example=first[0] if first else None) as layout:
+            for x, y in batches:
                 yield forward(model, to_layout(x, layout)), y
     finally:
         model.train(was_training)
