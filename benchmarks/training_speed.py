@@ -5,8 +5,9 @@
 
 Throughput: images/s of dense training, an ADMM epoch (penalty + Z/U step) and masked
 retraining, the last two with distillation from a dense teacher as the pipelines' configs
-run them (``distill: 0.5``; the teacher's forward pass is part of the step), on in-memory batches of the model's input shape (the data's content does
-not change the arithmetic), median of 3 timed windows after warm-up. Accuracy: LeNet-5,
+run them (``distill: 0.5``; the teacher's forward pass is part of the step), on
+in-memory batches of the model's input shape (the data's content does not change the
+arithmetic), median of 3 timed windows after warm-up. Accuracy: LeNet-5,
 3 epochs on the embedded MNIST sample, in fp32 and in bf16. Writes
 docs/benchmarks/training_speed.{json,md}.
 """
