@@ -5,6 +5,11 @@ pinned with ``taskset`` (1 thread: CPU 1; 2 threads: CPUs 0-1), so every engine'
 live on the same cores. In that process every engine is loaded, its output checked
 against torch, then all are timed **interleaved** (:func:`mobileprune.measure.latency.
 compare_latency`: warm-up, then rounds in rotating order; min / p10 / median / p90 / max).
+By default (``--rewarm 0``) every timed call comes right after the other engines' calls
+(cold caches, sleeping threads); with ``--rewarm 1`` each engine first runs one untimed
+call at its turn of every round, so its timed call finds its own weights in cache and its
+threads awake (steady-state serving, what each peer's own benchmark tool reports), while
+the rounds still interleave the engines. The protocol is saved with each result.
 The reference for "peak" is measured in the same process: a dense fp32 1024x1024 matrix
 product in torch at one thread (GMAC/s) and the raw FMA peak of the core
 (``benchmarks/fma_peak.c``: register-only FMA chains on the widest vector unit).
@@ -24,7 +29,8 @@ DeepSparse run in ``.venv-peers`` (``make peers``; DeepSparse needs onnx < 1.15)
 A speedup is printed only when the two engines' p10-p90 ranges do not overlap
 (:func:`mobileprune.measure.latency.speedup`), else "within noise". Results are saved per case and
 setting under ``docs/benchmarks/engines/`` (a finished pair is not re-run: an interrupted
-run resumes; ``--fresh`` re-runs everything) and summarised in ``docs/benchmarks/engines.md``.
+run resumes; ``--fresh`` re-runs everything; each protocol has its own files) and summarised
+in ``docs/benchmarks/engines.md``.
 
     .venv/bin/python benchmarks/engines.py [--cases fer2013_uniform90,...] [--repeats 30]
 """
@@ -159,8 +165,8 @@ class PeerTimer:
             raise RuntimeError(reply.get("error"))
         return reply
 
-    def measure_ms(self, inner: int) -> float:
-        return self._ask({"cmd": "time", "inner": inner})["ms"]
+    def measure_ms(self, inner: int, warm: int = 0) -> float:
+        return self._ask({"cmd": "time", "inner": inner, "warm": warm})["ms"]
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -200,7 +206,7 @@ def _in_process_engines(model, x, b, t, d: Path, skipped: dict) -> dict:
     return engines
 
 
-def run_one(case: str, setting: str, repeats: int) -> dict:
+def run_one(case: str, setting: str, repeats: int, rewarm: int) -> dict:
     b, t = SETTINGS[setting]
     model, shape = build_case(case)
     torch.manual_seed(1)
@@ -220,13 +226,13 @@ def run_one(case: str, setting: str, repeats: int) -> dict:
             except Exception as e:  # noqa: BLE001
                 skipped[eng] = str(e)[:200]
         try:
-            return _measure(case, setting, model, x, engines, peers, skipped, repeats)
+            return _measure(case, setting, model, x, engines, peers, skipped, repeats, rewarm)
         finally:
             for p in peers.values():
                 p.close()
 
 
-def _measure(case, setting, model, x, engines, peers, skipped, repeats) -> dict:
+def _measure(case, setting, model, x, engines, peers, skipped, repeats, rewarm) -> dict:
     b, t = SETTINGS[setting]
     want = engines["torch"][1]
     check = {k: float(np.abs(np.asarray(out).reshape(want.shape) - want).max() / (np.abs(want).max() + 1e-12))
@@ -237,11 +243,11 @@ def _measure(case, setting, model, x, engines, peers, skipped, repeats) -> dict:
     calls.update(peers)
     peak_before = gemm_peak_gmacs()
     lat = compare_latency(calls, (), repeats=repeats, warmup=5, threads=t,
-                          inner=max(1, int(2e-3 // max(1e-5, _timed(lambda: model(x))))))
+                          inner=max(1, int(2e-3 // max(1e-5, _timed(lambda: model(x))))), rewarm=rewarm)
     fma, isa = fma_peak_gmacs()
     nz, dense = nonzero_macs(model, x)
     return {"case": case, "setting": setting, "batch": b, "threads": t,
-            "cpus": sorted(os.sched_getaffinity(0)), "latency": lat, "rel_error": check,
+            "cpus": sorted(os.sched_getaffinity(0)), "rewarm": rewarm, "latency": lat, "rel_error": check,
             "skipped": skipped, "info": {k: p.info for k, p in peers.items()},
             "nonzero_macs_per_sample": nz, "dense_macs_per_sample": dense,
             "gemm_peak_gmacs": max(peak_before, gemm_peak_gmacs()), "fma_peak_gmacs": fma,
@@ -272,6 +278,12 @@ def write_summary(results: list[dict], command: str) -> str:
              f"Command: `{command}` (one pinned process per case and setting; details in "
              "`engines/<case>_<setting>.json`). Times in ms: median [min-max] of interleaved runs. "
              "A speedup is shown only when the p10-p90 ranges do not overlap.", ""]
+    protocols = sorted({r.get("rewarm", 0) for r in results})
+    lines += ["Protocol: " + "; ".join(
+        f"rewarm {w}: " + ("each engine runs one untimed call at its turn of every round, then the timed "
+                           "ones (warm: its weights in cache, its threads awake)" if w else
+                           "each timed call comes right after the other engines' (cold)")
+        for w in protocols) + ("" if len(protocols) == 1 else " (per row in the setting column)"), ""]
     if results:
         r0 = results[0]
         one = [r for r in results if r["threads"] == 1] or results
@@ -288,7 +300,8 @@ def write_summary(results: list[dict], command: str) -> str:
         s, lat = summarise(r), r["latency"]
         cells = [f"{lat[e]['median_ms']:.3f} [{lat[e]['min_ms']:.3f}-{lat[e]['max_ms']:.3f}]" if e in lat
                  else "skipped" for e in engines]
-        lines.append(f"| {r['case']} | {r['setting']} | " + " | ".join(cells) +
+        tag = f" (rewarm {r.get('rewarm', 0)})" if len(protocols) > 1 else ""
+        lines.append(f"| {r['case']} | {r['setting']}{tag} | " + " | ".join(cells) +
                      f" | {_x(s['vs_fastest_dense'])} ({s['fastest_dense']}) | "
                      f"{_x(s['vs'].get('deepsparse')) if 'deepsparse' in lat else 'skipped'} | "
                      f"{_x(s['vs'].get('openvino')) if 'openvino' in lat else 'skipped'} | "
@@ -304,34 +317,42 @@ def write_summary(results: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def result_path(case: str, setting: str, rewarm: int) -> Path:
+    """Where one case / setting / protocol is saved: cold runs (rewarm 0) keep the
+    original names, warm ones get ``_rewarm<k>``, so both protocols stay side by side."""
+    return OUT / (f"{case}_{setting}.json" if rewarm == 0 else f"{case}_{setting}_rewarm{rewarm}.json")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--rewarm", type=int, default=0, choices=(0, 1),
+                    help="untimed calls of each engine at its turn of every round (0: cold)")
     ap.add_argument("--fresh", action="store_true", help="re-run finished pairs too")
     ap.add_argument("--summary", action="store_true", help="only rewrite engines.md from the saved runs")
     ap.add_argument("--one", nargs=2, metavar=("CASE", "SETTING"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         case, setting = args.one
-        res = run_one(case, setting, args.repeats)
-        atomic_write_text(OUT / f"{case}_{setting}.json", json.dumps(res, indent=1))
+        res = run_one(case, setting, args.repeats, args.rewarm)
+        atomic_write_text(result_path(case, setting, args.rewarm), json.dumps(res, indent=1))
         return 0
     OUT.mkdir(parents=True, exist_ok=True)
     for case in args.cases.split(","):
         for setting in args.settings.split(","):
-            path = OUT / f"{case}_{setting}.json"
+            path = result_path(case, setting, args.rewarm)
             if not args.summary and (args.fresh or not path.exists()):
                 cpus = "1" if SETTINGS[setting][1] == 1 else "0,1"
                 print(f"== {case} {setting} (CPUs {cpus})", flush=True)
                 env = dict(os.environ, OMP_NUM_THREADS=str(SETTINGS[setting][1]))
                 subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--one", case, setting,
-                                "--repeats", str(args.repeats)], check=True, env=env)
+                                "--repeats", str(args.repeats), "--rewarm", str(args.rewarm)], check=True, env=env)
     # the summary shows every saved pair, whichever cases / settings this call ran
-    results = [json.loads(p.read_text()) for case in CASES for setting in SETTINGS
-               if (p := OUT / f"{case}_{setting}.json").exists()]
-    command = f".venv/bin/python benchmarks/engines.py --repeats {args.repeats}"
+    results = [json.loads(p.read_text()) for case in CASES for setting in SETTINGS for w in (0, 1)
+               if (p := result_path(case, setting, w)).exists()]
+    command = f".venv/bin/python benchmarks/engines.py --repeats {args.repeats} [--rewarm 1]"
     text = write_summary(results, command)
     atomic_write_text(ROOT / "docs" / "benchmarks" / "engines.md", text)
     print(text)

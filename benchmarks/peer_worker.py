@@ -7,8 +7,9 @@ benchmark drives over stdin/stdout, one JSON object per line:
 * ``{"cmd": "load", "engine": "deepsparse" | "openvino" | "openvino_f32", "onnx": PATH,
   "batch": N, "threads": T, "input": NPY}`` -> ``{"ok": true, "output": NPY, "info": ...}``
   (the engine's output on the input, written next to it, so the caller checks it);
-* ``{"cmd": "time", "inner": K}`` -> ``{"ms": t}``: mean milliseconds of ``K`` calls, timed
-  here with ``perf_counter`` exactly as the in-process engines are timed;
+* ``{"cmd": "time", "inner": K, "warm": W}`` -> ``{"ms": t}``: ``W`` untimed calls (default
+  0), then the mean milliseconds of ``K`` calls, timed here with ``perf_counter`` exactly as
+  the in-process engines are timed;
 * ``{"cmd": "quit"}``.
 
 Errors answer ``{"ok": false, "error": "..."}``. The process inherits the caller's CPU
@@ -75,6 +76,8 @@ def main() -> None:
                 np.save(out, np.asarray(run(x), dtype=np.float32))
                 reply = {"ok": True, "output": out, "info": info}
             elif msg["cmd"] == "time":
+                for _ in range(msg.get("warm", 0)):
+                    run(x)
                 t0 = time.perf_counter()
                 for _ in range(msg["inner"]):
                     run(x)

@@ -7,10 +7,15 @@ median, 90th percentile and maximum in milliseconds. Speedups are ratios of medi
 measured in one run; :func:`speedup` calls a ratio a speedup only when the two ranges do
 not overlap.
 
+With ``rewarm=k`` every model first runs ``k`` untimed calls at the start of its turn
+in each round: the timed calls then find the model's own weights in cache and its
+threads awake, as in back-to-back serving, while the rounds still interleave the models
+(``rewarm=0`` times each model right after the others' calls evicted it).
+
 An entry of ``models`` may also be a *timer*: an object with a method
-``measure_ms(inner) -> float`` that runs its model ``inner`` times and returns the mean
-milliseconds per call, timed by itself (an engine in another process, whose round trip
-must not count).
+``measure_ms(inner, warm=0) -> float`` that runs its model ``warm`` times untimed, then
+``inner`` times, and returns the mean milliseconds of those ``inner`` calls, timed by
+itself (an engine in another process, whose round trip must not count).
 """
 
 from __future__ import annotations
@@ -46,12 +51,14 @@ def _as_call(fn: Any, example: Any) -> Callable[[], Any]:
     return call
 
 
-def _as_timer(fn: Any, example: Any) -> Callable[[int], float]:
+def _as_timer(fn: Any, example: Any) -> Callable[..., float]:
     if hasattr(fn, "measure_ms"):
         return fn.measure_ms
     call = _as_call(fn, example)
 
-    def timer(inner: int) -> float:
+    def timer(inner: int, warm: int = 0) -> float:
+        for _ in range(warm):
+            call()
         t0 = time.perf_counter()
         for _ in range(inner):
             call()
@@ -68,13 +75,15 @@ def speedup(fast: Mapping[str, float], slow: Mapping[str, float]) -> float | Non
 
 
 def compare_latency(models: Mapping[str, Any], example: Any, *, repeats: int = 30, warmup: int = 5,
-                    threads: int | None = 1, inner: int = 1) -> dict[str, dict[str, float]]:
+                    threads: int | None = 1, inner: int = 1,
+                    rewarm: int = 0) -> dict[str, dict[str, float]]:
     """Median / p10 / p90 latency in ms of each callable in ``models`` on ``example``.
 
-    ``inner`` calls are timed together and divided (use > 1 for sub-millisecond models).
+    ``inner`` calls are timed together and divided (use > 1 for sub-millisecond models);
+    ``rewarm`` untimed calls precede them in every round (see the module's docstring).
     """
-    if repeats < 1 or warmup < 0 or inner < 1:
-        raise ValueError("repeats and inner must be >= 1 and warmup >= 0")
+    if repeats < 1 or warmup < 0 or inner < 1 or rewarm < 0:
+        raise ValueError("repeats and inner must be >= 1, warmup and rewarm >= 0")
     timers = {k: _as_timer(m, example) for k, m in models.items()}
     times: dict[str, list[float]] = {k: [] for k in timers}
     names = list(timers)
@@ -85,7 +94,7 @@ def compare_latency(models: Mapping[str, Any], example: Any, *, repeats: int = 3
         for r in range(repeats):
             order = names[r % len(names):] + names[:r % len(names)]
             for k in order:
-                times[k].append(timers[k](inner))
+                times[k].append(timers[k](inner, rewarm) if rewarm else timers[k](inner))
     out = {}
     for k, ts in times.items():
         q = statistics.quantiles(ts, n=10, method="inclusive") if len(ts) >= 2 else [ts[0]] * 9
