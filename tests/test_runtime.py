@@ -1089,23 +1089,25 @@ class _ConvChain(nn.Module):
 @pytest.mark.parametrize("density", [0.2, 1.0])
 def test_chained_convs_match_torch(tmp_path, density):
     """A conv whose output only the next conv reads writes straight into that conv's padded
-    input buffer; outputs equal torch's at batch 1 and 3, on 1 and 2 threads, and the
-    plan chains exactly the convs with one conv reader that is not a model output."""
+    input buffer; outputs equal torch's at batch 1, 3 and 4 on 1 and 2 threads (on 2 threads
+    a batch runs as sample groups, one per thread: 1 + 2 and 2 + 2 samples, each group
+    writing into its own part of the next conv's buffers), and every plan chains exactly the
+    convs with one conv reader that is not a model output."""
     torch.manual_seed(2)
     model = _ConvChain().eval()
     _random_mask(model, density)
-    x = torch.randn(3, 3, 11, 16)  # rows of 16: vectors inside rows (flat ones: the C tests)
+    x = torch.randn(4, 3, 11, 16)  # rows of 16: vectors inside rows (flat ones: the C tests)
     path = tmp_path / "chain.mps"
     export_sparse(model, x[:1], path)
     with torch.no_grad():
         want = [t.numpy() for t in model(x)]
     for threads in (1, 2):
         sm = load(path, threads=threads)
-        for n in (1, 3):
+        for n in (1, 3, 4):
             got = sm(x[:n].numpy())
             for g, w in zip(got, want):
                 np.testing.assert_allclose(g, w[:n], rtol=1e-4, atol=1e-5)
-        lines = {ln.split()[0]: ln for ln in sm.describe(1).splitlines()}
-        writes = {k for k, ln in lines.items() if "writes the next conv's padded input" in ln}
-        assert writes == {"a", "b"}, lines
-        assert "input written padded by the previous conv" in lines["c"], lines["c"]
+            lines = {ln.split()[0]: ln for ln in sm.describe(n).splitlines()}
+            writes = {k for k, ln in lines.items() if "writes the next conv's padded input" in ln}
+            assert writes == {"a", "b"}, (threads, n, lines)
+            assert "input written padded by the previous conv" in lines["c"], lines["c"]

@@ -1110,6 +1110,94 @@ static int conv_relu_pool_errors(const float* xv, const float* w, const float* g
     return bad;
 }
 
+/* Brute force: y[o] = sum over c, i, j of w[o][c][i][j] x[c][y + i - 1][x + j - 1] (3x3, pad 1,
+ * no bias) on one h x w image, then relu when asked. */
+static void conv3x3_reference(const float* x, const float* w, int cin, int cout, int h, int wd,
+                              int relu, float* y) {
+    for (int o = 0; o < cout; o++)
+        for (int r = 0; r < h; r++)
+            for (int q = 0; q < wd; q++) {
+                double acc = 0.0;
+                for (int c = 0; c < cin; c++)
+                    for (int i = 0; i < 3; i++)
+                        for (int j = 0; j < 3; j++) {
+                            const int rr = r + i - 1, qq = q + j - 1;
+                            if (rr < 0 || rr >= h || qq < 0 || qq >= wd) continue;
+                            acc += (double)w[((o * cin + c) * 3 + i) * 3 + j] *
+                                   x[(c * h + rr) * wd + qq];
+                        }
+                y[(o * h + r) * wd + q] = relu && acc < 0.0 ? 0.0f : (float)acc;
+            }
+}
+
+/* Two chained convs on sample groups: x (4, 12, 12) -> conv a (8, 3x3, pad 1, a third of
+ * the weights zero) + relu -> conv b (8, 3x3, pad 1) -> output. On 2 and 3 threads a batch
+ * of 5 runs as sample groups (2 + 3, 1 + 2 + 2), conv a writing each group's samples into
+ * that group's part of conv b's padded buffers: the plan says so, and the outputs are the
+ * bits of one thread (no group reads another's samples; ASan checks the writes). */
+static void test_threads_chained_groups(void) {
+    tb* b = tb_new();
+    const int64_t dx[3] = {4, 12, 12}, dc[3] = {8, 12, 12};
+    uint32_t x = tb_value(b, "x", 3, dx, NONE);
+    static float wa[8 * 36], wb[8 * 72];
+    int na = 0, nb = 0;
+    for (int i = 0; i < 8 * 36; i++) {
+        wa[i] = i % 3 == 1 ? 0.0f : sample_value((size_t)i * 3) * 0.25f;
+        na += wa[i] != 0.0f;
+    }
+    for (int i = 0; i < 8 * 72; i++) {
+        wb[i] = sample_value((size_t)i * 11 + 1) * 0.125f;
+        nb += wb[i] != 0.0f;
+    }
+    uint32_t ca = tb_op(b, OP_CONV2D, "a", &x, 1, 3, dc);
+    const int32_t aa[17] = {0, 8, 36, na, 4, 8, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (int k = 0; k < 17; k++) tb_iattr(b, ca, k, aa[k]);
+    tb_slot(b, ca, 0, tb_array(b, F32, wa, 8 * 36));
+    uint32_t r = tb_op(b, OP_RELU, "r", &b->op_out[ca], 1, 3, dc);
+    uint32_t cb = tb_op(b, OP_CONV2D, "b", &b->op_out[r], 1, 3, dc);
+    const int32_t ba[17] = {0, 8, 72, nb, 8, 8, 1, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
+    for (int k = 0; k < 17; k++) tb_iattr(b, cb, k, ba[k]);
+    tb_slot(b, cb, 0, tb_array(b, F32, wb, 8 * 72));
+    tb_io(b, &x, 1, &b->op_out[cb], 1);
+    size_t size;
+    uint8_t* f = tb_build(b, &size);
+    free(b);
+    enum { B = 5, NX = B * 4 * 144, NY = B * 8 * 144 };
+    float* xv = malloc(NX * sizeof(float));
+    float* ys[3];
+    fill(xv, NX);
+    mp_model* m = NULL;
+    CHECK(mp_model_load(f, size, &m) == MP_OK);
+    for (int t = 0; t < 3; t++) {
+        ys[t] = calloc(NY, sizeof(float));
+        mp_plan* p = NULL;
+        CHECK(mp_plan_create(m, B, (size_t)t + 1, MP_PLAN_DEFAULT, &p) == MP_OK);
+        char text[2048];
+        size_t need = 0;
+        CHECK(mp_plan_describe(p, text, sizeof text, &need) == MP_OK);
+        CHECK(strstr(text, "writes the next conv's padded input") != NULL);
+        CHECK(strstr(text, "input written padded by the previous conv") != NULL);
+        const float* in[1] = {xv};
+        float* out[1] = {ys[t]};
+        CHECK(mp_plan_run(p, in, out) == MP_OK);
+        mp_plan_free(p);
+    }
+    for (int t = 1; t < 3; t++) CHECK(memcmp(ys[0], ys[t], NY * sizeof(float)) == 0);
+    float most = 0.0f;
+    for (int i = 0; i < NY; i++) most = fabsf(ys[0][i]) > most ? fabsf(ys[0][i]) : most;
+    CHECK(most > 0.0f); /* the outputs are not all zero */
+    float mid[8 * 144], want[8 * 144];
+    for (int n = 0; n < B; n++) {
+        conv3x3_reference(xv + n * 4 * 144, wa, 4, 8, 12, 12, 1, mid);
+        conv3x3_reference(mid, wb, 8, 8, 12, 12, 0, want);
+        CHECK(close_all(ys[0] + n * 8 * 144, want, 8 * 144, 1e-4f));
+    }
+    mp_model_free(m);
+    for (int t = 0; t < 3; t++) free(ys[t]);
+    free(xv);
+    free(f);
+}
+
 /* A model large enough that every step runs on the pool (over 32768 elements per step):
  * x (8, 32, 32) -> conv2d 3x3 pad 1 (16, dense weights, half zero) + relu -> maxpool 2x2
  * -> avgpool 3x3 s1 p1 -> * 0.5 -> + itself -> softmax over channels -> global avgpool.
@@ -1323,6 +1411,7 @@ int main(int argc, char** argv) {
     test_long_rows();
     test_plan_api_threads();
     test_threads_big();
+    test_threads_chained_groups();
     test_no_ops();
     test_pool();
     test_seeds(dir);

@@ -263,10 +263,11 @@ static void chain_convs(mp_plan* plan) {
     for (size_t s = 0; s < plan->num_steps; s++) {
         mp_step* a = &plan->steps[s];
         mp_step* b = NULL;
-        if (!a->conv || a->groups) continue;
+        if (!a->conv) continue;
         const uint32_t v = root(plan, a->out_tensor);
-        if (is_model_output(plan, v) || readers(plan, v, &b) != 1 || !b->conv || b->groups ||
-            !mp_conv_chain(a->conv, b->conv))
+        /* both over the same sample groups (see set_groups) or both over the whole batch */
+        if (is_model_output(plan, v) || readers(plan, v, &b) != 1 || !b->conv ||
+            b->groups != a->groups || !mp_conv_chain(a->conv, b->conv))
             continue;
         a->into = b;
         b->scratch_from = (int64_t)s + 1;

@@ -21,6 +21,9 @@ static void group_task(void* ctx, size_t b, size_t e) {
         const float* in = s->in[0] + n0 * (size_t)vi->numel;
         void* scratch = (uint8_t*)s->scratch + g * s->group_scratch;
         float* out = s->out + n0 * (size_t)vo->numel;
+        if (s->into) /* chained: this group's padded buffers in the next conv's group scratch */
+            out = mp_conv_input_buffer(s->into->conv,
+                                       (uint8_t*)s->into->scratch + g * s->into->group_scratch);
         if (s->conv) {
             mp_conv_prepare(s->conv, n1 - n0, in, scratch);
             mp_conv_compute(s->conv, n1 - n0, in, scratch, out, 0,
