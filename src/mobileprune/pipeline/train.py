@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from mobileprune.errors import ConfigError
+from mobileprune.pipeline.heap import keep_freed_memory
 from mobileprune import distributed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -176,7 +177,9 @@ def training_loss(model: nn.Module, x: Tensor, y: Tensor, *,
 
 
 PRECISIONS = ("auto", "bf16", "fp32")
-_SPEED = {"precision": os.environ.get("MOBILEPRUNE_PRECISION", "auto"), "channels_last": "auto"}
+_SPEED = {"precision": os.environ.get("MOBILEPRUNE_PRECISION", "auto"), "channels_last": "auto",
+          "heap": os.environ.get("MOBILEPRUNE_HEAP", "keep")}
+HEAP_MODES = ("keep", "system")
 
 
 @functools.lru_cache(maxsize=1)
@@ -190,18 +193,24 @@ def bf16_supported() -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
-def set_training_speed(precision: str = "auto", channels_last: str | bool = "auto") -> None:
+def set_training_speed(precision: str = "auto", channels_last: str | bool = "auto",
+                       heap: str = "keep") -> None:
     """How every training loop computes (issue 21): ``precision`` ``"bf16"`` runs forward
     passes under ``torch.autocast`` in bfloat16 (weights, gradients and optimizer stay
     float32, so masks stay exact), ``"fp32"`` does not, ``"auto"`` picks bf16 where the
     CPU has it natively (:func:`bf16_supported`); ``channels_last`` (``"auto"``: on for
     models with 2-D convolutions) trains in that memory layout and puts the model back
-    to the standard layout after every epoch."""
+    to the standard layout after every epoch; ``heap`` ``"keep"`` (the default, or
+    ``$MOBILEPRUNE_HEAP``) makes glibc keep freed tensors for the next step
+    (:func:`mobileprune.pipeline.heap.keep_freed_memory`, from the first training epoch
+    on, for the rest of the process), ``"system"`` leaves the C library's settings."""
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if channels_last not in ("auto", True, False):
         raise ConfigError(f"channels_last must be 'auto', true or false, got {channels_last!r}")
-    _SPEED.update(precision=precision, channels_last=channels_last)
+    if heap not in HEAP_MODES:
+        raise ConfigError(f"heap must be one of {', '.join(HEAP_MODES)}, got {heap!r}")
+    _SPEED.update(precision=precision, channels_last=channels_last, heap=heap)
 
 
 def training_precision() -> str:
@@ -285,7 +294,12 @@ def to_layout(x, layout):
 @contextlib.contextmanager
 def fast_training(model: nn.Module, *others: nn.Module | None, example=None):
     """Yield ``(bf16, layout)`` for the training loop (see :func:`set_training_speed`
-    and :func:`fast_layout`)."""
+    and :func:`fast_layout`), with the heap setting applied."""
+    if _SPEED["heap"] not in HEAP_MODES:  # set from $MOBILEPRUNE_HEAP
+        raise ConfigError(f"MOBILEPRUNE_HEAP must be one of {', '.join(HEAP_MODES)}, "
+                          f"got {_SPEED['heap']!r}")
+    if _SPEED["heap"] == "keep":
+        keep_freed_memory()
     with fast_layout(model, *others, example=example) as layout:
         yield training_precision() == "bf16", layout
 
