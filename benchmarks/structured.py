@@ -8,8 +8,9 @@ after `compact`, and the batch-1 latency of the dense and compacted models measu
 one run (interleaved, median of repeated runs after warm-up, 1 and 2 threads).
 Results go to docs/benchmarks/structured_<case>.{md,json}. Resumable: the dense
 training resumes per epoch, each pruning run per epoch, finished runs are reused. A
-dense stage longer than a working session carries over in the repository: its run state
-committed as benchmarks/state/<case>/dense.pt is where a fresh work directory starts.
+stage longer than a working session carries over in the repository: every file under
+benchmarks/state/<case>/ (the dense run state dense.pt, a finished run's <run>.json) is
+copied into a fresh work directory, where the run resumes or is reused.
 
     MOBILEPRUNE_DATA=../shared/data .venv/bin/python benchmarks/structured.py resnet20
 """
@@ -80,6 +81,17 @@ def _run(case, run, dense, train_loader, test_loader, example, work: Path, log,
     return out
 
 
+def carry_over(carried: Path, work: Path, log) -> None:
+    """Copy every file under ``carried`` (a committed dense run state, a finished run's
+    JSON) into ``work`` where the work directory lacks it: an earlier session's progress."""
+    for f in sorted(carried.rglob("*")) if carried.is_dir() else []:
+        dest = work / f.relative_to(carried)
+        if f.is_file() and not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, dest)
+            log(f"[carried] {f.relative_to(ROOT)} -> {dest}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("case", help="benchmarks/structured/<case>.yaml")
@@ -102,10 +114,7 @@ def main() -> int:
         print(s, flush=True)
 
     kwargs = case.get("model_kwargs") or {}
-    carried = ROOT / "benchmarks" / "state" / args.case / "dense.pt"
-    if carried.exists() and not (work / "dense.pt").exists():  # a dense stage carried over
-        shutil.copy2(carried, work / "dense.pt")                # from an earlier session
-        log(f"[dense] continuing from {carried.relative_to(ROOT)}")
+    carry_over(ROOT / "benchmarks" / "state" / args.case, work, log)
     dense = build_model(case["model"], **kwargs)
     d = case["dense"]
     dmetrics = fit(dense, train_loader, epochs=d["epochs"], optimizer=d.get("optimizer", "adam"),
