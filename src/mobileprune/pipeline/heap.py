@@ -49,5 +49,5 @@ def keep_freed_memory(mallopt=None) -> bool:
         return _done[0]
     fn = mallopt if mallopt is not None else _glibc()
     ok = fn is not None and all(fn(param, value) == 1 for param, value in SETTINGS)
-    _done.append(bool(ok))
-    return bool(ok)
+    _done.append(ok)
+    return ok
