@@ -59,6 +59,8 @@ from mobileprune.checkpoint import atomic_write_text  # noqa: E402
 from mobileprune.measure.latency import compare_latency, speedup  # noqa: E402
 from mobileprune.models import build_model  # noqa: E402
 
+#: saved runs, one directory per vector ISA (``avx512f``, ``avx2+fma``, ``neon``): a run on one
+#: kind of core never replaces another's, and engines.md shows each in its own section
 OUT = ROOT / "docs" / "benchmarks" / "engines"
 PEERS_PY = ROOT / ".venv-peers" / "bin" / "python"
 #: LeNet-5 at 246x: the per-layer counts of the last stage of the built-in lenet5-246x
@@ -90,10 +92,15 @@ def fma_peak_gmacs() -> tuple[float | None, str]:
             return None, f"no C compiler ({r.stderr.strip()[:80]})"
         f = ctypes.CDLL(str(lib)).mp_fma_peak
         f.restype, f.argtypes = ctypes.c_double, [ctypes.c_int, ctypes.c_int64]
-        flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-        isa = 512 if " avx512f" in flags else 256 if " fma" in flags else 128
-        best = max(f(isa, 20_000_000) for _ in range(5))
-        return (best / 1e9 if best > 0 else None), {512: "avx512f", 256: "avx2+fma", 128: "neon"}[isa]
+        isa = vector_isa()
+        best = max(f({"avx512f": 512, "avx2+fma": 256}.get(isa, 128), 20_000_000) for _ in range(5))
+        return (best / 1e9 if best > 0 else None), isa
+
+
+def vector_isa() -> str:
+    """The widest FMA vector unit of this core: ``avx512f``, ``avx2+fma`` or ``neon``."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512f" if " avx512f" in flags else "avx2+fma" if " fma" in flags else "neon"
 
 
 def gemm_peak_gmacs() -> float:
@@ -273,10 +280,11 @@ def _x(v: float | None) -> str:
     return "within noise" if v is None else f"{v:.2f}x"
 
 
-def write_summary(results: list[dict], command: str) -> str:
-    lines = ["# The native engine beside every runtime", "",
+def write_summary(results: list[dict], command: str, isa: str) -> str:
+    """One machine's section of engines.md: its saved runs as one table."""
+    lines = [f"## {isa} ({results[0]['cpu']})", "",
              f"Command: `{command}` (one pinned process per case and setting; details in "
-             "`engines/<case>_<setting>.json`). Times in ms: median [min-max] of interleaved runs. "
+             f"`engines/{isa}/<case>_<setting>.json`). Times in ms: median [min-max] of interleaved runs. "
              "A speedup is shown only when the p10-p90 ranges do not overlap.", ""]
     protocols = sorted({r.get("rewarm", 0) for r in results})
     lines += ["Protocol: " + "; ".join(
@@ -317,10 +325,24 @@ def write_summary(results: list[dict], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def result_path(case: str, setting: str, rewarm: int) -> Path:
-    """Where one case / setting / protocol is saved: cold runs (rewarm 0) keep the
-    original names, warm ones get ``_rewarm<k>``, so both protocols stay side by side."""
-    return OUT / (f"{case}_{setting}.json" if rewarm == 0 else f"{case}_{setting}_rewarm{rewarm}.json")
+def write_report(command: str) -> str:
+    """engines.md: one section per vector ISA with saved runs (this core's first)."""
+    here = vector_isa()
+    isas = sorted((d.name for d in OUT.iterdir() if d.is_dir()), key=lambda i: (i != here, i))
+    parts = []
+    for isa in isas:
+        results = [json.loads(p.read_text()) for case in CASES for setting in SETTINGS for w in (0, 1)
+                   if (p := result_path(case, setting, w, isa)).exists()]
+        if results:
+            parts.append(write_summary(results, command, isa))
+    return "# The native engine beside every runtime\n\n" + "\n".join(parts)
+
+
+def result_path(case: str, setting: str, rewarm: int, isa: str) -> Path:
+    """Where one case / setting / protocol is saved on cores of one vector ISA: cold runs
+    (rewarm 0) keep the original names, warm ones get ``_rewarm<k>``, so both protocols
+    stay side by side."""
+    return OUT / isa / (f"{case}_{setting}.json" if rewarm == 0 else f"{case}_{setting}_rewarm{rewarm}.json")
 
 
 def main() -> int:
@@ -337,12 +359,13 @@ def main() -> int:
     if args.one:
         case, setting = args.one
         res = run_one(case, setting, args.repeats, args.rewarm)
-        atomic_write_text(result_path(case, setting, args.rewarm), json.dumps(res, indent=1))
+        atomic_write_text(result_path(case, setting, args.rewarm, res["fma_isa"]), json.dumps(res, indent=1))
         return 0
-    OUT.mkdir(parents=True, exist_ok=True)
+    isa = vector_isa()
+    (OUT / isa).mkdir(parents=True, exist_ok=True)
     for case in args.cases.split(","):
         for setting in args.settings.split(","):
-            path = result_path(case, setting, args.rewarm)
+            path = result_path(case, setting, args.rewarm, isa)
             if not args.summary and (args.fresh or not path.exists()):
                 cpus = "1" if SETTINGS[setting][1] == 1 else "0,1"
                 print(f"== {case} {setting} (CPUs {cpus})", flush=True)
@@ -350,10 +373,8 @@ def main() -> int:
                 subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--one", case, setting,
                                 "--repeats", str(args.repeats), "--rewarm", str(args.rewarm)], check=True, env=env)
     # the summary shows every saved pair, whichever cases / settings this call ran
-    results = [json.loads(p.read_text()) for case in CASES for setting in SETTINGS for w in (0, 1)
-               if (p := result_path(case, setting, w)).exists()]
     command = f".venv/bin/python benchmarks/engines.py --repeats {args.repeats} [--rewarm 1]"
-    text = write_summary(results, command)
+    text = write_report(command)
     atomic_write_text(ROOT / "docs" / "benchmarks" / "engines.md", text)
     print(text)
     return 0

@@ -39,7 +39,7 @@ typedef struct linear_kernel {
 } linear_kernel;
 
 static const linear_kernel k_linear[] = {
-#define MP_CONV_UKERNEL(isa, name, lanes, nv1, nv4)
+#define MP_CONV_UKERNEL(isa, name, lanes, nv1, nv4, nva)
 #define MP_LINEAR_UKERNEL(isa, name, kind) {isa, #name, mp_##name, kind},
 #include "kernels/kernels.inc"
 #undef MP_CONV_UKERNEL

@@ -164,6 +164,73 @@ MP_TARGET_AVX512 MP_INLINE void run_c(const mp_spconv_args* a, const int nv)
     }
 }
 
+/* Shift classes (kernels.h, mp_spconv_args.cseg): class 0 sums straight into the output
+ * vectors, a class s > 0 into nv + 1 spare vectors z that are then shifted by s lanes
+ * (vpermt2ps of z[v], z[v + 1]) and added. Every load starts on a 64-byte boundary. */
+MP_TARGET_AVX512 MP_INLINE void block1s(const mp_spconv_args* a, size_t b, const float* base,
+                                       const int nv)
+{
+    const mp_rowblk* rb = &a->blocks[b];
+    __m512 acc[14], z[15];
+    start_row(a, rb, 0, nv, acc);
+    const int32_t* off = a->off + rb->nz;
+    const float* val = a->val + rb->val;
+    const __m512i iota = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    for (int32_t i = a->cbeg[b]; i < a->cbeg[b + 1]; i++) {
+        const int32_t s = a->cseg[2 * i], n = a->cseg[2 * i + 1];
+        if (s == 0) {
+            for (int32_t k = 0; k < n; k++) {
+                const float* p = base + off[k];
+                const __m512 w = _mm512_set1_ps(val[k]);
+#pragma GCC unroll 14
+                for (int v = 0; v < nv; v++) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * v), acc[v]);
+            }
+        } else {
+#pragma GCC unroll 15
+            for (int v = 0; v <= nv; v++) z[v] = _mm512_setzero_ps();
+            for (int32_t k = 0; k < n; k++) {
+                const float* p = base + off[k];
+                const __m512 w = _mm512_set1_ps(val[k]);
+#pragma GCC unroll 15
+                for (int v = 0; v <= nv; v++) z[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(p + 16 * v), z[v]);
+            }
+            const __m512i idx = _mm512_add_epi32(iota, _mm512_set1_epi32(s));
+#pragma GCC unroll 14
+            for (int v = 0; v < nv; v++)
+                acc[v] = _mm512_add_ps(acc[v], _mm512_permutex2var_ps(z[v], idx, z[v + 1]));
+        }
+        off += n;
+        val += n;
+    }
+    end_row(a, rb, 0, nv, acc);
+}
+
+MP_TARGET_AVX512 MP_INLINE void run_s(const mp_spconv_args* a, const int nv)
+{
+    const float* base = a->input + a->vec[0].in;
+    for (size_t b = a->b0; b < a->b1; b++) block1s(a, b, base, nv);
+}
+
+MP_TARGET_AVX512 static void shift_classes(const mp_spconv_args* a)
+{
+    switch (a->nv) {
+    case 1: run_s(a, 1); break;
+    case 2: run_s(a, 2); break;
+    case 3: run_s(a, 3); break;
+    case 4: run_s(a, 4); break;
+    case 5: run_s(a, 5); break;
+    case 6: run_s(a, 6); break;
+    case 7: run_s(a, 7); break;
+    case 8: run_s(a, 8); break;
+    case 9: run_s(a, 9); break;
+    case 10: run_s(a, 10); break;
+    case 11: run_s(a, 11); break;
+    case 12: run_s(a, 12); break;
+    case 13: run_s(a, 13); break;
+    default: run_s(a, 14); break;
+    }
+}
+
 MP_TARGET_AVX512 static void contiguous(const mp_spconv_args* a)
 {
     switch (a->nv) {
@@ -188,6 +255,10 @@ MP_TARGET_AVX512 static void contiguous(const mp_spconv_args* a)
 
 MP_TARGET_AVX512 void mp_f32_spconv_16x4__avx512f(const mp_spconv_args* a)
 {
+    if (a->cseg != NULL) {
+        shift_classes(a);
+        return;
+    }
     if (a->contig) {
         contiguous(a);
         return;

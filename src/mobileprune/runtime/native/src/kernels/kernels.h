@@ -101,6 +101,15 @@ typedef struct mp_spconv_args {
     float act_min, act_max;
     float* partial;           /* partial sums between channel chunks (NULL: one chunk) */
     size_t pstride;           /* floats per output row in `partial` */
+    /* Shift classes (NULL: none; kernels with nva > 0 only, 1-row blocks, contiguous
+     * vectors starting on a 64-byte boundary): the nonzeros of row block b are sorted by
+     * class s = (offset mod lanes) and stored with offset - s, so every load is aligned;
+     * its segments cseg[2i] = s, cseg[2i + 1] = count for i in [cbeg[b], cbeg[b + 1]). A
+     * class s > 0 sums into nv + 1 spare vectors Z, then output vector v adds lanes s..s+15
+     * of (Z[v], Z[v + 1]): one permute per vector and class instead of a load that straddles
+     * a cache line per vector and nonzero. */
+    const int32_t* cseg;
+    const int32_t* cbeg;
 } mp_spconv_args;
 
 typedef void (*mp_spconv_fn)(const mp_spconv_args* a);
@@ -127,7 +136,7 @@ typedef struct mp_linear_args {
 
 typedef void (*mp_linear_fn)(const mp_linear_args* a);
 
-#define MP_CONV_UKERNEL(arch_isa, name, lanes, nv1, nv4) void mp_##name(const mp_spconv_args* a);
+#define MP_CONV_UKERNEL(arch_isa, name, lanes, nv1, nv4, nva) void mp_##name(const mp_spconv_args* a);
 #define MP_LINEAR_UKERNEL(arch_isa, name, kind) void mp_##name(const mp_linear_args* a);
 #include "kernels.inc"
 #undef MP_CONV_UKERNEL
