@@ -107,7 +107,7 @@ int64_t mp_bench_conv(int cin, int cout, int h, int w, int k, double density, in
 int64_t mp_bench_linear(int in, int outn, double density, int batch, int reps, int isa,
                         double* t, char* desc)
 {
-    const mp_linear_desc d = {in, outn, MP_ACT_RELU, 0.0f, INFINITY};
+    const mp_linear_desc d = {in, outn, MP_ACT_RELU, 0.0f, INFINITY, batch};
     uint32_t *ptr, *idx;
     float* val;
     const int64_t nnz = random_csr(outn, in, density, &ptr, &idx, &val);

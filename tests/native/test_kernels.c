@@ -524,7 +524,9 @@ static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa
     for (size_t i = 0; i < nx; i++) x[i] = rfloat();
     if (with_nan) x[rnd() % nx] = NAN;
     const int a = (int)(rnd() % 3), with_bias = rnd() % 4 != 0;
-    const mp_linear_desc d = {in, outn, (mp_act_kind)a, a == 2 ? -0.2f : 0.0f, a == 2 ? 0.5f : INFINITY};
+    /* half the ops are timed on the rows they run (desc.rows), the others on one row */
+    const mp_linear_desc d = {in, outn, (mp_act_kind)a, a == 2 ? -0.2f : 0.0f, a == 2 ? 0.5f : INFINITY,
+                              rnd() % 2 ? (int32_t)batch : 0};
     for (size_t n = 0; n < batch; n++)
         for (int o = 0; o < outn; o++) {
             double s = with_bias ? b[o] : 0.0, m = with_bias ? fabs(b[o]) : 0.0;
@@ -567,6 +569,9 @@ static void linear_case_x(int in, int outn, double density, size_t batch, mp_isa
             lin_ctx ctx = {batch, x, scratch, y};
             run_split(mp_linear_num_tasks(op, batch), lin_piece, op, &ctx);
             compare(what, y, want, mag, ny, 1e-5);
+            if (k_flags[f] == MP_KERNEL_AUTO)
+                CHECK((strstr(desc, "on the rows of a run") != NULL) == (d.rows > 1),
+                      "%s: timed on %d rows, the reason does not say so", what, (int)d.rows);
             if (k_flags[f] == MP_KERNEL_NO_TUNE)
                 CHECK((strstr(desc, " csr4 ") != NULL) == expect_bsr,
                       "%s: BSR expected %d (block fill %.2f)", what, expect_bsr, fill);
@@ -602,6 +607,59 @@ static void test_linear(mp_isa isa)
 }
 
 /* A NaN input stays NaN through every kernel and activation (density 1, every flag). */
+/* 2x2 max pooling kernels of this ISA against a naive reference: NaN when the window
+ * has one, else its largest value; every kernel gives the scalar kernel's bits (zeros
+ * keep their sign). Widths with and without a spare input column, tails shorter than a
+ * vector, NaN, infinities, signed zeros and ties. */
+typedef struct { mp_isa isa; const char* name; mp_maxpool2x2_fn fn; } pool_entry;
+static const pool_entry k_pools[] = {
+#define MP_CONV_UKERNEL(isa, name, lanes, nv1, nv4, nva)
+#define MP_LINEAR_UKERNEL(isa, name, kind)
+#define MP_POOL_UKERNEL(isa, name) {isa, #name, mp_##name},
+#include "kernels/kernels.inc"
+#undef MP_CONV_UKERNEL
+#undef MP_LINEAR_UKERNEL
+#undef MP_POOL_UKERNEL
+};
+
+static float pool_value(void)
+{
+    static const float special[] = {0.0f, -0.0f, 1.0f, INFINITY, -INFINITY, NAN};
+    return rnd() % 8 == 0 ? special[rnd() % 6] : (float)(rnd() % 7) - 3.0f;
+}
+
+static void test_pool(mp_isa isa)
+{
+    for (size_t k = 0; k < sizeof(k_pools) / sizeof(k_pools[0]); k++) {
+        if (k_pools[k].isa > isa || (k_pools[k].isa == MP_ISA_NEON) != (isa == MP_ISA_NEON)) continue;
+        for (int t = 0; t < 40; t++) {
+            const size_t wo = (size_t)rint_in(1, 40), rows = (size_t)rint_in(1, 5);
+            const size_t w = 2 * wo + (size_t)(rnd() % 2), n = 2 * rows * w;
+            float *x = malloc(n * sizeof(float)), *y = malloc((rows * wo + GUARD) * sizeof(float));
+            float* ref = malloc(rows * wo * sizeof(float));
+            for (size_t i = 0; i < n; i++) x[i] = pool_value();
+            for (size_t i = 0; i < rows * wo + GUARD; i++) y[i] = 12345.0f;
+            mp_f32_maxpool2x2__scalar(x, ref, rows, w, wo);
+            k_pools[k].fn(x, y, rows, w, wo);
+            size_t bad = 0;
+            for (size_t r = 0; r < rows; r++)
+                for (size_t j = 0; j < wo; j++) {
+                    const float* a = x + 2 * r * w + 2 * j;
+                    const float win[4] = {a[0], a[1], a[w], a[w + 1]};
+                    float m = -INFINITY;
+                    int nan = 0;
+                    for (int q = 0; q < 4; q++) nan |= isnan(win[q]), m = win[q] > m ? win[q] : m;
+                    const float got = y[r * wo + j];
+                    bad += nan ? !isnan(got) : got != m;
+                    bad += memcmp(&got, &ref[r * wo + j], sizeof(float)) != 0 && !(isnan(got) && isnan(ref[r * wo + j]));
+                }
+            for (size_t i = rows * wo; i < rows * wo + GUARD; i++) bad += y[i] != 12345.0f;
+            CHECK(bad == 0, "%s: %zu wrong outputs (%zu rows, w %zu, wo %zu)", k_pools[k].name, bad, rows, w, wo);
+            free(x), free(y), free(ref);
+        }
+    }
+}
+
 static void test_nan(mp_isa isa)
 {
     for (int t = 0; t < 6; t++) {
@@ -633,11 +691,11 @@ static void test_errors(void)
     const float vals[2] = {1, 1};
     mp_weights mc = {2, 2, 2, NULL, ptr, bad_idx, vals, NULL};
     CHECK(mp_conv_create(&d, &mc, 0, &op) == MP_INVALID_ARGUMENT, "column index >= cols accepted");
-    const mp_linear_desc ld = {2, 2, MP_ACT_NONE, 0, 0};
+    const mp_linear_desc ld = {2, 2, MP_ACT_NONE, 0, 0, 0};
     mp_linear_op* lop = NULL;
     CHECK(mp_linear_create(&ld, &mc, 0, &lop) == MP_INVALID_ARGUMENT && lop == NULL,
           "linear: column index >= cols accepted");
-    const mp_linear_desc ld3 = {3, 2, MP_ACT_NONE, 0, 0};
+    const mp_linear_desc ld3 = {3, 2, MP_ACT_NONE, 0, 0, 0};
     CHECK(mp_linear_create(&ld3, &mw, 0, &lop) == MP_SHAPE_MISMATCH, "linear: wrong shape accepted");
     CHECK(mp_conv_create(NULL, &mw, 0, &op) == MP_INVALID_ARGUMENT, "NULL desc accepted");
 }
@@ -653,6 +711,7 @@ int main(void)
         test_conv(isa);
         test_chain(isa);
         test_shift_classes(isa);
+        test_pool(isa);
         test_linear(isa);
         test_nan(isa);
         printf("  %s: done\n", isa_name(isa));

@@ -266,42 +266,57 @@ static void run_rows(const mp_linear_op* op, size_t batch, const float* x, size_
     (transposed ? op->kt : op->k)->fn(&a);
 }
 
-/* A sparse storage stays unless dense is this much faster at batch 1 (see tune). */
-#define SPARSE_MARGIN 1.1
+static size_t padded_batch(size_t batch)
+{
+    return (batch + 15) & ~(size_t)15;
+}
 
-/* Best of 5 batch-1 runs of the current packing, in seconds. */
-static double time_batch1(const mp_linear_op* op, const float* x, float* y)
+/* A sparse storage stays unless dense is this much faster (see tune). */
+#define SPARSE_MARGIN 1.1
+/* The timing run uses the op's rows per run up to this many (the kernels' relative speed
+ * settles well before; a sequence of thousands of rows would make loading slow). */
+#define TUNE_MAX_ROWS 64
+
+/* Best of 5 runs of the current packing on n rows (x^T included at n >= MP_LINEAR_T_BATCH),
+ * in seconds. */
+static double time_rows(const mp_linear_op* op, size_t n, const float* x, void* xt, float* y)
 {
     double best = INFINITY;
     for (int i = 0; i < 6; i++) {
         const double t0 = mp_now_seconds();
-        run_rows(op, 1, x, (size_t)op->d.in_features, y, 0, (size_t)op->d.out_features, 0);
+        if (n < MP_LINEAR_T_BATCH)
+            run_rows(op, n, x, (size_t)op->d.in_features, y, 0, (size_t)op->d.out_features, 0);
+        else
+            mp_linear_prepare(op, n, x, xt),
+                run_rows(op, n, mp_align64_const(xt), padded_batch(n), y, 0, (size_t)op->d.out_features, 1);
         const double dt = mp_now_seconds() - t0;
         if (i > 0 && dt < best) best = dt;
     }
     return best;
 }
 
-/* Time CSR, BSR (when its blocks are full enough) and dense at batch 1; keep the fastest.
- * op is packed CSR on entry. */
+/* Time CSR, BSR (when its blocks are full enough) and dense on the rows of a run (desc.rows,
+ * at most TUNE_MAX_ROWS); keep the fastest. op is packed CSR on entry. */
 static mp_status tune(mp_linear_op* op, const mp_weights* w, mp_isa isa)
 {
     const size_t in = (size_t)op->d.in_features, outn = (size_t)op->d.out_features;
-    float* x = malloc(in * sizeof(float));
-    float* y = malloc(outn * sizeof(float));
+    const size_t n = op->d.rows < 1 ? 1 : op->d.rows > TUNE_MAX_ROWS ? TUNE_MAX_ROWS : (size_t)op->d.rows;
+    float* x = malloc(n * in * sizeof(float));
+    float* y = malloc(n * outn * sizeof(float));
+    void* xt = malloc(mp_linear_scratch_bytes(op, n) + 64);
     double t[LIN_STORAGES] = {INFINITY, INFINITY, INFINITY};
     mp_status st = MP_OK;
-    if (x == NULL || y == NULL) {
+    if (x == NULL || y == NULL || xt == NULL) {
         st = mp_set_error(MP_OUT_OF_MEMORY, "linear: out of memory (tuning)");
         goto done;
     }
-    for (size_t i = 0; i < in; i++) x[i] = (float)(i % 7) * 0.25f;
-    t[LIN_CSR] = time_batch1(op, x, y);
+    for (size_t i = 0; i < n * in; i++) x[i] = (float)(i % 7) * 0.25f;
+    t[LIN_CSR] = time_rows(op, n, x, xt, y);
     static const int order[2] = {LIN_BSR, LIN_DENSE};
     for (int i = 0; i < 2 && st == MP_OK; i++) {
         if (order[i] == LIN_BSR && op->fill < BSR_FILL) continue;
         st = pack(op, w, order[i], isa);
-        if (st == MP_OK) t[order[i]] = time_batch1(op, x, y);
+        if (st == MP_OK) t[order[i]] = time_rows(op, n, x, xt, y);
     }
     if (st != MP_OK) goto done;
     /* timed with the weights in cache; in a whole model they mostly are not, and the CSR
@@ -314,11 +329,13 @@ static mp_status tune(mp_linear_op* op, const mp_weights* w, mp_isa isa)
     for (int m = 0; m < LIN_STORAGES; m++)
         if (m != best && isfinite(t[m]) && (next < 0 || t[m] < t[next])) next = m;
     if (best != LIN_DENSE) st = pack(op, w, best, isa);
-    snprintf(op->reason, sizeof(op->reason), "tuned %s %.1fus %s %s %.1fus", k_choice_name[best],
-             t[best] * 1e6, t[best] < t[next] ? "<" : ">=", k_choice_name[next], t[next] * 1e6);
+    snprintf(op->reason, sizeof(op->reason), "tuned %s %.1fus %s %s %.1fus%s", k_choice_name[best],
+             t[best] * 1e6, t[best] < t[next] ? "<" : ">=", k_choice_name[next], t[next] * 1e6,
+             n > 1 ? " on the rows of a run" : "");
 done:
     free(x);
     free(y);
+    free(xt);
     return st;
 }
 
@@ -379,10 +396,6 @@ mp_status mp_linear_create(const mp_linear_desc* desc, const mp_weights* w, uint
     return mp_linear_create_isa(desc, w, flags, mp_cpu_best_isa(), out);
 }
 
-static size_t padded_batch(size_t batch)
-{
-    return (batch + 15) & ~(size_t)15;
-}
 
 size_t mp_linear_scratch_bytes(const mp_linear_op* op, size_t batch)
 {

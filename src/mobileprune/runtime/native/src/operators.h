@@ -92,6 +92,7 @@ typedef struct mp_linear_desc {
     int32_t in_features, out_features;
     mp_act_kind act;
     float act_min, act_max;
+    int32_t rows; /* rows per run (samples x leading dims) the timing run uses; 0: 1 */
 } mp_linear_desc;
 
 typedef struct mp_linear_op mp_linear_op;

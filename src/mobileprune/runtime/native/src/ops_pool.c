@@ -7,9 +7,35 @@
 #include <math.h>
 
 #include "internal.h"
+#include "kernels/kernels.h"
 
 enum { P_H = 1, P_W, P_HO, P_WO, P_KH, P_KW, P_SH, P_SW, P_PH, P_PW, P_DH, P_DW, P_INCL, P_DIV,
-       P_EXACT2 };
+       P_EXACT2, P_KERNEL };
+
+/* 2x2 max pooling kernels (kernels/kernels.inc), the last one this CPU runs is used. */
+typedef struct pool_kernel {
+    mp_isa isa;
+    const char* name;
+    mp_maxpool2x2_fn fn;
+} pool_kernel;
+
+static const pool_kernel k_pool[] = {
+#define MP_CONV_UKERNEL(isa, name, lanes, nv1, nv4, nva)
+#define MP_LINEAR_UKERNEL(isa, name, kind)
+#define MP_POOL_UKERNEL(isa, name) {isa, "maxpool-2x2 " #name, mp_##name},
+#include "kernels/kernels.inc"
+#undef MP_CONV_UKERNEL
+#undef MP_LINEAR_UKERNEL
+#undef MP_POOL_UKERNEL
+};
+
+static int64_t pick_pool_kernel(mp_isa isa)
+{
+    int64_t k = 0;
+    for (size_t i = 0; i < sizeof(k_pool) / sizeof(k_pool[0]); i++)
+        if (k_pool[i].isa <= isa && k_pool[i].isa >= k_pool[k].isa) k = (int64_t)i;
+    return k;
+}
 
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
@@ -61,26 +87,9 @@ static void maxpool_plane(const int64_t* p, const float* x, float* y) {
     }
 }
 
-/* 2x2 window, stride 2, no padding (the common case): straight-line, vectorisable; `rows`
- * output rows (several planes at once when H = 2 Ho and W = 2 Wo: the rows of consecutive
- * planes are then consecutive too). */
-static void maxpool2x2_rows(const int64_t* p, const float* x, float* y, int64_t rows) {
-    int64_t W = p[P_W], Wo = p[P_WO];
-    for (int64_t yo = 0; yo < rows; yo++) {
-        const float* r0 = x + 2 * yo * W;
-        const float* r1 = r0 + W;
-        float* o = y + yo * Wo;
-        for (int64_t xo = 0; xo < Wo; xo++) {
-            float a = r0[2 * xo], b = r0[2 * xo + 1], c = r1[2 * xo], d = r1[2 * xo + 1];
-            float m1 = (a > b || a != a) ? a : b;
-            float m2 = (c > d || c != c) ? c : d;
-            o[xo] = (m1 > m2 || m1 != m1) ? m1 : m2;
-        }
-    }
-}
-
+/* 2x2 window, stride 2, no padding (the common case): the kernel of this CPU. */
 static void maxpool2x2_plane(const int64_t* p, const float* x, float* y) {
-    maxpool2x2_rows(p, x, y, p[P_HO]);
+    k_pool[p[P_KERNEL]].fn(x, y, (size_t)p[P_HO], (size_t)p[P_W], (size_t)p[P_WO]);
 }
 
 #define MP_AVG_BLOCK 256
@@ -152,8 +161,8 @@ static void pool_task(void* ctx, size_t b, size_t e) {
         s->p[0] == 3 ? adaptive_plane : s->p[0] == 2 ? maxpool2x2_plane
         : s->p[0] == 1 ? maxpool_plane : avgpool_plane;
     if (s->p[P_EXACT2]) { /* 2x2 pooling that tiles the planes: one run of rows */
-        maxpool2x2_rows(s->p, s->in[0] + b * in_plane, s->out + b * out_plane,
-                        (int64_t)(e - b) * s->p[P_HO]);
+        k_pool[s->p[P_KERNEL]].fn(s->in[0] + b * in_plane, s->out + b * out_plane,
+                                  (e - b) * (size_t)s->p[P_HO], (size_t)s->p[P_W], (size_t)s->p[P_WO]);
         return;
     }
     for (size_t t = b; t < e; t++) plane(s->p, s->in[0] + t * in_plane, s->out + t * out_plane);
@@ -204,6 +213,7 @@ mp_status mp_pooling_setup(mp_step* s) {
     s->p[0] = max ? (k2 ? 2 : 1) : 0;
     s->p[P_EXACT2] = max && k2 && 2 * s->p[P_HO] == s->p[P_H] && 2 * s->p[P_WO] == s->p[P_W];
     s->fn = pool_task;
-    s->kernel = max ? (k2 ? "maxpool-2x2" : "maxpool") : "avgpool";
+    s->p[P_KERNEL] = pick_pool_kernel(mp_cpu_best_isa());
+    s->kernel = max ? (k2 ? k_pool[s->p[P_KERNEL]].name : "maxpool") : "avgpool";
     return MP_OK;
 }

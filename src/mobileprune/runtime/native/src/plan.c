@@ -149,11 +149,12 @@ static mp_status one_pixel_weights(const mp_step* s, const mp_weights* w, mp_wei
 }
 
 static mp_status setup_linear(mp_plan* plan, mp_step* s, const mp_weights* w) {
-    mp_linear_desc d = {.in_features = w->cols, .out_features = w->rows, .act = s->act,
-                        .act_min = s->act_min, .act_max = s->act_max};
-    mp_status st = mp_linear_create(&d, w, plan->flags, &s->linear);
     /* an N-D input: the leading per-sample dims are more rows */
     s->rows = plan->batch * (size_t)(plan->model->values[s->in_tensor[0]].numel / w->cols);
+    mp_linear_desc d = {.in_features = w->cols, .out_features = w->rows, .act = s->act,
+                        .act_min = s->act_min, .act_max = s->act_max,
+                        .rows = s->rows < INT32_MAX ? (int32_t)s->rows : INT32_MAX};
+    mp_status st = mp_linear_create(&d, w, plan->flags, &s->linear);
     if (!st) {
         s->scratch_bytes = mp_linear_scratch_bytes(s->linear, s->rows);
         s->num_tasks = mp_linear_num_tasks(s->linear, s->rows);
@@ -430,7 +431,7 @@ static void describe_op(const mp_plan* p, uint32_t i, mp_text* t) {
     const mp_step* s = &p->steps[p->op_step[i]];
     line[0] = '\0';
     if (s->conv) mp_conv_describe(s->conv, line, sizeof line);
-    else if (s->linear) mp_linear_describe(s->linear, s->batch, line, sizeof line);
+    else if (s->linear) mp_linear_describe(s->linear, s->rows, line, sizeof line);
     else if (s->rnn) mp_rnn_describe(s, line, sizeof line);
     else snprintf(line, sizeof line, "%s", s->kernel);
     text_add(t, "%.80s %s %s", name, mp_op_name(op->code), line);

@@ -136,11 +136,16 @@ typedef struct mp_linear_args {
 
 typedef void (*mp_linear_fn)(const mp_linear_args* a);
 
+/* 2x2 max pooling, stride 2: `rows` output rows of width wo, input rows of width w. */
+typedef void (*mp_maxpool2x2_fn)(const float* x, float* y, size_t rows, size_t w, size_t wo);
+
 #define MP_CONV_UKERNEL(arch_isa, name, lanes, nv1, nv4, nva) void mp_##name(const mp_spconv_args* a);
 #define MP_LINEAR_UKERNEL(arch_isa, name, kind) void mp_##name(const mp_linear_args* a);
+#define MP_POOL_UKERNEL(arch_isa, name) void mp_##name(const float* x, float* y, size_t rows, size_t w, size_t wo);
 #include "kernels.inc"
 #undef MP_CONV_UKERNEL
 #undef MP_LINEAR_UKERNEL
+#undef MP_POOL_UKERNEL
 
 /* Kinds of linear kernels (MP_LINEAR_UKERNEL's third field). */
 enum {
