@@ -345,6 +345,36 @@ def test_folded_batch_norm_leaves_no_op(tmp_path):
     assert ops == ["conv2d", "relu"]
 
 
+class _AssertBN(nn.Module):
+    """timm's ``BatchNormAct2d``: asserts the input's rank, then ``F.batch_norm``;
+    ``residual`` adds the conv output back (a second reader of its values)."""
+
+    def __init__(self, residual: bool) -> None:
+        super().__init__()
+        self.conv, self.bn, self.residual = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), residual
+
+    def forward(self, x):
+        y = self.conv(x)
+        torch._assert(y.ndim == 4, "expected 4D input")
+        z = F.batch_norm(y, self.bn.running_mean, self.bn.running_var, self.bn.weight,
+                         self.bn.bias, False, 0.1, self.bn.eps)
+        return F.relu(z + y if self.residual else z)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_batch_norm_folds_past_a_rank_assert(tmp_path, residual):
+    """Reading the conv output's rank does not keep the batch norm from folding into
+    the conv; a second reader of its values does (the export checks both against torch)."""
+    m = _AssertBN(residual)
+    with torch.no_grad():
+        m.bn.running_var.uniform_(0.5, 2.0)
+        m.bn.running_mean.normal_()
+        m.bn.weight.normal_()
+    export_sparse(m.eval(), torch.randn(1, *_X4), tmp_path / "m.mps")
+    ops = [op["op"] for op in read_container(tmp_path / "m.mps")[0]["ops"]]
+    assert ops == (["conv2d", "batchnorm", "add", "relu"] if residual else ["conv2d", "relu"])
+
+
 def test_a_wrong_lowering_is_caught_before_writing(tmp_path, monkeypatch):
     """The export runs the lowered file on the engine against torch: a handler that
     lowers ReLU to the runtime's sigmoid is refused and nothing is written."""

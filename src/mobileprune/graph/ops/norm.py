@@ -8,7 +8,7 @@ from torch import Tensor, fx, nn
 
 from mobileprune.graph.passes.channels import Layer, nan
 from mobileprune.graph.passes.lower import as_float64
-from mobileprune.graph.registry import OpHandler, args_of, register
+from mobileprune.graph.registry import OpHandler, args_of, op_of, register
 from mobileprune.graph.resize import resize_per_channel
 
 _BN_TENSORS = ("running_mean", "running_var", "weight", "bias")
@@ -45,11 +45,21 @@ def _affine(emit, node: fx.Node, a: dict) -> tuple[np.ndarray | None, np.ndarray
     return (None if w is None else as_float64(w)), (None if b is None else as_float64(b))
 
 
+#: ops that read a tensor's metadata (its sizes), not its values
+_METADATA = ("size", "ndim", "getattr")
+
+
+def _only_reader(node: fx.Node, inp: fx.Node) -> bool:
+    """Whether ``node`` is the only reader of ``inp``'s values: other users may read its
+    sizes (timm's ``BatchNormAct2d`` asserts ``x.ndim == 4`` before ``F.batch_norm``)."""
+    return all(u is node or op_of(u) in _METADATA for u in inp.users)
+
+
 def _fold(emit, node: fx.Node, inp, scale: np.ndarray, shift: np.ndarray) -> bool:
     """Fold ``y = x * scale + shift`` (per channel) into the Conv / Linear that produced
-    ``inp``, when only this node reads it: ``W' = W * scale``, ``b' = b * scale + shift``
-    (zeros stay zeros). True when folded."""
-    if not (emit.fold_bn and emit.is_tensor(inp) and len(inp.users) == 1):
+    ``inp``, when only this node reads its values: ``W' = W * scale``, ``b' = b * scale +
+    shift`` (zeros stay zeros). True when folded."""
+    if not (emit.fold_bn and emit.is_tensor(inp) and _only_reader(node, inp)):
         return False
     op = emit.producer.get(emit.refs[inp].name)
     if op is None or op["name"] != inp.name or op["op"] not in ("conv1d", "conv2d", "linear"):

@@ -7,6 +7,7 @@
 
 #include "fastmath.h"
 #include "internal.h"
+#include "kernels/kernels.h"
 
 #define MP_CHUNK 4096
 
@@ -20,8 +21,18 @@ static inline float clampf(float v, float lo, float hi) {
     return v < lo ? lo : (v > hi ? hi : v); /* NaN passes through, like np.clip */
 }
 
+/* Each activation twice on x86-64: for the baseline ISA and for AVX-512 (16 lanes: the
+ * exp-based ones run about 4x faster), the same operations in the same order (no
+ * contraction into FMA under -std=c11), so the same bits; setup_activation picks one. */
+#if MP_ARCH_X86_64
 #define MP_ELTWISE(name, expr)                                          \
-    static void name(void* ctx, size_t b, size_t e) {                   \
+    MP_ELTWISE_ISA(name, , expr)                                        \
+    MP_ELTWISE_ISA(name##_avx512, MP_TARGET_AVX512, expr)
+#else
+#define MP_ELTWISE(name, expr) MP_ELTWISE_ISA(name, , expr)
+#endif
+#define MP_ELTWISE_ISA(name, target, expr)                              \
+    target static void name(void* ctx, size_t b, size_t e) {            \
         const mp_step* s = ctx;                                         \
         size_t i0, i1;                                                  \
         chunk(s, b, e, &i0, &i1);                                       \
@@ -124,16 +135,30 @@ static mp_status setup_activation(mp_step* s) {
     static const char* const names[] = {NULL, "hardtanh", "leaky-relu", "elu", "sigmoid",
                                         "tanh", "hardsigmoid", "hardswish", "silu", NULL,
                                         "gelu-erf"};
+#if MP_ARCH_X86_64
+    static const mp_task_fn fns512[] = {NULL, hardtanh_task_avx512, leaky_task_avx512,
+                                        elu_task_avx512, sigmoid_task_avx512, tanh_task_avx512,
+                                        hardsigmoid_task_avx512, hardswish_task_avx512,
+                                        silu_task_avx512, NULL, gelu_task_avx512};
+    const int wide = mp_cpu_best_isa() >= MP_ISA_AVX512;
+#else
+    const mp_task_fn* fns512 = fns;
+    const int wide = 0;
+#endif
     int32_t fn = s->op->iattr[0];
     s->f[0] = s->op->fattr[0];
     s->f[1] = s->op->fattr[1];
     if (fn == MP_FN_GELU && s->op->iattr[1] == 1) {
+#if MP_ARCH_X86_64
+        s->fn = wide ? gelu_tanh_task_avx512 : gelu_tanh_task;
+#else
         s->fn = gelu_tanh_task;
+#endif
         s->kernel = "gelu-tanh";
         return MP_OK;
     }
     if (fn != MP_FN_SOFTMAX) { /* codes checked at load */
-        s->fn = fns[fn];
+        s->fn = wide ? fns512[fn] : fns[fn];
         s->kernel = names[fn];
         return MP_OK;
     }
@@ -193,7 +218,14 @@ mp_status mp_simple_setup(mp_step* s) {
     s->work = (size_t)s->p[0];
     s->num_tasks = ((size_t)s->p[0] + MP_CHUNK - 1) / MP_CHUNK;
     switch (s->op->code) {
+#if MP_ARCH_X86_64
+    case MP_OP_RELU:
+        s->fn = mp_cpu_best_isa() >= MP_ISA_AVX512 ? relu_task_avx512 : relu_task;
+        s->kernel = "relu";
+        return MP_OK;
+#else
     case MP_OP_RELU: s->fn = relu_task; s->kernel = "relu"; return MP_OK;
+#endif
     case MP_OP_ACTIVATION: return setup_activation(s);
     case MP_OP_BATCHNORM: return setup_batchnorm(s);
     case MP_OP_ADD: case MP_OP_SUB: case MP_OP_MUL: case MP_OP_DIV:
