@@ -6,6 +6,7 @@
  * average sums in double and divides by the torch divisor. */
 #include <math.h>
 
+#include "fastmath.h"
 #include "internal.h"
 #include "kernels/kernels.h"
 
@@ -40,7 +41,13 @@ static int64_t pick_pool_kernel(mp_isa isa)
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-static inline float max_nan(float m, float v) { return (v > m || v != v) ? v : m; }
+/* v when it is greater than m or NaN, else m: both tests evaluated and the result picked
+ * on bits (fastmath.h), so no branch (a branch on every comparison mispredicts on ReLU
+ * outputs, full of ties) and loops vectorise */
+static inline float max_nan(float m, float v) {
+    const uint32_t take = 0u - (uint32_t)((v > m) | (v != v));
+    return u2f(select_bits(take, f2u(v), f2u(m)));
+}
 
 /* Output columns [lo, hi) whose whole window row lies inside the input (no bounds checks
  * there): xo s - p >= 0 and xo s - p + (k - 1) d <= W - 1. */
