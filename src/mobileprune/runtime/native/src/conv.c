@@ -50,9 +50,12 @@ static const conv_kernel k_conv[] = {
 /* PACK_TAPS (depthwise only): each nonzero is a tap (i, j) of its channel, applied to the
  * unpadded input plane with clipped ranges: no padded copy, work in proportion to the
  * nonzeros (a 3x3 depthwise at 90 % has about one tap per channel). */
-enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_TAPS = 3, PACK_COUNT = 4 };
-static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense", "taps"};
-static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense", "taps"};
+/* PACK_SHIFT: the sparse pack in shift classes (kernels.h: aligned loads), on kernels that
+ * have them; it competes with the plain one (timed, or by the cost model). */
+enum { PACK_SPARSE = 0, PACK_BLOCKED = 1, PACK_DENSE = 2, PACK_TAPS = 3, PACK_SHIFT = 4,
+       PACK_COUNT = 5 };
+static const char* const k_pack_name[PACK_COUNT] = {"sparse", "blocked", "dense", "taps", "shift"};
+static const char* const k_storage[PACK_COUNT] = {"csr", "csr4", "dense", "taps", "csr"};
 
 /* Bytes of input a pixel block may read per channel chunk (L1 is 32-48 KB), and the
  * fewest nonzeros a row should have per chunk on average. */
@@ -79,7 +82,7 @@ typedef struct conv_pack {
     size_t* rchunk;        /* rchunks + 1 block indices */
     double cost;           /* cost model: cycles per pixel vector */
     int taps;              /* PACK_TAPS: off holds columns, compute runs taps_row */
-    int shift;             /* PACK_SPARSE on a kernel with shift classes: try them */
+    int shift;             /* PACK_SHIFT: 12 vectors per block, classes built */
     int32_t* cseg;         /* shift classes (mp_spconv_args): (shift, count) pairs, or NULL */
     int32_t* cbeg;         /* nblocks + 1 first segments */
     size_t need_floats;    /* buffer floats per image its aligned loads reach (0: as built) */
@@ -352,7 +355,8 @@ static void pack_pass(packer* pk, conv_pack* p)
     for (int32_t g = 0; g < d->groups; g++) {
         for (int32_t r = g * og; r < (g + 1) * og;) {
             int four = 0;
-            if (pk->mode != PACK_SPARSE && pk->mode != PACK_TAPS && (g + 1) * og - r >= 4) {
+            if (pk->mode != PACK_SPARSE && pk->mode != PACK_SHIFT && pk->mode != PACK_TAPS &&
+                (g + 1) * og - r >= 4) {
                 four = pk->mode == PACK_DENSE;
                 if (!four) {
                     const size_t s = pk->c->ptr[r + 4] - pk->c->ptr[r];
@@ -512,6 +516,9 @@ static mp_status shift_classes(const mp_conv_op* op, conv_pack* p);
 static mp_status make_pack(const mp_conv_op* op, const csr_view* c, int mode, conv_pack* p)
 {
     memset(p, 0, sizeof(*p));
+    if (mode == PACK_SHIFT && !(op->k->nva > 0 && op->contig && !op->direct && !op->fused &&
+                                op->k->lanes == 16))
+        return MP_OK; /* no such pack here */
     const int32_t cols = (int32_t)((op->d.in_channels / op->d.groups) * op->d.kernel_h *
                                    op->d.kernel_w);
     packer pk = {op, c, mode, 0, cols, calloc((size_t)cols, 1),
@@ -536,11 +543,11 @@ static mp_status make_pack(const mp_conv_op* op, const csr_view* c, int mode, co
     pk.write = 1;
     pack_pass(&pk, p);
     p->taps = mode == PACK_TAPS;
-    p->shift = mode == PACK_SPARSE && op->k->nva > 0 && op->contig && !op->direct && !op->fused &&
-               op->k->lanes == 16;
+    p->shift = mode == PACK_SHIFT;
     st = split_tasks(op, p);
     if (st == MP_OK) st = segment(op, p);
     if (st == MP_OK && p->shift) st = shift_classes(op, p);
+    if (st == MP_OK && p->shift && p->cseg == NULL) pack_free(p); /* classes do not pay */
 done:
     free(pk.mark);
     free(pk.rowval);
@@ -565,7 +572,7 @@ static size_t classes_of(conv_pack* p, const mp_rowblk* rb, int32_t* off, float*
     return n;
 }
 
-/* PACK_SPARSE with shift classes (kernels.h) when its segments average at least
+/* PACK_SHIFT: the classes (kernels.h), when its segments average at least
  * MIN_CLASS_NNZ nonzeros (each class costs a permute and an add per vector); the aligned
  * loads of a pixel block reach one vector past it (need_floats). */
 static mp_status shift_classes(const mp_conv_op* op, conv_pack* p)
@@ -912,7 +919,8 @@ static mp_status build(mp_conv_op* op, const mp_weights* w, uint32_t flags)
     memset(packs, 0, sizeof(packs));
     const int free_choice = !(flags & (MP_KERNEL_DENSE | MP_KERNEL_SPARSE));
     const int want[PACK_COUNT] = {!(flags & MP_KERNEL_DENSE), free_choice,
-                                  !(flags & MP_KERNEL_SPARSE), free_choice && op->fused};
+                                  !(flags & MP_KERNEL_SPARSE), free_choice && op->fused,
+                                  !(flags & MP_KERNEL_DENSE)};
     for (int m = 0; m < PACK_COUNT && st == MP_OK; m++)
         if (want[m]) st = make_pack(op, &c, m, &packs[m]);
     csr_free(&c);
